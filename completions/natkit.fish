@@ -1,0 +1,60 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_natkit_global_optspecs
+    string join \n json v/verbose q/quiet h/help V/version
+end
+
+function __fish_natkit_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_natkit_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_natkit_using_subcommand
+    set -l cmd (__fish_natkit_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c natkit -n "__fish_natkit_needs_command" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_needs_command" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_needs_command" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c natkit -n "__fish_natkit_needs_command" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l transport -d 'Transport to probe over' -r -f -a "udp\t''
+tcp\t''
+tls\t''
+all\t'UDP, TCP and TLS to every server'"
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l count -d 'Binding requests per server (RTT min/avg/max and loss)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l interval -d 'Milliseconds between repeated requests with --count' -r
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l local -d 'Local address to bind: IP or IP:PORT' -r
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l timeout -d 'Give up on a server after this many seconds without an answer' -r
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l ca -d 'Trust this PEM CA certificate for TLS (a private CA)' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s 4 -l ipv4 -d 'Use IPv4 addresses only'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s 6 -l ipv6 -d 'Use IPv6 addresses only'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l insecure -d 'Accept any TLS certificate (self-signed, expired, wrong name); the report says so'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -l out -d 'Project root: man pages go to DIR/man, completions to DIR/completions' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s h -l help -d 'Print help'
+complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe gen-docs help" -f -a "gen-docs" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

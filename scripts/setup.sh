@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every system package natkit and its tests use, then builds the release binary.
+# Idempotent: safe to run again. Needs root (or sudo) for apt-get.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PACKAGES=(
+  coturn            # turnserver, turnutils_*: independent STUN/TURN peer and load client
+  redis-server      # multi-node signaling tests
+  nftables          # the NAT lab
+  iproute2          # ip netns, veth
+  iputils-ping
+  chromium chromium-driver   # browser interop tests
+  libvpx-dev libopus-dev pkg-config clang   # VP8 / Opus for `call`
+  iperf3            # bench-punch anchor
+  procps psmisc     # ps/pkill used by benches
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Debian starts coturn and redis as services on install; the tests start their own instances.
+for svc in coturn redis-server; do
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
+  $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
+
+if [ "${NATKIT_SETUP_SKIP_BUILD:-0}" != "1" ]; then
+  cargo build --release --locked 2>/dev/null || cargo build --release
+fi
+echo "setup: done; binary at target/release/natkit" >&2

@@ -1,0 +1,58 @@
+//! Command-line definitions (clap derive) and nothing else.
+//!
+//! One file per subcommand holds its arguments; man pages and shell
+//! completions are generated from these same definitions (`natkit gen-docs`).
+
+use clap::{Parser, Subcommand};
+
+mod gen_docs;
+mod stun_probe;
+
+pub use gen_docs::GenDocsArgs;
+pub use stun_probe::{StunProbeArgs, TransportChoice};
+
+/// Shown at the end of `--help`; the same text is in README.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success: every check passed
+  1  a check ran and failed (no answer, error response, broken step)
+  2  bad usage or bad input (unparsable address, unknown host, bad URI)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "natkit",
+    version,
+    about = "See, layer by layer, how two hosts behind NATs reach each other",
+    long_about = "natkit shows, layer by layer, how two hosts behind NATs reach each other, \
+and makes each layer work for real: STUN, NAT behaviour, TURN, signaling, hole punching, WebRTC.\n\n\
+Results go to stdout (a table, or JSON with --json); progress and logs go to stderr.",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Print the report as JSON on stdout (field names are a stable contract)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More logging on stderr (-v info, -vv debug, -vvv trace)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// No progress and no warnings on stderr; only the result on stdout
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)
+    #[command(after_help = EXIT_CODES)]
+    StunProbe(StunProbeArgs),
+
+    /// Regenerate man pages and shell completions from these definitions
+    #[command(hide = true)]
+    GenDocs(GenDocsArgs),
+}

@@ -1,0 +1,40 @@
+//! One module per subcommand: each wires a protocol core to a driver and
+//! builds a typed report for the output layer.
+
+use crate::cli::{Cli, Command};
+use crate::error::Status;
+use crate::output::{Format, OutputOptions};
+
+pub mod gen_docs;
+pub mod stun_probe;
+
+/// Logs go to stderr; `-v` raises the level, `RUST_LOG` overrides it.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("natkit={level},{}", if verbose >= 3 { "trace" } else { "warn" }))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose >= 2)
+        .try_init();
+}
+
+/// Runs the parsed command line to completion.
+pub fn run(cli: Cli) -> anyhow::Result<Status> {
+    let opts = OutputOptions { format: if cli.json { Format::Json } else { Format::Table }, quiet: cli.quiet };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::StunProbe(args) => stun_probe::run(args, &opts).await,
+            Command::GenDocs(args) => gen_docs::run(&args),
+        }
+    })
+}

@@ -1,0 +1,8 @@
+//! Drivers: sockets, stream framing, TLS and name resolution. Protocol logic
+//! lives in the sans-IO cores; these modules only move bytes and time.
+
+pub mod server;
+pub mod stream;
+pub mod tls;
+pub mod transport;
+pub mod udp;
