@@ -13,3 +13,4 @@ pub mod error;
 pub mod net;
 pub mod output;
 pub mod stun;
+pub mod turn;
