@@ -14,6 +14,7 @@ PACKAGES=(
   libvpx-dev libopus-dev pkg-config clang   # VP8 / Opus for `call`
   iperf3            # bench-punch anchor
   procps psmisc     # ps/pkill used by benches
+  openssl           # throwaway certificates in scripts/demo.sh
 )
 
 SUDO=""

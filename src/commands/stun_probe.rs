@@ -399,7 +399,7 @@ async fn probe_stream(
             CertVerdict::Valid => CertificateCheck { valid: true, problem: None },
             CertVerdict::Invalid(why) => CertificateCheck {
                 valid: false,
-                problem: Some(if insecure { format!("{why} (accepted because of --insecure)") } else { why }),
+                problem: Some(if insecure { format!("{why}, accepted because of --insecure") } else { why }),
             },
         });
     }
@@ -564,10 +564,10 @@ impl Render for StunProbeReport {
                 status.push_str(" (bad FINGERPRINT)");
             }
             if let Some(CertificateCheck { valid: false, problem: Some(p) }) = &r.certificate {
-                status.push_str(&format!(" (certificate: {p})"));
+                status.push_str(&format!("; certificate {p}"));
             }
             let server = match r.address {
-                Some(a) if a.to_string() != r.server => format!("{}\n{a}", r.server),
+                Some(a) if !r.server.contains(&a.to_string()) => format!("{}\n{a}", r.server),
                 _ => r.server.clone(),
             };
             t.add_row(vec![

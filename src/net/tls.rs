@@ -89,9 +89,7 @@ pub fn describe_cert_error(e: &rustls::Error) -> String {
             C::Revoked => "revoked".into(),
             C::BadSignature => "bad signature".into(),
             // A certificate that is its own CA: what `openssl req -x509` makes.
-            C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => {
-                "self-signed (a CA certificate used as the server's)".into()
-            }
+            C::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => "self-signed".into(),
             other => format!("invalid ({other:?})"),
         },
         other => other.to_string(),
