@@ -12,5 +12,6 @@ pub mod commands;
 pub mod error;
 pub mod net;
 pub mod output;
+pub mod signal;
 pub mod stun;
 pub mod turn;
