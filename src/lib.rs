@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod media;
 pub mod net;
 pub mod output;
 pub mod signal;
