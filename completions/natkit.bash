@@ -25,6 +25,9 @@ _natkit() {
             natkit,stun-probe)
                 cmd="natkit__subcmd__stun__subcmd__probe"
                 ;;
+            natkit,turn-alloc)
+                cmd="natkit__subcmd__turn__subcmd__alloc"
+                ;;
             natkit__subcmd__help,gen-docs)
                 cmd="natkit__subcmd__help__subcmd__gen__subcmd__docs"
                 ;;
@@ -34,6 +37,9 @@ _natkit() {
             natkit__subcmd__help,stun-probe)
                 cmd="natkit__subcmd__help__subcmd__stun__subcmd__probe"
                 ;;
+            natkit__subcmd__help,turn-alloc)
+                cmd="natkit__subcmd__help__subcmd__turn__subcmd__alloc"
+                ;;
             *)
                 ;;
         esac
@@ -41,7 +47,7 @@ _natkit() {
 
     case "${cmd}" in
         natkit)
-            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe gen-docs help"
+            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe turn-alloc gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -73,7 +79,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__help)
-            opts="stun-probe gen-docs help"
+            opts="stun-probe turn-alloc gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -128,6 +134,20 @@ _natkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        natkit__subcmd__help__subcmd__turn__subcmd__alloc)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         natkit__subcmd__stun__subcmd__probe)
             opts="-4 -6 -v -q -h -V --transport --ipv4 --ipv6 --count --interval --local --timeout --insecure --ca --json --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -156,6 +176,80 @@ _natkit() {
                     return 0
                     ;;
                 --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        natkit__subcmd__turn__subcmd__alloc)
+            opts="-u -p -4 -6 -v -q -h -V --transport --user --password --secret --realm --peer --packets --rate --size --lifetime --nonce-wait --insecure --ca --timeout --ipv4 --ipv6 --json --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --transport)
+                    COMPREPLY=($(compgen -W "udp tcp tls" -- "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -u)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --secret)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --realm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --peer)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --packets)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lifetime)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --nonce-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

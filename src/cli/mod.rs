@@ -7,9 +7,11 @@ use clap::{Parser, Subcommand};
 
 mod gen_docs;
 mod stun_probe;
+mod turn_alloc;
 
 pub use gen_docs::GenDocsArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
+pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
 
 /// Shown at the end of `--help`; the same text is in README.
 pub const EXIT_CODES: &str = "\
@@ -51,6 +53,10 @@ pub enum Command {
     /// STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)
     #[command(after_help = EXIT_CODES)]
     StunProbe(StunProbeArgs),
+
+    /// Prove a TURN server relays, step by step, and audit its safety
+    #[command(after_help = EXIT_CODES)]
+    TurnAlloc(TurnAllocArgs),
 
     /// Regenerate man pages and shell completions from these definitions
     #[command(hide = true)]

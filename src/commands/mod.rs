@@ -7,6 +7,7 @@ use crate::output::{Format, OutputOptions};
 
 pub mod gen_docs;
 pub mod stun_probe;
+pub mod turn_alloc;
 
 /// Logs go to stderr; `-v` raises the level, `RUST_LOG` overrides it.
 pub fn init_logging(verbose: u8, quiet: bool) {
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     rt.block_on(async move {
         match cli.command {
             Command::StunProbe(args) => stun_probe::run(args, &opts).await,
+            Command::TurnAlloc(args) => turn_alloc::run(args, &opts).await,
             Command::GenDocs(args) => gen_docs::run(&args),
         }
     })

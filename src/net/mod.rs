@@ -5,4 +5,5 @@ pub mod server;
 pub mod stream;
 pub mod tls;
 pub mod transport;
+pub mod turn_session;
 pub mod udp;

@@ -20,6 +20,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 /// A connected TCP or TLS stream to a STUN/TURN server.
 pub struct StreamConn {
     io: Box<dyn ByteStream>,
+    /// Bytes read but not yet returned as a frame: keeps `recv_frame` cancel-safe in `select!`.
+    pending: Vec<u8>,
     pub local: SocketAddr,
     pub peer: SocketAddr,
 }
@@ -87,12 +89,12 @@ pub async fn connect(
             }
         }
     };
-    Ok(StreamConn { io, local, peer: addr })
+    Ok(StreamConn { io, pending: Vec::new(), local, peer: addr })
 }
 
 impl StreamConn {
     pub fn from_parts(io: Box<dyn ByteStream>, local: SocketAddr, peer: SocketAddr) -> Self {
-        StreamConn { io, local, peer }
+        StreamConn { io, pending: Vec::new(), local, peer }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -101,13 +103,48 @@ impl StreamConn {
     }
 
     /// Reads one frame: a STUN message or a padded ChannelData message.
+    /// Cancel-safe: bytes of a partly received frame stay buffered.
     pub async fn recv_frame(&mut self) -> io::Result<Vec<u8>> {
-        read_frame(&mut self.io).await
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(frame) = take_frame(&mut self.pending)? {
+                return Ok(frame);
+            }
+            let n = self.io.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+            }
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
     }
 
     pub fn into_inner(self) -> Box<dyn ByteStream> {
         self.io
     }
+}
+
+/// Splits one complete frame off the front of `buf`, if there is one.
+fn take_frame(buf: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+    let (wire, keep) = match buf[0] >> 6 {
+        0 => (HEADER_LEN + len, HEADER_LEN + len),
+        1 => (4 + len.div_ceil(4) * 4, 4 + len),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the server sent bytes that are neither STUN nor ChannelData (first byte {:#04x})", buf[0]),
+            ));
+        }
+    };
+    if buf.len() < wire {
+        return Ok(None);
+    }
+    let mut frame: Vec<u8> = buf.drain(..wire).collect();
+    frame.truncate(keep);
+    Ok(Some(frame))
 }
 
 /// Reads one STUN or ChannelData frame from a stream.
@@ -204,6 +241,25 @@ mod tests {
         assert_eq!(read_frame(&mut r).await.expect("stun"), stun);
         assert_eq!(read_frame(&mut r).await.expect("channel data"), vec![0x40, 0, 0, 5, 1, 2, 3, 4, 5]);
         assert!(read_frame(&mut r).await.is_err());
+    }
+
+    #[test]
+    fn buffered_framing_waits_for_whole_frames() {
+        let id = crate::stun::message::new_transaction_id();
+        let stun = crate::stun::message::binding_request(id);
+        let mut wire = stun.clone();
+        wire.extend_from_slice(&[0x40, 0x01, 0x00, 0x02, 9, 9, 0, 0]);
+        let mut buf = Vec::new();
+        let mut frames = Vec::new();
+        for b in wire {
+            buf.push(b);
+            while let Some(f) = take_frame(&mut buf).expect("valid") {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames, vec![stun, vec![0x40, 0x01, 0x00, 0x02, 9, 9]]);
+        assert!(buf.is_empty());
+        assert!(take_frame(&mut vec![0xC0, 0, 0, 0]).is_err());
     }
 
     #[tokio::test]

@@ -1,4 +1,7 @@
-//! TURN (RFC 8656): credentials shared by the server (`relay`), the client
-//! (`turn-alloc`, `punch`, `call`) and the signaling server (`--turn-secret`).
+//! TURN (RFC 8656): ChannelData framing and the client core, plus credentials
+//! shared by the server (`relay`), the clients (`turn-alloc`, `punch`,
+//! `call`) and the signaling server (`--turn-secret`).
 
+pub mod channel_data;
+pub mod client;
 pub mod credentials;
