@@ -7,6 +7,7 @@
 //! - `commands` wires a core to a driver and builds a typed report;
 //! - `output` renders any report as a table or as JSON.
 
+pub mod call;
 pub mod cli;
 pub mod commands;
 pub mod error;

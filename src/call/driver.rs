@@ -1,0 +1,1 @@
+//! The call's driver: placeholder until the socket/signaling loop lands.
