@@ -1,1 +1,408 @@
-//! The call's driver: placeholder until the socket/signaling loop lands.
+//! The call's driver: owns the UDP socket, the signaling connection, the clock and Ctrl-C, and
+//! feeds them to the session core ([`CallPeer`]). It plays the page's part of the signaling
+//! protocol (README "natkit signal"): whoever joins second sends the offer, candidates trickle.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::time::sleep_until;
+
+use super::peer::{CallPeer, PeerEvent};
+use super::report::{CallReport, Outcome, Recording};
+use super::source::{AudioSource, VideoSource};
+use crate::signal::client::{ClientOptions, SignalClient, SignalSender};
+use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
+
+/// Everything the driver needs, already validated.
+pub struct CallOptions {
+    pub signal_url: String,
+    pub client: ClientOptions,
+    pub room: RoomId,
+    pub bind: SocketAddr,
+    pub duration: Option<Duration>,
+    pub wait: Duration,
+    pub connect_timeout: Duration,
+    pub record: Option<PathBuf>,
+    /// Print a stats line to stderr every second.
+    pub live_stats: bool,
+}
+
+/// The media we send, built before the call starts so a bad file is a usage error.
+pub struct Sources {
+    pub video: Option<VideoSource>,
+    pub audio: Option<AudioSource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Offerer,
+    Answerer,
+}
+
+/// Host candidate addresses for a socket bound to `local`: the bound IP if it is specific,
+/// otherwise every up interface of the same family (loopback only when nothing else exists).
+fn host_addresses(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let ifs = if_addrs::get_if_addrs().unwrap_or_default();
+    let same_family = |ip: &IpAddr| ip.is_ipv4() == local.is_ipv4();
+    let mut out: Vec<SocketAddr> = ifs
+        .iter()
+        .map(|i| i.ip())
+        .filter(|ip| same_family(ip) && !ip.is_loopback() && !is_link_local(ip))
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .collect();
+    if out.is_empty() {
+        out = ifs
+            .iter()
+            .map(|i| i.ip())
+            .filter(|ip| same_family(ip) && ip.is_loopback())
+            .map(|ip| SocketAddr::new(ip, local.port()))
+            .collect();
+    }
+    out
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => v.is_link_local(),
+        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// The local address a datagram from `source` arrived on. A socket bound to a wildcard
+/// address does not tell, so pick the host address that routes there: loopback for loopback,
+/// else the first of the same family.
+fn arrival_address(hosts: &[SocketAddr], bound: SocketAddr, source: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    hosts
+        .iter()
+        .find(|h| h.ip().is_loopback() == source.ip().is_loopback() && h.is_ipv4() == source.is_ipv4())
+        .or(hosts.first())
+        .copied()
+        .unwrap_or(bound)
+}
+
+/// Runs one call to its end and returns the report (also on failure: `outcome` and `error`).
+pub async fn run(opts: CallOptions, sources: Sources) -> CallReport {
+    let mut report = CallReport::new(opts.room.as_str());
+    if let Err(e) = run_inner(&opts, sources, &mut report).await {
+        report.outcome = Outcome::Failed;
+        report.error = Some(format!("{e:#}"));
+    }
+    report
+}
+
+struct Session {
+    peer: CallPeer,
+    remote: Option<PeerId>,
+    role: Option<Role>,
+    /// Remote description applied: candidates can be added.
+    negotiated: bool,
+    early_candidates: Vec<String>,
+    local_lines: Vec<String>,
+    mid: Option<String>,
+    offered_at: Option<Instant>,
+}
+
+impl Session {
+    async fn trickle(&mut self, tx: &mut SignalSender) -> anyhow::Result<()> {
+        let Some(to) = self.remote.clone() else { return Ok(()) };
+        for line in &self.local_lines {
+            let c = IceCandidate::new(line.clone(), self.mid.clone(), Some(0));
+            tx.send(&ClientMessage::candidate(to.clone(), c)).await?;
+        }
+        Ok(())
+    }
+
+    fn flush_early(&mut self, now: Instant) {
+        for line in std::mem::take(&mut self.early_candidates) {
+            if let Err(e) = self.peer.add_remote_candidate(now, &line) {
+                tracing::warn!("ignored the peer's candidate: {e}");
+            }
+        }
+    }
+}
+
+async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(opts.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot bind the media socket to {}: {e}", opts.bind))?;
+    let bound = socket.local_addr()?;
+    let hosts = host_addresses(bound);
+    if hosts.is_empty() {
+        anyhow::bail!("no usable local address for {bound}; pass --bind IP:PORT");
+    }
+
+    let join_at = Instant::now();
+    let (client, membership) =
+        SignalClient::connect_and_join(&opts.signal_url, &opts.client, &opts.room, Duration::from_secs(10)).await?;
+    report.id = Some(membership.id.to_string());
+    let (mut tx, mut rx) = client.split();
+    tracing::info!("joined room {} as {} ({} already there)", opts.room, membership.id, membership.peers.len());
+
+    let now = Instant::now();
+    let mut s = Session {
+        peer: CallPeer::new(now, sources.video, sources.audio, opts.record.as_deref())?,
+        remote: None,
+        role: None,
+        negotiated: false,
+        early_candidates: Vec::new(),
+        local_lines: Vec::new(),
+        mid: None,
+        offered_at: None,
+    };
+    for h in &hosts {
+        match str0m::Candidate::host(*h, "udp") {
+            Ok(c) => s.local_lines.extend(s.peer.add_local_candidate(now, c)),
+            Err(e) => tracing::debug!("skipped host candidate {h}: {e}"),
+        }
+    }
+
+    // Whoever joins second offers, like the page.
+    if let Some(first) = membership.peers.first().cloned() {
+        let offer = s.peer.create_offer(Instant::now())?;
+        s.mid = CallPeer::first_mid(&offer);
+        s.remote = Some(first.clone());
+        s.role = Some(Role::Offerer);
+        s.offered_at = Some(Instant::now());
+        tx.send(&ClientMessage::offer(first, offer)).await?;
+        s.trickle(&mut tx).await?;
+    }
+
+    let wait_deadline = tokio::time::Instant::from_std(join_at + opts.wait);
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut buf = vec![0u8; 2048];
+    let mut end_at: Option<tokio::time::Instant> = None;
+    let mut signal_open = true;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    let outcome = loop {
+        while let Some(d) = s.peer.poll_transmit() {
+            if let Err(e) = socket.send_to(&d.contents, d.destination).await {
+                tracing::debug!("send to {} failed: {e}", d.destination);
+            }
+        }
+        let mut failed = None;
+        let mut closed = false;
+        while let Some(ev) = s.peer.poll_event() {
+            match ev {
+                PeerEvent::Connected => {
+                    let at = s.peer.connected_at().unwrap_or_else(Instant::now);
+                    report.connect_ms = Some(at.duration_since(join_at).as_secs_f64() * 1000.0);
+                    tracing::info!("connected in {:.0} ms", report.connect_ms.unwrap_or(0.0));
+                    if let Some(d) = opts.duration {
+                        end_at = Some(tokio::time::Instant::from_std(at + d));
+                    }
+                }
+                PeerEvent::IceDisconnected => {
+                    tracing::warn!("ICE: lost every candidate pair; waiting for it to come back")
+                }
+                PeerEvent::Closed => closed = true,
+                PeerEvent::Failed(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            let what = if s.peer.connected_at().is_some() { "the session failed" } else { "DTLS handshake failed" };
+            anyhow::bail!("{what}: {e}");
+        }
+        if closed && s.peer.connected_at().is_some() {
+            break Outcome::PeerLeft;
+        }
+        if s.remote.is_none() && tokio::time::Instant::now() >= wait_deadline {
+            anyhow::bail!("no peer in room {} after {:.0} s", opts.room, opts.wait.as_secs_f64());
+        }
+        if let Some(t) = s.offered_at
+            && s.peer.connected_at().is_none()
+            && t.elapsed() > opts.connect_timeout
+        {
+            anyhow::bail!(
+                "ICE failed: no working pair after {:.0} s; the peer's NAT may be symmetric — try --turn",
+                opts.connect_timeout.as_secs_f64()
+            );
+        }
+        let wake = s
+            .peer
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_millis(100))
+            .min(tokio::time::Instant::now() + Duration::from_millis(500));
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    let to = arrival_address(&hosts, bound, from);
+                    s.peer.handle_receive(Instant::now(), from, to, &buf[..n]);
+                }
+                Err(e) => tracing::debug!("media socket: {e}"),
+            },
+            _ = sleep_until(wake) => s.peer.handle_timeout(Instant::now()),
+            m = rx.recv(), if signal_open => match m {
+                Ok(msg) => {
+                    if let Some(outcome) = on_signal(&mut s, &mut tx, msg).await? {
+                        break outcome;
+                    }
+                }
+                Err(e) => {
+                    if s.peer.connected_at().is_none() {
+                        return Err(e.into());
+                    }
+                    tracing::warn!("signaling: {e}; the call goes on without it");
+                    signal_open = false;
+                }
+            },
+            _ = async { sleep_until(end_at.unwrap_or_else(tokio::time::Instant::now)).await }, if end_at.is_some() => {
+                break Outcome::Completed;
+            }
+            _ = &mut ctrl_c => {
+                if s.peer.connected_at().is_some() {
+                    break Outcome::HungUp;
+                }
+                anyhow::bail!("interrupted before the call connected");
+            }
+            _ = stats_tick.tick(), if opts.live_stats => {
+                if s.peer.connected_at().is_some() {
+                    eprintln!("{}", live_line(&s.peer, Instant::now()));
+                }
+            }
+        }
+        fill_report(report, &s, Instant::now());
+    };
+
+    // Hang up: leave the room (the page removes our video), close DTLS, flush.
+    report.outcome = outcome;
+    let now = Instant::now();
+    fill_report(report, &s, now);
+    s.peer.close(now);
+    while let Some(d) = s.peer.poll_transmit() {
+        let _ = socket.send_to(&d.contents, d.destination).await;
+    }
+    if signal_open {
+        let _ = tx.send(&ClientMessage::Leave).await;
+        tx.close().await;
+    }
+    let (video, audio) = s.peer.finish_recording();
+    if let Some(dir) = &opts.record {
+        report.recording = Some(Recording { video, audio: audio.map(|f| dir.join(f).display().to_string()) });
+    }
+    Ok(())
+}
+
+fn fill_report(report: &mut CallReport, s: &Session, now: Instant) {
+    report.peer = s.remote.as_ref().map(|p| p.to_string());
+    report.role = s.role.map(|r| match r {
+        Role::Offerer => "offerer".to_string(),
+        Role::Answerer => "answerer".to_string(),
+    });
+    if let Some(p) = s.peer.path() {
+        report.path = Some(p);
+    }
+    let (sent, received) = s.peer.stats(now);
+    report.sent = sent;
+    report.received = received;
+    report.duration_s = s.peer.connected_at().map(|t| now.saturating_duration_since(t).as_secs_f64()).unwrap_or(0.0);
+}
+
+/// One line of live stats for stderr.
+fn live_line(peer: &CallPeer, now: Instant) -> String {
+    let (sent, recv) = peer.stats(now);
+    let secs = peer.connected_at().map(|t| now.saturating_duration_since(t).as_secs_f64()).unwrap_or(0.0);
+    let kbps = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
+    let rtt = sent.video.rtt_ms.or(sent.audio.rtt_ms).map(|x| format!("{x:.1} ms")).unwrap_or_else(|| "-".into());
+    format!(
+        "{secs:6.1}s  sent video {} frames {} kbps, audio {} pkts | received video {} frames {} kbps, audio {} pkts | rtt {rtt}",
+        sent.video.frames,
+        kbps(sent.video.bitrate_kbps),
+        sent.audio.packets,
+        recv.video.frames,
+        kbps(recv.video.bitrate_kbps),
+        recv.audio.packets,
+    )
+}
+
+/// Handles one signaling message; `Some(outcome)` ends the call.
+async fn on_signal(s: &mut Session, tx: &mut SignalSender, msg: ServerMessage) -> anyhow::Result<Option<Outcome>> {
+    let now = Instant::now();
+    match msg {
+        ServerMessage::Joined { id, .. } => {
+            if s.remote.is_none() {
+                // We were first: the newcomer offers, we answer.
+                tracing::info!("{id} joined; waiting for its offer");
+                s.remote = Some(id);
+                s.role = Some(Role::Answerer);
+            }
+        }
+        ServerMessage::Offer { from, sdp, .. } => {
+            if s.remote.as_ref().is_some_and(|r| *r != from) && s.negotiated {
+                tracing::warn!("ignored an offer from {from}: already in a call with another member");
+                return Ok(None);
+            }
+            s.remote = Some(from.clone());
+            s.role = Some(Role::Answerer);
+            let answer = s.peer.accept_offer(now, &sdp)?;
+            s.mid = CallPeer::first_mid(&sdp);
+            s.negotiated = true;
+            s.offered_at.get_or_insert(now);
+            tx.send(&ClientMessage::answer(from, answer)).await?;
+            s.trickle(tx).await?;
+            s.flush_early(now);
+        }
+        ServerMessage::Answer { from, sdp, .. } => {
+            if s.remote.as_ref() == Some(&from) && !s.negotiated {
+                s.peer.accept_answer(now, &sdp)?;
+                s.negotiated = true;
+                s.flush_early(now);
+            }
+        }
+        ServerMessage::Candidate { from, candidate, .. } => {
+            if s.remote.as_ref().is_some_and(|r| *r != from) {
+                return Ok(None);
+            }
+            if s.negotiated {
+                if let Err(e) = s.peer.add_remote_candidate(now, &candidate.candidate) {
+                    tracing::warn!("ignored the peer's candidate: {e}");
+                }
+            } else {
+                s.early_candidates.push(candidate.candidate);
+            }
+        }
+        ServerMessage::Exit { from, .. } => {
+            if s.remote.as_ref() == Some(&from) {
+                tracing::info!("{from} left the room");
+                if s.peer.connected_at().is_some() {
+                    return Ok(Some(Outcome::PeerLeft));
+                }
+                anyhow::bail!("the peer left the room before the call connected");
+            }
+        }
+        ServerMessage::Error { code, message } => tracing::warn!("signaling server: {message} ({code:?})"),
+        ServerMessage::Created { .. } => {}
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specific_bind_gives_one_host_address() {
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(host_addresses(a), vec![a]);
+        assert_eq!(arrival_address(&[a], a, "127.0.0.1:9".parse().unwrap()), a);
+    }
+
+    #[test]
+    fn wildcard_bind_picks_the_arrival_address_by_route() {
+        let hosts: Vec<SocketAddr> = vec!["10.0.0.2:4000".parse().unwrap(), "127.0.0.1:4000".parse().unwrap()];
+        let bound: SocketAddr = "0.0.0.0:4000".parse().unwrap();
+        assert_eq!(arrival_address(&hosts, bound, "127.0.0.1:9".parse().unwrap()), hosts[1]);
+        assert_eq!(arrival_address(&hosts, bound, "10.0.0.9:9".parse().unwrap()), hosts[0]);
+    }
+}

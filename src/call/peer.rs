@@ -312,13 +312,8 @@ impl CallPeer {
             self.next_audio = Some(next_tick(due, interval, now));
             match self.audio.as_mut().map(|a| a.next_frame()) {
                 Some(Ok(frame)) => {
-                    if self.write(
-                        now,
-                        mid,
-                        Codec::Opus,
-                        MediaTime::new(frame.rtp_time, Frequency::FORTY_EIGHT_KHZ),
-                        frame.data,
-                    ) {
+                    let time = MediaTime::new(frame.rtp_time, Frequency::FORTY_EIGHT_KHZ);
+                    if self.write(now, mid, Codec::Opus, time, frame.data) {
                         self.audio_state.frames_sent += 1;
                     }
                 }

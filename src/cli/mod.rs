@@ -5,10 +5,12 @@
 
 use clap::{Parser, Subcommand};
 
+mod call;
 mod gen_docs;
 mod stun_probe;
 mod turn_alloc;
 
+pub use call::CallArgs;
 pub use gen_docs::GenDocsArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
 pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
@@ -59,6 +61,9 @@ pub enum Command {
     TurnAlloc(TurnAllocArgs),
 
     /// Regenerate man pages and shell completions from these definitions
+    #[command(after_help = EXIT_CODES)]
+    Call(CallArgs),
+
     #[command(hide = true)]
     GenDocs(GenDocsArgs),
 }

@@ -5,6 +5,7 @@ use crate::cli::{Cli, Command};
 use crate::error::Status;
 use crate::output::{Format, OutputOptions};
 
+pub mod call;
 pub mod gen_docs;
 pub mod stun_probe;
 pub mod turn_alloc;
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         match cli.command {
             Command::StunProbe(args) => stun_probe::run(args, &opts).await,
             Command::TurnAlloc(args) => turn_alloc::run(args, &opts).await,
+            Command::Call(args) => call::run(args, &opts).await,
             Command::GenDocs(args) => gen_docs::run(&args),
         }
     })
