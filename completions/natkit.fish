@@ -31,7 +31,8 @@ complete -c natkit -n "__fish_natkit_needs_command" -s h -l help -d 'Print help 
 complete -c natkit -n "__fish_natkit_needs_command" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
-complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs"
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l transport -d 'Transport to probe over' -r -f -a "udp\t''
 tcp\t''
@@ -73,13 +74,32 @@ complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s v -l verbos
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l signal -d 'Signaling server: ws://HOST:PORT or wss://HOST:PORT (`natkit signal`; path /ws by default)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l room -d 'Room to join; the browser page or another `natkit call` joins the same one' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l send -d 'What to send: `test` (moving colour bars with a frame counter and the time, VP8, plus a 440 Hz Opus tone), a VP8 FILE.ivf (looped, plus the tone), or `none` (receive only)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l duration -d 'Hang up after this many seconds connected (default: run until Ctrl-C or the peer leaves)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l record -d 'Write received video to DIR/video.ivf and audio to DIR/audio.ogg' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l bind -d 'Local UDP address for media; a specific IP offers only that host candidate' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l wait -d 'Give up if no peer is in the room after this many seconds' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l connect-timeout -d 'Give up if ICE and DTLS have not connected this many seconds after the offer' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l size -d 'Video size and rate of `--send test`' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l fps -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l bitrate -d 'Target video bitrate of `--send test`' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l ca -d 'Trust this PEM CA certificate for wss://' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l insecure -d 'Accept any TLS certificate from a wss:// signaling server (e.g. --tls-self-signed)'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -s h -l help -d 'Print help'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -l out -d 'Project root: man pages go to DIR/man, completions to DIR/completions' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s V -l version -d 'Print version'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc gen-docs help" -f -a "gen-docs" -d 'Regenerate man pages and shell completions from these definitions'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "gen-docs"
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -196,7 +196,10 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
             match ev {
                 PeerEvent::Connected => {
                     let at = s.peer.connected_at().unwrap_or_else(Instant::now);
-                    report.connect_ms = Some(at.duration_since(join_at).as_secs_f64() * 1000.0);
+                    // From the offer (sent or received) to ICE+DTLS up: waiting for the
+                    // peer to join is not connecting.
+                    let from = s.offered_at.unwrap_or(join_at);
+                    report.connect_ms = Some(at.saturating_duration_since(from).as_secs_f64() * 1000.0);
                     tracing::info!("connected in {:.0} ms", report.connect_ms.unwrap_or(0.0));
                     if let Some(d) = opts.duration {
                         end_at = Some(tokio::time::Instant::from_std(at + d));
@@ -303,7 +306,7 @@ fn fill_report(report: &mut CallReport, s: &Session, now: Instant) {
     if let Some(p) = s.peer.path() {
         report.path = Some(p);
     }
-    let (sent, received) = s.peer.stats(now);
+    let (sent, received) = s.peer.stats();
     report.sent = sent;
     report.received = received;
     report.duration_s = s.peer.connected_at().map(|t| now.saturating_duration_since(t).as_secs_f64()).unwrap_or(0.0);
@@ -311,7 +314,7 @@ fn fill_report(report: &mut CallReport, s: &Session, now: Instant) {
 
 /// One line of live stats for stderr.
 fn live_line(peer: &CallPeer, now: Instant) -> String {
-    let (sent, recv) = peer.stats(now);
+    let (sent, recv) = peer.stats();
     let secs = peer.connected_at().map(|t| now.saturating_duration_since(t).as_secs_f64()).unwrap_or(0.0);
     let kbps = |v: Option<f64>| v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "-".into());
     let rtt = sent.video.rtt_ms.or(sent.audio.rtt_ms).map(|x| format!("{x:.1} ms")).unwrap_or_else(|| "-".into());

@@ -412,14 +412,26 @@ impl CallPeer {
                 }
             }
             Event::KeyframeRequest(_) => self.want_keyframe = true,
-            Event::MediaEgressStats(s) => {
+            // Loss and RTT come with RTCP reports, not every stats interval: keep the last known.
+            Event::MediaEgressStats(mut s) => {
                 if let Some(kind) = self.mids.get(&s.mid).copied() {
-                    self.state_mut(kind).egress = Some(s);
+                    let st = self.state_mut(kind);
+                    if let Some(old) = st.egress.take() {
+                        s.loss = s.loss.or(old.loss);
+                        s.rtt = s.rtt.or(old.rtt);
+                        s.remote = s.remote.or(old.remote);
+                    }
+                    st.egress = Some(s);
                 }
             }
-            Event::MediaIngressStats(s) => {
+            Event::MediaIngressStats(mut s) => {
                 if let Some(kind) = self.mids.get(&s.mid).copied() {
-                    self.state_mut(kind).ingress = Some(s);
+                    let st = self.state_mut(kind);
+                    if let Some(old) = st.ingress.take() {
+                        s.loss = s.loss.or(old.loss);
+                        s.rtt = s.rtt.or(old.rtt);
+                    }
+                    st.ingress = Some(s);
                 }
             }
             Event::PeerStats(s) => self.peer_stats = Some(s),
@@ -440,10 +452,15 @@ impl CallPeer {
         })
     }
 
-    /// Sent and received figures so far; `now` sets the bitrate window.
-    pub fn stats(&self, now: Instant) -> (DirectionStats, DirectionStats) {
-        let secs = self.connected_at.map(|t| now.saturating_duration_since(t).as_secs_f64()).unwrap_or(0.0);
-        let kbps = |bytes: u64| (secs > 0.0).then(|| bytes as f64 * 8.0 / 1000.0 / secs);
+    /// Sent and received figures as of str0m's last stats snapshot (once a second).
+    pub fn stats(&self) -> (DirectionStats, DirectionStats) {
+        // Byte counts come from str0m's stats snapshot (once a second): divide by the time up
+        // to that snapshot, not up to now, or the rate reads low.
+        let connected = self.connected_at;
+        let kbps = |bytes: u64, at: Instant| {
+            let secs = connected.map(|t| at.saturating_duration_since(t).as_secs_f64()).unwrap_or(0.0);
+            (secs > 0.0).then(|| bytes as f64 * 8.0 / 1000.0 / secs)
+        };
         let peer_rtt = self.peer_stats.as_ref().and_then(|p| p.rtt).map(ms);
         let mut sent = DirectionStats::default();
         let mut received = DirectionStats::default();
@@ -469,7 +486,7 @@ impl CallPeer {
                     .and_then(|e| e.remote.as_ref())
                     .map(|r| r.jitter as f64 * 1000.0 / st.clock_rate as f64),
                 rtt_ms: st.egress.as_ref().and_then(|e| e.rtt).map(ms).or(peer_rtt),
-                bitrate_kbps: st.egress.as_ref().and_then(|e| kbps(e.bytes)),
+                bitrate_kbps: st.egress.as_ref().and_then(|e| kbps(e.bytes, e.timestamp)),
             };
             let inc = MediaStats {
                 codec: st.codec.clone(),
@@ -480,7 +497,7 @@ impl CallPeer {
                 packet_loss: st.ingress.as_ref().and_then(|i| i.loss).map(f64::from),
                 jitter_ms: st.ingress.as_ref().map(|i| i.jitter as f64 * 1000.0 / st.clock_rate as f64),
                 rtt_ms: st.ingress.as_ref().and_then(|i| i.rtt).map(ms).or(peer_rtt),
-                bitrate_kbps: st.ingress.as_ref().and_then(|i| kbps(i.bytes)),
+                bitrate_kbps: st.ingress.as_ref().and_then(|i| kbps(i.bytes, i.timestamp)),
             };
             match kind {
                 MediaKind::Video => {
@@ -576,7 +593,7 @@ mod tests {
         assert!(a.is_connected() && b.is_connected());
         assert_eq!(a.poll_event(), Some(PeerEvent::Connected));
         for p in [&a, &b] {
-            let (sent, received) = p.stats(now);
+            let (sent, received) = p.stats();
             assert!(sent.video.frames > 30, "sent video frames: {:?}", sent.video);
             assert!(sent.audio.frames > 50, "sent audio frames: {:?}", sent.audio);
             assert!(received.video.frames > 30, "received video: {:?}", received.video);

@@ -105,7 +105,7 @@ pub struct CallReport {
     pub role: Option<String>,
     pub outcome: Outcome,
     pub path: Option<CallPath>,
-    /// From joining the room to ICE+DTLS connected.
+    /// From the offer (sent or received) to ICE and DTLS connected.
     pub connect_ms: Option<f64>,
     /// Connected time.
     pub duration_s: f64,
