@@ -15,6 +15,8 @@ pub struct Coturn {
     /// PEM certificate (self-signed, CN=localhost, SAN 127.0.0.1) that the TLS listener uses.
     pub cert: PathBuf,
     pub log: PathBuf,
+    /// The (first) listening IP.
+    pub ip: String,
 }
 
 #[derive(Default, Clone)]
@@ -23,6 +25,24 @@ pub struct CoturnConfig {
     pub args: Vec<String>,
     /// Listen on this IP instead of 127.0.0.1.
     pub listen_ip: Option<String>,
+    /// More listening IPs. With one or more, coturn is an RFC 5780 server: it answers
+    /// CHANGE-REQUEST from the other IP and from `--alt-listening-port` (port + 1).
+    pub extra_listen_ips: Vec<String>,
+    /// Run inside this network namespace (a lab's public namespace); ports are then fixed
+    /// (3478, alternate 3479, TLS 5349) since the namespace is ours alone.
+    pub netns: Option<String>,
+}
+
+impl CoturnConfig {
+    /// An RFC 5780 STUN server on two IPs inside a namespace (e.g. a lab's public one).
+    pub fn rfc5780_in(netns: &str, ip1: &str, ip2: &str) -> Self {
+        CoturnConfig {
+            listen_ip: Some(ip1.to_string()),
+            extra_listen_ips: vec![ip2.to_string()],
+            netns: Some(netns.to_string()),
+            ..Default::default()
+        }
+    }
 }
 
 /// Writes a throwaway self-signed certificate and key made with rcgen.
@@ -41,12 +61,25 @@ impl Coturn {
         let bin = tools::require("turnserver", "coturn");
         let dir = tempfile::tempdir().expect("tempdir");
         let (cert, key) = self_signed_cert(dir.path());
-        let port = free_port();
-        let tls_port = free_port();
+        let (port, tls_port) = if cfg.netns.is_some() { (3478, 5349) } else { (free_port(), free_port()) };
         let log = dir.path().join("turnserver.log");
         let ip = cfg.listen_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
-        let mut cmd = Command::new(bin);
-        cmd.args(["-n", "--no-cli", "--no-dtls", "--simple-log", "--listening-ip", &ip, "--relay-ip", &ip])
+        let mut cmd = match &cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new(tools::require("ip", "iproute2"));
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(["-n", "--no-cli", "--no-dtls", "--simple-log", "--listening-ip", &ip, "--relay-ip", &ip]);
+        for extra in &cfg.extra_listen_ips {
+            cmd.args(["--listening-ip", extra]);
+        }
+        if !cfg.extra_listen_ips.is_empty() {
+            cmd.args(["--alt-listening-port", &(port + 1).to_string()]);
+        }
+        cmd
             .args(["--listening-port", &port.to_string(), "--tls-listening-port", &tls_port.to_string()])
             .arg("--cert")
             .arg(&cert)
@@ -62,17 +95,30 @@ impl Coturn {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd.spawn().expect("starting turnserver");
-        let c = Coturn { child, port, tls_port, dir, cert, log };
-        c.wait_ready(&ip);
+        let c = Coturn { child, port, tls_port, dir, cert, log, ip: ip.clone() };
+        c.wait_ready(&ip, cfg.netns.as_deref());
         c
     }
 
-    fn wait_ready(&self, ip: &str) {
+    fn wait_ready(&self, ip: &str, netns: Option<&str>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect((ip, self.tls_port)).is_ok()
-                && std::net::TcpStream::connect((ip, self.port)).is_ok()
-            {
+            let ready = match netns {
+                // The test process is not in that namespace: ask `ss` inside it.
+                Some(ns) => {
+                    let out = Command::new(tools::require("ip", "iproute2"))
+                        .args(["netns", "exec", ns, "ss", "-Hlnt"])
+                        .output()
+                        .expect("running ss in the lab namespace");
+                    let want = format!("{ip}:{}", self.tls_port);
+                    String::from_utf8_lossy(&out.stdout).split_whitespace().any(|w| w == want)
+                }
+                None => {
+                    std::net::TcpStream::connect((ip, self.tls_port)).is_ok()
+                        && std::net::TcpStream::connect((ip, self.port)).is_ok()
+                }
+            };
+            if ready {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -84,7 +130,7 @@ impl Coturn {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod coturn;
+pub mod lab;
 pub mod tools;
 
 use std::process::{Command, Output};

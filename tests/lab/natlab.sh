@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# natlab.sh: the natkit NAT lab, built from network namespaces, veth pairs and nftables.
+#
+# Used by the Rust tests (tests/common/lab.rs) and by scripts/bench-*. Everything it makes lives in
+# namespaces whose names start with PREFIX-; nothing touches the default namespace's interfaces,
+# routes or firewall, and no address leaves the documentation ranges and 10.x.
+#
+#   natlab.sh public PREFIX IP...                 public segment: namespace PREFIX-pub with a bridge
+#                                                 "br" holding the given /24 addresses (203.0.113.x)
+#   natlab.sh nat PREFIX NAME INDEX KIND HAIRPIN  a client PREFIX-c-NAME behind a router PREFIX-r-NAME
+#                                                 (or directly on the bridge for open/firewall)
+#   natlab.sh down PREFIX                         deletes every PREFIX-* namespace (and ends what runs in them)
+#
+# Addresses for NAT number INDEX (1-89): router WAN 203.0.113.(10+INDEX), LAN 10.INDEX.0.1/24, client
+# 10.INDEX.0.2; an open client is 203.0.113.(100+INDEX).
+# KIND: open | firewall | full-cone | restricted-cone | port-restricted-cone | symmetric | udp-blocked
+# HAIRPIN: 1 makes the router loop LAN packets sent to its own public address back to the mapped client.
+set -euo pipefail
+
+die() { echo "natlab: $*" >&2; exit 2; }
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+public)
+  p=${1:?prefix}; shift
+  [ $# -ge 1 ] || die "public: give at least one public address"
+  ip netns add "$p-pub"
+  ip -n "$p-pub" link set lo up
+  ip -n "$p-pub" link add name br type bridge
+  ip -n "$p-pub" link set dev br up
+  for a in "$@"; do ip -n "$p-pub" addr add "$a/24" dev br; done
+  ;;
+
+nat)
+  p=${1:?prefix}; name=${2:?name}; i=${3:?index}; kind=${4:?kind}; hairpin=${5:-0}
+  [ "$i" -ge 1 ] && [ "$i" -le 89 ] || die "nat index $i out of range 1-89"
+  pub="$p-pub"; r="$p-r-$name"; c="$p-c-$name"
+  ip netns add "$c"
+  ip -n "$c" link set lo up
+  case "$kind" in
+  open|firewall)
+    ip -n "$pub" link add name "v-$name" type veth peer name eth0 netns "$c"
+    ip -n "$pub" link set "v-$name" master br up
+    ip -n "$c" addr add "203.0.113.$((100 + i))/24" dev eth0
+    ip -n "$c" link set eth0 up
+    if [ "$kind" = firewall ]; then
+      # A stateful firewall on the host itself: public address, but unsolicited inbound UDP is dropped.
+      ip netns exec "$c" nft -f - <<EOF
+table inet lab {
+  chain input_filter {
+    type filter hook input priority 0; policy accept;
+    iifname "eth0" ct state established,related accept
+    iifname "eth0" meta l4proto udp drop
+  }
+}
+EOF
+    fi
+    exit 0
+    ;;
+  full-cone|restricted-cone|port-restricted-cone|symmetric|udp-blocked) ;;
+  *) die "unknown NAT kind '$kind'" ;;
+  esac
+
+  wan="203.0.113.$((10 + i))"; lan="10.$i.0.0/24"; gw="10.$i.0.1"; client="10.$i.0.2"
+  ip netns add "$r"
+  ip -n "$r" link set lo up
+  ip -n "$pub" link add name "v-$name" type veth peer name wan netns "$r"
+  ip -n "$pub" link set "v-$name" master br up
+  ip -n "$r" addr add "$wan/24" dev wan
+  ip -n "$r" link set wan up
+  ip -n "$r" link add name lan type veth peer name eth0 netns "$c"
+  ip -n "$r" addr add "$gw/24" dev lan
+  ip -n "$r" link set lan up
+  ip -n "$c" addr add "$client/24" dev eth0
+  ip -n "$c" link set eth0 up
+  ip -n "$c" route add default via "$gw"
+  ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec "$r" sysctl -qw net.ipv4.conf.all.send_redirects=0
+  ip netns exec "$r" sysctl -qw net.ipv4.conf.lan.send_redirects=0
+
+  # Hairpinning: a LAN packet to our own public address goes back to the client (ports are preserved
+  # by every hairpin-capable kind here), with its source rewritten to the public address so the
+  # receiver sees the sender's mapped address.
+  hp_pre=""; hp_post=""
+  if [ "$hairpin" = 1 ]; then
+    [ "$kind" != symmetric ] || die "hairpinning is only built for port-preserving kinds, not symmetric"
+    hp_pre="iifname \"lan\" ip daddr $wan meta l4proto udp dnat to $client"
+    hp_post="oifname \"lan\" ip saddr $lan ip daddr $client snat to $wan"
+  fi
+
+  # Unsolicited inbound packets are dropped in the input chain, before conntrack confirms an entry
+  # for them: otherwise masquerade later gives that remote a fresh port (see LAB-NOTES).
+  drop_new_in='iifname "wan" ct state new drop'
+  case "$kind" in
+  full-cone)
+    # snat keeps the client's port (endpoint-independent mapping); the dnat of every port back to the
+    # client lets anyone reach a mapped port (endpoint-independent filtering).
+    nat_pre="iifname \"wan\" ip daddr $wan udp dport 1024-65535 dnat to $client"
+    nat_post="oifname \"wan\" ip saddr $lan snat to $wan"
+    filter=""
+    ;;
+  restricted-cone)
+    # Same mapping as full cone; inbound passes only from an address this client endpoint has sent to
+    # (address-dependent filtering), remembered in a dynamic set keyed by (client ip, port, remote ip).
+    nat_pre="iifname \"wan\" ip daddr $wan udp dport 1024-65535 dnat to $client"
+    nat_post="oifname \"wan\" ip saddr $lan snat to $wan"
+    filter="
+  set contacted {
+    type ipv4_addr . inet_service . ipv4_addr
+    flags dynamic,timeout
+    timeout 5m
+  }
+  chain forward_filter {
+    type filter hook forward priority 0; policy accept;
+    iifname \"lan\" oifname \"wan\" meta l4proto udp update @contacted { ip saddr . udp sport . ip daddr }
+    iifname \"wan\" ct state established,related accept
+    iifname \"wan\" meta l4proto udp ip daddr . udp dport . ip saddr @contacted accept
+    iifname \"wan\" drop
+  }"
+    ;;
+  port-restricted-cone)
+    # Plain masquerade: port kept, inbound only from the exact remote endpoint (conntrack).
+    nat_pre=""
+    nat_post="oifname \"wan\" masquerade"
+    filter="
+  chain input_filter { type filter hook input priority 0; policy accept; $drop_new_in; }"
+    ;;
+  symmetric)
+    # A fresh random port per remote endpoint.
+    nat_pre=""
+    nat_post="oifname \"wan\" masquerade fully-random"
+    filter="
+  chain input_filter { type filter hook input priority 0; policy accept; $drop_new_in; }"
+    ;;
+  udp-blocked)
+    nat_pre=""
+    nat_post="oifname \"wan\" masquerade"
+    filter="
+  chain forward_filter { type filter hook forward priority 0; policy accept; meta l4proto udp drop; }
+  chain input_filter { type filter hook input priority 0; policy accept; meta l4proto udp drop; $drop_new_in; }"
+    ;;
+  esac
+
+  ip netns exec "$r" nft -f - <<EOF
+table ip lab {
+  chain pre {
+    type nat hook prerouting priority dstnat; policy accept;
+    $hp_pre
+    $nat_pre
+  }
+  chain post {
+    type nat hook postrouting priority srcnat; policy accept;
+    $hp_post
+    $nat_post
+  }
+  $filter
+}
+EOF
+  ;;
+
+down)
+  p=${1:?prefix}
+  for ns in $(ip netns list | awk '{print $1}' | grep -E "^$p-" || true); do
+    # Whatever still runs in a lab namespace was started by the lab's user; end it by pid.
+    for pid in $(ip netns pids "$ns" 2>/dev/null || true); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  ;;
+
+*)
+  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN | down PREFIX"
+  ;;
+esac
