@@ -12,6 +12,7 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod media;
+pub mod nat;
 pub mod net;
 pub mod output;
 pub mod signal;

@@ -90,6 +90,22 @@ pub fn binding_request_with(id: [u8; 12], change: ChangeFlags) -> Vec<u8> {
     encode(&b.with_attribute(Fingerprint::default()).build())
 }
 
+/// Whether a message that passed [`looks_like_stun`] is a request (class bits 00, RFC 8489 §5).
+pub fn is_request(bytes: &[u8]) -> bool {
+    looks_like_stun(bytes) && bytes[0] & 0x01 == 0 && bytes[1] & 0x10 == 0
+}
+
+/// The CHANGE-REQUEST flags a Binding request carries (none when it has no such attribute).
+pub fn change_flags(bytes: &[u8]) -> Result<ChangeFlags, ResponseError> {
+    let msg = decode(bytes)?;
+    let mut flags = ChangeFlags::default();
+    if let Some(cr) = msg.attributes().iter().find_map(|a| a.as_change_request().ok()) {
+        flags.change_ip = cr.flags().contains(ChangeRequestFlags::ChangeIp);
+        flags.change_port = cr.flags().contains(ChangeRequestFlags::ChangePort);
+    }
+    Ok(flags)
+}
+
 /// Why a message that should be a Binding response is not a usable one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResponseError {
@@ -291,6 +307,18 @@ mod tests {
         let mut lying = bytes.clone();
         lying[3] = 0x04; // header length shorter than the attributes
         let _ = BindingResponse::parse(&lying);
+    }
+
+    #[test]
+    fn change_flags_round_trip_and_requests_are_told_apart() {
+        let id = new_transaction_id();
+        let both = ChangeFlags { change_ip: true, change_port: true };
+        assert_eq!(change_flags(&binding_request_with(id, both)), Ok(both));
+        let port = ChangeFlags { change_ip: false, change_port: true };
+        assert_eq!(change_flags(&binding_request_with(id, port)), Ok(port));
+        assert_eq!(change_flags(&binding_request(id)), Ok(ChangeFlags::default()));
+        assert!(is_request(&binding_request(id)));
+        assert!(!is_request(&success_response(id, "198.51.100.1:1".parse().expect("addr"))));
     }
 
     #[test]

@@ -1,0 +1,10 @@
+//! NAT behaviour discovery (RFC 5780) as sans-IO cores, and what the results mean.
+//!
+//! - [`behavior`]: the mapping (§4.3), filtering (§4.4) and hairpinning (§4.6) tests as one state
+//!   machine over STUN client transactions on several logical sockets, run concurrently;
+//! - [`classify`]: mapping + filtering → the classic name (full cone, symmetric, …);
+//! - [`port_allocation`]: the pattern of mapped ports over fresh sockets (port prediction).
+
+pub mod behavior;
+pub mod classify;
+pub mod port_allocation;
