@@ -25,6 +25,9 @@ _natkit() {
             natkit,help)
                 cmd="natkit__subcmd__help"
                 ;;
+            natkit,nat-type)
+                cmd="natkit__subcmd__nat__subcmd__type"
+                ;;
             natkit,stun-probe)
                 cmd="natkit__subcmd__stun__subcmd__probe"
                 ;;
@@ -40,6 +43,9 @@ _natkit() {
             natkit__subcmd__help,help)
                 cmd="natkit__subcmd__help__subcmd__help"
                 ;;
+            natkit__subcmd__help,nat-type)
+                cmd="natkit__subcmd__help__subcmd__nat__subcmd__type"
+                ;;
             natkit__subcmd__help,stun-probe)
                 cmd="natkit__subcmd__help__subcmd__stun__subcmd__probe"
                 ;;
@@ -53,7 +59,7 @@ _natkit() {
 
     case "${cmd}" in
         natkit)
-            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe turn-alloc call gen-docs help"
+            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe turn-alloc nat-type call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -147,7 +153,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__help)
-            opts="stun-probe turn-alloc call gen-docs help"
+            opts="stun-probe turn-alloc nat-type call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -202,6 +208,20 @@ _natkit() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        natkit__subcmd__help__subcmd__nat__subcmd__type)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         natkit__subcmd__help__subcmd__stun__subcmd__probe)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -223,6 +243,36 @@ _natkit() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        natkit__subcmd__nat__subcmd__type)
+            opts="-v -q -h -V --server --ports --local --timeout --json --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ports)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --local)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

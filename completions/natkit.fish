@@ -31,6 +31,7 @@ complete -c natkit -n "__fish_natkit_needs_command" -s h -l help -d 'Print help 
 complete -c natkit -n "__fish_natkit_needs_command" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs"
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -74,6 +75,15 @@ complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s v -l verbos
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l server -d 'STUN server: HOST, HOST:PORT or a stun: URI; repeat for more. The first is the primary and should support RFC 5780 (OTHER-ADDRESS, CHANGE-REQUEST); with servers that do not, give two or more and the mapping is found by comparing them. Without any, a built-in list (see README)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l ports -d 'Open N fresh sockets and report the pattern of their mapped ports (preserving, sequential, random)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l local -d 'Local address for the primary socket: IP or IP:PORT' -r
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l timeout -d 'Give up on a server that never answers after this many seconds (the udp-blocked verdict)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s h -l help -d 'Print help'
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l signal -d 'Signaling server: ws://HOST:PORT or wss://HOST:PORT (`natkit signal`; path /ws by default)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l room -d 'Room to join; the browser page or another `natkit call` joins the same one' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l send -d 'What to send: `test` (moving colour bars with a frame counter and the time, VP8, plus a 440 Hz Opus tone), a VP8 FILE.ivf (looped, plus the tone), or `none` (receive only)' -r
@@ -98,8 +108,9 @@ complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s v -l verbose 
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s V -l version -d 'Print version'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "gen-docs"
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "gen-docs"
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

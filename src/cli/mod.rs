@@ -7,11 +7,13 @@ use clap::{Parser, Subcommand};
 
 mod call;
 mod gen_docs;
+mod nat_type;
 mod stun_probe;
 mod turn_alloc;
 
 pub use call::CallArgs;
 pub use gen_docs::GenDocsArgs;
+pub use nat_type::NatTypeArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
 pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
 
@@ -59,6 +61,10 @@ pub enum Command {
     /// Prove a TURN server relays, step by step, and audit its safety
     #[command(after_help = EXIT_CODES)]
     TurnAlloc(TurnAllocArgs),
+
+    /// NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P
+    #[command(after_help = EXIT_CODES)]
+    NatType(NatTypeArgs),
 
     /// Regenerate man pages and shell completions from these definitions
     #[command(after_help = EXIT_CODES)]

@@ -7,6 +7,7 @@ use crate::output::{Format, OutputOptions};
 
 pub mod call;
 pub mod gen_docs;
+pub mod nat_type;
 pub mod stun_probe;
 pub mod turn_alloc;
 
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             Command::StunProbe(args) => stun_probe::run(args, &opts).await,
             Command::TurnAlloc(args) => turn_alloc::run(args, &opts).await,
             Command::Call(args) => call::run(args, &opts).await,
+            Command::NatType(args) => nat_type::run(args, &opts).await,
             Command::GenDocs(args) => gen_docs::run(&args),
         }
     })

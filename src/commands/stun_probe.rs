@@ -178,7 +178,7 @@ pub async fn probe(args: &StunProbeArgs, opts: &OutputOptions) -> anyhow::Result
     Ok(StunProbeReport { results, summary })
 }
 
-fn parse_local(s: &str) -> Result<SocketAddr, UsageError> {
+pub(crate) fn parse_local(s: &str) -> Result<SocketAddr, UsageError> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }

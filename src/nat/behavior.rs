@@ -434,7 +434,13 @@ impl Discovery {
         let local = self.locals.get(PRIMARY).copied();
         let mut notes = Vec::new();
         let first = primary.and_then(|p| self.result_of(TestKind::MappingI, Some(p)));
-        let public = mapped_of(first);
+        // Another server's answer proves UDP works even if the primary stayed silent.
+        let other_answer = self
+            .tests
+            .iter()
+            .filter(|t| t.ex.test == TestKind::MappingI && Some(t.ex.destination) != primary)
+            .find_map(|t| mapped_of(t.ex.result.as_ref()));
+        let public = mapped_of(first).or(other_answer);
         let other_address = match first {
             Some(ExchangeResult::Answered { other_address, .. }) => *other_address,
             _ => None,
@@ -443,6 +449,13 @@ impl Discovery {
             Some(ExchangeResult::Answered { .. }) => Reach::Answered,
             Some(ExchangeResult::Unreachable { error, .. }) => Reach::Unreachable(error.clone()),
             Some(ExchangeResult::Error { code, reason, .. }) => Reach::Refused(*code, reason.clone()),
+            _ if other_answer.is_some() => {
+                notes.push(format!(
+                    "the primary server {} did not answer, others did: only the mapping comparison could run",
+                    primary.map(|p| p.to_string()).unwrap_or_default()
+                ));
+                Reach::Answered
+            }
             _ => Reach::Silent,
         };
         let translation = match (public, local) {
@@ -463,7 +476,10 @@ impl Discovery {
                     None
                 }
                 (Some(_), Some(_), None) => {
-                    notes.push("mapping-3 (to the alternate port) got no answer: mapping varies with the address at least".into());
+                    notes.push(
+                        "mapping-3 (to the alternate port) got no answer: mapping varies with the address at least"
+                            .into(),
+                    );
                     Some(Mapping::AddressDependent)
                 }
                 _ => None,
@@ -561,9 +577,9 @@ impl Discovery {
             return Some(Mapping::EndpointIndependent);
         }
         // Same server IP, different port, different mapping: the port matters too.
-        let port_matters = seen.iter().any(|(d1, m1)| {
-            seen.iter().any(|(d2, m2)| d1.ip() == d2.ip() && d1.port() != d2.port() && m1 != m2)
-        });
+        let port_matters = seen
+            .iter()
+            .any(|(d1, m1)| seen.iter().any(|(d2, m2)| d1.ip() == d2.ip() && d1.port() != d2.port() && m1 != m2));
         if port_matters {
             return Some(Mapping::AddressAndPortDependent);
         }
@@ -774,7 +790,8 @@ mod tests {
             if dest.ip() == self.public_ip {
                 // Hairpin: to our own public address.
                 let port = self.map(t.socket, dest);
-                let target = self.mappings.iter().find(|(k, p)| **p == dest.port() && k.0 != t.socket).map(|(k, _)| k.0);
+                let target =
+                    self.mappings.iter().find(|(k, p)| **p == dest.port() && k.0 != t.socket).map(|(k, _)| k.0);
                 let target = if self.nat() { target } else { (0..8).find(|s| Self::local_port(*s) == dest.port()) };
                 match (self.hairpin || !self.nat(), target) {
                     (true, Some(s)) => {
@@ -999,6 +1016,19 @@ mod tests {
         let (f, _) = run(&mut net, config(servers, 0));
         assert_eq!(f.mapping, Some(Mapping::EndpointIndependent));
         assert_eq!(f.nat_type, None, "which cone needs the filtering tests");
+    }
+
+    #[test]
+    fn a_silent_primary_with_another_server_answering_is_not_udp_blocked() {
+        let mut net = Net::new(Kind::Symmetric);
+        net.rfc5780 = false;
+        // The primary is an address no server answers on; the other two are plain STUN servers.
+        let dead = sa(ip(203, 0, 113, 9), S_PORT);
+        let servers = vec![dead, server(), sa(ip(203, 0, 113, 2), S_PORT)];
+        let (f, _) = run(&mut net, config(servers, 0));
+        assert_ne!(f.nat_type, Some(NatType::UdpBlocked));
+        assert_eq!(f.mapping, Some(Mapping::AddressDependent));
+        assert!(f.notes.iter().any(|n| n.contains("did not answer")), "{:?}", f.notes);
     }
 
     #[test]

@@ -297,3 +297,77 @@ pub async fn run_transactions(
         .collect();
     (ends, strays)
 }
+
+/// A sans-IO core that talks over several UDP sockets at once (socket `i` is
+/// `sockets[i]` in [`drive`]). Responses are told apart by the socket they
+/// arrive on, which is what NAT behaviour tests need.
+pub trait MultiSocketCore {
+    /// The next datagram due now: (socket, destination, bytes).
+    fn poll_transmit(&mut self, now: Instant) -> Option<(usize, SocketAddr, Vec<u8>)>;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn handle_timeout(&mut self, now: Instant);
+    fn handle_input(&mut self, socket: usize, from: SocketAddr, bytes: &[u8], now: Instant);
+    /// The kernel reported an ICMP error (or a send failed) for `destination`.
+    fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, now: Instant);
+    fn is_done(&self) -> bool;
+}
+
+/// Drives `core` over `sockets` until it is done: sends what it asks, wakes it
+/// at its timeouts, feeds it datagrams and ICMP errors per socket.
+pub async fn drive(sockets: &[UdpSocket], core: &mut impl MultiSocketCore) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let now = Instant::now();
+        while let Some((i, dest, bytes)) = core.poll_transmit(now) {
+            let Some(sock) = sockets.get(i) else {
+                core.handle_unreachable(i, dest, Unreachable::Other(libc::EBADF), now);
+                continue;
+            };
+            if let Err(e) = sock.send_to(&bytes, dest).await {
+                if is_icmp_error(&e) {
+                    for (d, k) in drain_error_queue(sock) {
+                        core.handle_unreachable(i, d, k, now);
+                    }
+                } else {
+                    tracing::debug!(%dest, "send failed: {e}");
+                    core.handle_unreachable(i, dest, Unreachable::Other(e.raw_os_error().unwrap_or(libc::EIO)), now);
+                }
+            }
+        }
+        core.handle_timeout(now);
+        if core.is_done() {
+            return;
+        }
+        let Some(wake) = core.poll_timeout() else {
+            // Not done but nothing to wait for: a core bug; stop rather than spin.
+            tracing::debug!("core neither done nor waiting; stopping");
+            return;
+        };
+        // Waits for the first socket with a datagram (or an error) in socket order.
+        let recv = futures::future::poll_fn(|cx| {
+            for (i, s) in sockets.iter().enumerate() {
+                let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                if let std::task::Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
+                    let n = rb.filled().len();
+                    return std::task::Poll::Ready((i, r.map(|from| (from, n))));
+                }
+            }
+            std::task::Poll::Pending
+        });
+        tokio::select! {
+            (i, r) = recv => {
+                let now = Instant::now();
+                match r {
+                    Ok((from, n)) => core.handle_input(i, from, &buf[..n], now),
+                    Err(e) if is_icmp_error(&e) => {
+                        for (d, k) in drain_error_queue(&sockets[i]) {
+                            core.handle_unreachable(i, d, k, now);
+                        }
+                    }
+                    Err(e) => tracing::debug!("recv error on socket {i}: {e}"),
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}

@@ -79,8 +79,7 @@ impl Coturn {
         if !cfg.extra_listen_ips.is_empty() {
             cmd.args(["--alt-listening-port", &(port + 1).to_string()]);
         }
-        cmd
-            .args(["--listening-port", &port.to_string(), "--tls-listening-port", &tls_port.to_string()])
+        cmd.args(["--listening-port", &port.to_string(), "--tls-listening-port", &tls_port.to_string()])
             .arg("--cert")
             .arg(&cert)
             .arg("--pkey")

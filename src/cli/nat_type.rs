@@ -1,0 +1,27 @@
+//! Arguments of `natkit nat-type`.
+
+use clap::Args;
+
+#[derive(Debug, Args)]
+#[command(
+    about = "What your NAT does (RFC 5780 mapping, filtering, hairpinning, port allocation) and what it means for peer-to-peer"
+)]
+pub struct NatTypeArgs {
+    /// STUN server: HOST, HOST:PORT or a stun: URI; repeat for more. The first is the primary and
+    /// should support RFC 5780 (OTHER-ADDRESS, CHANGE-REQUEST); with servers that do not, give two or
+    /// more and the mapping is found by comparing them. Without any, a built-in list (see README).
+    #[arg(long = "server", value_name = "HOST[:PORT]")]
+    pub servers: Vec<String>,
+
+    /// Open N fresh sockets and report the pattern of their mapped ports (preserving, sequential, random)
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub ports: u16,
+
+    /// Local address for the primary socket: IP or IP:PORT
+    #[arg(long, value_name = "ADDR")]
+    pub local: Option<String>,
+
+    /// Give up on a server that never answers after this many seconds (the udp-blocked verdict)
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    pub timeout: f64,
+}

@@ -1,0 +1,300 @@
+//! `natkit nat-type`: NAT behaviour discovery (RFC 5780) and what it means
+//! for peer-to-peer. Wires the sans-IO [`Discovery`] core to the multi-socket
+//! UDP driver and builds the report.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cli::NatTypeArgs;
+use crate::commands::stun_probe::parse_local;
+use crate::error::{Status, usage};
+use crate::nat::behavior::{Config, Discovery, Exchange, ExchangeResult, Findings, Timing};
+use crate::nat::classify::{Filtering, Mapping, NatType};
+use crate::nat::port_allocation::{PortPattern, PortSample, pattern};
+use crate::net::server::{Family, ServerSpec};
+use crate::net::transport::Transport;
+use crate::net::udp::{self, MultiSocketCore, Unreachable};
+use crate::output::{self, OutputOptions, Render};
+
+/// Used when no --server is given (listed in README). The first supports RFC 5780
+/// (the stuntman reference server); the others add mapping evidence from other IPs.
+pub const DEFAULT_SERVERS: &[&str] =
+    &["stun.stunprotocol.org:3478", "stun.l.google.com:19302", "stun.cloudflare.com:3478"];
+
+/// The report; field names are a public contract (README).
+#[derive(Debug, Serialize)]
+pub struct NatTypeReport {
+    pub nat_type: Option<NatType>,
+    pub mapping: Option<Mapping>,
+    pub filtering: Option<Filtering>,
+    pub hairpinning: Option<bool>,
+    pub port_preservation: Option<bool>,
+    pub port_allocation: Option<PortAllocation>,
+    /// Binding lifetime (RFC 5780 §4.5); not measured by this version.
+    pub lifetime_s: Option<f64>,
+    pub local: Option<SocketAddr>,
+    /// The mapped address the primary server saw.
+    pub public: Option<SocketAddr>,
+    pub server: ServerInfo,
+    /// Lowest round-trip time measured, which sized the waits.
+    pub rtt_ms: Option<f64>,
+    /// How long the whole discovery took.
+    pub duration_ms: f64,
+    /// What it means for peer-to-peer, in one sentence.
+    pub meaning: Option<String>,
+    /// Why something is unknown, or anything else worth knowing.
+    pub notes: Vec<String>,
+    /// Every STUN exchange made.
+    pub tests: Vec<Exchange>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerInfo {
+    /// As given (or from the built-in list).
+    pub input: String,
+    pub address: SocketAddr,
+    /// RFC 5780 OTHER-ADDRESS: the alternate IP and port.
+    pub other_address: Option<SocketAddr>,
+    pub rfc5780: bool,
+    /// The other servers, for the mapping comparison.
+    pub others: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PortAllocation {
+    #[serde(flatten)]
+    pub pattern: Option<PortPattern>,
+    pub samples: Vec<PortSample>,
+}
+
+/// The core as the multi-socket UDP driver sees it.
+impl MultiSocketCore for Discovery {
+    fn poll_transmit(&mut self, now: Instant) -> Option<(usize, SocketAddr, Vec<u8>)> {
+        Discovery::poll_transmit(self, now).map(|t| (t.socket, t.destination, t.bytes))
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Discovery::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Discovery::handle_timeout(self, now)
+    }
+    fn handle_input(&mut self, socket: usize, from: SocketAddr, bytes: &[u8], now: Instant) {
+        Discovery::handle_input(self, socket, from, bytes, now)
+    }
+    fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, now: Instant) {
+        Discovery::handle_unreachable(self, socket, destination, why.to_string(), now)
+    }
+    fn is_done(&self) -> bool {
+        Discovery::is_done(self)
+    }
+}
+
+pub async fn run(args: NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
+    let report = discover(&args, opts).await?;
+    output::emit(&report, opts)?;
+    let ok = matches!(report.nat_type, Some(t) if t != NatType::UdpBlocked);
+    Ok(Status::from_ok(ok))
+}
+
+/// Resolves the servers, runs the tests and builds the report.
+pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<NatTypeReport> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 60.0) {
+        return usage(format!("--timeout {} is out of range: give seconds between 0 and 60", args.timeout));
+    }
+    let local = args.local.as_deref().map(parse_local).transpose()?;
+    let builtin = args.servers.is_empty();
+    let inputs: Vec<String> =
+        if builtin { DEFAULT_SERVERS.iter().map(|s| s.to_string()).collect() } else { args.servers.clone() };
+    let family = match local {
+        Some(l) if l.is_ipv4() => Family::V4,
+        Some(_) => Family::V6,
+        None => Family::Any,
+    };
+    let mut servers: Vec<(String, SocketAddr)> = Vec::new();
+    for input in &inputs {
+        let spec = ServerSpec::parse(input)?;
+        if matches!(spec.transport, Some(Transport::Tcp | Transport::Tls)) {
+            return usage(format!(
+                "server '{input}' asks for TCP or TLS; NAT behaviour discovery runs over UDP (give HOST[:PORT] or stun:HOST)"
+            ));
+        }
+        // Every server must be in the primary's family: one socket talks to all of them.
+        let fam = match servers.first() {
+            Some((_, a)) if a.is_ipv4() => Family::V4,
+            Some(_) => Family::V6,
+            None => family,
+        };
+        match spec.resolve(Transport::Udp, fam).await {
+            Ok(a) => servers.push((input.clone(), a)),
+            // A name the user typed that does not resolve is bad input; the built-in list may be offline.
+            Err(e) if !builtin => return Err(e.into()),
+            Err(e) => tracing::info!("skipping built-in server {input}: {e}"),
+        }
+    }
+    let Some((primary_input, primary)) = servers.first().cloned() else {
+        return usage("none of the built-in STUN servers resolved (no DNS?); give one with --server HOST[:PORT]");
+    };
+
+    let cfg = Config {
+        servers: servers.iter().map(|(_, a)| *a).collect(),
+        port_samples: args.ports as usize,
+        timeout: Duration::from_secs_f64(args.timeout),
+        timing: Timing::default(),
+    };
+    let unspecified =
+        if primary.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+    let bind_ip = local.map(|l| l.ip()).unwrap_or(unspecified);
+    let mut sockets = Vec::with_capacity(cfg.sockets_needed());
+    for i in 0..cfg.sockets_needed() {
+        let addr = match (i, local) {
+            (0, Some(l)) => l,
+            _ => SocketAddr::new(bind_ip, 0),
+        };
+        let s = udp::bind(addr).map_err(|e| {
+            if i == 0 && local.is_some() {
+                anyhow::Error::new(crate::error::UsageError::new(format!(
+                    "cannot bind --local {addr}: {e}; pick an address of this host and a free port"
+                )))
+            } else {
+                anyhow::anyhow!("binding a UDP socket on {addr}: {e}")
+            }
+        })?;
+        sockets.push(s);
+    }
+    // The address a server would see without a NAT: the bound IP, or the one routing picks.
+    let host_ip = if bind_ip.is_unspecified() { udp::local_ip_towards(primary).unwrap_or(bind_ip) } else { bind_ip };
+    let locals: Vec<SocketAddr> =
+        sockets.iter().map(|s| s.local_addr().map(|a| SocketAddr::new(host_ip, a.port()))).collect::<Result<_, _>>()?;
+
+    let pb = output::progress(opts, 1, "discovering NAT behaviour");
+    let started = Instant::now();
+    let mut core = Discovery::new(cfg, locals, started);
+    udp::drive(&sockets, &mut core).await;
+    let duration = started.elapsed();
+    pb.finish_and_clear();
+
+    let f = core.findings();
+    Ok(build_report(f, primary_input, primary, servers[1..].iter().map(|(_, a)| *a).collect(), duration, args.ports))
+}
+
+fn build_report(
+    f: Findings,
+    input: String,
+    address: SocketAddr,
+    others: Vec<SocketAddr>,
+    duration: Duration,
+    ports: u16,
+) -> NatTypeReport {
+    let port_allocation =
+        (ports > 0).then(|| PortAllocation { pattern: pattern(&f.port_samples), samples: f.port_samples.clone() });
+    NatTypeReport {
+        nat_type: f.nat_type,
+        mapping: f.mapping,
+        filtering: f.filtering,
+        hairpinning: f.hairpinning,
+        port_preservation: f.port_preservation,
+        port_allocation,
+        lifetime_s: None,
+        local: f.local,
+        public: f.public,
+        server: ServerInfo {
+            input,
+            address,
+            other_address: f.other_address,
+            rfc5780: f.other_address.is_some(),
+            others,
+        },
+        rtt_ms: f.rtt.map(|r| r.as_secs_f64() * 1000.0),
+        duration_ms: duration.as_secs_f64() * 1000.0,
+        meaning: f.nat_type.map(|t| t.meaning().to_string()),
+        notes: f.notes,
+        tests: f.exchanges,
+    }
+}
+
+fn yes_no(v: Option<bool>) -> String {
+    match v {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => "unknown".into(),
+    }
+}
+
+fn describe_result(r: &Option<ExchangeResult>) -> String {
+    match r {
+        None => "pending".into(),
+        Some(ExchangeResult::Answered { from, mapped, rtt_ms, .. }) => {
+            format!("mapped {} from {from} in {}", output::cell(mapped), output::ms(*rtt_ms))
+        }
+        Some(ExchangeResult::Error { from, code, reason, .. }) => format!("error {code} {reason} from {from}"),
+        Some(ExchangeResult::Hairpinned { from, .. }) => format!("came back to socket 0 from {from}"),
+        Some(ExchangeResult::Timeout { after_ms }) => format!("no answer ({})", output::ms(*after_ms)),
+        Some(ExchangeResult::Unreachable { error, .. }) => error.clone(),
+        Some(ExchangeResult::Skipped { reason }) => format!("skipped: {reason}"),
+    }
+}
+
+impl Render for NatTypeReport {
+    fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut t = output::table(&["NAT behaviour", ""]);
+        let unknown = |s: Option<String>| s.unwrap_or_else(|| "unknown".into());
+        t.add_row(vec!["NAT type".into(), unknown(self.nat_type.map(|v| v.to_string()))]);
+        t.add_row(vec!["Mapping".into(), unknown(self.mapping.map(|v| v.to_string()))]);
+        t.add_row(vec!["Filtering".into(), unknown(self.filtering.map(|v| v.to_string()))]);
+        t.add_row(vec!["Hairpinning".into(), yes_no(self.hairpinning)]);
+        t.add_row(vec!["Port preservation".into(), yes_no(self.port_preservation)]);
+        if let Some(pa) = &self.port_allocation {
+            let p = match pa.pattern {
+                Some(PortPattern::Preserving) => "preserving".to_string(),
+                Some(PortPattern::Sequential { step }) => format!("sequential, step {step}"),
+                Some(PortPattern::Random) => "random".to_string(),
+                None => "unknown (too few answers)".to_string(),
+            };
+            let ports: Vec<String> = pa.samples.iter().map(|s| format!("{}→{}", s.local, s.mapped)).collect();
+            t.add_row(vec!["Port allocation".into(), format!("{p} ({})", ports.join(", "))]);
+        }
+        t.add_row(vec!["Local".into(), output::cell(&self.local)]);
+        t.add_row(vec!["Public".into(), output::cell(&self.public)]);
+        let rfc = if self.server.rfc5780 {
+            format!("RFC 5780, other address {}", output::cell(&self.server.other_address))
+        } else {
+            "no RFC 5780".into()
+        };
+        t.add_row(vec!["Server".into(), format!("{} ({}; {rfc})", self.server.input, self.server.address)]);
+        t.add_row(vec!["RTT".into(), self.rtt_ms.map(output::ms).unwrap_or_else(|| "-".into())]);
+        t.add_row(vec!["Took".into(), output::ms(self.duration_ms)]);
+        writeln!(out, "{t}")?;
+
+        let mut tests = output::table(&["test", "socket", "to", "change-request", "sends", "result"]);
+        for e in &self.tests {
+            let test = serde_json::to_value(e.test).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let change = match (e.change_request.change_ip, e.change_request.change_port) {
+                (true, true) => "ip+port",
+                (true, false) => "ip",
+                (false, true) => "port",
+                (false, false) => "-",
+            };
+            tests.add_row(vec![
+                test,
+                e.socket.to_string(),
+                e.destination.to_string(),
+                change.into(),
+                e.sends.to_string(),
+                describe_result(&e.result),
+            ]);
+        }
+        writeln!(out, "{tests}")?;
+        for n in &self.notes {
+            writeln!(out, "note: {n}")?;
+        }
+        match &self.meaning {
+            Some(m) => writeln!(out, "{m}"),
+            None => {
+                writeln!(out, "Not enough was learned to say what this means for peer-to-peer; see the notes above.")
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! `natkit nat-type` against real Linux NATs: one lab per behaviour (network
+//! namespaces + nftables, tests/lab/natlab.sh), coturn as the RFC 5780 server
+//! on two public IPs, natkit run inside the client namespace.
+
+mod common;
+
+use common::coturn::{Coturn, CoturnConfig};
+use common::lab::{Hairpin, Lab, NatKind};
+use common::{json_of, natkit};
+use serde_json::Value;
+
+const SERVER: &str = "203.0.113.1:3478";
+const OTHER: &str = "203.0.113.2:3479";
+
+/// A lab with the given NATs and coturn (RFC 5780, two IPs) in its public namespace.
+fn lab_with_server(nats: &[(&str, NatKind, Hairpin)], extra_coturn_args: &[&str]) -> (Lab, Coturn) {
+    let mut b = Lab::builder();
+    for (name, kind, hp) in nats {
+        b = b.nat_with(name, *kind, *hp);
+    }
+    let lab = b.build();
+    let mut cfg = CoturnConfig::rfc5780_in(&lab.public_ns(), "203.0.113.1", "203.0.113.2");
+    cfg.args = extra_coturn_args.iter().map(|s| s.to_string()).collect();
+    let ct = Coturn::start(cfg);
+    (lab, ct)
+}
+
+fn nat_type(lab: &Lab, nat: &str, extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec!["nat-type", "--server", SERVER, "--json"];
+    args.extend_from_slice(extra);
+    let out = lab.natkit_in(&lab.client_ns(nat), &args);
+    (out.status.code(), json_of(&out))
+}
+
+fn test_named<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["tests"]
+        .as_array()
+        .expect("tests array")
+        .iter()
+        .find(|t| t["test"] == name)
+        .unwrap_or_else(|| panic!("no test {name} in {v:#}"))
+}
+
+/// The fields every RFC 5780 run has, whatever the NAT.
+fn assert_common(v: &Value, lab: &Lab, nat: &str) {
+    let n = lab.nat(nat);
+    let local: std::net::SocketAddr = v["local"].as_str().expect("local").parse().expect("local addr");
+    assert_eq!(local.ip().to_string(), n.client_ip.to_string(), "{v:#}");
+    assert_eq!(v["server"]["address"], SERVER);
+    assert_eq!(v["server"]["other_address"], OTHER);
+    assert_eq!(v["server"]["rfc5780"], true);
+    assert!(v["lifetime_s"].is_null());
+    assert!(v["rtt_ms"].as_f64().expect("rtt") >= 0.0);
+    assert!(v["meaning"].as_str().is_some_and(|m| !m.is_empty()));
+    let m1 = test_named(v, "mapping-1");
+    assert_eq!(m1["destination"], SERVER);
+    assert_eq!(m1["result"]["outcome"], "answered");
+    assert_eq!(m1["result"]["mapped"], v["public"]);
+    let f2 = test_named(v, "filtering-2");
+    assert_eq!(f2["change_request"]["change_ip"], true);
+    assert_eq!(f2["change_request"]["change_port"], true);
+    let f3 = test_named(v, "filtering-3");
+    assert_eq!(f3["change_request"]["change_ip"], false);
+    assert_eq!(f3["change_request"]["change_port"], true);
+    let m2 = test_named(v, "mapping-2");
+    assert_eq!(m2["destination"], "203.0.113.2:3478");
+    assert_eq!(m2["result"]["outcome"], "answered");
+}
+
+fn public_ip(v: &Value) -> String {
+    let p: std::net::SocketAddr = v["public"].as_str().expect("public").parse().expect("public addr");
+    p.ip().to_string()
+}
+
+#[test]
+fn open_lab_is_open_internet() {
+    let (lab, _ct) = lab_with_server(&[("o", NatKind::Open, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "o", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_common(&v, &lab, "o");
+    assert_eq!(v["nat_type"], "open-internet");
+    assert_eq!(v["mapping"], "endpoint-independent");
+    assert_eq!(v["filtering"], "endpoint-independent");
+    assert_eq!(v["public"], v["local"], "no translation");
+    assert_eq!(v["port_preservation"], true);
+    assert_eq!(v["hairpinning"], true, "a host reaches its own address");
+    assert!(v["port_allocation"].is_null());
+    assert_eq!(test_named(&v, "filtering-2")["result"]["outcome"], "answered");
+    assert_eq!(test_named(&v, "filtering-2")["result"]["from"], OTHER);
+}
+
+#[test]
+fn firewalled_public_host_is_a_symmetric_udp_firewall() {
+    let (lab, _ct) = lab_with_server(&[("w", NatKind::Firewall, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "w", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_common(&v, &lab, "w");
+    assert_eq!(v["nat_type"], "symmetric-udp-firewall");
+    assert_eq!(v["mapping"], "endpoint-independent");
+    assert_eq!(v["filtering"], "address-and-port-dependent");
+    assert_eq!(v["public"], v["local"]);
+}
+
+#[test]
+fn full_cone_lab_is_full_cone() {
+    let (lab, _ct) = lab_with_server(&[("f", NatKind::FullCone, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "f", &["--ports", "4"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_common(&v, &lab, "f");
+    assert_eq!(v["nat_type"], "full-cone");
+    assert_eq!(v["mapping"], "endpoint-independent");
+    assert_eq!(v["filtering"], "endpoint-independent");
+    assert_eq!(public_ip(&v), lab.nat("f").public_ip.to_string());
+    assert_eq!(v["port_preservation"], true);
+    assert_eq!(v["hairpinning"], false);
+    assert_eq!(v["port_allocation"]["pattern"], "preserving");
+    assert_eq!(v["port_allocation"]["samples"].as_array().expect("samples").len(), 4);
+    assert_eq!(test_named(&v, "mapping-3")["result"]["outcome"], "skipped");
+}
+
+#[test]
+fn restricted_cone_lab_filters_by_address() {
+    let (lab, _ct) = lab_with_server(&[("r", NatKind::RestrictedCone, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "r", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_common(&v, &lab, "r");
+    assert_eq!(v["nat_type"], "restricted-cone");
+    assert_eq!(v["mapping"], "endpoint-independent");
+    assert_eq!(v["filtering"], "address-dependent");
+    assert_eq!(public_ip(&v), lab.nat("r").public_ip.to_string());
+    assert_eq!(v["port_preservation"], true);
+    assert_eq!(v["hairpinning"], false);
+    assert_eq!(test_named(&v, "filtering-2")["result"]["outcome"], "timeout");
+    assert_eq!(test_named(&v, "filtering-3")["result"]["outcome"], "answered");
+    assert_eq!(test_named(&v, "filtering-3")["result"]["from"], "203.0.113.1:3479");
+}
+
+#[test]
+fn port_restricted_cone_lab_filters_by_address_and_port() {
+    let (lab, _ct) = lab_with_server(&[("p", NatKind::PortRestrictedCone, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "p", &["--ports", "4"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_common(&v, &lab, "p");
+    assert_eq!(v["nat_type"], "port-restricted-cone");
+    assert_eq!(v["mapping"], "endpoint-independent");
+    assert_eq!(v["filtering"], "address-and-port-dependent");
+    assert_eq!(v["port_preservation"], true);
+    assert_eq!(v["hairpinning"], false);
+    assert_eq!(v["port_allocation"]["pattern"], "preserving");
+    assert_eq!(test_named(&v, "filtering-2")["result"]["outcome"], "timeout");
+    assert_eq!(test_named(&v, "filtering-3")["result"]["outcome"], "timeout");
+}
+
+#[test]
+fn symmetric_lab_is_symmetric_with_random_ports() {
+    let (lab, _ct) = lab_with_server(&[("s", NatKind::Symmetric, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "s", &["--ports", "6"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_common(&v, &lab, "s");
+    assert_eq!(v["nat_type"], "symmetric");
+    assert_eq!(v["mapping"], "address-and-port-dependent");
+    assert_eq!(v["filtering"], "address-and-port-dependent");
+    assert_eq!(public_ip(&v), lab.nat("s").public_ip.to_string());
+    assert_eq!(v["port_preservation"], false);
+    assert_eq!(v["hairpinning"], false);
+    assert_eq!(v["port_allocation"]["pattern"], "random");
+    assert_ne!(test_named(&v, "mapping-2")["result"]["mapped"], v["public"]);
+    assert_eq!(test_named(&v, "mapping-3")["result"]["outcome"], "answered");
+}
+
+#[test]
+fn udp_blocked_lab_is_udp_blocked_after_the_timeout() {
+    let (lab, _ct) = lab_with_server(&[("u", NatKind::UdpBlocked, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "u", &["--timeout", "1"]);
+    assert_eq!(code, Some(1), "udp-blocked is a failed check: {v:#}");
+    assert_eq!(v["nat_type"], "udp-blocked");
+    for field in ["mapping", "filtering", "hairpinning", "port_preservation", "public", "rtt_ms", "lifetime_s"] {
+        assert!(v[field].is_null(), "{field} should be null: {v:#}");
+    }
+    assert_eq!(test_named(&v, "mapping-1")["result"]["outcome"], "timeout");
+    assert!(v["notes"].to_string().contains("no answer over UDP"), "{v:#}");
+}
+
+#[test]
+fn hairpinning_is_seen_on_a_nat_that_loops_back_and_not_on_one_that_does_not() {
+    let (lab, _ct) = lab_with_server(
+        &[
+            ("hp", NatKind::FullCone, Hairpin::On),
+            ("nohp", NatKind::FullCone, Hairpin::Off),
+            ("prhp", NatKind::PortRestrictedCone, Hairpin::On),
+        ],
+        &[],
+    );
+    for (nat, expected) in [("hp", true), ("nohp", false), ("prhp", true)] {
+        let (code, v) = nat_type(&lab, nat, &[]);
+        assert_eq!(code, Some(0), "{v:#}");
+        assert_common(&v, &lab, nat);
+        assert_eq!(v["hairpinning"], expected, "{nat}: {v:#}");
+        let h = test_named(&v, "hairpin");
+        assert_eq!(h["destination"], v["public"]);
+        assert_eq!(h["result"]["outcome"], if expected { "hairpinned" } else { "unreachable" }, "{nat}: {h:#}");
+    }
+}
+
+#[test]
+fn servers_without_rfc5780_give_the_mapping_by_comparison_or_say_what_is_missing() {
+    let (lab, _ct) = lab_with_server(
+        &[("s", NatKind::Symmetric, Hairpin::Off), ("p", NatKind::PortRestrictedCone, Hairpin::Off)],
+        &["--no-rfc5780"],
+    );
+    let two = ["nat-type", "--server", "203.0.113.1:3478", "--server", "203.0.113.2:3478", "--json"];
+    let out = lab.natkit_in(&lab.client_ns("s"), &two);
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "symmetric");
+    assert_eq!(v["mapping"], "address-dependent");
+    assert!(v["filtering"].is_null());
+    assert_eq!(v["server"]["rfc5780"], false);
+    assert_eq!(v["server"]["others"][0], "203.0.113.2:3478");
+    assert!(v["notes"].to_string().contains("filtering is unknown"), "{v:#}");
+
+    let out = lab.natkit_in(&lab.client_ns("p"), &two);
+    let v = json_of(&out);
+    assert_eq!(v["mapping"], "endpoint-independent");
+    assert!(v["nat_type"].is_null(), "which cone needs the filtering tests: {v:#}");
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = lab.natkit_in(&lab.client_ns("p"), &["nat-type", "--server", "203.0.113.1:3478"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("does not support RFC 5780"), "{text}");
+    assert!(text.contains("second --server"), "{text}");
+    assert!(text.contains(&lab.nat("p").public_ip.to_string()), "the public address is still learned: {text}");
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    for args in [
+        &["nat-type", "--server", "203.0.113.1:99999"][..],
+        &["nat-type", "--server", "bad host!"],
+        &["nat-type", "--server", "turns:203.0.113.1"],
+        &["nat-type", "--server", "203.0.113.1", "--timeout", "0"],
+        &["nat-type", "--server", "203.0.113.1", "--local", "nonsense"],
+        &["nat-type", "--server", "203.0.113.1", "--ports", "999"],
+    ] {
+        let out = natkit(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stderr.is_empty());
+    }
+}
