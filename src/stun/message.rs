@@ -188,8 +188,9 @@ pub fn class_name(c: MessageClass) -> &'static str {
     }
 }
 
-/// Walks the attribute TLVs without decoding them.
-fn attributes(bytes: &[u8]) -> impl Iterator<Item = (usize, u16, &[u8])> {
+/// Walks the attribute TLVs without decoding them: (offset, type, value).
+/// The header must have passed [`looks_like_stun`].
+pub(crate) fn attributes(bytes: &[u8]) -> impl Iterator<Item = (usize, u16, &[u8])> {
     let end = HEADER_LEN + u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
     let mut pos = HEADER_LEN;
     std::iter::from_fn(move || {

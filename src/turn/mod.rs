@@ -5,3 +5,4 @@
 pub mod channel_data;
 pub mod client;
 pub mod credentials;
+pub mod server;

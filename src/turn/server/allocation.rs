@@ -1,0 +1,146 @@
+//! The allocations table (RFC 8656 §2.2, §6): one allocation per client
+//! 5-tuple, each with a relayed transport address (a socket the driver owns,
+//! named by a [`RelayId`]), a lifetime, permissions and channels. Indexed by
+//! client 5-tuple, by relay socket and by relayed address, so every packet
+//! finds its allocation with one hash lookup.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::auth::{IntegrityKind, UserKey};
+use super::channels::Channels;
+use super::permissions::Permissions;
+use super::{FiveTuple, RelayId};
+use crate::turn::server::peer_policy::canonical;
+
+/// RFC 8656 §7.2: 10 minutes unless the client asks for another lifetime.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(600);
+/// The cap on any requested lifetime (RFC 8656 suggests 3600 s).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+
+#[derive(Debug)]
+pub struct Allocation {
+    pub client: FiveTuple,
+    pub relay: RelayId,
+    /// What XOR-RELAYED-ADDRESS says (with `--external-ip`, not what the socket is bound to).
+    pub relayed: SocketAddr,
+    /// The relayed socket's own address.
+    pub bound: SocketAddr,
+    pub user: UserKey,
+    pub integrity: IntegrityKind,
+    pub expires: Instant,
+    pub permissions: Permissions,
+    pub channels: Channels,
+    /// The Allocate transaction that made it: a retransmission gets the same answer.
+    pub transaction: [u8; 12],
+}
+
+/// A requested lifetime turned into the one granted: 0 stays 0 (delete),
+/// below the default becomes the default, above the cap becomes the cap.
+pub fn granted_lifetime(requested: Option<u32>, max: Duration) -> Duration {
+    match requested {
+        None => DEFAULT_LIFETIME.min(max),
+        Some(0) => Duration::ZERO,
+        Some(s) => Duration::from_secs(s as u64).clamp(DEFAULT_LIFETIME.min(max), max),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Allocations {
+    by_relay: HashMap<RelayId, Allocation>,
+    by_client: HashMap<FiveTuple, RelayId>,
+    by_relayed: HashMap<SocketAddr, RelayId>,
+    per_user: HashMap<String, u32>,
+}
+
+impl Allocations {
+    pub fn len(&self) -> usize {
+        self.by_relay.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_relay.is_empty()
+    }
+
+    pub fn user_count(&self, user: &str) -> u32 {
+        self.per_user.get(user).copied().unwrap_or(0)
+    }
+
+    pub fn insert(&mut self, a: Allocation) {
+        *self.per_user.entry(a.user.username.clone()).or_default() += 1;
+        self.by_client.insert(a.client, a.relay);
+        self.by_relayed.insert(a.relayed, a.relay);
+        self.by_relayed.insert(a.bound, a.relay);
+        self.by_relay.insert(a.relay, a);
+    }
+
+    pub fn remove(&mut self, relay: RelayId) -> Option<Allocation> {
+        let a = self.by_relay.remove(&relay)?;
+        self.by_client.remove(&a.client);
+        self.by_relayed.remove(&a.relayed);
+        self.by_relayed.remove(&a.bound);
+        if let Some(n) = self.per_user.get_mut(&a.user.username) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&a.user.username);
+            }
+        }
+        Some(a)
+    }
+
+    pub fn relay_of_client(&self, client: &FiveTuple) -> Option<RelayId> {
+        self.by_client.get(client).copied()
+    }
+
+    pub fn by_client_mut(&mut self, client: &FiveTuple) -> Option<&mut Allocation> {
+        let id = self.by_client.get(client)?;
+        self.by_relay.get_mut(id)
+    }
+
+    pub fn get(&self, relay: RelayId) -> Option<&Allocation> {
+        self.by_relay.get(&relay)
+    }
+
+    pub fn get_mut(&mut self, relay: RelayId) -> Option<&mut Allocation> {
+        self.by_relay.get_mut(&relay)
+    }
+
+    /// The allocation whose relayed address is `addr` (compared canonically,
+    /// so `::ffff:127.0.0.1:5000` finds `127.0.0.1:5000`).
+    pub fn relay_at(&self, addr: SocketAddr) -> Option<RelayId> {
+        self.by_relayed
+            .get(&addr)
+            .or_else(|| self.by_relayed.get(&SocketAddr::new(canonical(addr.ip()), addr.port())))
+            .copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Allocation> {
+        self.by_relay.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Allocation> {
+        self.by_relay.values_mut()
+    }
+
+    /// The allocations whose lifetime ran out at `now`.
+    pub fn expired(&self, now: Instant) -> Vec<RelayId> {
+        self.by_relay.values().filter(|a| a.expires <= now).map(|a| a.relay).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_clamped_as_the_rfc_says() {
+        let max = MAX_LIFETIME;
+        assert_eq!(granted_lifetime(None, max), DEFAULT_LIFETIME);
+        assert_eq!(granted_lifetime(Some(0), max), Duration::ZERO);
+        assert_eq!(granted_lifetime(Some(30), max), DEFAULT_LIFETIME);
+        assert_eq!(granted_lifetime(Some(1200), max), Duration::from_secs(1200));
+        assert_eq!(granted_lifetime(Some(u32::MAX), max), MAX_LIFETIME);
+        assert_eq!(granted_lifetime(Some(900), Duration::from_secs(300)), Duration::from_secs(300));
+    }
+}
