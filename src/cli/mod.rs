@@ -8,12 +8,14 @@ use clap::{Parser, Subcommand};
 mod call;
 mod gen_docs;
 mod nat_type;
+mod relay;
 mod stun_probe;
 mod turn_alloc;
 
 pub use call::CallArgs;
 pub use gen_docs::GenDocsArgs;
 pub use nat_type::NatTypeArgs;
+pub use relay::RelayArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
 pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
 
@@ -65,6 +67,10 @@ pub enum Command {
     /// NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P
     #[command(after_help = EXIT_CODES)]
     NatType(NatTypeArgs),
+
+    /// STUN/TURN relay with an RFC 5780 responder, safe by default
+    #[command(after_help = EXIT_CODES)]
+    Relay(RelayArgs),
 
     /// Regenerate man pages and shell completions from these definitions
     #[command(after_help = EXIT_CODES)]

@@ -4,6 +4,7 @@
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod relay_driver;
 pub mod transport;
 pub mod turn_session;
 pub mod udp;

@@ -1,5 +1,5 @@
 //! Channel bindings of one allocation (RFC 8656 §12): a channel number
-//! 0x4000–0x4FFF bound to one peer transport address for 600 s after the
+//! 0x4000–0x7FFF (see [`MAX_CHANNEL`]) bound to one peer transport address for 600 s after the
 //! last ChannelBind. A number stays with its peer and a peer with its
 //! number while bound. Lookups scan a short vector and never allocate.
 
@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 /// RFC 8656 §12: a binding lasts 10 minutes unless refreshed.
 pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 pub const MIN_CHANNEL: u16 = 0x4000;
-pub const MAX_CHANNEL: u16 = 0x4FFF;
+/// RFC 8656 narrowed the range to 0x4FFF; RFC 5766 clients (coturn's own
+/// `turnutils_uclient` among them) still pick numbers up to 0x7FFF, and
+/// ChannelData framing is the same for all of them, so they are accepted.
+pub const MAX_CHANNEL: u16 = 0x7FFF;
 
 /// Why a ChannelBind is refused (all answered 400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +113,8 @@ mod tests {
         assert_eq!(c.bind(0x4001, sa("203.0.113.2:9"), t0, 8), Err(BindError::NumberTaken));
         assert_eq!(c.bind(0x4002, sa("203.0.113.1:9"), t0, 8), Err(BindError::PeerTaken));
         assert_eq!(c.bind(0x3FFF, sa("203.0.113.3:9"), t0, 8), Err(BindError::NumberOutOfRange));
-        assert_eq!(c.bind(0x5000, sa("203.0.113.3:9"), t0, 8), Err(BindError::NumberOutOfRange));
+        assert_eq!(c.bind(0x8000, sa("203.0.113.3:9"), t0, 8), Err(BindError::NumberOutOfRange));
+        assert!(c.bind(0x7FFF, sa("203.0.113.3:9"), t0, 8).is_ok(), "RFC 5766 range");
         assert_eq!(c.bind(0x4002, sa("203.0.113.3:9"), t0, 1), Err(BindError::Full));
     }
 }

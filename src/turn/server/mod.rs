@@ -17,8 +17,10 @@
 pub mod allocation;
 pub mod auth;
 pub mod channels;
+pub mod coturn_conf;
 pub mod nonce;
 pub mod peer_policy;
+pub mod metrics;
 pub mod permissions;
 pub mod stats;
 pub mod wire;

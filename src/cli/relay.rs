@@ -1,0 +1,114 @@
+//! Arguments of `natkit relay`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Args)]
+#[command(
+    about = "Run a STUN/TURN relay (RFC 8656) with an RFC 5780 responder, safe by default",
+    long_about = "Run a STUN server, a TURN relay (RFC 8656 on RFC 8489) and, with --alt-ip/--alt-port, \
+an RFC 5780 NAT behaviour discovery responder, in one process.\n\n\
+Safe by default: peers on loopback, private, link-local, multicast, broadcast, reserved and unspecified \
+addresses, and the relay's own listening ports, are refused with 403 (IPv6 forms of IPv4 addresses are \
+unwrapped first). Two allocations on the same relay always reach each other, inside the process.\n\n\
+Runs until SIGINT or SIGTERM, then prints a summary (a table, or JSON with --json) and exits 0."
+)]
+pub struct RelayArgs {
+    /// UDP and TCP listen address (repeatable) [default: 0.0.0.0:3478 and [::]:3478]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// TLS listen address (repeatable); needs --cert and --key
+    #[arg(long, value_name = "ADDR", requires_all = ["cert", "key"])]
+    pub tls_listen: Vec<String>,
+
+    /// PEM certificate chain for TLS
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key for TLS
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Second IP for the RFC 5780 responder (CHANGE-REQUEST change-IP, OTHER-ADDRESS)
+    #[arg(long, value_name = "IP")]
+    pub alt_ip: Option<IpAddr>,
+
+    /// Second port for the RFC 5780 responder [default with --alt-ip: listen port + 1]
+    #[arg(long, value_name = "PORT")]
+    pub alt_port: Option<u16>,
+
+    /// Realm of the long-term credentials
+    #[arg(long, value_name = "R")]
+    pub realm: Option<String>,
+
+    /// A long-term credential user (repeatable)
+    #[arg(long = "user", value_name = "NAME:PASS")]
+    pub users: Vec<String>,
+
+    /// TURN REST shared secret: usernames are `expiry[:name]`, passwords base64(HMAC-SHA1(secret, username))
+    #[arg(long, value_name = "S", env = "NATKIT_RELAY_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// IP to open relayed sockets on (one per address family) [default: the listen IP, or the first interface address]
+    #[arg(long, value_name = "IP")]
+    pub relay_ip: Vec<IpAddr>,
+
+    /// Public IP to advertise in XOR-RELAYED-ADDRESS (the relay sits behind a 1:1 NAT)
+    #[arg(long, value_name = "IP")]
+    pub external_ip: Option<IpAddr>,
+
+    /// Port range for relayed sockets [default: 49152-65535]
+    #[arg(long, value_name = "MIN-MAX")]
+    pub ports: Option<String>,
+
+    /// Let clients relay to loopback addresses (127.0.0.0/8, ::1)
+    #[arg(long)]
+    pub allow_loopback_peers: bool,
+
+    /// Let clients relay to private and link-local addresses (RFC 1918, 100.64/10, fc00::/7, 169.254/16, fe80::/10)
+    #[arg(long)]
+    pub allow_private_peers: bool,
+
+    /// Allow peers in this range whatever else applies, except --deny-peer (repeatable)
+    #[arg(long, value_name = "CIDR")]
+    pub allow_peer: Vec<String>,
+
+    /// Refuse peers in this range (repeatable); wins over everything
+    #[arg(long, value_name = "CIDR")]
+    pub deny_peer: Vec<String>,
+
+    /// Allocations in total
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_allocations: usize,
+
+    /// Allocations per username (486 beyond)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub user_quota: u32,
+
+    /// Permissions per allocation (508 beyond)
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_permissions: usize,
+
+    /// Longest allocation lifetime granted, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(600..=86400))]
+    pub max_lifetime: u64,
+
+    /// Seconds a nonce stays valid before 438 Stale Nonce
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub nonce_lifetime: u64,
+
+    /// Serve Prometheus metrics over HTTP on this address
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
+    /// Read options from a coturn turnserver.conf (flags given here win)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Worker sockets per UDP listen address (SO_REUSEPORT) [default: CPU count, at most 8]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: Option<u16>,
+}

@@ -1,0 +1,378 @@
+//! `natkit relay`: a STUN/TURN server with an RFC 5780 responder.
+//!
+//! Turns flags and an optional coturn turnserver.conf into the core's
+//! [`ServerConfig`] and the driver's [`DriverConfig`], runs until SIGINT or
+//! SIGTERM, and reports what the relay did.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+
+use crate::cli::RelayArgs;
+use crate::error::{Status, UsageError, usage};
+use crate::net::relay_driver::{self, DriverConfig};
+use crate::output::{self, OutputOptions, Render};
+use crate::turn::server::auth::AuthFailure;
+use crate::turn::server::coturn_conf::{self, CoturnConf};
+use crate::turn::server::peer_policy::{Cidr, PeerPolicyConfig, Refusal};
+use crate::turn::server::{Rfc5780, ServerConfig, Stats};
+
+/// What the relay did, printed when it stops.
+#[derive(Debug, Serialize)]
+pub struct RelayReport {
+    /// `udp 127.0.0.1:3478`, `tcp ...`, `tls ...`.
+    pub listening: Vec<String>,
+    pub relay_ips: Vec<IpAddr>,
+    pub uptime_s: f64,
+    pub allocations_created: u64,
+    pub allocations_ended: u64,
+    pub requests: u64,
+    pub packets_to_peers: u64,
+    pub packets_from_peers: u64,
+    pub packets_internal: u64,
+    pub bytes_relayed: u64,
+    pub tcp_connections: u64,
+    /// Peers refused by the safety policy, by reason.
+    pub peer_refusals: BTreeMap<String, u64>,
+    /// Failed credentials, by reason.
+    pub auth_failures: BTreeMap<String, u64>,
+    pub dropped_packets: u64,
+}
+
+impl Render for RelayReport {
+    fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(out, "natkit relay stopped after {:.1} s", self.uptime_s)?;
+        let mut t = output::table(&["", ""]);
+        t.add_row(vec!["listening".to_string(), self.listening.join(", ")]);
+        t.add_row(vec!["allocations created / ended".to_string(), format!("{} / {}", self.allocations_created, self.allocations_ended)]);
+        t.add_row(vec!["requests".to_string(), self.requests.to_string()]);
+        t.add_row(vec![
+            "packets to peers / from peers / internal".to_string(),
+            format!("{} / {} / {}", self.packets_to_peers, self.packets_from_peers, self.packets_internal),
+        ]);
+        t.add_row(vec!["bytes relayed".to_string(), self.bytes_relayed.to_string()]);
+        t.add_row(vec!["TCP/TLS connections".to_string(), self.tcp_connections.to_string()]);
+        let fmt_map = |m: &BTreeMap<String, u64>| {
+            let v: Vec<String> = m.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+            if v.is_empty() { "none".to_string() } else { v.join(", ") }
+        };
+        t.add_row(vec!["peer refusals (403)".to_string(), fmt_map(&self.peer_refusals)]);
+        t.add_row(vec!["authentication failures".to_string(), fmt_map(&self.auth_failures)]);
+        t.add_row(vec!["dropped packets".to_string(), self.dropped_packets.to_string()]);
+        writeln!(out, "{t}")
+    }
+}
+
+/// Everything resolved from flags and the config file.
+struct Plan {
+    core: ServerConfig,
+    driver: DriverConfig,
+    listening: Vec<String>,
+}
+
+pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
+    let conf = match &args.config {
+        Some(path) => read_conf(path)?,
+        None => CoturnConf::default(),
+    };
+    if !conf.unknown.is_empty() && !opts.quiet {
+        tracing::warn!(
+            "{}: natkit does not implement these turnserver.conf options and ignores them: {}",
+            args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            conf.unknown.join(", ")
+        );
+    }
+    let plan = plan(&args, &conf)?;
+    if plan.core.users.is_empty() && plan.core.secret.is_none() && !opts.quiet {
+        tracing::warn!("no --user and no --secret: STUN is answered, every TURN allocation is refused (401)");
+    }
+    if !opts.quiet {
+        eprintln!(
+            "natkit relay: listening on {}; relaying from {} ports {}-{}",
+            plan.listening.join(", "),
+            plan.driver.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
+            plan.driver.ports.0,
+            plan.driver.ports.1
+        );
+    }
+    let started = Instant::now();
+    let (stats, tcp_connections) = relay_driver::run(plan.core, plan.driver.clone(), shutdown_signal())
+        .await
+        .map_err(|e| UsageError::new(e.to_string()))?;
+    let report = report(&plan.listening, &plan.driver.relay_ips, &stats, tcp_connections, started.elapsed());
+    tracing::info!(
+        allocations = report.allocations_created,
+        packets = report.packets_to_peers + report.packets_from_peers + report.packets_internal,
+        "natkit relay stopped"
+    );
+    output::emit(&report, opts)?;
+    Ok(Status::Ok)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn report(listening: &[String], relay_ips: &[IpAddr], s: &Stats, tcp: u64, up: Duration) -> RelayReport {
+    RelayReport {
+        listening: listening.to_vec(),
+        relay_ips: relay_ips.to_vec(),
+        uptime_s: (up.as_secs_f64() * 10.0).round() / 10.0,
+        allocations_created: s.allocations_created,
+        allocations_ended: s.allocations_deleted + s.allocations_expired,
+        requests: s.requests,
+        packets_to_peers: s.packets_to_peers,
+        packets_from_peers: s.packets_from_peers,
+        packets_internal: s.packets_internal,
+        bytes_relayed: s.bytes_to_peers + s.bytes_from_peers + s.bytes_internal,
+        tcp_connections: tcp,
+        peer_refusals: Refusal::ALL.iter().map(|r| (r.label().to_string(), s.refusals[r.index()])).collect(),
+        auth_failures: AuthFailure::ALL.iter().map(|a| (a.label().to_string(), s.auth_failures[a.index()])).collect(),
+        dropped_packets: s.dropped_total(),
+    }
+}
+
+fn read_conf(path: &Path) -> Result<CoturnConf, UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| UsageError::new(format!("cannot read --config {}: {e}", path.display())))?;
+    coturn_conf::parse(&text).map_err(|e| UsageError::new(format!("--config {}: {e}", path.display())))
+}
+
+fn parse_addr(s: &str, default_port: u16, flag: &str) -> Result<SocketAddr, UsageError> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    Err(UsageError::new(format!("bad {flag} '{s}': expected IP or IP:PORT (e.g. 0.0.0.0:3478 or [::1]:3478)")))
+}
+
+fn parse_ports(s: &str) -> Result<(u16, u16), UsageError> {
+    let bad = || UsageError::new(format!("bad --ports '{s}': expected MIN-MAX with 1024 <= MIN <= MAX <= 65535"));
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?);
+    if lo < 1024 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
+fn parse_cidrs(v: &[String], flag: &str) -> Result<Vec<Cidr>, UsageError> {
+    v.iter().map(|s| s.parse::<Cidr>().map_err(|e| UsageError::new(format!("bad {flag}: {e}")))).collect()
+}
+
+/// Interface addresses, so "listening on 0.0.0.0" still tells the policy which IPs are the relay's own.
+fn interface_ips() -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).collect()).unwrap_or_default();
+    v.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    v.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    v.dedup();
+    v
+}
+
+fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, UsageError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| UsageError::new(format!("cannot read --cert {}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| UsageError::new(format!("bad PEM in --cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return usage_err(format!("no certificate in --cert {} (expected PEM)", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| UsageError::new(format!("cannot read a PEM private key from --key {}: {e}", key.display())))?;
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| UsageError::new(format!("--cert and --key do not make a usable TLS identity: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
+fn usage_err<T>(msg: String) -> Result<T, UsageError> {
+    Err(UsageError::new(msg))
+}
+
+fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
+    let conf_port = conf.listening_port.unwrap_or(3478);
+    // Listeners: flags, else the file, else every interface on 3478.
+    let mut listen: Vec<SocketAddr> =
+        args.listen.iter().map(|s| parse_addr(s, 3478, "--listen")).collect::<Result<_, _>>()?;
+    if listen.is_empty() && (!conf.listening_ips.is_empty() || conf.listening_port.is_some()) {
+        let ips = if conf.listening_ips.is_empty() { vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)] } else { conf.listening_ips.clone() };
+        // With an alt-listening-port, coturn's second listening-ip is the RFC 5780 alternate, not a listener of its own.
+        let n = if conf.alt_listening_port.is_some() && ips.len() == 2 && args.alt_ip.is_none() { 1 } else { ips.len() };
+        listen = ips[..n].iter().map(|ip| SocketAddr::new(*ip, conf_port)).collect();
+    }
+    if listen.is_empty() {
+        listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3478));
+        if std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_ok() {
+            listen.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 3478));
+        }
+    }
+    let mut tls_listen: Vec<SocketAddr> =
+        args.tls_listen.iter().map(|s| parse_addr(s, 5349, "--tls-listen")).collect::<Result<_, _>>()?;
+    let cert = args.cert.clone().or_else(|| conf.cert.clone());
+    let key = args.key.clone().or_else(|| conf.pkey.clone());
+    if tls_listen.is_empty()
+        && let Some(p) = conf.tls_listening_port
+        && cert.is_some()
+        && key.is_some()
+    {
+        tls_listen = listen.iter().map(|a| SocketAddr::new(a.ip(), p)).collect();
+    }
+    let tls = match (&cert, &key, tls_listen.is_empty()) {
+        (_, _, true) => None,
+        (Some(c), Some(k), false) => Some(load_tls(c, k)?),
+        _ => return usage("TLS listeners need both --cert FILE and --key FILE (PEM)"),
+    };
+
+    // RFC 5780: two IPs and two ports around the first listener.
+    let alt_ip = args.alt_ip.or_else(|| {
+        (conf.alt_listening_port.is_some() && conf.listening_ips.len() == 2).then(|| conf.listening_ips[1])
+    });
+    let alt_port = args.alt_port.or(conf.alt_listening_port);
+    let primary = listen[0];
+    let rfc5780 = match (alt_ip, alt_port) {
+        (None, None) => None,
+        (None, Some(_)) if args.alt_port.is_some() => {
+            return usage("--alt-port needs --alt-ip too: RFC 5780 needs a second IP to answer change-IP requests");
+        }
+        (None, Some(_)) => {
+            tracing::warn!("alt-listening-port without a second listening-ip: the RFC 5780 responder stays off");
+            None
+        }
+        (Some(ip), port) => {
+            if primary.ip().is_unspecified() {
+                return usage(format!(
+                    "--alt-ip needs a specific first --listen IP (not {}): RFC 5780 answers name the exact address",
+                    primary.ip()
+                ));
+            }
+            if ip.is_ipv4() != primary.is_ipv4() || ip == primary.ip() {
+                return usage(format!("--alt-ip {ip} must be another IP of the same family as --listen {primary}"));
+            }
+            let port = port.unwrap_or(primary.port().wrapping_add(1));
+            if port == primary.port() {
+                return usage(format!("--alt-port {port} must differ from the listen port"));
+            }
+            Some(Rfc5780 { ips: [primary.ip(), ip], ports: [primary.port(), port] })
+        }
+    };
+    let listen_udp_only: Vec<SocketAddr> = rfc5780
+        .map(|r| r.addresses().into_iter().filter(|a| !listen.contains(a)).collect())
+        .unwrap_or_default();
+
+    // Relayed sockets: flags, file, the listen IP, or the first interface address of the family.
+    let mut relay_ips: Vec<IpAddr> = if !args.relay_ip.is_empty() { args.relay_ip.clone() } else { conf.relay_ips.clone() };
+    if relay_ips.is_empty() {
+        for v4 in [true, false] {
+            let Some(l) = listen.iter().find(|a| a.is_ipv4() == v4) else { continue };
+            let ip = if !l.ip().is_unspecified() {
+                Some(l.ip())
+            } else {
+                interface_ips().into_iter().find(|i| i.is_ipv4() == v4 && !i.is_loopback() && !matches!(i, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80))
+            };
+            if let Some(ip) = ip {
+                relay_ips.push(ip);
+            }
+        }
+    }
+    if relay_ips.iter().filter(|i| i.is_ipv4()).count() > 1 || relay_ips.iter().filter(|i| i.is_ipv6()).count() > 1 {
+        return usage("give at most one --relay-ip per address family");
+    }
+    if relay_ips.is_empty() {
+        return usage("no address to relay from: give --relay-ip IP");
+    }
+    let ports = match (&args.ports, conf.min_port, conf.max_port) {
+        (Some(p), _, _) => parse_ports(p)?,
+        (None, lo, hi) if lo.is_some() || hi.is_some() => parse_ports(&format!("{}-{}", lo.unwrap_or(49152), hi.unwrap_or(65535)))?,
+        _ => (49152, 65535),
+    };
+
+    let mut users = HashMap::new();
+    for u in args.users.iter().chain(&conf.users) {
+        let Some((name, pass)) = u.split_once(':') else {
+            return usage(format!("bad --user '{u}': expected NAME:PASS"));
+        };
+        if name.is_empty() {
+            return usage(format!("bad --user '{u}': the name is empty"));
+        }
+        users.entry(name.to_string()).or_insert_with(|| pass.to_string());
+    }
+    let secret = args.secret.clone().or_else(|| conf.static_auth_secret.clone());
+    if secret.as_deref() == Some("") {
+        return usage("--secret is empty");
+    }
+
+    let own_ips = interface_ips();
+    let mut own_addresses = Vec::new();
+    for a in listen.iter().chain(&tls_listen).chain(&listen_udp_only) {
+        if a.ip().is_unspecified() {
+            own_addresses.extend(own_ips.iter().filter(|i| i.is_ipv4() == a.is_ipv4()).map(|i| SocketAddr::new(*i, a.port())));
+        } else {
+            own_addresses.push(*a);
+        }
+    }
+    let mut allow = parse_cidrs(&args.allow_peer, "--allow-peer")?;
+    allow.extend(conf.allowed_peers.iter().copied());
+    let mut deny = parse_cidrs(&args.deny_peer, "--deny-peer")?;
+    deny.extend(conf.denied_peers.iter().copied());
+    let policy = PeerPolicyConfig {
+        allow_loopback: args.allow_loopback_peers,
+        allow_private: args.allow_private_peers,
+        allow,
+        deny,
+        own_addresses,
+    };
+    let metrics = args.metrics.as_deref().map(|m| parse_addr(m, 9641, "--metrics")).transpose()?;
+    let workers = args
+        .workers
+        .map(|w| w as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
+
+    let core = ServerConfig {
+        realm: args.realm.clone().or_else(|| conf.realm.clone()).unwrap_or_else(|| "natkit".into()),
+        users,
+        secret,
+        policy,
+        max_allocations: args.max_allocations,
+        user_quota: args.user_quota,
+        max_permissions: args.max_permissions,
+        max_lifetime: Duration::from_secs(args.max_lifetime),
+        nonce_lifetime: Duration::from_secs(args.nonce_lifetime),
+        rfc5780,
+        external_ip: args.external_ip.or(conf.external_ip),
+        ..ServerConfig::default()
+    };
+    let mut listening: Vec<String> = Vec::new();
+    for a in &listen {
+        listening.push(format!("udp+tcp {a}"));
+    }
+    for a in &listen_udp_only {
+        listening.push(format!("udp {a} (RFC 5780)"));
+    }
+    for a in &tls_listen {
+        listening.push(format!("tls {a}"));
+    }
+    let driver = DriverConfig { listen, listen_udp_only, tls_listen, tls, relay_ips, ports, workers, metrics };
+    Ok(Plan { core, driver, listening })
+}

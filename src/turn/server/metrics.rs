@@ -1,0 +1,108 @@
+//! The relay's counters as Prometheus text (exposition format 0.0.4), served
+//! by `--metrics ADDR`. Names are documented in README and are a contract.
+
+use std::fmt::Write;
+
+use super::auth::AuthFailure;
+use super::peer_policy::Refusal;
+use super::{ErrorCode, Server};
+
+/// Counters the driver keeps (connections, send errors).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DriverSnapshot {
+    pub tcp_connections: u64,
+    pub tls_handshake_failures: u64,
+    pub send_errors: u64,
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP natkit_relay_{name} {help}");
+    let _ = writeln!(out, "# TYPE natkit_relay_{name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "natkit_relay_{name} {v}");
+        } else {
+            let _ = writeln!(out, "natkit_relay_{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
+    let s = core.stats();
+    let mut o = String::with_capacity(4096);
+    metric(&mut o, "allocations", "gauge", "Allocations alive now.", &[("", core.allocations() as u64)]);
+    metric(&mut o, "permissions", "gauge", "Permissions alive now.", &[("", core.permissions() as u64)]);
+    metric(&mut o, "channels", "gauge", "Channel bindings alive now.", &[("", core.channels() as u64)]);
+    metric(&mut o, "allocations_created_total", "counter", "Allocations created.", &[("", s.allocations_created)]);
+    metric(
+        &mut o,
+        "allocations_ended_total",
+        "counter",
+        "Allocations ended, by why.",
+        &[("reason=\"deleted\"", s.allocations_deleted), ("reason=\"expired\"", s.allocations_expired)],
+    );
+    metric(&mut o, "requests_total", "counter", "STUN/TURN requests received.", &[("", s.requests)]);
+    metric(&mut o, "binding_requests_total", "counter", "STUN Binding requests answered.", &[("", s.binding_requests)]);
+    metric(
+        &mut o,
+        "packets_relayed_total",
+        "counter",
+        "Data packets relayed, by direction.",
+        &[
+            ("direction=\"to_peer\"", s.packets_to_peers),
+            ("direction=\"from_peer\"", s.packets_from_peers),
+            ("direction=\"internal\"", s.packets_internal),
+        ],
+    );
+    metric(
+        &mut o,
+        "bytes_relayed_total",
+        "counter",
+        "Payload bytes relayed, by direction.",
+        &[
+            ("direction=\"to_peer\"", s.bytes_to_peers),
+            ("direction=\"from_peer\"", s.bytes_from_peers),
+            ("direction=\"internal\"", s.bytes_internal),
+        ],
+    );
+    let refusals: Vec<(String, u64)> =
+        Refusal::ALL.iter().map(|r| (format!("reason=\"{}\"", r.label()), s.refusals[r.index()])).collect();
+    let refusals: Vec<(&str, u64)> = refusals.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(&mut o, "peer_refusals_total", "counter", "Peers refused by the safety policy (403), by reason.", &refusals);
+    let auth: Vec<(String, u64)> =
+        AuthFailure::ALL.iter().map(|a| (format!("reason=\"{}\"", a.label()), s.auth_failures[a.index()])).collect();
+    let auth: Vec<(&str, u64)> = auth.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(&mut o, "auth_failures_total", "counter", "Failed credentials, by reason.", &auth);
+    metric(&mut o, "auth_rate_limited_total", "counter", "401 answers withheld by the per-source limit.", &[(
+        "",
+        s.rate_limited,
+    )]);
+    metric(&mut o, "stale_nonces_total", "counter", "438 Stale Nonce answers.", &[("", s.stale_nonces)]);
+    let errors: Vec<(String, u64)> =
+        ErrorCode::ALL.iter().map(|e| (format!("code=\"{}\"", e.code()), s.errors_sent[e.index()])).collect();
+    let errors: Vec<(&str, u64)> = errors.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(&mut o, "error_responses_total", "counter", "Error responses sent, by code.", &errors);
+    metric(
+        &mut o,
+        "dropped_total",
+        "counter",
+        "Packets dropped, by reason.",
+        &[
+            ("reason=\"malformed\"", s.dropped_malformed),
+            ("reason=\"unexpected\"", s.dropped_unexpected),
+            ("reason=\"no_allocation\"", s.dropped_no_allocation),
+            ("reason=\"no_permission\"", s.dropped_no_permission),
+            ("reason=\"no_channel\"", s.dropped_no_channel),
+        ],
+    );
+    metric(&mut o, "tcp_connections_total", "counter", "TCP and TLS connections accepted.", &[(
+        "",
+        driver.tcp_connections,
+    )]);
+    metric(&mut o, "tls_handshake_failures_total", "counter", "TLS handshakes that failed.", &[(
+        "",
+        driver.tls_handshake_failures,
+    )]);
+    metric(&mut o, "send_errors_total", "counter", "Sends the kernel refused.", &[("", driver.send_errors)]);
+    o
+}
