@@ -70,7 +70,7 @@ pub enum Command {
 
     /// STUN/TURN relay with an RFC 5780 responder, safe by default
     #[command(after_help = EXIT_CODES)]
-    Relay(RelayArgs),
+    Relay(Box<RelayArgs>),
 
     /// Regenerate man pages and shell completions from these definitions
     #[command(after_help = EXIT_CODES)]

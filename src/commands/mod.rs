@@ -41,7 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             Command::TurnAlloc(args) => turn_alloc::run(args, &opts).await,
             Command::Call(args) => call::run(args, &opts).await,
             Command::NatType(args) => nat_type::run(args, &opts).await,
-            Command::Relay(args) => relay::run(args, &opts).await,
+            Command::Relay(args) => relay::run(*args, &opts).await,
             Command::GenDocs(args) => gen_docs::run(&args),
         }
     })

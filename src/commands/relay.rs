@@ -51,7 +51,10 @@ impl Render for RelayReport {
         writeln!(out, "natkit relay stopped after {:.1} s", self.uptime_s)?;
         let mut t = output::table(&["", ""]);
         t.add_row(vec!["listening".to_string(), self.listening.join(", ")]);
-        t.add_row(vec!["allocations created / ended".to_string(), format!("{} / {}", self.allocations_created, self.allocations_ended)]);
+        t.add_row(vec![
+            "allocations created / ended".to_string(),
+            format!("{} / {}", self.allocations_created, self.allocations_ended),
+        ]);
         t.add_row(vec!["requests".to_string(), self.requests.to_string()]);
         t.add_row(vec![
             "packets to peers / from peers / internal".to_string(),
@@ -182,7 +185,8 @@ fn parse_cidrs(v: &[String], flag: &str) -> Result<Vec<Cidr>, UsageError> {
 
 /// Interface addresses, so "listening on 0.0.0.0" still tells the policy which IPs are the relay's own.
 fn interface_ips() -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).collect()).unwrap_or_default();
+    let mut v: Vec<IpAddr> =
+        if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).collect()).unwrap_or_default();
     v.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     v.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
     v.dedup();
@@ -217,9 +221,14 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
     let mut listen: Vec<SocketAddr> =
         args.listen.iter().map(|s| parse_addr(s, 3478, "--listen")).collect::<Result<_, _>>()?;
     if listen.is_empty() && (!conf.listening_ips.is_empty() || conf.listening_port.is_some()) {
-        let ips = if conf.listening_ips.is_empty() { vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)] } else { conf.listening_ips.clone() };
+        let ips = if conf.listening_ips.is_empty() {
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        } else {
+            conf.listening_ips.clone()
+        };
         // With an alt-listening-port, coturn's second listening-ip is the RFC 5780 alternate, not a listener of its own.
-        let n = if conf.alt_listening_port.is_some() && ips.len() == 2 && args.alt_ip.is_none() { 1 } else { ips.len() };
+        let n =
+            if conf.alt_listening_port.is_some() && ips.len() == 2 && args.alt_ip.is_none() { 1 } else { ips.len() };
         listen = ips[..n].iter().map(|ip| SocketAddr::new(*ip, conf_port)).collect();
     }
     if listen.is_empty() {
@@ -277,19 +286,23 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
             Some(Rfc5780 { ips: [primary.ip(), ip], ports: [primary.port(), port] })
         }
     };
-    let listen_udp_only: Vec<SocketAddr> = rfc5780
-        .map(|r| r.addresses().into_iter().filter(|a| !listen.contains(a)).collect())
-        .unwrap_or_default();
+    let listen_udp_only: Vec<SocketAddr> =
+        rfc5780.map(|r| r.addresses().into_iter().filter(|a| !listen.contains(a)).collect()).unwrap_or_default();
 
     // Relayed sockets: flags, file, the listen IP, or the first interface address of the family.
-    let mut relay_ips: Vec<IpAddr> = if !args.relay_ip.is_empty() { args.relay_ip.clone() } else { conf.relay_ips.clone() };
+    let mut relay_ips: Vec<IpAddr> =
+        if !args.relay_ip.is_empty() { args.relay_ip.clone() } else { conf.relay_ips.clone() };
     if relay_ips.is_empty() {
         for v4 in [true, false] {
             let Some(l) = listen.iter().find(|a| a.is_ipv4() == v4) else { continue };
             let ip = if !l.ip().is_unspecified() {
                 Some(l.ip())
             } else {
-                interface_ips().into_iter().find(|i| i.is_ipv4() == v4 && !i.is_loopback() && !matches!(i, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80))
+                interface_ips().into_iter().find(|i| {
+                    i.is_ipv4() == v4
+                        && !i.is_loopback()
+                        && !matches!(i, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
+                })
             };
             if let Some(ip) = ip {
                 relay_ips.push(ip);
@@ -304,7 +317,9 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
     }
     let ports = match (&args.ports, conf.min_port, conf.max_port) {
         (Some(p), _, _) => parse_ports(p)?,
-        (None, lo, hi) if lo.is_some() || hi.is_some() => parse_ports(&format!("{}-{}", lo.unwrap_or(49152), hi.unwrap_or(65535)))?,
+        (None, lo, hi) if lo.is_some() || hi.is_some() => {
+            parse_ports(&format!("{}-{}", lo.unwrap_or(49152), hi.unwrap_or(65535)))?
+        }
         _ => (49152, 65535),
     };
 
@@ -327,7 +342,8 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
     let mut own_addresses = Vec::new();
     for a in listen.iter().chain(&tls_listen).chain(&listen_udp_only) {
         if a.ip().is_unspecified() {
-            own_addresses.extend(own_ips.iter().filter(|i| i.is_ipv4() == a.is_ipv4()).map(|i| SocketAddr::new(*i, a.port())));
+            own_addresses
+                .extend(own_ips.iter().filter(|i| i.is_ipv4() == a.is_ipv4()).map(|i| SocketAddr::new(*i, a.port())));
         } else {
             own_addresses.push(*a);
         }

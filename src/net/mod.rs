@@ -1,10 +1,10 @@
 //! Drivers: sockets, stream framing, TLS and name resolution. Protocol logic
 //! lives in the sans-IO cores; these modules only move bytes and time.
 
+pub mod relay_driver;
 pub mod server;
 pub mod stream;
 pub mod tls;
-pub mod relay_driver;
 pub mod transport;
 pub mod turn_session;
 pub mod udp;

@@ -64,9 +64,12 @@ pub struct DriverCounters {
 }
 
 /// Relayed sockets, shared by the core (open/close) and the data path (send).
+/// A relayed socket and the task reading it.
+type RelaySocket = (Arc<UdpSocket>, Option<AbortHandle>);
+
 #[derive(Default)]
 struct Registry {
-    sockets: RwLock<HashMap<RelayId, (Arc<UdpSocket>, Option<AbortHandle>)>>,
+    sockets: RwLock<HashMap<RelayId, RelaySocket>>,
     shared: OnceLock<Weak<Shared>>,
 }
 
@@ -198,9 +201,11 @@ pub async fn run(
     for &addr in cfg.listen.iter().chain(&cfg.listen_udp_only) {
         let mut socks = Vec::new();
         for _ in 0..workers {
-            socks.push(Arc::new(
-                bind_udp(addr).map_err(|source| StartError::Listen { transport: "UDP", addr, source })?,
-            ));
+            socks.push(Arc::new(bind_udp(addr).map_err(|source| StartError::Listen {
+                transport: "UDP",
+                addr,
+                source,
+            })?));
         }
         udp_sockets.push((addr, socks));
     }
@@ -392,7 +397,11 @@ async fn accept_loop(
 }
 
 /// One TCP or TLS client: frames in, core, frames out through a queue.
-async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(shared: Arc<Shared>, ft: FiveTuple, stream: S) {
+async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
+    shared: Arc<Shared>,
+    ft: FiveTuple,
+    stream: S,
+) {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
     if let Ok(mut m) = shared.conns.lock() {

@@ -4,6 +4,7 @@
 
 pub mod coturn;
 pub mod lab;
+pub mod relay;
 pub mod tools;
 
 use std::process::{Command, Output};

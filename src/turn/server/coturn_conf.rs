@@ -116,7 +116,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listening_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap(), "127.0.0.2".parse().unwrap()]);
-        assert_eq!((c.listening_port, c.tls_listening_port, c.alt_listening_port), (Some(3479), Some(5350), Some(3480)));
+        assert_eq!(
+            (c.listening_port, c.tls_listening_port, c.alt_listening_port),
+            (Some(3479), Some(5350), Some(3480))
+        );
         assert_eq!(c.external_ip, Some("203.0.113.9".parse().unwrap()));
         assert_eq!(c.realm.as_deref(), Some("example.org"));
         assert_eq!(c.users, vec!["alice:pw"]);

@@ -73,10 +73,13 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         AuthFailure::ALL.iter().map(|a| (format!("reason=\"{}\"", a.label()), s.auth_failures[a.index()])).collect();
     let auth: Vec<(&str, u64)> = auth.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     metric(&mut o, "auth_failures_total", "counter", "Failed credentials, by reason.", &auth);
-    metric(&mut o, "auth_rate_limited_total", "counter", "401 answers withheld by the per-source limit.", &[(
-        "",
-        s.rate_limited,
-    )]);
+    metric(
+        &mut o,
+        "auth_rate_limited_total",
+        "counter",
+        "401 answers withheld by the per-source limit.",
+        &[("", s.rate_limited)],
+    );
     metric(&mut o, "stale_nonces_total", "counter", "438 Stale Nonce answers.", &[("", s.stale_nonces)]);
     let errors: Vec<(String, u64)> =
         ErrorCode::ALL.iter().map(|e| (format!("code=\"{}\"", e.code()), s.errors_sent[e.index()])).collect();
@@ -95,14 +98,20 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
             ("reason=\"no_channel\"", s.dropped_no_channel),
         ],
     );
-    metric(&mut o, "tcp_connections_total", "counter", "TCP and TLS connections accepted.", &[(
-        "",
-        driver.tcp_connections,
-    )]);
-    metric(&mut o, "tls_handshake_failures_total", "counter", "TLS handshakes that failed.", &[(
-        "",
-        driver.tls_handshake_failures,
-    )]);
+    metric(
+        &mut o,
+        "tcp_connections_total",
+        "counter",
+        "TCP and TLS connections accepted.",
+        &[("", driver.tcp_connections)],
+    );
+    metric(
+        &mut o,
+        "tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed.",
+        &[("", driver.tls_handshake_failures)],
+    );
     metric(&mut o, "send_errors_total", "counter", "Sends the kernel refused.", &[("", driver.send_errors)]);
     o
 }
