@@ -32,6 +32,7 @@ complete -c natkit -n "__fish_natkit_needs_command" -s V -l version -d 'Print ve
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs"
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -84,6 +85,35 @@ complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s v -l verbose 
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l listen -d 'UDP and TCP listen address (repeatable) [default: 0.0.0.0:3478 and [::]:3478]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l tls-listen -d 'TLS listen address (repeatable); needs --cert and --key' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l cert -d 'PEM certificate chain for TLS' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l key -d 'PEM private key for TLS' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l alt-ip -d 'Second IP for the RFC 5780 responder (CHANGE-REQUEST change-IP, OTHER-ADDRESS)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l alt-port -d 'Second port for the RFC 5780 responder [default with --alt-ip: listen port + 1]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l realm -d 'Realm of the long-term credentials' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l user -d 'A long-term credential user (repeatable)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l secret -d 'TURN REST shared secret: usernames are `expiry[:name]`, passwords base64(HMAC-SHA1(secret, username))' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l relay-ip -d 'IP to open relayed sockets on (one per address family) [default: the listen IP, or the first interface address]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l external-ip -d 'Public IP to advertise in XOR-RELAYED-ADDRESS (the relay sits behind a 1:1 NAT)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l ports -d 'Port range for relayed sockets [default: 49152-65535]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-peer -d 'Allow peers in this range whatever else applies, except --deny-peer (repeatable)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l deny-peer -d 'Refuse peers in this range (repeatable); wins over everything' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-allocations -d 'Allocations in total' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l user-quota -d 'Allocations per username (486 beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-permissions -d 'Permissions per allocation (508 beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-lifetime -d 'Longest allocation lifetime granted, in seconds' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l nonce-lifetime -d 'Seconds a nonce stays valid before 438 Stale Nonce' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l config -d 'Read options from a coturn turnserver.conf (flags given here win)' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l workers -d 'Worker sockets per UDP listen address (SO_REUSEPORT) [default: CPU count, at most 8]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-loopback-peers -d 'Let clients relay to loopback addresses (127.0.0.0/8, ::1)'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-private-peers -d 'Let clients relay to private and link-local addresses (RFC 1918, 100.64/10, fc00::/7, 169.254/16, fe80::/10)'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -s h -l help -d 'Print help'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l signal -d 'Signaling server: ws://HOST:PORT or wss://HOST:PORT (`natkit signal`; path /ws by default)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l room -d 'Room to join; the browser page or another `natkit call` joins the same one' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l send -d 'What to send: `test` (moving colour bars with a frame counter and the time, VP8, plus a 440 Hz Opus tone), a VP8 FILE.ivf (looped, plus the tone), or `none` (receive only)' -r
@@ -108,9 +138,10 @@ complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s v -l verbose 
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s V -l version -d 'Print version'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "gen-docs"
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "gen-docs"
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
