@@ -115,6 +115,6 @@ mod tests {
         assert_eq!(c.bind(0x3FFF, sa("203.0.113.3:9"), t0, 8), Err(BindError::NumberOutOfRange));
         assert_eq!(c.bind(0x8000, sa("203.0.113.3:9"), t0, 8), Err(BindError::NumberOutOfRange));
         assert!(c.bind(0x7FFF, sa("203.0.113.3:9"), t0, 8).is_ok(), "RFC 5766 range");
-        assert_eq!(c.bind(0x4002, sa("203.0.113.3:9"), t0, 1), Err(BindError::Full));
+        assert_eq!(c.bind(0x4002, sa("203.0.113.4:9"), t0, 1), Err(BindError::Full));
     }
 }
