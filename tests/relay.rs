@@ -445,3 +445,55 @@ fn bad_flags_exit_2_with_a_message() {
         assert!(!err.contains("panicked") && !err.trim().is_empty(), "{args:?}: {err}");
     }
 }
+
+/// `natkit relay` as the RFC 5780 server of a NAT lab: two public IPs, two ports.
+fn lab_with_relay(kind: common::lab::NatKind) -> (common::lab::Lab, common::lab::LabChild) {
+    let lab = common::lab::Lab::builder().nat("c", kind).build();
+    let relay = lab.spawn_in(
+        &lab.public_ns(),
+        env!("CARGO_BIN_EXE_natkit"),
+        &["relay", "--listen", "203.0.113.1:3478", "--alt-ip", "203.0.113.2", "--alt-port", "3479"],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !lab.udp_listening(&lab.public_ns(), "203.0.113.2", 3479) {
+        assert!(std::time::Instant::now() < deadline, "natkit relay did not listen in the lab within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (lab, relay)
+}
+
+fn natdiscovery(lab: &common::lab::Lab) -> String {
+    let bin = tools::require("turnutils_natdiscovery", "coturn");
+    let out = lab.run_in(&lab.client_ns("c"), "timeout", &["30", bin.to_str().unwrap(), "-m", "-f", "203.0.113.1"]);
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn natdiscovery_judges_a_port_restricted_nat_right_through_our_rfc5780_responder() {
+    let (lab, _relay) = lab_with_relay(common::lab::NatKind::PortRestrictedCone);
+    let text = natdiscovery(&lab);
+    assert!(text.contains("NAT with Endpoint Independent Mapping"), "{text}");
+    assert!(text.contains("NAT with Address and Port Dependent Filtering"), "{text}");
+}
+
+#[test]
+fn natdiscovery_sees_a_symmetric_nat_and_a_full_cone_nat_for_what_they_are() {
+    let (lab, _relay) = lab_with_relay(common::lab::NatKind::Symmetric);
+    let text = natdiscovery(&lab);
+    assert!(text.contains("NAT with Address and Port Dependent Mapping"), "{text}");
+    let (lab, _relay) = lab_with_relay(common::lab::NatKind::FullCone);
+    let text = natdiscovery(&lab);
+    assert!(text.contains("NAT with Endpoint Independent Mapping"), "{text}");
+    assert!(text.contains("NAT with Endpoint Independent Filtering"), "{text}");
+}
+
+#[test]
+fn natkit_nat_type_classifies_through_natkit_relay() {
+    let (lab, _relay) = lab_with_relay(common::lab::NatKind::PortRestrictedCone);
+    let out = lab.natkit_in(&lab.client_ns("c"), &["nat-type", "--server", "203.0.113.1:3478", "--json"]);
+    let v = json_of(&out);
+    assert_eq!(v["server"]["rfc5780"], true, "{v:#}");
+    assert_eq!(v["server"]["other_address"], "203.0.113.2:3479", "{v:#}");
+    assert_eq!(v["mapping"], "endpoint-independent", "{v:#}");
+    assert_eq!(v["filtering"], "address-and-port-dependent", "{v:#}");
+}
