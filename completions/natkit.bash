@@ -79,7 +79,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__call)
-            opts="-v -q -h -V --signal --room --send --duration --record --bind --wait --connect-timeout --size --fps --bitrate --insecure --ca --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --signal --room --send --duration --record --bind --stun --turn --turn-user --turn-password --turn-secret --relay-only --wait --connect-timeout --size --fps --bitrate --insecure --ca --json --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -106,6 +106,26 @@ _natkit() {
                     return 0
                     ;;
                 --bind)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stun)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-secret)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

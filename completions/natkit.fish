@@ -120,12 +120,18 @@ complete -c natkit -n "__fish_natkit_using_subcommand call" -l send -d 'What to 
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l duration -d 'Hang up after this many seconds connected (default: run until Ctrl-C or the peer leaves)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l record -d 'Write received video to DIR/video.ivf and audio to DIR/audio.ogg' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l bind -d 'Local UDP address for media; a specific IP offers only that host candidate' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l stun -d 'STUN server for a server-reflexive candidate (repeatable): HOST[:PORT] or stun:HOST[:PORT]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l turn -d 'TURN server for a relayed candidate (UDP): HOST[:PORT] or turn:HOST[:PORT]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l turn-user -d 'TURN long-term credential username (with --turn-password)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l turn-password -d 'TURN long-term credential password' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l turn-secret -d 'TURN REST API shared secret (coturn use-auth-secret): natkit makes time-limited credentials' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l wait -d 'Give up if no peer is in the room after this many seconds' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l connect-timeout -d 'Give up if ICE and DTLS have not connected this many seconds after the offer' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l size -d 'Video size and rate of `--send test`' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l fps -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l bitrate -d 'Target video bitrate of `--send test`' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l ca -d 'Trust this PEM CA certificate for wss://' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l relay-only -d 'Offer only the TURN relayed candidate: media goes through the relay'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l insecure -d 'Accept any TLS certificate from a wss:// signaling server (e.g. --tls-self-signed)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'

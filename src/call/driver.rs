@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::time::sleep_until;
 
+use super::gather::{GatherEvent, Gatherer};
 use super::peer::{CallPeer, PeerEvent};
 use super::report::{CallReport, Outcome, Recording};
 use super::source::{AudioSource, VideoSource};
 use crate::signal::client::{ClientOptions, SignalClient, SignalSender};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
+use crate::turn::credentials::Credentials;
 
 /// Everything the driver needs, already validated.
 pub struct CallOptions {
@@ -27,6 +29,12 @@ pub struct CallOptions {
     pub record: Option<PathBuf>,
     /// Print a stats line to stderr every second.
     pub live_stats: bool,
+    /// STUN servers for server-reflexive candidates.
+    pub stun: Vec<SocketAddr>,
+    /// A TURN server and credentials for a relayed candidate.
+    pub turn: Option<(SocketAddr, Credentials)>,
+    /// Offer only the relayed candidate.
+    pub relay_only: bool,
 }
 
 /// The media we send, built before the call starts so a bad file is a usage error.
@@ -108,14 +116,31 @@ struct Session {
     local_lines: Vec<String>,
     mid: Option<String>,
     offered_at: Option<Instant>,
+    /// Our offer or answer went out: new candidates are trickled at once.
+    described: bool,
 }
 
 impl Session {
     async fn trickle(&mut self, tx: &mut SignalSender) -> anyhow::Result<()> {
+        self.described = true;
         let Some(to) = self.remote.clone() else { return Ok(()) };
         for line in &self.local_lines {
             let c = IceCandidate::new(line.clone(), self.mid.clone(), Some(0));
             tx.send(&ClientMessage::candidate(to.clone(), c)).await?;
+        }
+        Ok(())
+    }
+
+    /// A candidate gathered after the start: to ICE, and to the peer if our SDP went out.
+    async fn add_late_candidate(&mut self, tx: &mut SignalSender, c: str0m::Candidate) -> anyhow::Result<()> {
+        let Some(line) = self.peer.add_local_candidate(Instant::now(), c) else { return Ok(()) };
+        tracing::info!("gathered {line}");
+        self.local_lines.push(line.clone());
+        if self.described
+            && let Some(to) = self.remote.clone()
+        {
+            let c = IceCandidate::new(line, self.mid.clone(), Some(0));
+            tx.send(&ClientMessage::candidate(to, c)).await?;
         }
         Ok(())
     }
@@ -156,13 +181,18 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
         local_lines: Vec::new(),
         mid: None,
         offered_at: None,
+        described: false,
     };
-    for h in &hosts {
-        match str0m::Candidate::host(*h, "udp") {
-            Ok(c) => s.local_lines.extend(s.peer.add_local_candidate(now, c)),
-            Err(e) => tracing::debug!("skipped host candidate {h}: {e}"),
+    if !opts.relay_only {
+        for h in &hosts {
+            match str0m::Candidate::host(*h, "udp") {
+                Ok(c) => s.local_lines.extend(s.peer.add_local_candidate(now, c)),
+                Err(e) => tracing::debug!("skipped host candidate {h}: {e}"),
+            }
         }
     }
+    let stun = if opts.relay_only { Vec::new() } else { opts.stun.clone() };
+    let mut gatherer = Gatherer::new(hosts[0], &stun, opts.turn.clone(), now);
 
     // Whoever joins second offers, like the page.
     if let Some(first) = membership.peers.first().cloned() {
@@ -185,10 +215,33 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
     tokio::pin!(ctrl_c);
 
     let outcome = loop {
+        let relayed = gatherer.relayed();
         while let Some(d) = s.peer.poll_transmit() {
-            if let Err(e) = socket.send_to(&d.contents, d.destination).await {
+            if relayed == Some(d.source) {
+                gatherer.send_relayed(d.destination, &d.contents, Instant::now());
+            } else if let Err(e) = socket.send_to(&d.contents, d.destination).await {
                 tracing::debug!("send to {} failed: {e}", d.destination);
             }
+        }
+        while let Some((to, bytes)) = gatherer.poll_transmit(Instant::now()) {
+            if let Err(e) = socket.send_to(&bytes, to).await {
+                tracing::debug!("send to server {to} failed: {e}");
+            }
+        }
+        while let Some(ev) = gatherer.poll_event() {
+            match ev {
+                GatherEvent::Candidate(c) => s.add_late_candidate(&mut tx, c).await?,
+                GatherEvent::Failed(why) if opts.relay_only => {
+                    anyhow::bail!("{why} (and --relay-only allows nothing else)")
+                }
+                GatherEvent::Failed(why) => tracing::warn!("{why}; going on without that candidate"),
+                GatherEvent::Relayed { peer, relayed, data } => {
+                    s.peer.handle_receive(Instant::now(), peer, relayed, &data)
+                }
+            }
+        }
+        if s.peer.poll_transmit_pending() {
+            continue;
         }
         let mut failed = None;
         let mut closed = false;
@@ -231,21 +284,27 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
                 opts.connect_timeout.as_secs_f64()
             );
         }
-        let wake = s
-            .peer
-            .poll_timeout()
+        let wake = [s.peer.poll_timeout(), gatherer.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
             .map(tokio::time::Instant::from_std)
             .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_millis(100))
             .min(tokio::time::Instant::now() + Duration::from_millis(500));
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) if gatherer.owns(from) => gatherer.handle_input(from, &buf[..n], Instant::now()),
                 Ok((n, from)) => {
                     let to = arrival_address(&hosts, bound, from);
                     s.peer.handle_receive(Instant::now(), from, to, &buf[..n]);
                 }
                 Err(e) => tracing::debug!("media socket: {e}"),
             },
-            _ = sleep_until(wake) => s.peer.handle_timeout(Instant::now()),
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                gatherer.handle_timeout(now);
+                s.peer.handle_timeout(now);
+            }
             m = rx.recv(), if signal_open => match m {
                 Ok(msg) => {
                     if let Some(outcome) = on_signal(&mut s, &mut tx, msg).await? {
@@ -283,8 +342,16 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
     let now = Instant::now();
     fill_report(report, &s, now);
     s.peer.close(now);
+    let relayed = gatherer.relayed();
     while let Some(d) = s.peer.poll_transmit() {
-        let _ = socket.send_to(&d.contents, d.destination).await;
+        if relayed == Some(d.source) {
+            gatherer.send_relayed(d.destination, &d.contents, now);
+        } else {
+            let _ = socket.send_to(&d.contents, d.destination).await;
+        }
+    }
+    while let Some((to, bytes)) = gatherer.poll_transmit(now) {
+        let _ = socket.send_to(&bytes, to).await;
     }
     if signal_open {
         let _ = tx.send(&ClientMessage::Leave).await;

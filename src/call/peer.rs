@@ -245,6 +245,11 @@ impl CallPeer {
         [self.rtc_timeout, self.next_video, self.next_audio].into_iter().flatten().min()
     }
 
+    /// Whether datagrams are waiting (e.g. relayed input just produced answers).
+    pub fn poll_transmit_pending(&self) -> bool {
+        !self.transmits.is_empty()
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Datagram> {
         self.transmits.pop_front()
     }
