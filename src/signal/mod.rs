@@ -3,3 +3,5 @@
 
 pub mod client;
 pub mod protocol;
+pub mod limits;
+pub mod rooms;

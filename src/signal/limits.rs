@@ -1,0 +1,225 @@
+//! Per-connection and per-address limits of the signaling server, as a
+//! sans-IO core with `now` passed in: frame size, messages per second
+//! (token bucket), connections per IP, and "strikes": a client that keeps
+//! getting refused is disconnected instead of being answered forever.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::signal::protocol::{ClientMessage, ErrorCode, Refusal, parse_client};
+
+/// Limits with their defaults (flags of `natkit signal`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Members per room (`--max-room`).
+    pub max_room: usize,
+    /// Largest text frame answered normally, in bytes (`--max-frame`).
+    pub max_frame: usize,
+    /// Sustained messages per second per connection (`--max-rate`).
+    pub rate: f64,
+    /// Messages a connection may send at once before the rate applies.
+    pub burst: f64,
+    /// Open connections per client IP address (`--max-conns-per-ip`).
+    pub conns_per_ip: usize,
+    /// Refusals within `strike_window` after which the connection is closed.
+    pub strikes: u32,
+    pub strike_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_room: 8,
+            max_frame: 64 * 1024,
+            rate: 50.0,
+            burst: 200.0,
+            conns_per_ip: 64,
+            strikes: 20,
+            strike_window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// The size above which the WebSocket layer itself drops the connection:
+    /// frames between `max_frame` and this get an `error` and the connection
+    /// carries on; bigger ones are hostile and cost a close.
+    pub fn hard_frame_cap(&self) -> usize {
+        self.max_frame.saturating_mul(4).max(1 << 20)
+    }
+}
+
+/// What to do with one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// A valid message for the room registry.
+    Accept(ClientMessage),
+    /// Answer `error`, keep the connection.
+    Refuse(Refusal),
+    /// Answer `error`, then close: too many refusals.
+    RefuseAndClose(Refusal),
+}
+
+/// The gate every frame of one connection passes through.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    limits: Limits,
+    tokens: f64,
+    last_refill: Instant,
+    strikes: u32,
+    window_start: Instant,
+}
+
+impl Gate {
+    pub fn new(limits: Limits, now: Instant) -> Self {
+        Gate { limits, tokens: limits.burst, last_refill: now, strikes: 0, window_start: now }
+    }
+
+    /// Checks a text frame and parses it.
+    pub fn on_text(&mut self, text: &str, now: Instant) -> Verdict {
+        let checked = self.admit(text.len(), now).and_then(|()| parse_client(text));
+        match checked {
+            Ok(m) => Verdict::Accept(m),
+            Err(r) => self.strike(r, now),
+        }
+    }
+
+    /// Binary frames are not part of the protocol.
+    pub fn on_binary(&mut self, len: usize, now: Instant) -> Verdict {
+        match self.admit(len, now) {
+            Ok(()) => self.strike(Refusal::new(ErrorCode::BadJson, "binary frame: send JSON in text frames"), now),
+            Err(r) => self.strike(r, now),
+        }
+    }
+
+    /// Size and rate checks, before any parsing work is spent on the frame.
+    pub fn admit(&mut self, len: usize, now: Instant) -> Result<(), Refusal> {
+        let elapsed = now.saturating_duration_since(self.last_refill).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.limits.rate).min(self.limits.burst);
+        self.last_refill = now;
+        if self.tokens < 1.0 {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!("more than {} messages per second; slow down", self.limits.rate),
+            ));
+        }
+        self.tokens -= 1.0;
+        if len > self.limits.max_frame {
+            return Err(Refusal::new(
+                ErrorCode::FrameTooLarge,
+                format!("frame of {len} bytes; the limit is {} bytes", self.limits.max_frame),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts a refusal; too many within the window closes the connection.
+    pub fn strike(&mut self, r: Refusal, now: Instant) -> Verdict {
+        if now.saturating_duration_since(self.window_start) > self.limits.strike_window {
+            self.window_start = now;
+            self.strikes = 0;
+        }
+        self.strikes += 1;
+        if self.strikes >= self.limits.strikes { Verdict::RefuseAndClose(r) } else { Verdict::Refuse(r) }
+    }
+}
+
+/// Open connections per client address.
+#[derive(Debug, Default)]
+pub struct IpLimiter {
+    open: HashMap<IpAddr, usize>,
+    max: usize,
+}
+
+impl IpLimiter {
+    pub fn new(max: usize) -> Self {
+        IpLimiter { open: HashMap::new(), max: max.max(1) }
+    }
+
+    /// Counts a new connection from `ip`, or refuses it.
+    pub fn admit(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let n = self.open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return Err(Refusal::new(
+                ErrorCode::TooManyConnections,
+                format!("{ip} already has {n} connections open; the limit is {}", self.max),
+            ));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    pub fn release(&mut self, ip: IpAddr) {
+        if let Some(n) = self.open.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.open.remove(&ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { rate: 10.0, burst: 3.0, max_frame: 100, strikes: 3, ..Limits::default() }
+    }
+
+    fn code(v: Verdict) -> ErrorCode {
+        match v {
+            Verdict::Refuse(r) | Verdict::RefuseAndClose(r) => r.code,
+            Verdict::Accept(m) => panic!("accepted {m:?}"),
+        }
+    }
+
+    const LEAVE: &str = r#"{"type":"leave"}"#;
+
+    #[test]
+    fn burst_then_rate_limit_then_refill() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(limits(), t0);
+        for _ in 0..3 {
+            assert_eq!(g.on_text(LEAVE, t0), Verdict::Accept(ClientMessage::Leave));
+        }
+        assert_eq!(code(g.on_text(LEAVE, t0)), ErrorCode::RateLimited);
+        // 10/s: one token back after 100 ms.
+        assert_eq!(g.on_text(LEAVE, t0 + Duration::from_millis(100)), Verdict::Accept(ClientMessage::Leave));
+        assert_eq!(code(g.on_text(LEAVE, t0 + Duration::from_millis(100))), ErrorCode::RateLimited);
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_but_small_ones_pass() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(limits(), t0);
+        let big = format!(r#"{{"type":"join","room":"{}"}}"#, "x".repeat(100));
+        assert_eq!(code(g.on_text(&big, t0)), ErrorCode::FrameTooLarge);
+        assert_eq!(g.on_text(LEAVE, t0), Verdict::Accept(ClientMessage::Leave));
+    }
+
+    #[test]
+    fn repeated_refusals_close_and_window_resets() {
+        let t0 = Instant::now();
+        let mut g = Gate::new(Limits { rate: 1000.0, burst: 1000.0, ..limits() }, t0);
+        assert!(matches!(g.on_text("x", t0), Verdict::Refuse(_)));
+        assert!(matches!(g.on_binary(3, t0), Verdict::Refuse(_)));
+        assert!(matches!(g.on_text("x", t0), Verdict::RefuseAndClose(_)));
+        let later = t0 + Duration::from_secs(11);
+        assert!(matches!(g.on_text("x", later), Verdict::Refuse(_)));
+    }
+
+    #[test]
+    fn connections_per_ip_are_capped_and_released() {
+        let mut l = IpLimiter::new(2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        l.admit(a).unwrap();
+        l.admit(a).unwrap();
+        assert_eq!(l.admit(a).unwrap_err().code, ErrorCode::TooManyConnections);
+        l.admit(b).unwrap();
+        l.release(a);
+        l.admit(a).unwrap();
+    }
+}
