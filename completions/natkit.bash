@@ -31,6 +31,9 @@ _natkit() {
             natkit,relay)
                 cmd="natkit__subcmd__relay"
                 ;;
+            natkit,signal)
+                cmd="natkit__subcmd__signal"
+                ;;
             natkit,stun-probe)
                 cmd="natkit__subcmd__stun__subcmd__probe"
                 ;;
@@ -52,6 +55,9 @@ _natkit() {
             natkit__subcmd__help,relay)
                 cmd="natkit__subcmd__help__subcmd__relay"
                 ;;
+            natkit__subcmd__help,signal)
+                cmd="natkit__subcmd__help__subcmd__signal"
+                ;;
             natkit__subcmd__help,stun-probe)
                 cmd="natkit__subcmd__help__subcmd__stun__subcmd__probe"
                 ;;
@@ -65,7 +71,7 @@ _natkit() {
 
     case "${cmd}" in
         natkit)
-            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe turn-alloc nat-type relay call gen-docs help"
+            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe turn-alloc nat-type relay signal call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -179,7 +185,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__help)
-            opts="stun-probe turn-alloc nat-type relay call gen-docs help"
+            opts="stun-probe turn-alloc nat-type relay signal call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -249,6 +255,20 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__help__subcmd__relay)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        natkit__subcmd__help__subcmd__signal)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -412,6 +432,76 @@ _natkit() {
                     return 0
                     ;;
                 --workers)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        natkit__subcmd__signal)
+            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --ping-interval --metrics --json --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stun)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-secret)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-room)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-frame)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-conns-per-ip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

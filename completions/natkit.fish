@@ -33,6 +33,7 @@ complete -c natkit -n "__fish_natkit_needs_command" -f -a "stun-probe" -d 'STUN 
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "signal" -d 'Rendezvous and signaling server with the browser video-chat page'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs"
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -114,6 +115,26 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -s v -l verbose -d 
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l listen -d 'Address and port to serve HTTP(S) and WebSocket on' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l cert -d 'Serve HTTPS with this certificate chain (PEM); needs --key' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l key -d 'Private key (PEM) for --cert' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l redis -d 'Share rooms with other nodes through Redis, e.g. redis://127.0.0.1:6379/' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l stun -d 'STUN URI handed to clients in ice_servers (repeatable), e.g. stun:stun.example.org:3478' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l turn -d 'TURN URI handed to clients in ice_servers (repeatable), e.g. turn:turn.example.org:3478?transport=udp' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l turn-secret -d 'Give each client its own time-limited TURN REST credentials made with this shared secret (coturn use-auth-secret, `natkit relay --secret`)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l turn-ttl -d 'Lifetime of the per-client TURN credentials, in seconds' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-room -d 'Most members in one room' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-frame -d 'Largest message in bytes; bigger ones get an error' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-rate -d 'Messages per second one connection may send (bursts of four times this are allowed)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-conns-per-ip -d 'Open connections per client IP address' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l ping-interval -d 'Seconds between keepalive pings; a client silent for two intervals is dropped and its room told' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l tls-self-signed -d 'Serve HTTPS with a certificate made at start (browsers give the camera only to secure origins)'
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -s h -l help -d 'Print help'
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l signal -d 'Signaling server: ws://HOST:PORT or wss://HOST:PORT (`natkit signal`; path /ws by default)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l room -d 'Room to join; the browser page or another `natkit call` joins the same one' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l send -d 'What to send: `test` (moving colour bars with a frame counter and the time, VP8, plus a 440 Hz Opus tone), a VP8 FILE.ivf (looped, plus the tone), or `none` (receive only)' -r
@@ -144,10 +165,11 @@ complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s v -l verbose 
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s V -l version -d 'Print version'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "gen-docs"
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "signal" -d 'Rendezvous and signaling server with the browser video-chat page'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "gen-docs"
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

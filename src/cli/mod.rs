@@ -9,6 +9,7 @@ mod call;
 mod gen_docs;
 mod nat_type;
 mod relay;
+mod signal;
 mod stun_probe;
 mod turn_alloc;
 
@@ -16,6 +17,7 @@ pub use call::CallArgs;
 pub use gen_docs::GenDocsArgs;
 pub use nat_type::NatTypeArgs;
 pub use relay::RelayArgs;
+pub use signal::SignalArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
 pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
 
@@ -71,6 +73,10 @@ pub enum Command {
     /// STUN/TURN relay with an RFC 5780 responder, safe by default
     #[command(after_help = EXIT_CODES)]
     Relay(Box<RelayArgs>),
+
+    /// Rendezvous and signaling server with the browser video-chat page
+    #[command(after_help = EXIT_CODES)]
+    Signal(SignalArgs),
 
     /// Regenerate man pages and shell completions from these definitions
     #[command(after_help = EXIT_CODES)]

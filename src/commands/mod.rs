@@ -9,6 +9,7 @@ pub mod call;
 pub mod gen_docs;
 pub mod nat_type;
 pub mod relay;
+pub mod signal;
 pub mod stun_probe;
 pub mod turn_alloc;
 
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             Command::Call(args) => call::run(args, &opts).await,
             Command::NatType(args) => nat_type::run(args, &opts).await,
             Command::Relay(args) => relay::run(*args, &opts).await,
+            Command::Signal(args) => signal::run(args, &opts).await,
             Command::GenDocs(args) => gen_docs::run(&args),
         }
     })

@@ -175,6 +175,11 @@ impl SignalClient {
         self.sender.send(msg).await
     }
 
+    /// Sends a text frame as-is (for tests of malformed input).
+    pub async fn send_raw(&mut self, text: String) -> Result<(), ClientError> {
+        self.sender.send_raw(text).await
+    }
+
     /// The next message from the server; [`ClientError::Closed`] when it hangs up.
     pub async fn recv(&mut self) -> Result<ServerMessage, ClientError> {
         self.receiver.recv().await

@@ -2,6 +2,11 @@
 //! the room registry core, and the server that serves the video-chat page.
 
 pub mod client;
-pub mod protocol;
+pub mod hub;
+pub mod ice;
 pub mod limits;
+pub mod metrics;
+pub mod protocol;
 pub mod rooms;
+pub mod server;
+pub mod socketio;

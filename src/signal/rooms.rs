@@ -116,7 +116,10 @@ impl Rooms {
 
     fn relay(&self, from: &PeerId, msg: ClientMessage) -> Result<Delivery, Refusal> {
         let Some(room) = self.room_of.get(from) else {
-            return Err(Refusal::new(ErrorCode::NotJoined, format!("{} before join: not in a room", msg.kind().as_str())));
+            return Err(Refusal::new(
+                ErrorCode::NotJoined,
+                format!("{} before join: not in a room", msg.kind().as_str()),
+            ));
         };
         let Some(to) = msg.target().cloned() else {
             return Err(Refusal::new(ErrorCode::BadMessage, "not a message to relay"));
@@ -235,7 +238,13 @@ mod tests {
         assert_eq!(out[0].to, p("b"));
         assert_eq!(
             out[0].msg,
-            ServerMessage::Offer { from: p("a"), to: p("b"), room: "r".into(), sdp: "v=0".into(), extra: Default::default() }
+            ServerMessage::Offer {
+                from: p("a"),
+                to: p("b"),
+                room: "r".into(),
+                sdp: "v=0".into(),
+                extra: Default::default()
+            }
         );
     }
 

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod coturn;
 pub mod lab;
 pub mod relay;
+pub mod signal;
 pub mod tools;
 
 use std::process::{Command, Output};

@@ -1,0 +1,175 @@
+//! Counters of the signaling server, rendered as Prometheus text
+//! (exposition format 0.0.4) for `--metrics ADDR`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::signal::protocol::{ErrorCode, MessageKind};
+
+const KINDS: [MessageKind; 9] = [
+    MessageKind::Join,
+    MessageKind::Offer,
+    MessageKind::Answer,
+    MessageKind::Candidate,
+    MessageKind::Leave,
+    MessageKind::Created,
+    MessageKind::Joined,
+    MessageKind::Exit,
+    MessageKind::Error,
+];
+
+const CODES: [ErrorCode; 11] = [
+    ErrorCode::BadJson,
+    ErrorCode::UnknownType,
+    ErrorCode::BadMessage,
+    ErrorCode::NotJoined,
+    ErrorCode::AlreadyJoined,
+    ErrorCode::NotInRoom,
+    ErrorCode::RoomFull,
+    ErrorCode::FrameTooLarge,
+    ErrorCode::RateLimited,
+    ErrorCode::TooManyConnections,
+    ErrorCode::Internal,
+];
+
+/// Which front door a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    SocketIo,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_open: [AtomicI64; 2],
+    pub connections_total: [AtomicU64; 2],
+    pub rooms: AtomicI64,
+    pub closed_for_abuse: AtomicU64,
+    pub dropped_dead: AtomicU64,
+    pub dropped_slow: AtomicU64,
+    received: [AtomicU64; KINDS.len()],
+    sent: [AtomicU64; KINDS.len()],
+    errors: [AtomicU64; CODES.len()],
+}
+
+fn kind_index(k: MessageKind) -> usize {
+    KINDS.iter().position(|x| *x == k).unwrap_or(0)
+}
+
+fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::WebSocket => 0,
+        Transport::SocketIo => 1,
+    }
+}
+
+impl Metrics {
+    pub fn opened(&self, t: Transport) {
+        self.connections_open[transport_index(t)].fetch_add(1, Relaxed);
+        self.connections_total[transport_index(t)].fetch_add(1, Relaxed);
+    }
+
+    pub fn closed(&self, t: Transport) {
+        self.connections_open[transport_index(t)].fetch_sub(1, Relaxed);
+    }
+
+    pub fn received(&self, k: MessageKind) {
+        self.received[kind_index(k)].fetch_add(1, Relaxed);
+    }
+
+    pub fn sent(&self, k: MessageKind) {
+        self.sent[kind_index(k)].fetch_add(1, Relaxed);
+    }
+
+    pub fn error(&self, c: ErrorCode) {
+        if let Some(i) = CODES.iter().position(|x| *x == c) {
+            self.errors[i].fetch_add(1, Relaxed);
+        }
+        self.sent(MessageKind::Error);
+    }
+
+    pub fn sent_total(&self, k: MessageKind) -> u64 {
+        self.sent[kind_index(k)].load(Relaxed)
+    }
+
+    pub fn received_total(&self, k: MessageKind) -> u64 {
+        self.received[kind_index(k)].load(Relaxed)
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.iter().map(|e| e.load(Relaxed)).sum()
+    }
+
+    pub fn connections_total(&self) -> u64 {
+        self.connections_total.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let transports = [("websocket", 0), ("socketio", 1)];
+        let _ = writeln!(s, "# HELP natkit_signal_connections Open client connections.");
+        let _ = writeln!(s, "# TYPE natkit_signal_connections gauge");
+        for (name, i) in transports {
+            let _ = writeln!(
+                s,
+                "natkit_signal_connections{{transport=\"{name}\"}} {}",
+                self.connections_open[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# HELP natkit_signal_connections_total Client connections accepted.");
+        let _ = writeln!(s, "# TYPE natkit_signal_connections_total counter");
+        for (name, i) in transports {
+            let _ = writeln!(
+                s,
+                "natkit_signal_connections_total{{transport=\"{name}\"}} {}",
+                self.connections_total[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(s, "# HELP natkit_signal_rooms Rooms with at least one member on this node.");
+        let _ = writeln!(s, "# TYPE natkit_signal_rooms gauge");
+        let _ = writeln!(s, "natkit_signal_rooms {}", self.rooms.load(Relaxed));
+        for (name, help, arr) in [
+            ("natkit_signal_messages_received_total", "Messages received from clients, by type.", &self.received),
+            ("natkit_signal_messages_sent_total", "Messages sent to clients, by type.", &self.sent),
+        ] {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} counter");
+            for (k, v) in KINDS.iter().zip(arr.iter()) {
+                let _ = writeln!(s, "{name}{{type=\"{}\"}} {}", k.as_str(), v.load(Relaxed));
+            }
+        }
+        let _ = writeln!(s, "# HELP natkit_signal_errors_total Messages refused, by error code.");
+        let _ = writeln!(s, "# TYPE natkit_signal_errors_total counter");
+        for (c, v) in CODES.iter().zip(self.errors.iter()) {
+            let _ = writeln!(s, "natkit_signal_errors_total{{code=\"{}\"}} {}", c.as_str(), v.load(Relaxed));
+        }
+        let _ = writeln!(s, "# HELP natkit_signal_connections_dropped_total Connections the server closed, by reason.");
+        let _ = writeln!(s, "# TYPE natkit_signal_connections_dropped_total counter");
+        for (reason, v) in
+            [("abuse", &self.closed_for_abuse), ("dead", &self.dropped_dead), ("slow_consumer", &self.dropped_slow)]
+        {
+            let _ = writeln!(s, "natkit_signal_connections_dropped_total{{reason=\"{reason}\"}} {}", v.load(Relaxed));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let m = Metrics::default();
+        m.opened(Transport::WebSocket);
+        m.received(MessageKind::Offer);
+        m.error(ErrorCode::NotInRoom);
+        let text = m.render();
+        assert!(text.contains("natkit_signal_connections{transport=\"websocket\"} 1\n"));
+        assert!(text.contains("natkit_signal_messages_received_total{type=\"offer\"} 1\n"));
+        assert!(text.contains("natkit_signal_errors_total{code=\"not_in_room\"} 1\n"));
+        assert!(text.contains("natkit_signal_messages_sent_total{type=\"error\"} 1\n"));
+        assert_eq!(m.errors_total(), 1);
+    }
+}

@@ -1,0 +1,298 @@
+//! socket.io 2.x compatibility on `/socket.io/` (socketioxide; its `v4`
+//! feature speaks Engine.IO v3 as socket.io 2.x clients do), so the client
+//! of the classic WebRTC tutorials works unchanged. It shares rooms with
+//! `/ws`: every socket is a hub member like a WebSocket client.
+//!
+//! Events (the tutorial's): client `createAndJoinRoom` {room} → `created`
+//! {id, room, peers:[{id}]} and `joined` {id, room} to the others;
+//! `offer`/`answer` {from, to, room, sdp}; `candidate` {from, to, room,
+//! candidate:{sdpMid, sdpMLineIndex, sdp}}; `exit` {from, room}. Unlike the
+//! tutorials' server, a disconnect sends `exit` to that room only, with the
+//! room filled in. Refusals arrive as `signal_error` {code, message}
+//! (`error` is reserved by socket.io clients).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use axum::extract::ConnectInfo;
+use serde_json::{Map, Value, json};
+use socketioxide::extract::{Data, SocketRef};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::{SocketIo, TransportType};
+
+use crate::signal::limits::{Gate, Verdict};
+use crate::signal::metrics::Transport;
+use crate::signal::protocol::{
+    ClientMessage, ErrorCode, Extra, IceCandidate, IceServer, PeerId, Refusal, RoomId, ServerMessage,
+};
+use crate::signal::server::App;
+
+/// One socket.io connection's state.
+struct Conn {
+    peer: PeerId,
+    gate: Mutex<Gate>,
+    ice: Vec<IceServer>,
+}
+
+/// The tower layer to put on the router, and the io handle.
+pub fn layer(app: Arc<App>) -> (SocketIoLayer, SocketIo) {
+    let cap = app.limits.hard_frame_cap() as u64;
+    let (layer, io) = SocketIo::builder()
+        .ping_interval(app.ping_interval)
+        .ping_timeout(app.ping_interval)
+        .max_payload(cap)
+        .transports([TransportType::Polling, TransportType::Websocket])
+        .build_layer();
+    io.ns("/", move |s: SocketRef| {
+        let app = app.clone();
+        async move { on_connect(app, s) }
+    });
+    (layer, io)
+}
+
+fn on_connect(app: Arc<App>, s: SocketRef) {
+    let remote = s.req_parts().extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    if let Some(remote) = remote
+        && let Err(r) = app.admit(remote)
+    {
+        app.hub.metrics.error(r.code);
+        emit_error(&s, &r);
+        let _ = s.disconnect();
+        return;
+    }
+    app.hub.metrics.opened(Transport::SocketIo);
+    let peer = PeerId::random();
+    tracing::debug!(?remote, %peer, "socket.io client connected");
+    let conn = Arc::new(Conn {
+        ice: app.ice.for_client(&peer, SystemTime::now()),
+        gate: Mutex::new(Gate::new(app.limits, Instant::now())),
+        peer: peer.clone(),
+    });
+    let mut outbox = app.hub.attach(&peer);
+    let writer = s.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = outbox.recv().await {
+            let (event, data) = to_event(&msg);
+            if writer.emit(event, &data).is_err() {
+                break;
+            }
+        }
+        // The hub dropped the outbox: disconnected, or not reading.
+        let _ = writer.disconnect();
+    });
+
+    for event in ["createAndJoinRoom", "join", "offer", "answer", "candidate", "exit", "leave"] {
+        let (app, conn) = (app.clone(), conn.clone());
+        s.on(event, move |s: SocketRef, Data(data): Data<Value>| {
+            let (app, conn) = (app.clone(), conn.clone());
+            async move { on_event(&app, &conn, &s, event, data).await }
+        });
+    }
+    let (app2, conn2) = (app.clone(), conn.clone());
+    s.on_disconnect(move |_s: SocketRef| {
+        let (app, conn) = (app2.clone(), conn2.clone());
+        async move {
+            app.hub.disconnect(&conn.peer).await;
+            if let Some(remote) = remote {
+                app.release(remote);
+            }
+            app.hub.metrics.closed(Transport::SocketIo);
+        }
+    });
+}
+
+async fn on_event(app: &App, conn: &Conn, s: &SocketRef, event: &str, data: Value) {
+    let now = Instant::now();
+    let size = serde_json::to_string(&data).map(|t| t.len()).unwrap_or(0);
+    let admitted = lock(&conn.gate).admit(size, now).and_then(|()| from_event(event, data));
+    let verdict = match admitted {
+        Ok(msg) => match app.hub.handle(&conn.peer, msg, &conn.ice).await {
+            Ok(()) => return,
+            Err(r) => lock(&conn.gate).strike(r, now),
+        },
+        Err(r) => lock(&conn.gate).strike(r, now),
+    };
+    match verdict {
+        Verdict::Accept(_) => {}
+        Verdict::Refuse(r) => {
+            app.hub.metrics.error(r.code);
+            emit_error(s, &r);
+        }
+        Verdict::RefuseAndClose(r) => {
+            app.hub.metrics.error(r.code);
+            app.hub.metrics.closed_for_abuse.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            emit_error(s, &r);
+            let _ = s.clone().disconnect();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn emit_error(s: &SocketRef, r: &Refusal) {
+    let _ = s.emit("signal_error", &json!({"code": r.code, "message": r.message}));
+}
+
+fn bad(event: &str, why: &str) -> Refusal {
+    Refusal::new(ErrorCode::BadMessage, format!("bad \"{event}\": {why}"))
+}
+
+/// A tutorial event → the `/ws` message it means.
+pub fn from_event(event: &str, data: Value) -> Result<ClientMessage, Refusal> {
+    match event {
+        "exit" | "leave" => return Ok(ClientMessage::Leave),
+        "createAndJoinRoom" | "join" => {
+            let room = match data {
+                Value::Object(mut o) => o.remove("room").unwrap_or(Value::Null),
+                other => other,
+            };
+            let room: RoomId =
+                serde_json::from_value(room).map_err(|_| bad(event, "expected {room: \"name\"} or a room name"))?;
+            return Ok(ClientMessage::Join { room });
+        }
+        _ => {}
+    }
+    let Value::Object(mut o) = data else { return Err(bad(event, "expected an object")) };
+    // `from` and `room` are the server's to fill in; a client cannot choose them.
+    o.remove("from");
+    o.remove("room");
+    let to: PeerId = o
+        .remove("to")
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| bad(event, "missing \"to\" (the id of a member of your room)"))?;
+    let extra: Extra = o.clone();
+    match event {
+        "offer" | "answer" => {
+            let sdp = match o.remove("sdp") {
+                Some(Value::String(s)) => s,
+                _ => return Err(bad(event, "missing \"sdp\" string")),
+            };
+            let mut extra = extra;
+            extra.remove("sdp");
+            Ok(if event == "offer" {
+                ClientMessage::Offer { to, sdp, extra }
+            } else {
+                ClientMessage::Answer { to, sdp, extra }
+            })
+        }
+        "candidate" => {
+            let Some(Value::Object(mut c)) = o.remove("candidate") else {
+                return Err(bad(event, "missing \"candidate\" object"));
+            };
+            // The tutorial calls the candidate line `sdp`; WebRTC calls it `candidate`.
+            let line = match (c.remove("sdp"), c.remove("candidate")) {
+                (Some(Value::String(s)), _) | (_, Some(Value::String(s))) => s,
+                _ => return Err(bad(event, "candidate needs \"sdp\" (or \"candidate\") string")),
+            };
+            let sdp_mid = c.remove("sdpMid").and_then(|v| v.as_str().map(str::to_string));
+            let sdp_m_line_index =
+                c.remove("sdpMLineIndex").and_then(|v| v.as_u64()).and_then(|v| u16::try_from(v).ok());
+            let candidate = IceCandidate { candidate: line, sdp_mid, sdp_m_line_index, extra: c };
+            let mut extra = extra;
+            extra.remove("candidate");
+            Ok(ClientMessage::Candidate { to, candidate, extra })
+        }
+        other => Err(Refusal::new(ErrorCode::UnknownType, format!("unknown event \"{other}\""))),
+    }
+}
+
+/// A `/ws` message → the tutorial's event name and payload.
+pub fn to_event(msg: &ServerMessage) -> (&'static str, Value) {
+    match msg {
+        ServerMessage::Created { id, room, peers, ice_servers } => (
+            "created",
+            json!({"id": id, "room": room, "peers": peers.iter().map(|p| json!({"id": p})).collect::<Vec<_>>(),
+                   "ice_servers": ice_servers}),
+        ),
+        ServerMessage::Joined { id, room } => ("joined", json!({"id": id, "room": room})),
+        ServerMessage::Offer { from, to, room, sdp, extra } => {
+            ("offer", relayed(extra, from, to, room, "sdp", json!(sdp)))
+        }
+        ServerMessage::Answer { from, to, room, sdp, extra } => {
+            ("answer", relayed(extra, from, to, room, "sdp", json!(sdp)))
+        }
+        ServerMessage::Candidate { from, to, room, candidate, extra } => {
+            let mut c: Map<String, Value> = candidate.extra.clone();
+            c.insert("sdp".into(), json!(candidate.candidate));
+            c.insert("candidate".into(), json!(candidate.candidate));
+            if let Some(mid) = &candidate.sdp_mid {
+                c.insert("sdpMid".into(), json!(mid));
+            }
+            if let Some(i) = candidate.sdp_m_line_index {
+                c.insert("sdpMLineIndex".into(), json!(i));
+            }
+            ("candidate", relayed(extra, from, to, room, "candidate", Value::Object(c)))
+        }
+        ServerMessage::Exit { from, room } => ("exit", json!({"from": from, "room": room})),
+        ServerMessage::Error { code, message } => ("signal_error", json!({"code": code, "message": message})),
+    }
+}
+
+fn relayed(extra: &Extra, from: &PeerId, to: &PeerId, room: &RoomId, key: &str, value: Value) -> Value {
+    let mut o = extra.clone();
+    o.insert("from".into(), json!(from));
+    o.insert("to".into(), json!(to));
+    o.insert("room".into(), json!(room));
+    o.insert(key.into(), value);
+    Value::Object(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tutorial_candidate_becomes_webrtc_candidate_and_back() {
+        let m = from_event(
+            "candidate",
+            json!({"from":"spoofed","to":"b","room":"other","candidate":{"sdpMid":"0","sdpMLineIndex":0,"sdp":"candidate:1 1 udp 1 10.0.0.1 9 typ host"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::candidate(
+                "b".into(),
+                IceCandidate::new("candidate:1 1 udp 1 10.0.0.1 9 typ host", Some("0".into()), Some(0))
+            )
+        );
+        let (event, data) = to_event(&m.relayed("a".into(), "r".into()).unwrap());
+        assert_eq!(event, "candidate");
+        assert_eq!(
+            data,
+            json!({"from":"a","to":"b","room":"r","candidate":{"sdpMid":"0","sdpMLineIndex":0,
+                   "sdp":"candidate:1 1 udp 1 10.0.0.1 9 typ host","candidate":"candidate:1 1 udp 1 10.0.0.1 9 typ host"}})
+        );
+    }
+
+    #[test]
+    fn create_and_join_room_accepts_object_or_name() {
+        assert_eq!(
+            from_event("createAndJoinRoom", json!({"room":"5"})).unwrap(),
+            ClientMessage::Join { room: "5".into() }
+        );
+        assert_eq!(from_event("createAndJoinRoom", json!(5)).unwrap(), ClientMessage::Join { room: "5".into() });
+        assert!(from_event("createAndJoinRoom", json!({"x":1})).is_err());
+    }
+
+    #[test]
+    fn created_lists_peers_as_objects() {
+        let (event, data) = to_event(&ServerMessage::Created {
+            id: "c".into(),
+            room: "r".into(),
+            peers: vec!["a".into()],
+            ice_servers: vec![],
+        });
+        assert_eq!(event, "created");
+        assert_eq!(data, json!({"id":"c","room":"r","peers":[{"id":"a"}],"ice_servers":[]}));
+    }
+
+    #[test]
+    fn offer_needs_to_and_sdp() {
+        assert!(from_event("offer", json!({"sdp":"x"})).is_err());
+        assert!(from_event("offer", json!({"to":"b"})).is_err());
+        assert_eq!(from_event("offer", json!({"to":"b","sdp":"x"})).unwrap(), ClientMessage::offer("b".into(), "x"));
+    }
+}

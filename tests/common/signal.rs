@@ -1,0 +1,103 @@
+//! `natkit signal` started by a test on loopback (or inside a namespace via a
+//! command prefix such as `ip netns exec NS`); killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use super::free_port;
+
+pub struct SignalServer {
+    child: Child,
+    pub port: u16,
+    pub ip: String,
+    /// Everything the server wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl SignalServer {
+    /// Starts on 127.0.0.1 with `args` added.
+    pub fn start(args: &[&str]) -> SignalServer {
+        Self::start_in(&[], "127.0.0.1", args)
+    }
+
+    /// Starts under `prefix` (e.g. `["ip","netns","exec","ns1"]`) listening on `ip`.
+    pub fn start_in(prefix: &[&str], ip: &str, args: &[&str]) -> SignalServer {
+        let port = free_port();
+        let listen = format!("{ip}:{port}");
+        let bin = env!("CARGO_BIN_EXE_natkit");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(["signal", "--listen", &listen, "-v"]).args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("starting natkit signal");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("natkit signal: page") {
+                    let _ = ready_tx.send(());
+                }
+                let mut l = log2.lock().unwrap_or_else(|p| p.into_inner());
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut server = SignalServer { child, port, ip: ip.to_string(), log };
+        if ready_rx.recv_timeout(Duration::from_secs(15)).is_err() {
+            let status = server.child.try_wait();
+            panic!("natkit signal did not start on {listen} ({status:?}); stderr:\n{}", server.log_text());
+        }
+        server
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}:{}/ws", self.ip, self.port)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}:{}/", self.ip, self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the node dies without telling anyone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SignalServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A plain HTTP/1.1 GET over loopback; returns (status line, body).
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect for GET");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write GET");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read response");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.lines().next().unwrap_or("").to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
