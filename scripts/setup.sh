@@ -35,6 +35,13 @@ for svc in coturn redis-server; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
 
+# npm packages for the socket.io interop test and bench-signal, from the committed lock file.
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: npm is missing; install Node.js 18+ (e.g. apt-get install nodejs npm)" >&2
+  exit 1
+fi
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error >&2
+
 if [ "${NATKIT_SETUP_SKIP_BUILD:-0}" != "1" ]; then
   cargo build --release --locked 2>/dev/null || cargo build --release
 fi
