@@ -105,6 +105,8 @@ impl Browser {
                     "--headless", "--no-sandbox", "--disable-gpu",
                     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                     "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--no-first-run",
                 ]
             }
         }))
