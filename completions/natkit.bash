@@ -443,7 +443,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__signal)
-            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --ping-interval --metrics --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --ping-interval --node-ttl --metrics --json --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -498,6 +498,10 @@ _natkit() {
                     return 0
                     ;;
                 --ping-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --node-ttl)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

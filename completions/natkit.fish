@@ -128,6 +128,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-frame -d 'L
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-rate -d 'Messages per second one connection may send (bursts of four times this are allowed)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-conns-per-ip -d 'Open connections per client IP address' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l ping-interval -d 'Seconds between keepalive pings; a client silent for two intervals is dropped and its room told' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l node-ttl -d 'With --redis: seconds after which a node that stopped heartbeating counts as dead and its members leave their rooms' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l tls-self-signed -d 'Serve HTTPS with a certificate made at start (browsers give the camera only to secure origins)'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'

@@ -344,6 +344,10 @@ fn bad_flags_exit_with_usage_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--turn"));
     let out = common::natkit(&["signal", "--turn-secret", "s"]);
     assert_eq!(out.status.code(), Some(2));
+    let dead = format!("redis://127.0.0.1:{}/", common::free_port());
+    let out = common::natkit(&["signal", "--listen", "127.0.0.1:0", "--redis", &dead]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redis-server"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = common::natkit(&["signal", "--cert", "/nonexistent.pem", "--key", "/nonexistent.key"]);
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -72,6 +72,11 @@ pub struct SignalArgs {
     #[arg(long, default_value_t = 15, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_interval: u64,
 
+    /// With --redis: seconds after which a node that stopped heartbeating counts as dead
+    /// and its members leave their rooms
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub node_ttl: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,

@@ -12,6 +12,7 @@ use crate::error::Status;
 use crate::output::{self, OutputOptions, Render};
 use crate::signal::ice::IceConfig;
 use crate::signal::limits::Limits;
+use crate::signal::redis::Presence;
 use crate::signal::server::{Server, ServerConfig, TlsSource};
 
 /// What `natkit signal` prints when it stops (JSON field names are a contract).
@@ -72,6 +73,10 @@ pub fn config_from(args: &SignalArgs) -> anyhow::Result<ServerConfig> {
         ping_interval: Duration::from_secs(args.ping_interval),
         metrics: args.metrics,
         redis: args.redis.clone(),
+        presence: Presence {
+            heartbeat: Duration::from_secs(args.node_ttl).div_f64(5.0).max(Duration::from_millis(200)),
+            node_ttl: Duration::from_secs(args.node_ttl),
+        },
     })
 }
 

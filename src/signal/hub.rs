@@ -23,6 +23,7 @@ pub const OUTBOX_CAPACITY: usize = 512;
 /// Where the rooms live.
 pub enum Backend {
     Memory(Mutex<Rooms>),
+    Redis(Arc<crate::signal::redis::Backplane>),
 }
 
 pub struct Hub {
@@ -71,6 +72,11 @@ impl Hub {
                         self.metrics.rooms.store(rooms.room_count() as i64, Relaxed);
                         out
                     }
+                    Backend::Redis(b) => {
+                        let out = b.handle(from, msg, ice, |p| self.is_local(p)).await?;
+                        self.metrics.rooms.store(b.local_room_count() as i64, Relaxed);
+                        out
+                    }
                 };
                 if let Some(Delivery { msg: ServerMessage::Created { room, peers, .. }, .. }) = deliveries.first() {
                     tracing::info!(peer = %from, %room, others = peers.len(), "joined");
@@ -89,6 +95,11 @@ impl Hub {
                 let left = rooms.leave(peer);
                 self.metrics.rooms.store(rooms.room_count() as i64, Relaxed);
                 left.map(|(dep, out)| (dep.room, out))
+            }
+            Backend::Redis(b) => {
+                let left = b.leave(peer).await;
+                self.metrics.rooms.store(b.local_room_count() as i64, Relaxed);
+                left
             }
         }
     }

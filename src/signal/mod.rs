@@ -7,6 +7,7 @@ pub mod ice;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod redis;
 pub mod rooms;
 pub mod server;
 pub mod socketio;

@@ -35,6 +35,7 @@ use crate::signal::ice::IceConfig;
 use crate::signal::limits::{Gate, IpLimiter, Limits, Verdict};
 use crate::signal::metrics::{Metrics, Transport};
 use crate::signal::protocol::{PeerId, Refusal, ServerMessage};
+use crate::signal::redis::{Backplane, Presence};
 use crate::signal::rooms::Rooms;
 
 /// The video-chat page, embedded: no build step, no CDN.
@@ -67,6 +68,7 @@ pub struct ServerConfig {
     pub ping_interval: Duration,
     pub metrics: Option<SocketAddr>,
     pub redis: Option<String>,
+    pub presence: Presence,
 }
 
 /// Shared by every connection.
@@ -113,12 +115,14 @@ impl Server {
         let backend = match &config.redis {
             None => Backend::Memory(Mutex::new(Rooms::new(config.limits.max_room))),
             Some(url) => {
-                return Err(
-                    UsageError::new(format!("--redis {url}: multi-node mode is not available in this build")).into()
-                );
+                Backend::Redis(Arc::new(Backplane::connect(url, config.limits.max_room, config.presence).await?))
             }
         };
         let hub = Arc::new(Hub::new(backend, metrics));
+        if let Backend::Redis(b) = hub.backend() {
+            b.start(Arc::downgrade(&hub)).await?;
+            tracing::info!(node = b.node_id(), "sharing rooms through Redis");
+        }
         let app = Arc::new(App {
             hub,
             limits: config.limits,
@@ -217,6 +221,9 @@ impl Server {
                     tracing::debug!(%remote, "HTTP connection ended: {e}");
                 }
             });
+        }
+        if let Backend::Redis(b) = app.hub.backend() {
+            b.retire().await;
         }
         let m = &app.hub.metrics;
         Ok(Summary {

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod coturn;
 pub mod lab;
+pub mod redis;
 pub mod relay;
 pub mod signal;
 pub mod tools;
