@@ -1,0 +1,72 @@
+// Load client for scripts/bench-signal: ROOMS rooms with two clients each;
+// in every room one client sends an offer, the other answers at once, and
+// the next offer goes when the answer is back (one exchange in flight per
+// room). Prints {relayed_per_s, rtt_p50_ms, rtt_p99_ms} as JSON.
+// Usage: node bench_client.js ws|sio URL_A[,URL_B] ROOMS SECONDS
+"use strict";
+const WebSocket = require("ws");
+const sioClient = require("socket.io-client");
+const [mode, urls, roomsArg, secondsArg] = process.argv.slice(2);
+const [urlA, urlB] = [urls.split(",")[0], urls.split(",")[1] || urls.split(",")[0]];
+const rooms = Number(roomsArg), seconds = Number(secondsArg);
+const room = (i) => "bench-" + process.pid + "-" + i;
+
+// A uniform client: join(room) -> {id, peers}, send(type, to, sdp), on(type, fn(msg)).
+function wsClient(url) {
+  const ws = new WebSocket(url);
+  const handlers = {};
+  ws.on("message", (data) => { const m = JSON.parse(data); (handlers[m.type] || (() => {}))(m); });
+  return {
+    open: () => new Promise((ok, bad) => { ws.on("open", ok); ws.on("error", bad); }),
+    join: (r) => new Promise((ok) => { handlers.created = (m) => ok({ id: m.id, peers: m.peers }); ws.send(JSON.stringify({ type: "join", room: r })); }),
+    send: (type, to, sdp) => ws.send(JSON.stringify({ type, to, sdp })),
+    on: (type, fn) => { handlers[type] = fn; },
+    close: () => ws.close(),
+  };
+}
+function sioClientOf(url) {
+  const s = sioClient(url, { transports: ["websocket"], reconnection: false });
+  return {
+    open: () => new Promise((ok, bad) => { s.on("connect", ok); s.on("connect_error", bad); }),
+    join: (r) => new Promise((ok) => { s.once("created", (m) => ok({ id: m.id, peers: m.peers.map((p) => p.id) })); s.emit("createAndJoinRoom", { room: r }); }),
+    send: (type, to, sdp) => s.emit(type, { to, sdp }),
+    on: (type, fn) => s.on(type, fn),
+    close: () => s.close(),
+  };
+}
+const make = mode === "ws" ? wsClient : sioClientOf;
+
+(async () => {
+  const pairs = [];
+  for (let i = 0; i < rooms; i++) {
+    const a = make(urlA), b = make(urlB);
+    await Promise.all([a.open(), b.open()]);
+    const ja = await a.join(room(i));
+    const jb = await b.join(room(i));
+    if (jb.peers[0] !== ja.id) throw new Error("room " + i + ": B does not see A");
+    pairs.push({ a, b, aId: ja.id, bId: jb.id });
+  }
+  let measuring = false, stopped = false, relayed = 0;
+  const rtts = [];
+  for (const p of pairs) {
+    p.a.on("offer", (m) => p.a.send("answer", m.from, m.sdp));
+    const next = () => { if (!stopped) p.b.send("offer", p.aId, String(process.hrtime.bigint())); };
+    p.b.on("answer", (m) => {
+      if (measuring) { relayed += 2; rtts.push(Number(process.hrtime.bigint() - BigInt(m.sdp)) / 1e6); }
+      next();
+    });
+    next();
+  }
+  await new Promise((r) => setTimeout(r, 1000)); // warm-up
+  measuring = true;
+  const t0 = process.hrtime.bigint();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  measuring = false;
+  const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
+  stopped = true;
+  rtts.sort((x, y) => x - y);
+  const q = (f) => (rtts.length ? rtts[Math.min(rtts.length - 1, Math.floor(f * rtts.length))] : null);
+  process.stdout.write(JSON.stringify({ relayed_per_s: relayed / elapsed, rtt_p50_ms: q(0.5), rtt_p99_ms: q(0.99), exchanges: rtts.length }) + "\n");
+  for (const p of pairs) { p.a.close(); p.b.close(); }
+  setTimeout(() => process.exit(0), 200);
+})().catch((e) => { process.stderr.write("bench client: " + e.stack + "\n"); process.exit(1); });
