@@ -1,0 +1,273 @@
+//! `natkit call` end to end with real components: two `natkit call` peers through a real
+//! `natkit signal` on loopback, and headless Chromium on the page `natkit signal` serves, in a
+//! network namespace with only loopback, with natkit as offerer and as answerer.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::browser::{Browser, LoopbackNs};
+use common::coturn::{Coturn, CoturnConfig};
+use common::signal::SignalServer;
+use serde_json::Value;
+
+const NATKIT: &str = env!("CARGO_BIN_EXE_natkit");
+
+fn call_args<'a>(server: &'a str, room: &'a str, duration: &'a str) -> Vec<&'a str> {
+    vec![
+        "call",
+        "--signal",
+        server,
+        "--room",
+        room,
+        "--bind",
+        "127.0.0.1:0",
+        "--duration",
+        duration,
+        "--wait",
+        "20",
+        "--json",
+    ]
+}
+
+fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starting natkit call")
+}
+
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "natkit call printed no JSON report ({e}); exit {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn u(v: &Value, path: &str) -> u64 {
+    v.pointer(path).and_then(Value::as_u64).unwrap_or_else(|| panic!("{path} missing in {v:#}"))
+}
+
+/// The report of a call that connected and received decodable video and audio.
+fn assert_media_flowed(r: &Value, out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}; report {r:#}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(r["outcome"], "failed", "{r:#}");
+    assert!(r["connect_ms"].as_f64().is_some(), "{r:#}");
+    assert_eq!(r["path"]["local"]["type"], "host", "{r:#}");
+    for kind in ["video", "audio"] {
+        assert!(u(r, &format!("/received/{kind}/frames")) > 0, "no {kind} frames received: {r:#}");
+        assert!(u(r, &format!("/received/{kind}/packets")) > 0, "no {kind} packets received: {r:#}");
+        assert_eq!(u(r, &format!("/received/{kind}/decode_errors")), 0, "{r:#}");
+        assert!(u(r, &format!("/sent/{kind}/frames")) > 0, "no {kind} frames sent: {r:#}");
+    }
+    assert_eq!(r["received"]["video"]["codec"], "VP8");
+    assert_eq!(r["received"]["audio"]["codec"], "OPUS");
+}
+
+#[test]
+fn two_natkit_calls_exchange_video_and_audio_both_ways_through_natkit_signal() {
+    let server = SignalServer::start(&[]);
+    let url = server.ws_url();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let mut a = Command::new(NATKIT);
+    a.args(call_args(&url, "pair", "3"));
+    let a = spawn(a);
+    let mut b = Command::new(NATKIT);
+    b.args(call_args(&url, "pair", "3")).arg("--record").arg(&rec);
+    let b = spawn(b);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (ra, rb) = (report(&a), report(&b));
+    assert_media_flowed(&ra, &a);
+    assert_media_flowed(&rb, &b);
+    let mut roles = [ra["role"].as_str().unwrap_or("-"), rb["role"].as_str().unwrap_or("-")];
+    roles.sort();
+    assert_eq!(roles, ["answerer", "offerer"]);
+    assert_eq!(ra["id"], rb["peer"]);
+    // The recording plays: an IVF with VP8 frames and an Ogg/Opus file.
+    let ivf = std::fs::read(rec.join("video.ivf")).unwrap();
+    assert_eq!(&ivf[..4], b"DKIF");
+    assert_eq!(&ivf[8..12], b"VP80");
+    assert!(u32::from_le_bytes([ivf[24], ivf[25], ivf[26], ivf[27]]) > 0, "no frames in video.ivf");
+    let ogg = std::fs::read(rec.join("audio.ogg")).unwrap();
+    assert_eq!(&ogg[..4], b"OggS");
+    assert!(ogg.windows(8).any(|w| w == b"OpusHead"));
+}
+
+#[test]
+fn relay_only_calls_flow_through_coturn_with_rest_credentials() {
+    let turn = Coturn::start(CoturnConfig {
+        args: ["--use-auth-secret", "--static-auth-secret=s3cret", "--realm=natkit", "--allow-loopback-peers"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let server = SignalServer::start(&[]);
+    let url = server.ws_url();
+    let turn_addr = turn.addr();
+    let relay = ["--turn", turn_addr.as_str(), "--turn-secret", "s3cret", "--relay-only"];
+    let mut a = Command::new(NATKIT);
+    a.args(call_args(&url, "relayed", "3")).args(relay);
+    let a = spawn(a);
+    let mut b = Command::new(NATKIT);
+    b.args(call_args(&url, "relayed", "3")).args(relay);
+    let b = spawn(b);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for (out, r) in [(&a, report(&a)), (&b, report(&b))] {
+        assert!(out.status.success(), "{r:#}");
+        assert_eq!(r["path"]["local"]["type"], "relay", "{r:#}");
+        assert_eq!(r["path"]["local"]["address"].as_str().unwrap().split(':').next(), Some("127.0.0.1"));
+        assert_ne!(
+            r["path"]["local"]["address"].as_str().unwrap(),
+            turn_addr,
+            "the relayed address is not the server's"
+        );
+        for kind in ["video", "audio"] {
+            assert!(u(&r, &format!("/received/{kind}/frames")) > 0, "no {kind} over the relay: {r:#}");
+        }
+    }
+}
+
+#[test]
+fn relay_only_with_a_wrong_secret_fails_with_the_turn_error() {
+    let turn = Coturn::start(CoturnConfig {
+        args: ["--use-auth-secret", "--static-auth-secret=s3cret", "--realm=natkit"].map(String::from).to_vec(),
+        ..Default::default()
+    });
+    let server = SignalServer::start(&[]);
+    let url = server.ws_url();
+    let mut args = call_args(&url, "wrong", "2");
+    let turn_addr = turn.addr();
+    args.extend(["--turn", turn_addr.as_str(), "--turn-secret", "not-it", "--relay-only"]);
+    let out = Command::new(NATKIT).args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&out);
+    let err = r["error"].as_str().unwrap();
+    assert!(err.contains("Allocate failed") && err.contains("401"), "{r:#}");
+}
+
+#[test]
+fn alone_in_the_room_fails_with_no_peer_and_exit_1_with_the_report() {
+    let server = SignalServer::start(&[]);
+    let out = Command::new(NATKIT)
+        .args([
+            "call",
+            "--signal",
+            &server.ws_url(),
+            "--room",
+            "empty",
+            "--bind",
+            "127.0.0.1:0",
+            "--wait",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = report(&out);
+    assert_eq!(r["outcome"], "failed");
+    assert!(r["error"].as_str().unwrap().contains("no peer in room empty"), "{r:#}");
+    assert!(r["id"].is_string(), "the report so far has our id: {r:#}");
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    for args in [
+        vec!["call", "--signal", "ftp://x", "--room", "r"],
+        vec!["call", "--signal", "ws://127.0.0.1:9", "--room", ""],
+        vec!["call", "--signal", "ws://127.0.0.1:9", "--room", "r", "--send", "/nonexistent/x.ivf"],
+        vec!["call", "--signal", "ws://127.0.0.1:9", "--room", "r", "--size", "641x360"],
+        vec!["call", "--signal", "ws://127.0.0.1:9", "--room", "r", "--send", "movie.mp4"],
+    ] {
+        let out = Command::new(NATKIT).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Which side joins the room first; the second one offers (like the page).
+#[derive(Clone, Copy, PartialEq)]
+enum First {
+    Natkit,
+    Browser,
+}
+
+const VIDEO_PLAYING: &str = "const v = document.querySelector('#remoteDiv video'); \
+    return !!v && v.videoWidth > 0 && v.getVideoPlaybackQuality().totalVideoFrames > 10;";
+const FRAMES: &str = "const v = document.querySelector('#remoteDiv video'); \
+    return v ? v.getVideoPlaybackQuality().totalVideoFrames : -1;";
+
+fn browser_and_natkit_call(first: First) {
+    let ns = LoopbackNs::new("cl");
+    let server = SignalServer::start_in(&ns.prefix(), "127.0.0.1", &[]);
+    let room = "browser";
+    let url = server.ws_url();
+    let start_call = || {
+        let mut c = ns.command(NATKIT);
+        c.args(call_args(&url, room, "6"));
+        spawn(c)
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter_current_thread();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let browser = Browser::start(&ns).await;
+                browser.client.goto(&server.http_url()).await.expect("opening the page");
+                let mut call = None;
+                if first == First::Natkit {
+                    call = Some(start_call());
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !server.log_text().lines().any(|l| l.contains("joined") && l.contains(room)) {
+                        assert!(Instant::now() < deadline, "natkit call never joined:\n{}", server.log_text());
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                browser
+                    .eval(&format!("document.getElementById('room').value = '{room}'; document.getElementById('connect').click(); return true;"))
+                    .await;
+                if first == First::Browser {
+                    let waiting = "return document.getElementById('status').textContent.includes('waiting for others');";
+                    assert!(browser.wait_for(waiting, Duration::from_secs(10)).await, "the page never joined");
+                    call = Some(start_call());
+                }
+                let call = call.unwrap();
+                let playing = browser.wait_for(VIDEO_PLAYING, Duration::from_secs(15)).await;
+                let frames_a = browser.eval(FRAMES).await.as_i64().unwrap_or(-1);
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let frames_b = browser.eval(FRAMES).await.as_i64().unwrap_or(-1);
+                let size = browser.eval("const v = document.querySelector('#remoteDiv video'); return v ? [v.videoWidth, v.videoHeight] : null;").await;
+                let out = tokio::task::spawn_blocking(move || call.wait_with_output().unwrap()).await.unwrap();
+                let r = report(&out);
+                assert!(playing, "the page never played natkit's video; natkit report: {r:#}");
+                assert_eq!(size, serde_json::json!([640, 360]));
+                assert!(frames_b > frames_a, "frames decoded did not increase: {frames_a} then {frames_b}");
+                assert_media_flowed(&r, &out);
+                let role = if first == First::Natkit { "answerer" } else { "offerer" };
+                assert_eq!(r["role"], role, "{r:#}");
+                assert_eq!(r["outcome"], "completed", "{r:#}");
+                // natkit hung up with `leave`: the page removed our video.
+                let removed = "return document.querySelectorAll('#remoteDiv video').length === 0;";
+                assert!(browser.wait_for(removed, Duration::from_secs(5)).await, "the page kept natkit's video after hang-up");
+                browser.close().await;
+            });
+        });
+    });
+}
+
+#[test]
+fn browser_plays_natkit_video_and_natkit_receives_the_browsers_with_natkit_offering() {
+    browser_and_natkit_call(First::Browser);
+}
+
+#[test]
+fn browser_plays_natkit_video_and_natkit_receives_the_browsers_with_natkit_answering() {
+    browser_and_natkit_call(First::Natkit);
+}
