@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::browser::{Browser, LoopbackNs};
 use common::coturn::{Coturn, CoturnConfig};
+use common::lab::{Lab, NatKind};
 use common::signal::SignalServer;
 use serde_json::Value;
 
@@ -50,7 +51,21 @@ fn u(v: &Value, path: &str) -> u64 {
     v.pointer(path).and_then(Value::as_u64).unwrap_or_else(|| panic!("{path} missing in {v:#}"))
 }
 
-/// The report of a call that connected and received decodable video and audio.
+/// The report of a call that connected and received decodable video and audio (any path).
+fn assert_media_flowed_on_any_path(r: &Value, out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}; report {r:#}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for kind in ["video", "audio"] {
+        assert!(u(r, &format!("/received/{kind}/frames")) > 0, "no {kind} frames received: {r:#}");
+        assert_eq!(u(r, &format!("/received/{kind}/decode_errors")), 0, "{r:#}");
+    }
+}
+
+/// The report of a call that connected over host candidates and received decodable video and audio.
 fn assert_media_flowed(r: &Value, out: &Output) {
     assert!(
         out.status.success(),
@@ -151,6 +166,44 @@ fn relay_only_with_a_wrong_secret_fails_with_the_turn_error() {
     let r = report(&out);
     let err = r["error"].as_str().unwrap();
     assert!(err.contains("Allocate failed") && err.contains("401"), "{r:#}");
+}
+
+#[test]
+fn two_calls_behind_port_restricted_and_full_cone_nats_connect_over_stun_candidates() {
+    let lab = Lab::builder().nat("pr", NatKind::PortRestrictedCone).nat("fc", NatKind::FullCone).build();
+    let public = lab.public_ns();
+    let _stun = Coturn::start(CoturnConfig {
+        listen_ip: Some("203.0.113.1".into()),
+        netns: Some(public.clone()),
+        ..Default::default()
+    });
+    let server = SignalServer::start_in(&["ip", "netns", "exec", &public], "203.0.113.1", &[]);
+    let url = server.ws_url();
+    let args = [
+        "call",
+        "--signal",
+        &url,
+        "--room",
+        "lab",
+        "--stun",
+        "203.0.113.1:3478",
+        "--duration",
+        "3",
+        "--wait",
+        "20",
+        "--json",
+    ];
+    let a = spawn(lab.command_in(&lab.client_ns("pr"), NATKIT, &args));
+    let b = spawn(lab.command_in(&lab.client_ns("fc"), NATKIT, &args));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for (out, r) in [(&a, report(&a)), (&b, report(&b))] {
+        assert_media_flowed_on_any_path(&r, out);
+        // Behind NATs the host addresses (10.x) cannot reach each other: the pair is
+        // server- or peer-reflexive on the far side.
+        let remote = r["path"]["remote"]["type"].as_str().unwrap_or("-");
+        assert!(remote == "srflx" || remote == "prflx", "remote candidate type {remote}: {r:#}");
+        assert!(r["path"]["remote"]["address"].as_str().unwrap().starts_with("203.0.113."), "{r:#}");
+    }
 }
 
 #[test]
