@@ -257,14 +257,28 @@ const VIDEO_PLAYING: &str = "const v = document.querySelector('#remoteDiv video'
 const FRAMES: &str = "const v = document.querySelector('#remoteDiv video'); \
     return v ? v.getVideoPlaybackQuality().totalVideoFrames : -1;";
 
-fn browser_and_natkit_call(first: First) {
+/// natkit's side goes through a TURN server (coturn in the namespace) when `relay` is set.
+fn browser_and_natkit_call(first: First, relay: bool) {
     let ns = LoopbackNs::new("cl");
     let server = SignalServer::start_in(&ns.prefix(), "127.0.0.1", &[]);
+    let turn = relay.then(|| {
+        Coturn::start(CoturnConfig {
+            args: ["--lt-cred-mech", "--user=nk:pw", "--realm=natkit", "--allow-loopback-peers"]
+                .map(String::from)
+                .to_vec(),
+            netns: Some(ns.name.clone()),
+            ..Default::default()
+        })
+    });
+    let turn_addr = turn.as_ref().map(|t| t.addr()).unwrap_or_default();
     let room = "browser";
     let url = server.ws_url();
     let start_call = || {
         let mut c = ns.command(NATKIT);
         c.args(call_args(&url, room, "6"));
+        if relay {
+            c.args(["--turn", &turn_addr, "--turn-user", "nk", "--turn-password", "pw", "--relay-only"]);
+        }
         spawn(c)
     };
     std::thread::scope(|s| {
@@ -302,7 +316,12 @@ fn browser_and_natkit_call(first: First) {
                 assert!(playing, "the page never played natkit's video; natkit report: {r:#}");
                 assert_eq!(size, serde_json::json!([640, 360]));
                 assert!(frames_b > frames_a, "frames decoded did not increase: {frames_a} then {frames_b}");
-                assert_media_flowed(&r, &out);
+                if relay {
+                    assert_media_flowed_on_any_path(&r, &out);
+                    assert_eq!(r["path"]["local"]["type"], "relay", "{r:#}");
+                } else {
+                    assert_media_flowed(&r, &out);
+                }
                 let role = if first == First::Natkit { "answerer" } else { "offerer" };
                 assert_eq!(r["role"], role, "{r:#}");
                 assert_eq!(r["outcome"], "completed", "{r:#}");
@@ -317,10 +336,15 @@ fn browser_and_natkit_call(first: First) {
 
 #[test]
 fn browser_plays_natkit_video_and_natkit_receives_the_browsers_with_natkit_offering() {
-    browser_and_natkit_call(First::Browser);
+    browser_and_natkit_call(First::Browser, false);
 }
 
 #[test]
 fn browser_plays_natkit_video_and_natkit_receives_the_browsers_with_natkit_answering() {
-    browser_and_natkit_call(First::Natkit);
+    browser_and_natkit_call(First::Natkit, false);
+}
+
+#[test]
+fn browser_plays_natkit_video_when_natkit_is_relay_only_through_coturn() {
+    browser_and_natkit_call(First::Browser, true);
 }
