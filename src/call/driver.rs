@@ -43,6 +43,9 @@ pub struct Sources {
     pub audio: Option<AudioSource>,
 }
 
+/// How long ICE may stay disconnected before the call is declared lost.
+const LOST_GRACE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Offerer,
@@ -211,6 +214,7 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
     let mut buf = vec![0u8; 2048];
     let mut end_at: Option<tokio::time::Instant> = None;
     let mut signal_open = true;
+    let mut lost_since: Option<Instant> = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
 
@@ -259,8 +263,10 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
                     }
                 }
                 PeerEvent::IceDisconnected => {
-                    tracing::warn!("ICE: lost every candidate pair; waiting for it to come back")
+                    tracing::warn!("ICE: lost every candidate pair; waiting for it to come back");
+                    lost_since.get_or_insert_with(Instant::now);
                 }
+                PeerEvent::IceReconnected => lost_since = None,
                 PeerEvent::Closed => closed = true,
                 PeerEvent::Failed(e) => failed = Some(e),
             }
@@ -271,6 +277,11 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
         }
         if closed && s.peer.connected_at().is_some() {
             break Outcome::PeerLeft;
+        }
+        if let Some(t) = lost_since
+            && t.elapsed() > LOST_GRACE
+        {
+            anyhow::bail!("lost the connection: no working candidate pair for {} s", LOST_GRACE.as_secs());
         }
         if s.remote.is_none() && tokio::time::Instant::now() >= wait_deadline {
             anyhow::bail!("no peer in room {} after {:.0} s", opts.room, opts.wait.as_secs_f64());

@@ -31,6 +31,8 @@ pub enum PeerEvent {
     Connected,
     /// ICE lost every pair (str0m's "disconnected"; it may come back).
     IceDisconnected,
+    /// ICE has a working pair again after a disconnection.
+    IceReconnected,
     /// The session closed (the peer sent DTLS close_notify, or we closed).
     Closed,
     /// str0m refused something; the call cannot go on.
@@ -395,6 +397,11 @@ impl CallPeer {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.events.push_back(PeerEvent::IceDisconnected);
             }
+            Event::IceConnectionStateChange(IceConnectionState::Connected | IceConnectionState::Completed)
+                if self.connected_at.is_some() =>
+            {
+                self.events.push_back(PeerEvent::IceReconnected);
+            }
             Event::MediaAdded(m) => {
                 self.mids.insert(m.mid, m.kind);
             }
@@ -567,9 +574,16 @@ mod tests {
 
     /// Runs both peers on a fake clock, delivering each datagram to the other at once.
     fn run(a: &mut CallPeer, b: &mut CallPeer, now: &mut Instant, until: Instant) {
+        run_with(a, b, now, until, true)
+    }
+
+    /// As `run`; with `a_to_b` false, everything `a` sends is lost.
+    fn run_with(a: &mut CallPeer, b: &mut CallPeer, now: &mut Instant, until: Instant, a_to_b: bool) {
         while *now < until {
             while let Some(d) = a.poll_transmit() {
-                b.handle_receive(*now, d.source, d.destination, &d.contents);
+                if a_to_b {
+                    b.handle_receive(*now, d.source, d.destination, &d.contents);
+                }
             }
             while let Some(d) = b.poll_transmit() {
                 a.handle_receive(*now, d.source, d.destination, &d.contents);
@@ -614,6 +628,25 @@ mod tests {
         a.close(now);
         run(&mut a, &mut b, &mut now, start + Duration::from_secs(4));
         assert!(std::iter::from_fn(|| b.poll_event()).any(|e| e == PeerEvent::Closed));
+    }
+
+    #[test]
+    fn lost_checks_are_reported_as_ice_disconnected() {
+        let start = Instant::now();
+        let mut now = start;
+        let (mut a, _) = peer(now, "198.51.100.1:5000");
+        let (mut b, _) = peer(now, "203.0.113.2:6000");
+        let offer = a.create_offer(now).unwrap();
+        let answer = b.accept_offer(now, &offer).unwrap();
+        a.accept_answer(now, &answer).unwrap();
+        a.add_remote_candidate(now, "candidate:1 1 udp 2130706431 203.0.113.2 6000 typ host").unwrap();
+        b.add_remote_candidate(now, "candidate:1 1 udp 2130706431 198.51.100.1 5000 typ host").unwrap();
+        run(&mut a, &mut b, &mut now, start + Duration::from_secs(2));
+        while a.poll_event().is_some() {}
+        run_with(&mut a, &mut b, &mut now, start + Duration::from_secs(45), false);
+        let events: Vec<_> = std::iter::from_fn(|| a.poll_event()).collect();
+        // ICE consent (RFC 7675) runs out: the driver gives the call LOST_GRACE more, then fails it.
+        assert!(events.contains(&PeerEvent::IceDisconnected), "{events:?}");
     }
 
     #[test]
