@@ -117,22 +117,24 @@ fn two_natkit_calls_exchange_video_and_audio_both_ways_through_natkit_signal() {
 }
 
 #[test]
-fn relay_only_calls_flow_through_coturn_with_rest_credentials() {
+fn relay_only_calls_flow_through_coturn_with_rest_credentials_from_flags_or_from_signal() {
     let turn = Coturn::start(CoturnConfig {
         args: ["--use-auth-secret", "--static-auth-secret=s3cret", "--realm=natkit", "--allow-loopback-peers"]
             .map(String::from)
             .to_vec(),
         ..Default::default()
     });
-    let server = SignalServer::start(&[]);
-    let url = server.ws_url();
     let turn_addr = turn.addr();
-    let relay = ["--turn", turn_addr.as_str(), "--turn-secret", "s3cret", "--relay-only"];
+    // The signaling server hands out TURN REST credentials, as it does to the page.
+    let turn_uri = format!("turn:{turn_addr}");
+    let server = SignalServer::start(&["--turn", &turn_uri, "--turn-secret", "s3cret"]);
+    let url = server.ws_url();
+    // One peer is told the TURN server and secret; the other takes the server's ice_servers.
     let mut a = Command::new(NATKIT);
-    a.args(call_args(&url, "relayed", "3")).args(relay);
+    a.args(call_args(&url, "relayed", "3")).args(["--turn", &turn_addr, "--turn-secret", "s3cret", "--relay-only"]);
     let a = spawn(a);
     let mut b = Command::new(NATKIT);
-    b.args(call_args(&url, "relayed", "3")).args(relay);
+    b.args(call_args(&url, "relayed", "3")).arg("--relay-only");
     let b = spawn(b);
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     for (out, r) in [(&a, report(&a)), (&b, report(&b))] {

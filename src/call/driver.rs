@@ -194,8 +194,18 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
             }
         }
     }
-    let stun = if opts.relay_only { Vec::new() } else { opts.stun.clone() };
-    let mut gatherer = Gatherer::new(hosts[0], &stun, opts.turn.clone(), now);
+    // Without --stun/--turn, use what the signaling server hands out (as the page does).
+    let (mut stun, mut turn) = (opts.stun.clone(), opts.turn.clone());
+    if stun.is_empty() && turn.is_none() {
+        (stun, turn) = servers_from_signal(&membership.ice_servers, bound).await;
+    }
+    if opts.relay_only {
+        stun.clear();
+        if turn.is_none() {
+            anyhow::bail!("--relay-only needs a TURN server: pass --turn, or run natkit signal with --turn");
+        }
+    }
+    let mut gatherer = Gatherer::new(hosts[0], &stun, turn, now);
 
     // Whoever joins second offers, like the page.
     if let Some(first) = membership.peers.first().cloned() {
@@ -373,6 +383,42 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
         report.recording = Some(Recording { video, audio: audio.map(|f| dir.join(f).display().to_string()) });
     }
     Ok(())
+}
+
+/// UDP STUN servers and the first UDP TURN server with credentials from the `created`
+/// message's `ice_servers` (RTCIceServer dictionaries). Unusable entries are skipped, logged.
+async fn servers_from_signal(
+    ice: &[crate::signal::protocol::IceServer],
+    bound: SocketAddr,
+) -> (Vec<SocketAddr>, Option<(SocketAddr, Credentials)>) {
+    use crate::net::server::{Family, Scheme, ServerSpec};
+    use crate::net::transport::Transport;
+    let family = if bound.is_ipv4() { Family::V4 } else { Family::V6 };
+    let (mut stun, mut turn) = (Vec::new(), None);
+    for server in ice {
+        for url in &server.urls {
+            let Ok(spec) = ServerSpec::parse(url) else { continue };
+            if matches!(spec.transport, Some(t) if t != Transport::Udp) {
+                continue;
+            }
+            let addr = match spec.resolve(Transport::Udp, family).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("ice server {url} from the signaling server: {e}");
+                    continue;
+                }
+            };
+            match (spec.scheme, &server.username, &server.credential) {
+                (Some(Scheme::Stun), _, _) => stun.push(addr),
+                (Some(Scheme::Turn), Some(u), Some(p)) if turn.is_none() => {
+                    turn = Some((addr, Credentials { username: u.clone(), password: p.clone() }));
+                }
+                _ => {}
+            }
+        }
+    }
+    tracing::info!("from the signaling server: {} STUN, {} TURN", stun.len(), usize::from(turn.is_some()));
+    (stun, turn)
 }
 
 fn fill_report(report: &mut CallReport, s: &Session, now: Instant) {

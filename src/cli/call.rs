@@ -37,7 +37,8 @@ pub struct CallArgs {
     #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:0")]
     pub bind: SocketAddr,
 
-    /// STUN server for a server-reflexive candidate (repeatable): HOST[:PORT] or stun:HOST[:PORT]
+    /// STUN server for a server-reflexive candidate (repeatable): HOST[:PORT] or stun:HOST[:PORT].
+    /// Without --stun and --turn, the STUN/TURN servers the signaling server hands out are used
     #[arg(long, value_name = "URL")]
     pub stun: Vec<String>,
 
@@ -57,8 +58,9 @@ pub struct CallArgs {
     #[arg(long, value_name = "S", requires = "turn")]
     pub turn_secret: Option<String>,
 
-    /// Offer only the TURN relayed candidate: media goes through the relay
-    #[arg(long, requires = "turn")]
+    /// Offer only the TURN relayed candidate: media goes through the relay (TURN from --turn, or
+    /// from the signaling server's ice_servers)
+    #[arg(long)]
     pub relay_only: bool,
 
     /// Give up if no peer is in the room after this many seconds
