@@ -142,7 +142,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand call" -l send -d 'What to 
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l duration -d 'Hang up after this many seconds connected (default: run until Ctrl-C or the peer leaves)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l record -d 'Write received video to DIR/video.ivf and audio to DIR/audio.ogg' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l bind -d 'Local UDP address for media; a specific IP offers only that host candidate' -r
-complete -c natkit -n "__fish_natkit_using_subcommand call" -l stun -d 'STUN server for a server-reflexive candidate (repeatable): HOST[:PORT] or stun:HOST[:PORT]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l stun -d 'STUN server for a server-reflexive candidate (repeatable): HOST[:PORT] or stun:HOST[:PORT]. Without --stun and --turn, the STUN/TURN servers the signaling server hands out are used' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l turn -d 'TURN server for a relayed candidate (UDP): HOST[:PORT] or turn:HOST[:PORT]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l turn-user -d 'TURN long-term credential username (with --turn-password)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l turn-password -d 'TURN long-term credential password' -r
@@ -153,7 +153,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand call" -l size -d 'Video si
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l fps -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l bitrate -d 'Target video bitrate of `--send test`' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l ca -d 'Trust this PEM CA certificate for wss://' -r -F
-complete -c natkit -n "__fish_natkit_using_subcommand call" -l relay-only -d 'Offer only the TURN relayed candidate: media goes through the relay'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l relay-only -d 'Offer only the TURN relayed candidate: media goes through the relay (TURN from --turn, or from the signaling server\'s ice_servers)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l insecure -d 'Accept any TLS certificate from a wss:// signaling server (e.g. --tls-self-signed)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
