@@ -259,27 +259,43 @@ const VIDEO_PLAYING: &str = "const v = document.querySelector('#remoteDiv video'
 const FRAMES: &str = "const v = document.querySelector('#remoteDiv video'); \
     return v ? v.getVideoPlaybackQuality().totalVideoFrames : -1;";
 
-/// natkit's side goes through a TURN server (coturn in the namespace) when `relay` is set.
+/// The page's RTCPeerConnection restricted to relay candidates (`iceTransportPolicy: "relay"`).
+const PAGE_RELAY_ONLY: &str = "const P = window.RTCPeerConnection; \
+    window.RTCPeerConnection = function (cfg) { return new P(Object.assign({}, cfg, { iceTransportPolicy: 'relay' })); }; \
+    window.RTCPeerConnection.prototype = P.prototype; return true;";
+
+/// Candidate types of the page's selected pair, e.g. `["relay", "relay"]`.
+const PAGE_PAIR_TYPES: &str = "return (async () => { \
+    const p = [...state.peers.values()][0]; if (!p) return null; \
+    const stats = await p.pc.getStats(); let pair = null; \
+    stats.forEach(r => { if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId); }); \
+    if (!pair) return null; \
+    return [stats.get(pair.localCandidateId).candidateType, stats.get(pair.remoteCandidateId).candidateType]; })();";
+
+/// With `relay`, both sides use only TURN relayed candidates: coturn in the namespace, its
+/// address and per-client REST credentials handed out by `natkit signal --turn --turn-secret`,
+/// natkit with `--relay-only`, the page with `iceTransportPolicy: "relay"`.
 fn browser_and_natkit_call(first: First, relay: bool) {
     let ns = LoopbackNs::new("cl");
-    let server = SignalServer::start_in(&ns.prefix(), "127.0.0.1", &[]);
     let turn = relay.then(|| {
         Coturn::start(CoturnConfig {
-            args: ["--lt-cred-mech", "--user=nk:pw", "--realm=natkit", "--allow-loopback-peers"]
+            args: ["--use-auth-secret", "--static-auth-secret=s3cret", "--realm=natkit", "--allow-loopback-peers"]
                 .map(String::from)
                 .to_vec(),
             netns: Some(ns.name.clone()),
             ..Default::default()
         })
     });
-    let turn_addr = turn.as_ref().map(|t| t.addr()).unwrap_or_default();
+    let turn_uri = turn.as_ref().map(|t| format!("turn:{}", t.addr())).unwrap_or_default();
+    let signal_args: Vec<&str> = if relay { vec!["--turn", &turn_uri, "--turn-secret", "s3cret"] } else { Vec::new() };
+    let server = SignalServer::start_in(&ns.prefix(), "127.0.0.1", &signal_args);
     let room = "browser";
     let url = server.ws_url();
     let start_call = || {
         let mut c = ns.command(NATKIT);
         c.args(call_args(&url, room, "6"));
         if relay {
-            c.args(["--turn", &turn_addr, "--turn-user", "nk", "--turn-password", "pw", "--relay-only"]);
+            c.arg("--relay-only");
         }
         spawn(c)
     };
@@ -290,6 +306,9 @@ fn browser_and_natkit_call(first: First, relay: bool) {
             rt.block_on(async {
                 let browser = Browser::start(&ns).await;
                 browser.client.goto(&server.http_url()).await.expect("opening the page");
+                if relay {
+                    browser.eval(PAGE_RELAY_ONLY).await;
+                }
                 let mut call = None;
                 if first == First::Natkit {
                     call = Some(start_call());
@@ -313,6 +332,7 @@ fn browser_and_natkit_call(first: First, relay: bool) {
                 tokio::time::sleep(Duration::from_millis(1000)).await;
                 let frames_b = browser.eval(FRAMES).await.as_i64().unwrap_or(-1);
                 let size = browser.eval("const v = document.querySelector('#remoteDiv video'); return v ? [v.videoWidth, v.videoHeight] : null;").await;
+                let page_pair = browser.eval(PAGE_PAIR_TYPES).await;
                 let out = tokio::task::spawn_blocking(move || call.wait_with_output().unwrap()).await.unwrap();
                 let r = report(&out);
                 assert!(playing, "the page never played natkit's video; natkit report: {r:#}");
@@ -321,6 +341,8 @@ fn browser_and_natkit_call(first: First, relay: bool) {
                 if relay {
                     assert_media_flowed_on_any_path(&r, &out);
                     assert_eq!(r["path"]["local"]["type"], "relay", "{r:#}");
+                    assert_eq!(r["path"]["remote"]["type"], "relay", "{r:#}");
+                    assert_eq!(page_pair, serde_json::json!(["relay", "relay"]), "the page's selected pair");
                 } else {
                     assert_media_flowed(&r, &out);
                 }
@@ -347,6 +369,6 @@ fn browser_plays_natkit_video_and_natkit_receives_the_browsers_with_natkit_answe
 }
 
 #[test]
-fn browser_plays_natkit_video_when_natkit_is_relay_only_through_coturn() {
+fn browser_and_natkit_both_relay_only_exchange_media_over_turn() {
     browser_and_natkit_call(First::Browser, true);
 }
