@@ -208,6 +208,49 @@ fn two_calls_behind_port_restricted_and_full_cone_nats_connect_over_stun_candida
     }
 }
 
+/// A 2-second VP8 IVF made with natkit's own encoder (keyframe first, 25 fps).
+fn write_test_ivf(path: &std::path::Path) {
+    use natkit::media::ivf::{IvfHeader, IvfWriter};
+    use natkit::media::pattern::TestPattern;
+    use natkit::media::vp8::{EncoderConfig, Vp8Encoder};
+    let cfg = EncoderConfig { width: 320, height: 240, fps: 25, bitrate_kbps: 300, keyframe_interval: 25 };
+    let mut enc = Vp8Encoder::new(cfg).unwrap();
+    let pattern = TestPattern::new(320, 240);
+    let header = IvfHeader { fourcc: *b"VP80", width: 320, height: 240, rate: 25, scale: 1, frames: 0 };
+    let mut w = IvfWriter::new(std::fs::File::create(path).unwrap(), header).unwrap();
+    for i in 0..50 {
+        for f in enc.encode(i, &pattern.draw(i as u64, "00:00:00.000"), false).unwrap() {
+            w.write_frame(f.pts as u64, &f.data).unwrap();
+        }
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn an_ivf_file_is_sent_looped_to_a_receive_only_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clip.ivf");
+    write_test_ivf(&file);
+    let server = SignalServer::start(&[]);
+    let url = server.ws_url();
+    let mut a = Command::new(NATKIT);
+    a.args(call_args(&url, "file", "3")).arg("--send").arg(&file);
+    let a = spawn(a);
+    let mut b = Command::new(NATKIT);
+    b.args(call_args(&url, "file", "3")).args(["--send", "none"]);
+    let b = spawn(b);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (ra, rb) = (report(&a), report(&b));
+    assert!(a.status.success() && b.status.success(), "{ra:#}\n{rb:#}");
+    // 3 s at 25 fps loops the 2 s file: more than its 50 frames go out, and they decode.
+    assert!(u(&ra, "/sent/video/frames") > 50, "{ra:#}");
+    assert!(u(&rb, "/received/video/frames") > 50, "{rb:#}");
+    assert_eq!(u(&rb, "/received/video/decode_errors"), 0, "{rb:#}");
+    // The receive-only side sends nothing.
+    assert_eq!(u(&rb, "/sent/video/frames"), 0, "{rb:#}");
+    assert_eq!(u(&ra, "/received/video/frames"), 0, "{ra:#}");
+}
+
 #[test]
 fn alone_in_the_room_fails_with_no_peer_and_exit_1_with_the_report() {
     let server = SignalServer::start(&[]);
