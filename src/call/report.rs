@@ -22,6 +22,17 @@ pub enum Outcome {
     Failed,
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Outcome::Completed => "completed",
+            Outcome::HungUp => "hung up",
+            Outcome::PeerLeft => "peer left",
+            Outcome::Failed => "failed",
+        })
+    }
+}
+
 /// ICE candidate type (RFC 8445 §5.1.1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -152,7 +163,7 @@ impl Render for CallReport {
         };
         writeln!(
             out,
-            "room {}  role {}  outcome {:?}  path {}  connect {} ms  duration {:.1} s",
+            "room {}  role {}  outcome {}  path {}  connect {} ms  duration {:.1} s",
             self.room,
             self.role.as_deref().unwrap_or("-"),
             self.outcome,
