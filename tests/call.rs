@@ -252,6 +252,35 @@ fn an_ivf_file_is_sent_looped_to_a_receive_only_peer() {
 }
 
 #[test]
+fn sigint_hangs_up_cleanly_and_the_peer_sees_it_leave() {
+    let server = SignalServer::start(&[]);
+    let url = server.ws_url();
+    let args = ["call", "--signal", &url, "--room", "hangup", "--bind", "127.0.0.1:0", "--wait", "20", "--json"];
+    let a = spawn({
+        let mut c = Command::new(NATKIT);
+        c.args(args);
+        c
+    });
+    let b = spawn({
+        let mut c = Command::new(NATKIT);
+        c.args(args);
+        c
+    });
+    // No --duration: both would run forever. Let media flow, then Ctrl-C one of them.
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: signalling a child we started, by its pid.
+    assert_eq!(unsafe { libc::kill(a.id() as i32, libc::SIGINT) }, 0);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (ra, rb) = (report(&a), report(&b));
+    assert!(a.status.success(), "{ra:#}");
+    assert_eq!(ra["outcome"], "hung_up", "{ra:#}");
+    assert!(u(&ra, "/received/video/frames") > 0, "{ra:#}");
+    // The other side learns it from `exit` (leave) or the DTLS close, and ends normally.
+    assert!(b.status.success(), "{rb:#}");
+    assert_eq!(rb["outcome"], "peer_left", "{rb:#}");
+}
+
+#[test]
 fn alone_in_the_room_fails_with_no_peer_and_exit_1_with_the_report() {
     let server = SignalServer::start(&[]);
     let out = Command::new(NATKIT)
