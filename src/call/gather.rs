@@ -6,7 +6,7 @@
 //! Sans-IO like the cores it drives: datagrams from our servers go in with `now`; datagrams for
 //! them, new candidates and relayed data come out.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,14 @@ struct Relay {
     refresh_at: Option<Instant>,
     permitted: HashSet<IpAddr>,
     permissions_at: Option<Instant>,
+    /// Datagrams for a peer whose first permission is on its way: a Send indication that
+    /// beats it would be dropped by the server (RFC 8656 §10.2).
+    waiting: HashMap<IpAddr, Vec<(SocketAddr, Vec<u8>)>>,
+    permission_requests: HashMap<RequestId, IpAddr>,
 }
+
+/// Most datagrams held per peer while its permission is created (ICE checks, a DTLS flight).
+const MAX_WAITING: usize = 64;
 
 pub struct Gatherer {
     base: SocketAddr,
@@ -90,6 +97,8 @@ impl Gatherer {
                 refresh_at: None,
                 permitted: HashSet::new(),
                 permissions_at: None,
+                waiting: HashMap::new(),
+                permission_requests: HashMap::new(),
             }
         });
         Gatherer { base, stun, relay, events: VecDeque::new() }
@@ -118,11 +127,16 @@ impl Gatherer {
     pub fn send_relayed(&mut self, peer: SocketAddr, data: &[u8], now: Instant) {
         let Some(r) = self.relay.as_mut() else { return };
         if r.permitted.insert(peer.ip()) {
-            // The first packets may beat the permission and be dropped; ICE retransmits.
-            r.client.request(Request::CreatePermission { peers: vec![peer] }, Auth::Credentials, now);
+            let id = r.client.request(Request::CreatePermission { peers: vec![peer] }, Auth::Credentials, now);
+            r.permission_requests.insert(id, peer.ip());
+            r.waiting.insert(peer.ip(), Vec::new());
             r.permissions_at.get_or_insert(now + PERMISSION_REFRESH);
         }
-        r.client.send_indication(peer, data);
+        match r.waiting.get_mut(&peer.ip()) {
+            Some(q) if q.len() < MAX_WAITING => q.push((peer, data.to_vec())),
+            Some(_) => tracing::debug!("dropped a datagram for {peer}: its TURN permission is still pending"),
+            None => r.client.send_indication(peer, data),
+        }
     }
 
     /// Next datagram for one of our servers.
@@ -211,6 +225,22 @@ impl Gatherer {
                         }
                     }
                 }
+                Event::Response { id, result, .. } if r.permission_requests.contains_key(&id) => {
+                    let ip = r.permission_requests.remove(&id).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+                    let held = r.waiting.remove(&ip).unwrap_or_default();
+                    match result {
+                        Ok(_) => {
+                            for (peer, data) in held {
+                                r.client.send_indication(peer, &data);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("TURN {}: permission for {ip} refused: {e}", r.addr);
+                            // Let a later datagram try again.
+                            r.permitted.remove(&ip);
+                        }
+                    }
+                }
                 Event::Response { result: Err(e), .. } => {
                     tracing::warn!("TURN {}: {e}", r.addr);
                 }
@@ -222,5 +252,134 @@ impl Gatherer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gatherer against natkit's own STUN/TURN server core, in memory on a fake clock.
+
+    use std::collections::HashMap;
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::net::transport::Transport;
+    use crate::turn::server::wire::{PEER_HEADROOM, PEER_TAILROOM};
+    use crate::turn::server::{Family, FiveTuple, RelayId, RelayOpenError, RelayPorts, Server, ServerConfig, Target};
+    use str0m::CandidateKind;
+
+    /// One relayed port, 198.51.100.1:50000, that exists only as an id.
+    struct OnePort;
+
+    impl RelayPorts for OnePort {
+        fn open(&mut self, _: Family) -> Result<(RelayId, SocketAddr), RelayOpenError> {
+            Ok((RelayId(1), "198.51.100.1:50000".parse().unwrap()))
+        }
+        fn close(&mut self, _: RelayId) {}
+    }
+
+    const BASE: &str = "10.0.0.2:5000";
+    const SERVER: &str = "198.51.100.1:3478";
+
+    fn server(now: Instant) -> Server {
+        let cfg = ServerConfig {
+            realm: "lab".into(),
+            users: HashMap::from([("alice".into(), "wonderland".into())]),
+            ..ServerConfig::default()
+        };
+        Server::new(cfg, Box::new(OnePort), now, UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+    }
+
+    /// Carries the gatherer's datagrams to the server and the answers back; returns what the
+    /// server sent to peers.
+    fn exchange(g: &mut Gatherer, s: &mut Server, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut to_peers = Vec::new();
+        while let Some((to, bytes)) = g.poll_transmit(now) {
+            let from = FiveTuple { transport: Transport::Udp, local: to, remote: BASE.parse().unwrap() };
+            let Some(t) = s.handle_client(from, &bytes, now) else { continue };
+            let (target, payload) = (t.target, t.payload.to_vec());
+            match target {
+                Target::Client(c) => g.handle_input(c.local, &payload, now),
+                Target::Peer { peer, .. } => to_peers.push((peer, payload)),
+            }
+        }
+        to_peers
+    }
+
+    #[test]
+    fn gathers_a_relay_candidate_and_relays_both_ways_through_natkit_turn_core() {
+        let now = Instant::now();
+        let mut s = server(now);
+        let server_addr: SocketAddr = SERVER.parse().unwrap();
+        let creds = Credentials { username: "alice".into(), password: "wonderland".into() };
+        let mut g = Gatherer::new(BASE.parse().unwrap(), &[], Some((server_addr, creds)), now);
+        // 401 with realm and nonce, then the signed Allocate.
+        for _ in 0..3 {
+            exchange(&mut g, &mut s, now);
+        }
+        let Some(GatherEvent::Candidate(c)) = g.poll_event() else { panic!("no relay candidate") };
+        assert_eq!(c.kind(), CandidateKind::Relayed);
+        assert_eq!(c.addr(), "198.51.100.1:50000".parse().unwrap());
+        assert_eq!(g.relayed(), Some(c.addr()));
+        assert!(g.owns(server_addr) && !g.owns("203.0.113.9:7000".parse().unwrap()));
+
+        // Out: a permission, then a Send indication the server relays to the peer.
+        let peer: SocketAddr = "203.0.113.9:7000".parse().unwrap();
+        g.send_relayed(peer, b"hello peer", now);
+        let out = exchange(&mut g, &mut s, now);
+        assert_eq!(out, vec![(peer, b"hello peer".to_vec())]);
+
+        // In: the peer answers on the relayed port; a Data indication comes back to us.
+        let mut buf = vec![0u8; PEER_HEADROOM + 5 + PEER_TAILROOM];
+        buf[PEER_HEADROOM..PEER_HEADROOM + 5].copy_from_slice(b"hi yo");
+        let t = s.handle_peer(RelayId(1), peer, &mut buf, 5, now).expect("relayed to us");
+        let Target::Client(c) = t.target else { panic!("not to the client") };
+        let payload = t.payload.to_vec();
+        g.handle_input(c.local, &payload, now);
+        match g.poll_event() {
+            Some(GatherEvent::Relayed { peer: p, relayed, data }) => {
+                assert_eq!((p, relayed, data.as_slice()), (peer, "198.51.100.1:50000".parse().unwrap(), &b"hi yo"[..]));
+            }
+            other => panic!("expected relayed data, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stun_binding_gives_a_server_reflexive_candidate_and_wrong_credentials_a_failure() {
+        let now = Instant::now();
+        let mut s = server(now);
+        let server_addr: SocketAddr = SERVER.parse().unwrap();
+        let creds = Credentials { username: "alice".into(), password: "not-it".into() };
+        let mut g = Gatherer::new(BASE.parse().unwrap(), &[server_addr], None, now);
+        exchange(&mut g, &mut s, now);
+        let Some(GatherEvent::Candidate(c)) = g.poll_event() else { panic!("no srflx candidate") };
+        assert_eq!(c.kind(), CandidateKind::ServerReflexive);
+        assert_eq!(c.addr(), BASE.parse().unwrap(), "no NAT in memory: the mapped address is the base");
+
+        let mut g = Gatherer::new(BASE.parse().unwrap(), &[], Some((server_addr, creds)), now);
+        for _ in 0..4 {
+            exchange(&mut g, &mut s, now);
+        }
+        match g.poll_event() {
+            Some(GatherEvent::Failed(why)) => assert!(why.contains("Allocate failed") && why.contains("401"), "{why}"),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unanswered_server_times_out_into_a_failure() {
+        let start = Instant::now();
+        let server_addr: SocketAddr = SERVER.parse().unwrap();
+        let mut g = Gatherer::new(BASE.parse().unwrap(), &[server_addr], None, start);
+        let mut now = start;
+        while let Some(t) = g.poll_timeout() {
+            while g.poll_transmit(now).is_some() {}
+            now = t;
+            g.handle_timeout(now);
+            if now > start + Duration::from_secs(60) {
+                break;
+            }
+        }
+        assert!(matches!(g.poll_event(), Some(GatherEvent::Failed(why)) if why.contains("STUN")));
     }
 }
