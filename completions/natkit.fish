@@ -80,7 +80,8 @@ complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s V -l versio
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l server -d 'STUN server: HOST, HOST:PORT or a stun: URI; repeat for more. The first is the primary and should support RFC 5780 (OTHER-ADDRESS, CHANGE-REQUEST); with servers that do not, give two or more and the mapping is found by comparing them. Without any, a built-in list (see README)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l ports -d 'Open N fresh sockets and report the pattern of their mapped ports (preserving, sequential, random)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l local -d 'Local address for the primary socket: IP or IP:PORT' -r
-complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l timeout -d 'Give up on a server that never answers after this many seconds (the udp-blocked verdict)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l timeout -d 'Give up on a server that never answers after this many seconds (the udp-blocked verdict) [default: 2]. With --lifetime: the bound on the whole run [default: 180], and the wait for a silent server is at most 2 s' -r
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l lifetime -d 'Also measure how long an idle mapping lives (RFC 5780 §4.5, needs RESPONSE-PORT support); bounded by --timeout, which then defaults to 180 s'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'

@@ -248,3 +248,17 @@ fn bad_input_exits_2_with_a_message() {
         assert!(!out.stderr.is_empty());
     }
 }
+
+#[test]
+fn binding_lifetime_is_bracketed_around_the_routers_udp_timeout() {
+    let lab = Lab::builder().udp_timeout(3).nat("p", NatKind::PortRestrictedCone).build();
+    let _ct = Coturn::start(CoturnConfig::rfc5780_in(&lab.public_ns(), "203.0.113.1", "203.0.113.2"));
+    let (code, v) = nat_type(&lab, "p", &["--lifetime", "--timeout", "15"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "port-restricted-cone");
+    let alive = v["lifetime"]["alive_s"].as_f64().expect("alive_s");
+    let dead = v["lifetime"]["dead_s"].as_f64().expect("dead_s");
+    assert!(alive < 3.1 && dead > 2.9 && dead - alive <= 1.0, "conntrack forgets after 3 s: {v:#}");
+    let l = v["lifetime_s"].as_f64().expect("lifetime_s");
+    assert!((alive..=dead).contains(&l), "{v:#}");
+}

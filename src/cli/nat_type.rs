@@ -13,6 +13,11 @@ pub struct NatTypeArgs {
     #[arg(long = "server", value_name = "HOST[:PORT]")]
     pub servers: Vec<String>,
 
+    /// Also measure how long an idle mapping lives (RFC 5780 §4.5, needs RESPONSE-PORT support);
+    /// bounded by --timeout, which then defaults to 180 s
+    #[arg(long)]
+    pub lifetime: bool,
+
     /// Open N fresh sockets and report the pattern of their mapped ports (preserving, sequential, random)
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
     pub ports: u16,
@@ -22,6 +27,8 @@ pub struct NatTypeArgs {
     pub local: Option<String>,
 
     /// Give up on a server that never answers after this many seconds (the udp-blocked verdict)
-    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
-    pub timeout: f64,
+    /// [default: 2]. With --lifetime: the bound on the whole run [default: 180], and the wait for a
+    /// silent server is at most 2 s
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
 }

@@ -13,6 +13,7 @@ use crate::commands::stun_probe::parse_local;
 use crate::error::{Status, usage};
 use crate::nat::behavior::{Config, Discovery, Exchange, ExchangeResult, Findings, Timing};
 use crate::nat::classify::{Filtering, Mapping, NatType};
+use crate::nat::lifetime::{LifetimeConfig, LifetimeResult, LifetimeSearch};
 use crate::nat::port_allocation::{PortPattern, PortSample, pattern};
 use crate::net::server::{Family, ServerSpec};
 use crate::net::transport::Transport;
@@ -35,6 +36,8 @@ pub struct NatTypeReport {
     pub port_allocation: Option<PortAllocation>,
     /// Binding lifetime (RFC 5780 §4.5); not measured by this version.
     pub lifetime_s: Option<f64>,
+    /// With --lifetime: the bracket found (longest idle time survived, shortest not).
+    pub lifetime: Option<LifetimeResult>,
     pub local: Option<SocketAddr>,
     /// The mapped address the primary server saw.
     pub public: Option<SocketAddr>,
@@ -101,9 +104,13 @@ pub async fn run(args: NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<Stat
 
 /// Resolves the servers, runs the tests and builds the report.
 pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<NatTypeReport> {
-    if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 60.0) {
-        return usage(format!("--timeout {} is out of range: give seconds between 0 and 60", args.timeout));
+    let (max_timeout, default_timeout) = if args.lifetime { (3600.0, 180.0) } else { (60.0, 2.0) };
+    let timeout = args.timeout.unwrap_or(default_timeout);
+    if !(timeout.is_finite() && timeout > 0.0 && timeout <= max_timeout) {
+        return usage(format!("--timeout {timeout} is out of range: give seconds above 0 and at most {max_timeout}"));
     }
+    // With --lifetime the timeout bounds the whole run; a silent server is still given up quickly.
+    let first_contact = if args.lifetime { timeout.min(2.0) } else { timeout };
     let local = args.local.as_deref().map(parse_local).transpose()?;
     let builtin = args.servers.is_empty();
     let inputs: Vec<String> =
@@ -141,7 +148,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Resul
     let cfg = Config {
         servers: servers.iter().map(|(_, a)| *a).collect(),
         port_samples: args.ports as usize,
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout: Duration::from_secs_f64(first_contact),
         timing: Timing::default(),
     };
     let unspecified =
@@ -173,11 +180,87 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Resul
     let started = Instant::now();
     let mut core = Discovery::new(cfg, locals, started);
     udp::drive(&sockets, &mut core).await;
-    let duration = started.elapsed();
     pb.finish_and_clear();
 
     let f = core.findings();
-    Ok(build_report(f, primary_input, primary, servers[1..].iter().map(|(_, a)| *a).collect(), duration, args.ports))
+    let mut lifetime = None;
+    if args.lifetime {
+        lifetime = Some(match (f.other_address, f.public) {
+            (Some(_), Some(_)) => {
+                let left = Duration::from_secs_f64(timeout).saturating_sub(started.elapsed());
+                measure_lifetime(primary, bind_ip, left, opts).await?
+            }
+            _ => LifetimeResult {
+                alive_s: None,
+                dead_s: None,
+                rounds: 0,
+                probes: 0,
+                note: Some("the lifetime test needs an RFC 5780 server that answered: not run".into()),
+            },
+        });
+    }
+    let others = servers[1..].iter().map(|(_, a)| *a).collect();
+    let mut report = build_report(f, primary_input, primary, others, started.elapsed(), args.ports);
+    if let Some(l) = lifetime {
+        report.lifetime_s = l.lifetime_s();
+        if let Some(n) = &l.note {
+            report.notes.push(format!("lifetime: {n}"));
+        }
+        report.lifetime = Some(l);
+    }
+    Ok(report)
+}
+
+/// Runs the §4.5 search on its own sockets, with a progress bar bounded by the time left.
+async fn measure_lifetime(
+    server: SocketAddr,
+    bind_ip: IpAddr,
+    bound: Duration,
+    opts: &OutputOptions,
+) -> anyhow::Result<LifetimeResult> {
+    // Leave room for the last probe's answer after its idle time.
+    let max_idle = bound.saturating_sub(Duration::from_secs(2)).max(Duration::from_secs(1));
+    let cfg = LifetimeConfig { server, max_idle, parallel: 4, timeout: bound, timing: Timing::default() };
+    let mut sockets = Vec::new();
+    for _ in 0..cfg.sockets_needed() {
+        let addr = SocketAddr::new(bind_ip, 0);
+        sockets.push(udp::bind(addr).map_err(|e| anyhow::anyhow!("binding a UDP socket on {addr}: {e}"))?);
+    }
+    let pb = output::progress(opts, bound.as_secs().max(1), "measuring binding lifetime (s)");
+    let mut core = LifetimeDriver { search: LifetimeSearch::new(cfg, Instant::now()), pb: pb.clone() };
+    udp::drive(&sockets, &mut core).await;
+    pb.finish_and_clear();
+    Ok(core.search.result())
+}
+
+/// The lifetime core plus the progress bar it moves.
+struct LifetimeDriver {
+    search: LifetimeSearch,
+    pb: indicatif::ProgressBar,
+}
+
+impl MultiSocketCore for LifetimeDriver {
+    fn poll_transmit(&mut self, now: Instant) -> Option<(usize, SocketAddr, Vec<u8>)> {
+        self.search.poll_transmit(now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        // Wake at least every second so the bar moves.
+        let tick = Instant::now() + Duration::from_secs(1);
+        self.search.poll_timeout().map(|t| t.min(tick))
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.search.handle_timeout(now);
+        self.pb.set_position(self.search.progress(now).0.as_secs());
+    }
+    fn handle_input(&mut self, socket: usize, _from: SocketAddr, bytes: &[u8], now: Instant) {
+        self.search.handle_input(socket, bytes, now)
+    }
+    fn handle_unreachable(&mut self, _socket: usize, _destination: SocketAddr, _why: Unreachable, _now: Instant) {
+        // A probe whose answer never comes is counted dead by its silence wait.
+    }
+    fn is_done(&self) -> bool {
+        self.search.is_done()
+    }
 }
 
 fn build_report(
@@ -198,6 +281,7 @@ fn build_report(
         port_preservation: f.port_preservation,
         port_allocation,
         lifetime_s: None,
+        lifetime: None,
         local: f.local,
         public: f.public,
         server: ServerInfo {
@@ -255,6 +339,17 @@ impl Render for NatTypeReport {
             };
             let ports: Vec<String> = pa.samples.iter().map(|s| format!("{}→{}", s.local, s.mapped)).collect();
             t.add_row(vec!["Port allocation".into(), format!("{p} ({})", ports.join(", "))]);
+        }
+        if let Some(l) = &self.lifetime {
+            let text = match (l.alive_s, l.dead_s) {
+                (Some(a), Some(d)) => {
+                    format!("{:.1} s (alive after {a:.1} s idle, gone after {d:.1} s)", (a + d) / 2.0)
+                }
+                (Some(a), None) => format!("at least {a:.0} s"),
+                (None, Some(d)) => format!("under {d:.1} s"),
+                (None, None) => "unknown".into(),
+            };
+            t.add_row(vec!["Binding lifetime".into(), text]);
         }
         t.add_row(vec!["Local".into(), output::cell(&self.local)]);
         t.add_row(vec!["Public".into(), output::cell(&self.public)]);

@@ -74,7 +74,7 @@ impl Timing {
         (rtt * self.silence_factor).clamp(self.silence_floor, self.silence_ceiling)
     }
 
-    fn later_rto(&self, rtt: Duration) -> Duration {
+    pub(crate) fn later_rto(&self, rtt: Duration) -> Duration {
         (rtt * 2).clamp(self.rto_floor, self.rto_ceiling)
     }
 }

@@ -7,4 +7,5 @@
 
 pub mod behavior;
 pub mod classify;
+pub mod lifetime;
 pub mod port_allocation;

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags};
+use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags, ResponsePort};
 use stun_rs::attributes::stun::Fingerprint;
 use stun_rs::methods::BINDING;
 use stun_rs::{
@@ -88,6 +88,23 @@ pub fn binding_request_with(id: [u8; 12], change: ChangeFlags) -> Vec<u8> {
         b = b.with_attribute(ChangeRequest::new(Some(flags)));
     }
     encode(&b.with_attribute(Fingerprint::default()).build())
+}
+
+/// A Binding request with RESPONSE-PORT (RFC 5780 §7.5): the server answers to
+/// our source IP at `port` instead, which is how §4.5 probes another socket's mapping.
+pub fn binding_request_to_port(id: [u8; 12], port: u16) -> Vec<u8> {
+    let msg = StunMessageBuilder::new(BINDING, MessageClass::Request)
+        .with_transaction_id(TransactionId::from(id))
+        .with_attribute(ResponsePort::from(port))
+        .with_attribute(Fingerprint::default())
+        .build();
+    encode(&msg)
+}
+
+/// The RESPONSE-PORT a request carries, if any.
+pub fn response_port(bytes: &[u8]) -> Option<u16> {
+    let msg = decode(bytes).ok()?;
+    msg.attributes().iter().find_map(|a| a.as_response_port().ok().map(|p| p.as_u16()))
 }
 
 /// Whether a message that passed [`looks_like_stun`] is a request (class bits 00, RFC 8489 §5).
@@ -320,6 +337,13 @@ mod tests {
         assert_eq!(change_flags(&binding_request(id)), Ok(ChangeFlags::default()));
         assert!(is_request(&binding_request(id)));
         assert!(!is_request(&success_response(id, "198.51.100.1:1".parse().expect("addr"))));
+    }
+
+    #[test]
+    fn response_port_round_trips() {
+        let id = new_transaction_id();
+        assert_eq!(response_port(&binding_request_to_port(id, 40123)), Some(40123));
+        assert_eq!(response_port(&binding_request(id)), None);
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub struct Nat {
 pub struct LabBuilder {
     public_ips: Vec<Ipv4Addr>,
     nats: Vec<NatSpec>,
+    udp_timeout: Option<u32>,
 }
 
 impl LabBuilder {
@@ -101,6 +102,12 @@ impl LabBuilder {
     /// Use 203.0.113.1-9 or 198.51.100.x; .10-.99 and .100-.189 are taken by routers and open hosts.
     pub fn public_ips(mut self, ips: &[&str]) -> Self {
         self.public_ips = ips.iter().map(|s| s.parse().expect("public_ips: an IPv4 address")).collect();
+        self
+    }
+
+    /// Every router forgets an idle UDP mapping after `secs` (conntrack UDP timeouts; Linux default 30/120).
+    pub fn udp_timeout(mut self, secs: u32) -> Self {
+        self.udp_timeout = Some(secs);
         self
     }
 
@@ -137,14 +144,18 @@ impl LabBuilder {
         for (i, spec) in self.nats.into_iter().enumerate() {
             let index = i as u8 + 1;
             let hp = if spec.hairpin == Hairpin::On { "1" } else { "0" };
-            lab.script(&[
+            let mut args = vec![
                 "nat".into(),
                 lab.prefix.clone(),
                 spec.name.clone(),
                 index.to_string(),
                 spec.kind.as_str().into(),
-                hp.into(),
-            ]);
+                hp.to_string(),
+            ];
+            if let Some(t) = self.udp_timeout {
+                args.push(t.to_string());
+            }
+            lab.script(&args);
             let routerless = spec.kind.is_routerless();
             let open_ip = Ipv4Addr::new(203, 0, 113, 100 + index);
             lab.nats.push(Nat {

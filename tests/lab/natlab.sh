@@ -7,8 +7,10 @@
 #
 #   natlab.sh public PREFIX IP...                 public segment: namespace PREFIX-pub with a bridge
 #                                                 "br" holding the given /24 addresses (203.0.113.x)
-#   natlab.sh nat PREFIX NAME INDEX KIND HAIRPIN  a client PREFIX-c-NAME behind a router PREFIX-r-NAME
-#                                                 (or directly on the bridge for open/firewall)
+#   natlab.sh nat PREFIX NAME INDEX KIND HAIRPIN [UDP_TIMEOUT]
+#                                                 a client PREFIX-c-NAME behind a router PREFIX-r-NAME
+#                                                 (or directly on the bridge for open/firewall); UDP_TIMEOUT
+#                                                 sets the router's conntrack UDP timeouts (mapping lifetime, s)
 #   natlab.sh down PREFIX                         deletes every PREFIX-* namespace (and ends what runs in them)
 #
 # Addresses for NAT number INDEX (1-89): router WAN 203.0.113.(10+INDEX), LAN 10.INDEX.0.1/24, client
@@ -32,7 +34,7 @@ public)
   ;;
 
 nat)
-  p=${1:?prefix}; name=${2:?name}; i=${3:?index}; kind=${4:?kind}; hairpin=${5:-0}
+  p=${1:?prefix}; name=${2:?name}; i=${3:?index}; kind=${4:?kind}; hairpin=${5:-0}; udp_timeout=${6:-}
   [ "$i" -ge 1 ] && [ "$i" -le 89 ] || die "nat index $i out of range 1-89"
   pub="$p-pub"; r="$p-r-$name"; c="$p-c-$name"
   ip netns add "$c"
@@ -156,6 +158,11 @@ table ip lab {
   $filter
 }
 EOF
+  if [ -n "$udp_timeout" ]; then
+    # Per-namespace conntrack timeouts: how long an idle mapping lives on this router.
+    ip netns exec "$r" sysctl -qw net.netfilter.nf_conntrack_udp_timeout="$udp_timeout"
+    ip netns exec "$r" sysctl -qw net.netfilter.nf_conntrack_udp_timeout_stream="$udp_timeout"
+  fi
   ;;
 
 down)
