@@ -78,7 +78,7 @@ fn open_lab_is_open_internet() {
     let (code, v) = nat_type(&lab, "o", &[]);
     assert_eq!(code, Some(0), "{v:#}");
     assert_common(&v, &lab, "o");
-    assert_eq!(v["nat_type"], "open-internet");
+    assert_eq!(v["nat_type"], "open-internet", "{v:#}");
     assert_eq!(v["mapping"], "endpoint-independent");
     assert_eq!(v["filtering"], "endpoint-independent");
     assert_eq!(v["public"], v["local"], "no translation");
@@ -95,7 +95,7 @@ fn firewalled_public_host_is_a_symmetric_udp_firewall() {
     let (code, v) = nat_type(&lab, "w", &[]);
     assert_eq!(code, Some(0), "{v:#}");
     assert_common(&v, &lab, "w");
-    assert_eq!(v["nat_type"], "symmetric-udp-firewall");
+    assert_eq!(v["nat_type"], "symmetric-udp-firewall", "{v:#}");
     assert_eq!(v["mapping"], "endpoint-independent");
     assert_eq!(v["filtering"], "address-and-port-dependent");
     assert_eq!(v["public"], v["local"]);
@@ -107,7 +107,7 @@ fn full_cone_lab_is_full_cone() {
     let (code, v) = nat_type(&lab, "f", &["--ports", "4"]);
     assert_eq!(code, Some(0), "{v:#}");
     assert_common(&v, &lab, "f");
-    assert_eq!(v["nat_type"], "full-cone");
+    assert_eq!(v["nat_type"], "full-cone", "{v:#}");
     assert_eq!(v["mapping"], "endpoint-independent");
     assert_eq!(v["filtering"], "endpoint-independent");
     assert_eq!(public_ip(&v), lab.nat("f").public_ip.to_string());
@@ -115,7 +115,9 @@ fn full_cone_lab_is_full_cone() {
     assert_eq!(v["hairpinning"], false);
     assert_eq!(v["port_allocation"]["pattern"], "preserving");
     assert_eq!(v["port_allocation"]["samples"].as_array().expect("samples").len(), 4);
-    assert_eq!(test_named(&v, "mapping-3")["result"]["outcome"], "skipped");
+    // mapping-3 goes out with mapping-2; whichever answer comes first, it cannot contradict.
+    let m3 = &test_named(&v, "mapping-3")["result"];
+    assert!(m3["outcome"] == "skipped" || m3["mapped"] == v["public"], "{m3:#}");
 }
 
 #[test]
@@ -124,7 +126,7 @@ fn restricted_cone_lab_filters_by_address() {
     let (code, v) = nat_type(&lab, "r", &[]);
     assert_eq!(code, Some(0), "{v:#}");
     assert_common(&v, &lab, "r");
-    assert_eq!(v["nat_type"], "restricted-cone");
+    assert_eq!(v["nat_type"], "restricted-cone", "{v:#}");
     assert_eq!(v["mapping"], "endpoint-independent");
     assert_eq!(v["filtering"], "address-dependent");
     assert_eq!(public_ip(&v), lab.nat("r").public_ip.to_string());
@@ -141,7 +143,7 @@ fn port_restricted_cone_lab_filters_by_address_and_port() {
     let (code, v) = nat_type(&lab, "p", &["--ports", "4"]);
     assert_eq!(code, Some(0), "{v:#}");
     assert_common(&v, &lab, "p");
-    assert_eq!(v["nat_type"], "port-restricted-cone");
+    assert_eq!(v["nat_type"], "port-restricted-cone", "{v:#}");
     assert_eq!(v["mapping"], "endpoint-independent");
     assert_eq!(v["filtering"], "address-and-port-dependent");
     assert_eq!(v["port_preservation"], true);
@@ -157,7 +159,7 @@ fn symmetric_lab_is_symmetric_with_random_ports() {
     let (code, v) = nat_type(&lab, "s", &["--ports", "6"]);
     assert_eq!(code, Some(0), "{v:#}");
     assert_common(&v, &lab, "s");
-    assert_eq!(v["nat_type"], "symmetric");
+    assert_eq!(v["nat_type"], "symmetric", "{v:#}");
     assert_eq!(v["mapping"], "address-and-port-dependent");
     assert_eq!(v["filtering"], "address-and-port-dependent");
     assert_eq!(public_ip(&v), lab.nat("s").public_ip.to_string());
@@ -173,7 +175,7 @@ fn udp_blocked_lab_is_udp_blocked_after_the_timeout() {
     let (lab, _ct) = lab_with_server(&[("u", NatKind::UdpBlocked, Hairpin::Off)], &[]);
     let (code, v) = nat_type(&lab, "u", &["--timeout", "1"]);
     assert_eq!(code, Some(1), "udp-blocked is a failed check: {v:#}");
-    assert_eq!(v["nat_type"], "udp-blocked");
+    assert_eq!(v["nat_type"], "udp-blocked", "{v:#}");
     for field in ["mapping", "filtering", "hairpinning", "port_preservation", "public", "rtt_ms", "lifetime_s"] {
         assert!(v[field].is_null(), "{field} should be null: {v:#}");
     }
@@ -212,7 +214,7 @@ fn servers_without_rfc5780_give_the_mapping_by_comparison_or_say_what_is_missing
     let out = lab.natkit_in(&lab.client_ns("s"), &two);
     let v = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{v:#}");
-    assert_eq!(v["nat_type"], "symmetric");
+    assert_eq!(v["nat_type"], "symmetric", "{v:#}");
     assert_eq!(v["mapping"], "address-dependent");
     assert!(v["filtering"].is_null());
     assert_eq!(v["server"]["rfc5780"], false);
@@ -255,7 +257,7 @@ fn binding_lifetime_is_bracketed_around_the_routers_udp_timeout() {
     let _ct = Coturn::start(CoturnConfig::rfc5780_in(&lab.public_ns(), "203.0.113.1", "203.0.113.2"));
     let (code, v) = nat_type(&lab, "p", &["--lifetime", "--timeout", "15"]);
     assert_eq!(code, Some(0), "{v:#}");
-    assert_eq!(v["nat_type"], "port-restricted-cone");
+    assert_eq!(v["nat_type"], "port-restricted-cone", "{v:#}");
     let alive = v["lifetime"]["alive_s"].as_f64().expect("alive_s");
     let dead = v["lifetime"]["dead_s"].as_f64().expect("dead_s");
     assert!(alive < 3.1 && dead > 2.9 && dead - alive <= 1.0, "conntrack forgets after 3 s: {v:#}");

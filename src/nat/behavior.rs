@@ -19,8 +19,8 @@
 //! Timeouts (see [`Timing`]): the first contact retransmits from 100 ms and
 //! is bounded by the overall timeout (the udp-blocked verdict comes after it).
 //! A test whose silence is an answer (filtering II/III, hairpin) waits
-//! `clamp(4 × RTT, 150 ms, 1 s)` from its first send, RTT being the lowest one
-//! measured so far; tests sent after the RTT is known retransmit every
+//! `clamp(4 × RTT, 250 ms, 1 s)` from its first send or from the latest answer
+//! of the run, whichever is later, RTT being the highest one measured so far; tests sent after the RTT is known retransmit every
 //! `clamp(2 × RTT, 50 ms, 500 ms)`.
 
 use std::net::SocketAddr;
@@ -60,7 +60,7 @@ impl Default for Timing {
         Timing {
             first_rto: Duration::from_millis(100),
             silence_factor: 4,
-            silence_floor: Duration::from_millis(150),
+            silence_floor: Duration::from_millis(250),
             silence_ceiling: Duration::from_millis(1000),
             rto_floor: Duration::from_millis(50),
             rto_ceiling: Duration::from_millis(500),
@@ -175,7 +175,11 @@ pub struct Discovery {
     deadline: Instant,
     locals: Vec<SocketAddr>,
     tests: Vec<Test>,
+    /// Lowest RTT (reported; sizes retransmissions).
     rtt: Option<Duration>,
+    /// Highest RTT (sizes the silence waits, so a slow answer is not taken for silence).
+    rtt_max: Option<Duration>,
+    last_answer: Option<Instant>,
     phase_two_started: bool,
     hairpin_started: bool,
 }
@@ -200,6 +204,8 @@ impl Discovery {
             locals,
             tests: Vec::new(),
             rtt: None,
+            rtt_max: None,
+            last_answer: None,
             phase_two_started: false,
             hairpin_started: false,
         };
@@ -265,31 +271,33 @@ impl Discovery {
         None
     }
 
+    /// When a test whose silence is its answer gives up: the silence wait after its first send
+    /// or after the latest answer of the run, whichever is later (a slow server or a busy host
+    /// delays every answer, and then the wait moves with them). None until an RTT is known.
+    fn give_up_at(&self, t: &Test) -> Option<Instant> {
+        if !t.silence_means_no {
+            return None;
+        }
+        let w = self.cfg.timing.silence_wait(self.rtt_max?);
+        let from = t.first_send?.max(self.last_answer.unwrap_or(self.start));
+        Some(from + w)
+    }
+
     /// When to call [`handle_timeout`](Self::handle_timeout) next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let silence = self.rtt.map(|r| self.cfg.timing.silence_wait(r));
         self.tests
             .iter()
             .filter(|t| t.ex.result.is_none())
-            .flat_map(|t| {
-                let give_up = match (t.silence_means_no, silence, t.first_send) {
-                    (true, Some(w), Some(f)) => Some(f + w),
-                    _ => None,
-                };
-                [t.tx.poll_timeout(), give_up]
-            })
+            .flat_map(|t| [t.tx.poll_timeout(), self.give_up_at(t)])
             .flatten()
             .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let silence = self.rtt.map(|r| self.cfg.timing.silence_wait(r));
-        for t in self.tests.iter_mut().filter(|t| t.ex.result.is_none()) {
+        let give_up: Vec<Option<Instant>> = self.tests.iter().map(|t| self.give_up_at(t)).collect();
+        for (t, give_up) in self.tests.iter_mut().zip(give_up).filter(|(t, _)| t.ex.result.is_none()) {
             t.tx.handle_timeout(now);
-            let silent_long_enough = match (t.silence_means_no, silence, t.first_send) {
-                (true, Some(w), Some(f)) => now >= f + w,
-                _ => false,
-            };
+            let silent_long_enough = give_up.is_some_and(|g| now >= g);
             if t.tx.is_done() || silent_long_enough {
                 t.tx.abort(now);
                 let after = t.first_send.map(|f| now.saturating_duration_since(f)).unwrap_or_default();
@@ -348,6 +356,8 @@ impl Discovery {
         });
         if matches!(t.ex.result, Some(ExchangeResult::Answered { .. })) {
             self.rtt = Some(self.rtt.map_or(rtt, |r| r.min(rtt)));
+            self.rtt_max = Some(self.rtt_max.map_or(rtt, |r| r.max(rtt)));
+            self.last_answer = Some(now);
         }
         self.advance(now);
     }
@@ -925,9 +935,10 @@ mod tests {
         assert_eq!(f.nat_type, Some(NatType::PortRestrictedCone));
         assert_eq!(f.mapping, Some(Mapping::EndpointIndependent));
         assert_eq!(f.filtering, Some(Filtering::AddressAndPortDependent));
-        // RTT 20 ms → silence wait clamp(80 ms, 150 ms, 1 s) = 150 ms from the first send.
+        // RTT 20 ms → silence wait clamp(80 ms, 250 ms, 1 s) = 250 ms from the latest answer
+        // (mapping-2, sent at 20 ms once OTHER-ADDRESS was known, answered at 40 ms).
         assert_eq!(f.rtt, Some(Duration::from_millis(20)));
-        assert_eq!(took, Duration::from_millis(150));
+        assert_eq!(took, Duration::from_millis(290));
         let ex = |k| f.exchanges.iter().find(|e| e.test == k).expect("recorded");
         assert!(matches!(ex(TestKind::FilteringII).result, Some(ExchangeResult::Timeout { .. })));
         assert_eq!(ex(TestKind::FilteringII).change_request, ChangeFlags { change_ip: true, change_port: true });
@@ -974,7 +985,7 @@ mod tests {
     #[test]
     fn silence_wait_follows_rtt_within_floor_and_ceiling() {
         let t = Timing::default();
-        assert_eq!(t.silence_wait(Duration::from_millis(1)), Duration::from_millis(150));
+        assert_eq!(t.silence_wait(Duration::from_millis(1)), Duration::from_millis(250));
         assert_eq!(t.silence_wait(Duration::from_millis(100)), Duration::from_millis(400));
         assert_eq!(t.silence_wait(Duration::from_secs(2)), Duration::from_secs(1));
     }
@@ -985,7 +996,7 @@ mod tests {
         net.one_way = Duration::from_millis(50);
         let (f, took) = run(&mut net, config(vec![server()], 0));
         assert_eq!(f.nat_type, Some(NatType::PortRestrictedCone));
-        assert_eq!(took, Duration::from_millis(400), "4 × 100 ms RTT");
+        assert_eq!(took, Duration::from_millis(600), "4 × 100 ms RTT after mapping-2's answer at 200 ms");
     }
 
     #[test]

@@ -318,6 +318,25 @@ pub async fn drive(sockets: &[UdpSocket], core: &mut impl MultiSocketCore) {
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
+        // Everything already received is handed over before any timeout runs: on a busy host the
+        // timer and an answer can be due together, and the answer must win.
+        for (i, sock) in sockets.iter().enumerate() {
+            loop {
+                match sock.try_recv_from(&mut buf) {
+                    Ok((n, from)) => core.handle_input(i, from, &buf[..n], now),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if is_icmp_error(&e) => {
+                        for (d, k) in drain_error_queue(sock) {
+                            core.handle_unreachable(i, d, k, now);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("recv error on socket {i}: {e}");
+                        break;
+                    }
+                }
+            }
+        }
         while let Some((i, dest, bytes)) = core.poll_transmit(now) {
             let Some(sock) = sockets.get(i) else {
                 core.handle_unreachable(i, dest, Unreachable::Other(libc::EBADF), now);
@@ -355,6 +374,7 @@ pub async fn drive(sockets: &[UdpSocket], core: &mut impl MultiSocketCore) {
             std::task::Poll::Pending
         });
         tokio::select! {
+            biased;
             (i, r) = recv => {
                 let now = Instant::now();
                 match r {

@@ -95,22 +95,33 @@ impl Coturn {
             .stderr(Stdio::null());
         let child = cmd.spawn().expect("starting turnserver");
         let c = Coturn { child, port, tls_port, dir, cert, log, ip: ip.clone() };
-        c.wait_ready(&ip, cfg.netns.as_deref());
+        let mut udp = vec![format!("{ip}:{port}")];
+        let rfc5780 = !cfg.args.iter().any(|a| a == "--no-rfc5780");
+        for extra in &cfg.extra_listen_ips {
+            udp.push(format!("{extra}:{port}"));
+            if rfc5780 {
+                // An RFC 5780 server answers CHANGE-REQUEST from every IP × port pair: wait for all four.
+                udp.extend([format!("{ip}:{}", port + 1), format!("{extra}:{}", port + 1)]);
+            }
+        }
+        c.wait_ready(&ip, cfg.netns.as_deref(), &udp);
         c
     }
 
-    fn wait_ready(&self, ip: &str, netns: Option<&str>) {
+    fn wait_ready(&self, ip: &str, netns: Option<&str>, udp: &[String]) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let ready = match netns {
                 // The test process is not in that namespace: ask `ss` inside it.
                 Some(ns) => {
                     let out = Command::new(tools::require("ip", "iproute2"))
-                        .args(["netns", "exec", ns, "ss", "-Hlnt"])
+                        .args(["netns", "exec", ns, "ss", "-Hlntu"])
                         .output()
                         .expect("running ss in the lab namespace");
-                    let want = format!("{ip}:{}", self.tls_port);
-                    String::from_utf8_lossy(&out.stdout).split_whitespace().any(|w| w == want)
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    let words: Vec<&str> = text.split_whitespace().collect();
+                    let tls = format!("{ip}:{}", self.tls_port);
+                    words.contains(&tls.as_str()) && udp.iter().all(|u| words.contains(&u.as_str()))
                 }
                 None => {
                     std::net::TcpStream::connect((ip, self.tls_port)).is_ok()
