@@ -152,6 +152,12 @@ fn internal(url: &str, e: redis::RedisError) -> Refusal {
     Refusal::new(ErrorCode::Internal, "the room store (Redis) is not answering; try again")
 }
 
+async fn resubscribe(client: &redis::Client, chan: &str) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut p = client.get_async_pubsub().await?;
+    p.subscribe(chan).await?;
+    Ok(p)
+}
+
 impl Backplane {
     /// Connects; a bad URL or an unreachable server is the user's to fix.
     pub async fn connect(url: &str, max_room: usize, presence: Presence) -> Result<Self, UsageError> {
@@ -206,22 +212,43 @@ impl Backplane {
         self.heartbeat().await.map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
         let sub_hub = hub.clone();
         let url = self.url.clone();
+        let client = self.client.clone();
+        let chan = channel(&self.node);
         tokio::spawn(async move {
-            let mut stream = pubsub.into_on_message();
-            while let Some(msg) = stream.next().await {
-                let Some(hub) = sub_hub.upgrade() else { break };
-                let payload: String = match msg.get_payload() {
-                    Ok(p) => p,
-                    Err(_) => continue,
+            let mut next = Some(pubsub);
+            loop {
+                let pubsub = match next.take() {
+                    Some(p) => p,
+                    None => match resubscribe(&client, &chan).await {
+                        Ok(p) => {
+                            tracing::info!("redis {url}: subscribed again");
+                            p
+                        }
+                        Err(e) => {
+                            tracing::warn!("redis {url}: cannot subscribe again: {e}; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
                 };
-                match serde_json::from_str::<Envelope>(&payload) {
-                    Ok(env) => {
-                        hub.deliver(Delivery { to: env.to, msg: env.msg });
+                let mut stream = pubsub.into_on_message();
+                while let Some(msg) = stream.next().await {
+                    let Some(hub) = sub_hub.upgrade() else { return };
+                    let Ok(payload) = msg.get_payload::<String>() else { continue };
+                    match serde_json::from_str::<Envelope>(&payload) {
+                        Ok(env) => {
+                            hub.deliver(Delivery { to: env.to, msg: env.msg });
+                        }
+                        Err(e) => tracing::warn!("dropping a malformed delivery from redis: {e}"),
                     }
-                    Err(e) => tracing::warn!("dropping a malformed delivery from redis: {e}"),
                 }
+                if sub_hub.strong_count() == 0 {
+                    return;
+                }
+                // Deliveries published meanwhile are lost; members may need to rejoin.
+                tracing::error!("redis {url}: subscription lost; subscribing again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            tracing::error!("redis {url}: subscription ended; this node no longer receives from other nodes");
         });
         let me = Arc::downgrade(self);
         let period = self.presence.heartbeat;
