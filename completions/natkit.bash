@@ -28,6 +28,9 @@ _natkit() {
             natkit,nat-type)
                 cmd="natkit__subcmd__nat__subcmd__type"
                 ;;
+            natkit,punch)
+                cmd="natkit__subcmd__punch"
+                ;;
             natkit,relay)
                 cmd="natkit__subcmd__relay"
                 ;;
@@ -52,6 +55,9 @@ _natkit() {
             natkit__subcmd__help,nat-type)
                 cmd="natkit__subcmd__help__subcmd__nat__subcmd__type"
                 ;;
+            natkit__subcmd__help,punch)
+                cmd="natkit__subcmd__help__subcmd__punch"
+                ;;
             natkit__subcmd__help,relay)
                 cmd="natkit__subcmd__help__subcmd__relay"
                 ;;
@@ -71,7 +77,7 @@ _natkit() {
 
     case "${cmd}" in
         natkit)
-            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe turn-alloc nat-type relay signal call gen-docs help"
+            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe turn-alloc nat-type relay signal punch call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,7 +191,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__help)
-            opts="stun-probe turn-alloc nat-type relay signal call gen-docs help"
+            opts="stun-probe turn-alloc nat-type relay signal punch call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -241,6 +247,20 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__help__subcmd__nat__subcmd__type)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        natkit__subcmd__help__subcmd__punch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -326,6 +346,48 @@ _natkit() {
                     return 0
                     ;;
                 --local)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        natkit__subcmd__punch)
+            opts="-v -q -h -V --signal --room --stun --send --recv --stdio --host-ip --timeout --insecure --json --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --signal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --room)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stun)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --send)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --recv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host-ip)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -34,6 +34,7 @@ complete -c natkit -n "__fish_natkit_needs_command" -f -a "turn-alloc" -d 'Prove
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "signal" -d 'Rendezvous and signaling server with the browser video-chat page'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "punch" -d 'UDP hole punching to a peer through `natkit signal`, then an encrypted QUIC stream'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs"
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -137,6 +138,20 @@ complete -c natkit -n "__fish_natkit_using_subcommand signal" -s v -l verbose -d
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l signal -d 'The signal server: ws://HOST:PORT, wss://HOST:PORT (or http(s)://)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l room -d 'Room to meet the peer in' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l stun -d 'STUN servers for server-reflexive candidates (default: the stun: URLs the signal server hands out)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l send -d 'Send this file to the peer (its size and SHA-256 are checked at the end)' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l recv -d 'Receive the peer\'s file into this path' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l host-ip -d 'Offer only these local IPs as host candidates (default: every interface but loopback)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l timeout -d 'Give up when the peer has not joined, or no path works, after this many seconds' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l stdio -d 'Pipe stdin to the peer and the peer to stdout (like netcat)'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l insecure -d 'Accept a self-signed certificate from a wss:// signal server'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -s h -l help -d 'Print help'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l signal -d 'Signaling server: ws://HOST:PORT or wss://HOST:PORT (`natkit signal`; path /ws by default)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l room -d 'Room to join; the browser page or another `natkit call` joins the same one' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l send -d 'What to send: `test` (moving colour bars with a frame counter and the time, VP8, plus a 440 Hz Opus tone), a VP8 FILE.ivf (looped, plus the tone), or `none` (receive only)' -r
@@ -167,11 +182,12 @@ complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s v -l verbose 
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s V -l version -d 'Print version'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "signal" -d 'Rendezvous and signaling server with the browser video-chat page'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "gen-docs"
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "signal" -d 'Rendezvous and signaling server with the browser video-chat page'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "punch" -d 'UDP hole punching to a peer through `natkit signal`, then an encrypted QUIC stream'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "gen-docs"
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -10,6 +10,7 @@ mod gen_docs;
 mod nat_type;
 mod relay;
 mod signal;
+mod punch;
 mod stun_probe;
 mod turn_alloc;
 
@@ -18,6 +19,7 @@ pub use gen_docs::GenDocsArgs;
 pub use nat_type::NatTypeArgs;
 pub use relay::RelayArgs;
 pub use signal::SignalArgs;
+pub use punch::PunchArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
 pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
 
@@ -77,6 +79,9 @@ pub enum Command {
     /// Rendezvous and signaling server with the browser video-chat page
     #[command(after_help = EXIT_CODES)]
     Signal(SignalArgs),
+    /// UDP hole punching to a peer through `natkit signal`, then an encrypted QUIC stream
+    #[command(after_help = EXIT_CODES)]
+    Punch(PunchArgs),
 
     /// Regenerate man pages and shell completions from these definitions
     #[command(after_help = EXIT_CODES)]

@@ -10,6 +10,7 @@ pub mod gen_docs;
 pub mod nat_type;
 pub mod relay;
 pub mod signal;
+pub mod punch;
 pub mod stun_probe;
 pub mod turn_alloc;
 
@@ -44,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             Command::NatType(args) => nat_type::run(args, &opts).await,
             Command::Relay(args) => relay::run(*args, &opts).await,
             Command::Signal(args) => signal::run(args, &opts).await,
+            Command::Punch(args) => punch::run(args, &opts).await,
             Command::GenDocs(args) => gen_docs::run(&args),
         }
     })

@@ -99,17 +99,27 @@ pub fn bind(local: SocketAddr) -> io::Result<UdpSocket> {
     }
     sock.set_nonblocking(true)?;
     sock.bind(&local.into())?;
-    enable_recverr(&sock, local.is_ipv6())?;
+    set_recverr(sock.as_raw_fd(), local.is_ipv6(), true)?;
     UdpSocket::from_std(sock.into())
 }
 
-fn enable_recverr(sock: &socket2::Socket, v6: bool) -> io::Result<()> {
-    let one: libc::c_int = 1;
+/// Stops per-destination ICMP reporting, once a socket moves on from STUN
+/// probing to carrying a connection that must not trip over stale errors.
+pub fn disable_recverr(sock: &UdpSocket) -> io::Result<()> {
+    let v6 = sock.local_addr()?.is_ipv6();
+    set_recverr(sock.as_raw_fd(), v6, false)?;
+    let _ = drain_error_queue(sock);
+    let _ = sock.take_error();
+    Ok(())
+}
+
+fn set_recverr(fd: std::os::fd::RawFd, v6: bool, on: bool) -> io::Result<()> {
+    let one: libc::c_int = on as libc::c_int;
     let (level, name) = if v6 { (libc::SOL_IPV6, libc::IPV6_RECVERR) } else { (libc::SOL_IP, libc::IP_RECVERR) };
     // SAFETY: a valid fd and a pointer to a c_int that outlives the call.
     let rc = unsafe {
         libc::setsockopt(
-            sock.as_raw_fd(),
+            fd,
             level,
             name,
             &one as *const libc::c_int as *const libc::c_void,

@@ -1,0 +1,46 @@
+//! Arguments of `natkit punch`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Debug, Args)]
+#[command(about = "Punch a direct UDP path to a peer through `natkit signal`, then an encrypted QUIC stream")]
+pub struct PunchArgs {
+    /// The signal server: ws://HOST:PORT, wss://HOST:PORT (or http(s)://)
+    #[arg(long, value_name = "URL")]
+    pub signal: String,
+
+    /// Room to meet the peer in
+    #[arg(long, value_name = "ROOM")]
+    pub room: String,
+
+    /// STUN servers for server-reflexive candidates (default: the stun: URLs the signal server hands out)
+    #[arg(long, value_name = "ADDR")]
+    pub stun: Vec<String>,
+
+    /// Send this file to the peer (its size and SHA-256 are checked at the end)
+    #[arg(long, value_name = "FILE", group = "mode")]
+    pub send: Option<PathBuf>,
+
+    /// Receive the peer's file into this path
+    #[arg(long, value_name = "FILE", group = "mode")]
+    pub recv: Option<PathBuf>,
+
+    /// Pipe stdin to the peer and the peer to stdout (like netcat)
+    #[arg(long, group = "mode")]
+    pub stdio: bool,
+
+    /// Offer only these local IPs as host candidates (default: every interface but loopback)
+    #[arg(long = "host-ip", value_name = "IP")]
+    pub host_ips: Vec<IpAddr>,
+
+    /// Give up when the peer has not joined, or no path works, after this many seconds
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub timeout: f64,
+
+    /// Accept a self-signed certificate from a wss:// signal server
+    #[arg(long)]
+    pub insecure: bool,
+}

@@ -1,0 +1,116 @@
+//! Candidate gathering (RFC 8445 §5.1.1): host candidates from the machine's
+//! interfaces, server-reflexive ones from STUN Binding on the same socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+
+use crate::net::udp::{self, UdpEnd};
+use crate::stun::message::{BindingResponse, binding_request, new_transaction_id};
+use crate::stun::transaction::{ClientTransaction, Outcome, Reliability, Retransmit};
+
+/// The IPs to offer as host candidates.
+///
+/// Loopback and link-local addresses are useless to a remote peer, so they
+/// are left out — unless the machine has nothing else (a namespace with only
+/// `lo`, or two peers on one host), where loopback is the only path.
+pub fn host_ips(interfaces: &[IpAddr], want_v6: bool) -> Vec<IpAddr> {
+    let usable = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => want_v6 && !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80 && !v6.is_unspecified(),
+    };
+    let mut ips: Vec<IpAddr> = interfaces.iter().copied().filter(usable).collect();
+    if ips.is_empty() {
+        ips = interfaces.iter().copied().filter(|ip| ip.is_loopback() && (want_v6 || ip.is_ipv4())).collect();
+    }
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Every address of every interface that is up.
+pub fn interface_ips() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs().map(|v| v.into_iter().map(|i| i.ip()).collect()).unwrap_or_default()
+}
+
+/// A server-reflexive address learned from one STUN server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reflexive {
+    pub server: SocketAddr,
+    pub mapped: SocketAddr,
+    pub rtt: Duration,
+}
+
+/// Asks every server for our mapped address from `socket` (before anything
+/// else reads it). Servers that do not answer within `timeout` are skipped.
+pub async fn server_reflexive(socket: &UdpSocket, servers: &[SocketAddr], timeout: Duration) -> Vec<Reflexive> {
+    let now = Instant::now();
+    let txs = servers
+        .iter()
+        .map(|s| {
+            let id = new_transaction_id();
+            let tx =
+                ClientTransaction::new(id, binding_request(id), Reliability::Unreliable(Retransmit::default()), now)
+                    .with_deadline(now + timeout);
+            (*s, tx)
+        })
+        .collect();
+    let (ends, _) = udp::run_transactions(socket, txs).await;
+    servers
+        .iter()
+        .zip(ends)
+        .filter_map(|(server, end)| match end {
+            UdpEnd::Response { outcome: Outcome::Response { bytes, rtt, .. }, .. } => BindingResponse::parse(&bytes)
+                .ok()
+                .and_then(|r| r.reflexive())
+                .map(|mapped| Reflexive { server: *server, mapped, rtt }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// With two or more answers: did the mapped address change with the server?
+pub fn mapping_varies(found: &[Reflexive]) -> Option<bool> {
+    let mut ips: Vec<IpAddr> = found.iter().map(|r| r.server.ip()).collect();
+    ips.sort();
+    ips.dedup();
+    (ips.len() >= 2).then(|| found.iter().any(|r| r.mapped != found[0].mapped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|s| s.parse().expect("ip")).collect()
+    }
+
+    #[test]
+    fn loopback_and_link_local_only_when_nothing_else() {
+        assert_eq!(
+            host_ips(&ips(&["127.0.0.1", "10.0.0.2", "169.254.1.1", "::1", "fe80::1"]), true),
+            ips(&["10.0.0.2"])
+        );
+        assert_eq!(host_ips(&ips(&["127.0.0.1", "::1"]), false), ips(&["127.0.0.1"]));
+        assert_eq!(host_ips(&ips(&["10.0.0.2", "2001:db8::2"]), false), ips(&["10.0.0.2"]));
+    }
+
+    #[test]
+    fn varying_mapping_needs_two_server_ips() {
+        let r = |server: &str, mapped: &str| Reflexive {
+            server: server.parse().expect("addr"),
+            mapped: mapped.parse().expect("addr"),
+            rtt: Duration::ZERO,
+        };
+        assert_eq!(mapping_varies(&[r("198.51.100.1:3478", "203.0.113.1:1")]), None);
+        assert_eq!(
+            mapping_varies(&[r("198.51.100.1:3478", "203.0.113.1:1"), r("198.51.100.2:3478", "203.0.113.1:1")]),
+            Some(false)
+        );
+        assert_eq!(
+            mapping_varies(&[r("198.51.100.1:3478", "203.0.113.1:1"), r("198.51.100.2:3478", "203.0.113.1:2")]),
+            Some(true)
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! Drives str0m's sans-IO ICE agent (`is::IceAgent`) on the shared socket:
+//! STUN datagrams diverted by the mux go in, the agent's transmits go out,
+//! and its nomination comes back as [`IceEvent::Nominated`]. It keeps running
+//! after nomination so consent checks and keepalives hold the NAT bindings.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use is::stun::{StunMessage, StunPacket};
+use is::{Candidate, IceAgent, IceAgentEvent, IceConnectionState, Protocol};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::ice::checks::CheckLog;
+use crate::net::udp::local_ip_towards;
+use crate::punch::mux::StunDatagram;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IceEvent {
+    /// The controlling side nominated this pair: QUIC can start on it.
+    Nominated { local: SocketAddr, remote: SocketAddr },
+    /// Every pair failed, or a working path was lost.
+    Disconnected,
+}
+
+pub struct IceHandle {
+    pub events: mpsc::UnboundedReceiver<IceEvent>,
+    remote: mpsc::UnboundedSender<Candidate>,
+    pub log: Arc<Mutex<CheckLog>>,
+}
+
+impl IceHandle {
+    /// A candidate the peer trickled.
+    pub fn add_remote(&self, c: Candidate) {
+        let _ = self.remote.send(c);
+    }
+
+    pub fn checks(&self) -> Vec<crate::ice::checks::CheckRecord> {
+        self.log.lock().map(|l| l.records()).unwrap_or_default()
+    }
+}
+
+/// Starts the agent's driver task; it ends when every handle is dropped.
+pub fn spawn(
+    mut agent: IceAgent,
+    socket: Arc<UdpSocket>,
+    mut stun: mpsc::UnboundedReceiver<StunDatagram>,
+) -> IceHandle {
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<Candidate>();
+    let log = Arc::new(Mutex::new(CheckLog::default()));
+    let task_log = log.clone();
+    let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+    tokio::spawn(async move {
+        // The address a datagram from `from` arrived on, to match our host candidates.
+        let mut arrived_on: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+        let mut last_state = IceConnectionState::New;
+        loop {
+            let now = Instant::now();
+            agent.handle_timeout(now);
+            while let Some(t) = agent.poll_transmit() {
+                if let Ok(mut l) = task_log.lock() {
+                    l.on_send(t.source, t.destination, &t.contents, now);
+                }
+                if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                    tracing::debug!(dest = %t.destination, "ICE send failed: {e}");
+                }
+            }
+            while let Some(ev) = agent.poll_event() {
+                match ev {
+                    IceAgentEvent::NominatedSend { source, destination, .. } => {
+                        if let Ok(mut l) = task_log.lock() {
+                            l.nominate(source, destination);
+                        }
+                        tracing::info!(%source, %destination, "ICE nominated a pair");
+                        let _ = ev_tx.send(IceEvent::Nominated { local: source, remote: destination });
+                    }
+                    IceAgentEvent::IceConnectionStateChange(s) => {
+                        tracing::debug!(?s, "ICE state");
+                        if s == IceConnectionState::Disconnected && last_state != IceConnectionState::Disconnected {
+                            let _ = ev_tx.send(IceEvent::Disconnected);
+                        }
+                        last_state = s;
+                    }
+                    other => tracing::trace!(?other, "ICE event"),
+                }
+            }
+            let wake = agent.poll_timeout().unwrap_or(now + Duration::from_millis(500));
+            tokio::select! {
+                d = stun.recv() => {
+                    let Some(d) = d else { break };
+                    let now = Instant::now();
+                    let dest = *arrived_on.entry(d.from).or_insert_with(|| {
+                        SocketAddr::new(local_ip_towards(d.from).unwrap_or(d.from.ip()), port)
+                    });
+                    if let Ok(message) = StunMessage::parse(&d.bytes) {
+                        if let Ok(mut l) = task_log.lock() {
+                            l.on_recv(&d.bytes, now);
+                        }
+                        let packet = StunPacket { proto: Protocol::Udp, source: d.from, destination: dest, message };
+                        if agent.accepts_message(&packet.message) {
+                            agent.handle_packet(now, packet);
+                        }
+                    }
+                }
+                c = cand_rx.recv() => match c {
+                    Some(c) => agent.add_remote_candidate(c),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    });
+    IceHandle { events: ev_rx, remote: cand_tx, log }
+}

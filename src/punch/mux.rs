@@ -1,0 +1,227 @@
+//! One UDP socket for ICE and QUIC (RFC 7983 demultiplexing).
+//!
+//! The socket that punched the hole must carry the QUIC connection too, or
+//! the NAT binding the checks opened is useless. quinn reads through
+//! [`MuxSocket`] (its abstract-socket hook); every datagram that looks like
+//! STUN (first byte 0–3, magic cookie) is diverted to the ICE driver before
+//! quinn sees it, and everything else (QUIC's first byte is 64–127 or ≥ 128)
+//! goes to quinn. That split only holds if QUIC's fixed bit is never
+//! greased (RFC 9287), so endpoints on this socket are built with
+//! [`endpoint_config`] (RFC 9443 §3 says the same).
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tokio::io::ReadBuf;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::stun::message::looks_like_stun;
+
+/// A STUN datagram diverted from the shared socket.
+/// An endpoint config for a socket shared with STUN: no fixed-bit greasing,
+/// so every QUIC packet starts with 0x40–0x7F or ≥ 0xC0.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    c.grease_quic_bit(false);
+    c
+}
+
+#[derive(Debug)]
+pub struct StunDatagram {
+    pub from: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+pub struct MuxSocket {
+    socket: Arc<UdpSocket>,
+    stun: mpsc::UnboundedSender<StunDatagram>,
+    /// Datagrams that were neither STUN nor plausible QUIC.
+    pub dropped: AtomicU64,
+}
+
+impl fmt::Debug for MuxSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MuxSocket").field("local", &self.socket.local_addr().ok()).finish()
+    }
+}
+
+impl MuxSocket {
+    /// Wraps `socket`; STUN datagrams are delivered on the returned receiver.
+    pub fn new(socket: Arc<UdpSocket>) -> (Arc<Self>, mpsc::UnboundedReceiver<StunDatagram>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Arc::new(MuxSocket { socket, stun: tx, dropped: AtomicU64::new(0) }), rx)
+    }
+
+    pub fn socket(&self) -> &Arc<UdpSocket> {
+        &self.socket
+    }
+
+    /// A pending ICMP error (from an old check to a dead candidate) surfaces on
+    /// the next send; quinn would take it as fatal, so it is absorbed here and
+    /// the datagram sent again (QUIC recovers from the odd loss anyway).
+    fn send_one(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
+        match self.socket.try_send_to(bytes, to) {
+            Err(e) if is_transient(&e) => match self.socket.try_send_to(bytes, to) {
+                Err(e) if is_transient(&e) => Ok(()),
+                r => r.map(|_| ()),
+            },
+            r => r.map(|_| ()),
+        }
+    }
+}
+
+type Writable = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
+
+/// Waits for the socket to be writable. quinn polls this from more than one
+/// task (endpoint and connection drivers); `UdpSocket::poll_send_ready` keeps
+/// only the last waker and would leave a blocked sender asleep, so each
+/// poller awaits its own `writable()` future, which wakes every waiter.
+struct Poller {
+    socket: Arc<UdpSocket>,
+    pending: Option<Writable>,
+}
+
+impl fmt::Debug for Poller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Poller").finish_non_exhaustive()
+    }
+}
+
+impl UdpPoller for Poller {
+    fn poll_writable(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        if self.pending.is_none() {
+            let socket = self.socket.clone();
+            self.pending = Some(Box::pin(async move { socket.writable().await }));
+        }
+        let Some(fut) = self.pending.as_mut() else { return Poll::Pending };
+        let r = fut.as_mut().poll(cx);
+        if r.is_ready() {
+            self.pending = None;
+        }
+        r
+    }
+}
+
+impl AsyncUdpSocket for MuxSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(Poller { socket: self.socket.clone(), pending: None })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        match transmit.segment_size {
+            // We announce one segment per transmit, so quinn never batches; be safe anyway.
+            Some(seg) if seg < transmit.contents.len() => {
+                for chunk in transmit.contents.chunks(seg) {
+                    self.send_one(chunk, transmit.destination)?;
+                }
+                Ok(())
+            }
+            _ => self.send_one(transmit.contents, transmit.destination),
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let Some(first) = bufs.first_mut() else { return Poll::Ready(Ok(0)) };
+        loop {
+            let mut rb = ReadBuf::new(first);
+            let from = match self.socket.poll_recv_from(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                // ICMP errors from an earlier send: not quinn's concern, the checks time out on their own.
+                Poll::Ready(Err(e)) if is_transient(&e) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(from)) => from,
+            };
+            let filled = rb.filled();
+            let len = filled.len();
+            if looks_like_stun(filled) {
+                let _ = self.stun.send(StunDatagram { from, bytes: filled.to_vec() });
+                continue;
+            }
+            if len == 0 || filled[0] < 0x40 {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            meta[0] = RecvMeta { addr: from, len, stride: len, ecn: None, dst_ip: None };
+            return Poll::Ready(Ok(1));
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::punch::quic;
+
+    async fn endpoint(
+        server: Option<quinn::ServerConfig>,
+    ) -> (quinn::Endpoint, Arc<UdpSocket>, mpsc::UnboundedReceiver<StunDatagram>) {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let (mux, rx) = MuxSocket::new(sock.clone());
+        let ep =
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, mux, Arc::new(quinn::TokioRuntime))
+                .expect("endpoint");
+        (ep, sock, rx)
+    }
+
+    #[tokio::test]
+    async fn quic_and_stun_share_one_socket() {
+        let a = quic::Identity::generate().expect("a");
+        let b = quic::Identity::generate().expect("b");
+        let (server, server_sock, mut server_stun) =
+            endpoint(Some(quic::server_config(&b, &a.fingerprint).expect("cfg"))).await;
+        let (client, _client_sock, _) = endpoint(None).await;
+        let to = server_sock.local_addr().expect("addr");
+        let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expect = data.clone();
+        let srv = tokio::spawn(async move {
+            let conn = server.accept().await.expect("incoming").await.expect("handshake");
+            let (_s, mut r) = conn.accept_bi().await.expect("stream");
+            let got = r.read_to_end(10_000_000).await.expect("read");
+            conn.close(0u32.into(), b"");
+            got
+        });
+        // A STUN datagram to the same socket goes to the ICE side, not to quinn.
+        let probe = crate::stun::message::binding_request(crate::stun::message::new_transaction_id());
+        UdpSocket::bind("127.0.0.1:0").await.expect("bind").send_to(&probe, to).await.expect("send");
+        let conn = client
+            .connect_with(quic::client_config(&a, &b.fingerprint).expect("cfg"), to, quic::SERVER_NAME)
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut s, _r) = conn.open_bi().await.expect("open");
+        s.write_all(&data).await.expect("write");
+        s.finish().expect("finish");
+        let got = srv.await.expect("server task");
+        assert_eq!(got.len(), expect.len());
+        assert!(got == expect);
+        assert_eq!(server_stun.recv().await.map(|d| d.bytes), Some(probe));
+    }
+}

@@ -1,0 +1,213 @@
+//! QUIC (quinn) over the punched socket, authenticated by certificate
+//! fingerprints exchanged through the room (like WebRTC's a=fingerprint,
+//! RFC 8122): each peer makes a throwaway self-signed certificate, sends the
+//! SHA-256 of it in its offer or answer, and each side accepts exactly the
+//! other's certificate — no CA, and a relay or signaling server in the middle
+//! cannot impersonate either end.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// The TLS server name both sides use; the fingerprint, not the name, is checked.
+pub const SERVER_NAME: &str = "natkit-punch";
+const ALPN: &[u8] = b"natkit-punch/1";
+
+/// A throwaway identity: certificate, key, and the fingerprint to announce.
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+    pub fingerprint: String,
+}
+
+impl Identity {
+    pub fn generate() -> anyhow::Result<Self> {
+        let ck = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
+        let cert = CertificateDer::from(ck.cert.der().to_vec());
+        let key = PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+        let fingerprint = fingerprint(&cert);
+        Ok(Identity { cert, key, fingerprint })
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+}
+
+/// `sha-256 AB:CD:…` of a DER certificate, as in SDP's a=fingerprint.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let d = Sha256::digest(cert.as_ref());
+    let hex: Vec<String> = d.iter().map(|b| format!("{b:02X}")).collect();
+    format!("sha-256 {}", hex.join(":"))
+}
+
+#[derive(Debug)]
+struct PinnedVerifier {
+    expected: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PinnedVerifier {
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if fingerprint(cert).eq_ignore_ascii_case(&self.expected) {
+            Ok(())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the peer's certificate fingerprint is not the one announced in the room ({})",
+                self.expected
+            )))
+        }
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+
+    fn tls13(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+    }
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.check(end_entity).map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("QUIC requires TLS 1.3".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for PinnedVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check(end_entity).map(|_| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("QUIC requires TLS 1.3".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(m, c, d)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // NAT bindings for UDP often last only 30 s: keep them open while idle.
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    Arc::new(t)
+}
+
+/// Client side: presents `me`, accepts only a server whose fingerprint is `peer_fingerprint`.
+pub fn client_config(me: &Identity, peer_fingerprint: &str) -> anyhow::Result<quinn::ClientConfig> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedVerifier { expected: peer_fingerprint.to_string(), provider: provider.clone() });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![me.cert.clone()], me.key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Server side: presents `me`, requires a client certificate whose fingerprint is `peer_fingerprint`.
+pub fn server_config(me: &Identity, peer_fingerprint: &str) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedVerifier { expected: peer_fingerprint.to_string(), provider: provider.clone() });
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![me.cert.clone()], me.key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls)?));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_sdp_style_sha256() {
+        let id = Identity::generate().expect("identity");
+        assert!(id.fingerprint.starts_with("sha-256 "));
+        assert_eq!(id.fingerprint.len(), "sha-256 ".len() + 32 * 3 - 1);
+        assert_eq!(fingerprint(&id.cert), id.fingerprint);
+    }
+
+    #[test]
+    fn pinned_verifier_refuses_another_certificate() {
+        let a = Identity::generate().expect("a");
+        let b = Identity::generate().expect("b");
+        let v = PinnedVerifier { expected: a.fingerprint.clone(), provider: provider() };
+        assert!(v.check(&a.cert).is_ok());
+        assert!(v.check(&b.cert).is_err());
+    }
+}
