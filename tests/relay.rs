@@ -131,6 +131,48 @@ fn two_clients_of_the_relay_talk_through_it_without_any_peer_flag() {
 }
 
 #[test]
+fn ipv6_listener_and_ipv6_relayed_addresses_work() {
+    let port = free_port();
+    let v6 = format!("[::1]:{port}");
+    let v4 = format!("127.0.0.1:{port}");
+    let relay = Relay::start_on(port, &[&["--listen", &v4, "--listen", &v6], USER].concat());
+    let bin = tools::require("turnutils_uclient", "coturn");
+    // -x: REQUESTED-ADDRESS-FAMILY IPv6; -y: the clients relay to each other's IPv6 relayed addresses;
+    // -c: no RTCP allocations (they ask for a RESERVATION-TOKEN, which natkit does not implement).
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(bin)
+        .args([
+            "-c",
+            "-y",
+            "-x",
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-p",
+            &port.to_string(),
+            "-n",
+            "20",
+            "-m",
+            "2",
+            "-z",
+            "5",
+        ])
+        .arg("::1")
+        .output()
+        .expect("running turnutils_uclient");
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let sent = number_after(&output, "tot_send_msgs=").unwrap_or(0);
+    assert!(sent >= 40, "{output}");
+    assert_eq!(number_after(&output, "tot_recv_msgs="), Some(sent), "{output}");
+    let out = natkit(&["stun-probe", &v6, "--json"]);
+    let v = json_of(&out);
+    assert_eq!(v["results"][0]["mapped"], v["results"][0]["local"], "{v}");
+    drop(relay);
+}
+
+#[test]
 fn loopback_peers_are_refused_by_default_so_uclient_gets_403() {
     let peer = Peer::start();
     let mut relay = relay_with(&["--json"]);
