@@ -1,7 +1,8 @@
 // Load client for scripts/bench-signal: ROOMS rooms with two clients each;
 // in every room one client sends an offer, the other answers at once, and
 // the next offer goes when the answer is back (one exchange in flight per
-// room). Prints {relayed_per_s, rtt_p50_ms, rtt_p99_ms} as JSON.
+// room). Prints {relayed, elapsed_s, rtts_ms:[...]} as JSON (bench-signal
+// runs several of these at once and merges them).
 // Usage: node bench_client.js ws|sio URL_A[,URL_B] ROOMS SECONDS
 "use strict";
 const WebSocket = require("ws");
@@ -64,9 +65,7 @@ const make = mode === "ws" ? wsClient : sioClientOf;
   measuring = false;
   const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
   stopped = true;
-  rtts.sort((x, y) => x - y);
-  const q = (f) => (rtts.length ? rtts[Math.min(rtts.length - 1, Math.floor(f * rtts.length))] : null);
-  process.stdout.write(JSON.stringify({ relayed_per_s: relayed / elapsed, rtt_p50_ms: q(0.5), rtt_p99_ms: q(0.99), exchanges: rtts.length }) + "\n");
+  process.stdout.write(JSON.stringify({ relayed, elapsed_s: elapsed, rtts_ms: rtts.map((x) => Math.round(x * 1000) / 1000) }) + "\n");
   for (const p of pairs) { p.a.close(); p.b.close(); }
   setTimeout(() => process.exit(0), 200);
 })().catch((e) => { process.stderr.write("bench client: " + e.stack + "\n"); process.exit(1); });
