@@ -8,18 +8,18 @@ use clap::{Parser, Subcommand};
 mod call;
 mod gen_docs;
 mod nat_type;
+mod punch;
 mod relay;
 mod signal;
-mod punch;
 mod stun_probe;
 mod turn_alloc;
 
 pub use call::CallArgs;
 pub use gen_docs::GenDocsArgs;
 pub use nat_type::NatTypeArgs;
+pub use punch::PunchArgs;
 pub use relay::RelayArgs;
 pub use signal::SignalArgs;
-pub use punch::PunchArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
 pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
 

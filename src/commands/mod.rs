@@ -8,9 +8,9 @@ use crate::output::{Format, OutputOptions};
 pub mod call;
 pub mod gen_docs;
 pub mod nat_type;
+pub mod punch;
 pub mod relay;
 pub mod signal;
-pub mod punch;
 pub mod stun_probe;
 pub mod turn_alloc;
 
