@@ -204,7 +204,8 @@ fn data_to_an_external_echo_peer() {
 
 #[test]
 fn nothing_listening_fails_fast_with_a_sentence() {
-    let dead = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    // A privileged port is never handed out as an ephemeral one, so no parallel test can be there.
+    let dead = "127.0.0.1:9".to_string();
     let (code, v) = run(&[&dead, "-u", "a", "-p", "b", "--timeout", "20"]);
     assert_eq!(code, Some(1));
     let d = step(&v, "binding")["detail"].as_str().unwrap().to_string();
@@ -227,4 +228,35 @@ fn bad_input_exits_2() {
         assert!(out.stdout.is_empty(), "{args:?}");
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     }
+}
+
+/// natkit's own relay: every step passes with its safe defaults, and the audit
+/// finds nothing (allocation-to-allocation traffic is delivered internally).
+#[test]
+fn every_step_passes_against_natkit_relay_and_the_audit_is_clean() {
+    let relay = common::relay::Relay::start(&["--realm", REALM, "--user", "alice:secret", "--nonce-lifetime", "1"]);
+    let (code, v) = run(&[&relay.addr(), "-u", "alice", "-p", "secret", "--realm", REALM, "--nonce-wait", "2"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_all_steps_pass(&v);
+    assert_eq!(v["stats"]["received"], 20);
+    assert!(warnings(&v).is_empty(), "natkit relay is safe by default: {v:#}");
+    let audit = step(&v, "audit")["detail"].as_str().unwrap().to_string();
+    assert!(audit.contains("127.0.0.1") && audit.contains("169.254.169.254") && !audit.contains("ACCEPTED"), "{audit}");
+    assert!(step(&v, "refresh")["detail"].as_str().unwrap().contains("went stale"), "{v:#}");
+
+    let (code, v) = run(&[&relay.addr(), "--transport", "tcp", "-u", "alice", "-p", "secret"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_all_steps_pass(&v);
+
+    let (code, v) = run(&[&relay.addr(), "-u", "alice", "-p", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(step(&v, "allocate")["detail"].as_str().unwrap().starts_with("401"), "{v:#}");
+}
+
+#[test]
+fn rest_secret_against_natkit_relay() {
+    let relay = common::relay::Relay::start(&["--realm", REALM, "--secret", "shared"]);
+    let (code, v) = run(&[&relay.addr(), "--secret", "shared", "--user", "bob"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_all_steps_pass(&v);
 }
