@@ -227,3 +227,20 @@ fn table_output_has_the_result_and_the_meaning() {
     assert!(text.contains(&ct.addr()), "{text}");
     assert!(text.contains("Not behind a NAT"), "{text}");
 }
+
+#[test]
+fn ipv6_probe_over_udp_and_tcp() {
+    let ct = Coturn::start(CoturnConfig { listen_ip: Some("::1".into()), ..Default::default() });
+    let server = format!("[::1]:{}", ct.port);
+    let out = natkit(&["stun-probe", &server, "-6", "--transport", "all", "--insecure", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let v = json_of(&out);
+    assert_eq!(results(&v).len(), 3);
+    for r in results(&v) {
+        assert_eq!(r["address"], server);
+        assert!(r["mapped"].as_str().expect("mapped").starts_with("[::1]:"), "{r}");
+        assert_eq!(r["mapped"], r["local"]);
+    }
+    // -4 with an IPv6 literal is bad input.
+    assert_eq!(natkit(&["stun-probe", &server, "-4"]).status.code(), Some(2));
+}
