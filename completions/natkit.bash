@@ -77,7 +77,7 @@ _natkit() {
 
     case "${cmd}" in
         natkit)
-            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe turn-alloc nat-type relay signal punch call gen-docs help"
+            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe nat-type relay turn-alloc signal punch call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -191,7 +191,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__help)
-            opts="stun-probe turn-alloc nat-type relay signal punch call gen-docs help"
+            opts="stun-probe nat-type relay turn-alloc signal punch call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -30,13 +30,13 @@ complete -c natkit -n "__fish_natkit_needs_command" -s q -l quiet -d 'No progres
 complete -c natkit -n "__fish_natkit_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c natkit -n "__fish_natkit_needs_command" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
-complete -c natkit -n "__fish_natkit_needs_command" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "signal" -d 'Rendezvous and signaling server with the browser video-chat page'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "punch" -d 'UDP hole punching to a peer through `natkit signal`, then an encrypted QUIC stream'
-complete -c natkit -n "__fish_natkit_needs_command" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
-complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs"
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "call" -d 'A WebRTC media session from the terminal that a browser can talk to'
+complete -c natkit -n "__fish_natkit_needs_command" -f -a "gen-docs" -d 'Regenerate man pages and shell completions from these definitions'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l transport -d 'Transport to probe over' -r -f -a "udp\t''
 tcp\t''
@@ -55,29 +55,6 @@ complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s v -l verbos
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s V -l version -d 'Print version'
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l transport -d 'Transport to the server (a turns: URI means tls); default udp' -r -f -a "udp\t''
-tcp\t''
-tls\t''"
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s u -l user -d 'Long-term credential username (with --password), or the name part of a REST username (with --secret)' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s p -l password -d 'Long-term credential password' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l secret -d 'TURN REST API shared secret (coturn use-auth-secret / static-auth-secret): natkit makes the credentials' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l realm -d 'The realm you expect; a server announcing another one fails the check' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l peer -d 'Test data through the relay to this UDP echo peer instead of to a second allocation' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l packets -d 'Packets sent through the relay for the quality test' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l rate -d 'Packets per second for the quality test (50 is like an audio stream)' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l size -d 'Payload bytes per test packet' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l lifetime -d 'Requested allocation lifetime in seconds' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l nonce-wait -d 'Wait this long idle, then check whether the first nonce is still accepted (coturn\'s default expiry is 600 s)' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l ca -d 'Trust this PEM CA certificate for TLS' -r -F
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l timeout -d 'Seconds to wait for each answer' -r
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l insecure -d 'Accept any TLS certificate (the audit still reports a bad one)'
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s 4 -l ipv4 -d 'Use only IPv4 addresses of the server'
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s 6 -l ipv6 -d 'Use only IPv6 addresses of the server'
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s h -l help -d 'Print help'
-complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l server -d 'STUN server: HOST, HOST:PORT or a stun: URI; repeat for more. The first is the primary and should support RFC 5780 (OTHER-ADDRESS, CHANGE-REQUEST); with servers that do not, give two or more and the mapping is found by comparing them. Without any, a built-in list (see README)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l ports -d 'Open N fresh sockets and report the pattern of their mapped ports (preserving, sequential, random)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l local -d 'Local address for the primary socket: IP or IP:PORT' -r
@@ -117,6 +94,29 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -s v -l verbose -d 
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s V -l version -d 'Print version'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l transport -d 'Transport to the server (a turns: URI means tls); default udp' -r -f -a "udp\t''
+tcp\t''
+tls\t''"
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s u -l user -d 'Long-term credential username (with --password), or the name part of a REST username (with --secret)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s p -l password -d 'Long-term credential password' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l secret -d 'TURN REST API shared secret (coturn use-auth-secret / static-auth-secret): natkit makes the credentials' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l realm -d 'The realm you expect; a server announcing another one fails the check' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l peer -d 'Test data through the relay to this UDP echo peer instead of to a second allocation' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l packets -d 'Packets sent through the relay for the quality test' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l rate -d 'Packets per second for the quality test (50 is like an audio stream)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l size -d 'Payload bytes per test packet' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l lifetime -d 'Requested allocation lifetime in seconds' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l nonce-wait -d 'Wait this long idle, then check whether the first nonce is still accepted (coturn\'s default expiry is 600 s)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l ca -d 'Trust this PEM CA certificate for TLS' -r -F
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l timeout -d 'Seconds to wait for each answer' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l insecure -d 'Accept any TLS certificate (the audit still reports a bad one)'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s 4 -l ipv4 -d 'Use only IPv4 addresses of the server'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s 6 -l ipv6 -d 'Use only IPv6 addresses of the server'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s h -l help -d 'Print help'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l listen -d 'Address and port to serve HTTP(S) and WebSocket on' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l cert -d 'Serve HTTPS with this certificate chain (PEM); needs --key' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l key -d 'Private key (PEM) for --cert' -r -F
@@ -182,12 +182,12 @@ complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s v -l verbose 
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s V -l version -d 'Print version'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "signal" -d 'Rendezvous and signaling server with the browser video-chat page'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "punch" -d 'UDP hole punching to a peer through `natkit signal`, then an encrypted QUIC stream'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "call" -d 'Regenerate man pages and shell completions from these definitions'
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "gen-docs"
-complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe turn-alloc nat-type relay signal punch call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "nat-type" -d 'NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "relay" -d 'STUN/TURN relay with an RFC 5780 responder, safe by default'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "turn-alloc" -d 'Prove a TURN server relays, step by step, and audit its safety'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "signal" -d 'Rendezvous and signaling server with the browser video-chat page'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "punch" -d 'UDP hole punching to a peer through `natkit signal`, then an encrypted QUIC stream'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "call" -d 'A WebRTC media session from the terminal that a browser can talk to'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "gen-docs" -d 'Regenerate man pages and shell completions from these definitions'
+complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

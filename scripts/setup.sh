@@ -12,7 +12,7 @@ PACKAGES=(
   iputils-ping
   chromium chromium-driver   # browser interop tests
   libvpx-dev libopus-dev pkg-config clang   # VP8 / Opus for `call`
-  iperf3            # bench-punch anchor
+  iperf3 jq         # bench-punch: anchor and JSON
   procps psmisc     # ps/pkill used by benches
   openssl           # throwaway certificates in scripts/demo.sh
 )

@@ -64,10 +64,6 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     StunProbe(StunProbeArgs),
 
-    /// Prove a TURN server relays, step by step, and audit its safety
-    #[command(after_help = EXIT_CODES)]
-    TurnAlloc(TurnAllocArgs),
-
     /// NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P
     #[command(after_help = EXIT_CODES)]
     NatType(NatTypeArgs),
@@ -76,17 +72,23 @@ pub enum Command {
     #[command(after_help = EXIT_CODES)]
     Relay(Box<RelayArgs>),
 
+    /// Prove a TURN server relays, step by step, and audit its safety
+    #[command(after_help = EXIT_CODES)]
+    TurnAlloc(TurnAllocArgs),
+
     /// Rendezvous and signaling server with the browser video-chat page
     #[command(after_help = EXIT_CODES)]
     Signal(SignalArgs),
+
     /// UDP hole punching to a peer through `natkit signal`, then an encrypted QUIC stream
     #[command(after_help = EXIT_CODES)]
     Punch(PunchArgs),
 
-    /// Regenerate man pages and shell completions from these definitions
+    /// A WebRTC media session from the terminal that a browser can talk to
     #[command(after_help = EXIT_CODES)]
     Call(CallArgs),
 
+    /// Regenerate man pages and shell completions from these definitions
     #[command(hide = true)]
     GenDocs(GenDocsArgs),
 }
