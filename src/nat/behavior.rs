@@ -21,7 +21,7 @@
 //! A test whose silence is an answer (filtering II/III, hairpin) waits
 //! `clamp(4 × RTT, 250 ms, 1 s)` from its first send or from the latest answer
 //! of the run, whichever is later, RTT being the highest one measured so far; tests sent after the RTT is known retransmit every
-//! `clamp(2 × RTT, 50 ms, 500 ms)`.
+//! `clamp(2 × RTT, 20 ms, 500 ms)`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ impl Default for Timing {
             silence_factor: 4,
             silence_floor: Duration::from_millis(250),
             silence_ceiling: Duration::from_millis(1000),
-            rto_floor: Duration::from_millis(50),
+            rto_floor: Duration::from_millis(20),
             rto_ceiling: Duration::from_millis(500),
         }
     }
