@@ -43,6 +43,9 @@ fi
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error >&2
 
 if [ "${NATKIT_SETUP_SKIP_BUILD:-0}" != "1" ]; then
-  cargo build --release --locked 2>/dev/null || cargo build --release
+  # --all-targets: the tests' dev-dependencies unify features into shared crates; building them here
+  # with the same feature set lets `cargo test --release` reuse every artifact instead of compiling
+  # a large part of the tree a second time.
+  cargo build --release --locked --all-targets
 fi
 echo "setup: done; binary at target/release/natkit" >&2
