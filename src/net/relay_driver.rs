@@ -2,25 +2,33 @@
 //! sockets in the `--ports` range, the sweep timer and the metrics endpoint,
 //! around the sans-IO core in [`crate::turn::server`].
 //!
-//! Each UDP listen address gets one SO_REUSEPORT socket per worker, so the
-//! kernel spreads clients over cores. A worker receives, runs the core under
-//! a short lock, copies the one answer out, unlocks and sends: the core is
-//! never held across a system call. Every relayed socket has a reader task
-//! that does the same for peer datagrams. TCP and TLS connections read
+//! Each UDP listen address gets one SO_REUSEPORT socket per worker thread
+//! (its own single-threaded runtime), so the kernel spreads clients over
+//! cores and no packet crosses threads. A worker takes up to 32 datagrams
+//! with one recvmmsg, runs the core on all of them under one short lock,
+//! copies the answers out, unlocks and sends them with sendmmsg: the core is
+//! never held across a system call. Every relayed socket has a reader task,
+//! on the thread whose client opened it, that does the same for peer
+//! datagrams. TCP and TLS connections read
 //! frames (STUN or padded ChannelData, RFC 8656 §12.5) and write through a
 //! per-connection queue.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Instant, SystemTime};
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
+
+use crate::net::mmsg::{BATCH, RecvBatch, send_many};
 
 use crate::net::stream::read_frame;
 use crate::net::transport::Transport;
@@ -110,8 +118,7 @@ impl RelayPorts for Ports {
             .copied()
             .find(|ip| (family == Family::V4) == ip.is_ipv4())
             .ok_or(RelayOpenError::FamilyNotServed)?;
-        let std_sock = self.bind_in_range(ip)?;
-        let sock = Arc::new(UdpSocket::from_std(std_sock).map_err(|e| RelayOpenError::Io(e.to_string()))?);
+        let sock = Arc::new(self.bind_in_range(ip)?);
         let addr = sock.local_addr().map_err(|e| RelayOpenError::Io(e.to_string()))?;
         self.next_id += 1;
         let id = RelayId(self.next_id);
@@ -150,32 +157,35 @@ struct Shared {
 const MAX_DATAGRAM: usize = 65_535;
 
 impl Shared {
-    /// Sends one transmit. `payload` is already copied out of the core.
-    async fn deliver(&self, target: Target, payload: &[u8]) {
-        let r = match target {
-            Target::Peer { relay, peer } => {
-                let sock = self.registry.sockets.read().ok().and_then(|m| m.get(&relay).map(|(s, _)| s.clone()));
-                match sock {
-                    Some(s) => s.send_to(payload, peer).await.map(|_| ()),
-                    None => Ok(()),
-                }
-            }
-            Target::Client(ft) if ft.transport == Transport::Udp => match self.udp.get(&ft.local) {
-                Some(s) => s.send_to(payload, ft.remote).await.map(|_| ()),
-                None => Ok(()),
-            },
-            Target::Client(ft) => {
+    /// The socket a transmit leaves from: a listener or a relayed socket.
+    fn socket_for(&self, target: &Target) -> Option<Arc<UdpSocket>> {
+        match target {
+            Target::Peer { relay, .. } => self.registry.sockets.read().ok()?.get(relay).map(|(s, _)| s.clone()),
+            Target::Client(ft) => self.udp.get(&ft.local).cloned(),
+        }
+    }
+
+    /// Sends one transmit (the stream and odd paths; the UDP fast path batches).
+    fn deliver(&self, target: Target, payload: &[u8]) {
+        match target {
+            Target::Client(ft) if ft.transport != Transport::Udp => {
                 let tx = self.conns.lock().ok().and_then(|m| m.get(&(ft.local, ft.remote)).cloned());
                 if let Some(tx) = tx {
                     // A full queue means a client that does not read: drop rather than stall the relay.
                     let _ = tx.try_send(payload.to_vec());
                 }
-                Ok(())
             }
-        };
-        if let Err(e) = r {
-            self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("send failed: {e}");
+            _ => {
+                let dest = match target {
+                    Target::Peer { peer, .. } => peer,
+                    Target::Client(ft) => ft.remote,
+                };
+                if let Some(s) = self.socket_for(&target)
+                    && s.send_to(payload, dest).is_err()
+                {
+                    self.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -235,12 +245,34 @@ pub async fn run(
     });
     let _ = registry.shared.set(Arc::downgrade(&shared));
 
-    let mut tasks = JoinSet::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut threads = Vec::new();
     for (addr, socks) in udp_sockets {
-        for s in socks {
-            tasks.spawn(udp_worker(shared.clone(), addr, s));
+        for (i, s) in socks.into_iter().enumerate() {
+            let shared = shared.clone();
+            let mut stop = stop_rx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("relay-udp-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(%addr, "cannot start a worker runtime: {e}");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        tokio::select! {
+                            _ = udp_worker(shared, addr, s) => {}
+                            _ = stop.wait_for(|v| *v) => {}
+                        }
+                    });
+                })
+                .map_err(|source| StartError::Listen { transport: "UDP", addr, source })?;
+            threads.push(t);
         }
     }
+    let mut tasks = JoinSet::new();
     for (addr, listener, tls) in tcp {
         tasks.spawn(accept_loop(shared.clone(), addr, listener, tls));
     }
@@ -251,7 +283,14 @@ pub async fn run(
 
     shutdown.await;
     // Stop accepting and reading first, then end every allocation.
+    let _ = stop_tx.send(true);
     tasks.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
     let (stats, tcp_connections) = {
         let mut core = shared.lock();
         core.close_all();
@@ -279,7 +318,7 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -295,62 +334,150 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-async fn udp_worker(shared: Arc<Shared>, local: SocketAddr, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = vec![0u8; MAX_DATAGRAM + 64];
-    loop {
-        let (n, from) = match sock.recv_from(&mut buf).await {
-            Ok(r) => r,
+/// Per-thread buffers of the UDP fast path. A task never holds them across
+/// an await, so tasks sharing a thread take turns.
+struct ThreadIo {
+    client_in: RecvBatch,
+    peer_in: RecvBatch,
+    /// Answers copied out of the core: (target, range in `out`).
+    pending: Vec<(Target, usize, usize)>,
+    out: Vec<u8>,
+}
+
+/// Largest answer the core makes: a Data indication around a full datagram.
+const MAX_OUT: usize = MAX_DATAGRAM + 64;
+
+thread_local! {
+    static IO: RefCell<ThreadIo> = RefCell::new(ThreadIo {
+        client_in: RecvBatch::new(MAX_DATAGRAM, 0, 0),
+        peer_in: RecvBatch::new(MAX_DATAGRAM, PEER_HEADROOM, PEER_TAILROOM),
+        pending: Vec::with_capacity(BATCH),
+        out: vec![0u8; MAX_OUT * BATCH],
+    });
+}
+
+/// Where a batch of datagrams came in.
+#[derive(Clone, Copy)]
+enum Source {
+    Listener(SocketAddr),
+    Relay(RelayId),
+}
+
+/// One readiness event: receive a batch, run the core on it, send the
+/// answers. Returns whether the socket is drained (fewer than a batch read).
+fn pump(shared: &Shared, fd: RawFd, source: Source) -> bool {
+    IO.with(|io| {
+        let Ok(mut io) = io.try_borrow_mut() else { return false };
+        let io = &mut *io;
+        let batch = match source {
+            Source::Listener(_) => &mut io.client_in,
+            Source::Relay(_) => &mut io.peer_in,
+        };
+        let n = match batch.recv(fd) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            // ICMP errors from earlier sends surface here on Linux; they are not fatal.
             Err(e) => {
-                // ICMP errors from earlier sends surface here on Linux; they are not fatal.
-                tracing::trace!(%local, "recv: {e}");
-                continue;
+                tracing::trace!("recv: {e}");
+                return false;
             }
         };
-        let ft = FiveTuple { transport: Transport::Udp, local, remote: from };
-        let t = {
+        io.pending.clear();
+        let mut used = 0usize;
+        {
+            let now = Instant::now();
             let mut core = shared.lock();
-            core.handle_client(ft, &buf[..n], Instant::now()).map(|t| {
-                out[..t.payload.len()].copy_from_slice(t.payload);
-                (t.target, t.payload.len())
-            })
-        };
-        if let Some((target, len)) = t {
-            match target {
-                // The common case: answer from the socket it came in on (keeps SO_REUSEPORT affinity).
-                Target::Client(c) if c.transport == Transport::Udp && c.local == local => {
-                    if sock.send_to(&out[..len], c.remote).await.is_err() {
-                        shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+            for i in 0..n {
+                let Some((from, slot, len)) = batch.slot_mut(i) else { continue };
+                let t = match source {
+                    Source::Listener(local) => {
+                        let ft = FiveTuple { transport: Transport::Udp, local, remote: from };
+                        core.handle_client(ft, &slot[..len], now)
+                    }
+                    Source::Relay(relay) => core.handle_peer(relay, from, slot, len, now),
+                };
+                if let Some(t) = t {
+                    let end = used + t.payload.len();
+                    if let Some(dst) = io.out.get_mut(used..end) {
+                        dst.copy_from_slice(t.payload);
+                        io.pending.push((t.target, used, t.payload.len()));
+                        used = end;
                     }
                 }
-                _ => shared.deliver(target, &out[..len]).await,
             }
+        }
+        flush(shared, &io.pending, &io.out);
+        n < BATCH
+    })
+}
+
+/// Sends what a batch produced, one sendmmsg per run of answers that leave
+/// from the same UDP socket.
+fn flush(shared: &Shared, pending: &[(Target, usize, usize)], out: &[u8]) {
+    let dest_of = |t: &Target| match t {
+        Target::Peer { peer, .. } => *peer,
+        Target::Client(ft) => ft.remote,
+    };
+    let mut i = 0;
+    while i < pending.len() {
+        let (target, start, len) = pending[i];
+        if matches!(target, Target::Client(ft) if ft.transport != Transport::Udp) {
+            shared.deliver(target, &out[start..start + len]);
+            i += 1;
+            continue;
+        }
+        let sock = shared.socket_for(&target);
+        // The run of answers after this one that leave from the same socket.
+        let mut j = i + 1;
+        while j < pending.len() && same_socket(&pending[j].0, &target) {
+            j += 1;
+        }
+        if let Some(s) = sock {
+            let msgs = pending[i..j].iter().map(|(t, st, l)| (dest_of(t), &out[*st..*st + *l]));
+            let failed = send_many(s.as_raw_fd(), msgs);
+            if failed > 0 {
+                shared.counters.send_errors.fetch_add(failed as u64, Ordering::Relaxed);
+            }
+        }
+        i = j;
+    }
+}
+
+fn same_socket(a: &Target, b: &Target) -> bool {
+    match (a, b) {
+        (Target::Peer { relay: x, .. }, Target::Peer { relay: y, .. }) => x == y,
+        (Target::Client(x), Target::Client(y)) => {
+            x.transport == Transport::Udp && y.transport == Transport::Udp && x.local == y.local
+        }
+        _ => false,
+    }
+}
+
+/// Waits for readiness and pumps until the socket is drained, forever.
+async fn pump_forever(shared: Arc<Shared>, sock: Arc<UdpSocket>, source: Source) {
+    // SAFETY: the Arc keeps the socket (and so its fd) open for as long as the AsyncFd lives.
+    let fd = match unsafe { AsyncFd::register(sock.clone()) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("cannot watch a UDP socket: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable().await else { return };
+        if pump(&shared, sock.as_raw_fd(), source) {
+            // Drained: wait for the next edge (tokio keeps any that arrived meanwhile).
+            guard.clear_ready();
         }
     }
 }
 
+async fn udp_worker(shared: Arc<Shared>, local: SocketAddr, sock: Arc<UdpSocket>) {
+    pump_forever(shared, sock, Source::Listener(local)).await
+}
+
 async fn relay_reader(shared: Arc<Shared>, relay: RelayId, sock: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM];
-    let mut out = vec![0u8; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM + 64];
-    loop {
-        let (n, from) = match sock.recv_from(&mut buf[PEER_HEADROOM..PEER_HEADROOM + MAX_DATAGRAM]).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::trace!(%relay, "recv: {e}");
-                continue;
-            }
-        };
-        let t = {
-            let mut core = shared.lock();
-            core.handle_peer(relay, from, &mut buf, n, Instant::now()).map(|t| {
-                out[..t.payload.len()].copy_from_slice(t.payload);
-                (t.target, t.payload.len())
-            })
-        };
-        if let Some((target, len)) = t {
-            shared.deliver(target, &out[..len]).await;
-        }
-    }
+    pump_forever(shared, sock, Source::Relay(relay)).await
 }
 
 async fn accept_loop(
@@ -436,7 +563,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
                         break;
                     }
                 }
-                _ => shared.deliver(target, &payload).await,
+                _ => shared.deliver(target, &payload),
             }
         }
     }
