@@ -4,29 +4,11 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::signal::{SignalServer, http_get};
+use common::signal::{SignalServer, WAIT, http_get, join, recv, rt};
 use natkit::net::tls::TlsOptions;
-use natkit::signal::client::{ClientError, ClientOptions, Membership, SignalClient};
+use natkit::signal::client::{ClientError, ClientOptions, SignalClient};
 use natkit::signal::protocol::{ClientMessage, ErrorCode, IceCandidate, PeerId, RoomId, ServerMessage};
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-async fn join(server: &SignalServer, room: &str) -> (SignalClient, Membership) {
-    SignalClient::connect_and_join(&server.ws_url(), &ClientOptions::default(), &RoomId::from(room), WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("join {room}: {e}\nserver log:\n{}", server.log_text()))
-}
-
-async fn recv(c: &mut SignalClient) -> ServerMessage {
-    tokio::time::timeout(WAIT, c.recv()).await.expect("a message within 10 s").expect("a message")
-}
 
 async fn expect_error(c: &mut SignalClient, code: ErrorCode) -> String {
     match recv(c).await {

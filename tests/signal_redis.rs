@@ -4,28 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::redis::Redis;
-use common::signal::SignalServer;
-use natkit::signal::client::{ClientError, ClientOptions, Membership, SignalClient};
-use natkit::signal::protocol::{ClientMessage, ErrorCode, IceCandidate, RoomId, ServerMessage};
-
-const WAIT: Duration = Duration::from_secs(15);
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-async fn join(server: &SignalServer, room: &str) -> (SignalClient, Membership) {
-    SignalClient::connect_and_join(&server.ws_url(), &ClientOptions::default(), &RoomId::from(room), WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("join {room}: {e}\nserver log:\n{}", server.log_text()))
-}
-
-async fn recv(c: &mut SignalClient) -> ServerMessage {
-    tokio::time::timeout(WAIT, c.recv()).await.expect("a message in time").expect("a message")
-}
+use common::signal::{SignalServer, WAIT, join, recv, rt};
+use natkit::signal::client::{ClientError, ClientOptions, SignalClient};
+use natkit::signal::protocol::{ClientMessage, ErrorCode, IceCandidate, ServerMessage};
 
 #[test]
 fn members_on_two_nodes_exchange_offer_answer_and_candidates() {

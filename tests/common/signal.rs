@@ -101,3 +101,31 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// How long a test waits for a join or a message.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// A current-thread runtime for a test's async client code.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// Connects to `server` and joins `room`, with the server's log in the panic message on failure.
+pub async fn join(
+    server: &SignalServer,
+    room: &str,
+) -> (natkit::signal::client::SignalClient, natkit::signal::client::Membership) {
+    natkit::signal::client::SignalClient::connect_and_join(
+        &server.ws_url(),
+        &natkit::signal::client::ClientOptions::default(),
+        &natkit::signal::protocol::RoomId::from(room),
+        WAIT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("join {room}: {e}\nserver log:\n{}", server.log_text()))
+}
+
+/// The next message from the server, within [`WAIT`].
+pub async fn recv(c: &mut natkit::signal::client::SignalClient) -> natkit::signal::protocol::ServerMessage {
+    tokio::time::timeout(WAIT, c.recv()).await.expect("a message in time").expect("a message")
+}
