@@ -2,7 +2,7 @@
 //! feeds them to the session core ([`CallPeer`]). It plays the page's part of the signaling
 //! protocol (README "natkit signal"): whoever joins second sends the offer, candidates trickle.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -58,30 +58,10 @@ fn host_addresses(local: SocketAddr) -> Vec<SocketAddr> {
     if !local.ip().is_unspecified() {
         return vec![local];
     }
-    let ifs = if_addrs::get_if_addrs().unwrap_or_default();
-    let same_family = |ip: &IpAddr| ip.is_ipv4() == local.is_ipv4();
-    let mut out: Vec<SocketAddr> = ifs
-        .iter()
-        .map(|i| i.ip())
-        .filter(|ip| same_family(ip) && !ip.is_loopback() && !is_link_local(ip))
+    crate::ice::gather::host_ips(&crate::ice::gather::interface_ips(), local.is_ipv6())
+        .into_iter()
         .map(|ip| SocketAddr::new(ip, local.port()))
-        .collect();
-    if out.is_empty() {
-        out = ifs
-            .iter()
-            .map(|i| i.ip())
-            .filter(|ip| same_family(ip) && ip.is_loopback())
-            .map(|ip| SocketAddr::new(ip, local.port()))
-            .collect();
-    }
-    out
-}
-
-fn is_link_local(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v) => v.is_link_local(),
-        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
-    }
+        .collect()
 }
 
 /// The local address a datagram from `source` arrived on. A socket bound to a wildcard

@@ -185,8 +185,7 @@ fn parse_cidrs(v: &[String], flag: &str) -> Result<Vec<Cidr>, UsageError> {
 
 /// Interface addresses, so "listening on 0.0.0.0" still tells the policy which IPs are the relay's own.
 fn interface_ips() -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> =
-        if_addrs::get_if_addrs().map(|l| l.into_iter().map(|i| i.ip()).collect()).unwrap_or_default();
+    let mut v = crate::ice::gather::interface_ips();
     v.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     v.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
     v.dedup();

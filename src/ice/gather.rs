@@ -10,22 +10,29 @@ use crate::net::udp::{self, UdpEnd};
 use crate::stun::message::{BindingResponse, binding_request, new_transaction_id};
 use crate::stun::transaction::{ClientTransaction, Outcome, Reliability, Retransmit};
 
-/// The IPs to offer as host candidates.
+/// The IPs of one family (`v6` or not) to offer as host candidates, in
+/// interface order.
 ///
 /// Loopback and link-local addresses are useless to a remote peer, so they
-/// are left out — unless the machine has nothing else (a namespace with only
-/// `lo`, or two peers on one host), where loopback is the only path.
-pub fn host_ips(interfaces: &[IpAddr], want_v6: bool) -> Vec<IpAddr> {
+/// are left out — unless the machine has nothing else of that family (a
+/// namespace with only `lo`, or two peers on one host), where loopback is the
+/// only path.
+pub fn host_ips(interfaces: &[IpAddr], v6: bool) -> Vec<IpAddr> {
+    let family = |ip: &IpAddr| ip.is_ipv6() == v6;
     let usable = |ip: &IpAddr| match ip {
         IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
-        IpAddr::V6(v6) => want_v6 && !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80 && !v6.is_unspecified(),
+        IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80 && !v6.is_unspecified(),
     };
-    let mut ips: Vec<IpAddr> = interfaces.iter().copied().filter(usable).collect();
+    let mut ips: Vec<IpAddr> = interfaces.iter().copied().filter(|ip| family(ip) && usable(ip)).collect();
     if ips.is_empty() {
-        ips = interfaces.iter().copied().filter(|ip| ip.is_loopback() && (want_v6 || ip.is_ipv4())).collect();
+        ips = interfaces.iter().copied().filter(|ip| family(ip) && ip.is_loopback()).collect();
     }
-    ips.sort();
-    ips.dedup();
+    let mut seen = Vec::new();
+    ips.retain(|ip| {
+        let first = !seen.contains(ip);
+        seen.push(*ip);
+        first
+    });
     ips
 }
 
@@ -88,12 +95,14 @@ mod tests {
 
     #[test]
     fn loopback_and_link_local_only_when_nothing_else() {
-        assert_eq!(
-            host_ips(&ips(&["127.0.0.1", "10.0.0.2", "169.254.1.1", "::1", "fe80::1"]), true),
-            ips(&["10.0.0.2"])
-        );
+        let mixed = ips(&["127.0.0.1", "10.0.0.2", "169.254.1.1", "::1", "fe80::1", "2001:db8::2"]);
+        assert_eq!(host_ips(&mixed, false), ips(&["10.0.0.2"]));
+        assert_eq!(host_ips(&mixed, true), ips(&["2001:db8::2"]));
         assert_eq!(host_ips(&ips(&["127.0.0.1", "::1"]), false), ips(&["127.0.0.1"]));
+        assert_eq!(host_ips(&ips(&["10.0.0.2", "::1"]), true), ips(&["::1"]));
         assert_eq!(host_ips(&ips(&["10.0.0.2", "2001:db8::2"]), false), ips(&["10.0.0.2"]));
+        // Interface order is kept (call picks the first of a family), duplicates dropped.
+        assert_eq!(host_ips(&ips(&["10.0.0.3", "10.0.0.2", "10.0.0.3"]), false), ips(&["10.0.0.3", "10.0.0.2"]));
     }
 
     #[test]
