@@ -2,12 +2,14 @@
 //!
 //! A [`Lab`] is a guard: building it runs `tests/lab/natlab.sh` to make a public segment
 //! (namespace `<prefix>-pub`, a bridge holding the public addresses, 203.0.113.0/24) and, per NAT,
-//! a router namespace doing NAT with nftables and a client namespace behind it (10.x). Its Drop
+//! a router namespace doing NAT with nftables and a client namespace behind it (10.x), and, with
+//! [`LabBuilder::client_behind`], more clients on the same LAN behind an existing router. Its Drop
 //! ends what runs inside and deletes every namespace it made, also when a test panics. Each lab
 //! gets a unique prefix (`nk<pid>x<n>`), so tests run in parallel.
 //!
 //! ```ignore
 //! let lab = Lab::builder().nat("a", NatKind::PortRestrictedCone).nat("b", NatKind::Symmetric).build();
+//! let same_lan = Lab::builder().nat("a", NatKind::PortRestrictedCone).client_behind("b", "a").build();
 //! let server = lab.spawn_in(lab.public_ns(), "turnserver", &[..]);
 //! let out = lab.run_in(lab.client_ns("a"), natkit_bin, &["nat-type", "--server", "203.0.113.1"]);
 //! ```
@@ -68,15 +70,26 @@ pub enum Hairpin {
 }
 
 #[derive(Debug, Clone)]
-struct NatSpec {
-    name: String,
-    kind: NatKind,
-    hairpin: Hairpin,
+enum ClientSpec {
+    /// A client with a router of its own (or an open host).
+    Nat { name: String, kind: NatKind, hairpin: Hairpin },
+    /// One more client on the LAN of the router made for client `router`.
+    Behind { name: String, router: String },
 }
 
-/// One NAT (or open host) of a built lab.
+impl ClientSpec {
+    fn name(&self) -> &str {
+        match self {
+            ClientSpec::Nat { name, .. } | ClientSpec::Behind { name, .. } => name,
+        }
+    }
+}
+
+/// One client of a built lab and the NAT (or none, for open hosts) in front of it. Clients made with
+/// [`LabBuilder::client_behind`] share their router's kind, namespace and public address.
 #[derive(Debug, Clone)]
 pub struct Nat {
+    /// The client's name (as given to `nat` or `client_behind`).
     pub name: String,
     pub kind: NatKind,
     pub hairpin: Hairpin,
@@ -93,7 +106,7 @@ pub struct Nat {
 #[derive(Debug, Default)]
 pub struct LabBuilder {
     public_ips: Vec<Ipv4Addr>,
-    nats: Vec<NatSpec>,
+    clients: Vec<ClientSpec>,
     udp_timeout: Option<u32>,
 }
 
@@ -117,13 +130,32 @@ impl LabBuilder {
     }
 
     pub fn nat_with(mut self, name: &str, kind: NatKind, hairpin: Hairpin) -> Self {
+        self.check_new_name(name);
+        self.clients.push(ClientSpec::Nat { name: name.to_string(), kind, hairpin });
+        self
+    }
+
+    /// One more client on the same LAN segment as client `router`, behind the same NAT (the same-LAN
+    /// case: 10.x.0.3, .4, … next to its 10.x.0.2). `router` must have been added with `nat` and be a
+    /// real NAT (not open/firewall). Endpoint-independent filtering (full/restricted cone) and
+    /// hairpinning lead to `router`'s own client only; this one gets the NAT's mapping and replies.
+    pub fn client_behind(mut self, name: &str, router: &str) -> Self {
+        self.check_new_name(name);
+        let routed = self
+            .clients
+            .iter()
+            .any(|c| matches!(c, ClientSpec::Nat { name, kind, .. } if name == router && !kind.is_routerless()));
+        assert!(routed, "client_behind('{name}', '{router}'): add '{router}' with .nat() first, as a NAT kind");
+        self.clients.push(ClientSpec::Behind { name: name.to_string(), router: router.to_string() });
+        self
+    }
+
+    fn check_new_name(&self, name: &str) {
         assert!(
             !name.is_empty() && name.len() <= 10 && name.chars().all(|c| c.is_ascii_alphanumeric()),
-            "lab NAT name '{name}': use 1-10 letters or digits (it becomes part of interface names)"
+            "lab client name '{name}': use 1-10 letters or digits (it becomes part of interface names)"
         );
-        assert!(self.nats.iter().all(|n| n.name != name), "lab NAT name '{name}' used twice");
-        self.nats.push(NatSpec { name: name.to_string(), kind, hairpin });
-        self
+        assert!(self.clients.iter().all(|c| c.name() != name), "lab client name '{name}' used twice");
     }
 
     pub fn build(self) -> Lab {
@@ -141,32 +173,16 @@ impl LabBuilder {
         let mut args: Vec<String> = vec!["public".into(), lab.prefix.clone()];
         args.extend(lab.public_ips.iter().map(|ip| ip.to_string()));
         lab.script(&args);
-        for (i, spec) in self.nats.into_iter().enumerate() {
-            let index = i as u8 + 1;
-            let hp = if spec.hairpin == Hairpin::On { "1" } else { "0" };
-            let mut args = vec![
-                "nat".into(),
-                lab.prefix.clone(),
-                spec.name.clone(),
-                index.to_string(),
-                spec.kind.as_str().into(),
-                hp.to_string(),
-            ];
-            if let Some(t) = self.udp_timeout {
-                args.push(t.to_string());
-            }
-            lab.script(&args);
-            let routerless = spec.kind.is_routerless();
-            let open_ip = Ipv4Addr::new(203, 0, 113, 100 + index);
-            lab.nats.push(Nat {
-                client_ns: format!("{}-c-{}", lab.prefix, spec.name),
-                router_ns: (!routerless).then(|| format!("{}-r-{}", lab.prefix, spec.name)),
-                client_ip: if routerless { open_ip } else { Ipv4Addr::new(10, index, 0, 2) },
-                public_ip: if routerless { open_ip } else { Ipv4Addr::new(203, 0, 113, 10 + index) },
-                name: spec.name,
-                kind: spec.kind,
-                hairpin: spec.hairpin,
-            });
+        let mut routers: u8 = 0;
+        for spec in self.clients {
+            let nat = match spec {
+                ClientSpec::Nat { name, kind, hairpin } => {
+                    routers += 1;
+                    lab.add_nat(name, kind, hairpin, routers, self.udp_timeout)
+                }
+                ClientSpec::Behind { name, router } => lab.add_client_behind(name, &router),
+            };
+            lab.nats.push(nat);
         }
         lab
     }
@@ -200,6 +216,50 @@ impl Lab {
 
     fn script_path() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/lab/natlab.sh")
+    }
+
+    /// Router number `index` (its 10.index.0.0/24 LAN, 203.0.113.(10+index) WAN) with its first client.
+    fn add_nat(&self, name: String, kind: NatKind, hairpin: Hairpin, index: u8, udp_timeout: Option<u32>) -> Nat {
+        let hp = if hairpin == Hairpin::On { "1" } else { "0" };
+        let mut args =
+            vec!["nat".into(), self.prefix.clone(), name.clone(), index.to_string(), kind.as_str().into(), hp.into()];
+        if let Some(t) = udp_timeout {
+            args.push(t.to_string());
+        }
+        self.script(&args);
+        let routerless = kind.is_routerless();
+        let open_ip = Ipv4Addr::new(203, 0, 113, 100 + index);
+        Nat {
+            client_ns: format!("{}-c-{}", self.prefix, name),
+            router_ns: (!routerless).then(|| format!("{}-r-{}", self.prefix, name)),
+            client_ip: if routerless { open_ip } else { Ipv4Addr::new(10, index, 0, 2) },
+            public_ip: if routerless { open_ip } else { Ipv4Addr::new(203, 0, 113, 10 + index) },
+            name,
+            kind,
+            hairpin,
+        }
+    }
+
+    /// One more client on the LAN of `router`'s NAT, at the next free host address.
+    fn add_client_behind(&self, name: String, router: &str) -> Nat {
+        let first = self.nat(router).clone();
+        let [_, index, _, _] = first.client_ip.octets();
+        let host = 2 + self.nats.iter().filter(|n| n.router_ns == first.router_ns).count() as u8;
+        self.script(&[
+            "client".into(),
+            self.prefix.clone(),
+            name.clone(),
+            router.into(),
+            index.to_string(),
+            host.to_string(),
+        ]);
+        Nat {
+            client_ns: format!("{}-c-{}", self.prefix, name),
+            client_ip: Ipv4Addr::new(10, index, 0, host),
+            name,
+            hairpin: Hairpin::Off,
+            ..first
+        }
     }
 
     fn script(&self, args: &[String]) {

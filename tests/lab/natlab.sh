@@ -11,10 +11,17 @@
 #                                                 a client PREFIX-c-NAME behind a router PREFIX-r-NAME
 #                                                 (or directly on the bridge for open/firewall); UDP_TIMEOUT
 #                                                 sets the router's conntrack UDP timeouts (mapping lifetime, s)
+#   natlab.sh client PREFIX NAME ROUTER INDEX HOST
+#                                                 one more client PREFIX-c-NAME at 10.INDEX.0.HOST on the LAN
+#                                                 of the existing router PREFIX-r-ROUTER (NAT number INDEX):
+#                                                 two or more peers behind one NAT, on one LAN segment
 #   natlab.sh down PREFIX                         deletes every PREFIX-* namespace (and ends what runs in them)
 #
-# Addresses for NAT number INDEX (1-89): router WAN 203.0.113.(10+INDEX), LAN 10.INDEX.0.1/24, client
-# 10.INDEX.0.2; an open client is 203.0.113.(100+INDEX).
+# Addresses for NAT number INDEX (1-89): router WAN 203.0.113.(10+INDEX), LAN 10.INDEX.0.1/24 on the
+# router's bridge "lan", first client 10.INDEX.0.2, further clients 10.INDEX.0.3-254; an open client is
+# 203.0.113.(100+INDEX). Endpoint-independent filtering (full-cone, restricted-cone: the dnat back to
+# the client) and hairpinning lead to the first client only; further clients get the kind's mapping,
+# and replies to what they sent.
 # KIND: open | firewall | full-cone | restricted-cone | port-restricted-cone | symmetric | udp-blocked
 # HAIRPIN: 1 makes the router loop LAN packets sent to its own public address back to the mapped client.
 set -euo pipefail
@@ -70,15 +77,27 @@ EOF
   ip -n "$pub" link set "v-$name" master br up
   ip -n "$r" addr add "$wan/24" dev wan
   ip -n "$r" link set wan up
-  ip -n "$r" link add name lan type veth peer name eth0 netns "$c"
+  # The LAN is a bridge, so `client` can put more hosts on the same segment behind this router.
+  ip -n "$r" link add name lan type bridge
+  # A fixed MAC: otherwise the bridge takes its lowest port's, and a later `client` could change it
+  # under a running client's ARP cache.
+  ip -n "$r" link set lan address "$(printf '02:00:0a:%02x:00:01' "$i")"
   ip -n "$r" addr add "$gw/24" dev lan
   ip -n "$r" link set lan up
+  ip -n "$r" link add name "l-$name" type veth peer name eth0 netns "$c"
+  ip -n "$r" link set "l-$name" master lan up
   ip -n "$c" addr add "$client/24" dev eth0
   ip -n "$c" link set eth0 up
   ip -n "$c" route add default via "$gw"
   ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
   ip netns exec "$r" sysctl -qw net.ipv4.conf.all.send_redirects=0
   ip netns exec "$r" sysctl -qw net.ipv4.conf.lan.send_redirects=0
+  # Frames switched on the LAN bridge stay out of the router's nftables, like in a home router's
+  # switch: with br_netfilter loaded on the machine (its sysctls are per namespace, on by default),
+  # the hairpin dnat would be done at the bridge and the packet never sent back out its own port.
+  if [ -d /proc/sys/net/bridge ]; then
+    for t in iptables ip6tables arptables; do ip netns exec "$r" sysctl -qw "net.bridge.bridge-nf-call-$t=0"; done
+  fi
 
   # Hairpinning: a LAN packet to our own public address goes back to the client (ports are preserved
   # by every hairpin-capable kind here), with its source rewritten to the public address so the
@@ -165,6 +184,20 @@ EOF
   fi
   ;;
 
+client)
+  p=${1:?prefix}; name=${2:?name}; router=${3:?router name}; i=${4:?index}; host=${5:?host number}
+  [ "$host" -ge 3 ] && [ "$host" -le 254 ] || die "client host number $host out of range 3-254"
+  r="$p-r-$router"; c="$p-c-$name"
+  ip netns list | awk '{print $1}' | grep -qx "$r" || die "client $name: no router namespace $r (open and firewall hosts have none)"
+  ip netns add "$c"
+  ip -n "$c" link set lo up
+  ip -n "$r" link add name "l-$name" type veth peer name eth0 netns "$c"
+  ip -n "$r" link set "l-$name" master lan up
+  ip -n "$c" addr add "10.$i.0.$host/24" dev eth0
+  ip -n "$c" link set eth0 up
+  ip -n "$c" route add default via "10.$i.0.1"
+  ;;
+
 down)
   p=${1:?prefix}
   for ns in $(ip netns list | awk '{print $1}' | grep -E "^$p-" || true); do
@@ -175,6 +208,6 @@ down)
   ;;
 
 *)
-  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN | down PREFIX"
+  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN [UDP_TIMEOUT] | client PREFIX NAME ROUTER INDEX HOST | down PREFIX"
   ;;
 esac
