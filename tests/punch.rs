@@ -1,5 +1,6 @@
 //! `natkit punch` between two peers behind two real Linux NATs (the lab), with
-//! `natkit signal` and coturn (STUN and TURN server) on the public segment:
+//! `natkit signal` and `natkit relay` (STUN on two public IPs, so each peer learns whether its
+//! mapping varies, and TURN) on the public segment:
 //! for every pair of NAT kinds the expected path is found and a file moves
 //! intact, SHA-256 checked by both; two peers behind one NAT meet over their
 //! host candidates.
@@ -8,9 +9,9 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use common::coturn::{Coturn, CoturnConfig};
-use common::lab::{Lab, NatKind};
+use common::lab::{Lab, LabChild, NatKind};
 use common::signal::SignalServer;
 use serde_json::Value;
 
@@ -38,19 +39,18 @@ fn random_file(path: &Path, len: usize) {
 /// The test file: a few MiB, enough for QUIC to reach speed, small enough for a lean CI.
 const FILE_LEN: usize = 3 * 1024 * 1024;
 
-/// coturn's long-term credentials in the lab (TURN allocations for the relay fallback).
-const TURN_USER: &str = "natkit";
-const TURN_PASSWORD: &str = "lab-secret";
+/// STUN on both public IPs (`natkit relay`): what every peer in the lab is given.
+const STUN_ARGS: &[&str] = &["--stun", "203.0.113.1:3478", "--stun", "203.0.113.2:3478"];
 
-/// Arguments every punch in these tests gets besides signal and STUN.
+/// TURN on the first public IP, same relay: every peer gets it too.
 // Lands with the TURN fallback: make this
-//   &["--turn", "203.0.113.1:3478", "--turn-user", TURN_USER, "--turn-password", TURN_PASSWORD]
+//   &["--turn", "203.0.113.1:3478", "--turn-user", "punch", "--turn-password", "lab-secret"]
 // so every pair has a relay to fall back on (and must still go direct when it can).
 const TURN_ARGS: &[&str] = &[];
 
 struct World {
     lab: Lab,
-    _stun: Coturn,
+    _relay: LabChild,
     signal: SignalServer,
 }
 
@@ -59,20 +59,34 @@ fn world(a: NatKind, b: NatKind) -> World {
     world_in(Lab::builder().nat("a", a).nat("b", b).build())
 }
 
-/// The lab with the servers on its public segment (203.0.113.1): coturn (STUN, and TURN with
-/// `TURN_USER`/`TURN_PASSWORD`), `natkit signal` on port 8080.
+/// The lab with the servers on its public segment (the default 203.0.113.1 and .2): `natkit relay`
+/// (STUN on both, TURN user punch:lab-secret relaying from .1), `natkit signal` on .1:8080.
 fn world_in(lab: Lab) -> World {
     let public = lab.public_ns();
-    let stun = Coturn::start(CoturnConfig {
-        listen_ip: Some("203.0.113.1".into()),
-        netns: Some(public.clone()),
-        args: ["--lt-cred-mech", "--realm", "natkit.lab", "--user", &format!("{TURN_USER}:{TURN_PASSWORD}")]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    });
+    let relay = lab.spawn_in(
+        &public,
+        NATKIT,
+        &[
+            "relay",
+            "--listen",
+            "203.0.113.1:3478",
+            "--listen",
+            "203.0.113.2:3478",
+            "--relay-ip",
+            "203.0.113.1",
+            "--realm",
+            "lab",
+            "--user",
+            "punch:lab-secret",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !["203.0.113.1", "203.0.113.2"].iter().all(|ip| lab.udp_listening(&public, ip, 3478)) {
+        assert!(Instant::now() < deadline, "natkit relay did not listen in the lab within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let signal = SignalServer::start_in(&["ip", "netns", "exec", &public], "203.0.113.1", &[]);
-    World { lab, _stun: stun, signal }
+    World { lab, _relay: relay, signal }
 }
 
 /// Peer `from` sends a file of `len` bytes to peer `to`; returns both reports.
@@ -82,19 +96,9 @@ fn transfer(w: &World, from: &str, to: &str, room: &str, len: usize) -> (Value, 
     let dst = dir.path().join("dst.bin");
     random_file(&src, len);
     let url = w.signal.ws_url();
-    let mut common = vec![
-        "punch",
-        "--signal",
-        url.as_str(),
-        "--room",
-        room,
-        "--stun",
-        "203.0.113.1:3478",
-        "--timeout",
-        "20",
-        "--json",
-    ];
-    common.extend_from_slice(TURN_ARGS);
+    let common =
+        [&["punch", "--signal", url.as_str(), "--room", room, "--timeout", "20", "--json"], STUN_ARGS, TURN_ARGS]
+            .concat();
     let mut recv_args: Vec<&str> = common.clone();
     let dst_s = dst.to_str().expect("utf-8");
     recv_args.extend(["--recv", dst_s]);
