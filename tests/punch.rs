@@ -208,6 +208,10 @@ fn peers_behind_one_nat_meet_over_host_candidates() {
         let ip = |e: &Value| e["address"].as_str().and_then(|a| a.parse::<std::net::SocketAddr>().ok()).map(|a| a.ip());
         assert_eq!(ip(&r["local"]), Some(w.lab.nat(own).client_ip.into()), "{r:#}");
         assert_eq!(ip(&r["remote"]), Some(w.lab.nat(theirs).client_ip.into()), "{r:#}");
+        // Both also had a server-reflexive candidate on the one NAT's public address: host won over it.
+        let public = format!(" {} ", w.lab.nat(own).public_ip);
+        let srflx = |c: &Value| c.as_str().is_some_and(|c| c.contains(&public) && c.contains("typ srflx"));
+        assert!(r["candidates"].as_array().expect("candidates").iter().any(srflx), "{r:#}");
     }
 }
 
