@@ -11,6 +11,7 @@ PACKAGES=(
   iproute2          # ip netns, veth
   iputils-ping
   chromium chromium-driver   # browser interop tests
+  firefox-esr       # browser interop tests (its WebDriver, geckodriver, comes from crates.io below)
   libvpx-dev libopus-dev pkg-config clang   # VP8 / Opus for `call`
   iperf3 jq         # bench-punch: anchor and JSON
   procps psmisc     # ps/pkill used by benches
@@ -34,6 +35,15 @@ for svc in coturn redis-server; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
+
+# geckodriver (Firefox's WebDriver server) is not packaged by Debian: build it from crates.io, once.
+# Fresh installs compile it (a few minutes on 2 cores); later runs find it and skip this.
+# Pinned for reproducible CI; 0.37.1 drives Debian 12's firefox-esr 153 (tests/signal_browser.rs).
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v geckodriver >/dev/null 2>&1 && [ ! -x "$cargo_bin/geckodriver" ]; then
+  echo "setup: installing geckodriver from crates.io" >&2
+  cargo install geckodriver --version 0.37.1 --locked
+fi
 
 # npm packages for the socket.io interop test and bench-signal, from the committed lock file.
 if ! command -v npm >/dev/null 2>&1; then

@@ -376,7 +376,7 @@ fn browser_and_natkit_call(first: First, relay: bool) {
             ns.enter_current_thread();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let browser = Browser::start(&ns).await;
+                let browser = Browser::Chromium.start(&ns).await;
                 browser.client.goto(&server.http_url()).await.expect("opening the page");
                 if relay {
                     browser.eval(PAGE_RELAY_ONLY).await;

@@ -1,21 +1,30 @@
-//! Two headless Chromium pages on the page `natkit signal` serves, in one
+//! Two headless browser pages on the page `natkit signal` serves, in one
 //! room: both end up playing the other's camera (fake device), then a hang-up
-//! removes the video on the other side. Everything runs inside a network
-//! namespace that has only loopback (LAB-NOTES: Chromium must not see the
-//! host's interfaces).
+//! removes the video on the other side. The same test runs Chromium with
+//! Chromium, Firefox with Firefox, and Chromium with Firefox (interop between
+//! the two WebRTC stacks). Everything runs inside a network namespace that has
+//! only loopback (LAB-NOTES: a browser must not see the host's interfaces).
 
 mod common;
 
 use std::time::Duration;
 
-use common::browser::{Browser, LoopbackNs};
+use common::browser::{Browser, LoopbackNs, Session};
 use common::signal::SignalServer;
 use fantoccini::Locator;
 
 const PLAYING: &str = "return [...document.querySelectorAll('#remoteDiv video')]
     .some(v => v.videoWidth > 0 && !v.paused && v.readyState >= 2);";
 
-async fn open_and_connect(b: &Browser, url: &str, room: &str) {
+/// For failure messages: each peer connection's states and the candidates it saw.
+const ICE_STATE: &str = "return (async () => { const out = []; \
+    for (const [id, p] of window.natkit.peers) { const stats = await p.pc.getStats(); const c = []; \
+      stats.forEach(r => { if (r.type === 'local-candidate' || r.type === 'remote-candidate') \
+        c.push(r.type + ' ' + r.candidateType + ' ' + r.protocol + ' ' + (r.address || r.ip) + ':' + r.port); }); \
+      out.push({ peer: id, connection: p.pc.connectionState, ice: p.pc.iceConnectionState, candidates: c }); } \
+    return out; })();";
+
+async fn open_and_connect(b: &Session, url: &str, room: &str) {
     b.client.goto(url).await.expect("open the page");
     let input = b.client.find(Locator::Css("#room")).await.expect("#room");
     input.send_keys(room).await.expect("type the room");
@@ -24,6 +33,21 @@ async fn open_and_connect(b: &Browser, url: &str, room: &str) {
 
 #[test]
 fn two_chromium_pages_in_one_room_play_each_others_video_and_hang_up() {
+    two_pages_play_each_others_video_and_hang_up(Browser::Chromium, Browser::Chromium);
+}
+
+#[test]
+fn two_firefox_pages_in_one_room_play_each_others_video_and_hang_up() {
+    two_pages_play_each_others_video_and_hang_up(Browser::Firefox, Browser::Firefox);
+}
+
+#[test]
+fn a_chromium_page_and_a_firefox_page_in_one_room_play_each_others_video_and_hang_up() {
+    two_pages_play_each_others_video_and_hang_up(Browser::Chromium, Browser::Firefox);
+}
+
+/// Page A (`first`) joins first and waits; page B (`second`) joins and calls A. Then B hangs up.
+fn two_pages_play_each_others_video_and_hang_up(first: Browser, second: Browser) {
     let ns = LoopbackNs::new("sg");
     let server = SignalServer::start_in(&ns.prefix(), "127.0.0.1", &[]);
     let url = server.http_url();
@@ -32,8 +56,8 @@ fn two_chromium_pages_in_one_room_play_each_others_video_and_hang_up() {
             ns.enter_current_thread();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
-                let a = Browser::start(&ns).await;
-                let b = Browser::start(&ns).await;
+                let a = first.start(&ns).await;
+                let b = second.start(&ns).await;
                 open_and_connect(&a, &url, "7").await;
                 assert!(
                     a.wait_for("return window.natkit.id !== null;", Duration::from_secs(20)).await,
@@ -46,8 +70,9 @@ fn two_chromium_pages_in_one_room_play_each_others_video_and_hang_up() {
                     let ok = page.wait_for(PLAYING, Duration::from_secs(30)).await;
                     assert!(
                         ok,
-                        "page {name} is not playing the other's video; status: {}; server log:\n{}",
+                        "page {name} is not playing the other's video ({first:?} A, {second:?} B); status: {}; ICE: {}; server log:\n{}",
                         page.eval("return document.getElementById('status').textContent;").await,
+                        page.eval(ICE_STATE).await,
                         server.log_text()
                     );
                 }

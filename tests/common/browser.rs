@@ -1,10 +1,12 @@
-//! Headless Chromium for browser interop tests, inside a network namespace that has nothing
-//! but loopback (LAB-NOTES: WebRTC in a browser on the host would gather the real interface).
+//! Headless Chromium and Firefox for browser interop tests, inside a network namespace that
+//! has nothing but loopback (LAB-NOTES: WebRTC in a browser on the host would gather the real
+//! interface).
 //!
 //! [`LoopbackNs`] creates the namespace and, on drop, kills every process left in it and
-//! deletes it. [`Browser`] starts chromedriver in the namespace and drives it with fantoccini
-//! from a thread that has itself entered the namespace (setns), so the WebDriver connection
-//! goes to the namespace's loopback without any veth or route to the host.
+//! deletes it. [`Browser::start`] starts the browser's WebDriver server (chromedriver or
+//! geckodriver) in the namespace and drives it with fantoccini from a thread that has itself
+//! entered the namespace (setns), so the WebDriver connection goes to the namespace's loopback
+//! without any veth or route to the host.
 
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
@@ -77,42 +79,80 @@ impl Drop for Killed {
     }
 }
 
-/// chromedriver running in a [`LoopbackNs`], and a WebDriver session on headless Chromium.
-pub struct Browser {
-    _driver: Killed,
-    pub client: fantoccini::Client,
+/// Which browser a [`Session`] drives: the same page test runs against each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Browser {
+    /// Debian `chromium` driven by `chromedriver` (`chromium-driver`).
+    Chromium,
+    /// Debian `firefox-esr` driven by `geckodriver` (crates.io, installed by scripts/setup.sh).
+    Firefox,
 }
 
 impl Browser {
-    /// Call from a thread that has entered `ns` ([`LoopbackNs::enter_current_thread`]).
-    pub async fn start(ns: &LoopbackNs) -> Browser {
-        let driver_bin = tools::require("chromedriver", "chromium-driver");
-        let chromium = tools::require("chromium", "chromium");
+    /// Starts the browser's WebDriver server in `ns` and opens a session on a fresh headless
+    /// browser with fake camera and microphone. Call from a thread that has entered `ns`
+    /// ([`LoopbackNs::enter_current_thread`]): the WebDriver port is on the namespace's loopback.
+    pub async fn start(self, ns: &LoopbackNs) -> Session {
         let port = super::free_port(); // probed from inside the namespace: this thread is in it
-        let driver = ns
-            .command(driver_bin.to_str().expect("path"))
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
-        let driver = Killed(driver);
-        let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": chromium,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu",
-                    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                    "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--no-first-run",
-                ]
+        // Both drivers put the browser's fresh profile under TMPDIR; a directory of our own means
+        // nothing is left behind even when a test fails before closing its session.
+        let scratch = tempfile::tempdir().expect("tempdir for the browser profile");
+        let (mut driver, caps) = match self {
+            Browser::Chromium => {
+                let driver = tools::require("chromedriver", "chromium-driver");
+                let chromium = tools::require("chromium", "chromium");
+                let mut cmd = ns.command(driver.to_str().expect("path"));
+                cmd.arg(format!("--port={port}"));
+                let caps = serde_json::json!({
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": chromium,
+                        "args": [
+                            "--headless", "--no-sandbox", "--disable-gpu",
+                            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                            "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
+                            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                            "--no-first-run",
+                        ]
+                    }
+                });
+                (cmd, caps)
             }
-        }))
-        .expect("capabilities");
+            Browser::Firefox => {
+                let driver = tools::require_crate("geckodriver", "geckodriver");
+                let firefox = tools::require("firefox-esr", "firefox-esr");
+                let mut cmd = ns.command(driver.to_str().expect("path"));
+                cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+                let caps = serde_json::json!({
+                    "browserName": "firefox",
+                    "moz:firefoxOptions": {
+                        "binary": firefox,
+                        "args": ["-headless"],
+                        "prefs": {
+                            // A fake camera and microphone.
+                            "media.navigator.streams.fake": true,
+                            // Camera and microphone allowed as if the user had said yes: no prompt.
+                            // (Not `media.navigator.permission.disabled`: without a recorded
+                            // permission Firefox offers only the default route's address to ICE,
+                            // and a loopback-only namespace has no default route: no candidates.)
+                            "permissions.default.camera": 1,
+                            "permissions.default.microphone": 1,
+                            // The namespace has only loopback, which Firefox leaves out of ICE
+                            // unless told. (Host addresses are not hidden behind mDNS names
+                            // once the page has camera permission, so no pref for that.)
+                            "media.peerconnection.ice.loopback": true,
+                        }
+                    }
+                });
+                (cmd, caps)
+            }
+        };
+        driver.env("TMPDIR", scratch.path()).stdout(Stdio::null()).stderr(Stdio::null());
+        let driver = Killed(driver.spawn().unwrap_or_else(|e| panic!("starting the {self:?} WebDriver server: {e}")));
+        let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(caps).expect("capabilities");
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: a browser starting on a busy 2-core machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let client = loop {
             let mut b = fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
             b.capabilities(caps.clone());
@@ -122,12 +162,21 @@ impl Browser {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => panic!("chromedriver in {} did not start a session: {e}", ns.name),
+                Err(e) => panic!("the {self:?} WebDriver server in {} did not start a session: {e}", ns.name),
             }
         };
-        Browser { _driver: driver, client }
+        Session { client, _driver: driver, _scratch: scratch }
     }
+}
 
+/// A WebDriver session on a headless browser in a [`LoopbackNs`], with its driver process.
+pub struct Session {
+    pub client: fantoccini::Client,
+    _driver: Killed,
+    _scratch: tempfile::TempDir,
+}
+
+impl Session {
     /// Runs `script` (a function body) and returns its JSON value.
     pub async fn eval(&self, script: &str) -> serde_json::Value {
         self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
