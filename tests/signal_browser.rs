@@ -56,8 +56,8 @@ fn two_pages_play_each_others_video_and_hang_up(first: Browser, second: Browser)
             ns.enter_current_thread();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
-                let a = first.start(&ns).await;
-                let b = second.start(&ns).await;
+                // Both browsers start at once: browser start-up is most of the test's time.
+                let (a, b) = tokio::join!(first.start(&ns), second.start(&ns));
                 open_and_connect(&a, &url, "7").await;
                 assert!(
                     a.wait_for("return window.natkit.id !== null;", Duration::from_secs(20)).await,
