@@ -1,9 +1,10 @@
 //! Two headless browser pages on the page `natkit signal` serves, in one
 //! room: both end up playing the other's camera (fake device), then a hang-up
 //! removes the video on the other side. The same test runs Chromium with
-//! Chromium, Firefox with Firefox, and Chromium with Firefox (interop between
-//! the two WebRTC stacks). Everything runs inside a network namespace that has
-//! only loopback (LAB-NOTES: a browser must not see the host's interfaces).
+//! Chromium, Firefox with Firefox, and Chromium with Firefox both ways round
+//! (interop between the two WebRTC stacks). Everything runs inside a network
+//! namespace that has only loopback (LAB-NOTES: a browser must not see the
+//! host's interfaces).
 
 mod common;
 
@@ -41,9 +42,16 @@ fn two_firefox_pages_in_one_room_play_each_others_video_and_hang_up() {
     two_pages_play_each_others_video_and_hang_up(Browser::Firefox, Browser::Firefox);
 }
 
+// Between the two browsers both ways round: the second page to join makes the offer, so each
+// WebRTC stack is once the offerer and once the answerer.
 #[test]
-fn a_chromium_page_and_a_firefox_page_in_one_room_play_each_others_video_and_hang_up() {
+fn a_chromium_page_then_a_firefox_page_in_one_room_play_each_others_video_and_hang_up() {
     two_pages_play_each_others_video_and_hang_up(Browser::Chromium, Browser::Firefox);
+}
+
+#[test]
+fn a_firefox_page_then_a_chromium_page_in_one_room_play_each_others_video_and_hang_up() {
+    two_pages_play_each_others_video_and_hang_up(Browser::Firefox, Browser::Chromium);
 }
 
 /// Page A (`first`) joins first and waits; page B (`second`) joins and calls A. Then B hangs up.
