@@ -42,11 +42,9 @@ const FILE_LEN: usize = 3 * 1024 * 1024;
 /// STUN on both public IPs (`natkit relay`): what every peer in the lab is given.
 const STUN_ARGS: &[&str] = &["--stun", "203.0.113.1:3478", "--stun", "203.0.113.2:3478"];
 
-/// TURN on the first public IP, same relay: every peer gets it too.
-// Lands with the TURN fallback: make this
-//   &["--turn", "203.0.113.1:3478", "--turn-user", "punch", "--turn-password", "lab-secret"]
-// so every pair has a relay to fall back on (and must still go direct when it can).
-const TURN_ARGS: &[&str] = &[];
+/// TURN on the first public IP, same relay: every pair has a relay to fall back on (and must
+/// still go direct when it can).
+const TURN_ARGS: &[&str] = &["--turn", "203.0.113.1:3478", "--turn-user", "punch", "--turn-password", "lab-secret"];
 
 struct World {
     lab: Lab,
@@ -91,13 +89,18 @@ fn world_in(lab: Lab) -> World {
 
 /// Peer `from` sends a file of `len` bytes to peer `to`; returns both reports.
 fn transfer(w: &World, from: &str, to: &str, room: &str, len: usize) -> (Value, Value) {
+    transfer_with(w, from, to, room, len, &[])
+}
+
+/// [`transfer`] with `extra` flags for both peers.
+fn transfer_with(w: &World, from: &str, to: &str, room: &str, len: usize, extra: &[&str]) -> (Value, Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src.bin");
     let dst = dir.path().join("dst.bin");
     random_file(&src, len);
     let url = w.signal.ws_url();
     let common =
-        [&["punch", "--signal", url.as_str(), "--room", room, "--timeout", "20", "--json"], STUN_ARGS, TURN_ARGS]
+        [&["punch", "--signal", url.as_str(), "--room", room, "--timeout", "30", "--json"], STUN_ARGS, TURN_ARGS, extra]
             .concat();
     let mut recv_args: Vec<&str> = common.clone();
     let dst_s = dst.to_str().expect("utf-8");
@@ -124,6 +127,9 @@ fn assert_direct_between_public_addresses(r: &Value) {
     assert!(kind == "srflx" || kind == "prflx", "behind NATs the far end is reflexive, got {kind}: {r:#}");
     assert!(remote["address"].as_str().unwrap_or("").starts_with("203.0.113."), "{r:#}");
     assert!(r["connect_ms"].as_f64().is_some());
+    if r["birthday"]["outcome"] == "found" {
+        return; // the path came from the birthday method, not from an ICE pair
+    }
     let checks = r["checks"].as_array().expect("checks");
     // The controlling side nominates a pair its own check proved; the controlled side may see the
     // nomination (USE-CANDIDATE) before its own check of that pair is answered.
@@ -142,8 +148,6 @@ fn assert_relayed(r: &Value) {
 #[derive(Debug, Clone, Copy)]
 enum Expect {
     Direct,
-    // Only symmetric_and_symmetric expects it, and that row lands with the TURN fallback.
-    #[allow(dead_code)]
     Relay,
 }
 
@@ -191,10 +195,37 @@ punch_matrix! {
     restricted_cone_and_port_restricted: RestrictedCone <-> PortRestrictedCone => Direct;
     restricted_cone_and_symmetric: RestrictedCone <-> Symmetric => Direct;
     port_restricted_and_port_restricted: PortRestrictedCone <-> PortRestrictedCone => Direct;
-    // Lands with the birthday method (the symmetric side opens many mappings, the other probes):
-    // port_restricted_and_symmetric: PortRestrictedCone <-> Symmetric => Direct;
-    // Lands with the TURN fallback (and TURN_ARGS above):
-    // symmetric_and_symmetric: Symmetric <-> Symmetric => Relay;
+    // By the birthday method: the symmetric side opens many mappings, the other probes.
+    port_restricted_and_symmetric: PortRestrictedCone <-> Symmetric => Direct;
+    symmetric_and_symmetric: Symmetric <-> Symmetric => Relay;
+}
+
+#[test]
+fn the_birthday_method_says_who_probed_and_no_birthday_leaves_the_relay() {
+    let w = world(NatKind::PortRestrictedCone, NatKind::Symmetric);
+    let (sr, rr) = transfer(&w, "a", "b", "pr-sym", 256 * 1024);
+    for (r, side) in [(&sr, "prober"), (&rr, "opener")] {
+        assert_eq!(r["path"], "direct", "{r:#}");
+        assert_eq!(r["birthday"]["side"], side, "{r:#}");
+        assert_eq!(r["birthday"]["outcome"], "found", "{r:#}");
+    }
+    assert_eq!(rr["birthday"]["sockets"], 256);
+    let probes = sr["birthday"]["probes"].as_u64().expect("probes");
+    assert!((1..=2048).contains(&probes), "bounded probing: {probes}");
+    let (sr, rr) = transfer_with(&w, "b", "a", "pr-sym-nb", 256 * 1024, &["--no-birthday"]);
+    assert_relayed(&sr);
+    assert_relayed(&rr);
+    assert_eq!(sr["birthday"], Value::Null);
+}
+
+#[test]
+fn relay_only_goes_through_the_relay_on_an_easy_pair() {
+    let w = world(NatKind::FullCone, NatKind::PortRestrictedCone);
+    let (sr, rr) = transfer_with(&w, "a", "b", "relay-only", 1024 * 1024, &["--relay-only"]);
+    assert_relayed(&sr);
+    assert_relayed(&rr);
+    assert_eq!(sr["local"]["type"], "relay", "{sr:#}");
+    assert_eq!(rr["local"]["type"], "relay", "{rr:#}");
 }
 
 #[test]

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::time::sleep_until;
 
-use super::gather::{GatherEvent, Gatherer};
 use super::peer::{CallPeer, PeerEvent};
 use super::report::{CallReport, Outcome, Recording};
 use super::source::{AudioSource, VideoSource};
+use crate::ice::servers::{self, GatherEvent, Gatherer};
 use crate::signal::client::{ClientOptions, SignalClient, SignalSender};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
 use crate::turn::credentials::Credentials;
@@ -177,7 +177,7 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
     // Without --stun/--turn, use what the signaling server hands out (as the page does).
     let (mut stun, mut turn) = (opts.stun.clone(), opts.turn.clone());
     if stun.is_empty() && turn.is_none() {
-        (stun, turn) = servers_from_signal(&membership.ice_servers, bound).await;
+        (stun, turn) = servers::from_signal(&membership.ice_servers, bound).await;
     }
     if opts.relay_only {
         stun.clear();
@@ -229,9 +229,6 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
                     anyhow::bail!("{why} (and --relay-only allows nothing else)")
                 }
                 GatherEvent::Failed(why) => tracing::warn!("{why}; going on without that candidate"),
-                GatherEvent::Relayed { peer, relayed, data } => {
-                    s.peer.handle_receive(Instant::now(), peer, relayed, &data)
-                }
             }
         }
         if s.peer.poll_transmit_pending() {
@@ -294,7 +291,11 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
             .min(tokio::time::Instant::now() + Duration::from_millis(500));
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) if gatherer.owns(from) => gatherer.handle_input(from, &buf[..n], Instant::now()),
+                Ok((n, from)) if gatherer.owns(from) => {
+                    if let Some(r) = gatherer.handle_input(from, &buf[..n], Instant::now()) {
+                        s.peer.handle_receive(Instant::now(), r.peer, r.relayed, &r.data);
+                    }
+                }
                 Ok((n, from)) => {
                     let to = arrival_address(&hosts, bound, from);
                     s.peer.handle_receive(Instant::now(), from, to, &buf[..n]);
@@ -363,42 +364,6 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
         report.recording = Some(Recording { video, audio: audio.map(|f| dir.join(f).display().to_string()) });
     }
     Ok(())
-}
-
-/// UDP STUN servers and the first UDP TURN server with credentials from the `created`
-/// message's `ice_servers` (RTCIceServer dictionaries). Unusable entries are skipped, logged.
-async fn servers_from_signal(
-    ice: &[crate::signal::protocol::IceServer],
-    bound: SocketAddr,
-) -> (Vec<SocketAddr>, Option<(SocketAddr, Credentials)>) {
-    use crate::net::server::{Family, Scheme, ServerSpec};
-    use crate::net::transport::Transport;
-    let family = if bound.is_ipv4() { Family::V4 } else { Family::V6 };
-    let (mut stun, mut turn) = (Vec::new(), None);
-    for server in ice {
-        for url in &server.urls {
-            let Ok(spec) = ServerSpec::parse(url) else { continue };
-            if matches!(spec.transport, Some(t) if t != Transport::Udp) {
-                continue;
-            }
-            let addr = match spec.resolve(Transport::Udp, family).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("ice server {url} from the signaling server: {e}");
-                    continue;
-                }
-            };
-            match (spec.scheme, &server.username, &server.credential) {
-                (Some(Scheme::Stun), _, _) => stun.push(addr),
-                (Some(Scheme::Turn), Some(u), Some(p)) if turn.is_none() => {
-                    turn = Some((addr, Credentials { username: u.clone(), password: p.clone() }));
-                }
-                _ => {}
-            }
-        }
-    }
-    tracing::info!("from the signaling server: {} STUN, {} TURN", stun.len(), usize::from(turn.is_some()));
-    (stun, turn)
 }
 
 fn fill_report(report: &mut CallReport, s: &Session, now: Instant) {

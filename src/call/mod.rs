@@ -3,7 +3,6 @@
 //! the UDP socket, the signaling connection and the clock; [`report`] is the JSON contract.
 
 pub mod driver;
-pub mod gather;
 pub mod peer;
 pub mod report;
 pub mod sink;

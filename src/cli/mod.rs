@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod call;
 mod gen_docs;
+mod ice_servers;
 mod nat_type;
 mod punch;
 mod relay;
@@ -16,6 +17,7 @@ mod turn_alloc;
 
 pub use call::CallArgs;
 pub use gen_docs::GenDocsArgs;
+pub use ice_servers::IceServerArgs;
 pub use nat_type::NatTypeArgs;
 pub use punch::PunchArgs;
 pub use relay::RelayArgs;

@@ -16,9 +16,17 @@ pub struct PunchArgs {
     #[arg(long, value_name = "ROOM")]
     pub room: String,
 
-    /// STUN servers for server-reflexive candidates (default: the stun: URLs the signal server hands out)
-    #[arg(long, value_name = "ADDR")]
-    pub stun: Vec<String>,
+    #[command(flatten)]
+    pub servers: super::IceServerArgs,
+
+    /// Never use a TURN relay, even one the signal server hands out: direct paths only
+    #[arg(long, conflicts_with = "relay_only")]
+    pub no_relay: bool,
+
+    /// Never try the birthday method (many mappings and random-port probes) when one NAT is
+    /// symmetric and the other is not
+    #[arg(long)]
+    pub no_birthday: bool,
 
     /// Send this file to the peer (its size and SHA-256 are checked at the end)
     #[arg(long, value_name = "FILE", group = "mode")]

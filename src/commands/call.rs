@@ -1,20 +1,17 @@
 //! `natkit call`: a WebRTC media session from the terminal (see `crate::call`).
 
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::call::driver::{self, CallOptions, Sources};
 use crate::call::report::Outcome;
 use crate::call::source::{AudioSource, PatternSettings, SendChoice, VideoSource};
 use crate::cli::CallArgs;
 use crate::error::{Status, UsageError, usage};
-use crate::net::server::{Family, ServerSpec};
+use crate::net::server::Family;
 use crate::net::tls::TlsOptions;
-use crate::net::transport::Transport;
 use crate::output::{self, OutputOptions};
 use crate::signal::client::{ClientOptions, normalize_url};
 use crate::signal::protocol::RoomId;
-use crate::turn::credentials::{Credentials, rest_credentials};
 
 fn seconds(flag: &str, v: f64) -> Result<Duration, UsageError> {
     if v.is_finite() && v > 0.0 && v < 1e7 {
@@ -33,17 +30,6 @@ fn parse_size(s: &str) -> Result<(u32, u32), UsageError> {
         return Err(bad());
     }
     Ok((w, h))
-}
-
-/// A STUN or TURN server reached over UDP (the call's media socket).
-async fn udp_server(url: &str, family: Family) -> anyhow::Result<SocketAddr> {
-    let spec = ServerSpec::parse(url)?;
-    if matches!(spec.transport, Some(t) if t != Transport::Udp) {
-        return usage(format!(
-            "{url}: only UDP STUN/TURN servers are supported by call (drop ?transport=tcp, stuns:, turns:)"
-        ));
-    }
-    Ok(spec.resolve(Transport::Udp, family).await?)
 }
 
 pub async fn run(args: CallArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
@@ -77,24 +63,7 @@ pub async fn run(args: CallArgs, opts: &OutputOptions) -> anyhow::Result<Status>
         SendChoice::None => Sources { video: None, audio: None },
     };
     let family = if args.bind.is_ipv4() { Family::V4 } else { Family::V6 };
-    let mut stun = Vec::new();
-    for url in &args.stun {
-        stun.push(udp_server(url, family).await?);
-    }
-    let turn = match &args.turn {
-        None => None,
-        Some(url) => {
-            let addr = udp_server(url, family).await?;
-            let creds = match (&args.turn_user, &args.turn_password, &args.turn_secret) {
-                (Some(u), Some(p), None) => Credentials { username: u.clone(), password: p.clone() },
-                (name, None, Some(secret)) => {
-                    rest_credentials(secret, name.as_deref(), SystemTime::now(), Duration::from_secs(86_400))
-                }
-                _ => return usage("--turn needs --turn-user U --turn-password P, or --turn-secret S"),
-            };
-            Some((addr, creds))
-        }
-    };
+    let servers = super::ice_servers::resolve(&args.servers, family, "call").await?;
     let call_opts = CallOptions {
         signal_url: args.signal.clone(),
         client: ClientOptions { tls: TlsOptions { insecure: args.insecure, ca: args.ca.clone() } },
@@ -105,9 +74,9 @@ pub async fn run(args: CallArgs, opts: &OutputOptions) -> anyhow::Result<Status>
         connect_timeout,
         record: args.record.clone(),
         live_stats: !opts.quiet,
-        stun,
-        turn,
-        relay_only: args.relay_only,
+        stun: servers.stun,
+        turn: servers.turn,
+        relay_only: args.servers.relay_only,
     };
     let report = driver::run(call_opts, sources).await;
     output::emit(&report, opts)?;

@@ -7,6 +7,7 @@ use crate::output::{Format, OutputOptions};
 
 pub mod call;
 pub mod gen_docs;
+pub mod ice_servers;
 pub mod nat_type;
 pub mod punch;
 pub mod relay;

@@ -1,8 +1,9 @@
 //! `natkit punch`: two peers meet in a room on `natkit signal`, gather
-//! candidates (host, server-reflexive), exchange them with ICE credentials
-//! and a QUIC certificate fingerprint, run ICE connectivity checks (RFC 8445,
-//! str0m's agent) from the one socket both will use, and then speak QUIC on
-//! that very socket through the hole the checks opened.
+//! candidates (host, server-reflexive, relayed through TURN), exchange them
+//! with ICE credentials and a QUIC certificate fingerprint, run ICE
+//! connectivity checks (RFC 8445, str0m's agent) from the one socket both will
+//! use, and then speak QUIC on that very socket through the hole the checks
+//! opened, or through the TURN relay when no direct pair works.
 //!
 //! Roles follow the video-chat page: whoever joins second offers, is ICE
 //! controlling, and is the QUIC client.
@@ -17,17 +18,22 @@ use is::{Candidate, CandidateKind, IceAgent, IceCreds};
 use serde::Serialize;
 
 use crate::cli::PunchArgs;
+use crate::commands::ice_servers::{self, IceServers};
 use crate::error::{Status, UsageError, usage};
-use crate::ice::checks::CheckRecord;
+use crate::ice;
+use crate::ice::checks::{CheckOutcome, CheckRecord};
 use crate::ice::description::{Description, VERSION};
 use crate::ice::gather;
-use crate::net::server::{Family, ServerSpec};
+use crate::net::server::Family;
 use crate::net::tls::TlsOptions;
-use crate::net::transport::Transport;
 use crate::net::udp;
 use crate::output::{self, OutputOptions, Render};
+use crate::punch::birthday::{Birthday, Credentials as BirthdayCredentials, Limits, Side};
+use crate::punch::birthday_driver::{self, BirthdayResult};
 use crate::punch::ice_driver::{self, IceEvent};
 use crate::punch::mux::MuxSocket;
+use crate::punch::plan::{Knowledge, Plan};
+use crate::punch::relay_link::RelayLink;
 use crate::punch::{quic, transfer};
 use crate::signal::client::{ClientOptions, SignalClient};
 use crate::signal::protocol::{ClientMessage, PeerId, RoomId, ServerMessage};
@@ -69,10 +75,60 @@ pub struct PunchReport {
     /// Our mapped address changed with the STUN server (a hard NAT).
     pub mapping_varies: Option<bool>,
     pub checks: Vec<CheckRecord>,
+    /// The birthday method, when it was tried (one NAT symmetric, the other not).
+    pub birthday: Option<BirthdayReport>,
     pub bytes: u64,
     pub throughput_mbps: Option<f64>,
     pub sha256: Option<String>,
     pub error: Option<String>,
+}
+
+/// How long the TURN allocation may take (two round trips: the 401, then the signed request).
+const TURN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BirthdaySide {
+    /// Our mapping is stable: we probed random ports of the peer's public IP.
+    Prober,
+    /// Our mapping varies: we opened many mappings toward the peer.
+    Opener,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BirthdayOutcome {
+    Running,
+    Found,
+    GaveUp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BirthdayReport {
+    pub side: BirthdaySide,
+    /// Sockets the opener bound (1 for the prober).
+    pub sockets: usize,
+    /// Probes the prober had sent when it ended (0 for the opener).
+    pub probes: u32,
+    pub outcome: BirthdayOutcome,
+}
+
+impl BirthdayReport {
+    fn started(side: &Side) -> Self {
+        let (side, sockets) = match side {
+            Side::Prober { .. } => (BirthdaySide::Prober, 1),
+            Side::Opener { sockets, .. } => (BirthdaySide::Opener, *sockets),
+        };
+        BirthdayReport { side, sockets, probes: 0, outcome: BirthdayOutcome::Running }
+    }
+
+    fn found(&mut self, probes: u32) {
+        (self.probes, self.outcome) = (probes, BirthdayOutcome::Found);
+    }
+
+    fn gave_up(&mut self, probes: u32) {
+        (self.probes, self.outcome) = (probes, BirthdayOutcome::GaveUp);
+    }
 }
 
 enum Mode {
@@ -98,7 +154,7 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions) -> anyhow::Result<Pun
         return usage(format!("bad --room '{}': {p}", args.room));
     }
     crate::signal::client::normalize_url(&args.signal).map_err(|e| UsageError::new(e.to_string()))?;
-    let stun_specs = args.stun.iter().map(|s| ServerSpec::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    let servers = ice_servers::resolve(&args.servers, Family::V4, "punch").await?;
     let mode = match (&args.send, &args.recv, args.stdio) {
         (Some(p), _, _) => {
             if !p.is_file() {
@@ -122,12 +178,13 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions) -> anyhow::Result<Pun
         remote_candidates: Vec::new(),
         mapping_varies: None,
         checks: Vec::new(),
+        birthday: None,
         bytes: 0,
         throughput_mbps: None,
         sha256: None,
         error: None,
     };
-    if let Err(e) = session(args, opts, &room, &stun_specs, mode, &mut report).await {
+    if let Err(e) = session(args, opts, &room, servers, mode, &mut report).await {
         report.error = Some(format!("{e:#}"));
     }
     Ok(report)
@@ -137,7 +194,7 @@ async fn session(
     args: &PunchArgs,
     opts: &OutputOptions,
     room: &RoomId,
-    stun_specs: &[ServerSpec],
+    servers: IceServers,
     mode: Mode,
     report: &mut PunchReport,
 ) -> anyhow::Result<()> {
@@ -151,45 +208,64 @@ async fn session(
     report.role = Some(role);
     tracing::info!(id = %membership.id.as_str(), ?role, "joined room {}", room.as_str());
 
-    // One socket for everything: gathering, checks, QUIC.
-    let socket = udp::bind("0.0.0.0:0".parse().context("bind address")?).context("binding the UDP socket")?;
+    // Without --stun/--turn, use what the signal server hands out (as the page does).
+    let IceServers { stun: mut stun_servers, mut turn } = servers;
+    if stun_servers.is_empty() && turn.is_none() {
+        (stun_servers, turn) =
+            ice::servers::from_signal(&membership.ice_servers, SocketAddr::from(([0, 0, 0, 0], 0))).await;
+    }
+    if args.no_relay {
+        turn = None;
+    }
+    let relay_only = args.servers.relay_only;
+    if relay_only && turn.is_none() {
+        anyhow::bail!("--relay-only needs a TURN server: pass --turn, or run natkit signal with --turn");
+    }
+
+    // One socket for everything: gathering, checks, TURN, QUIC.
+    let socket = Arc::new(udp::bind("0.0.0.0:0".parse().context("bind address")?).context("binding the UDP socket")?);
     let port = socket.local_addr()?.port();
-    let ips = if args.host_ips.is_empty() {
-        gather::host_ips(&gather::interface_ips(), false)
-    } else {
-        args.host_ips.clone()
-    };
     let mut local_candidates: Vec<Candidate> = Vec::new();
-    for ip in &ips {
-        local_candidates.push(Candidate::host(SocketAddr::new(*ip, port), "udp").context("host candidate")?);
-    }
-    let mut stun_servers = Vec::new();
-    for spec in stun_specs {
-        stun_servers.push(spec.resolve(Transport::Udp, Family::V4).await?);
-    }
-    if stun_servers.is_empty() {
-        for url in membership.ice_servers.iter().flat_map(|s| s.urls.iter()) {
-            if let Ok(spec) = ServerSpec::parse(url)
-                && url.starts_with("stun:")
-                && let Ok(a) = spec.resolve(Transport::Udp, Family::V4).await
+    if !relay_only {
+        let ips = if args.host_ips.is_empty() {
+            gather::host_ips(&gather::interface_ips(), false)
+        } else {
+            args.host_ips.clone()
+        };
+        for ip in &ips {
+            local_candidates.push(Candidate::host(SocketAddr::new(*ip, port), "udp").context("host candidate")?);
+        }
+        let reflexive = gather::server_reflexive(&socket, &stun_servers, Duration::from_secs(2)).await;
+        report.mapping_varies = gather::mapping_varies(&reflexive);
+        for r in &reflexive {
+            let base = SocketAddr::new(udp::local_ip_towards(r.server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
+            if local_candidates.iter().any(|c| c.addr() == r.mapped) {
+                continue; // not behind a NAT toward this server: the host candidate covers it
+            }
+            if let Ok(c) = Candidate::server_reflexive(r.mapped, base, "udp")
+                && !local_candidates.iter().any(|x| x.addr() == c.addr())
             {
-                stun_servers.push(a);
+                local_candidates.push(c);
             }
         }
     }
-    let reflexive = gather::server_reflexive(&socket, &stun_servers, Duration::from_secs(2)).await;
-    report.mapping_varies = gather::mapping_varies(&reflexive);
-    for r in &reflexive {
-        let base = SocketAddr::new(udp::local_ip_towards(r.server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
-        if local_candidates.iter().any(|c| c.addr() == r.mapped) {
-            continue; // not behind a NAT toward this server: the host candidate covers it
+    let relay = match turn {
+        None => None,
+        Some((server, credentials)) => {
+            let base = SocketAddr::new(udp::local_ip_towards(server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
+            match RelayLink::allocate(socket.clone(), server, credentials, base, TURN_TIMEOUT).await {
+                Ok((link, candidate)) => {
+                    local_candidates.push(candidate);
+                    Some(link)
+                }
+                Err(e) if relay_only => return Err(e.context("--relay-only and no TURN allocation")),
+                Err(e) => {
+                    tracing::warn!("{e:#}; going on without a relayed candidate");
+                    None
+                }
+            }
         }
-        if let Ok(c) = Candidate::server_reflexive(r.mapped, base, "udp")
-            && !local_candidates.iter().any(|x| x.addr() == c.addr())
-        {
-            local_candidates.push(c);
-        }
-    }
+    };
     if local_candidates.is_empty() {
         anyhow::bail!("no usable local address: no interface is up (use --host-ip)");
     }
@@ -210,68 +286,163 @@ async fn session(
     let (peer, theirs) = exchange(&mut signal, role, &membership.peers, &ours, room, timeout).await?;
     report.remote_candidates = theirs.candidates.clone();
 
-    let mut agent = IceAgent::new(creds);
-    agent.set_controlling(role == Role::Offerer);
-    for c in &local_candidates {
-        agent.add_local_candidate(c.clone());
-    }
-    agent.set_remote_credentials(IceCreds { ufrag: theirs.ufrag.clone(), pass: theirs.pwd.clone() });
     let mut remote_candidates = Vec::new();
     for line in &theirs.candidates {
         match Candidate::from_sdp_string(line) {
-            Ok(c) => {
-                remote_candidates.push(c.clone());
-                agent.add_remote_candidate(c);
-            }
+            Ok(c) => remote_candidates.push(c),
             Err(e) => tracing::warn!("ignoring the peer's candidate '{line}': {e}"),
         }
     }
+    // Relayed candidates, ours and theirs, wait for the relay phase (see punch::plan).
+    let is_relayed = |c: &Candidate| c.kind() == CandidateKind::Relayed;
+    let mut agent = IceAgent::new(creds.clone());
+    agent.set_controlling(role == Role::Offerer);
+    agent.set_remote_credentials(IceCreds { ufrag: theirs.ufrag.clone(), pass: theirs.pwd.clone() });
+    for c in local_candidates.iter().filter(|c| !is_relayed(c)) {
+        agent.add_local_candidate(c.clone());
+    }
+    for c in remote_candidates.iter().filter(|c| !is_relayed(c)) {
+        agent.add_remote_candidate(c.clone());
+    }
+    let knowledge = Knowledge {
+        ours_varies: report.mapping_varies,
+        theirs_varies: theirs.mapping_varies,
+        their_srflx: remote_candidates.iter().find(|c| c.kind() == CandidateKind::ServerReflexive).map(|c| c.addr()),
+        relay_available: relay.is_some() || remote_candidates.iter().any(is_relayed),
+        relay_only,
+        birthday_allowed: !args.no_birthday,
+    };
+    let mut plan = Plan::new(&knowledge, Instant::now());
+    tracing::info!(?plan, "plan");
 
     udp::disable_recverr(&socket).context("configuring the UDP socket")?;
-    let socket = Arc::new(socket);
-    let (mux, stun_rx) = MuxSocket::new(socket.clone());
-    let mut ice = ice_driver::spawn(agent, socket.clone(), stun_rx);
-    let server_cfg = match role {
-        Role::Answerer => Some(quic::server_config(&identity, &theirs.fingerprint)?),
-        Role::Offerer => None,
+    let (mux, diverted) = MuxSocket::new(socket.clone(), relay.clone());
+    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone());
+    let mut birthday_inbox = Some(diverted.birthday);
+    let server_cfg = || -> anyhow::Result<Option<quinn::ServerConfig>> {
+        Ok(match role {
+            Role::Answerer => Some(quic::server_config(&identity, &theirs.fingerprint)?),
+            Role::Offerer => None,
+        })
     };
+    let runtime = Arc::new(quinn::TokioRuntime);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         crate::punch::mux::endpoint_config(),
-        server_cfg,
+        server_cfg()?,
         mux,
-        Arc::new(quinn::TokioRuntime),
+        runtime.clone(),
     )?;
+    // The opener's winning birthday socket gets an endpoint of its own.
+    let mut side_endpoint: Option<quinn::Endpoint> = None;
 
     let deadline = tokio::time::Instant::now() + timeout;
-    let conn = match role {
-        Role::Offerer => {
-            let nominated = tokio::time::timeout_at(deadline, wait_nominated(&mut ice.events)).await.ok().flatten();
-            let (local, remote) = nominated.ok_or_else(|| no_path_error(&ice.checks(), &theirs, timeout))?;
-            report.local = Some(endpoint_of(local, &local_candidates, true));
-            report.remote = Some(endpoint_of(remote, &remote_candidates, false));
-            let cfg = quic::client_config(&identity, &theirs.fingerprint)?;
-            let connecting = endpoint.connect_with(cfg, remote, quic::SERVER_NAME)?;
-            tokio::time::timeout_at(deadline, connecting).await.context("QUIC handshake timed out")??
-        }
-        Role::Answerer => {
-            let incoming = tokio::select! {
-                i = endpoint.accept() => i.context("the QUIC endpoint closed")?,
-                _ = tokio::time::sleep_until(deadline) => return Err(no_path_error(&ice.checks(), &theirs, timeout)),
-            };
-            let conn = tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??;
-            let remote = conn.remote_address();
-            report.remote = Some(endpoint_of(remote, &remote_candidates, false));
-            report.local = ice
-                .checks()
-                .iter()
-                .find(|c| c.remote == remote && c.outcome == crate::ice::checks::CheckOutcome::Succeeded)
-                .map(|c| endpoint_of(c.local, &local_candidates, true))
-                .or_else(|| local_candidates.first().map(|c| endpoint_of(c.addr(), &local_candidates, true)));
-            conn
+    let mut birthday_rx: Option<tokio::sync::oneshot::Receiver<BirthdayResult>> = None;
+    let mut birthday_found: Option<(Option<SocketAddr>, SocketAddr)> = None;
+    let no_path =
+        |ice: &ice_driver::IceHandle| no_path_error(&ice.checks(), &theirs, timeout, knowledge.relay_available);
+    let conn = loop {
+        let birthday_at =
+            plan.birthday.as_ref().filter(|_| birthday_rx.is_none() && birthday_inbox.is_some()).map(|b| b.1);
+        tokio::select! {
+            ev = ice.events.recv() => match ev {
+                Some(IceEvent::Nominated { local, remote }) if role == Role::Offerer => {
+                    report.local = Some(endpoint_of(local, &local_candidates, true));
+                    report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                    let cfg = quic::client_config(&identity, &theirs.fingerprint)?;
+                    let connecting = endpoint.connect_with(cfg, remote, quic::SERVER_NAME)?;
+                    break tokio::time::timeout_at(deadline, connecting).await.context("QUIC handshake timed out")??;
+                }
+                Some(ev) => tracing::debug!(?ev, "ICE"),
+                None => return Err(no_path(&ice)),
+            },
+            _ = sleep_until_some(birthday_at) => {
+                let Some(((side, _), inbox)) = plan.birthday.clone().zip(birthday_inbox.take()) else { continue };
+                let bcreds = BirthdayCredentials {
+                    local_ufrag: creds.ufrag.clone(),
+                    local_pwd: creds.pass.clone(),
+                    remote_ufrag: theirs.ufrag.clone(),
+                    remote_pwd: theirs.pwd.clone(),
+                };
+                tracing::info!(?side, "no direct pair yet: trying the birthday method");
+                let core = Birthday::new(side.clone(), bcreds, Limits::default(), rand::random(), Instant::now());
+                birthday_rx = Some(birthday_driver::spawn(core, &side, socket.clone(), inbox).await?);
+                report.birthday = Some(BirthdayReport::started(&side));
+            },
+            r = recv_some(&mut birthday_rx) => {
+                birthday_rx = None;
+                match r {
+                    Ok(BirthdayResult::Found { socket: won, remote, probes }) => {
+                        let local = won.as_ref().and_then(|s| s.local_addr().ok());
+                        if let Some(b) = report.birthday.as_mut() {
+                            b.found(probes);
+                        }
+                        birthday_found = Some((local, remote));
+                        let ep = match won {
+                            Some(sock) => {
+                                let (m, _) = MuxSocket::new(sock, None);
+                                let ep = quinn::Endpoint::new_with_abstract_socket(
+                                    crate::punch::mux::endpoint_config(), server_cfg()?, m, runtime.clone())?;
+                                side_endpoint = Some(ep.clone());
+                                ep
+                            }
+                            None => endpoint.clone(),
+                        };
+                        if role == Role::Offerer {
+                            report.local = Some(birthday_local(local, remote, &local_candidates));
+                            report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                            let cfg = quic::client_config(&identity, &theirs.fingerprint)?;
+                            let connecting = ep.connect_with(cfg, remote, quic::SERVER_NAME)?;
+                            break tokio::time::timeout_at(deadline, connecting).await.context("QUIC handshake timed out")??;
+                        }
+                    }
+                    Ok(BirthdayResult::GaveUp { probes }) => {
+                        tracing::info!(probes, "the birthday method found no path");
+                        if let Some(b) = report.birthday.as_mut() {
+                            b.gave_up(probes);
+                        }
+                        plan.birthday_gave_up(&knowledge, Instant::now());
+                    }
+                    Err(_) => plan.birthday_gave_up(&knowledge, Instant::now()),
+                }
+            },
+            _ = sleep_until_some(plan.relay_at) => {
+                plan.relay_at = None;
+                tracing::info!("relayed candidates join the checks");
+                for c in local_candidates.iter().filter(|c| is_relayed(c)) {
+                    ice.add_local(c.clone());
+                }
+                for c in remote_candidates.iter().filter(|c| is_relayed(c)) {
+                    ice.add_remote(c.clone());
+                }
+            },
+            i = accept_some(role == Role::Answerer, &endpoint) => {
+                let Some(incoming) = i else { anyhow::bail!("the QUIC endpoint closed") };
+                let conn = tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??;
+                let remote = conn.remote_address();
+                report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                report.local = match (birthday_found, &relay) {
+                    // QUIC came through our relay: the relayed candidate is our end, whatever the checks say.
+                    (_, Some(r)) if r.is_routed(remote) => Some(endpoint_of(r.relayed(), &local_candidates, true)),
+                    (Some((None, r)), _) if r == remote => Some(birthday_local(None, remote, &local_candidates)),
+                    _ => answerer_local(&ice.checks(), remote, &local_candidates),
+                };
+                break conn;
+            },
+            i = accept_some(role == Role::Answerer, side_endpoint.as_ref().unwrap_or(&endpoint)), if side_endpoint.is_some() => {
+                let Some(incoming) = i else { anyhow::bail!("the QUIC endpoint closed") };
+                let conn = tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??;
+                let remote = conn.remote_address();
+                report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                report.local = Some(birthday_local(birthday_found.and_then(|b| b.0), remote, &local_candidates));
+                break conn;
+            },
+            _ = tokio::time::sleep_until(deadline) => return Err(no_path(&ice)),
         }
     };
     report.connect_ms = Some((joined.elapsed().as_secs_f64() * 1e6).round() / 1e3);
-    report.path = Some(PathKind::Direct);
+    let relayed = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == "relay");
+    report.path =
+        Some(if relayed(&report.local) || relayed(&report.remote) { PathKind::Relay } else { PathKind::Direct });
     report.checks = ice.checks();
     tracing::info!(remote = %conn.remote_address(), "QUIC connected");
 
@@ -292,20 +463,64 @@ async fn session(
         }
     }
     conn.close(0u32.into(), b"done");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let idle = async {
+        endpoint.wait_idle().await;
+        if let Some(e) = &side_endpoint {
+            e.wait_idle().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
     report.checks = ice.checks();
     let _ = signal.send(&ClientMessage::Leave).await;
     drop(peer);
     Ok(())
 }
 
-async fn wait_nominated(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<IceEvent>,
-) -> Option<(SocketAddr, SocketAddr)> {
-    match events.recv().await {
-        Some(IceEvent::Nominated { local, remote }) => Some((local, remote)),
-        Some(IceEvent::Disconnected) | None => None,
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
+}
+
+async fn recv_some<T>(rx: &mut Option<tokio::sync::oneshot::Receiver<T>>) -> Result<T, ()> {
+    match rx.as_mut() {
+        Some(rx) => rx.await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_some(answerer: bool, endpoint: &quinn::Endpoint) -> Option<quinn::Incoming> {
+    if answerer { endpoint.accept().await } else { std::future::pending().await }
+}
+
+/// Our end of a birthday path: the opener's winning socket, or the prober's stable mapping.
+fn birthday_local(opener_socket: Option<SocketAddr>, remote: SocketAddr, candidates: &[Candidate]) -> Endpoint {
+    match opener_socket {
+        Some(sock) => Endpoint {
+            address: SocketAddr::new(udp::local_ip_towards(remote).unwrap_or(sock.ip()), sock.port()),
+            kind: "host".into(),
+        },
+        None => candidates
+            .iter()
+            .find(|c| c.kind() == CandidateKind::ServerReflexive)
+            .or_else(|| candidates.first())
+            .map(|c| endpoint_of(c.addr(), candidates, true))
+            .unwrap_or(Endpoint { address: remote, kind: "prflx".into() }),
+    }
+}
+
+/// The answerer's end of the pair QUIC arrived on: the pair the offerer nominated, else one
+/// that worked toward where QUIC came from.
+fn answerer_local(checks: &[CheckRecord], remote: SocketAddr, candidates: &[Candidate]) -> Option<Endpoint> {
+    let to_remote = |c: &&CheckRecord| c.remote == remote;
+    checks
+        .iter()
+        .filter(to_remote)
+        .find(|c| c.nominated)
+        .or_else(|| checks.iter().filter(to_remote).find(|c| c.outcome == CheckOutcome::Succeeded))
+        .map(|c| endpoint_of(c.local, candidates, true))
+        .or_else(|| candidates.first().map(|c| endpoint_of(c.addr(), candidates, true)))
 }
 
 /// Sends our description and waits for the peer's, as offerer or answerer.
@@ -367,11 +582,12 @@ async fn exchange(
     }
 }
 
-fn no_path_error(checks: &[CheckRecord], theirs: &Description, timeout: Duration) -> anyhow::Error {
+fn no_path_error(checks: &[CheckRecord], theirs: &Description, timeout: Duration, relayed: bool) -> anyhow::Error {
     let tried = checks.len();
-    let hint = match theirs.mapping_varies {
-        Some(true) => "; the peer's NAT is symmetric (its mapping varies by destination): a relay is needed",
-        _ => "; a firewall may drop UDP, or both NATs are symmetric",
+    let hint = match (theirs.mapping_varies, relayed) {
+        (_, true) => "; not even through the TURN relay: check that the relay allows the peer's address",
+        (Some(true), false) => "; the peer's NAT is symmetric (its mapping varies by destination): retry with --turn",
+        (_, false) => "; a firewall may drop UDP, or both NATs are symmetric: retry with --turn",
     };
     anyhow::anyhow!("no working path within {:.0} s: all {tried} candidate pairs failed{hint}", timeout.as_secs_f64())
 }

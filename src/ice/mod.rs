@@ -6,3 +6,4 @@
 pub mod checks;
 pub mod description;
 pub mod gather;
+pub mod servers;

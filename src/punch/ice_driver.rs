@@ -2,6 +2,8 @@
 //! STUN datagrams diverted by the mux go in, the agent's transmits go out,
 //! and its nomination comes back as [`IceEvent::Nominated`]. It keeps running
 //! after nomination so consent checks and keepalives hold the NAT bindings.
+//! Checks from our relayed candidate go through the [`RelayLink`], whose
+//! timers (allocation, permission and channel refreshes) it also keeps.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::ice::checks::CheckLog;
 use crate::net::udp::local_ip_towards;
 use crate::punch::mux::StunDatagram;
+use crate::punch::relay_link::RelayLink;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IceEvent {
@@ -25,16 +28,27 @@ pub enum IceEvent {
     Disconnected,
 }
 
+/// A candidate added after the checks started (trickled, or held back until the relay phase).
+enum Late {
+    Local(Candidate),
+    Remote(Candidate),
+}
+
 pub struct IceHandle {
     pub events: mpsc::UnboundedReceiver<IceEvent>,
-    remote: mpsc::UnboundedSender<Candidate>,
+    late: mpsc::UnboundedSender<Late>,
     pub log: Arc<Mutex<CheckLog>>,
 }
 
 impl IceHandle {
-    /// A candidate the peer trickled.
+    /// One of ours, e.g. the relayed candidate once direct paths had their chance.
+    pub fn add_local(&self, c: Candidate) {
+        let _ = self.late.send(Late::Local(c));
+    }
+
+    /// One of the peer's.
     pub fn add_remote(&self, c: Candidate) {
-        let _ = self.remote.send(c);
+        let _ = self.late.send(Late::Remote(c));
     }
 
     pub fn checks(&self) -> Vec<crate::ice::checks::CheckRecord> {
@@ -47,9 +61,10 @@ pub fn spawn(
     mut agent: IceAgent,
     socket: Arc<UdpSocket>,
     mut stun: mpsc::UnboundedReceiver<StunDatagram>,
+    relay: Option<Arc<RelayLink>>,
 ) -> IceHandle {
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let (cand_tx, mut cand_rx) = mpsc::unbounded_channel::<Candidate>();
+    let (late_tx, mut late_rx) = mpsc::unbounded_channel::<Late>();
     let log = Arc::new(Mutex::new(CheckLog::default()));
     let task_log = log.clone();
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -60,12 +75,20 @@ pub fn spawn(
         loop {
             let now = Instant::now();
             agent.handle_timeout(now);
+            if let Some(r) = &relay {
+                r.handle_timeout(now);
+            }
             while let Some(t) = agent.poll_transmit() {
                 if let Ok(mut l) = task_log.lock() {
                     l.on_send(t.source, t.destination, &t.contents, now);
                 }
-                if let Err(e) = socket.send_to(&t.contents, t.destination).await {
-                    tracing::debug!(dest = %t.destination, "ICE send failed: {e}");
+                match &relay {
+                    Some(r) if r.relayed() == t.source => r.send(t.destination, &t.contents),
+                    _ => {
+                        if let Err(e) = socket.send_to(&t.contents, t.destination).await {
+                            tracing::debug!(dest = %t.destination, "ICE send failed: {e}");
+                        }
+                    }
                 }
             }
             while let Some(ev) = agent.poll_event() {
@@ -75,6 +98,9 @@ pub fn spawn(
                             l.nominate(source, destination);
                         }
                         tracing::info!(%source, %destination, "ICE nominated a pair");
+                        if let Some(r) = relay.as_ref().filter(|r| r.relayed() == source) {
+                            r.route(destination);
+                        }
                         let _ = ev_tx.send(IceEvent::Nominated { local: source, remote: destination });
                     }
                     IceAgentEvent::IceConnectionStateChange(s) => {
@@ -87,14 +113,16 @@ pub fn spawn(
                     other => tracing::trace!(?other, "ICE event"),
                 }
             }
+            let relay_wake = relay.as_ref().and_then(|r| r.poll_timeout());
             let wake = agent.poll_timeout().unwrap_or(now + Duration::from_millis(500));
+            let wake = relay_wake.map_or(wake, |r| r.min(wake));
             tokio::select! {
                 d = stun.recv() => {
                     let Some(d) = d else { break };
                     let now = Instant::now();
-                    let dest = *arrived_on.entry(d.from).or_insert_with(|| {
+                    let dest = d.to.unwrap_or_else(|| *arrived_on.entry(d.from).or_insert_with(|| {
                         SocketAddr::new(local_ip_towards(d.from).unwrap_or(d.from.ip()), port)
-                    });
+                    }));
                     if let Ok(message) = StunMessage::parse(&d.bytes) {
                         if let Ok(mut l) = task_log.lock() {
                             l.on_recv(&d.bytes, now);
@@ -105,13 +133,16 @@ pub fn spawn(
                         }
                     }
                 }
-                c = cand_rx.recv() => match c {
-                    Some(c) => agent.add_remote_candidate(c),
+                c = late_rx.recv() => match c {
+                    Some(Late::Local(c)) => {
+                        agent.add_local_candidate(c);
+                    }
+                    Some(Late::Remote(c)) => agent.add_remote_candidate(c),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
         }
     });
-    IceHandle { events: ev_rx, remote: cand_tx, log }
+    IceHandle { events: ev_rx, late: late_tx, log }
 }

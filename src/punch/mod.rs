@@ -1,7 +1,11 @@
-//! `punch` pieces: the socket shared by ICE and QUIC, the ICE agent driver,
-//! QUIC authenticated by exchanged fingerprints, and what runs over it.
+//! `punch` pieces: the socket shared by ICE, TURN and QUIC, the ICE agent driver,
+//! the TURN relay link, QUIC authenticated by exchanged fingerprints, and what runs over it.
 
+pub mod birthday;
+pub mod birthday_driver;
 pub mod ice_driver;
 pub mod mux;
+pub mod plan;
 pub mod quic;
+pub mod relay_link;
 pub mod transfer;

@@ -8,6 +8,12 @@
 //! goes to quinn. That split only holds if QUIC's fixed bit is never
 //! greased (RFC 9287), so endpoints on this socket are built with
 //! [`endpoint_config`] (RFC 9443 §3 says the same).
+//!
+//! With a TURN allocation ([`RelayLink`]), datagrams from the TURN server are
+//! unwrapped first (Data indication or ChannelData, RFC 8656 §10–12) and the
+//! peer's datagram inside is split the same way, with the relayed address as
+//! where it arrived; QUIC to a peer routed through the relay is wrapped on
+//! the way out.
 
 use std::fmt;
 use std::future::Future;
@@ -24,9 +30,10 @@ use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::punch::birthday::is_birthday;
+use crate::punch::relay_link::RelayLink;
 use crate::stun::message::looks_like_stun;
 
-/// A STUN datagram diverted from the shared socket.
 /// An endpoint config for a socket shared with STUN: no fixed-bit greasing,
 /// so every QUIC packet starts with 0x40–0x7F or ≥ 0xC0.
 pub fn endpoint_config() -> quinn::EndpointConfig {
@@ -35,15 +42,28 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
     c
 }
 
+/// A STUN datagram diverted from the shared socket.
 #[derive(Debug)]
 pub struct StunDatagram {
     pub from: SocketAddr,
+    /// Our relayed address when it came through the TURN relay; `None`: to the socket itself.
+    pub to: Option<SocketAddr>,
     pub bytes: Vec<u8>,
+}
+
+/// Where the mux delivers what is not QUIC.
+pub struct Diverted {
+    /// ICE checks and answers, for the agent.
+    pub stun: mpsc::UnboundedReceiver<StunDatagram>,
+    /// Birthday-method probes and answers (`birthday::is_birthday`).
+    pub birthday: mpsc::UnboundedReceiver<StunDatagram>,
 }
 
 pub struct MuxSocket {
     socket: Arc<UdpSocket>,
     stun: mpsc::UnboundedSender<StunDatagram>,
+    birthday: mpsc::UnboundedSender<StunDatagram>,
+    relay: Option<Arc<RelayLink>>,
     /// Datagrams that were neither STUN nor plausible QUIC.
     pub dropped: AtomicU64,
 }
@@ -56,9 +76,11 @@ impl fmt::Debug for MuxSocket {
 
 impl MuxSocket {
     /// Wraps `socket`; STUN datagrams are delivered on the returned receiver.
-    pub fn new(socket: Arc<UdpSocket>) -> (Arc<Self>, mpsc::UnboundedReceiver<StunDatagram>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(MuxSocket { socket, stun: tx, dropped: AtomicU64::new(0) }), rx)
+    pub fn new(socket: Arc<UdpSocket>, relay: Option<Arc<RelayLink>>) -> (Arc<Self>, Diverted) {
+        let (stun, stun_rx) = mpsc::unbounded_channel();
+        let (birthday, birthday_rx) = mpsc::unbounded_channel();
+        let mux = MuxSocket { socket, stun, birthday, relay, dropped: AtomicU64::new(0) };
+        (Arc::new(mux), Diverted { stun: stun_rx, birthday: birthday_rx })
     }
 
     pub fn socket(&self) -> &Arc<UdpSocket> {
@@ -117,6 +139,13 @@ impl AsyncUdpSocket for MuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        if let Some(relay) = self.relay.as_ref().filter(|r| r.is_routed(transmit.destination)) {
+            let seg = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
+            for chunk in transmit.contents.chunks(seg) {
+                relay.send(transmit.destination, chunk);
+            }
+            return Ok(());
+        }
         match transmit.segment_size {
             // We announce one segment per transmit, so quinn never batches; be safe anyway.
             Some(seg) if seg < transmit.contents.len() => {
@@ -147,8 +176,27 @@ impl AsyncUdpSocket for MuxSocket {
             };
             let filled = rb.filled();
             let len = filled.len();
+            if let Some(relay) = self.relay.as_ref().filter(|r| r.server() == from) {
+                let Some(inner) = relay.input(filled) else { continue };
+                if looks_like_stun(&inner.data) {
+                    let _ =
+                        self.stun.send(StunDatagram { from: inner.peer, to: Some(inner.relayed), bytes: inner.data });
+                    continue;
+                }
+                let n = inner.data.len();
+                if n == 0 || inner.data[0] < 0x40 || n > first.len() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // QUIC through the relay: answers go back the same way.
+                relay.route(inner.peer);
+                first[..n].copy_from_slice(&inner.data);
+                meta[0] = RecvMeta { addr: inner.peer, len: n, stride: n, ecn: None, dst_ip: None };
+                return Poll::Ready(Ok(1));
+            }
             if looks_like_stun(filled) {
-                let _ = self.stun.send(StunDatagram { from, bytes: filled.to_vec() });
+                let d = StunDatagram { from, to: None, bytes: filled.to_vec() };
+                let _ = if is_birthday(filled) { self.birthday.send(d) } else { self.stun.send(d) };
                 continue;
             }
             if len == 0 || filled[0] < 0x40 {
@@ -184,7 +232,7 @@ mod tests {
         server: Option<quinn::ServerConfig>,
     ) -> (quinn::Endpoint, Arc<UdpSocket>, mpsc::UnboundedReceiver<StunDatagram>) {
         let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
-        let (mux, rx) = MuxSocket::new(sock.clone());
+        let (mux, Diverted { stun: rx, .. }) = MuxSocket::new(sock.clone(), None);
         let ep =
             quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, mux, Arc::new(quinn::TokioRuntime))
                 .expect("endpoint");
