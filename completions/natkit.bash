@@ -361,7 +361,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__punch)
-            opts="-v -q -h -V --signal --room --stun --send --recv --stdio --host-ip --timeout --insecure --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --signal --room --stun --turn --turn-user --turn-password --turn-secret --relay-only --no-relay --no-birthday --send --recv --stdio --host-ip --timeout --insecure --json --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -376,6 +376,22 @@ _natkit() {
                     return 0
                     ;;
                 --stun)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-password)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-secret)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

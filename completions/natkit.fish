@@ -140,11 +140,18 @@ complete -c natkit -n "__fish_natkit_using_subcommand signal" -s h -l help -d 'P
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l signal -d 'The signal server: ws://HOST:PORT, wss://HOST:PORT (or http(s)://)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l room -d 'Room to meet the peer in' -r
-complete -c natkit -n "__fish_natkit_using_subcommand punch" -l stun -d 'STUN servers for server-reflexive candidates (default: the stun: URLs the signal server hands out)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l stun -d 'STUN server for a server-reflexive candidate (repeatable): HOST[:PORT] or stun:HOST[:PORT]. Without --stun and --turn, the STUN/TURN servers the signaling server hands out are used' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l turn -d 'TURN server for a relayed candidate (UDP): HOST[:PORT] or turn:HOST[:PORT]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l turn-user -d 'TURN long-term credential username (with --turn-password)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l turn-password -d 'TURN long-term credential password' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l turn-secret -d 'TURN REST API shared secret (coturn use-auth-secret): natkit makes time-limited credentials' -r
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l send -d 'Send this file to the peer (its size and SHA-256 are checked at the end)' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l recv -d 'Receive the peer\'s file into this path' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l host-ip -d 'Offer only these local IPs as host candidates (default: every interface but loopback)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l timeout -d 'Give up when the peer has not joined, or no path works, after this many seconds' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l relay-only -d 'Offer only the TURN relayed candidate: all traffic goes through the relay (TURN from --turn, or from the signaling server\'s ice_servers)'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-relay -d 'Never use a TURN relay, even one the signal server hands out: direct paths only'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-birthday -d 'Never try the birthday method (many mappings and random-port probes) when one NAT is symmetric and the other is not'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l stdio -d 'Pipe stdin to the peer and the peer to stdout (like netcat)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l insecure -d 'Accept a self-signed certificate from a wss:// signal server'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
@@ -169,7 +176,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand call" -l size -d 'Video si
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l fps -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l bitrate -d 'Target video bitrate of `--send test`' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l ca -d 'Trust this PEM CA certificate for wss://' -r -F
-complete -c natkit -n "__fish_natkit_using_subcommand call" -l relay-only -d 'Offer only the TURN relayed candidate: media goes through the relay (TURN from --turn, or from the signaling server\'s ice_servers)'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l relay-only -d 'Offer only the TURN relayed candidate: all traffic goes through the relay (TURN from --turn, or from the signaling server\'s ice_servers)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l insecure -d 'Accept any TLS certificate from a wss:// signaling server (e.g. --tls-self-signed)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'

@@ -99,9 +99,13 @@ fn transfer_with(w: &World, from: &str, to: &str, room: &str, len: usize, extra:
     let dst = dir.path().join("dst.bin");
     random_file(&src, len);
     let url = w.signal.ws_url();
-    let common =
-        [&["punch", "--signal", url.as_str(), "--room", room, "--timeout", "30", "--json"], STUN_ARGS, TURN_ARGS, extra]
-            .concat();
+    let common = [
+        &["punch", "--signal", url.as_str(), "--room", room, "--timeout", "30", "--json"],
+        STUN_ARGS,
+        TURN_ARGS,
+        extra,
+    ]
+    .concat();
     let mut recv_args: Vec<&str> = common.clone();
     let dst_s = dst.to_str().expect("utf-8");
     recv_args.extend(["--recv", dst_s]);

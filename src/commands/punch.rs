@@ -85,6 +85,8 @@ pub struct PunchReport {
 
 /// How long the TURN allocation may take (two round trips: the 401, then the signed request).
 const TURN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answerer that let QUIC in waits for its birthday attempt's verdict.
+const BIRTHDAY_VERDICT_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -420,6 +422,17 @@ async fn session(
                 let conn = tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??;
                 let remote = conn.remote_address();
                 report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                // The prober's own verdict travels a longer way than the QUIC it let in: wait for it
+                // a moment, so the report says how this path was found.
+                if let Some(rx) = birthday_rx.take()
+                    && let Ok(Ok(BirthdayResult::Found { remote: r, probes, .. })) =
+                        tokio::time::timeout(BIRTHDAY_VERDICT_WAIT, rx).await
+                {
+                    if let Some(b) = report.birthday.as_mut() {
+                        b.found(probes);
+                    }
+                    birthday_found = Some((None, r));
+                }
                 report.local = match (birthday_found, &relay) {
                     // QUIC came through our relay: the relayed candidate is our end, whatever the checks say.
                     (_, Some(r)) if r.is_routed(remote) => Some(endpoint_of(r.relayed(), &local_candidates, true)),
@@ -439,6 +452,8 @@ async fn session(
             _ = tokio::time::sleep_until(deadline) => return Err(no_path(&ice)),
         }
     };
+    // A birthday attempt still running stops: the path is chosen.
+    drop(birthday_rx.take());
     report.connect_ms = Some((joined.elapsed().as_secs_f64() * 1e6).round() / 1e3);
     let relayed = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == "relay");
     report.path =

@@ -86,7 +86,7 @@ async fn drive(
     mut inbox: Inbox,
     readers: Vec<JoinHandle<()>>,
     own_sockets: bool,
-    done: oneshot::Sender<BirthdayResult>,
+    mut done: oneshot::Sender<BirthdayResult>,
 ) {
     loop {
         let now = Instant::now();
@@ -114,6 +114,13 @@ async fn drive(
         }
         let wake = core.poll_timeout().unwrap_or(now);
         tokio::select! {
+            // The session has its path (or ended): stop probing at once.
+            _ = done.closed() => {
+                for r in &readers {
+                    r.abort();
+                }
+                return;
+            },
             d = inbox.recv() => match d {
                 Some((i, from, bytes)) => {
                     core.handle_input(i, from, &bytes, Instant::now());
