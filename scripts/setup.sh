@@ -36,13 +36,14 @@ for svc in coturn redis-server; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done
 
-# geckodriver (Firefox's WebDriver server) is not packaged by Debian: build it from crates.io, once.
-# Fresh installs compile it (a few minutes on 2 cores); later runs find it and skip this.
-# Pinned for reproducible CI; 0.37.1 drives Debian 12's firefox-esr 153 (tests/signal_browser.rs).
+# geckodriver (Firefox's WebDriver server) is not packaged by Debian: build it from crates.io, once;
+# later runs find it and skip this. Pinned for reproducible CI; 0.37.1 drives Debian 12's firefox-esr 153
+# (tests/signal_browser.rs). An unoptimised build without debug info takes half the CPU time of a
+# release build (about 1.6 against 3 CPU-minutes here) and a WebDriver proxy needs no speed.
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 if ! command -v geckodriver >/dev/null 2>&1 && [ ! -x "$cargo_bin/geckodriver" ]; then
   echo "setup: installing geckodriver from crates.io" >&2
-  cargo install geckodriver --version 0.37.1 --locked
+  CARGO_PROFILE_DEV_DEBUG=0 cargo install geckodriver --version 0.37.1 --locked --debug
 fi
 
 # npm packages for the socket.io interop test and bench-signal, from the committed lock file.
