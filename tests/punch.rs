@@ -230,6 +230,16 @@ fn relay_only_goes_through_the_relay_on_an_easy_pair() {
     assert_relayed(&rr);
     assert_eq!(sr["local"]["type"], "relay", "{sr:#}");
     assert_eq!(rr["local"]["type"], "relay", "{rr:#}");
+    // The relayed candidate is not in the offer/answer (the allocation finishes later): it was
+    // trickled, and each side got the other's.
+    for (r, other) in [(&sr, &rr), (&rr, &sr)] {
+        let ours: Vec<&str> =
+            r["candidates"].as_array().expect("candidates").iter().filter_map(|c| c.as_str()).collect();
+        assert_eq!(ours.len(), 1, "--relay-only offers only the relayed candidate: {r:#}");
+        assert!(ours[0].contains("typ relay"), "{r:#}");
+        let theirs = other["remote_candidates"].as_array().expect("remote_candidates");
+        assert!(theirs.iter().any(|c| c.as_str() == Some(ours[0])), "trickled to the peer: {other:#}");
+    }
 }
 
 #[test]

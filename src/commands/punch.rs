@@ -33,10 +33,10 @@ use crate::punch::birthday_driver::{self, BirthdayResult};
 use crate::punch::ice_driver::{self, IceEvent};
 use crate::punch::mux::MuxSocket;
 use crate::punch::plan::{Knowledge, Plan};
-use crate::punch::relay_link::RelayLink;
+use crate::punch::relay_link::{LinkEvent, RelayLink};
 use crate::punch::{quic, transfer};
 use crate::signal::client::{ClientOptions, SignalClient};
-use crate::signal::protocol::{ClientMessage, PeerId, RoomId, ServerMessage};
+use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,8 +83,6 @@ pub struct PunchReport {
     pub error: Option<String>,
 }
 
-/// How long the TURN allocation may take (two round trips: the 401, then the signed request).
-const TURN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an answerer that let QUIC in waits for its birthday attempt's verdict.
 const BIRTHDAY_VERDICT_WAIT: Duration = Duration::from_millis(500);
 
@@ -251,24 +249,17 @@ async fn session(
             }
         }
     }
-    let relay = match turn {
-        None => None,
+    // The allocation is asked for now and finishes while the checks run; its candidate is
+    // trickled (relayed candidates wait for the relay phase anyway, see punch::plan).
+    let (relay, mut relay_events) = match turn {
+        None => (None, None),
         Some((server, credentials)) => {
             let base = SocketAddr::new(udp::local_ip_towards(server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
-            match RelayLink::allocate(socket.clone(), server, credentials, base, TURN_TIMEOUT).await {
-                Ok((link, candidate)) => {
-                    local_candidates.push(candidate);
-                    Some(link)
-                }
-                Err(e) if relay_only => return Err(e.context("--relay-only and no TURN allocation")),
-                Err(e) => {
-                    tracing::warn!("{e:#}; going on without a relayed candidate");
-                    None
-                }
-            }
+            let (link, events) = RelayLink::start(socket.clone(), server, credentials, base);
+            (Some(link), Some(events))
         }
     };
-    if local_candidates.is_empty() {
+    if local_candidates.is_empty() && relay.is_none() {
         anyhow::bail!("no usable local address: no interface is up (use --host-ip)");
     }
     report.candidates = local_candidates.iter().map(|c| c.to_sdp_string()).collect();
@@ -282,6 +273,7 @@ async fn session(
         fingerprint: identity.fingerprint.clone(),
         candidates: report.candidates.clone(),
         mapping_varies: report.mapping_varies,
+        relay: relay.is_some(),
     };
 
     // Offer/answer through the room.
@@ -310,7 +302,7 @@ async fn session(
         ours_varies: report.mapping_varies,
         theirs_varies: theirs.mapping_varies,
         their_srflx: remote_candidates.iter().find(|c| c.kind() == CandidateKind::ServerReflexive).map(|c| c.addr()),
-        relay_available: relay.is_some() || remote_candidates.iter().any(is_relayed),
+        relay_available: relay.is_some() || theirs.relay || remote_candidates.iter().any(is_relayed),
         relay_only,
         birthday_allowed: !args.no_birthday,
     };
@@ -342,6 +334,8 @@ async fn session(
     let mut birthday_found: Option<(Option<SocketAddr>, SocketAddr)> = None;
     let no_path =
         |ice: &ice_driver::IceHandle| no_path_error(&ice.checks(), &theirs, timeout, knowledge.relay_available);
+    let mut relay_phase = false;
+    let mut signal_open = true;
     let conn = loop {
         let birthday_at =
             plan.birthday.as_ref().filter(|_| birthday_rx.is_none() && birthday_inbox.is_some()).map(|b| b.1);
@@ -407,8 +401,53 @@ async fn session(
                     Err(_) => plan.birthday_gave_up(&knowledge, Instant::now()),
                 }
             },
+            ev = recv_opt(&mut relay_events) => match ev {
+                Some(LinkEvent::Ready(c)) => {
+                    let line = c.to_sdp_string();
+                    report.candidates.push(line.clone());
+                    let trickle = ClientMessage::candidate(peer.clone(), IceCandidate::new(line, None, None));
+                    signal.send(&trickle).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if relay_phase {
+                        ice.add_local(c.clone());
+                    }
+                    local_candidates.push(c);
+                }
+                Some(LinkEvent::Failed(why)) if relay_only => anyhow::bail!("{why} (and --relay-only allows nothing else)"),
+                Some(LinkEvent::Failed(why)) => {
+                    tracing::warn!("{why}; going on without a relayed candidate");
+                    relay_events = None;
+                }
+                None => relay_events = None,
+            },
+            msg = signal.recv(), if signal_open => match msg {
+                Ok(ServerMessage::Candidate { from, candidate, .. }) if from == peer => {
+                    if candidate.candidate.is_empty() {
+                        continue; // end of candidates
+                    }
+                    match Candidate::from_sdp_string(&candidate.candidate) {
+                        Ok(c) => {
+                            report.remote_candidates.push(candidate.candidate.clone());
+                            if relay_phase || !is_relayed(&c) {
+                                ice.add_remote(c.clone());
+                            }
+                            remote_candidates.push(c);
+                        }
+                        Err(e) => tracing::warn!("ignoring the peer's candidate '{}': {e}", candidate.candidate),
+                    }
+                }
+                Ok(ServerMessage::Exit { from, .. }) if from == peer => {
+                    anyhow::bail!("peer {} left room {} before a path was found", peer.as_str(), room.as_str())
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // The path may still come up without the room.
+                    tracing::warn!("signal server: {e}");
+                    signal_open = false;
+                }
+            },
             _ = sleep_until_some(plan.relay_at) => {
                 plan.relay_at = None;
+                relay_phase = true;
                 tracing::info!("relayed candidates join the checks");
                 for c in local_candidates.iter().filter(|c| is_relayed(c)) {
                     ice.add_local(c.clone());
@@ -435,7 +474,9 @@ async fn session(
                 }
                 report.local = match (birthday_found, &relay) {
                     // QUIC came through our relay: the relayed candidate is our end, whatever the checks say.
-                    (_, Some(r)) if r.is_routed(remote) => Some(endpoint_of(r.relayed(), &local_candidates, true)),
+                    (_, Some(r)) if r.is_routed(remote) => {
+                        r.relayed().map(|a| endpoint_of(a, &local_candidates, true))
+                    }
                     (Some((None, r)), _) if r == remote => Some(birthday_local(None, remote, &local_candidates)),
                     _ => answerer_local(&ice.checks(), remote, &local_candidates),
                 };
@@ -494,6 +535,13 @@ async fn session(
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx.as_mut() {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -19,6 +19,10 @@ pub struct Description {
     /// The peer's mapped address changed with the destination (hard NAT).
     #[serde(default)]
     pub mapping_varies: Option<bool>,
+    /// A relayed candidate is on its way (trickled in a `candidate` message when the TURN
+    /// allocation is made).
+    #[serde(default)]
+    pub relay: bool,
 }
 
 impl Description {
@@ -53,6 +57,7 @@ mod tests {
             fingerprint: "sha-256 AA:BB".into(),
             candidates: vec!["candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host".into()],
             mapping_varies: Some(false),
+            relay: true,
         };
         assert_eq!(Description::parse(&d.to_json()), Ok(d.clone()));
         assert!(Description::parse("v=0\r\no=- 1 1 IN IP4 0.0.0.0").is_err());

@@ -83,7 +83,7 @@ pub fn spawn(
                     l.on_send(t.source, t.destination, &t.contents, now);
                 }
                 match &relay {
-                    Some(r) if r.relayed() == t.source => r.send(t.destination, &t.contents),
+                    Some(r) if r.relayed() == Some(t.source) => r.send(t.destination, &t.contents),
                     _ => {
                         if let Err(e) = socket.send_to(&t.contents, t.destination).await {
                             tracing::debug!(dest = %t.destination, "ICE send failed: {e}");
@@ -98,7 +98,7 @@ pub fn spawn(
                             l.nominate(source, destination);
                         }
                         tracing::info!(%source, %destination, "ICE nominated a pair");
-                        if let Some(r) = relay.as_ref().filter(|r| r.relayed() == source) {
+                        if let Some(r) = relay.as_ref().filter(|r| r.relayed() == Some(source)) {
                             r.route(destination);
                         }
                         let _ = ev_tx.send(IceEvent::Nominated { local: source, remote: destination });

@@ -1,6 +1,6 @@
-//! The TURN side of punch's one socket (RFC 8656): the allocation made before the candidates
-//! are described, then, for the rest of the session, the way datagrams reach peers through the
-//! relay. The mux hands it what the TURN server sends and asks it to carry QUIC to routed
+//! The TURN side of punch's one socket (RFC 8656): the allocation, asked for before the
+//! candidates are described and finished while the checks already run (its candidate is
+//! trickled), then the way datagrams reach peers through the relay. The mux hands it what the TURN server sends and asks it to carry QUIC to routed
 //! peers; the ICE driver hands it checks sent from the relayed candidate and its timers.
 //!
 //! The protocol state is the sans-IO [`Gatherer`] (shared with `call`); this is the thin
@@ -8,11 +8,12 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use is::Candidate;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 use crate::ice::servers::{GatherEvent, Gatherer, Relayed};
 use crate::turn::credentials::Credentials;
@@ -20,81 +21,59 @@ use crate::turn::credentials::Credentials;
 pub struct RelayLink {
     socket: Arc<UdpSocket>,
     server: SocketAddr,
-    relayed: SocketAddr,
+    /// Our relayed address, once the allocation succeeded.
+    relayed: OnceLock<SocketAddr>,
     gatherer: Mutex<Gatherer>,
     /// Peers whose QUIC traffic goes through the relay: the nominated pair's local candidate
     /// is the relayed one, or QUIC from them arrived through it.
     routes: Mutex<HashSet<SocketAddr>>,
+    events: mpsc::UnboundedSender<LinkEvent>,
 }
 
 impl std::fmt::Debug for RelayLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelayLink").field("server", &self.server).field("relayed", &self.relayed).finish()
+        f.debug_struct("RelayLink").field("server", &self.server).field("relayed", &self.relayed.get()).finish()
     }
 }
 
+/// What the allocation became, for the session to act on.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The relayed candidate: trickle it to the peer, add it to the checks in the relay phase.
+    Ready(Candidate),
+    /// No allocation; the session goes on without a relay (or fails, with `--relay-only`).
+    Failed(String),
+}
+
 impl RelayLink {
-    /// Allocates on `server` from `socket` (before anything else reads it) and returns the link
-    /// and the relayed candidate, or why the allocation failed.
-    pub async fn allocate(
+    /// Sends the Allocate request from `socket` and returns at once: the answer arrives through
+    /// the mux once it reads the socket, and the outcome on the returned channel.
+    pub fn start(
         socket: Arc<UdpSocket>,
         server: SocketAddr,
         credentials: Credentials,
         base: SocketAddr,
-        timeout: Duration,
-    ) -> anyhow::Result<(Arc<RelayLink>, Candidate)> {
-        let deadline = Instant::now() + timeout;
-        let mut g = Gatherer::new(base, &[], Some((server, credentials)), Instant::now());
-        let mut buf = vec![0u8; 2048];
-        loop {
-            let now = Instant::now();
-            while let Some((to, bytes)) = g.poll_transmit(now) {
-                if let Err(e) = socket.send_to(&bytes, to).await {
-                    tracing::debug!("send to TURN server {to} failed: {e}");
-                }
-            }
-            if let Some(ev) = g.poll_event() {
-                match ev {
-                    GatherEvent::Candidate(c) => {
-                        let relayed = c.addr();
-                        tracing::info!(%server, %relayed, "TURN allocation made");
-                        let link = RelayLink {
-                            socket,
-                            server,
-                            relayed,
-                            gatherer: Mutex::new(g),
-                            routes: Mutex::new(HashSet::new()),
-                        };
-                        return Ok((Arc::new(link), c));
-                    }
-                    GatherEvent::Failed(why) => anyhow::bail!("{why}"),
-                }
-            }
-            if now >= deadline {
-                anyhow::bail!("TURN {server}: no allocation within {:.1} s", timeout.as_secs_f64());
-            }
-            let wake = g.poll_timeout().unwrap_or(deadline).min(deadline);
-            tokio::select! {
-                r = socket.recv_from(&mut buf) => match r {
-                    // Late STUN answers or a peer's early check: not for the allocation.
-                    Ok((n, from)) if from == server => {
-                        let _ = g.handle_input(from, &buf[..n], Instant::now());
-                    }
-                    Ok(_) => {}
-                    // An ICMP error queued on the socket; the transaction retransmits.
-                    Err(e) => tracing::debug!("while allocating: {e}"),
-                },
-                _ = tokio::time::sleep_until(wake.into()) => g.handle_timeout(Instant::now()),
-            }
-        }
+    ) -> (Arc<RelayLink>, mpsc::UnboundedReceiver<LinkEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let g = Gatherer::new(base, &[], Some((server, credentials)), Instant::now());
+        let link = RelayLink {
+            socket,
+            server,
+            relayed: OnceLock::new(),
+            gatherer: Mutex::new(g),
+            routes: Mutex::new(HashSet::new()),
+            events,
+        };
+        link.flush(&mut link.lock());
+        (Arc::new(link), rx)
     }
 
     pub fn server(&self) -> SocketAddr {
         self.server
     }
 
-    pub fn relayed(&self) -> SocketAddr {
-        self.relayed
+    pub fn relayed(&self) -> Option<SocketAddr> {
+        self.relayed.get().copied()
     }
 
     fn lock(&self) -> MutexGuard<'_, Gatherer> {
@@ -116,7 +95,7 @@ impl RelayLink {
         if !self.routes().insert(peer) {
             return;
         }
-        tracing::info!(%peer, relayed = %self.relayed, "traffic to the peer goes through the TURN relay");
+        tracing::info!(%peer, relayed = ?self.relayed(), "traffic to the peer goes through the TURN relay");
         let mut g = self.lock();
         g.bind_channel(peer, Instant::now());
         self.flush(&mut g);
@@ -152,9 +131,15 @@ impl RelayLink {
 
     fn drain_events(&self, g: &mut Gatherer) {
         while let Some(ev) = g.poll_event() {
-            if let GatherEvent::Failed(why) = ev {
-                tracing::warn!("{why}");
-            }
+            let ev = match ev {
+                GatherEvent::Candidate(c) => {
+                    tracing::info!(server = %self.server, relayed = %c.addr(), "TURN allocation made");
+                    let _ = self.relayed.set(c.addr());
+                    LinkEvent::Ready(c)
+                }
+                GatherEvent::Failed(why) => LinkEvent::Failed(why),
+            };
+            let _ = self.events.send(ev);
         }
     }
 
