@@ -33,8 +33,8 @@ pub struct OutputOptions {
 
 /// Writes the report to stdout in the requested format.
 pub fn emit<R: Render>(report: &R, opts: &OutputOptions) -> anyhow::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // One write for the whole report: stdout is line-buffered, and pretty JSON is many lines.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match opts.format {
         Format::Json => {
             serde_json::to_writer_pretty(&mut out, report)?;

@@ -27,8 +27,8 @@ pub struct NatTypeArgs {
     pub local: Option<String>,
 
     /// Give up on a server that never answers after this many seconds (the udp-blocked verdict)
-    /// [default: 2]. With --lifetime: the bound on the whole run [default: 180], and the wait for a
-    /// silent server is at most 2 s
+    /// [default: 1]. With --lifetime: the bound on the whole run [default: 180], and the wait for a
+    /// silent server is at most 1 s
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
 }

@@ -37,7 +37,13 @@ pub fn init_logging(verbose: u8, quiet: bool) {
 /// Runs the parsed command line to completion.
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     let opts = OutputOptions { format: if cli.json { Format::Json } else { Format::Table }, quiet: cli.quiet };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // nat-type drives a few sockets from one task: a single-threaded runtime starts sooner (no
+    // worker threads, no CPU-quota lookup in /proc) and its latency is what the command is about.
+    let mut builder = match cli.command {
+        Command::NatType(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = builder.enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
             Command::StunProbe(args) => stun_probe::run(args, &opts).await,

@@ -20,10 +20,17 @@ use crate::net::transport::Transport;
 use crate::net::udp::{self, MultiSocketCore, Unreachable};
 use crate::output::{self, OutputOptions, Render};
 
-/// Used when no --server is given (listed in README). The first supports RFC 5780
-/// (the stuntman reference server); the others add mapping evidence from other IPs.
+/// Used when no --server is given (listed in README). The first is the stuntman reference
+/// server, meant to support RFC 5780; it moved from stun.stunprotocol.org (retired in 2023,
+/// jselbie/stunserver#50). The others are plain STUN and add mapping evidence from other IPs.
 pub const DEFAULT_SERVERS: &[&str] =
-    &["stun.stunprotocol.org:3478", "stun.l.google.com:19302", "stun.cloudflare.com:3478"];
+    &["stunserver.stunprotocol.org:3478", "stun.l.google.com:19302", "stun.cloudflare.com:3478"];
+
+/// How long a server that never answers is waited for, in seconds, unless --timeout says
+/// otherwise: the udp-blocked verdict comes after it. By then the first requests went out four
+/// times on each of two sockets (at 0, 100, 300 and 700 ms), so a path with an RTT up to about
+/// 1 s, or one that lost three requests in a row on both sockets, still gets a verdict.
+pub const FIRST_CONTACT_S: f64 = 1.0;
 
 /// The report; field names are a public contract (README).
 #[derive(Debug, Serialize)]
@@ -104,13 +111,13 @@ pub async fn run(args: NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<Stat
 
 /// Resolves the servers, runs the tests and builds the report.
 pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<NatTypeReport> {
-    let (max_timeout, default_timeout) = if args.lifetime { (3600.0, 180.0) } else { (60.0, 2.0) };
+    let (max_timeout, default_timeout) = if args.lifetime { (3600.0, 180.0) } else { (60.0, FIRST_CONTACT_S) };
     let timeout = args.timeout.unwrap_or(default_timeout);
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= max_timeout) {
         return usage(format!("--timeout {timeout} is out of range: give seconds above 0 and at most {max_timeout}"));
     }
     // With --lifetime the timeout bounds the whole run; a silent server is still given up quickly.
-    let first_contact = if args.lifetime { timeout.min(2.0) } else { timeout };
+    let first_contact = if args.lifetime { timeout.min(FIRST_CONTACT_S) } else { timeout };
     let local = args.local.as_deref().map(parse_local).transpose()?;
     let builtin = args.servers.is_empty();
     let inputs: Vec<String> =
@@ -120,7 +127,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Resul
         Some(_) => Family::V6,
         None => Family::Any,
     };
-    let mut servers: Vec<(String, SocketAddr)> = Vec::new();
+    let mut specs = Vec::with_capacity(inputs.len());
     for input in &inputs {
         let spec = ServerSpec::parse(input)?;
         if matches!(spec.transport, Some(Transport::Tcp | Transport::Tls)) {
@@ -128,13 +135,20 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Resul
                 "server '{input}' asks for TCP or TLS; NAT behaviour discovery runs over UDP (give HOST[:PORT] or stun:HOST)"
             ));
         }
+        specs.push(spec);
+    }
+    // All names at once (the built-in list is three): one DNS wait, not three in a row.
+    let resolved = futures::future::join_all(specs.iter().map(|s| s.resolve(Transport::Udp, family))).await;
+    let mut servers: Vec<(String, SocketAddr)> = Vec::new();
+    for ((input, spec), r) in inputs.iter().zip(&specs).zip(resolved) {
         // Every server must be in the primary's family: one socket talks to all of them.
-        let fam = match servers.first() {
-            Some((_, a)) if a.is_ipv4() => Family::V4,
-            Some(_) => Family::V6,
-            None => family,
+        let r = match (servers.first(), r) {
+            (Some((_, p)), Ok(a)) if p.is_ipv4() != a.is_ipv4() => {
+                spec.resolve(Transport::Udp, if p.is_ipv4() { Family::V4 } else { Family::V6 }).await
+            }
+            (_, r) => r,
         };
-        match spec.resolve(Transport::Udp, fam).await {
+        match r {
             Ok(a) => servers.push((input.clone(), a)),
             // A name the user typed that does not resolve is bad input; the built-in list may be offline.
             Err(e) if !builtin => return Err(e.into()),

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::stun::transaction::{ClientTransaction, Outcome};
@@ -182,6 +183,19 @@ fn drain_error_queue(sock: &UdpSocket) -> Vec<(SocketAddr, Unreachable)> {
     out
 }
 
+/// Reads the ICMP errors queued on `sock` once tokio has seen its error readiness (EPOLLERR), and
+/// clears that readiness, so the next wait blocks until a new error arrives. An error queued
+/// without a datagram does not make a socket readable: without this, it would only be noticed at
+/// the next send (a retransmission), one RTO late.
+fn take_errors(sock: &UdpSocket) -> Vec<(SocketAddr, Unreachable)> {
+    let mut found = Vec::new();
+    let _ = sock.try_io(Interest::ERROR, || {
+        found.extend(drain_error_queue(sock));
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
+    found
+}
+
 fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as libc::c_int {
         libc::AF_INET => {
@@ -298,6 +312,12 @@ pub async fn run_transactions(
                     Err(e) => tracing::debug!("recv error: {e}"),
                 }
             }
+            _ = sock.ready(Interest::ERROR) => {
+                let now = Instant::now();
+                for (d, k) in take_errors(sock) {
+                    fail_dest(&mut live, &mut ends, d, k, now);
+                }
+            }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }
@@ -372,13 +392,19 @@ pub async fn drive(sockets: &[UdpSocket], core: &mut impl MultiSocketCore) {
             tracing::debug!("core neither done nor waiting; stopping");
             return;
         };
-        // Waits for the first socket with a datagram (or an error) in socket order.
+        // Waits for the first socket with a datagram, in socket order, or with a queued ICMP error.
+        let mut errors: Vec<_> = sockets.iter().map(|s| Box::pin(s.ready(Interest::ERROR))).collect();
         let recv = futures::future::poll_fn(|cx| {
             for (i, s) in sockets.iter().enumerate() {
                 let mut rb = tokio::io::ReadBuf::new(&mut buf);
                 if let std::task::Poll::Ready(r) = s.poll_recv_from(cx, &mut rb) {
                     let n = rb.filled().len();
-                    return std::task::Poll::Ready((i, r.map(|from| (from, n))));
+                    return std::task::Poll::Ready((i, Some(r.map(|from| (from, n)))));
+                }
+            }
+            for (i, e) in errors.iter_mut().enumerate() {
+                if e.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready((i, None));
                 }
             }
             std::task::Poll::Pending
@@ -388,13 +414,18 @@ pub async fn drive(sockets: &[UdpSocket], core: &mut impl MultiSocketCore) {
             (i, r) = recv => {
                 let now = Instant::now();
                 match r {
-                    Ok((from, n)) => core.handle_input(i, from, &buf[..n], now),
-                    Err(e) if is_icmp_error(&e) => {
+                    Some(Ok((from, n))) => core.handle_input(i, from, &buf[..n], now),
+                    Some(Err(e)) if is_icmp_error(&e) => {
                         for (d, k) in drain_error_queue(&sockets[i]) {
                             core.handle_unreachable(i, d, k, now);
                         }
                     }
-                    Err(e) => tracing::debug!("recv error on socket {i}: {e}"),
+                    Some(Err(e)) => tracing::debug!("recv error on socket {i}: {e}"),
+                    None => {
+                        for (d, k) in take_errors(&sockets[i]) {
+                            core.handle_unreachable(i, d, k, now);
+                        }
+                    }
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
