@@ -34,13 +34,18 @@ pub struct OutputOptions {
 /// Writes the report to stdout in the requested format.
 pub fn emit<R: Render>(report: &R, opts: &OutputOptions) -> anyhow::Result<()> {
     // One write for the whole report: stdout is line-buffered, and pretty JSON is many lines.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    emit_to(report, opts, &mut std::io::BufWriter::new(std::io::stdout().lock()))
+}
+
+/// [`emit`] to another stream: commands whose stdout carries data (`punch --stdio`) put
+/// the report on stderr.
+pub fn emit_to<R: Render>(report: &R, opts: &OutputOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     match opts.format {
         Format::Json => {
-            serde_json::to_writer_pretty(&mut out, report)?;
+            serde_json::to_writer_pretty(&mut *out, report)?;
             writeln!(out)?;
         }
-        Format::Table => report.render(&mut out)?,
+        Format::Table => report.render(out)?,
     }
     out.flush()?;
     Ok(())

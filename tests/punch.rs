@@ -261,6 +261,35 @@ fn peers_behind_one_nat_meet_over_host_candidates() {
 }
 
 #[test]
+fn stdio_pipes_both_ways_like_netcat_and_the_report_goes_to_stderr() {
+    use std::io::Write;
+    let w = world(NatKind::PortRestrictedCone, NatKind::FullCone);
+    let url = w.signal.ws_url();
+    let args =
+        [&["punch", "--signal", url.as_str(), "--room", "nc", "--timeout", "30", "--json", "-q", "--stdio"], STUN_ARGS]
+            .concat();
+    let start = |name: &str, text: &str| {
+        let mut c = w.lab.command_in(&w.lab.client_ns(name), NATKIT, &args);
+        let mut child =
+            c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn natkit punch");
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+        child // stdin dropped: end of input, as `echo … | natkit punch --stdio`
+    };
+    let a = start("a", "hello from a\n");
+    let b = start("b", "hello from b\n");
+    let (a, b) = (a.wait_with_output().expect("a"), b.wait_with_output().expect("b"));
+    for (out, theirs) in [(&a, "hello from b\n"), (&b, "hello from a\n")] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), theirs, "stdout carries the peer's bytes only");
+        let r: Value =
+            serde_json::from_str(&err).unwrap_or_else(|e| panic!("the report on stderr is not JSON ({e}): {err}"));
+        assert_eq!(r["path"], "direct", "{r:#}");
+        assert_eq!(r["bytes"], 26, "13 bytes each way: {r:#}");
+    }
+}
+
+#[test]
 fn a_peer_that_never_shows_up_is_a_clear_error() {
     let w = world(NatKind::FullCone, NatKind::FullCone);
     let url = w.signal.ws_url();

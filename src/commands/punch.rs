@@ -140,7 +140,12 @@ enum Mode {
 
 pub async fn run(args: PunchArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
     let report = punch(&args, opts).await?;
-    output::emit(&report, opts)?;
+    if args.stdio {
+        // stdout is the peer's stream.
+        output::emit_to(&report, opts, &mut std::io::stderr().lock())?;
+    } else {
+        output::emit(&report, opts)?;
+    }
     Ok(Status::from_ok(report.error.is_none()))
 }
 

@@ -143,6 +143,8 @@ pub async fn stdio(conn: &quinn::Connection, opener: bool) -> anyhow::Result<Mov
         let mut stdin = tokio::io::stdin();
         let n = tokio::io::copy(&mut stdin, &mut send).await?;
         send.finish()?;
+        // Closing the connection before the peer has read everything would cut it off.
+        send.stopped().await?;
         anyhow::Ok(n)
     };
     let down = async {
