@@ -57,29 +57,29 @@ fn world(a: NatKind, b: NatKind) -> World {
     world_in(Lab::builder().nat("a", a).nat("b", b).build())
 }
 
+/// TURN user, realm and relaying IP of the lab's `natkit relay`.
+const RELAY_TURN: [&str; 6] = ["--relay-ip", "203.0.113.1", "--realm", "lab", "--user", "punch:lab-secret"];
+
 /// The lab with the servers on its public segment (the default 203.0.113.1 and .2): `natkit relay`
 /// (STUN on both, TURN user punch:lab-secret relaying from .1), `natkit signal` on .1:8080.
 fn world_in(lab: Lab) -> World {
+    let listen = ["--listen", "203.0.113.1:3478", "--listen", "203.0.113.2:3478"];
+    with_servers(lab, &listen, &[("203.0.113.1", 3478), ("203.0.113.2", 3478)])
+}
+
+/// Like [`world`], but the relay is one RFC 5780 server (.1:3478, alternate .2:3479): peers
+/// given only it learn whether their mapping varies from its OTHER-ADDRESS.
+fn world_rfc5780(a: NatKind, b: NatKind) -> World {
+    let lab = Lab::builder().nat("a", a).nat("b", b).build();
+    let listen = ["--listen", "203.0.113.1:3478", "--alt-ip", "203.0.113.2", "--alt-port", "3479"];
+    with_servers(lab, &listen, &[("203.0.113.1", 3478), ("203.0.113.2", 3479)])
+}
+
+fn with_servers(lab: Lab, listen: &[&str], ready: &[(&str, u16)]) -> World {
     let public = lab.public_ns();
-    let relay = lab.spawn_in(
-        &public,
-        NATKIT,
-        &[
-            "relay",
-            "--listen",
-            "203.0.113.1:3478",
-            "--listen",
-            "203.0.113.2:3478",
-            "--relay-ip",
-            "203.0.113.1",
-            "--realm",
-            "lab",
-            "--user",
-            "punch:lab-secret",
-        ],
-    );
+    let relay = lab.spawn_in(&public, NATKIT, &[&["relay"], listen, &RELAY_TURN].concat());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !["203.0.113.1", "203.0.113.2"].iter().all(|ip| lab.udp_listening(&public, ip, 3478)) {
+    while !ready.iter().all(|(ip, port)| lab.udp_listening(&public, ip, *port)) {
         assert!(Instant::now() < deadline, "natkit relay did not listen in the lab within 10 s");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -94,18 +94,17 @@ fn transfer(w: &World, from: &str, to: &str, room: &str, len: usize) -> (Value, 
 
 /// [`transfer`] with `extra` flags for both peers.
 fn transfer_with(w: &World, from: &str, to: &str, room: &str, len: usize, extra: &[&str]) -> (Value, Value) {
+    transfer_servers(w, from, to, room, len, &[STUN_ARGS, TURN_ARGS, extra].concat())
+}
+
+/// [`transfer`] with exactly these server (and other) flags for both peers.
+fn transfer_servers(w: &World, from: &str, to: &str, room: &str, len: usize, flags: &[&str]) -> (Value, Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src.bin");
     let dst = dir.path().join("dst.bin");
     random_file(&src, len);
     let url = w.signal.ws_url();
-    let common = [
-        &["punch", "--signal", url.as_str(), "--room", room, "--timeout", "30", "--json"],
-        STUN_ARGS,
-        TURN_ARGS,
-        extra,
-    ]
-    .concat();
+    let common = [&["punch", "--signal", url.as_str(), "--room", room, "--timeout", "30", "--json"], flags].concat();
     let mut recv_args: Vec<&str> = common.clone();
     let dst_s = dst.to_str().expect("utf-8");
     recv_args.extend(["--recv", dst_s]);
@@ -220,6 +219,18 @@ fn the_birthday_method_says_who_probed_and_no_birthday_leaves_the_relay() {
     assert_relayed(&sr);
     assert_relayed(&rr);
     assert_eq!(sr["birthday"], Value::Null);
+}
+
+#[test]
+fn one_rfc5780_stun_server_is_enough_to_tell_the_hard_side() {
+    let w = world_rfc5780(NatKind::PortRestrictedCone, NatKind::Symmetric);
+    let (sr, rr) = transfer_servers(&w, "a", "b", "one-server", 256 * 1024, &["--stun", "203.0.113.1:3478"]);
+    assert_eq!(sr["mapping_varies"], false, "{sr:#}");
+    assert_eq!(rr["mapping_varies"], true, "{rr:#}");
+    for r in [&sr, &rr] {
+        assert_eq!(r["path"], "direct", "{r:#}");
+        assert_eq!(r["birthday"]["outcome"], "found", "{r:#}");
+    }
 }
 
 #[test]

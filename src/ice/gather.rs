@@ -47,11 +47,42 @@ pub struct Reflexive {
     pub server: SocketAddr,
     pub mapped: SocketAddr,
     pub rtt: Duration,
+    /// The server's OTHER-ADDRESS (RFC 5780 §7.4), when it has one.
+    pub other: Option<SocketAddr>,
 }
 
 /// Asks every server for our mapped address from `socket` (before anything
 /// else reads it). Servers that do not answer within `timeout` are skipped.
+///
+/// Whether the mapping varies by destination needs answers from two server
+/// IPs. When fewer answered, an RFC 5780 server's OTHER-ADDRESS is asked too
+/// (a second round of one RTT): one such server is enough to tell.
 pub async fn server_reflexive(socket: &UdpSocket, servers: &[SocketAddr], timeout: Duration) -> Vec<Reflexive> {
+    let mut found = ask(socket, servers, timeout).await;
+    let more = second_round(&found);
+    if !more.is_empty() {
+        found.extend(ask(socket, &more, timeout).await);
+    }
+    found
+}
+
+/// The OTHER-ADDRESSes worth asking: only while fewer than two server IPs answered, and only
+/// addresses on an IP not asked yet.
+pub fn second_round(found: &[Reflexive]) -> Vec<SocketAddr> {
+    let mut ips: Vec<IpAddr> = found.iter().map(|r| r.server.ip()).collect();
+    ips.sort();
+    ips.dedup();
+    if ips.len() >= 2 {
+        return Vec::new();
+    }
+    let mut more: Vec<SocketAddr> = found.iter().filter_map(|r| r.other).filter(|o| !ips.contains(&o.ip())).collect();
+    more.sort();
+    more.dedup();
+    more.truncate(1);
+    more
+}
+
+async fn ask(socket: &UdpSocket, servers: &[SocketAddr], timeout: Duration) -> Vec<Reflexive> {
     let now = Instant::now();
     let txs = servers
         .iter()
@@ -68,10 +99,11 @@ pub async fn server_reflexive(socket: &UdpSocket, servers: &[SocketAddr], timeou
         .iter()
         .zip(ends)
         .filter_map(|(server, end)| match end {
-            UdpEnd::Response { outcome: Outcome::Response { bytes, rtt, .. }, .. } => BindingResponse::parse(&bytes)
-                .ok()
-                .and_then(|r| r.reflexive())
-                .map(|mapped| Reflexive { server: *server, mapped, rtt }),
+            UdpEnd::Response { outcome: Outcome::Response { bytes, rtt, .. }, .. } => {
+                let r = BindingResponse::parse(&bytes).ok()?;
+                let mapped = r.reflexive()?;
+                Some(Reflexive { server: *server, mapped, rtt, other: r.other_address })
+            }
             _ => None,
         })
         .collect()
@@ -111,6 +143,7 @@ mod tests {
             server: server.parse().expect("addr"),
             mapped: mapped.parse().expect("addr"),
             rtt: Duration::ZERO,
+            other: None,
         };
         assert_eq!(mapping_varies(&[r("198.51.100.1:3478", "203.0.113.1:1")]), None);
         assert_eq!(
@@ -121,5 +154,23 @@ mod tests {
             mapping_varies(&[r("198.51.100.1:3478", "203.0.113.1:1"), r("198.51.100.2:3478", "203.0.113.1:2")]),
             Some(true)
         );
+    }
+
+    #[test]
+    fn an_rfc5780_servers_other_address_is_asked_only_while_one_server_ip_answered() {
+        let r = |server: &str, other: Option<&str>| Reflexive {
+            server: server.parse().expect("addr"),
+            mapped: "203.0.113.11:4000".parse().expect("addr"),
+            rtt: Duration::ZERO,
+            other: other.map(|o| o.parse().expect("addr")),
+        };
+        let one = [r("198.51.100.1:3478", Some("198.51.100.2:3479"))];
+        assert_eq!(second_round(&one), vec!["198.51.100.2:3479".parse().unwrap()]);
+        // No OTHER-ADDRESS, or one on the IP already asked: nothing to add.
+        assert!(second_round(&[r("198.51.100.1:3478", None)]).is_empty());
+        assert!(second_round(&[r("198.51.100.1:3478", Some("198.51.100.1:3479"))]).is_empty());
+        // Two server IPs answered already.
+        let two = [r("198.51.100.1:3478", Some("198.51.100.2:3479")), r("198.51.100.3:3478", None)];
+        assert!(second_round(&two).is_empty());
     }
 }
