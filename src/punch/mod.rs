@@ -8,4 +8,6 @@ pub mod mux;
 pub mod plan;
 pub mod quic;
 pub mod relay_link;
+pub mod report;
+pub mod session;
 pub mod transfer;

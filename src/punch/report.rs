@@ -1,0 +1,172 @@
+//! The report of `natkit punch` (the JSON contract in README) and its table.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use is::{Candidate, CandidateKind};
+use serde::Serialize;
+
+use crate::ice::checks::CheckRecord;
+use crate::output::{self, Render};
+use crate::punch::birthday::Side;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    Direct,
+    Relay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Joined second: offers, controls ICE, is the QUIC client.
+    Offerer,
+    Answerer,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    /// host, srflx, prflx or relay (RFC 8445 §5.1.1)
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PunchReport {
+    pub room: String,
+    pub role: Option<Role>,
+    pub path: Option<PathKind>,
+    pub local: Option<Endpoint>,
+    pub remote: Option<Endpoint>,
+    /// Room joined → QUIC handshake done.
+    pub connect_ms: Option<f64>,
+    pub candidates: Vec<String>,
+    pub remote_candidates: Vec<String>,
+    /// Our mapped address changed with the STUN server (a hard NAT).
+    pub mapping_varies: Option<bool>,
+    pub checks: Vec<CheckRecord>,
+    /// The birthday method, when it was tried (one NAT symmetric, the other not).
+    pub birthday: Option<BirthdayReport>,
+    pub bytes: u64,
+    pub throughput_mbps: Option<f64>,
+    pub sha256: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BirthdaySide {
+    /// Our mapping is stable: we probed random ports of the peer's public IP.
+    Prober,
+    /// Our mapping varies: we opened many mappings toward the peer.
+    Opener,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BirthdayOutcome {
+    Running,
+    Found,
+    GaveUp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BirthdayReport {
+    pub side: BirthdaySide,
+    /// Sockets the opener bound (1 for the prober).
+    pub sockets: usize,
+    /// Probes the prober had sent when it ended (0 for the opener).
+    pub probes: u32,
+    pub outcome: BirthdayOutcome,
+}
+
+impl BirthdayReport {
+    pub(crate) fn started(side: &Side) -> Self {
+        let (side, sockets) = match side {
+            Side::Prober { .. } => (BirthdaySide::Prober, 1),
+            Side::Opener { sockets, .. } => (BirthdaySide::Opener, *sockets),
+        };
+        BirthdayReport { side, sockets, probes: 0, outcome: BirthdayOutcome::Running }
+    }
+
+    pub(crate) fn found(&mut self, probes: u32) {
+        (self.probes, self.outcome) = (probes, BirthdayOutcome::Found);
+    }
+
+    pub(crate) fn gave_up(&mut self, probes: u32) {
+        (self.probes, self.outcome) = (probes, BirthdayOutcome::GaveUp);
+    }
+}
+
+/// The candidate type of `addr` among `candidates` (`prflx` when it is none of them).
+pub(crate) fn endpoint_of(addr: SocketAddr, candidates: &[Candidate], local: bool) -> Endpoint {
+    let kind = candidates
+        .iter()
+        .find(|c| {
+            c.addr() == addr
+                || (local
+                    && c.kind() == CandidateKind::Host
+                    && c.addr().port() == addr.port()
+                    && c.addr().ip() == addr.ip())
+        })
+        .map(|c| kind_name(c.kind()))
+        .unwrap_or("prflx");
+    Endpoint { address: addr, kind: kind.to_string() }
+}
+
+fn kind_name(k: CandidateKind) -> &'static str {
+    match k {
+        CandidateKind::Host => "host",
+        CandidateKind::ServerReflexive => "srflx",
+        CandidateKind::PeerReflexive => "prflx",
+        CandidateKind::Relayed => "relay",
+    }
+}
+
+impl Render for PunchReport {
+    fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut t = output::table(&["local", "remote", "requests", "responses", "outcome", "nominated", "rtt"]);
+        for c in &self.checks {
+            t.add_row(vec![
+                c.local.to_string(),
+                c.remote.to_string(),
+                c.requests.to_string(),
+                c.responses.to_string(),
+                format!("{:?}", c.outcome).to_lowercase(),
+                if c.nominated { "yes".into() } else { String::new() },
+                c.rtt_ms.map(output::ms).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        writeln!(out, "{t}")?;
+        if let (Some(l), Some(r), Some(ms)) = (&self.local, &self.remote, self.connect_ms) {
+            writeln!(
+                out,
+                "{} path {} ({}) ↔ {} ({}), QUIC up {ms:.0} ms after joining room {}.",
+                match self.path {
+                    Some(PathKind::Relay) => "Relayed",
+                    _ => "Direct",
+                },
+                l.address,
+                l.kind,
+                r.address,
+                r.kind,
+                self.room
+            )?;
+        }
+        if self.bytes > 0 {
+            writeln!(
+                out,
+                "Moved {} bytes{}{}.",
+                self.bytes,
+                self.throughput_mbps.map(|m| format!(" at {m:.1} Mbit/s")).unwrap_or_default(),
+                self.sha256.as_ref().map(|s| format!(", SHA-256 {s} verified by both ends")).unwrap_or_default()
+            )?;
+        }
+        if let Some(e) = &self.error {
+            writeln!(out, "FAILED: {e}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,510 @@
+//! One `natkit punch` session, the driver around the punch cores: join the room, gather on one
+//! socket, exchange descriptions, then race ICE checks, the birthday method and the relay
+//! (in the order `plan` sets) to a QUIC connection, and move the data over it.
+//!
+//! Roles follow the video-chat page: whoever joins second offers, is ICE controlling, and is
+//! the QUIC client.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use is::{Candidate, CandidateKind, IceAgent, IceCreds};
+
+use crate::cli::PunchArgs;
+use crate::commands::ice_servers::IceServers;
+use crate::ice;
+use crate::ice::checks::{CheckOutcome, CheckRecord};
+use crate::ice::description::{Description, VERSION};
+use crate::ice::gather;
+use crate::net::tls::TlsOptions;
+use crate::net::udp;
+use crate::output::{self, OutputOptions};
+use crate::punch::birthday::{Birthday, Credentials as BirthdayCredentials, Limits};
+use crate::punch::birthday_driver::{self, BirthdayResult};
+use crate::punch::ice_driver::{self, IceEvent};
+use crate::punch::mux::MuxSocket;
+use crate::punch::plan::{Knowledge, Plan};
+use crate::punch::relay_link::{LinkEvent, RelayLink};
+use crate::punch::report::{BirthdayReport, Endpoint, PathKind, PunchReport, Role, endpoint_of};
+use crate::punch::{quic, transfer};
+use crate::signal::client::{ClientOptions, SignalClient};
+use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
+
+/// How long an answerer that let QUIC in waits for its birthday attempt's verdict.
+const BIRTHDAY_VERDICT_WAIT: Duration = Duration::from_millis(500);
+
+/// What moves over the connection.
+pub enum Mode {
+    Connect,
+    Send(std::path::PathBuf),
+    Recv(std::path::PathBuf),
+    Stdio,
+}
+
+/// Runs the session; what it learned is in `report` whether it succeeds or not.
+pub async fn run(
+    args: &PunchArgs,
+    opts: &OutputOptions,
+    room: &RoomId,
+    servers: IceServers,
+    mode: Mode,
+    report: &mut PunchReport,
+) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let copts = ClientOptions { tls: TlsOptions { insecure: args.insecure, ca: None } };
+    let (mut signal, membership) = SignalClient::connect_and_join(&args.signal, &copts, room, timeout)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let joined = Instant::now();
+    let role = if membership.peers.is_empty() { Role::Answerer } else { Role::Offerer };
+    report.role = Some(role);
+    tracing::info!(id = %membership.id.as_str(), ?role, "joined room {}", room.as_str());
+
+    // Without --stun/--turn, use what the signal server hands out (as the page does).
+    let IceServers { stun: mut stun_servers, mut turn } = servers;
+    if stun_servers.is_empty() && turn.is_none() {
+        (stun_servers, turn) =
+            ice::servers::from_signal(&membership.ice_servers, SocketAddr::from(([0, 0, 0, 0], 0))).await;
+    }
+    if args.no_relay {
+        turn = None;
+    }
+    let relay_only = args.servers.relay_only;
+    if relay_only && turn.is_none() {
+        anyhow::bail!("--relay-only needs a TURN server: pass --turn, or run natkit signal with --turn");
+    }
+
+    // One socket for everything: gathering, checks, TURN, QUIC.
+    let socket = Arc::new(udp::bind("0.0.0.0:0".parse().context("bind address")?).context("binding the UDP socket")?);
+    let port = socket.local_addr()?.port();
+    let mut local_candidates: Vec<Candidate> = Vec::new();
+    if !relay_only {
+        let ips = if args.host_ips.is_empty() {
+            gather::host_ips(&gather::interface_ips(), false)
+        } else {
+            args.host_ips.clone()
+        };
+        for ip in &ips {
+            local_candidates.push(Candidate::host(SocketAddr::new(*ip, port), "udp").context("host candidate")?);
+        }
+        let reflexive = gather::server_reflexive(&socket, &stun_servers, Duration::from_secs(2)).await;
+        report.mapping_varies = gather::mapping_varies(&reflexive);
+        for r in &reflexive {
+            let base = SocketAddr::new(udp::local_ip_towards(r.server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
+            if local_candidates.iter().any(|c| c.addr() == r.mapped) {
+                continue; // not behind a NAT toward this server: the host candidate covers it
+            }
+            if let Ok(c) = Candidate::server_reflexive(r.mapped, base, "udp")
+                && !local_candidates.iter().any(|x| x.addr() == c.addr())
+            {
+                local_candidates.push(c);
+            }
+        }
+    }
+    // The allocation is asked for now and finishes while the checks run; its candidate is
+    // trickled (relayed candidates wait for the relay phase anyway, see punch::plan).
+    let (relay, mut relay_events) = match turn {
+        None => (None, None),
+        Some((server, credentials)) => {
+            let base = SocketAddr::new(udp::local_ip_towards(server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
+            let (link, events) = RelayLink::start(socket.clone(), server, credentials, base);
+            (Some(link), Some(events))
+        }
+    };
+    if local_candidates.is_empty() && relay.is_none() {
+        anyhow::bail!("no usable local address: no interface is up (use --host-ip)");
+    }
+    report.candidates = local_candidates.iter().map(|c| c.to_sdp_string()).collect();
+
+    let identity = quic::Identity::generate()?;
+    let creds = IceCreds::new();
+    let ours = Description {
+        natkit: VERSION,
+        ufrag: creds.ufrag.clone(),
+        pwd: creds.pass.clone(),
+        fingerprint: identity.fingerprint.clone(),
+        candidates: report.candidates.clone(),
+        mapping_varies: report.mapping_varies,
+        relay: relay.is_some(),
+    };
+
+    // Offer/answer through the room.
+    let (peer, theirs) = exchange(&mut signal, role, &membership.peers, &ours, room, timeout).await?;
+    report.remote_candidates = theirs.candidates.clone();
+
+    let mut remote_candidates = Vec::new();
+    for line in &theirs.candidates {
+        match Candidate::from_sdp_string(line) {
+            Ok(c) => remote_candidates.push(c),
+            Err(e) => tracing::warn!("ignoring the peer's candidate '{line}': {e}"),
+        }
+    }
+    // Relayed candidates, ours and theirs, wait for the relay phase (see punch::plan).
+    let is_relayed = |c: &Candidate| c.kind() == CandidateKind::Relayed;
+    let mut agent = IceAgent::new(creds.clone());
+    agent.set_controlling(role == Role::Offerer);
+    agent.set_remote_credentials(IceCreds { ufrag: theirs.ufrag.clone(), pass: theirs.pwd.clone() });
+    for c in local_candidates.iter().filter(|c| !is_relayed(c)) {
+        agent.add_local_candidate(c.clone());
+    }
+    for c in remote_candidates.iter().filter(|c| !is_relayed(c)) {
+        agent.add_remote_candidate(c.clone());
+    }
+    let knowledge = Knowledge {
+        ours_varies: report.mapping_varies,
+        theirs_varies: theirs.mapping_varies,
+        their_srflx: remote_candidates.iter().find(|c| c.kind() == CandidateKind::ServerReflexive).map(|c| c.addr()),
+        relay_available: relay.is_some() || theirs.relay || remote_candidates.iter().any(is_relayed),
+        relay_only,
+        birthday_allowed: !args.no_birthday,
+    };
+    let mut plan = Plan::new(&knowledge, Instant::now());
+    tracing::info!(?plan, "plan");
+
+    udp::disable_recverr(&socket).context("configuring the UDP socket")?;
+    let (mux, diverted) = MuxSocket::new(socket.clone(), relay.clone());
+    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone());
+    let mut birthday_inbox = Some(diverted.birthday);
+    let server_cfg = || -> anyhow::Result<Option<quinn::ServerConfig>> {
+        Ok(match role {
+            Role::Answerer => Some(quic::server_config(&identity, &theirs.fingerprint)?),
+            Role::Offerer => None,
+        })
+    };
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        crate::punch::mux::endpoint_config(),
+        server_cfg()?,
+        mux,
+        runtime.clone(),
+    )?;
+    // The opener's winning birthday socket gets an endpoint of its own.
+    let mut side_endpoint: Option<quinn::Endpoint> = None;
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut birthday_rx: Option<tokio::sync::oneshot::Receiver<BirthdayResult>> = None;
+    let mut birthday_found: Option<(Option<SocketAddr>, SocketAddr)> = None;
+    let no_path =
+        |ice: &ice_driver::IceHandle| no_path_error(&ice.checks(), &theirs, timeout, knowledge.relay_available);
+    let mut relay_phase = false;
+    let mut signal_open = true;
+    let conn = loop {
+        let birthday_at =
+            plan.birthday.as_ref().filter(|_| birthday_rx.is_none() && birthday_inbox.is_some()).map(|b| b.1);
+        tokio::select! {
+            ev = ice.events.recv() => match ev {
+                Some(IceEvent::Nominated { local, remote }) if role == Role::Offerer => {
+                    report.local = Some(endpoint_of(local, &local_candidates, true));
+                    report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                    let cfg = quic::client_config(&identity, &theirs.fingerprint)?;
+                    let connecting = endpoint.connect_with(cfg, remote, quic::SERVER_NAME)?;
+                    break tokio::time::timeout_at(deadline, connecting).await.context("QUIC handshake timed out")??;
+                }
+                Some(ev) => tracing::debug!(?ev, "ICE"),
+                None => return Err(no_path(&ice)),
+            },
+            _ = sleep_until_some(birthday_at) => {
+                let Some(((side, _), inbox)) = plan.birthday.clone().zip(birthday_inbox.take()) else { continue };
+                let bcreds = BirthdayCredentials {
+                    local_ufrag: creds.ufrag.clone(),
+                    local_pwd: creds.pass.clone(),
+                    remote_ufrag: theirs.ufrag.clone(),
+                    remote_pwd: theirs.pwd.clone(),
+                };
+                tracing::info!(?side, "no direct pair yet: trying the birthday method");
+                let core = Birthday::new(side.clone(), bcreds, Limits::default(), rand::random(), Instant::now());
+                birthday_rx = Some(birthday_driver::spawn(core, &side, socket.clone(), inbox).await?);
+                report.birthday = Some(BirthdayReport::started(&side));
+            },
+            r = recv_some(&mut birthday_rx) => {
+                birthday_rx = None;
+                match r {
+                    Ok(BirthdayResult::Found { socket: won, remote, probes }) => {
+                        let local = won.as_ref().and_then(|s| s.local_addr().ok());
+                        if let Some(b) = report.birthday.as_mut() {
+                            b.found(probes);
+                        }
+                        birthday_found = Some((local, remote));
+                        let ep = match won {
+                            Some(sock) => {
+                                let (m, _) = MuxSocket::new(sock, None);
+                                let ep = quinn::Endpoint::new_with_abstract_socket(
+                                    crate::punch::mux::endpoint_config(), server_cfg()?, m, runtime.clone())?;
+                                side_endpoint = Some(ep.clone());
+                                ep
+                            }
+                            None => endpoint.clone(),
+                        };
+                        if role == Role::Offerer {
+                            report.local = Some(birthday_local(local, remote, &local_candidates));
+                            report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                            let cfg = quic::client_config(&identity, &theirs.fingerprint)?;
+                            let connecting = ep.connect_with(cfg, remote, quic::SERVER_NAME)?;
+                            break tokio::time::timeout_at(deadline, connecting).await.context("QUIC handshake timed out")??;
+                        }
+                    }
+                    Ok(BirthdayResult::GaveUp { probes }) => {
+                        tracing::info!(probes, "the birthday method found no path");
+                        if let Some(b) = report.birthday.as_mut() {
+                            b.gave_up(probes);
+                        }
+                        plan.birthday_gave_up(&knowledge, Instant::now());
+                    }
+                    Err(_) => plan.birthday_gave_up(&knowledge, Instant::now()),
+                }
+            },
+            ev = recv_opt(&mut relay_events) => match ev {
+                Some(LinkEvent::Ready(c)) => {
+                    let line = c.to_sdp_string();
+                    report.candidates.push(line.clone());
+                    let trickle = ClientMessage::candidate(peer.clone(), IceCandidate::new(line, None, None));
+                    signal.send(&trickle).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if relay_phase {
+                        ice.add_local(c.clone());
+                    }
+                    local_candidates.push(c);
+                }
+                Some(LinkEvent::Failed(why)) if relay_only => anyhow::bail!("{why} (and --relay-only allows nothing else)"),
+                Some(LinkEvent::Failed(why)) => {
+                    tracing::warn!("{why}; going on without a relayed candidate");
+                    relay_events = None;
+                }
+                None => relay_events = None,
+            },
+            msg = signal.recv(), if signal_open => match msg {
+                Ok(ServerMessage::Candidate { from, candidate, .. }) if from == peer => {
+                    if candidate.candidate.is_empty() {
+                        continue; // end of candidates
+                    }
+                    match Candidate::from_sdp_string(&candidate.candidate) {
+                        Ok(c) => {
+                            report.remote_candidates.push(candidate.candidate.clone());
+                            if relay_phase || !is_relayed(&c) {
+                                ice.add_remote(c.clone());
+                            }
+                            remote_candidates.push(c);
+                        }
+                        Err(e) => tracing::warn!("ignoring the peer's candidate '{}': {e}", candidate.candidate),
+                    }
+                }
+                Ok(ServerMessage::Exit { from, .. }) if from == peer => {
+                    anyhow::bail!("peer {} left room {} before a path was found", peer.as_str(), room.as_str())
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // The path may still come up without the room.
+                    tracing::warn!("signal server: {e}");
+                    signal_open = false;
+                }
+            },
+            _ = sleep_until_some(plan.relay_at) => {
+                plan.relay_at = None;
+                relay_phase = true;
+                tracing::info!("relayed candidates join the checks");
+                for c in local_candidates.iter().filter(|c| is_relayed(c)) {
+                    ice.add_local(c.clone());
+                }
+                for c in remote_candidates.iter().filter(|c| is_relayed(c)) {
+                    ice.add_remote(c.clone());
+                }
+            },
+            i = accept_some(role == Role::Answerer, &endpoint) => {
+                let Some(incoming) = i else { anyhow::bail!("the QUIC endpoint closed") };
+                let conn = tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??;
+                let remote = conn.remote_address();
+                report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                // The prober's own verdict travels a longer way than the QUIC it let in: wait for it
+                // a moment, so the report says how this path was found.
+                if let Some(rx) = birthday_rx.take()
+                    && let Ok(Ok(BirthdayResult::Found { remote: r, probes, .. })) =
+                        tokio::time::timeout(BIRTHDAY_VERDICT_WAIT, rx).await
+                {
+                    if let Some(b) = report.birthday.as_mut() {
+                        b.found(probes);
+                    }
+                    birthday_found = Some((None, r));
+                }
+                report.local = match (birthday_found, &relay) {
+                    // QUIC came through our relay: the relayed candidate is our end, whatever the checks say.
+                    (_, Some(r)) if r.is_routed(remote) => {
+                        r.relayed().map(|a| endpoint_of(a, &local_candidates, true))
+                    }
+                    (Some((None, r)), _) if r == remote => Some(birthday_local(None, remote, &local_candidates)),
+                    _ => answerer_local(&ice.checks(), remote, &local_candidates),
+                };
+                break conn;
+            },
+            i = accept_some(role == Role::Answerer, side_endpoint.as_ref().unwrap_or(&endpoint)), if side_endpoint.is_some() => {
+                let Some(incoming) = i else { anyhow::bail!("the QUIC endpoint closed") };
+                let conn = tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??;
+                let remote = conn.remote_address();
+                report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                report.local = Some(birthday_local(birthday_found.and_then(|b| b.0), remote, &local_candidates));
+                break conn;
+            },
+            _ = tokio::time::sleep_until(deadline) => return Err(no_path(&ice)),
+        }
+    };
+    // A birthday attempt still running stops: the path is chosen.
+    drop(birthday_rx.take());
+    report.connect_ms = Some((joined.elapsed().as_secs_f64() * 1e6).round() / 1e3);
+    let relayed = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == "relay");
+    report.path =
+        Some(if relayed(&report.local) || relayed(&report.remote) { PathKind::Relay } else { PathKind::Direct });
+    report.checks = ice.checks();
+    tracing::info!(remote = %conn.remote_address(), "QUIC connected");
+
+    let pb = output::progress(opts, 0, "transfer");
+    let moved = match mode {
+        Mode::Connect => None,
+        Mode::Send(p) => Some(transfer::send_file(&conn, &p, &pb).await?),
+        Mode::Recv(p) => Some(transfer::recv_file(&conn, &p, &pb).await?),
+        Mode::Stdio => Some(transfer::stdio(&conn, role == Role::Offerer).await?),
+    };
+    pb.finish_and_clear();
+    if let Some(m) = moved {
+        report.bytes = m.bytes;
+        report.sha256 = m.sha256;
+        let secs = m.elapsed.as_secs_f64();
+        if secs > 0.0 && m.bytes > 0 {
+            report.throughput_mbps = Some(((m.bytes as f64 * 8.0 / secs / 1e6) * 1000.0).round() / 1000.0);
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    let idle = async {
+        endpoint.wait_idle().await;
+        if let Some(e) = &side_endpoint {
+            e.wait_idle().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
+    report.checks = ice.checks();
+    let _ = signal.send(&ClientMessage::Leave).await;
+    drop(peer);
+    Ok(())
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx.as_mut() {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_some<T>(rx: &mut Option<tokio::sync::oneshot::Receiver<T>>) -> Result<T, ()> {
+    match rx.as_mut() {
+        Some(rx) => rx.await.map_err(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept_some(answerer: bool, endpoint: &quinn::Endpoint) -> Option<quinn::Incoming> {
+    if answerer { endpoint.accept().await } else { std::future::pending().await }
+}
+
+/// Our end of a birthday path: the opener's winning socket, or the prober's stable mapping.
+fn birthday_local(opener_socket: Option<SocketAddr>, remote: SocketAddr, candidates: &[Candidate]) -> Endpoint {
+    match opener_socket {
+        Some(sock) => Endpoint {
+            address: SocketAddr::new(udp::local_ip_towards(remote).unwrap_or(sock.ip()), sock.port()),
+            kind: "host".into(),
+        },
+        None => candidates
+            .iter()
+            .find(|c| c.kind() == CandidateKind::ServerReflexive)
+            .or_else(|| candidates.first())
+            .map(|c| endpoint_of(c.addr(), candidates, true))
+            .unwrap_or(Endpoint { address: remote, kind: "prflx".into() }),
+    }
+}
+
+/// The answerer's end of the pair QUIC arrived on: the pair the offerer nominated, else one
+/// that worked toward where QUIC came from.
+fn answerer_local(checks: &[CheckRecord], remote: SocketAddr, candidates: &[Candidate]) -> Option<Endpoint> {
+    let to_remote = |c: &&CheckRecord| c.remote == remote;
+    checks
+        .iter()
+        .filter(to_remote)
+        .find(|c| c.nominated)
+        .or_else(|| checks.iter().filter(to_remote).find(|c| c.outcome == CheckOutcome::Succeeded))
+        .map(|c| endpoint_of(c.local, candidates, true))
+        .or_else(|| candidates.first().map(|c| endpoint_of(c.addr(), candidates, true)))
+}
+
+/// Sends our description and waits for the peer's, as offerer or answerer.
+async fn exchange(
+    signal: &mut SignalClient,
+    role: Role,
+    peers: &[PeerId],
+    ours: &Description,
+    room: &RoomId,
+    timeout: Duration,
+) -> anyhow::Result<(PeerId, Description)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    if role == Role::Offerer {
+        let peer = peers.first().cloned().context("no peer in the room")?;
+        signal.send(&ClientMessage::offer(peer.clone(), ours.to_json())).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, signal.recv())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "peer {} never answered in room {} within {:.0} s",
+                        peer.as_str(),
+                        room.as_str(),
+                        timeout.as_secs_f64()
+                    )
+                })?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            match msg {
+                ServerMessage::Answer { from, sdp, .. } if from == peer => {
+                    return Ok((peer, Description::parse(&sdp).map_err(|e| anyhow::anyhow!(e))?));
+                }
+                ServerMessage::Exit { from, .. } if from == peer => {
+                    anyhow::bail!("peer {} left room {} before answering", peer.as_str(), room.as_str())
+                }
+                ServerMessage::Error { message, .. } => anyhow::bail!("the signal server refused: {message}"),
+                _ => {}
+            }
+        }
+    }
+    loop {
+        let msg = tokio::time::timeout_at(deadline, signal.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("peer never joined room {} within {:.0} s", room.as_str(), timeout.as_secs_f64())
+            })?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        match msg {
+            ServerMessage::Offer { from, sdp, .. } => {
+                let theirs = Description::parse(&sdp).map_err(|e| anyhow::anyhow!(e))?;
+                signal
+                    .send(&ClientMessage::answer(from.clone(), ours.to_json()))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                return Ok((from, theirs));
+            }
+            ServerMessage::Error { message, .. } => anyhow::bail!("the signal server refused: {message}"),
+            _ => {}
+        }
+    }
+}
+
+fn no_path_error(checks: &[CheckRecord], theirs: &Description, timeout: Duration, relayed: bool) -> anyhow::Error {
+    let tried = checks.len();
+    let hint = match (theirs.mapping_varies, relayed) {
+        (_, true) => "; not even through the TURN relay: check that the relay allows the peer's address",
+        (Some(true), false) => "; the peer's NAT is symmetric (its mapping varies by destination): retry with --turn",
+        (_, false) => "; a firewall may drop UDP, or both NATs are symmetric: retry with --turn",
+    };
+    anyhow::anyhow!("no working path within {:.0} s: all {tried} candidate pairs failed{hint}", timeout.as_secs_f64())
+}
