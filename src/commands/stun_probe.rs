@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::cli::{StunProbeArgs, TransportChoice};
 use crate::error::{Status, UsageError, usage};
+use crate::net::address_class::AddressClass;
 use crate::net::server::{Family, ServerSpec};
 use crate::net::stream::{self, StreamEnd};
 use crate::net::tls::{CertVerdict, TlsClient, TlsOptions};
@@ -439,17 +440,6 @@ async fn probe_stream(
     r
 }
 
-fn is_private(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
-}
-
-fn is_cgnat(ip: &IpAddr) -> bool {
-    matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 100 && (v4.octets()[1] & 0xC0) == 64)
-}
-
 /// What the results mean together.
 pub fn summarize(results: &[ProbeResult]) -> Summary {
     let answered: Vec<&ProbeResult> = results.iter().filter(|r| r.mapped.is_some()).collect();
@@ -486,8 +476,9 @@ pub fn summarize(results: &[ProbeResult]) -> Summary {
     let mut mapped_addresses: Vec<SocketAddr> = answered.iter().filter_map(|r| r.mapped).collect();
     mapped_addresses.sort();
     mapped_addresses.dedup();
-    let cgnat = mapped_addresses.iter().any(|a| is_cgnat(&a.ip()));
-    let nested_nat = behind_nat == Some(true) && mapped_addresses.iter().any(|a| is_private(&a.ip()));
+    let class = |a: &SocketAddr| AddressClass::of_canonical(a.ip());
+    let cgnat = mapped_addresses.iter().any(|a| class(a) == AddressClass::Cgnat);
+    let nested_nat = behind_nat == Some(true) && mapped_addresses.iter().any(|a| class(a) == AddressClass::Private);
 
     let mut notes = Vec::new();
     match behind_nat {

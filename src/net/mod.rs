@@ -1,6 +1,7 @@
 //! Drivers: sockets, stream framing, TLS and name resolution. Protocol logic
 //! lives in the sans-IO cores; these modules only move bytes and time.
 
+pub mod address_class;
 pub mod mmsg;
 pub mod relay_driver;
 pub mod server;

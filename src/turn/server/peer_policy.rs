@@ -21,6 +21,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::net::address_class::AddressClass;
+
 /// An IP range in CIDR notation (`10.0.0.0/8`, `fe80::/10`, or a bare address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -167,78 +169,19 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// The IPv4 address an IPv6 address really points at, if it embeds one.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    let IpAddr::V6(v6) = ip else { return ip };
-    let o = v6.octets();
-    let seg = v6.segments();
-    let tail = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
-    // ::ffff:a.b.c.d (IPv4-mapped)
-    if seg[..5] == [0; 5] && seg[5] == 0xffff {
-        return IpAddr::V4(tail);
-    }
-    // ::a.b.c.d (IPv4-compatible, deprecated); :: and ::1 are themselves.
-    if seg[..6] == [0; 6] && u32::from(tail) > 1 {
-        return IpAddr::V4(tail);
-    }
-    // 64:ff9b::/96 (NAT64 well-known prefix) and 64:ff9b:1::/48 (local-use NAT64).
-    if (seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]) || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) {
-        return IpAddr::V4(tail);
-    }
-    // 2002:AABB:CCDD::/48 (6to4): the IPv4 address sits in bits 16..48.
-    if seg[0] == 0x2002 {
-        return IpAddr::V4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
-    }
-    // 2001:0::/32 (Teredo): the client's IPv4 address is the last 32 bits, inverted.
-    if seg[0] == 0x2001 && seg[1] == 0 {
-        return IpAddr::V4(Ipv4Addr::from(!u32::from(tail)));
-    }
-    ip
-}
+pub use crate::net::address_class::canonical;
 
-/// The special-purpose class of a canonical address, if it has one.
+/// The special-purpose class of a canonical address, if it has one (CGNAT space counts as private).
 pub fn classify(ip: IpAddr) -> Option<Refusal> {
-    match ip {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            if o[0] == 0 {
-                Some(Refusal::Unspecified)
-            } else if o[0] == 127 {
-                Some(Refusal::Loopback)
-            } else if o[0] == 10
-                || (o[0] == 172 && (16..32).contains(&o[1]))
-                || (o[0] == 192 && o[1] == 168)
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-            {
-                Some(Refusal::Private)
-            } else if o[0] == 169 && o[1] == 254 {
-                Some(Refusal::LinkLocal)
-            } else if a.is_broadcast() {
-                Some(Refusal::Broadcast)
-            } else if (224..240).contains(&o[0]) {
-                Some(Refusal::Multicast)
-            } else if o[0] >= 240 {
-                Some(Refusal::Reserved)
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(a) => {
-            let s0 = a.segments()[0];
-            if a.is_unspecified() {
-                Some(Refusal::Unspecified)
-            } else if a.is_loopback() {
-                Some(Refusal::Loopback)
-            } else if s0 & 0xfe00 == 0xfc00 || s0 & 0xffc0 == 0xfec0 {
-                Some(Refusal::Private)
-            } else if s0 & 0xffc0 == 0xfe80 {
-                Some(Refusal::LinkLocal)
-            } else if s0 & 0xff00 == 0xff00 {
-                Some(Refusal::Multicast)
-            } else {
-                None
-            }
-        }
+    match AddressClass::of(ip) {
+        AddressClass::Public => None,
+        AddressClass::Unspecified => Some(Refusal::Unspecified),
+        AddressClass::Loopback => Some(Refusal::Loopback),
+        AddressClass::Private | AddressClass::Cgnat => Some(Refusal::Private),
+        AddressClass::LinkLocal => Some(Refusal::LinkLocal),
+        AddressClass::Multicast => Some(Refusal::Multicast),
+        AddressClass::Broadcast => Some(Refusal::Broadcast),
+        AddressClass::Reserved => Some(Refusal::Reserved),
     }
 }
 
