@@ -52,16 +52,22 @@ pub fn framed_len(header: &[u8; HEADER_LEN]) -> usize {
 /// Encodes a message built with stun-rs.
 pub fn encode(msg: &StunMessage) -> Vec<u8> {
     let encoder = MessageEncoderBuilder::default().build();
-    // A STUN message over UDP fits the path MTU; 2 KiB leaves room for TURN data.
-    let mut buf = vec![0u8; 64 * 1024];
-    match encoder.encode(&mut buf, msg) {
-        Ok(n) => {
-            buf.truncate(n);
-            buf
+    // A STUN message over UDP fits the path MTU, so 2 KiB (room for TURN data) almost always
+    // does; zeroing 64 KiB up front would cost every Send indication that much. Only a larger
+    // message (TURN data over TCP) takes the second, full-size try.
+    let mut last = None;
+    for size in [2 * 1024, 64 * 1024] {
+        let mut buf = vec![0u8; size];
+        match encoder.encode(&mut buf, msg) {
+            Ok(n) => {
+                buf.truncate(n);
+                return buf;
+            }
+            Err(e) => last = Some(e),
         }
-        // Only our own messages come here; an oversized one is a bug, not input.
-        Err(e) => panic!("encoding a STUN message natkit built: {e:?}"),
     }
+    // Only our own messages come here; an oversized one is a bug, not input.
+    panic!("encoding a STUN message natkit built: {last:?}")
 }
 
 /// What to ask for in a Binding request (RFC 5780 §7.2 CHANGE-REQUEST).
@@ -273,6 +279,21 @@ mod tests {
             .with_attribute(Fingerprint::default())
             .build();
         encode(&msg)
+    }
+
+    #[test]
+    fn a_message_larger_than_the_first_buffer_still_encodes_whole() {
+        use stun_rs::attributes::turn::{Data, XorPeerAddress};
+        let data = vec![7u8; 8000];
+        let msg = StunMessageBuilder::new(stun_rs::methods::SEND, MessageClass::Indication)
+            .with_attribute(XorPeerAddress::from(SocketAddr::from(([203, 0, 113, 9], 7000))))
+            .with_attribute(Data::new(data.clone()))
+            .build();
+        let bytes = encode(&msg);
+        assert_eq!(bytes.len(), 20 + 12 + 4 + 8000);
+        let back = decode(&bytes).expect("decodes");
+        let got = back.attributes().iter().find_map(|a| a.as_data().ok().map(|d| d.as_bytes().to_vec()));
+        assert_eq!(got, Some(data));
     }
 
     #[test]
