@@ -86,7 +86,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-lifetime -d 
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l nonce-lifetime -d 'Seconds a nonce stays valid before 438 Stale Nonce' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l config -d 'Read options from a coturn turnserver.conf (flags given here win)' -r -F
-complete -c natkit -n "__fish_natkit_using_subcommand relay" -l workers -d 'Worker sockets per UDP listen address (SO_REUSEPORT) [default: CPU count, at most 8]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l workers -d 'Worker threads, each with its own SO_REUSEPORT socket per UDP listen address [default: half the CPU count, 1 to 8]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-loopback-peers -d 'Let clients relay to loopback addresses (127.0.0.0/8, ::1)'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-private-peers -d 'Let clients relay to private and link-local addresses (RFC 1918, 100.64/10, fc00::/7, 169.254/16, fe80::/10)'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'

@@ -108,7 +108,7 @@ pub struct RelayArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Worker sockets per UDP listen address (SO_REUSEPORT) [default: CPU count, at most 8]
+    /// Worker threads, each with its own SO_REUSEPORT socket per UDP listen address [default: half the CPU count, 1 to 8]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: Option<u16>,
 }

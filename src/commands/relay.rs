@@ -362,7 +362,10 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
     let workers = args
         .workers
         .map(|w| w as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8));
+        // Most of a relay's CPU is the kernel's send path, which runs on the
+        // sending thread; fewer workers wake less often and batch more, and
+        // leave cores to the rest of the machine (measured: scripts/bench-relay).
+        .unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / 2).clamp(1, 8));
 
     let core = ServerConfig {
         realm: args.realm.clone().or_else(|| conf.realm.clone()).unwrap_or_else(|| "natkit".into()),

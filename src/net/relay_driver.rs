@@ -2,31 +2,32 @@
 //! sockets in the `--ports` range, the sweep timer and the metrics endpoint,
 //! around the sans-IO core in [`crate::turn::server`].
 //!
-//! Each UDP listen address gets one SO_REUSEPORT socket per worker thread
-//! (its own single-threaded runtime), so the kernel spreads clients over
-//! cores and no packet crosses threads. A worker takes up to 32 datagrams
-//! with one recvmmsg, runs the core on all of them under one short lock,
-//! copies the answers out, unlocks and sends them with sendmmsg: the core is
-//! never held across a system call. Every relayed socket has a reader task,
-//! on the thread whose client opened it, that does the same for peer
-//! datagrams. TCP and TLS connections read
-//! frames (STUN or padded ChannelData, RFC 8656 §12.5) and write through a
-//! per-connection queue.
+//! Each UDP worker thread has one SO_REUSEPORT socket per UDP listen
+//! address (so the kernel spreads clients over workers by their address) and
+//! watches, on its own epoll set, the relayed socket of every allocation it
+//! made, so a client's packets never cross threads. A round takes every
+//! ready socket, reads it with recvmmsg batches of 32 until it is drained,
+//! runs the core on each batch under one short lock, and at the end of the
+//! round sends everything the round produced with one sendmmsg per socket:
+//! the answers to many relayed sockets' peers leave the listener together.
+//! The core is never held across a system call. While traffic flows a
+//! worker waits [`COALESCE`] between rounds instead of waking per datagram.
+//! TCP and TLS connections read frames (STUN or padded ChannelData, RFC 8656
+//! §12.5) and write through a per-connection queue.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Instant, SystemTime};
 
-use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::net::mmsg::{BATCH, RecvBatch, send_many};
 
@@ -72,13 +73,13 @@ pub struct DriverCounters {
 }
 
 /// Relayed sockets, shared by the core (open/close) and the data path (send).
-/// A relayed socket and the task reading it.
-type RelaySocket = (Arc<UdpSocket>, Option<AbortHandle>);
-
 #[derive(Default)]
 struct Registry {
-    sockets: RwLock<HashMap<RelayId, RelaySocket>>,
-    shared: OnceLock<Weak<Shared>>,
+    sockets: RwLock<HashMap<RelayId, Arc<UdpSocket>>>,
+    /// The UDP workers' epoll registries, for relayed sockets opened outside
+    /// a worker (allocations of TCP and TLS clients).
+    workers: OnceLock<Vec<mio::Registry>>,
+    next_worker: AtomicUsize,
 }
 
 struct Ports {
@@ -122,23 +123,28 @@ impl RelayPorts for Ports {
         let addr = sock.local_addr().map_err(|e| RelayOpenError::Io(e.to_string()))?;
         self.next_id += 1;
         let id = RelayId(self.next_id);
-        let abort = self
-            .registry
-            .shared
-            .get()
-            .and_then(Weak::upgrade)
-            .map(|shared| tokio::spawn(relay_reader(shared, id, sock.clone())).abort_handle());
         if let Ok(mut m) = self.registry.sockets.write() {
-            m.insert(id, (sock, abort));
+            m.insert(id, sock.clone());
+        }
+        // Watched by this thread's worker when a UDP client asked, else by the next worker in turn.
+        let fd = sock.as_raw_fd();
+        let token = mio::Token(id.0 as usize);
+        let watch = |r: &mio::Registry| r.register(&mut mio::unix::SourceFd(&fd), token, mio::Interest::READABLE);
+        let watched = WORKER.with(|w| w.borrow().as_ref().map(watch)).or_else(|| {
+            let workers = self.registry.workers.get().filter(|w| !w.is_empty())?;
+            let i = self.registry.next_worker.fetch_add(1, Ordering::Relaxed) % workers.len();
+            Some(watch(&workers[i]))
+        });
+        if let Some(Err(e)) = watched {
+            self.close(id);
+            return Err(RelayOpenError::Io(format!("cannot watch the relayed socket: {e}")));
         }
         Ok((id, addr))
     }
 
     fn close(&mut self, relay: RelayId) {
-        let removed = self.registry.sockets.write().ok().and_then(|mut m| m.remove(&relay));
-        if let Some((_, Some(abort))) = removed {
-            abort.abort();
-        }
+        // Closing the socket (when the last Arc goes) also takes it out of its worker's epoll set.
+        let _ = self.registry.sockets.write().ok().and_then(|mut m| m.remove(&relay));
     }
 }
 
@@ -160,7 +166,7 @@ impl Shared {
     /// The socket a transmit leaves from: a listener or a relayed socket.
     fn socket_for(&self, target: &Target) -> Option<Arc<UdpSocket>> {
         match target {
-            Target::Peer { relay, .. } => self.registry.sockets.read().ok()?.get(relay).map(|(s, _)| s.clone()),
+            Target::Peer { relay, .. } => self.registry.sockets.read().ok()?.get(relay).cloned(),
             Target::Client(ft) => self.udp.get(&ft.local).cloned(),
         }
     }
@@ -243,35 +249,21 @@ pub async fn run(
         conns: Mutex::new(HashMap::new()),
         counters: DriverCounters::default(),
     });
-    let _ = registry.shared.set(Arc::downgrade(&shared));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut threads = Vec::new();
+    // Worker i serves socket i of every UDP listen address.
+    let mut per_worker: Vec<Vec<(SocketAddr, Arc<UdpSocket>)>> = vec![Vec::new(); workers];
     for (addr, socks) in udp_sockets {
         for (i, s) in socks.into_iter().enumerate() {
-            let shared = shared.clone();
-            let mut stop = stop_rx.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("relay-udp-{i}"))
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(%addr, "cannot start a worker runtime: {e}");
-                            return;
-                        }
-                    };
-                    rt.block_on(async move {
-                        tokio::select! {
-                            _ = udp_worker(shared, addr, s) => {}
-                            _ = stop.wait_for(|v| *v) => {}
-                        }
-                    });
-                })
-                .map_err(|source| StartError::Listen { transport: "UDP", addr, source })?;
-            threads.push(t);
+            per_worker[i].push((addr, s));
         }
     }
+    let first = cfg.listen.first().or(cfg.listen_udp_only.first()).copied();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (threads, wakers) = start_workers(&shared, per_worker, &stop).map_err(|source| StartError::Listen {
+        transport: "UDP",
+        addr: first.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        source,
+    })?;
     let mut tasks = JoinSet::new();
     for (addr, listener, tls) in tcp {
         tasks.spawn(accept_loop(shared.clone(), addr, listener, tls));
@@ -283,7 +275,10 @@ pub async fn run(
 
     shutdown.await;
     // Stop accepting and reading first, then end every allocation.
-    let _ = stop_tx.send(true);
+    stop.store(true, Ordering::Relaxed);
+    for w in &wakers {
+        let _ = w.wake();
+    }
     tasks.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || {
         for t in threads {
@@ -297,11 +292,7 @@ pub async fn run(
         (core.stats().clone(), shared.counters.tcp_connections.load(Ordering::Relaxed))
     };
     if let Ok(mut m) = registry.sockets.write() {
-        for (_, (_, abort)) in m.drain() {
-            if let Some(a) = abort {
-                a.abort();
-            }
-        }
+        m.clear();
     }
     Ok((stats, tcp_connections))
 }
@@ -334,26 +325,47 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Per-thread buffers of the UDP fast path. A task never holds them across
-/// an await, so tasks sharing a thread take turns.
-struct ThreadIo {
+/// Token of a worker's waker (shutdown); listeners count down from below it,
+/// relayed sockets use their [`RelayId`].
+const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
+const LISTENER_TOKEN_BASE: usize = usize::MAX - 1;
+
+/// After a round that moved packets, a worker waits this long before it
+/// looks again instead of sleeping in epoll until the next single datagram:
+/// the answers to what it just sent (a peer echoing, the next packets of a
+/// burst) come back as one batch and one wake-up instead of one each.
+/// Software interrupt moderation, as NICs do it; it adds at most this much
+/// latency to a packet, and nothing when the relay is idle.
+const COALESCE: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// One UDP worker thread: its SO_REUSEPORT listener sockets and every
+/// relayed socket opened by the clients it serves, on one epoll set. Each
+/// round takes every ready socket, receives with recvmmsg until the socket
+/// is drained, runs the core on each batch under one short lock, and sends
+/// everything the round produced at the end, one sendmmsg per socket.
+struct UdpWorker {
+    shared: Arc<Shared>,
+    poll: mio::Poll,
+    listeners: Vec<(SocketAddr, Arc<UdpSocket>)>,
     client_in: RecvBatch,
     peer_in: RecvBatch,
-    /// Answers copied out of the core: (target, range in `out`).
+    /// Answers copied out of the core this round: (target, range in `out`).
     pending: Vec<(Target, usize, usize)>,
     out: Vec<u8>,
+    used: usize,
 }
 
 /// Largest answer the core makes: a Data indication around a full datagram.
 const MAX_OUT: usize = MAX_DATAGRAM + 64;
+/// Room for answers of two full batches; a round flushes early when the next
+/// batch might not fit.
+const OUT_BYTES: usize = 2 * MAX_OUT * BATCH;
 
 thread_local! {
-    static IO: RefCell<ThreadIo> = RefCell::new(ThreadIo {
-        client_in: RecvBatch::new(MAX_DATAGRAM, 0, 0),
-        peer_in: RecvBatch::new(MAX_DATAGRAM, PEER_HEADROOM, PEER_TAILROOM),
-        pending: Vec::with_capacity(BATCH),
-        out: vec![0u8; MAX_OUT * BATCH],
-    });
+    /// The epoll registry of the worker running on this thread, if any: a
+    /// relayed socket opened while serving a client is watched by the worker
+    /// that serves that client, so its packets never cross threads.
+    static WORKER: RefCell<Option<mio::Registry>> = const { RefCell::new(None) };
 }
 
 /// Where a batch of datagrams came in.
@@ -363,30 +375,76 @@ enum Source {
     Relay(RelayId),
 }
 
-/// One readiness event: receive a batch, run the core on it, send the
-/// answers. Returns whether the socket is drained (fewer than a batch read).
-fn pump(shared: &Shared, fd: RawFd, source: Source) -> bool {
-    IO.with(|io| {
-        let Ok(mut io) = io.try_borrow_mut() else { return false };
-        let io = &mut *io;
-        let batch = match source {
-            Source::Listener(_) => &mut io.client_in,
-            Source::Relay(_) => &mut io.peer_in,
-        };
-        let n = match batch.recv(fd) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            // ICMP errors from earlier sends surface here on Linux; they are not fatal.
-            Err(e) => {
-                tracing::trace!("recv: {e}");
-                return false;
+impl UdpWorker {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut events = mio::Events::with_capacity(256);
+        let mut hot = false;
+        while !stop.load(Ordering::Relaxed) {
+            let timeout = if hot { Some(std::time::Duration::ZERO) } else { None };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!("UDP worker cannot poll: {e}");
+                    return;
+                }
+                continue;
             }
-        };
-        io.pending.clear();
-        let mut used = 0usize;
-        {
+            let mut moved = 0usize;
+            for ev in events.iter() {
+                let source = match ev.token() {
+                    WAKE_TOKEN => continue,
+                    mio::Token(t) if t > LISTENER_TOKEN_BASE - self.listeners.len() && t <= LISTENER_TOKEN_BASE => {
+                        let (addr, sock) = &self.listeners[LISTENER_TOKEN_BASE - t];
+                        (Source::Listener(*addr), sock.clone())
+                    }
+                    mio::Token(t) => {
+                        let relay = RelayId(t as u64);
+                        let sock = self.shared.registry.sockets.read().ok().and_then(|m| m.get(&relay).cloned());
+                        // Closed since the event was queued.
+                        let Some(sock) = sock else { continue };
+                        (Source::Relay(relay), sock)
+                    }
+                };
+                moved += self.drain(source.1.as_raw_fd(), source.0);
+            }
+            self.flush();
+            // Coalesce only while traffic flows; an empty round goes back to sleeping in epoll.
+            hot = moved > 0;
+            if hot {
+                std::thread::sleep(COALESCE);
+            }
+        }
+    }
+
+    /// Reads `fd` until it is drained (edge-triggered readiness), running
+    /// the core on each batch; returns how many datagrams came in.
+    fn drain(&mut self, fd: RawFd, source: Source) -> usize {
+        let mut total = 0;
+        let mut errors = 0;
+        loop {
+            if self.used + MAX_OUT * BATCH > self.out.len() {
+                self.flush();
+            }
+            let batch = match source {
+                Source::Listener(_) => &mut self.client_in,
+                Source::Relay(_) => &mut self.peer_in,
+            };
+            let n = match batch.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
+                // ICMP errors from earlier sends surface here on Linux, one per call: read
+                // on (data may wait behind them), but give up on an error that persists.
+                Err(e) => {
+                    tracing::trace!("recv: {e}");
+                    errors += 1;
+                    if errors > BATCH {
+                        return total;
+                    }
+                    continue;
+                }
+            };
+            total += n;
             let now = Instant::now();
-            let mut core = shared.lock();
+            let mut core = self.shared.lock();
             for i in 0..n {
                 let Some((from, slot, len)) = batch.slot_mut(i) else { continue };
                 let t = match source {
@@ -397,87 +455,135 @@ fn pump(shared: &Shared, fd: RawFd, source: Source) -> bool {
                     Source::Relay(relay) => core.handle_peer(relay, from, slot, len, now),
                 };
                 if let Some(t) = t {
-                    let end = used + t.payload.len();
-                    if let Some(dst) = io.out.get_mut(used..end) {
+                    let end = self.used + t.payload.len();
+                    if let Some(dst) = self.out.get_mut(self.used..end) {
                         dst.copy_from_slice(t.payload);
-                        io.pending.push((t.target, used, t.payload.len()));
-                        used = end;
+                        self.pending.push((t.target, self.used, t.payload.len()));
+                        self.used = end;
                     }
                 }
             }
-        }
-        flush(shared, &io.pending, &io.out);
-        n < BATCH
-    })
-}
-
-/// Sends what a batch produced, one sendmmsg per run of answers that leave
-/// from the same UDP socket.
-fn flush(shared: &Shared, pending: &[(Target, usize, usize)], out: &[u8]) {
-    let dest_of = |t: &Target| match t {
-        Target::Peer { peer, .. } => *peer,
-        Target::Client(ft) => ft.remote,
-    };
-    let mut i = 0;
-    while i < pending.len() {
-        let (target, start, len) = pending[i];
-        if matches!(target, Target::Client(ft) if ft.transport != Transport::Udp) {
-            shared.deliver(target, &out[start..start + len]);
-            i += 1;
-            continue;
-        }
-        let sock = shared.socket_for(&target);
-        // The run of answers after this one that leave from the same socket.
-        let mut j = i + 1;
-        while j < pending.len() && same_socket(&pending[j].0, &target) {
-            j += 1;
-        }
-        if let Some(s) = sock {
-            let msgs = pending[i..j].iter().map(|(t, st, l)| (dest_of(t), &out[*st..*st + *l]));
-            let failed = send_many(s.as_raw_fd(), msgs);
-            if failed > 0 {
-                shared.counters.send_errors.fetch_add(failed as u64, Ordering::Relaxed);
+            drop(core);
+            if n < BATCH {
+                // A short batch: the socket is empty, the edge is consumed.
+                return total;
             }
         }
-        i = j;
     }
-}
 
-fn same_socket(a: &Target, b: &Target) -> bool {
-    match (a, b) {
-        (Target::Peer { relay: x, .. }, Target::Peer { relay: y, .. }) => x == y,
-        (Target::Client(x), Target::Client(y)) => {
-            x.transport == Transport::Udp && y.transport == Transport::Udp && x.local == y.local
-        }
-        _ => false,
-    }
-}
-
-/// Waits for readiness and pumps until the socket is drained, forever.
-async fn pump_forever(shared: Arc<Shared>, sock: Arc<UdpSocket>, source: Source) {
-    // SAFETY: the Arc keeps the socket (and so its fd) open for as long as the AsyncFd lives.
-    let fd = match unsafe { AsyncFd::register(sock.clone()) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!("cannot watch a UDP socket: {e}");
+    /// Sends what the round produced: answers grouped by the socket they
+    /// leave from (order kept within a socket), one sendmmsg per socket.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
             return;
         }
-    };
-    loop {
-        let Ok(mut guard) = fd.readable().await else { return };
-        if pump(&shared, sock.as_raw_fd(), source) {
-            // Drained: wait for the next edge (tokio keeps any that arrived meanwhile).
-            guard.clear_ready();
+        let out = &self.out;
+        for run in runs_by_socket(&mut self.pending) {
+            let run = &self.pending[run];
+            let target = run[0].0;
+            if matches!(target, Target::Client(ft) if ft.transport != Transport::Udp) {
+                for (t, st, l) in run {
+                    self.shared.deliver(*t, &out[*st..*st + *l]);
+                }
+                continue;
+            }
+            if let Some(s) = self.shared.socket_for(&target) {
+                let msgs = run.iter().map(|(t, st, l)| (dest_of(t), &out[*st..*st + *l]));
+                let failed = send_many(s.as_raw_fd(), msgs);
+                if failed > 0 {
+                    self.shared.counters.send_errors.fetch_add(failed as u64, Ordering::Relaxed);
+                }
+            }
         }
+        self.pending.clear();
+        self.used = 0;
     }
 }
 
-async fn udp_worker(shared: Arc<Shared>, local: SocketAddr, sock: Arc<UdpSocket>) {
-    pump_forever(shared, sock, Source::Listener(local)).await
+/// Orders a round's answers by the socket they leave from (a stable sort,
+/// so each destination sees its datagrams in the order they were made) and
+/// returns the index range of each socket's run: one sendmmsg each.
+fn runs_by_socket(pending: &mut [(Target, usize, usize)]) -> Vec<std::ops::Range<usize>> {
+    pending.sort_by_key(|(t, _, _)| socket_key(t));
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < pending.len() {
+        let key = socket_key(&pending[i].0);
+        let mut j = i + 1;
+        while j < pending.len() && socket_key(&pending[j].0) == key {
+            j += 1;
+        }
+        runs.push(i..j);
+        i = j;
+    }
+    runs
 }
 
-async fn relay_reader(shared: Arc<Shared>, relay: RelayId, sock: Arc<UdpSocket>) {
-    pump_forever(shared, sock, Source::Relay(relay)).await
+fn dest_of(t: &Target) -> SocketAddr {
+    match t {
+        Target::Peer { peer, .. } => *peer,
+        Target::Client(ft) => ft.remote,
+    }
+}
+
+/// Which socket a transmit leaves from, as a sortable key: a relayed socket,
+/// a UDP listener, or (never batched) a stream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SocketKey {
+    Relay(RelayId),
+    Listener(SocketAddr),
+    Stream(SocketAddr, SocketAddr),
+}
+
+fn socket_key(t: &Target) -> SocketKey {
+    match t {
+        Target::Peer { relay, .. } => SocketKey::Relay(*relay),
+        Target::Client(ft) if ft.transport == Transport::Udp => SocketKey::Listener(ft.local),
+        Target::Client(ft) => SocketKey::Stream(ft.local, ft.remote),
+    }
+}
+
+/// Starts one UDP worker thread per listener socket set; returns the
+/// threads and the wakers that stop them.
+fn start_workers(
+    shared: &Arc<Shared>,
+    per_worker: Vec<Vec<(SocketAddr, Arc<UdpSocket>)>>,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<(Vec<std::thread::JoinHandle<()>>, Vec<mio::Waker>)> {
+    let mut threads = Vec::new();
+    let mut wakers = Vec::new();
+    let mut registries = Vec::new();
+    for (i, listeners) in per_worker.into_iter().enumerate() {
+        let poll = mio::Poll::new()?;
+        wakers.push(mio::Waker::new(poll.registry(), WAKE_TOKEN)?);
+        for (k, (_, sock)) in listeners.iter().enumerate() {
+            let fd = sock.as_raw_fd();
+            poll.registry().register(
+                &mut mio::unix::SourceFd(&fd),
+                mio::Token(LISTENER_TOKEN_BASE - k),
+                mio::Interest::READABLE,
+            )?;
+        }
+        let registry = poll.registry().try_clone()?;
+        registries.push(poll.registry().try_clone()?);
+        let worker = UdpWorker {
+            shared: shared.clone(),
+            poll,
+            listeners,
+            client_in: RecvBatch::new(MAX_DATAGRAM, 0, 0),
+            peer_in: RecvBatch::new(MAX_DATAGRAM, PEER_HEADROOM, PEER_TAILROOM),
+            pending: Vec::with_capacity(4 * BATCH),
+            out: vec![0u8; OUT_BYTES],
+            used: 0,
+        };
+        let stop = stop.clone();
+        threads.push(std::thread::Builder::new().name(format!("relay-udp-{i}")).spawn(move || {
+            WORKER.with(|w| *w.borrow_mut() = Some(registry));
+            worker.run(&stop);
+        })?);
+    }
+    let _ = shared.registry.workers.set(registries);
+    Ok((threads, wakers))
 }
 
 async fn accept_loop(
@@ -619,5 +725,38 @@ impl Shared {
             tls_handshake_failures: self.counters.tls_handshake_failures.load(Ordering::Relaxed),
             send_errors: self.counters.send_errors.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(local: &str, remote: &str, transport: Transport) -> Target {
+        Target::Client(FiveTuple { transport, local: local.parse().unwrap(), remote: remote.parse().unwrap() })
+    }
+
+    fn peer(relay: u64, addr: &str) -> Target {
+        Target::Peer { relay: RelayId(relay), peer: addr.parse().unwrap() }
+    }
+
+    #[test]
+    fn a_round_goes_out_in_one_run_per_socket_in_order_per_destination() {
+        let l = "127.0.0.1:3478";
+        let mut pending = vec![
+            (peer(2, "203.0.113.9:5000"), 0, 10),
+            (client(l, "198.51.100.1:1000", Transport::Udp), 10, 10),
+            (peer(1, "203.0.113.9:5000"), 20, 10),
+            (client(l, "198.51.100.2:1000", Transport::Udp), 30, 10),
+            (peer(2, "203.0.113.9:5000"), 40, 10),
+            (client(l, "198.51.100.3:1000", Transport::Tcp), 50, 10),
+            (client(l, "198.51.100.1:1000", Transport::Udp), 60, 10),
+        ];
+        let runs = runs_by_socket(&mut pending);
+        let starts: Vec<Vec<usize>> = runs.iter().map(|r| pending[r.clone()].iter().map(|p| p.1).collect()).collect();
+        // Relay 1, relay 2 (its two datagrams in order), the UDP listener (three
+        // datagrams, client 1's two in order), the TCP connection.
+        assert_eq!(starts, vec![vec![20], vec![0, 40], vec![10, 30, 60], vec![50]]);
+        assert!(runs_by_socket(&mut []).is_empty());
     }
 }
