@@ -10,8 +10,7 @@
 //! runs the core on each batch under one short lock, and at the end of the
 //! round sends everything the round produced with one sendmmsg per socket:
 //! the answers to many relayed sockets' peers leave the listener together.
-//! The core is never held across a system call. While traffic flows a
-//! worker waits [`COALESCE`] between rounds instead of waking per datagram.
+//! The core is never held across a system call.
 //! TCP and TLS connections read frames (STUN or padded ChannelData, RFC 8656
 //! §12.5) and write through a per-connection queue.
 
@@ -330,14 +329,6 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 const WAKE_TOKEN: mio::Token = mio::Token(usize::MAX);
 const LISTENER_TOKEN_BASE: usize = usize::MAX - 1;
 
-/// After a round that moved packets, a worker waits this long before it
-/// looks again instead of sleeping in epoll until the next single datagram:
-/// the answers to what it just sent (a peer echoing, the next packets of a
-/// burst) come back as one batch and one wake-up instead of one each.
-/// Software interrupt moderation, as NICs do it; it adds at most this much
-/// latency to a packet, and nothing when the relay is idle.
-const COALESCE: std::time::Duration = std::time::Duration::from_micros(50);
-
 /// One UDP worker thread: its SO_REUSEPORT listener sockets and every
 /// relayed socket opened by the clients it serves, on one epoll set. Each
 /// round takes every ready socket, receives with recvmmsg until the socket
@@ -378,17 +369,17 @@ enum Source {
 impl UdpWorker {
     fn run(mut self, stop: &AtomicBool) {
         let mut events = mio::Events::with_capacity(256);
-        let mut hot = false;
+        // No coalescing delay between rounds: measured, a 50 us wait after a busy
+        // round cost more wake-ups than it saved and overflowed relayed sockets'
+        // queues at high rates.
         while !stop.load(Ordering::Relaxed) {
-            let timeout = if hot { Some(std::time::Duration::ZERO) } else { None };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = self.poll.poll(&mut events, None) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!("UDP worker cannot poll: {e}");
                     return;
                 }
                 continue;
             }
-            let mut moved = 0usize;
             for ev in events.iter() {
                 let source = match ev.token() {
                     WAKE_TOKEN => continue,
@@ -404,21 +395,15 @@ impl UdpWorker {
                         (Source::Relay(relay), sock)
                     }
                 };
-                moved += self.drain(source.1.as_raw_fd(), source.0);
+                self.drain(source.1.as_raw_fd(), source.0);
             }
             self.flush();
-            // Coalesce only while traffic flows; an empty round goes back to sleeping in epoll.
-            hot = moved > 0;
-            if hot {
-                std::thread::sleep(COALESCE);
-            }
         }
     }
 
     /// Reads `fd` until it is drained (edge-triggered readiness), running
-    /// the core on each batch; returns how many datagrams came in.
-    fn drain(&mut self, fd: RawFd, source: Source) -> usize {
-        let mut total = 0;
+    /// the core on each batch.
+    fn drain(&mut self, fd: RawFd, source: Source) {
         let mut errors = 0;
         loop {
             if self.used + MAX_OUT * BATCH > self.out.len() {
@@ -430,19 +415,18 @@ impl UdpWorker {
             };
             let n = match batch.recv(fd) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return total,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // ICMP errors from earlier sends surface here on Linux, one per call: read
                 // on (data may wait behind them), but give up on an error that persists.
                 Err(e) => {
                     tracing::trace!("recv: {e}");
                     errors += 1;
                     if errors > BATCH {
-                        return total;
+                        return;
                     }
                     continue;
                 }
             };
-            total += n;
             let now = Instant::now();
             let mut core = self.shared.lock();
             for i in 0..n {
@@ -466,7 +450,7 @@ impl UdpWorker {
             drop(core);
             if n < BATCH {
                 // A short batch: the socket is empty, the edge is consumed.
-                return total;
+                return;
             }
         }
     }
