@@ -25,12 +25,43 @@ pub enum Role {
     Answerer,
 }
 
+/// A candidate type as SDP names it (RFC 8445 §5.1.1, RFC 8839 §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CandidateType {
+    Host,
+    Srflx,
+    Prflx,
+    Relay,
+}
+
+impl From<CandidateKind> for CandidateType {
+    fn from(k: CandidateKind) -> Self {
+        match k {
+            CandidateKind::Host => CandidateType::Host,
+            CandidateKind::ServerReflexive => CandidateType::Srflx,
+            CandidateKind::PeerReflexive => CandidateType::Prflx,
+            CandidateKind::Relayed => CandidateType::Relay,
+        }
+    }
+}
+
+impl std::fmt::Display for CandidateType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CandidateType::Host => "host",
+            CandidateType::Srflx => "srflx",
+            CandidateType::Prflx => "prflx",
+            CandidateType::Relay => "relay",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
-    /// host, srflx, prflx or relay (RFC 8445 §5.1.1)
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: CandidateType,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,28 +132,9 @@ impl BirthdayReport {
 }
 
 /// The candidate type of `addr` among `candidates` (`prflx` when it is none of them).
-pub(crate) fn endpoint_of(addr: SocketAddr, candidates: &[Candidate], local: bool) -> Endpoint {
-    let kind = candidates
-        .iter()
-        .find(|c| {
-            c.addr() == addr
-                || (local
-                    && c.kind() == CandidateKind::Host
-                    && c.addr().port() == addr.port()
-                    && c.addr().ip() == addr.ip())
-        })
-        .map(|c| kind_name(c.kind()))
-        .unwrap_or("prflx");
-    Endpoint { address: addr, kind: kind.to_string() }
-}
-
-fn kind_name(k: CandidateKind) -> &'static str {
-    match k {
-        CandidateKind::Host => "host",
-        CandidateKind::ServerReflexive => "srflx",
-        CandidateKind::PeerReflexive => "prflx",
-        CandidateKind::Relayed => "relay",
-    }
+pub(crate) fn endpoint_of(addr: SocketAddr, candidates: &[Candidate]) -> Endpoint {
+    let kind = candidates.iter().find(|c| c.addr() == addr).map_or(CandidateType::Prflx, |c| c.kind().into());
+    Endpoint { address: addr, kind }
 }
 
 impl Render for PunchReport {

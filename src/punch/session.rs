@@ -24,10 +24,10 @@ use crate::output::{self, OutputOptions};
 use crate::punch::birthday::{Birthday, Credentials as BirthdayCredentials, Limits};
 use crate::punch::birthday_driver::{self, BirthdayResult};
 use crate::punch::ice_driver::{self, IceEvent};
-use crate::punch::mux::MuxSocket;
+use crate::punch::mux::{Diverted, MuxSocket};
 use crate::punch::plan::{Knowledge, Plan};
 use crate::punch::relay_link::{LinkEvent, RelayLink};
-use crate::punch::report::{BirthdayReport, Endpoint, PathKind, PunchReport, Role, endpoint_of};
+use crate::punch::report::{BirthdayReport, CandidateType, Endpoint, PathKind, PunchReport, Role, endpoint_of};
 use crate::punch::{quic, transfer};
 use crate::signal::client::{ClientOptions, SignalClient};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
@@ -164,22 +164,15 @@ pub async fn run(
     tracing::info!(?plan, "plan");
 
     udp::disable_recverr(&socket).context("configuring the UDP socket")?;
-    let (mux, diverted) = MuxSocket::new(socket.clone(), relay.clone());
-    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone());
-    let mut birthday_inbox = Some(diverted.birthday);
     let server_cfg = || -> anyhow::Result<Option<quinn::ServerConfig>> {
         Ok(match role {
             Role::Answerer => Some(quic::server_config(&identity, &theirs.fingerprint)?),
             Role::Offerer => None,
         })
     };
-    let runtime = Arc::new(quinn::TokioRuntime);
-    let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        crate::punch::mux::endpoint_config(),
-        server_cfg()?,
-        mux,
-        runtime.clone(),
-    )?;
+    let (endpoint, diverted) = quic_endpoint(socket.clone(), relay.clone(), server_cfg()?)?;
+    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone());
+    let mut birthday_inbox = Some(diverted.birthday);
     // The opener's winning birthday socket gets an endpoint of its own.
     let mut side_endpoint: Option<quinn::Endpoint> = None;
 
@@ -196,11 +189,9 @@ pub async fn run(
         tokio::select! {
             ev = ice.events.recv() => match ev {
                 Some(IceEvent::Nominated { local, remote }) if role == Role::Offerer => {
-                    report.local = Some(endpoint_of(local, &local_candidates, true));
-                    report.remote = Some(endpoint_of(remote, &remote_candidates, false));
-                    let cfg = quic::client_config(&identity, &theirs.fingerprint)?;
-                    let connecting = endpoint.connect_with(cfg, remote, quic::SERVER_NAME)?;
-                    break tokio::time::timeout_at(deadline, connecting).await.context("QUIC handshake timed out")??;
+                    report.local = Some(endpoint_of(local, &local_candidates));
+                    report.remote = Some(endpoint_of(remote, &remote_candidates));
+                    break connect(&endpoint, &identity, &theirs.fingerprint, remote, deadline).await?;
                 }
                 Some(ev) => tracing::debug!(?ev, "ICE"),
                 None => return Err(no_path(&ice)),
@@ -229,9 +220,7 @@ pub async fn run(
                         birthday_found = Some((local, remote));
                         let ep = match won {
                             Some(sock) => {
-                                let (m, _) = MuxSocket::new(sock, None);
-                                let ep = quinn::Endpoint::new_with_abstract_socket(
-                                    crate::punch::mux::endpoint_config(), server_cfg()?, m, runtime.clone())?;
+                                let (ep, _) = quic_endpoint(sock, None, server_cfg()?)?;
                                 side_endpoint = Some(ep.clone());
                                 ep
                             }
@@ -239,10 +228,8 @@ pub async fn run(
                         };
                         if role == Role::Offerer {
                             report.local = Some(birthday_local(local, remote, &local_candidates));
-                            report.remote = Some(endpoint_of(remote, &remote_candidates, false));
-                            let cfg = quic::client_config(&identity, &theirs.fingerprint)?;
-                            let connecting = ep.connect_with(cfg, remote, quic::SERVER_NAME)?;
-                            break tokio::time::timeout_at(deadline, connecting).await.context("QUIC handshake timed out")??;
+                            report.remote = Some(endpoint_of(remote, &remote_candidates));
+                            break connect(&ep, &identity, &theirs.fingerprint, remote, deadline).await?;
                         }
                     }
                     Ok(BirthdayResult::GaveUp { probes }) => {
@@ -311,10 +298,9 @@ pub async fn run(
                 }
             },
             i = accept_some(role == Role::Answerer, &endpoint) => {
-                let Some(incoming) = i else { anyhow::bail!("the QUIC endpoint closed") };
-                let conn = tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??;
+                let conn = handshake(i, deadline).await?;
                 let remote = conn.remote_address();
-                report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                report.remote = Some(endpoint_of(remote, &remote_candidates));
                 // The prober's own verdict travels a longer way than the QUIC it let in: wait for it
                 // a moment, so the report says how this path was found.
                 if let Some(rx) = birthday_rx.take()
@@ -329,7 +315,7 @@ pub async fn run(
                 report.local = match (birthday_found, &relay) {
                     // QUIC came through our relay: the relayed candidate is our end, whatever the checks say.
                     (_, Some(r)) if r.is_routed(remote) => {
-                        r.relayed().map(|a| endpoint_of(a, &local_candidates, true))
+                        r.relayed().map(|a| endpoint_of(a, &local_candidates))
                     }
                     (Some((None, r)), _) if r == remote => Some(birthday_local(None, remote, &local_candidates)),
                     _ => answerer_local(&ice.checks(), remote, &local_candidates),
@@ -337,10 +323,9 @@ pub async fn run(
                 break conn;
             },
             i = accept_some(role == Role::Answerer, side_endpoint.as_ref().unwrap_or(&endpoint)), if side_endpoint.is_some() => {
-                let Some(incoming) = i else { anyhow::bail!("the QUIC endpoint closed") };
-                let conn = tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??;
+                let conn = handshake(i, deadline).await?;
                 let remote = conn.remote_address();
-                report.remote = Some(endpoint_of(remote, &remote_candidates, false));
+                report.remote = Some(endpoint_of(remote, &remote_candidates));
                 report.local = Some(birthday_local(birthday_found.and_then(|b| b.0), remote, &local_candidates));
                 break conn;
             },
@@ -350,7 +335,7 @@ pub async fn run(
     // A birthday attempt still running stops: the path is chosen.
     drop(birthday_rx.take());
     report.connect_ms = Some((joined.elapsed().as_secs_f64() * 1e6).round() / 1e3);
-    let relayed = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == "relay");
+    let relayed = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == CandidateType::Relay);
     report.path =
         Some(if relayed(&report.local) || relayed(&report.remote) { PathKind::Relay } else { PathKind::Direct });
     report.checks = ice.checks();
@@ -386,6 +371,43 @@ pub async fn run(
     Ok(())
 }
 
+/// A QUIC endpoint on `socket`, behind the mux (and the relay link, if any).
+fn quic_endpoint(
+    socket: Arc<tokio::net::UdpSocket>,
+    relay: Option<Arc<RelayLink>>,
+    server: Option<quinn::ServerConfig>,
+) -> anyhow::Result<(quinn::Endpoint, Diverted)> {
+    let (mux, diverted) = MuxSocket::new(socket, relay);
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        crate::punch::mux::endpoint_config(),
+        server,
+        mux,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok((endpoint, diverted))
+}
+
+/// The offerer's QUIC handshake to `remote`, pinned to the peer's fingerprint.
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    identity: &quic::Identity,
+    fingerprint: &str,
+    remote: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<quinn::Connection> {
+    let connecting = endpoint.connect_with(quic::client_config(identity, fingerprint)?, remote, quic::SERVER_NAME)?;
+    Ok(tokio::time::timeout_at(deadline, connecting).await.context("QUIC handshake timed out")??)
+}
+
+/// The answerer's side of a handshake the endpoint accepted.
+async fn handshake(
+    incoming: Option<quinn::Incoming>,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<quinn::Connection> {
+    let Some(incoming) = incoming else { anyhow::bail!("the QUIC endpoint closed") };
+    Ok(tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??)
+}
+
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -416,14 +438,14 @@ fn birthday_local(opener_socket: Option<SocketAddr>, remote: SocketAddr, candida
     match opener_socket {
         Some(sock) => Endpoint {
             address: SocketAddr::new(udp::local_ip_towards(remote).unwrap_or(sock.ip()), sock.port()),
-            kind: "host".into(),
+            kind: CandidateType::Host,
         },
         None => candidates
             .iter()
             .find(|c| c.kind() == CandidateKind::ServerReflexive)
             .or_else(|| candidates.first())
-            .map(|c| endpoint_of(c.addr(), candidates, true))
-            .unwrap_or(Endpoint { address: remote, kind: "prflx".into() }),
+            .map(|c| endpoint_of(c.addr(), candidates))
+            .unwrap_or(Endpoint { address: remote, kind: CandidateType::Prflx }),
     }
 }
 
@@ -436,8 +458,8 @@ fn answerer_local(checks: &[CheckRecord], remote: SocketAddr, candidates: &[Cand
         .filter(to_remote)
         .find(|c| c.nominated)
         .or_else(|| checks.iter().filter(to_remote).find(|c| c.outcome == CheckOutcome::Succeeded))
-        .map(|c| endpoint_of(c.local, candidates, true))
-        .or_else(|| candidates.first().map(|c| endpoint_of(c.addr(), candidates, true)))
+        .map(|c| endpoint_of(c.local, candidates))
+        .or_else(|| candidates.first().map(|c| endpoint_of(c.addr(), candidates)))
 }
 
 /// Sends our description and waits for the peer's, as offerer or answerer.
