@@ -2,6 +2,7 @@
 //! lives in the sans-IO cores; these modules only move bytes and time.
 
 pub mod address_class;
+pub mod conn_limit;
 pub mod mmsg;
 pub mod relay_driver;
 pub mod server;
