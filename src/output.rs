@@ -7,7 +7,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{ColumnConstraint, ContentArrangement, Table, Width, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -42,7 +42,9 @@ pub fn emit<R: Render>(report: &R, opts: &OutputOptions) -> anyhow::Result<()> {
 pub fn emit_to<R: Render>(report: &R, opts: &OutputOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     match opts.format {
         Format::Json => {
-            serde_json::to_writer_pretty(&mut *out, report)?;
+            let mut value = serde_json::to_value(report)?;
+            round_floats(&mut value);
+            serde_json::to_writer_pretty(&mut *out, &value)?;
             writeln!(out)?;
         }
         Format::Table => report.render(out)?,
@@ -51,11 +53,153 @@ pub fn emit_to<R: Render>(report: &R, opts: &OutputOptions, out: &mut dyn Write)
     Ok(())
 }
 
+/// Decimal places kept in JSON numbers: times are in milliseconds, so three
+/// places are microseconds, finer than any clock behind them; `0.353766` and
+/// not `0.35376599999999997`. Integers are untouched.
+const JSON_DECIMALS: i32 = 3;
+
+fn round_floats(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(x) = n.as_f64() {
+                let scale = 10f64.powi(JSON_DECIMALS);
+                if let Some(r) = serde_json::Number::from_f64((x * scale).round() / scale) {
+                    *n = r;
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(round_floats),
+        Value::Object(fields) => fields.values_mut().for_each(round_floats),
+        _ => {}
+    }
+}
+
 /// A table with natkit's house style.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
+    if let Some(w) = columns_from_env() {
+        t.set_width(w);
+    }
     t
+}
+
+/// `COLUMNS` when the user (or a script) set it: the width to fit, also when
+/// stdout is not a terminal. On a terminal without it, comfy-table asks the
+/// terminal itself.
+fn columns_from_env() -> Option<u16> {
+    std::env::var("COLUMNS").ok()?.trim().parse::<u16>().ok().filter(|w| *w >= 20)
+}
+
+/// The widest a single unbreakable token (an address, a number with its
+/// unit) may make a column before it is allowed to wrap inside it.
+const LONGEST_UNSPLIT_TOKEN: usize = 48;
+
+/// Rows first, table second: a [`Grid`] knows every cell before it lays the
+/// table out, so it can drop columns nobody filled and keep each column at
+/// least as wide as its longest token, so that the terminal's width wraps
+/// sentences at spaces and never splits an address such as
+/// `203.0.113.12:35124` in two.
+#[derive(Debug, Clone, Default)]
+pub struct Grid {
+    header: Option<Vec<String>>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Grid {
+    /// A table with a header row.
+    pub fn new(header: &[&str]) -> Grid {
+        Grid { header: Some(header.iter().map(|h| h.to_string()).collect()), rows: Vec::new() }
+    }
+
+    /// A two-column "name: value" table without a header row.
+    pub fn key_value() -> Grid {
+        Grid { header: None, rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) -> &mut Grid {
+        self.rows.push(cells);
+        self
+    }
+
+    /// Columns to show: the first always, the others when a row has
+    /// something in them (`-` and empty cells are nothing).
+    fn kept_columns(&self) -> Vec<usize> {
+        let n = self.header.as_ref().map(Vec::len).unwrap_or(0).max(self.rows.iter().map(Vec::len).max().unwrap_or(0));
+        (0..n)
+            .filter(|&i| {
+                i == 0 || self.rows.iter().any(|r| r.get(i).is_some_and(|c| !c.trim().is_empty() && c.trim() != "-"))
+            })
+            .collect()
+    }
+
+    pub fn to_table(&self) -> Table {
+        let keep = self.kept_columns();
+        let pick = |cells: &[String]| -> Vec<String> {
+            keep.iter().map(|&i| cells.get(i).cloned().unwrap_or_default()).collect()
+        };
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+        if let Some(h) = &self.header {
+            t.set_header(pick(h));
+        }
+        for r in &self.rows {
+            t.add_row(pick(r));
+        }
+        if let Some(w) = columns_from_env() {
+            t.set_width(w);
+        }
+        for (col, &i) in t.column_iter_mut().zip(&keep) {
+            let longest = self
+                .rows
+                .iter()
+                .filter_map(|r| r.get(i))
+                .chain(self.header.iter().filter_map(|h| h.get(i)))
+                .flat_map(|c| c.split_whitespace())
+                .map(|w| w.chars().count())
+                .max()
+                .unwrap_or(0)
+                .min(LONGEST_UNSPLIT_TOKEN);
+            // comfy-table's boundary includes the cell's padding (one space each side).
+            col.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(longest as u16 + 2)));
+        }
+        t
+    }
+}
+
+impl std::fmt::Display for Grid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_table())
+    }
+}
+
+/// A byte count for people: `812 B`, `4.0 KiB`, `12.3 MiB`, `1.20 GiB`.
+pub fn bytes(n: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let v = n as f64;
+    if v < KIB {
+        format!("{n} B")
+    } else if v < KIB * KIB {
+        format!("{:.1} KiB", v / KIB)
+    } else if v < KIB * KIB * KIB {
+        format!("{:.1} MiB", v / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", v / (KIB * KIB * KIB))
+    }
+}
+
+/// A duration for people: `350 ms`, `4.2 s`, `1 min 33 s`.
+pub fn duration(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 1000.0 {
+        format!("{ms:.0} ms")
+    } else if ms < 60_000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        let s = d.as_secs();
+        format!("{} min {} s", s / 60, s % 60)
+    }
 }
 
 /// Renders an optional value for a table cell: `-` when absent.
@@ -86,4 +230,49 @@ pub fn progress(opts: &OutputOptions, len: u64, msg: &str) -> ProgressBar {
     pb.set_message(msg.to_string());
     pb.enable_steady_tick(Duration::from_millis(120));
     pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_columns_are_dropped_but_the_first_stays() {
+        let mut g = Grid::new(&["server", "mapped", "software", "status"]);
+        g.row(vec!["a".into(), "-".into(), "".into(), "ok".into()]);
+        g.row(vec!["b".into(), "203.0.113.1:5".into(), "-".into(), "ok".into()]);
+        let text = g.to_string();
+        assert!(text.contains("mapped") && text.contains("status"));
+        assert!(!text.contains("software"), "{text}");
+    }
+
+    #[test]
+    fn a_narrow_table_wraps_at_spaces_and_never_splits_an_address() {
+        let mut g = Grid::new(&["server", "status"]);
+        let long = "no answer after 3 tries over 2.5 s; the server may be down or UDP blocked on this network";
+        g.row(vec!["203.0.113.12:35124".into(), long.into()]);
+        let mut t = g.to_table();
+        t.set_width(40);
+        let text = t.to_string();
+        assert!(text.lines().any(|l| l.contains("203.0.113.12:35124")), "{text}");
+        assert!(text.lines().count() > 4, "the sentence wrapped: {text}");
+    }
+
+    #[test]
+    fn json_floats_are_rounded_to_microseconds_and_integers_kept() {
+        let mut v =
+            serde_json::json!({"rtt_ms": 0.35376599999999997, "n": 7, "xs": [1.23456789], "big": 123456789012u64});
+        round_floats(&mut v);
+        assert_eq!(v.to_string(), r#"{"rtt_ms":0.354,"n":7,"xs":[1.235],"big":123456789012}"#);
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes(812), "812 B");
+        assert_eq!(bytes(4096), "4.0 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 + 300 * 1024), "3.3 MiB");
+        assert_eq!(duration(Duration::from_millis(92_674)), "1 min 32 s");
+        assert_eq!(duration(Duration::from_millis(350)), "350 ms");
+        assert_eq!(duration(Duration::from_millis(4_240)), "4.2 s");
+    }
 }

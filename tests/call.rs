@@ -444,3 +444,17 @@ fn browser_plays_natkit_video_and_natkit_receives_the_browsers_with_natkit_answe
 fn browser_and_natkit_both_relay_only_exchange_media_over_turn() {
     browser_and_natkit_call(First::Browser, true);
 }
+
+#[test]
+fn a_signal_url_that_never_answers_the_websocket_handshake_ends_within_the_connect_timeout() {
+    let silent = common::bounded::SilentListener::start();
+    let url = format!("ws://{}", silent.addr);
+    let mut cmd = Command::new(NATKIT);
+    cmd.args(["call", "--signal", &url, "--room", "b1", "--bind", "127.0.0.1:0"]);
+    cmd.args(["--wait", "3", "--connect-timeout", "3", "--json"]);
+    let out = common::bounded::output_within(cmd, Duration::from_secs(30))
+        .expect("call --connect-timeout 3 was still running after 30 s against a silent WebSocket listener");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&out);
+    assert!(r["error"].as_str().unwrap_or_default().contains("opening the WebSocket"), "{r:#}");
+}

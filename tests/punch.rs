@@ -334,3 +334,48 @@ fn bad_usage_exits_2() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn a_signal_url_that_never_answers_the_websocket_handshake_ends_within_the_timeout() {
+    let silent = common::bounded::SilentListener::start();
+    let url = format!("ws://{}", silent.addr);
+    let mut cmd = Command::new(NATKIT);
+    cmd.args(["punch", "--signal", &url, "--room", "b1", "--timeout", "3", "--json"]);
+    let out = common::bounded::output_within(cmd, Duration::from_secs(30))
+        .expect("punch --timeout 3 was still running after 30 s against a silent WebSocket listener");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&out);
+    let e = r["error"].as_str().expect("error");
+    assert!(e.contains("opening the WebSocket"), "{e}");
+}
+
+#[test]
+fn recv_targets_are_checked_before_joining() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let existing = dir.path().join("exists.bin");
+    std::fs::write(&existing, b"keep me").expect("write");
+    let missing_dir = dir.path().join("no-such-dir").join("x");
+    // The signal URL points nowhere: each of these must be refused before any connection is tried.
+    for (target, says) in [
+        (missing_dir.to_str().expect("utf-8"), "does not exist"),
+        (dir.path().to_str().expect("utf-8"), "is a directory"),
+        (existing.to_str().expect("utf-8"), "--force"),
+    ] {
+        let out = Command::new(NATKIT)
+            .args(["punch", "--signal", "ws://127.0.0.1:1", "--room", "r", "--recv", target])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--recv {target}: {err}");
+        assert!(err.contains(says), "--recv {target}: {err}");
+        assert!(!err.contains("cannot connect"), "checked only after trying the network: {err}");
+    }
+    assert_eq!(std::fs::read(&existing).expect("read"), b"keep me");
+    // With --force an existing file is acceptable: the run gets as far as the network.
+    let out = Command::new(NATKIT)
+        .args(["punch", "--signal", "ws://127.0.0.1:1", "--room", "r", "--timeout", "2"])
+        .args(["--recv", existing.to_str().expect("utf-8"), "--force", "--json"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -244,3 +244,26 @@ fn ipv6_probe_over_udp_and_tcp() {
     // -4 with an IPv6 literal is bad input.
     assert_eq!(natkit(&["stun-probe", &server, "-4"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_dns_server_that_never_answers_costs_the_timeout_once_not_per_name() {
+    let ns = common::bounded::BlackholeDnsNs::create("probe");
+    let natkit = env!("CARGO_BIN_EXE_natkit");
+    // The built-in list: several names, each of which glibc would retry for 10 s.
+    let cmd = ns.command(natkit, &["stun-probe", "--timeout", "2", "--json"]);
+    let out = common::bounded::output_within(cmd, std::time::Duration::from_secs(25))
+        .expect("stun-probe --timeout 2 was still running after 25 s with a silent DNS server");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = common::json_of(&out);
+    let rs = results(&v);
+    assert!(rs.len() >= 2, "every built-in server is reported: {v:#}");
+    for r in rs {
+        let e = r["error"].as_str().unwrap_or_default();
+        assert!(e.contains("no DNS answer") || e.contains("resolve"), "{r:#}");
+    }
+    // A name the user typed is not bad input when DNS is down: exit 1, not 2.
+    let cmd = ns.command(natkit, &["stun-probe", "stun.example.org", "--timeout", "2", "--json"]);
+    let out = common::bounded::output_within(cmd, std::time::Duration::from_secs(25))
+        .expect("stun-probe with a typed name was still running after 25 s with a silent DNS server");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}

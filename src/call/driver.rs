@@ -149,7 +149,7 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
 
     let join_at = Instant::now();
     let (client, membership) =
-        SignalClient::connect_and_join(&opts.signal_url, &opts.client, &opts.room, Duration::from_secs(10)).await?;
+        SignalClient::connect_and_join(&opts.signal_url, &opts.client, &opts.room, opts.connect_timeout).await?;
     report.id = Some(membership.id.to_string());
     let (mut tx, mut rx) = client.split();
     tracing::info!("joined room {} as {} ({} already there)", opts.room, membership.id, membership.peers.len());

@@ -171,7 +171,7 @@ impl Render for CallReport {
             opt_f(self.connect_ms, 0),
             self.duration_s
         )?;
-        let mut t = output::table(&[
+        let mut t = output::Grid::new(&[
             "direction",
             "kind",
             "codec",
@@ -185,7 +185,7 @@ impl Render for CallReport {
         ]);
         for (dir, d) in [("sent", &self.sent), ("received", &self.received)] {
             for (kind, m) in [("video", &d.video), ("audio", &d.audio)] {
-                t.add_row(vec![
+                t.row(vec![
                     dir.to_string(),
                     kind.to_string(),
                     m.codec.clone().unwrap_or_else(|| "-".into()),

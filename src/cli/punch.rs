@@ -36,6 +36,10 @@ pub struct PunchArgs {
     #[arg(long, value_name = "FILE", group = "mode")]
     pub recv: Option<PathBuf>,
 
+    /// With --recv: overwrite the file if it exists
+    #[arg(long, requires = "recv")]
+    pub force: bool,
+
     /// Pipe stdin to the peer and the peer to stdout (like netcat)
     #[arg(long, group = "mode")]
     pub stdio: bool,

@@ -30,6 +30,8 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person's terminal, never into a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(verbose >= 2)
         .try_init();
 }
@@ -44,7 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         _ => tokio::runtime::Builder::new_multi_thread(),
     };
     let rt = builder.enable_all().build()?;
-    rt.block_on(async move {
+    let status = rt.block_on(async move {
         match cli.command {
             Command::StunProbe(args) => stun_probe::run(args, &opts).await,
             Command::TurnAlloc(args) => turn_alloc::run(args, &opts).await,
@@ -55,5 +57,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             Command::Punch(args) => punch::run(args, &opts).await,
             Command::GenDocs(args) => gen_docs::run(&args),
         }
-    })
+    });
+    // The result is printed: do not wait for blocking work still running, such as a name
+    // lookup that outlived the command's deadline (glibc may retry a silent DNS server for
+    // tens of seconds), which dropping the runtime would otherwise wait for.
+    rt.shutdown_background();
+    status
 }

@@ -337,13 +337,13 @@ fn describe_result(r: &Option<ExchangeResult>) -> String {
 
 impl Render for NatTypeReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut t = output::table(&["NAT behaviour", ""]);
+        let mut t = output::Grid::key_value();
         let unknown = |s: Option<String>| s.unwrap_or_else(|| "unknown".into());
-        t.add_row(vec!["NAT type".into(), unknown(self.nat_type.map(|v| v.to_string()))]);
-        t.add_row(vec!["Mapping".into(), unknown(self.mapping.map(|v| v.to_string()))]);
-        t.add_row(vec!["Filtering".into(), unknown(self.filtering.map(|v| v.to_string()))]);
-        t.add_row(vec!["Hairpinning".into(), yes_no(self.hairpinning)]);
-        t.add_row(vec!["Port preservation".into(), yes_no(self.port_preservation)]);
+        t.row(vec!["NAT type".into(), unknown(self.nat_type.map(|v| v.to_string()))]);
+        t.row(vec!["Mapping".into(), unknown(self.mapping.map(|v| v.to_string()))]);
+        t.row(vec!["Filtering".into(), unknown(self.filtering.map(|v| v.to_string()))]);
+        t.row(vec!["Hairpinning".into(), yes_no(self.hairpinning)]);
+        t.row(vec!["Port preservation".into(), yes_no(self.port_preservation)]);
         if let Some(pa) = &self.port_allocation {
             let p = match pa.pattern {
                 Some(PortPattern::Preserving) => "preserving".to_string(),
@@ -352,7 +352,7 @@ impl Render for NatTypeReport {
                 None => "unknown (too few answers)".to_string(),
             };
             let ports: Vec<String> = pa.samples.iter().map(|s| format!("{}→{}", s.local, s.mapped)).collect();
-            t.add_row(vec!["Port allocation".into(), format!("{p} ({})", ports.join(", "))]);
+            t.row(vec!["Port allocation".into(), format!("{p} ({})", ports.join(", "))]);
         }
         if let Some(l) = &self.lifetime {
             let text = match (l.alive_s, l.dead_s) {
@@ -363,21 +363,21 @@ impl Render for NatTypeReport {
                 (None, Some(d)) => format!("under {d:.1} s"),
                 (None, None) => "unknown".into(),
             };
-            t.add_row(vec!["Binding lifetime".into(), text]);
+            t.row(vec!["Binding lifetime".into(), text]);
         }
-        t.add_row(vec!["Local".into(), output::cell(&self.local)]);
-        t.add_row(vec!["Public".into(), output::cell(&self.public)]);
+        t.row(vec!["Local".into(), output::cell(&self.local)]);
+        t.row(vec!["Public".into(), output::cell(&self.public)]);
         let rfc = if self.server.rfc5780 {
             format!("RFC 5780, other address {}", output::cell(&self.server.other_address))
         } else {
             "no RFC 5780".into()
         };
-        t.add_row(vec!["Server".into(), format!("{} ({}; {rfc})", self.server.input, self.server.address)]);
-        t.add_row(vec!["RTT".into(), self.rtt_ms.map(output::ms).unwrap_or_else(|| "-".into())]);
-        t.add_row(vec!["Took".into(), output::ms(self.duration_ms)]);
+        t.row(vec!["Server".into(), format!("{} ({}; {rfc})", self.server.input, self.server.address)]);
+        t.row(vec!["RTT".into(), self.rtt_ms.map(output::ms).unwrap_or_else(|| "-".into())]);
+        t.row(vec!["Took".into(), output::duration(std::time::Duration::from_secs_f64(self.duration_ms / 1000.0))]);
         writeln!(out, "{t}")?;
 
-        let mut tests = output::table(&["test", "socket", "to", "change-request", "sends", "result"]);
+        let mut tests = output::Grid::new(&["test", "socket", "to", "change-request", "sends", "result"]);
         for e in &self.tests {
             let test = serde_json::to_value(e.test).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
             let change = match (e.change_request.change_ip, e.change_request.change_port) {
@@ -386,7 +386,7 @@ impl Render for NatTypeReport {
                 (false, true) => "port",
                 (false, false) => "-",
             };
-            tests.add_row(vec![
+            tests.row(vec![
                 test,
                 e.socket.to_string(),
                 e.destination.to_string(),

@@ -39,7 +39,10 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions) -> anyhow::Result<Pun
             }
             Mode::Send(p.clone())
         }
-        (_, Some(p), _) => Mode::Recv(p.clone()),
+        (_, Some(p), _) => {
+            check_recv_target(p, args.force)?;
+            Mode::Recv(p.clone())
+        }
         (_, _, true) => Mode::Stdio,
         _ => Mode::Connect,
     };
@@ -65,4 +68,31 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions) -> anyhow::Result<Pun
         report.error = Some(format!("{e:#}"));
     }
     Ok(report)
+}
+
+/// `--recv` is checked before the room is joined: a path that cannot be
+/// written would otherwise cost the peer a whole punch and transfer.
+fn check_recv_target(path: &std::path::Path, force: bool) -> Result<(), UsageError> {
+    let shown = path.display();
+    if path.is_dir() {
+        return Err(UsageError::new(format!(
+            "--recv {shown} is a directory: give a file path, e.g. {shown}/received.bin"
+        )));
+    }
+    if path.exists() && !force {
+        return Err(UsageError::new(format!(
+            "--recv {shown} exists: pass --force to overwrite it, or give another path"
+        )));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(UsageError::new(format!(
+            "--recv {shown}: the directory {} does not exist; create it first",
+            parent.display()
+        )));
+    }
+    Ok(())
 }

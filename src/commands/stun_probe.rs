@@ -124,30 +124,48 @@ pub async fn probe(args: &StunProbeArgs, opts: &OutputOptions) -> anyhow::Result
         TransportChoice::Tls => vec![Transport::Tls],
         TransportChoice::All => vec![Transport::Udp, Transport::Tcp, Transport::Tls],
     };
-    let mut targets = Vec::new();
-    for spec in specs {
-        let ts = match spec.transport {
-            Some(t) => vec![t],
-            None => wanted.clone(),
-        };
-        for t in ts {
-            let addr = spec.resolve(t, family).await;
-            let addr = match (addr, builtin) {
-                (Ok(a), _) => Ok(a),
-                // A name the user typed that does not resolve is bad input; the built-in list may be offline.
-                (Err(e), false) => return Err(e.into()),
-                (Err(e), true) => Err(e.to_string()),
+    // Every name is resolved at once under the command's own deadline: a DNS server that never
+    // answers must cost `--timeout`, not a resolver timeout per name one after another.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let pairs: Vec<(ServerSpec, Transport)> = specs
+        .iter()
+        .flat_map(|spec| {
+            let ts = match spec.transport {
+                Some(t) => vec![t],
+                None => wanted.clone(),
             };
-            if let (Ok(a), Some(l)) = (&addr, local)
-                && a.is_ipv4() != l.is_ipv4()
-            {
-                return usage(format!(
-                    "--local {l} and server {} ({a}) are different address families; use -4/-6 or another --local",
-                    spec.input
-                ));
-            }
-            targets.push(Target { spec: spec.clone(), transport: t, addr });
+            ts.into_iter().map(move |t| (spec.clone(), t))
+        })
+        .collect();
+    let lookups = pairs.iter().map(|(spec, t)| async move {
+        match tokio::time::timeout_at(deadline, spec.resolve(*t, family)).await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(Lookup::Failed(e)),
+            Err(_) => Err(Lookup::TimedOut),
         }
+    });
+    let resolved = futures::future::join_all(lookups).await;
+    let mut targets = Vec::new();
+    for ((spec, t), addr) in pairs.into_iter().zip(resolved) {
+        let addr = match addr {
+            Ok(a) => Ok(a),
+            // A name the user typed that does not exist is bad input (exit 2); a DNS server that
+            // does not answer is an outage, reported per server like a server that does not answer.
+            Err(Lookup::Failed(e)) if !builtin && !is_dns_outage(&e) => return Err(e.into()),
+            Err(Lookup::Failed(e)) => Err(e.to_string()),
+            Err(Lookup::TimedOut) => {
+                Err(format!("no DNS answer within {:.1} s; check your network and DNS server", timeout.as_secs_f64()))
+            }
+        };
+        if let (Ok(a), Some(l)) = (&addr, local)
+            && a.is_ipv4() != l.is_ipv4()
+        {
+            return usage(format!(
+                "--local {l} and server {} ({a}) are different address families; use -4/-6 or another --local",
+                spec.input
+            ));
+        }
+        targets.push(Target { spec, transport: t, addr });
     }
 
     let tls = if targets.iter().any(|t| t.transport == Transport::Tls) {
@@ -177,6 +195,18 @@ pub async fn probe(args: &StunProbeArgs, opts: &OutputOptions) -> anyhow::Result
     let results: Vec<ProbeResult> = results.into_iter().flatten().collect();
     let summary = summarize(&results);
     Ok(StunProbeReport { results, summary })
+}
+
+/// Why a server name gave no address.
+enum Lookup {
+    Failed(UsageError),
+    TimedOut,
+}
+
+/// getaddrinfo's EAI_AGAIN ("Temporary failure in name resolution"): the
+/// resolver could not be reached, which says nothing about the name.
+fn is_dns_outage(e: &UsageError) -> bool {
+    e.0.contains("Temporary failure")
 }
 
 pub(crate) fn parse_local(s: &str) -> Result<SocketAddr, UsageError> {
@@ -529,8 +559,25 @@ pub fn summarize(results: &[ProbeResult]) -> Summary {
 
 impl Render for StunProbeReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut t =
-            output::table(&["server", "transport", "mapped", "rtt", "local", "other / origin", "software", "status"]);
+        let mut t = output::Grid::new(&[
+            "server",
+            "transport",
+            "mapped",
+            "rtt",
+            "local",
+            "other / origin",
+            "software",
+            "status",
+        ]);
+        // An error that several probes share (DNS down, no route) is said once under the table.
+        let mut shared_errors: Vec<(&str, usize)> = Vec::new();
+        for e in self.results.iter().filter_map(|r| r.error.as_deref()) {
+            match shared_errors.iter_mut().find(|(s, _)| *s == e) {
+                Some((_, n)) => *n += 1,
+                None => shared_errors.push((e, 1)),
+            }
+        }
+        shared_errors.retain(|(_, n)| *n > 1);
         for r in &self.results {
             let rtt = match (r.rtt_ms, r.requests) {
                 (Some(avg), n) if n > 1 => format!(
@@ -549,7 +596,10 @@ impl Render for StunProbeReport {
             };
             let mut status = match &r.error {
                 None => "ok".to_string(),
-                Some(e) => e.clone(),
+                Some(e) => match shared_errors.iter().position(|(s, _)| s == e) {
+                    Some(k) => format!("failed [{}]", k + 1),
+                    None => e.clone(),
+                },
             };
             if r.fingerprint_ok == Some(false) {
                 status.push_str(" (bad FINGERPRINT)");
@@ -561,7 +611,7 @@ impl Render for StunProbeReport {
                 Some(a) if !r.server.contains(&a.to_string()) => format!("{}\n{a}", r.server),
                 _ => r.server.clone(),
             };
-            t.add_row(vec![
+            t.row(vec![
                 server,
                 r.transport.to_string(),
                 output::cell(&r.mapped),
@@ -573,6 +623,9 @@ impl Render for StunProbeReport {
             ]);
         }
         writeln!(out, "{t}")?;
+        for (k, (e, n)) in shared_errors.iter().enumerate() {
+            writeln!(out, "[{}] {n} probes: {e}", k + 1)?;
+        }
         for n in &self.summary.notes {
             writeln!(out, "{n}")?;
         }

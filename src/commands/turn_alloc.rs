@@ -970,14 +970,14 @@ fn is_public(ip: IpAddr) -> bool {
 
 impl Render for TurnAllocReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut t = output::table(&["step", "result", "ms", "detail"]);
+        let mut t = output::Grid::new(&["step", "result", "ms", "detail"]);
         for s in &self.steps {
             let result = match (s.ok, s.skipped) {
                 (true, _) => "ok",
                 (false, true) => "-",
                 (false, false) => "FAILED",
             };
-            t.add_row(vec![
+            t.row(vec![
                 s.name.label(),
                 result.into(),
                 if s.skipped { "-".into() } else { format!("{:.1}", s.ms) },

@@ -139,9 +139,9 @@ pub(crate) fn endpoint_of(addr: SocketAddr, candidates: &[Candidate]) -> Endpoin
 
 impl Render for PunchReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut t = output::table(&["local", "remote", "requests", "responses", "outcome", "nominated", "rtt"]);
+        let mut t = output::Grid::new(&["local", "remote", "requests", "responses", "outcome", "nominated", "rtt"]);
         for c in &self.checks {
-            t.add_row(vec![
+            t.row(vec![
                 c.local.to_string(),
                 c.remote.to_string(),
                 c.requests.to_string(),

@@ -62,11 +62,20 @@ pub async fn run(
     report.role = Some(role);
     tracing::info!(id = %membership.id.as_str(), ?role, "joined room {}", room.as_str());
 
-    // Without --stun/--turn, use what the signal server hands out (as the page does).
+    // What the flags leave out is taken from the signal server (as the page
+    // does), each kind on its own: `--turn` alone must not cost the STUN
+    // servers that tell a side whether its mapping varies (without them a
+    // symmetric pair waits for the relay instead of punching).
     let IceServers { stun: mut stun_servers, mut turn } = servers;
-    if stun_servers.is_empty() && turn.is_none() {
-        (stun_servers, turn) =
+    if stun_servers.is_empty() || turn.is_none() {
+        let (signal_stun, signal_turn) =
             ice::servers::from_signal(&membership.ice_servers, SocketAddr::from(([0, 0, 0, 0], 0))).await;
+        if stun_servers.is_empty() {
+            stun_servers = signal_stun;
+        }
+        if turn.is_none() {
+            turn = signal_turn;
+        }
     }
     if args.no_relay {
         turn = None;

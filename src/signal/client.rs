@@ -128,15 +128,28 @@ impl SignalClient {
         Ok(SignalClient { sender: SignalSender { url: url.clone(), sink }, receiver: SignalReceiver { url, stream } })
     }
 
-    /// Connects and joins `room` in one step.
+    /// Connects and joins `room` in one step, all of it (TCP, TLS, the HTTP
+    /// upgrade and `created`) within `timeout`: a listener that accepts and
+    /// never answers the handshake (a TURN port typed for the signal URL)
+    /// must not hold the caller for longer than it asked.
     pub async fn connect_and_join(
         url: &str,
         opts: &ClientOptions,
         room: &RoomId,
         timeout: Duration,
     ) -> Result<(Self, Membership), ClientError> {
-        let mut c = Self::connect(url, opts).await?;
-        let m = c.join(room, timeout).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut c =
+            tokio::time::timeout_at(deadline, Self::connect(url, opts)).await.map_err(|_| ClientError::Timeout {
+                url: normalize_url(url).unwrap_or_else(|_| url.to_string()),
+                after: timeout,
+                what: "opening the WebSocket (TCP connect, TLS and HTTP upgrade); is this the signal server's port?",
+            })??;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = c.join(room, left).await.map_err(|e| match e {
+            ClientError::Timeout { url, what, .. } => ClientError::Timeout { url, after: timeout, what },
+            e => e,
+        })?;
         Ok((c, m))
     }
 

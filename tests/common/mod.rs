@@ -2,6 +2,7 @@
 //! the natkit binary, and starting real peers (coturn) on loopback.
 #![allow(dead_code)]
 
+pub mod bounded;
 pub mod browser;
 pub mod coturn;
 pub mod lab;
