@@ -2,7 +2,9 @@
 //!
 //! Exit codes are a documented contract (README, `--help`):
 //! 0 the command ran and every check passed, 1 a check ran and failed,
-//! 2 bad usage or bad input.
+//! 2 bad usage or bad input, 130 interrupted (Ctrl-C) before a client
+//! command had its result. Servers end on SIGINT/SIGTERM with their summary
+//! and 0: stopping is how a server is meant to end.
 
 use std::process::ExitCode;
 
@@ -13,6 +15,8 @@ pub enum Status {
     Ok,
     /// The check ran and something failed (no answer, error response, ...).
     CheckFailed,
+    /// Ctrl-C (SIGINT) ended the command before it had its result.
+    Interrupted,
 }
 
 impl Status {
@@ -26,6 +30,7 @@ impl From<Status> for ExitCode {
         match s {
             Status::Ok => ExitCode::from(0),
             Status::CheckFailed => ExitCode::from(1),
+            Status::Interrupted => ExitCode::from(INTERRUPTED),
         }
     }
 }
@@ -47,7 +52,21 @@ pub fn usage<T>(msg: impl Into<String>) -> anyhow::Result<T> {
     Err(UsageError::new(msg).into())
 }
 
+/// The shell's code for a process ended by SIGINT (128 + 2).
+const INTERRUPTED: u8 = 130;
+
+/// Ctrl-C before the command had its result (exit 130).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted (Ctrl-C)")]
+pub struct Interrupted;
+
 /// The exit code for an error that escaped a command.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
-    if err.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
+    if err.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else if err.downcast_ref::<Interrupted>().is_some() {
+        ExitCode::from(INTERRUPTED)
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -75,6 +75,24 @@ fn round_floats(v: &mut serde_json::Value) {
     }
 }
 
+/// How much a table shows: the columns that fit a terminal, or all of them
+/// (`--wide`). Set once at start; renderers read it with [`layout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Compact,
+    Wide,
+}
+
+static WIDE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_layout(layout: Layout) {
+    WIDE.store(layout == Layout::Wide, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn layout() -> Layout {
+    if WIDE.load(std::sync::atomic::Ordering::Relaxed) { Layout::Wide } else { Layout::Compact }
+}
+
 /// A table with natkit's house style.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();

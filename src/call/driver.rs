@@ -328,7 +328,7 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
                 if s.peer.connected_at().is_some() {
                     break Outcome::HungUp;
                 }
-                anyhow::bail!("interrupted before the call connected");
+                break Outcome::Interrupted;
             }
             _ = stats_tick.tick(), if opts.live_stats => {
                 if s.peer.connected_at().is_some() {

@@ -20,6 +20,8 @@ pub enum Outcome {
     PeerLeft,
     /// The call failed; `error` says why.
     Failed,
+    /// Ctrl-C before the call connected (exit 130).
+    Interrupted,
 }
 
 impl std::fmt::Display for Outcome {
@@ -29,6 +31,7 @@ impl std::fmt::Display for Outcome {
             Outcome::HungUp => "hung up",
             Outcome::PeerLeft => "peer left",
             Outcome::Failed => "failed",
+            Outcome::Interrupted => "interrupted",
         })
     }
 }

@@ -30,7 +30,9 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success: every check passed
   1  a check ran and failed (no answer, error response, broken step)
-  2  bad usage or bad input (unparsable address, unknown host, bad URI)";
+  2  bad usage or bad input (unparsable address, unknown host, bad URI)
+  130  interrupted by Ctrl-C before the result (a connected `call` hangs up and exits 0;
+       `relay` and `signal` print their summary and exit 0 on SIGINT or SIGTERM)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +57,10 @@ pub struct Cli {
     /// No progress and no warnings on stderr; only the result on stdout
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// Tables with every column (default: the columns that fit a terminal; --json has all)
+    #[arg(long, global = true)]
+    pub wide: bool,
 
     #[command(subcommand)]
     pub command: Command,

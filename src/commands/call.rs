@@ -80,5 +80,8 @@ pub async fn run(args: CallArgs, opts: &OutputOptions) -> anyhow::Result<Status>
     };
     let report = driver::run(call_opts, sources).await;
     output::emit(&report, opts)?;
-    Ok(Status::from_ok(report.outcome != Outcome::Failed))
+    Ok(match report.outcome {
+        Outcome::Interrupted => Status::Interrupted,
+        o => Status::from_ok(o != Outcome::Failed),
+    })
 }

@@ -36,9 +36,19 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         .try_init();
 }
 
+/// A client command, ended by Ctrl-C with [`crate::error::Interrupted`] (exit 130): one line
+/// on stderr instead of a half-filled report.
+async fn until_interrupted(command: impl Future<Output = anyhow::Result<Status>>) -> anyhow::Result<Status> {
+    tokio::select! {
+        r = command => r,
+        _ = tokio::signal::ctrl_c() => Err(crate::error::Interrupted.into()),
+    }
+}
+
 /// Runs the parsed command line to completion.
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     let opts = OutputOptions { format: if cli.json { Format::Json } else { Format::Table }, quiet: cli.quiet };
+    crate::output::set_layout(if cli.wide { crate::output::Layout::Wide } else { crate::output::Layout::Compact });
     // nat-type drives a few sockets from one task: a single-threaded runtime starts sooner (no
     // worker threads, no CPU-quota lookup in /proc) and its latency is what the command is about.
     let mut builder = match cli.command {
@@ -48,13 +58,15 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     let rt = builder.enable_all().build()?;
     let status = rt.block_on(async move {
         match cli.command {
-            Command::StunProbe(args) => stun_probe::run(args, &opts).await,
-            Command::TurnAlloc(args) => turn_alloc::run(args, &opts).await,
+            Command::StunProbe(args) => until_interrupted(stun_probe::run(args, &opts)).await,
+            Command::TurnAlloc(args) => until_interrupted(turn_alloc::run(args, &opts)).await,
+            Command::NatType(args) => until_interrupted(nat_type::run(args, &opts)).await,
+            Command::Punch(args) => until_interrupted(punch::run(args, &opts)).await,
+            // call hangs up a connected call on Ctrl-C itself (report, exit 0) and maps an
+            // interrupted wait to 130; the servers end on SIGINT/SIGTERM with their summary.
             Command::Call(args) => call::run(args, &opts).await,
-            Command::NatType(args) => nat_type::run(args, &opts).await,
             Command::Relay(args) => relay::run(*args, &opts).await,
             Command::Signal(args) => signal::run(args, &opts).await,
-            Command::Punch(args) => punch::run(args, &opts).await,
             Command::GenDocs(args) => gen_docs::run(&args),
         }
     });

@@ -24,7 +24,7 @@ pub async fn run(args: PunchArgs, opts: &OutputOptions) -> anyhow::Result<Status
 /// Validates input (errors exit 2), then runs; a failure after that is in `report.error`.
 pub async fn punch(args: &PunchArgs, opts: &OutputOptions) -> anyhow::Result<PunchReport> {
     if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
-        return usage(format!("--timeout {} is out of range: give seconds between 0 and 3600", args.timeout));
+        return usage(format!("--timeout {} is out of range: give seconds above 0, at most 3600", args.timeout));
     }
     let room = RoomId(args.room.clone());
     if let Some(p) = room.problem() {

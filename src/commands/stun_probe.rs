@@ -106,7 +106,7 @@ pub async fn run(args: StunProbeArgs, opts: &OutputOptions) -> anyhow::Result<St
 /// Runs every probe and builds the report.
 pub async fn probe(args: &StunProbeArgs, opts: &OutputOptions) -> anyhow::Result<StunProbeReport> {
     if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 600.0) {
-        return usage(format!("--timeout {} is out of range: give seconds between 0 and 600", args.timeout));
+        return usage(format!("--timeout {} is out of range: give seconds above 0, at most 600", args.timeout));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
     let interval = Duration::from_millis(args.interval);
@@ -209,14 +209,29 @@ fn is_dns_outage(e: &UsageError) -> bool {
     e.0.contains("Temporary failure")
 }
 
+/// `--local IP` or `IP:PORT`, checked by binding it once: an address this
+/// host does not have, or a port in use, is bad input found before any probe.
 pub(crate) fn parse_local(s: &str) -> Result<SocketAddr, UsageError> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
+    let addr = if let Ok(a) = s.parse::<SocketAddr>() {
+        a
+    } else if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+        SocketAddr::new(ip, 0)
+    } else {
+        return Err(UsageError::new(format!(
+            "bad --local '{s}': expected IP or IP:PORT (e.g. 0.0.0.0:5000 or [::1]:0)"
+        )));
+    };
+    match std::net::UdpSocket::bind(addr) {
+        Ok(_) => Ok(addr),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Err(UsageError::new(format!(
+            "--local {}: not an address of this host; give one of its interface addresses (see `ip addr`) or 0.0.0.0",
+            addr.ip()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(UsageError::new(format!(
+            "--local {addr}: the port is in use; give another port or 0 to let the system pick"
+        ))),
+        Err(e) => Err(UsageError::new(format!("--local {addr}: cannot bind it: {e}"))),
     }
-    if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, 0));
-    }
-    Err(UsageError::new(format!("bad --local '{s}': expected IP or IP:PORT (e.g. 0.0.0.0:5000 or [::1]:0)")))
 }
 
 fn empty_result(t: &Target) -> ProbeResult {
@@ -559,16 +574,21 @@ pub fn summarize(results: &[ProbeResult]) -> Summary {
 
 impl Render for StunProbeReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut t = output::Grid::new(&[
-            "server",
-            "transport",
-            "mapped",
-            "rtt",
-            "local",
-            "other / origin",
-            "software",
-            "status",
-        ]);
+        let wide = output::layout() == output::Layout::Wide;
+        let mut t = if wide {
+            output::Grid::new(&[
+                "server",
+                "transport",
+                "mapped",
+                "rtt",
+                "local",
+                "other / origin",
+                "software",
+                "status",
+            ])
+        } else {
+            output::Grid::new(&["server", "transport", "mapped", "rtt", "status"])
+        };
         // An error that several probes share (DNS down, no route) is said once under the table.
         let mut shared_errors: Vec<(&str, usize)> = Vec::new();
         for e in self.results.iter().filter_map(|r| r.error.as_deref()) {
@@ -580,6 +600,8 @@ impl Render for StunProbeReport {
         shared_errors.retain(|(_, n)| *n > 1);
         for r in &self.results {
             let rtt = match (r.rtt_ms, r.requests) {
+                (Some(avg), _) if !wide && r.loss_pct > 0.0 => format!("{} ({:.0}% loss)", output::ms(avg), r.loss_pct),
+                (Some(avg), _) if !wide => output::ms(avg),
                 (Some(avg), n) if n > 1 => format!(
                     "{} (min {} max {}, {:.0}% loss)",
                     output::ms(avg),
@@ -611,16 +633,20 @@ impl Render for StunProbeReport {
                 Some(a) if !r.server.contains(&a.to_string()) => format!("{}\n{a}", r.server),
                 _ => r.server.clone(),
             };
-            t.row(vec![
-                server,
-                r.transport.to_string(),
-                output::cell(&r.mapped),
-                rtt,
-                output::cell(&r.local),
-                other,
-                r.software.clone().unwrap_or_else(|| "-".into()),
-                status,
-            ]);
+            if wide {
+                t.row(vec![
+                    server,
+                    r.transport.to_string(),
+                    output::cell(&r.mapped),
+                    rtt,
+                    output::cell(&r.local),
+                    other,
+                    r.software.clone().unwrap_or_else(|| "-".into()),
+                    status,
+                ]);
+            } else {
+                t.row(vec![server, r.transport.to_string(), output::cell(&r.mapped), rtt, status]);
+            }
         }
         writeln!(out, "{t}")?;
         for (k, (e, n)) in shared_errors.iter().enumerate() {

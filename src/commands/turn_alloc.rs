@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::cli::{TurnAllocArgs, TurnTransportChoice};
 use crate::error::{Status, UsageError, usage};
 use crate::net::address_class::AddressClass;
-use crate::net::server::{Family, Host, ServerSpec};
+use crate::net::server::{Family, Host, ResolveError, ServerSpec};
 use crate::net::stream;
 use crate::net::tls::{CertVerdict, TlsClient, TlsOptions};
 use crate::net::transport::Transport;
@@ -126,6 +126,8 @@ struct Ctx<'a> {
     credentials: Option<Credentials>,
     tls: Option<TlsClient>,
     report: TurnAllocReport,
+    /// Set when the server name does not exist: the run ends as bad input.
+    bad_input: Option<UsageError>,
 }
 
 pub async fn run(args: TurnAllocArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
@@ -137,12 +139,12 @@ pub async fn run(args: TurnAllocArgs, opts: &OutputOptions) -> anyhow::Result<St
 /// Runs every step and builds the report; bad input is an error (exit 2).
 pub async fn audit(args: &TurnAllocArgs) -> anyhow::Result<TurnAllocReport> {
     if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 600.0) {
-        return usage(format!("--timeout {} is out of range: give seconds between 0 and 600", args.timeout));
+        return usage(format!("--timeout {} is out of range: give seconds above 0, at most 600", args.timeout));
     }
     if let Some(w) = args.nonce_wait
         && !(w.is_finite() && (0.0..=7200.0).contains(&w))
     {
-        return usage(format!("--nonce-wait {w} is out of range: give seconds between 0 and 7200"));
+        return usage(format!("--nonce-wait {w} is out of range: give seconds from 0 to 7200"));
     }
     let spec = ServerSpec::parse(&args.server)?;
     let transport = match (spec.transport, args.transport) {
@@ -191,8 +193,13 @@ pub async fn audit(args: &TurnAllocArgs) -> anyhow::Result<TurnAllocReport> {
             warnings: Vec::new(),
         },
         spec,
+        bad_input: None,
     };
     let finished = ctx.run_steps().await.is_ok();
+    // A server name that does not exist is bad input, like everywhere else: exit 2, no step table.
+    if let Some(e) = ctx.bad_input {
+        return Err(e.into());
+    }
     // Steps that never ran are listed, so the report shows how far the run got.
     for name in StepName::ALL {
         let ran = ctx.report.steps.iter().any(|s| s.name == name);
@@ -230,9 +237,14 @@ impl Ctx<'_> {
     async fn run_steps(&mut self) -> Result<(), Stop> {
         // resolve
         let t = Instant::now();
-        let server = match self.spec.resolve(self.transport, self.family()).await {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let server = match self.spec.resolve_by(self.transport, self.family(), deadline).await {
             Ok(a) => a,
-            Err(e) => return Err(self.fail(StepName::Resolve, t, e.to_string())),
+            Err(ResolveError::BadName(e)) => {
+                self.bad_input = Some(e);
+                return Err(Stop);
+            }
+            Err(e) => return Err(self.fail(StepName::Resolve, t, e.describe(self.timeout))),
         };
         self.report.address = Some(server);
         self.pass(StepName::Resolve, t, format!("{} is {server}", self.spec.host));

@@ -129,6 +129,24 @@ impl ServerSpec {
         self.port.unwrap_or_else(|| transport.default_port())
     }
 
+    /// [`ServerSpec::resolve`] bounded by `deadline`, with the failure typed:
+    /// a name that does not exist is the user's mistake (exit 2), a resolver
+    /// that cannot be reached or does not answer in time is the network's.
+    pub async fn resolve_by(
+        &self,
+        transport: Transport,
+        family: Family,
+        deadline: tokio::time::Instant,
+    ) -> Result<SocketAddr, ResolveError> {
+        match tokio::time::timeout_at(deadline, self.resolve(transport, family)).await {
+            Ok(Ok(a)) => Ok(a),
+            // getaddrinfo's EAI_AGAIN: the resolver could not be reached; says nothing of the name.
+            Ok(Err(e)) if e.0.contains("Temporary failure") => Err(ResolveError::Outage(e.0)),
+            Ok(Err(e)) => Err(ResolveError::BadName(e)),
+            Err(_) => Err(ResolveError::TimedOut),
+        }
+    }
+
     /// Resolves to the first address of the wanted family.
     pub async fn resolve(&self, transport: Transport, family: Family) -> Result<SocketAddr, UsageError> {
         let port = self.port_for(transport);
@@ -150,6 +168,30 @@ impl ServerSpec {
                         Family::V6 => format!("'{name}' has no IPv6 address (try without -6)"),
                     })
                 })
+            }
+        }
+    }
+}
+
+/// Why [`ServerSpec::resolve_by`] gave no address.
+#[derive(Debug)]
+pub enum ResolveError {
+    /// The name does not exist or has no address of the family: bad input.
+    BadName(UsageError),
+    /// The resolver could not be reached.
+    Outage(String),
+    /// No answer before the deadline.
+    TimedOut,
+}
+
+impl ResolveError {
+    /// The sentence for a report, `waited` being the deadline's length.
+    pub fn describe(&self, waited: std::time::Duration) -> String {
+        match self {
+            ResolveError::BadName(e) => e.to_string(),
+            ResolveError::Outage(e) => e.clone(),
+            ResolveError::TimedOut => {
+                format!("no DNS answer within {:.1} s; check your network and DNS server", waited.as_secs_f64())
             }
         }
     }

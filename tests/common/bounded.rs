@@ -82,6 +82,8 @@ impl BlackholeDnsNs {
         std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/NS");
         std::fs::write(format!("{dir}/resolv.conf"), "nameserver 10.77.0.53\noptions timeout:5 attempts:2\n")
             .expect("resolv.conf");
+        // A name with only an IPv6 address, answered from the hosts file (no DNS): `-4` makes it bad input.
+        std::fs::write(format!("{dir}/hosts"), "127.0.0.1 localhost\n2001:db8::1 v6only.test\n").expect("hosts");
         ns
     }
 

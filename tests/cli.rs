@@ -1,0 +1,116 @@
+//! What every command shares as a command-line tool: exit codes (0, 1, 2,
+//! 130), Ctrl-C, and tables that fit the terminal. The table is in README's
+//! "Exit codes" section.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bounded::BlackholeDnsNs;
+use common::signal::SignalServer;
+
+const NATKIT: &str = env!("CARGO_BIN_EXE_natkit");
+
+/// Starts natkit, sends SIGINT once it has run `after`, and returns its output (bounded).
+fn interrupted(args: &[&str], after: Duration) -> Output {
+    let child: Child =
+        Command::new(NATKIT).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn natkit");
+    std::thread::sleep(after);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().expect("wait"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !waiter.is_finished() {
+        if Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("{args:?} still running 20 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    waiter.join().expect("join")
+}
+
+#[test]
+fn ctrl_c_ends_every_client_command_with_130_and_nothing_on_stdout() {
+    // A UDP server that never answers: each command would wait its whole timeout.
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    for args in [
+        vec!["stun-probe", addr.as_str(), "--timeout", "60"],
+        vec!["turn-alloc", addr.as_str(), "--timeout", "60"],
+        vec!["nat-type", "--server", addr.as_str(), "--timeout", "60"],
+    ] {
+        let out = interrupted(&args, Duration::from_millis(800));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{args:?}: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed a half-filled report: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(err.contains("interrupted"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn ctrl_c_while_call_waits_for_its_peer_is_130_and_says_interrupted() {
+    let server = SignalServer::start(&[]);
+    let url = server.ws_url();
+    let out = interrupted(
+        &["call", "--signal", &url, "--room", "lonely", "--bind", "127.0.0.1:0", "--wait", "60", "--json"],
+        Duration::from_millis(1500),
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = common::json_of(&out);
+    assert_eq!(r["outcome"], "interrupted", "{r:#}");
+}
+
+#[test]
+fn bad_input_is_2_before_any_network_for_every_client() {
+    let ns = BlackholeDnsNs::create("cli");
+    for args in [
+        vec!["stun-probe", "127.0.0.1:3478", "--local", "192.0.2.77"],
+        vec!["nat-type", "--server", "127.0.0.1:3478", "--local", "192.0.2.77"],
+        vec!["stun-probe", "v6only.test", "-4"],
+        vec!["turn-alloc", "v6only.test", "-4"],
+        vec!["stun-probe", "127.0.0.1:3478", "--timeout", "0"],
+    ] {
+        let out = common::bounded::output_within(ns.command(NATKIT, &args), Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{args:?} still running after 20 s"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a report: {}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line says what to try: {err}");
+    }
+    let out = common::bounded::output_within(
+        ns.command(NATKIT, &["stun-probe", "127.0.0.1:3478", "--timeout", "0"]),
+        Duration::from_secs(20),
+    )
+    .expect("bounded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("above 0"), "{err}");
+}
+
+#[test]
+fn tables_fit_80_columns_without_splitting_an_address() {
+    let relay = common::relay::Relay::start(&[]);
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dead = silent.local_addr().expect("addr").to_string();
+    let out = Command::new(NATKIT)
+        .args(["stun-probe", &relay.addr(), &dead, "--timeout", "1", "--transport", "all", "--count", "2"])
+        .env("COLUMNS", "80")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.trim().is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "line of {} columns:\n{line}\nin\n{text}", line.chars().count());
+    }
+    for a in [relay.addr(), dead] {
+        assert!(text.lines().any(|l| l.contains(&a)), "{a} split or missing:\n{text}");
+    }
+}
