@@ -1,0 +1,594 @@
+//! Multi-node signaling over Redis (`--redis URL`): any number of nodes
+//! share rooms, and two peers on two nodes talk as if on one.
+//!
+//! Room membership lives in Redis (`scripts` has the keys and the Lua
+//! scripts that apply the room rules atomically); deliveries to another
+//! node's members go over pub/sub on that node's channel.
+//!
+//! Redis can go away and come back (empty, after a restart) without costing
+//! a live member its room:
+//! - every connection reconnects with backoff (`link`); while Redis is away,
+//!   members of the same node keep talking, and joins or messages to other
+//!   nodes fail at once with `internal` and a message that says so;
+//! - each node is the source of truth for its own members: after a
+//!   reconnect it re-asserts its presence and every member it has (in
+//!   joining order) before serving requests again, and leaves that happened
+//!   meanwhile are written then (with a short-lived tombstone, so nodes that
+//!   re-assert later still tell their members `exit`);
+//! - a node is declared dead only by evidence that survives an outage: its
+//!   presence key (a Redis expiry it renews every heartbeat) is gone, as seen
+//!   by a node that has itself been connected for a whole `--node-ttl`
+//!   (enough for every live node to have re-asserted). Stale heartbeats while
+//!   Redis was down are never evidence.
+
+mod link;
+mod scripts;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::error::UsageError;
+use crate::signal::hub::Hub;
+use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Refusal, RoomId, ServerMessage};
+use crate::signal::rooms::Delivery;
+
+use link::{Backoff, Link, StoreError};
+use scripts::{NODESET, TOMBSTONE_SECS, alive_key, channel, members_key, room_key};
+
+/// One delivery on a node's channel.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    to: PeerId,
+    msg: ServerMessage,
+}
+
+/// Presence timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Presence {
+    /// How often a node renews its presence.
+    pub heartbeat: Duration,
+    /// A node whose presence is gone this long is dead; its members leave their rooms.
+    pub node_ttl: Duration,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence { heartbeat: Duration::from_secs(1), node_ttl: Duration::from_secs(5) }
+    }
+}
+
+impl Presence {
+    /// Lifetime of the presence key: expired `heartbeat` before `node_ttl`,
+    /// so that the reaper, which looks every `heartbeat`, acts within `node_ttl`.
+    fn key_lifetime(&self) -> Duration {
+        self.node_ttl.saturating_sub(self.heartbeat).max(self.heartbeat * 2)
+    }
+}
+
+/// One member on this node.
+#[derive(Debug, Clone)]
+struct LocalMember {
+    room: RoomId,
+    /// Joining order, kept when re-asserting members into rooms.
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Local {
+    members: HashMap<PeerId, LocalMember>,
+    next_seq: u64,
+}
+
+struct Scripts {
+    join: redis::Script,
+    relay: redis::Script,
+    leave: redis::Script,
+    heartbeat: redis::Script,
+    reassert: redis::Script,
+    reap: redis::Script,
+}
+
+pub struct Backplane {
+    node: String,
+    url: String,
+    link: Link,
+    max_room: usize,
+    presence: Presence,
+    /// This node's members: the truth it re-asserts after an outage.
+    local: Mutex<Local>,
+    /// Leaves not yet written to Redis (it was away); written after reconnecting.
+    pending_leaves: Mutex<Vec<(PeerId, RoomId)>>,
+    /// Whether this node's channel subscription is up.
+    subscribed: AtomicBool,
+    /// Wakes the supervisor when the subscription ends.
+    sub_lost: Notify,
+    /// `exit`s for this node's members about departures it learnt while
+    /// re-asserting; the supervisor hands them to the hub.
+    late_exits: Mutex<Vec<Delivery>>,
+    scripts: Scripts,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Backplane {
+    /// Connects; a bad URL or an unreachable server is the user's to fix.
+    pub async fn connect(url: &str, max_room: usize, presence: Presence) -> Result<Self, UsageError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| UsageError::new(format!("bad --redis URL '{url}': {e} (expected redis://HOST:PORT/)")))?;
+        let link = Link::new(client);
+        let con = tokio::time::timeout(Duration::from_secs(5), link.connect())
+            .await
+            .map_err(|_| {
+                UsageError::new(format!("--redis {url}: no answer within 5 s; is redis-server running there?"))
+            })?
+            .map_err(|e| UsageError::new(format!("--redis {url}: {e}; is redis-server running there?")))?;
+        link.install(con);
+        Ok(Backplane {
+            node: PeerId::random().0,
+            url: url.to_string(),
+            link,
+            max_room: max_room.max(1),
+            presence,
+            local: Mutex::new(Local::default()),
+            pending_leaves: Mutex::new(Vec::new()),
+            subscribed: AtomicBool::new(false),
+            sub_lost: Notify::new(),
+            late_exits: Mutex::new(Vec::new()),
+            scripts: Scripts {
+                join: redis::Script::new(scripts::JOIN),
+                relay: redis::Script::new(scripts::RELAY),
+                leave: redis::Script::new(scripts::LEAVE),
+                heartbeat: redis::Script::new(scripts::HEARTBEAT),
+                reassert: redis::Script::new(scripts::REASSERT),
+                reap: redis::Script::new(scripts::REAP),
+            },
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Rooms with a member on this node.
+    pub fn local_room_count(&self) -> usize {
+        let local = lock(&self.local);
+        let mut v: Vec<&RoomId> = local.members.values().map(|m| &m.room).collect();
+        v.sort();
+        v.dedup();
+        v.len()
+    }
+
+    /// What a client is told when Redis is not there for a cross-node operation.
+    fn unreachable(&self, what: &str, e: StoreError) -> Refusal {
+        if let StoreError::Redis(e) = &e {
+            tracing::warn!("redis {}: {what} failed: {e}", self.url);
+        }
+        Refusal::new(
+            ErrorCode::Internal,
+            format!(
+                "{what} needs the room store (Redis), which is not reachable right now; \
+                 members on this node can still talk to each other; try again in a few seconds"
+            ),
+        )
+    }
+
+    /// Subscribes to this node's channel, writes its presence, and starts the
+    /// supervisor (heartbeat, reconnects, re-assertion, reaping). Both stop
+    /// when the hub is dropped.
+    pub async fn start(self: &Arc<Self>, hub: Weak<Hub>) -> Result<(), UsageError> {
+        let pubsub = self
+            .subscribe()
+            .await
+            .map_err(|e| UsageError::new(format!("--redis {}: cannot subscribe: {e}", self.url)))?;
+        self.spawn_reader(pubsub, hub.clone());
+        let con = self.link.get().map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
+        self.reassert(&con).await.map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
+        tokio::spawn(supervise(Arc::downgrade(self), hub));
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let connect = self.link.client().get_async_pubsub();
+        let mut p = match tokio::time::timeout(link::CONNECT_TIMEOUT, connect).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        };
+        p.subscribe(channel(&self.node)).await?;
+        Ok(p)
+    }
+
+    /// Hands what arrives on this node's channel to the hub, until the
+    /// subscription ends (then the supervisor subscribes again).
+    fn spawn_reader(self: &Arc<Self>, pubsub: redis::aio::PubSub, hub: Weak<Hub>) {
+        self.subscribed.store(true, Ordering::SeqCst);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(msg) = stream.next().await {
+                let Some(hub) = hub.upgrade() else { return };
+                let Ok(payload) = msg.get_payload::<String>() else { continue };
+                match serde_json::from_str::<Envelope>(&payload) {
+                    Ok(env) => {
+                        hub.deliver(Delivery { to: env.to, msg: env.msg });
+                    }
+                    Err(e) => tracing::warn!("dropping a malformed delivery from redis: {e}"),
+                }
+            }
+            if let Some(b) = me.upgrade() {
+                tracing::warn!("redis {}: subscription lost; subscribing again", b.url);
+                b.subscribed.store(false, Ordering::SeqCst);
+                b.sub_lost.notify_one();
+            }
+        });
+    }
+
+    /// Writes presence and every local member (in joining order) on `con`;
+    /// tells local members who left their rooms on other nodes meanwhile.
+    async fn reassert(&self, con: &MultiplexedConnection) -> redis::RedisResult<usize> {
+        let mut members: Vec<(PeerId, LocalMember)> =
+            lock(&self.local).members.iter().map(|(p, m)| (p.clone(), m.clone())).collect();
+        members.sort_by_key(|(_, m)| m.seq);
+        let mut inv = self.scripts.reassert.prepare_invoke();
+        inv.key(members_key(&self.node))
+            .key(alive_key(&self.node))
+            .key(NODESET)
+            .arg(&self.node)
+            .arg(self.presence.key_lifetime().as_millis() as u64)
+            .arg(TOMBSTONE_SECS);
+        for (peer, m) in &members {
+            inv.arg(peer.as_str()).arg(m.room.as_str());
+        }
+        let told: Vec<String> = inv.invoke_async(&mut con.clone()).await?;
+        for t in told.chunks_exact(3) {
+            let (to, from, room) = (PeerId(t[0].clone()), PeerId(t[1].clone()), RoomId(t[2].clone()));
+            tracing::info!(peer = %to, left = %from, %room, "telling a member who left while Redis was away");
+            lock(&self.late_exits).push(Delivery { to, msg: ServerMessage::Exit { from, room } });
+        }
+        Ok(members.len())
+    }
+
+    async fn heartbeat(&self, con: &MultiplexedConnection) -> redis::RedisResult<bool> {
+        let existed: i64 = self
+            .scripts
+            .heartbeat
+            .key(alive_key(&self.node))
+            .key(NODESET)
+            .arg(&self.node)
+            .arg(self.presence.key_lifetime().as_millis() as u64)
+            .invoke_async(&mut con.clone())
+            .await?;
+        Ok(existed == 1)
+    }
+
+    /// Removes the members of nodes whose presence key has expired.
+    async fn reap_dead(&self, con: &MultiplexedConnection) -> redis::RedisResult<()> {
+        let mut con = con.clone();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODESET).query_async(&mut con).await?;
+        for node in nodes.into_iter().filter(|n| *n != self.node) {
+            let n: i64 = self
+                .scripts
+                .reap
+                .key(NODESET)
+                .key(members_key(&node))
+                .key(alive_key(&node))
+                .arg(&node)
+                .arg("other")
+                .invoke_async(&mut con)
+                .await?;
+            if n > 0 {
+                tracing::info!(node = %node, members = n, "reaped a dead node: its members left their rooms");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the leaves that happened while Redis was away.
+    async fn flush_pending_leaves(&self, con: &MultiplexedConnection) -> redis::RedisResult<()> {
+        let pending = std::mem::take(&mut *lock(&self.pending_leaves));
+        for (i, (peer, room)) in pending.iter().enumerate() {
+            let r = self.write_leave(con, peer, room, TOMBSTONE_SECS).await;
+            if let Err(e) = r {
+                lock(&self.pending_leaves).extend(pending[i..].iter().cloned());
+                return Err(e);
+            }
+            tracing::info!(%peer, %room, "wrote a leave from while Redis was away");
+        }
+        Ok(())
+    }
+
+    async fn write_leave(
+        &self,
+        con: &MultiplexedConnection,
+        peer: &PeerId,
+        room: &RoomId,
+        tombstone_secs: u64,
+    ) -> redis::RedisResult<()> {
+        self.scripts
+            .leave
+            .key(room_key(room.as_str()))
+            .key(members_key(&self.node))
+            .arg(peer.as_str())
+            .arg(room.as_str())
+            .arg(&self.node)
+            .arg(tombstone_secs)
+            .invoke_async::<i64>(&mut con.clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// On shutdown: this node's members leave their rooms now rather than at expiry.
+    pub async fn retire(&self) {
+        let Ok(mut con) = self.link.get() else {
+            tracing::warn!("redis {}: not connected; this node's members leave at --node-ttl", self.url);
+            return;
+        };
+        let r: redis::RedisResult<i64> = self
+            .scripts
+            .reap
+            .key(NODESET)
+            .key(members_key(&self.node))
+            .key(alive_key(&self.node))
+            .arg(&self.node)
+            .arg("self")
+            .invoke_async(&mut con)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("redis {}: could not remove this node's members: {e}", self.url);
+        }
+    }
+
+    /// Join and relay (the room rules, applied in Redis). `is_local` says
+    /// whether a peer is connected to this node (same-node relays skip Redis).
+    pub async fn handle(
+        &self,
+        from: &PeerId,
+        msg: ClientMessage,
+        ice: &[IceServer],
+        is_local: impl Fn(&PeerId) -> bool,
+    ) -> Result<Vec<Delivery>, Refusal> {
+        match msg {
+            ClientMessage::Join { room } => {
+                if let Some(problem) = room.problem() {
+                    return Err(Refusal::new(ErrorCode::BadMessage, problem));
+                }
+                if let Some(current) = lock(&self.local).members.get(from) {
+                    return Err(Refusal::new(
+                        ErrorCode::AlreadyJoined,
+                        format!("already in room \"{}\"; send leave first", current.room),
+                    ));
+                }
+                let mut con = self.link.get().map_err(|e| self.unreachable("join", e))?;
+                let r: redis::Value = self
+                    .scripts
+                    .join
+                    .key(room_key(room.as_str()))
+                    .key(members_key(&self.node))
+                    .arg(from.as_str())
+                    .arg(&self.node)
+                    .arg(self.max_room)
+                    .arg(room.as_str())
+                    .invoke_async(&mut con)
+                    .await
+                    .map_err(|e| self.unreachable("join", self.link.failed(e)))?;
+                let before: Vec<String> = match r {
+                    redis::Value::Int(_) => {
+                        return Err(Refusal::new(
+                            ErrorCode::RoomFull,
+                            format!("room \"{room}\" is full (the limit is {})", self.max_room),
+                        ));
+                    }
+                    other => redis::from_redis_value(&other).map_err(|e| self.unreachable("join", e.into()))?,
+                };
+                let peers: Vec<PeerId> = before.chunks(2).map(|kv| PeerId(kv[0].clone())).collect();
+                {
+                    let mut local = lock(&self.local);
+                    let seq = local.next_seq;
+                    local.next_seq += 1;
+                    local.members.insert(from.clone(), LocalMember { room: room.clone(), seq });
+                }
+                let mut out = vec![Delivery {
+                    to: from.clone(),
+                    msg: ServerMessage::Created {
+                        id: from.clone(),
+                        room: room.clone(),
+                        peers,
+                        ice_servers: ice.to_vec(),
+                    },
+                }];
+                for kv in before.chunks(2).filter(|kv| kv.get(1) == Some(&self.node)) {
+                    out.push(Delivery {
+                        to: PeerId(kv[0].clone()),
+                        msg: ServerMessage::Joined { id: from.clone(), room: room.clone() },
+                    });
+                }
+                Ok(out)
+            }
+            ClientMessage::Leave => Err(Refusal::new(ErrorCode::BadMessage, "leave goes through Backplane::leave")),
+            relay => {
+                let Some(room) = lock(&self.local).members.get(from).map(|m| m.room.clone()) else {
+                    return Err(Refusal::new(
+                        ErrorCode::NotJoined,
+                        format!("{} before join: not in a room", relay.kind().as_str()),
+                    ));
+                };
+                let to = relay
+                    .target()
+                    .cloned()
+                    .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "not a message to relay"))?;
+                let not_in_room =
+                    || Refusal::new(ErrorCode::NotInRoom, format!("no member \"{to}\" in room \"{room}\""));
+                if &to == from {
+                    return Err(not_in_room());
+                }
+                let msg = relay
+                    .relayed(from.clone(), room.clone())
+                    .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "not a message to relay"))?;
+                if is_local(&to) && lock(&self.local).members.get(&to).map(|m| &m.room) == Some(&room) {
+                    return Ok(vec![Delivery { to, msg }]);
+                }
+                let what = format!("a message to \"{to}\" (not on this node)");
+                let payload = serde_json::to_string(&Envelope { to: to.clone(), msg })
+                    .map_err(|e| Refusal::new(ErrorCode::Internal, format!("encoding: {e}")))?;
+                let mut con = self.link.get().map_err(|e| self.unreachable(&what, e))?;
+                let receivers: i64 = self
+                    .scripts
+                    .relay
+                    .key(room_key(room.as_str()))
+                    .arg(to.as_str())
+                    .arg(payload)
+                    .invoke_async(&mut con)
+                    .await
+                    .map_err(|e| self.unreachable(&what, self.link.failed(e)))?;
+                match receivers {
+                    -1 => Err(not_in_room()),
+                    0 => Err(Refusal::new(
+                        ErrorCode::Internal,
+                        format!("the node of \"{to}\" is not listening on Redis right now (reconnecting?); try again"),
+                    )),
+                    _ => Ok(vec![]),
+                }
+            }
+        }
+    }
+
+    /// Takes a local peer out of its room: `exit` to the members on this
+    /// node is returned (from this node's own knowledge, so it works while
+    /// Redis is away); the other nodes' members hear it through Redis, at
+    /// once or, if Redis is away, once it is back.
+    pub async fn leave(&self, peer: &PeerId) -> Option<(RoomId, Vec<Delivery>)> {
+        let out = {
+            let mut local = lock(&self.local);
+            let room = local.members.remove(peer)?.room;
+            let mut rest: Vec<(&PeerId, u64)> =
+                local.members.iter().filter(|(_, m)| m.room == room).map(|(p, m)| (p, m.seq)).collect();
+            rest.sort_by_key(|(_, seq)| *seq);
+            let out: Vec<Delivery> = rest
+                .into_iter()
+                .map(|(p, _)| Delivery {
+                    to: p.clone(),
+                    msg: ServerMessage::Exit { from: peer.clone(), room: room.clone() },
+                })
+                .collect();
+            (room, out)
+        };
+        let room = out.0.clone();
+        let written = match self.link.get() {
+            Ok(con) => self.write_leave(&con, peer, &room, 0).await.map_err(|e| self.link.failed(e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::warn!(
+                "redis {}: leave of {peer} from {room} not written yet ({e}); will be after reconnecting",
+                self.url
+            );
+            lock(&self.pending_leaves).push((peer.clone(), room));
+        }
+        Some(out)
+    }
+}
+
+/// The node's connection keeper: heartbeats; on a lost connection or
+/// subscription, reconnects with backoff, re-asserts presence and members,
+/// then serves again; writes leaves from the outage; reaps dead nodes once
+/// it has been connected for a whole `--node-ttl`.
+async fn supervise(me: Weak<Backplane>, hub: Weak<Hub>) {
+    let mut backoff = Backoff::new();
+    // Connected since: start() connected and re-asserted just before.
+    let mut up_since = Some(Instant::now());
+    let mut reported_down = false;
+    loop {
+        let Some(b) = me.upgrade() else { return };
+        if hub.strong_count() == 0 {
+            return;
+        }
+        if !b.subscribed.load(Ordering::SeqCst) {
+            // Deliveries for this node are lost while unsubscribed: serve no
+            // cross-node request until the subscription is back.
+            b.link.take_down();
+            up_since = None;
+            match b.subscribe().await {
+                Ok(p) => b.spawn_reader(p, hub.clone()),
+                Err(e) => {
+                    if !reported_down {
+                        tracing::warn!("redis {}: cannot subscribe ({e}); retrying with backoff", b.url);
+                        reported_down = true;
+                    }
+                    let d = backoff.next_delay();
+                    drop(b);
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+            }
+        }
+        if !b.link.is_up() {
+            up_since = None;
+            let r = match b.link.connect().await {
+                Ok(con) => b.reassert(&con).await.map(|n| (con, n)),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok((con, n)) => {
+                    b.link.install(con);
+                    up_since = Some(Instant::now());
+                    reported_down = false;
+                    tracing::info!("redis {}: connected again; re-asserted this node and its {n} members", b.url);
+                }
+                Err(e) => {
+                    if !reported_down {
+                        tracing::warn!("redis {}: cannot reconnect ({e}); retrying with backoff", b.url);
+                        reported_down = true;
+                    }
+                    let d = backoff.next_delay();
+                    drop(b);
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+            }
+        }
+        backoff.reset();
+        let step = async {
+            let con = b.link.get()?;
+            if !b.heartbeat(&con).await.map_err(|e| b.link.failed(e))? {
+                // Our presence was gone (Redis lost it, or we were cut off long enough to be reaped).
+                let n = b.reassert(&con).await.map_err(|e| b.link.failed(e))?;
+                tracing::warn!("redis {}: this node's presence had expired; re-asserted its {n} members", b.url);
+            }
+            b.flush_pending_leaves(&con).await.map_err(|e| b.link.failed(e))?;
+            if up_since.is_some_and(|t| t.elapsed() >= b.presence.node_ttl) {
+                b.reap_dead(&con).await.map_err(|e| b.link.failed(e))?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        let result = step.await;
+        let late = std::mem::take(&mut *lock(&b.late_exits));
+        if let Some(h) = hub.upgrade() {
+            h.deliver_all(late);
+        }
+        if let Err(e) = result {
+            tracing::debug!("redis {}: heartbeat step failed: {e}", b.url);
+            if !b.link.is_up() {
+                continue; // reconnect now, with backoff
+            }
+        }
+        let period = b.presence.heartbeat;
+        let lost = async {
+            tokio::select! {
+                _ = b.link.broken.notified() => {}
+                _ = b.sub_lost.notified() => {}
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = lost => {}
+        }
+    }
+}
