@@ -259,3 +259,33 @@ fn redis_outage_evicts_no_live_member_applies_leaves_and_recovers() {
         assert_eq!(recv(&mut a).await, ServerMessage::Exit { from: mb.id.clone(), room: "x".into() });
     });
 }
+
+#[test]
+fn concurrent_joins_across_nodes_never_overfill_a_room() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let n1 = SignalServer::start(&["--redis", &url, "--max-room", "3"]);
+    let n2 = SignalServer::start(&["--redis", &url, "--max-room", "3"]);
+    rt().block_on(async {
+        let mut clients = vec![];
+        for i in 0..10 {
+            let node = if i % 2 == 0 { &n1 } else { &n2 };
+            clients.push(SignalClient::connect(&node.ws_url(), &ClientOptions::default()).await.expect("connect"));
+        }
+        // All ten joins in flight at once, half on each node.
+        let room = RoomId::from("race");
+        let results = futures::future::join_all(clients.iter_mut().map(|c| c.join(&room, WAIT))).await;
+        let mut joined = 0;
+        for r in results {
+            match r {
+                Ok(m) => {
+                    joined += 1;
+                    assert!(m.peers.len() < 3, "created with {} peers in a room of 3", m.peers.len());
+                }
+                Err(ClientError::Server { code: ErrorCode::RoomFull, .. }) => {}
+                Err(e) => panic!("expected created or room_full, got {e}"),
+            }
+        }
+        assert_eq!(joined, 3, "exactly --max-room joins succeed");
+    });
+}

@@ -24,7 +24,6 @@
 mod link;
 mod scripts;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -35,19 +34,35 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::error::UsageError;
-use crate::signal::hub::Hub;
 use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Refusal, RoomId, ServerMessage};
-use crate::signal::rooms::Delivery;
+use crate::signal::rooms::{Delivery, Effect, LocalDelivery, Member, Place, Rooms};
 
 use link::{Backoff, Link, StoreError};
 use scripts::{NODESET, TOMBSTONE_SECS, alive_key, channel, members_key, room_key};
 
 /// One delivery on a node's channel.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct Envelope {
     to: PeerId,
     msg: ServerMessage,
 }
+
+/// [`Envelope`] as written.
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    to: &'a PeerId,
+    msg: &'a ServerMessage,
+}
+
+fn envelope(d: &Delivery) -> Result<String, Refusal> {
+    serde_json::to_string(&EnvelopeRef { to: &d.to, msg: &d.msg })
+        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("encoding a delivery for Redis: {e}")))
+}
+
+/// A join re-reads the room and decides again when the room changed between
+/// its read and its write (another join or leave at the same moment); after
+/// this many tries it gives up with `internal`.
+const JOIN_ATTEMPTS: usize = 8;
 
 /// Presence timing.
 #[derive(Debug, Clone, Copy)]
@@ -72,18 +87,12 @@ impl Presence {
     }
 }
 
-/// One member on this node.
+/// A leave Redis has not heard of yet.
 #[derive(Debug, Clone)]
-struct LocalMember {
+struct PendingLeave {
+    peer: PeerId,
     room: RoomId,
-    /// Joining order, kept when re-asserting members into rooms.
-    seq: u64,
-}
-
-#[derive(Debug, Default)]
-struct Local {
-    members: HashMap<PeerId, LocalMember>,
-    next_seq: u64,
+    notice: String,
 }
 
 struct Scripts {
@@ -99,12 +108,11 @@ pub struct Backplane {
     node: String,
     url: String,
     link: Link,
-    max_room: usize,
     presence: Presence,
-    /// This node's members: the truth it re-asserts after an outage.
-    local: Mutex<Local>,
+    /// The room rules and this node's members: the truth it re-asserts after an outage.
+    core: Mutex<Rooms>,
     /// Leaves not yet written to Redis (it was away); written after reconnecting.
-    pending_leaves: Mutex<Vec<(PeerId, RoomId)>>,
+    pending_leaves: Mutex<Vec<PendingLeave>>,
     /// Whether this node's channel subscription is up.
     subscribed: AtomicBool,
     /// Wakes the supervisor when the subscription ends.
@@ -136,9 +144,8 @@ impl Backplane {
             node: PeerId::random().0,
             url: url.to_string(),
             link,
-            max_room: max_room.max(1),
             presence,
-            local: Mutex::new(Local::default()),
+            core: Mutex::new(Rooms::clustered(max_room)),
             pending_leaves: Mutex::new(Vec::new()),
             subscribed: AtomicBool::new(false),
             sub_lost: Notify::new(),
@@ -160,11 +167,7 @@ impl Backplane {
 
     /// Rooms with a member on this node.
     pub fn local_room_count(&self) -> usize {
-        let local = lock(&self.local);
-        let mut v: Vec<&RoomId> = local.members.values().map(|m| &m.room).collect();
-        v.sort();
-        v.dedup();
-        v.len()
+        lock(&self.core).room_count()
     }
 
     /// What a client is told when Redis is not there for a cross-node operation.
@@ -184,7 +187,7 @@ impl Backplane {
     /// Subscribes to this node's channel, writes its presence, and starts the
     /// supervisor (heartbeat, reconnects, re-assertion, reaping). Both stop
     /// when the hub is dropped.
-    pub async fn start(self: &Arc<Self>, hub: Weak<Hub>) -> Result<(), UsageError> {
+    pub async fn start<H: LocalDelivery + 'static>(self: &Arc<Self>, hub: Weak<H>) -> Result<(), UsageError> {
         let pubsub = self
             .subscribe()
             .await
@@ -208,7 +211,7 @@ impl Backplane {
 
     /// Hands what arrives on this node's channel to the hub, until the
     /// subscription ends (then the supervisor subscribes again).
-    fn spawn_reader(self: &Arc<Self>, pubsub: redis::aio::PubSub, hub: Weak<Hub>) {
+    fn spawn_reader<H: LocalDelivery + 'static>(self: &Arc<Self>, pubsub: redis::aio::PubSub, hub: Weak<H>) {
         self.subscribed.store(true, Ordering::SeqCst);
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -234,9 +237,7 @@ impl Backplane {
     /// Writes presence and every local member (in joining order) on `con`;
     /// tells local members who left their rooms on other nodes meanwhile.
     async fn reassert(&self, con: &MultiplexedConnection) -> redis::RedisResult<usize> {
-        let mut members: Vec<(PeerId, LocalMember)> =
-            lock(&self.local).members.iter().map(|(p, m)| (p.clone(), m.clone())).collect();
-        members.sort_by_key(|(_, m)| m.seq);
+        let members = lock(&self.core).local_members();
         let mut inv = self.scripts.reassert.prepare_invoke();
         inv.key(members_key(&self.node))
             .key(alive_key(&self.node))
@@ -244,8 +245,8 @@ impl Backplane {
             .arg(&self.node)
             .arg(self.presence.key_lifetime().as_millis() as u64)
             .arg(TOMBSTONE_SECS);
-        for (peer, m) in &members {
-            inv.arg(peer.as_str()).arg(m.room.as_str());
+        for (peer, room) in &members {
+            inv.arg(peer.as_str()).arg(room.as_str());
         }
         let told: Vec<String> = inv.invoke_async(&mut con.clone()).await?;
         for t in told.chunks_exact(3) {
@@ -294,13 +295,13 @@ impl Backplane {
     /// Writes the leaves that happened while Redis was away.
     async fn flush_pending_leaves(&self, con: &MultiplexedConnection) -> redis::RedisResult<()> {
         let pending = std::mem::take(&mut *lock(&self.pending_leaves));
-        for (i, (peer, room)) in pending.iter().enumerate() {
-            let r = self.write_leave(con, peer, room, TOMBSTONE_SECS).await;
+        for (i, leave) in pending.iter().enumerate() {
+            let r = self.write_leave(con, leave, TOMBSTONE_SECS).await;
             if let Err(e) = r {
                 lock(&self.pending_leaves).extend(pending[i..].iter().cloned());
                 return Err(e);
             }
-            tracing::info!(%peer, %room, "wrote a leave from while Redis was away");
+            tracing::info!(peer = %leave.peer, room = %leave.room, "wrote a leave from while Redis was away");
         }
         Ok(())
     }
@@ -308,18 +309,18 @@ impl Backplane {
     async fn write_leave(
         &self,
         con: &MultiplexedConnection,
-        peer: &PeerId,
-        room: &RoomId,
+        leave: &PendingLeave,
         tombstone_secs: u64,
     ) -> redis::RedisResult<()> {
         self.scripts
             .leave
-            .key(room_key(room.as_str()))
+            .key(room_key(leave.room.as_str()))
             .key(members_key(&self.node))
-            .arg(peer.as_str())
-            .arg(room.as_str())
+            .arg(leave.peer.as_str())
+            .arg(leave.room.as_str())
             .arg(&self.node)
             .arg(tombstone_secs)
+            .arg(&leave.notice)
             .invoke_async::<i64>(&mut con.clone())
             .await
             .map(|_| ())
@@ -346,153 +347,136 @@ impl Backplane {
         }
     }
 
-    /// Join and relay (the room rules, applied in Redis). `is_local` says
-    /// whether a peer is connected to this node (same-node relays skip Redis).
-    pub async fn handle(
-        &self,
-        from: &PeerId,
-        msg: ClientMessage,
-        ice: &[IceServer],
-        is_local: impl Fn(&PeerId) -> bool,
-    ) -> Result<Vec<Delivery>, Refusal> {
+    /// Join and relay: the room core decides, this carries out its effects
+    /// (same-node relays skip Redis).
+    pub async fn handle(&self, from: &PeerId, msg: ClientMessage, ice: &[IceServer]) -> Result<Vec<Delivery>, Refusal> {
         match msg {
-            ClientMessage::Join { room } => {
-                if let Some(problem) = room.problem() {
-                    return Err(Refusal::new(ErrorCode::BadMessage, problem));
-                }
-                if let Some(current) = lock(&self.local).members.get(from) {
-                    return Err(Refusal::new(
-                        ErrorCode::AlreadyJoined,
-                        format!("already in room \"{}\"; send leave first", current.room),
-                    ));
-                }
-                let mut con = self.link.get().map_err(|e| self.unreachable("join", e))?;
-                let r: redis::Value = self
-                    .scripts
-                    .join
-                    .key(room_key(room.as_str()))
-                    .key(members_key(&self.node))
-                    .arg(from.as_str())
-                    .arg(&self.node)
-                    .arg(self.max_room)
-                    .arg(room.as_str())
-                    .invoke_async(&mut con)
-                    .await
-                    .map_err(|e| self.unreachable("join", self.link.failed(e)))?;
-                let before: Vec<String> = match r {
-                    redis::Value::Int(_) => {
-                        return Err(Refusal::new(
-                            ErrorCode::RoomFull,
-                            format!("room \"{room}\" is full (the limit is {})", self.max_room),
-                        ));
-                    }
-                    other => redis::from_redis_value(&other).map_err(|e| self.unreachable("join", e.into()))?,
-                };
-                let peers: Vec<PeerId> = before.chunks(2).map(|kv| PeerId(kv[0].clone())).collect();
-                {
-                    let mut local = lock(&self.local);
-                    let seq = local.next_seq;
-                    local.next_seq += 1;
-                    local.members.insert(from.clone(), LocalMember { room: room.clone(), seq });
-                }
-                let mut out = vec![Delivery {
-                    to: from.clone(),
-                    msg: ServerMessage::Created {
-                        id: from.clone(),
-                        room: room.clone(),
-                        peers,
-                        ice_servers: ice.to_vec(),
-                    },
-                }];
-                for kv in before.chunks(2).filter(|kv| kv.get(1) == Some(&self.node)) {
-                    out.push(Delivery {
-                        to: PeerId(kv[0].clone()),
-                        msg: ServerMessage::Joined { id: from.clone(), room: room.clone() },
-                    });
-                }
-                Ok(out)
-            }
+            ClientMessage::Join { room } => self.join(from, &room, ice).await,
             ClientMessage::Leave => Err(Refusal::new(ErrorCode::BadMessage, "leave goes through Backplane::leave")),
             relay => {
-                let Some(room) = lock(&self.local).members.get(from).map(|m| m.room.clone()) else {
-                    return Err(Refusal::new(
-                        ErrorCode::NotJoined,
-                        format!("{} before join: not in a room", relay.kind().as_str()),
-                    ));
-                };
-                let to = relay
-                    .target()
-                    .cloned()
-                    .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "not a message to relay"))?;
-                let not_in_room =
-                    || Refusal::new(ErrorCode::NotInRoom, format!("no member \"{to}\" in room \"{room}\""));
-                if &to == from {
-                    return Err(not_in_room());
-                }
-                let msg = relay
-                    .relayed(from.clone(), room.clone())
-                    .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "not a message to relay"))?;
-                if is_local(&to) && lock(&self.local).members.get(&to).map(|m| &m.room) == Some(&room) {
-                    return Ok(vec![Delivery { to, msg }]);
-                }
-                let what = format!("a message to \"{to}\" (not on this node)");
-                let payload = serde_json::to_string(&Envelope { to: to.clone(), msg })
-                    .map_err(|e| Refusal::new(ErrorCode::Internal, format!("encoding: {e}")))?;
-                let mut con = self.link.get().map_err(|e| self.unreachable(&what, e))?;
-                let receivers: i64 = self
-                    .scripts
-                    .relay
-                    .key(room_key(room.as_str()))
-                    .arg(to.as_str())
-                    .arg(payload)
-                    .invoke_async(&mut con)
-                    .await
-                    .map_err(|e| self.unreachable(&what, self.link.failed(e)))?;
-                match receivers {
-                    -1 => Err(not_in_room()),
-                    0 => Err(Refusal::new(
-                        ErrorCode::Internal,
-                        format!("the node of \"{to}\" is not listening on Redis right now (reconnecting?); try again"),
-                    )),
-                    _ => Ok(vec![]),
+                let effect = lock(&self.core).relay(from, relay)?;
+                match effect {
+                    Effect::Deliver(d) => Ok(vec![d]),
+                    Effect::Route { room, delivery } => self.route(&room, delivery).await.map(|()| vec![]),
+                    other => {
+                        tracing::error!("the room core answered a relay with {other:?}; dropped");
+                        Ok(vec![])
+                    }
                 }
             }
         }
     }
 
+    /// A join: read the room, let the core decide, write it if the room is
+    /// still as read (else read again). The deliveries for this node.
+    async fn join(&self, from: &PeerId, room: &RoomId, ice: &[IceServer]) -> Result<Vec<Delivery>, Refusal> {
+        lock(&self.core).check_join(from, room)?;
+        let mut con = self.link.get().map_err(|e| self.unreachable("join", e))?;
+        for _ in 0..JOIN_ATTEMPTS {
+            let flat: Vec<String> = redis::cmd("HGETALL")
+                .arg(room_key(room.as_str()))
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.unreachable("join", self.link.failed(e)))?;
+            let before: Vec<Member> = flat
+                .chunks_exact(2)
+                .map(|kv| Member {
+                    peer: PeerId(kv[0].clone()),
+                    place: if kv[1] == self.node { Place::Here } else { Place::Node(kv[1].clone()) },
+                })
+                .collect();
+            let effects = lock(&self.core).join(from, room, &before, ice)?;
+            let mut inv = self.scripts.join.prepare_invoke();
+            inv.key(room_key(room.as_str()))
+                .key(members_key(&self.node))
+                .arg(from.as_str())
+                .arg(&self.node)
+                .arg(room.as_str())
+                .arg(flat.len());
+            for v in &flat {
+                inv.arg(v);
+            }
+            let mut local = vec![];
+            for e in effects {
+                match e {
+                    Effect::Forward { node, delivery } => {
+                        inv.arg(node).arg(envelope(&delivery)?);
+                    }
+                    Effect::Deliver(d) => local.push(d),
+                    Effect::Add { .. } => {}
+                    other => tracing::error!("the room core answered a join with {other:?}; dropped"),
+                }
+            }
+            let applied: i64 =
+                inv.invoke_async(&mut con).await.map_err(|e| self.unreachable("join", self.link.failed(e)))?;
+            if applied == 1 {
+                lock(&self.core).commit_join(from, room);
+                return Ok(local);
+            }
+        }
+        Err(Refusal::new(
+            ErrorCode::Internal,
+            format!("room \"{room}\" kept changing during {JOIN_ATTEMPTS} join attempts; try again"),
+        ))
+    }
+
+    /// Delivers to a member of `room` on another node, through its channel.
+    async fn route(&self, room: &RoomId, delivery: Delivery) -> Result<(), Refusal> {
+        let what = format!("a message to \"{}\" (not on this node)", delivery.to);
+        let payload = envelope(&delivery)?;
+        let mut con = self.link.get().map_err(|e| self.unreachable(&what, e))?;
+        let receivers: i64 = self
+            .scripts
+            .relay
+            .key(room_key(room.as_str()))
+            .arg(delivery.to.as_str())
+            .arg(payload)
+            .invoke_async(&mut con)
+            .await
+            .map_err(|e| self.unreachable(&what, self.link.failed(e)))?;
+        match receivers {
+            -1 => Err(Rooms::not_in_room(&delivery.to, room)),
+            0 => Err(Refusal::new(
+                ErrorCode::Internal,
+                format!(
+                    "the node of \"{}\" is not listening on Redis right now (reconnecting?); try again",
+                    delivery.to
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Takes a local peer out of its room: `exit` to the members on this
-    /// node is returned (from this node's own knowledge, so it works while
+    /// node is returned (from the core's own knowledge, so it works while
     /// Redis is away); the other nodes' members hear it through Redis, at
     /// once or, if Redis is away, once it is back.
     pub async fn leave(&self, peer: &PeerId) -> Option<(RoomId, Vec<Delivery>)> {
-        let out = {
-            let mut local = lock(&self.local);
-            let room = local.members.remove(peer)?.room;
-            let mut rest: Vec<(&PeerId, u64)> =
-                local.members.iter().filter(|(_, m)| m.room == room).map(|(p, m)| (p, m.seq)).collect();
-            rest.sort_by_key(|(_, seq)| *seq);
-            let out: Vec<Delivery> = rest
-                .into_iter()
-                .map(|(p, _)| Delivery {
-                    to: p.clone(),
-                    msg: ServerMessage::Exit { from: peer.clone(), room: room.clone() },
-                })
-                .collect();
-            (room, out)
-        };
-        let room = out.0.clone();
-        let written = match self.link.get() {
-            Ok(con) => self.write_leave(&con, peer, &room, 0).await.map_err(|e| self.link.failed(e)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            tracing::warn!(
-                "redis {}: leave of {peer} from {room} not written yet ({e}); will be after reconnecting",
-                self.url
-            );
-            lock(&self.pending_leaves).push((peer.clone(), room));
+        let (room, effects) = lock(&self.core).leave(peer)?;
+        let mut out = vec![];
+        for e in effects {
+            match e {
+                Effect::Deliver(d) => out.push(d),
+                Effect::Remove { room, peer, notice } => {
+                    let leave = PendingLeave { peer, room, notice: notice.to_json() };
+                    let written = match self.link.get() {
+                        Ok(con) => self.write_leave(&con, &leave, 0).await.map_err(|e| self.link.failed(e)),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = written {
+                        tracing::warn!(
+                            "redis {}: leave of {} from {} not written yet ({e}); will be after reconnecting",
+                            self.url,
+                            leave.peer,
+                            leave.room
+                        );
+                        lock(&self.pending_leaves).push(leave);
+                    }
+                }
+                other => tracing::error!("the room core answered a leave with {other:?}; dropped"),
+            }
         }
-        Some(out)
+        Some((room, out))
     }
 }
 
@@ -500,7 +484,7 @@ impl Backplane {
 /// subscription, reconnects with backoff, re-asserts presence and members,
 /// then serves again; writes leaves from the outage; reaps dead nodes once
 /// it has been connected for a whole `--node-ttl`.
-async fn supervise(me: Weak<Backplane>, hub: Weak<Hub>) {
+async fn supervise<H: LocalDelivery + 'static>(me: Weak<Backplane>, hub: Weak<H>) {
     let mut backoff = Backoff::new();
     // Connected since: start() connected and re-asserted just before.
     let mut up_since = Some(Instant::now());
@@ -571,7 +555,9 @@ async fn supervise(me: Weak<Backplane>, hub: Weak<Hub>) {
         let result = step.await;
         let late = std::mem::take(&mut *lock(&b.late_exits));
         if let Some(h) = hub.upgrade() {
-            h.deliver_all(late);
+            for d in late {
+                h.deliver(d);
+            }
         }
         if let Err(e) = result {
             tracing::debug!("redis {}: heartbeat step failed: {e}", b.url);

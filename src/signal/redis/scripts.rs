@@ -37,21 +37,24 @@ pub fn channel(node: &str) -> String {
     format!("natkit:to:{node}")
 }
 
-/// KEYS: room, node members. ARGV: peer, node, max room, room name.
-/// Returns the members before the join (flat peer, node, ...) or -1 when full.
-/// Members on other nodes are told `joined` here; the caller tells its own
-/// (directly, so they hear `joined` before any same-node `offer`).
+/// Applies a join the room core decided on a snapshot of the room, if the
+/// room is still as read (else 0, and the node reads and decides again).
+/// KEYS: room, node members. ARGV: peer, node, room name, 2n, the snapshot
+/// (n pairs peer, node), then pairs node, delivery: the `joined` for members
+/// on other nodes, published in the same step as the join so that no member
+/// can miss it. Returns 1 when applied.
 pub const JOIN: &str = r#"
-local n = redis.call('HLEN', KEYS[1])
-if n >= tonumber(ARGV[3]) then return -1 end
-local before = redis.call('HGETALL', KEYS[1])
-local joined = cjson.encode({type='joined', id=ARGV[1], room=ARGV[4]})
-for i = 1, #before, 2 do
-  if before[i+1] ~= ARGV[2] then redis.call('PUBLISH', 'natkit:to:' .. before[i+1], '{"to":' .. cjson.encode(before[i]) .. ',"msg":' .. joined .. '}') end
+local n = tonumber(ARGV[4])
+if redis.call('HLEN', KEYS[1]) * 2 ~= n then return 0 end
+for i = 5, 4 + n, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i+1] then return 0 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-return before
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+for i = 5 + n, #ARGV, 2 do
+  redis.call('PUBLISH', 'natkit:to:' .. ARGV[i], ARGV[i+1])
+end
+return 1
 "#;
 
 /// KEYS: room. ARGV: target peer, payload. -1 when the target is not in the
@@ -63,10 +66,11 @@ if not node then return -1 end
 return redis.call('PUBLISH', 'natkit:to:' .. node, ARGV[2])
 "#;
 
-/// Removes one member and tells the rest on other nodes (this node told its
-/// own). KEYS: room, node members. ARGV: peer, room name, node, tombstone
-/// seconds (0: none; a departure written late, after an outage, leaves one
-/// for nodes that have not re-asserted their members yet).
+/// Removes one member and tells the rest on other nodes the core's notice
+/// (this node told its own). KEYS: room, node members. ARGV: peer, room name,
+/// node, tombstone seconds (0: none; a departure written late, after an
+/// outage, leaves one for nodes that have not re-asserted their members
+/// yet), the notice (`exit` JSON).
 pub const LEAVE: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -76,7 +80,7 @@ if tonumber(ARGV[4]) > 0 then
   redis.call('EXPIRE', gk, ARGV[4])
 end
 local rest = redis.call('HGETALL', KEYS[1])
-local exit = cjson.encode({type='exit', from=ARGV[1], room=ARGV[2]})
+local exit = ARGV[5]
 for i = 1, #rest, 2 do
   if rest[i+1] ~= ARGV[3] then
     redis.call('PUBLISH', 'natkit:to:' .. rest[i+1], '{"to":' .. cjson.encode(rest[i]) .. ',"msg":' .. exit .. '}')
