@@ -289,3 +289,42 @@ fn concurrent_joins_across_nodes_never_overfill_a_room() {
         assert_eq!(joined, 3, "exactly --max-room joins succeed");
     });
 }
+
+#[test]
+fn concurrent_cross_node_relays_arrive_complete_and_in_order() {
+    // Many senders at once fill the relay batches (several deliveries per
+    // pub/sub message); every receiver still gets each of its messages once, in order.
+    const PAIRS: usize = 20;
+    const MESSAGES: usize = 25;
+    let redis = Redis::start();
+    let url = redis.url();
+    let n1 = SignalServer::start(&["--redis", &url, "--max-rate", "100000"]);
+    let n2 = SignalServer::start(&["--redis", &url, "--max-rate", "100000"]);
+    rt().block_on(async {
+        let mut pairs = vec![];
+        for i in 0..PAIRS {
+            let room = format!("order{i}");
+            let (mut a, ma) = join(&n1, &room).await;
+            let (b, mb) = join(&n2, &room).await;
+            assert_eq!(recv(&mut a).await, ServerMessage::Joined { id: mb.id.clone(), room: room.as_str().into() });
+            pairs.push((a, ma, b, mb, room));
+        }
+        let runs = pairs.into_iter().map(|(mut a, ma, mut b, mb, room)| async move {
+            let send = async {
+                for k in 0..MESSAGES {
+                    a.send(&ClientMessage::offer(mb.id.clone(), format!("v=0 {k}"))).await.expect("send");
+                }
+            };
+            let receive = async {
+                for k in 0..MESSAGES {
+                    let want = ClientMessage::offer(mb.id.clone(), format!("v=0 {k}"))
+                        .relayed(ma.id.clone(), room.as_str().into())
+                        .unwrap();
+                    assert_eq!(recv(&mut b).await, want, "message {k} of room {room}");
+                }
+            };
+            futures::join!(send, receive);
+        });
+        futures::future::join_all(runs).await;
+    });
+}

@@ -21,6 +21,7 @@
 //!   (enough for every live node to have re-asserted). Stale heartbeats while
 //!   Redis was down are never evidence.
 
+mod batch;
 mod link;
 mod scripts;
 
@@ -31,12 +32,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::UsageError;
 use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Refusal, RoomId, ServerMessage};
 use crate::signal::rooms::{Delivery, Effect, LocalDelivery, Member, Place, Rooms};
 
+use batch::{RouteRequest, Routed};
 use link::{Backoff, Link, StoreError};
 use scripts::{NODESET, TOMBSTONE_SECS, alive_key, channel, members_key, room_key};
 
@@ -97,7 +99,6 @@ struct PendingLeave {
 
 struct Scripts {
     join: redis::Script,
-    relay: redis::Script,
     leave: redis::Script,
     heartbeat: redis::Script,
     reassert: redis::Script,
@@ -120,6 +121,10 @@ pub struct Backplane {
     /// `exit`s for this node's members about departures it learnt while
     /// re-asserting; the supervisor hands them to the hub.
     late_exits: Mutex<Vec<Delivery>>,
+    /// Cross-node relays, sent in batches (`batch`).
+    relay_queue: mpsc::Sender<RouteRequest>,
+    /// The queue's other end, until `start` hands it to the writer.
+    relay_rx: Mutex<Option<mpsc::Receiver<RouteRequest>>>,
     scripts: Scripts,
 }
 
@@ -140,6 +145,7 @@ impl Backplane {
             })?
             .map_err(|e| UsageError::new(format!("--redis {url}: {e}; is redis-server running there?")))?;
         link.install(con);
+        let (relay_queue, relay_rx) = mpsc::channel(batch::QUEUE);
         Ok(Backplane {
             node: PeerId::random().0,
             url: url.to_string(),
@@ -150,9 +156,10 @@ impl Backplane {
             subscribed: AtomicBool::new(false),
             sub_lost: Notify::new(),
             late_exits: Mutex::new(Vec::new()),
+            relay_queue,
+            relay_rx: Mutex::new(Some(relay_rx)),
             scripts: Scripts {
                 join: redis::Script::new(scripts::JOIN),
-                relay: redis::Script::new(scripts::RELAY),
                 leave: redis::Script::new(scripts::LEAVE),
                 heartbeat: redis::Script::new(scripts::HEARTBEAT),
                 reassert: redis::Script::new(scripts::REASSERT),
@@ -195,6 +202,9 @@ impl Backplane {
         self.spawn_reader(pubsub, hub.clone());
         let con = self.link.get().map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
         self.reassert(&con).await.map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
+        if let Some(rx) = lock(&self.relay_rx).take() {
+            tokio::spawn(batch::write_batches(Arc::downgrade(self), rx));
+        }
         tokio::spawn(supervise(Arc::downgrade(self), hub));
         Ok(())
     }
@@ -219,9 +229,17 @@ impl Backplane {
             while let Some(msg) = stream.next().await {
                 let Some(hub) = hub.upgrade() else { return };
                 let Ok(payload) = msg.get_payload::<String>() else { continue };
-                match serde_json::from_str::<Envelope>(&payload) {
-                    Ok(env) => {
-                        hub.deliver(Delivery { to: env.to, msg: env.msg });
+                // One delivery, or a batch of them (`batch`): an array.
+                let parsed = if payload.starts_with('[') {
+                    serde_json::from_str::<Vec<Envelope>>(&payload)
+                } else {
+                    serde_json::from_str::<Envelope>(&payload).map(|e| vec![e])
+                };
+                match parsed {
+                    Ok(envs) => {
+                        for env in envs {
+                            hub.deliver(Delivery { to: env.to, msg: env.msg });
+                        }
                     }
                     Err(e) => tracing::warn!("dropping a malformed delivery from redis: {e}"),
                 }
@@ -424,26 +442,25 @@ impl Backplane {
     async fn route(&self, room: &RoomId, delivery: Delivery) -> Result<(), Refusal> {
         let what = format!("a message to \"{}\" (not on this node)", delivery.to);
         let payload = envelope(&delivery)?;
-        let mut con = self.link.get().map_err(|e| self.unreachable(&what, e))?;
-        let receivers: i64 = self
-            .scripts
-            .relay
-            .key(room_key(room.as_str()))
-            .arg(delivery.to.as_str())
-            .arg(payload)
-            .invoke_async(&mut con)
-            .await
-            .map_err(|e| self.unreachable(&what, self.link.failed(e)))?;
-        match receivers {
-            -1 => Err(Rooms::not_in_room(&delivery.to, room)),
-            0 => Err(Refusal::new(
+        if !self.link.is_up() {
+            return Err(self.unreachable(&what, StoreError::Down));
+        }
+        let (reply, outcome) = oneshot::channel();
+        let request = RouteRequest { room_key: room_key(room.as_str()), to: delivery.to.0.clone(), payload, reply };
+        if self.relay_queue.send(request).await.is_err() {
+            return Err(self.unreachable(&what, StoreError::Down));
+        }
+        match outcome.await {
+            Ok(Routed::Published(0)) => Err(Refusal::new(
                 ErrorCode::Internal,
                 format!(
                     "the node of \"{}\" is not listening on Redis right now (reconnecting?); try again",
                     delivery.to
                 ),
             )),
-            _ => Ok(()),
+            Ok(Routed::Published(_)) => Ok(()),
+            Ok(Routed::NotMember) => Err(Rooms::not_in_room(&delivery.to, room)),
+            Ok(Routed::Unreachable) | Err(_) => Err(self.unreachable(&what, StoreError::Down)),
         }
     }
 

@@ -13,7 +13,8 @@
 //! - `gone:{room}`: hash peer → node, departures written while Redis was away
 //!   (kept a minute), so a node that re-asserts its members after an outage
 //!   can tell them who left meanwhile;
-//! - channel `to:{node}`: deliveries `{"to":peer,"msg":{...}}` for that node.
+//! - channel `to:{node}`: deliveries `{"to":peer,"msg":{...}}` for that node,
+//!   or a JSON array of them (relays, `super::batch`).
 
 /// The set of nodes that may have members.
 pub const NODESET: &str = "natkit:nodeset";
@@ -55,15 +56,6 @@ for i = 5 + n, #ARGV, 2 do
   redis.call('PUBLISH', 'natkit:to:' .. ARGV[i], ARGV[i+1])
 end
 return 1
-"#;
-
-/// KEYS: room. ARGV: target peer, payload. -1 when the target is not in the
-/// room, otherwise how many subscribers got it (0: its node is not listening,
-/// e.g. still reconnecting, and the message is lost).
-pub const RELAY: &str = r#"
-local node = redis.call('HGET', KEYS[1], ARGV[1])
-if not node then return -1 end
-return redis.call('PUBLISH', 'natkit:to:' .. node, ARGV[2])
 "#;
 
 /// Removes one member and tells the rest on other nodes the core's notice
