@@ -328,3 +328,51 @@ fn concurrent_cross_node_relays_arrive_complete_and_in_order() {
         futures::future::join_all(runs).await;
     });
 }
+
+/// `redis-cli -p PORT ARGS...`, its output trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let cli = common::tools::require("redis-cli", "redis-tools");
+    let out = std::process::Command::new(cli)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("running redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn redis_emptied_under_connected_nodes_gets_every_member_back() {
+    // FLUSHALL (or a failover to an empty replica) with the connections still
+    // up: the nodes notice their presence is gone and re-assert their members.
+    let redis = Redis::start();
+    let url = redis.url();
+    let n1 = SignalServer::start(&["--redis", &url, "--node-ttl", "2"]);
+    let n2 = SignalServer::start(&["--redis", &url, "--node-ttl", "2"]);
+    rt().block_on(async {
+        let (mut a, ma) = join(&n1, "w").await;
+        let (mut b, mb) = join(&n2, "w").await;
+        assert_eq!(recv(&mut a).await, ServerMessage::Joined { id: mb.id.clone(), room: "w".into() });
+        assert_eq!(redis_cli(redis.port, &["FLUSHALL"]), "OK");
+        let mut tries = 0;
+        while redis_cli(redis.port, &["HLEN", "natkit:room:w"]) != "2" {
+            tries += 1;
+            assert!(tries <= 50, "room w not re-asserted after {tries} looks 100 ms apart");
+            tokio::time::sleep(RETRY_GAP).await;
+        }
+        let (_c, mc) = join(&n1, "w").await;
+        let mut peers = mc.peers.clone();
+        peers.sort();
+        let mut want = vec![ma.id.clone(), mb.id.clone()];
+        want.sort();
+        assert_eq!(peers, want);
+        // Nobody was told anyone left; both hear the newcomer.
+        assert_eq!(recv(&mut a).await, ServerMessage::Joined { id: mc.id.clone(), room: "w".into() });
+        assert_eq!(recv(&mut b).await, ServerMessage::Joined { id: mc.id.clone(), room: "w".into() });
+        b.send(&ClientMessage::offer(ma.id.clone(), "v=0 after flush")).await.expect("send");
+        assert_eq!(
+            recv(&mut a).await,
+            ClientMessage::offer(ma.id.clone(), "v=0 after flush").relayed(mb.id.clone(), "w".into()).unwrap()
+        );
+    });
+}

@@ -532,10 +532,16 @@ async fn supervise<H: LocalDelivery + 'static>(me: Weak<Backplane>, hub: Weak<H>
         }
         if !b.link.is_up() {
             up_since = None;
-            let r = match b.link.connect().await {
-                Ok(con) => b.reassert(&con).await.map(|n| (con, n)),
-                Err(e) => Err(e),
-            };
+            // Re-assert and write the outage's leaves before any request can
+            // use the connection: a join must see the room with this node's
+            // members, and a late leave must not land after a newer join.
+            let r = async {
+                let con = b.link.connect().await?;
+                let n = b.reassert(&con).await?;
+                b.flush_pending_leaves(&con).await?;
+                Ok::<_, redis::RedisError>((con, n))
+            }
+            .await;
             match r {
                 Ok((con, n)) => {
                     b.link.install(con);
@@ -559,9 +565,12 @@ async fn supervise<H: LocalDelivery + 'static>(me: Weak<Backplane>, hub: Weak<H>
         let step = async {
             let con = b.link.get()?;
             if !b.heartbeat(&con).await.map_err(|e| b.link.failed(e))? {
-                // Our presence was gone (Redis lost it, or we were cut off long enough to be reaped).
-                let n = b.reassert(&con).await.map_err(|e| b.link.failed(e))?;
-                tracing::warn!("redis {}: this node's presence had expired; re-asserted its {n} members", b.url);
+                // Our presence was gone (Redis lost it, or we were cut off long
+                // enough to be reaped): stop requests and go through the
+                // reconnect path, which re-asserts before serving again.
+                tracing::warn!("redis {}: this node's presence had expired; re-asserting its members", b.url);
+                b.link.take_down();
+                return Err(StoreError::Down);
             }
             b.flush_pending_leaves(&con).await.map_err(|e| b.link.failed(e))?;
             if up_since.is_some_and(|t| t.elapsed() >= b.presence.node_ttl) {

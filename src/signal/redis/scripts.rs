@@ -65,7 +65,7 @@ return 1
 /// yet), the notice (`exit` JSON).
 pub const LEAVE: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
 if tonumber(ARGV[4]) > 0 then
   local gk = 'natkit:gone:' .. ARGV[2]
   redis.call('HSET', gk, ARGV[1], ARGV[3])
