@@ -2,10 +2,13 @@
 //! delivers what comes out to the connections' outboxes. Both front doors
 //! (`/ws` and socket.io) go through it, so they share rooms.
 //!
-//! One node keeps rooms in memory (`rooms::Rooms`); with `--redis` the
-//! registry lives in Redis and deliveries to other nodes go over pub/sub
-//! (`signal::redis`). Outboxes are bounded: a client that stops reading is
-//! disconnected rather than allowed to grow the server's memory.
+//! The room rules are the core's (`rooms::Rooms`); a backplane carries out
+//! what it decides: `signal::memory` for one node, `signal::redis` (rooms in
+//! Redis, deliveries to other nodes over pub/sub) with `--redis`. The
+//! dependency runs one way: backplanes hand deliveries back through
+//! `rooms::LocalDelivery`, which the hub implements. Outboxes are bounded: a
+//! client that stops reading is disconnected rather than allowed to grow the
+//! server's memory.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,9 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
+use crate::signal::memory;
 use crate::signal::metrics::Metrics;
-use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Refusal, RoomId, ServerMessage};
-use crate::signal::rooms::{Delivery, Rooms};
+use crate::signal::protocol::{ClientMessage, IceServer, MessageKind, PeerId, Refusal, RoomId, ServerMessage};
+use crate::signal::redis::Backplane;
+use crate::signal::rooms::{Delivery, LocalDelivery, Rooms};
 
 /// Messages queued for one client before it counts as not reading.
 pub const OUTBOX_CAPACITY: usize = 512;
@@ -23,7 +28,7 @@ pub const OUTBOX_CAPACITY: usize = 512;
 /// Where the rooms live.
 pub enum Backend {
     Memory(Mutex<Rooms>),
-    Redis(Arc<crate::signal::redis::Backplane>),
+    Redis(Arc<Backplane>),
 }
 
 pub struct Hub {
@@ -59,7 +64,7 @@ impl Hub {
         match msg {
             ClientMessage::Leave => {
                 let Some((room, out)) = self.leave_room(from).await else {
-                    return Err(Refusal::new(ErrorCode::NotJoined, "leave before join: not in a room"));
+                    return Err(Rooms::not_joined(MessageKind::Leave));
                 };
                 tracing::info!(peer = %from, %room, "left");
                 self.deliver_all(out);
@@ -68,12 +73,12 @@ impl Hub {
                 let deliveries = match &self.backend {
                     Backend::Memory(rooms) => {
                         let mut rooms = lock(rooms);
-                        let out = rooms.handle(from, msg, ice)?;
+                        let out = memory::handle(&mut rooms, from, msg, ice)?;
                         self.metrics.rooms.store(rooms.room_count() as i64, Relaxed);
                         out
                     }
                     Backend::Redis(b) => {
-                        let out = b.handle(from, msg, ice, |p| self.is_local(p)).await?;
+                        let out = b.handle(from, msg, ice).await?;
                         self.metrics.rooms.store(b.local_room_count() as i64, Relaxed);
                         out
                     }
@@ -92,9 +97,9 @@ impl Hub {
         match &self.backend {
             Backend::Memory(rooms) => {
                 let mut rooms = lock(rooms);
-                let left = rooms.leave(peer);
+                let left = memory::leave(&mut rooms, peer);
                 self.metrics.rooms.store(rooms.room_count() as i64, Relaxed);
-                left.map(|(dep, out)| (dep.room, out))
+                left
             }
             Backend::Redis(b) => {
                 let left = b.leave(peer).await;
@@ -142,5 +147,11 @@ impl Hub {
 
     pub fn is_local(&self, peer: &PeerId) -> bool {
         lock(&self.outboxes).contains_key(peer)
+    }
+}
+
+impl LocalDelivery for Hub {
+    fn deliver(&self, d: Delivery) -> bool {
+        Hub::deliver(self, d)
     }
 }

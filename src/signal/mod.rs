@@ -1,10 +1,11 @@
 //! Signaling (`natkit signal`): the `/ws` protocol types, a client for it,
-//! the room registry core, and the server that serves the video-chat page.
+//! the room core and its backplanes (memory, Redis), and the server that serves the video-chat page.
 
 pub mod client;
 pub mod hub;
 pub mod ice;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod protocol;
 pub mod redis;

@@ -1,19 +1,32 @@
-//! The room registry: who is in which room, and who gets what when someone
-//! joins, relays or leaves. A sans-IO core: no sockets, no locks, no clock;
-//! the server feeds it messages and sends the deliveries it returns.
+//! The room core: who may join which room, who gets what when someone joins,
+//! relays or leaves. One set of rules for one node and for many nodes over
+//! Redis. Sans-IO in the quinn-proto shape: it holds this node's members,
+//! decides, and returns [`Effect`]s (deliver here, forward to another node,
+//! route through the backplane, add a member, take one out); the backplanes
+//! (`signal::memory`, `signal::redis`) only carry them out. No sockets, no
+//! locks, no clock.
 //!
-//! Rules (the `/ws` contract, see `protocol`):
+//! Rules (the `/ws` contract, see `protocol` and README "The `/ws` protocol"):
 //! - a connection is in at most one room; `join` while in one is refused;
-//! - `join` answers `created` (with the members already there) to the joiner
-//!   and `joined` to every other member; a full room refuses;
+//! - `join` answers `created` (with the members already there, in joining
+//!   order) to the joiner and `joined` to every other member; a room with
+//!   `max_room` members refuses;
 //! - `offer`/`answer`/`candidate` reach only their `to`, and only when `to`
 //!   is in the sender's room (rooms are isolated from each other);
 //! - `leave` or a disconnect sends `exit` to the rest of that room only; an
 //!   empty room is removed.
+//!
+//! A room's members on other nodes are not known here: a join is decided on a
+//! [`Member`] snapshot the backplane read (and applies only if the room is
+//! still as read), and a relay to a peer that is not on this node becomes
+//! [`Effect::Route`], which the backplane delivers if, and only if, that peer
+//! is a member of the room (else [`Rooms::not_in_room`]).
 
 use std::collections::HashMap;
 
-use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Refusal, RoomId, ServerMessage};
+use crate::signal::protocol::{
+    ClientMessage, ErrorCode, IceServer, MessageKind, PeerId, Refusal, RoomId, ServerMessage,
+};
 
 /// One message for one connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,132 +35,223 @@ pub struct Delivery {
     pub msg: ServerMessage,
 }
 
-/// What `leave` did, for logs.
+/// Where a room member is connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Departure {
-    pub room: RoomId,
-    /// Members still there (who were told `exit`).
-    pub remaining: usize,
+pub enum Place {
+    /// This node.
+    Here,
+    /// Another node (its id in the backplane).
+    Node(String),
 }
 
-/// All rooms of one node.
+/// One member of a room as a backplane reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub peer: PeerId,
+    pub place: Place,
+}
+
+/// What the core asks its backplane to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send to a connection of this node.
+    Deliver(Delivery),
+    /// Send to a member connected to another node.
+    Forward { node: String, delivery: Delivery },
+    /// Send to `delivery.to` wherever it is connected, only if it is a member of `room`.
+    Route { room: RoomId, delivery: Delivery },
+    /// `peer` (of this node) is now a member of `room`, after the members in the snapshot.
+    Add { room: RoomId, peer: PeerId },
+    /// `peer` (of this node) left `room`: take it out and tell the members on
+    /// other nodes `notice` (this node's members are told by `Deliver`s).
+    Remove { room: RoomId, peer: PeerId, notice: ServerMessage },
+}
+
+/// Something that hands deliveries to this node's connections (the hub).
+pub trait LocalDelivery: Send + Sync {
+    /// Queues `d` for its connection; false when that connection is gone.
+    fn deliver(&self, d: Delivery) -> bool;
+}
+
+#[derive(Debug, Clone)]
+struct LocalMember {
+    room: RoomId,
+}
+
+/// This node's members and the room rules.
 #[derive(Debug, Default)]
 pub struct Rooms {
-    /// Members in joining order.
+    local: HashMap<PeerId, LocalMember>,
+    /// This node's members of each room, in joining order.
     rooms: HashMap<RoomId, Vec<PeerId>>,
-    room_of: HashMap<PeerId, RoomId>,
     max_room: usize,
+    /// Whether rooms can have members on other nodes (with Redis): a peer
+    /// not on this node may still be in the room, so relays to it are routed.
+    clustered: bool,
 }
 
 impl Rooms {
+    /// One node: every member of every room is here.
     pub fn new(max_room: usize) -> Self {
-        Rooms { rooms: HashMap::new(), room_of: HashMap::new(), max_room: max_room.max(1) }
+        Rooms { max_room: max_room.max(1), ..Default::default() }
     }
 
+    /// One of many nodes sharing rooms through a backplane.
+    pub fn clustered(max_room: usize) -> Self {
+        Rooms { clustered: true, ..Rooms::new(max_room) }
+    }
+
+    pub fn max_room(&self) -> usize {
+        self.max_room
+    }
+
+    /// Rooms with a member on this node.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
 
+    /// Members on this node.
     pub fn member_count(&self) -> usize {
-        self.room_of.len()
+        self.local.len()
     }
 
     pub fn room_of(&self, peer: &PeerId) -> Option<&RoomId> {
-        self.room_of.get(peer)
+        self.local.get(peer).map(|m| &m.room)
     }
 
+    /// This node's members of `room`, in joining order.
     pub fn members(&self, room: &RoomId) -> &[PeerId] {
         self.rooms.get(room).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// Handles one message from `from`. `ice_servers` go into `created`
-    /// (per connection, since TURN REST credentials are per client).
-    pub fn handle(
-        &mut self,
-        from: &PeerId,
-        msg: ClientMessage,
-        ice_servers: &[IceServer],
-    ) -> Result<Vec<Delivery>, Refusal> {
-        match msg {
-            ClientMessage::Join { room } => self.join(from, room, ice_servers),
-            ClientMessage::Leave => match self.leave(from) {
-                Some((_, out)) => Ok(out),
-                None => Err(Refusal::new(ErrorCode::NotJoined, "leave before join: not in a room")),
-            },
-            relay => self.relay(from, relay).map(|d| vec![d]),
-        }
+    /// This node's members of `room` as a snapshot (all of them, for one node).
+    pub fn snapshot_here(&self, room: &RoomId) -> Vec<Member> {
+        self.members(room).iter().map(|p| Member { peer: p.clone(), place: Place::Here }).collect()
     }
 
-    fn join(&mut self, from: &PeerId, room: RoomId, ice_servers: &[IceServer]) -> Result<Vec<Delivery>, Refusal> {
+    /// Every member of this node with its room, rooms and members in joining order
+    /// (what a backplane re-asserts after losing its store).
+    pub fn local_members(&self) -> Vec<(PeerId, RoomId)> {
+        let mut rooms: Vec<(&RoomId, &Vec<PeerId>)> = self.rooms.iter().collect();
+        rooms.sort_by(|a, b| a.0.cmp(b.0));
+        rooms.into_iter().flat_map(|(r, ps)| ps.iter().map(move |p| (p.clone(), r.clone()))).collect()
+    }
+
+    /// Decides a `join` of `from` into `room`, whose members are `before`
+    /// (a snapshot, in joining order). `ice_servers` go into `created` (per
+    /// connection: TURN REST credentials are per client). Pure: the join
+    /// happens when the backplane has applied the effects and called
+    /// [`Rooms::commit_join`].
+    pub fn join(
+        &self,
+        from: &PeerId,
+        room: &RoomId,
+        before: &[Member],
+        ice_servers: &[IceServer],
+    ) -> Result<Vec<Effect>, Refusal> {
+        self.check_join(from, room)?;
+        if before.len() >= self.max_room {
+            return Err(Refusal::new(
+                ErrorCode::RoomFull,
+                format!("room \"{room}\" is full ({} members, the limit is {})", before.len(), self.max_room),
+            ));
+        }
+        let mut out = Vec::with_capacity(before.len() + 2);
+        out.push(Effect::Deliver(Delivery {
+            to: from.clone(),
+            msg: ServerMessage::Created {
+                id: from.clone(),
+                room: room.clone(),
+                peers: before.iter().map(|m| m.peer.clone()).collect(),
+                ice_servers: ice_servers.to_vec(),
+            },
+        }));
+        for m in before {
+            let delivery =
+                Delivery { to: m.peer.clone(), msg: ServerMessage::Joined { id: from.clone(), room: room.clone() } };
+            out.push(match &m.place {
+                Place::Here => Effect::Deliver(delivery),
+                Place::Node(node) => Effect::Forward { node: node.clone(), delivery },
+            });
+        }
+        out.push(Effect::Add { room: room.clone(), peer: from.clone() });
+        Ok(out)
+    }
+
+    /// The refusals of a `join` that need no snapshot (a backplane asks
+    /// before reading one, so they come first even while its store is away).
+    pub fn check_join(&self, from: &PeerId, room: &RoomId) -> Result<(), Refusal> {
         if let Some(problem) = room.problem() {
             return Err(Refusal::new(ErrorCode::BadMessage, problem));
         }
-        if let Some(current) = self.room_of.get(from) {
+        if let Some(current) = self.room_of(from) {
             return Err(Refusal::new(
                 ErrorCode::AlreadyJoined,
                 format!("already in room \"{current}\"; send leave first"),
             ));
         }
-        let members = self.rooms.get(&room).map(Vec::as_slice).unwrap_or(&[]);
-        if members.len() >= self.max_room {
-            return Err(Refusal::new(
-                ErrorCode::RoomFull,
-                format!("room \"{room}\" is full ({} members, the limit is {})", members.len(), self.max_room),
-            ));
-        }
-        let peers = members.to_vec();
-        let mut out = Vec::with_capacity(peers.len() + 1);
-        out.push(Delivery {
-            to: from.clone(),
-            msg: ServerMessage::Created {
-                id: from.clone(),
-                room: room.clone(),
-                peers: peers.clone(),
-                ice_servers: ice_servers.to_vec(),
-            },
-        });
-        for p in &peers {
-            out.push(Delivery { to: p.clone(), msg: ServerMessage::Joined { id: from.clone(), room: room.clone() } });
-        }
-        self.rooms.entry(room.clone()).or_default().push(from.clone());
-        self.room_of.insert(from.clone(), room);
-        Ok(out)
+        Ok(())
     }
 
-    fn relay(&self, from: &PeerId, msg: ClientMessage) -> Result<Delivery, Refusal> {
-        let Some(room) = self.room_of.get(from) else {
-            return Err(Refusal::new(
-                ErrorCode::NotJoined,
-                format!("{} before join: not in a room", msg.kind().as_str()),
-            ));
+    /// Records a join the backplane has applied.
+    pub fn commit_join(&mut self, peer: &PeerId, room: &RoomId) {
+        if self.local.insert(peer.clone(), LocalMember { room: room.clone() }).is_none() {
+            self.rooms.entry(room.clone()).or_default().push(peer.clone());
+        }
+    }
+
+    /// Decides a relay (`offer`, `answer`, `candidate`) from `from`.
+    pub fn relay(&self, from: &PeerId, msg: ClientMessage) -> Result<Effect, Refusal> {
+        let Some(room) = self.room_of(from) else {
+            return Err(Self::not_joined(msg.kind()));
         };
         let Some(to) = msg.target().cloned() else {
             return Err(Refusal::new(ErrorCode::BadMessage, "not a message to relay"));
         };
-        if &to == from || !self.members(room).contains(&to) {
-            return Err(Refusal::new(ErrorCode::NotInRoom, format!("no member \"{to}\" in room \"{room}\"")));
+        if &to == from {
+            return Err(Self::not_in_room(&to, room));
         }
+        let here = self.room_of(&to);
+        if here.is_some_and(|r| r != room) || (here.is_none() && !self.clustered) {
+            return Err(Self::not_in_room(&to, room));
+        }
+        let room = room.clone();
         let msg = msg
             .relayed(from.clone(), room.clone())
             .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "not a message to relay"))?;
-        Ok(Delivery { to, msg })
+        let delivery = Delivery { to, msg };
+        Ok(match here {
+            Some(_) => Effect::Deliver(delivery),
+            None => Effect::Route { room, delivery },
+        })
     }
 
-    /// Takes `peer` out of its room (on `leave` or disconnect): `exit` to
-    /// the rest of that room. `None` when it was in no room.
-    pub fn leave(&mut self, peer: &PeerId) -> Option<(Departure, Vec<Delivery>)> {
-        let room = self.room_of.remove(peer)?;
-        let members = self.rooms.get_mut(&room)?;
-        members.retain(|p| p != peer);
-        let out: Vec<Delivery> = members
-            .iter()
-            .map(|p| Delivery { to: p.clone(), msg: ServerMessage::Exit { from: peer.clone(), room: room.clone() } })
-            .collect();
-        let remaining = members.len();
-        if remaining == 0 {
-            self.rooms.remove(&room);
+    /// Takes `peer` out of its room (on `leave` or disconnect): `exit` to the
+    /// rest of that room here, and [`Effect::Remove`] for the backplane.
+    /// `None` when it was in no room.
+    pub fn leave(&mut self, peer: &PeerId) -> Option<(RoomId, Vec<Effect>)> {
+        let room = self.local.remove(peer)?.room;
+        let exit = ServerMessage::Exit { from: peer.clone(), room: room.clone() };
+        let mut out = vec![];
+        if let Some(members) = self.rooms.get_mut(&room) {
+            members.retain(|p| p != peer);
+            out.extend(members.iter().map(|p| Effect::Deliver(Delivery { to: p.clone(), msg: exit.clone() })));
+            if members.is_empty() {
+                self.rooms.remove(&room);
+            }
         }
-        Some((Departure { room, remaining }, out))
+        out.push(Effect::Remove { room: room.clone(), peer: peer.clone(), notice: exit });
+        Some((room, out))
+    }
+
+    /// The refusal of a relay to someone not in the sender's room.
+    pub fn not_in_room(to: &PeerId, room: &RoomId) -> Refusal {
+        Refusal::new(ErrorCode::NotInRoom, format!("no member \"{to}\" in room \"{room}\""))
+    }
+
+    /// The refusal of a message that needs a room before `join`.
+    pub fn not_joined(kind: MessageKind) -> Refusal {
+        Refusal::new(ErrorCode::NotJoined, format!("{} before join: not in a room", kind.as_str()))
     }
 }
 
@@ -159,131 +263,123 @@ mod tests {
         PeerId::from(s)
     }
 
-    fn join(rooms: &mut Rooms, who: &str, room: &str) -> Vec<Delivery> {
-        rooms.handle(&p(who), ClientMessage::Join { room: room.into() }, &[]).unwrap()
+    fn here(s: &str) -> Member {
+        Member { peer: p(s), place: Place::Here }
     }
 
-    fn refusal(r: Result<Vec<Delivery>, Refusal>) -> ErrorCode {
+    fn there(s: &str, node: &str) -> Member {
+        Member { peer: p(s), place: Place::Node(node.into()) }
+    }
+
+    fn deliver(to: &str, msg: ServerMessage) -> Effect {
+        Effect::Deliver(Delivery { to: p(to), msg })
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, Refusal>) -> ErrorCode {
         r.expect_err("expected a refusal").code
     }
 
     #[test]
-    fn first_joiner_gets_created_with_no_peers_and_ice_servers() {
-        let mut rooms = Rooms::new(4);
-        let ice = vec![IceServer { urls: vec!["stun:127.0.0.1".into()], username: None, credential: None }];
-        let out = rooms.handle(&p("a"), ClientMessage::Join { room: "r".into() }, &ice).unwrap();
+    fn join_tells_local_members_directly_and_forwards_to_other_nodes() {
+        let rooms = Rooms::clustered(4);
+        let fx = rooms.join(&p("c"), &"r".into(), &[there("a", "n2"), here("b")], &[]).unwrap();
+        let joined = ServerMessage::Joined { id: p("c"), room: "r".into() };
         assert_eq!(
-            out,
-            vec![Delivery {
-                to: p("a"),
-                msg: ServerMessage::Created { id: p("a"), room: "r".into(), peers: vec![], ice_servers: ice }
-            }]
-        );
-    }
-
-    #[test]
-    fn later_joiner_learns_peers_and_others_get_joined() {
-        let mut rooms = Rooms::new(4);
-        join(&mut rooms, "a", "r");
-        join(&mut rooms, "b", "r");
-        let out = join(&mut rooms, "c", "r");
-        assert_eq!(
-            out[0].msg,
-            ServerMessage::Created { id: p("c"), room: "r".into(), peers: vec![p("a"), p("b")], ice_servers: vec![] }
-        );
-        let told: Vec<_> = out[1..].iter().map(|d| (d.to.clone(), d.msg.clone())).collect();
-        assert_eq!(
-            told,
+            fx,
             vec![
-                (p("a"), ServerMessage::Joined { id: p("c"), room: "r".into() }),
-                (p("b"), ServerMessage::Joined { id: p("c"), room: "r".into() }),
+                deliver(
+                    "c",
+                    ServerMessage::Created {
+                        id: p("c"),
+                        room: "r".into(),
+                        peers: vec![p("a"), p("b")],
+                        ice_servers: vec![]
+                    }
+                ),
+                Effect::Forward { node: "n2".into(), delivery: Delivery { to: p("a"), msg: joined.clone() } },
+                deliver("b", joined),
+                Effect::Add { room: "r".into(), peer: p("c") },
             ]
         );
-    }
-
-    #[test]
-    fn full_room_refuses_and_stays_unchanged() {
-        let mut rooms = Rooms::new(2);
-        join(&mut rooms, "a", "r");
-        join(&mut rooms, "b", "r");
-        assert_eq!(refusal(rooms.handle(&p("c"), ClientMessage::Join { room: "r".into() }, &[])), ErrorCode::RoomFull);
-        assert_eq!(rooms.members(&"r".into()), &[p("a"), p("b")]);
+        // Deciding changes nothing: the join counts once the backplane commits it.
         assert_eq!(rooms.room_of(&p("c")), None);
     }
 
     #[test]
-    fn second_join_is_refused() {
+    fn a_full_snapshot_refuses_whichever_node_its_members_are_on() {
+        let rooms = Rooms::clustered(2);
+        let r = rooms.join(&p("c"), &"r".into(), &[there("a", "n2"), here("b")], &[]);
+        let refusal = r.expect_err("full");
+        assert_eq!(refusal.code, ErrorCode::RoomFull);
+        assert_eq!(refusal.message, "room \"r\" is full (2 members, the limit is 2)");
+    }
+
+    #[test]
+    fn second_join_and_bad_room_names_are_refused_before_any_io() {
         let mut rooms = Rooms::new(4);
-        join(&mut rooms, "a", "r");
+        rooms.commit_join(&p("a"), &"r".into());
+        assert_eq!(code(rooms.join(&p("a"), &"s".into(), &[], &[])), ErrorCode::AlreadyJoined);
+        assert_eq!(code(rooms.join(&p("b"), &"".into(), &[], &[])), ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn relay_to_a_peer_here_is_delivered_and_elsewhere_is_routed_only_when_clustered() {
+        let mut single = Rooms::new(4);
+        single.commit_join(&p("a"), &"r".into());
+        single.commit_join(&p("b"), &"r".into());
+        let fx = single.relay(&p("a"), ClientMessage::offer(p("b"), "v=0")).unwrap();
+        let offer = ClientMessage::offer(p("b"), "v=0").relayed(p("a"), "r".into()).unwrap();
+        assert_eq!(fx, deliver("b", offer));
+        assert_eq!(code(single.relay(&p("a"), ClientMessage::offer(p("z"), "v=0"))), ErrorCode::NotInRoom);
+
+        let mut clustered = Rooms::clustered(4);
+        clustered.commit_join(&p("a"), &"r".into());
+        let fx = clustered.relay(&p("a"), ClientMessage::answer(p("z"), "v=0")).unwrap();
+        let answer = ClientMessage::answer(p("z"), "v=0").relayed(p("a"), "r".into()).unwrap();
+        assert_eq!(fx, Effect::Route { room: "r".into(), delivery: Delivery { to: p("z"), msg: answer } });
+    }
+
+    #[test]
+    fn relay_refusals_same_on_every_backplane() {
+        for mut rooms in [Rooms::new(4), Rooms::clustered(4)] {
+            assert_eq!(code(rooms.relay(&p("a"), ClientMessage::offer(p("b"), "x"))), ErrorCode::NotJoined);
+            rooms.commit_join(&p("a"), &"r1".into());
+            rooms.commit_join(&p("b"), &"r2".into());
+            assert_eq!(code(rooms.relay(&p("a"), ClientMessage::offer(p("a"), "x"))), ErrorCode::NotInRoom);
+            // b is here but in another room: isolated even when clustered.
+            assert_eq!(code(rooms.relay(&p("a"), ClientMessage::offer(p("b"), "x"))), ErrorCode::NotInRoom);
+        }
+    }
+
+    #[test]
+    fn leave_tells_local_members_and_asks_the_backplane_to_tell_the_rest() {
+        let mut rooms = Rooms::clustered(4);
+        rooms.commit_join(&p("a"), &"r".into());
+        rooms.commit_join(&p("b"), &"r".into());
+        rooms.commit_join(&p("c"), &"s".into());
+        let exit = ServerMessage::Exit { from: p("a"), room: "r".into() };
+        let (room, fx) = rooms.leave(&p("a")).unwrap();
+        assert_eq!(room, RoomId::from("r"));
         assert_eq!(
-            refusal(rooms.handle(&p("a"), ClientMessage::Join { room: "s".into() }, &[])),
-            ErrorCode::AlreadyJoined
+            fx,
+            vec![deliver("b", exit.clone()), Effect::Remove { room: "r".into(), peer: p("a"), notice: exit }]
         );
-    }
-
-    #[test]
-    fn bad_room_name_is_refused() {
-        let mut rooms = Rooms::new(4);
-        assert_eq!(refusal(rooms.handle(&p("a"), ClientMessage::Join { room: "".into() }, &[])), ErrorCode::BadMessage);
-    }
-
-    #[test]
-    fn offer_reaches_only_its_target_with_from_and_room() {
-        let mut rooms = Rooms::new(4);
-        join(&mut rooms, "a", "r");
-        join(&mut rooms, "b", "r");
-        join(&mut rooms, "c", "r");
-        let out = rooms.handle(&p("a"), ClientMessage::offer(p("b"), "v=0"), &[]).unwrap();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].to, p("b"));
-        assert_eq!(
-            out[0].msg,
-            ServerMessage::Offer {
-                from: p("a"),
-                to: p("b"),
-                room: "r".into(),
-                sdp: "v=0".into(),
-                extra: Default::default()
-            }
-        );
-    }
-
-    #[test]
-    fn rooms_are_isolated() {
-        let mut rooms = Rooms::new(4);
-        join(&mut rooms, "a", "r1");
-        join(&mut rooms, "b", "r2");
-        assert_eq!(refusal(rooms.handle(&p("a"), ClientMessage::answer(p("b"), "x"), &[])), ErrorCode::NotInRoom);
-        // Joining r2 does not tell r1's members anything.
-        let out = join(&mut rooms, "c", "r2");
-        assert!(out.iter().all(|d| d.to != p("a")));
-    }
-
-    #[test]
-    fn relay_before_join_and_to_self_are_refused() {
-        let mut rooms = Rooms::new(4);
-        assert_eq!(refusal(rooms.handle(&p("a"), ClientMessage::offer(p("b"), "x"), &[])), ErrorCode::NotJoined);
-        join(&mut rooms, "a", "r");
-        assert_eq!(refusal(rooms.handle(&p("a"), ClientMessage::offer(p("a"), "x"), &[])), ErrorCode::NotInRoom);
-        assert_eq!(refusal(rooms.handle(&p("z"), ClientMessage::Leave, &[])), ErrorCode::NotJoined);
-    }
-
-    #[test]
-    fn leave_tells_only_that_room_and_removes_empty_rooms() {
-        let mut rooms = Rooms::new(4);
-        join(&mut rooms, "a", "r1");
-        join(&mut rooms, "b", "r1");
-        join(&mut rooms, "c", "r2");
-        let out = rooms.handle(&p("a"), ClientMessage::Leave, &[]).unwrap();
-        assert_eq!(out, vec![Delivery { to: p("b"), msg: ServerMessage::Exit { from: p("a"), room: "r1".into() } }]);
-        let (dep, out) = rooms.leave(&p("b")).unwrap();
-        assert_eq!(dep, Departure { room: "r1".into(), remaining: 0 });
-        assert!(out.is_empty());
+        assert!(rooms.leave(&p("a")).is_none());
+        let (_, fx) = rooms.leave(&p("b")).unwrap();
+        assert_eq!(fx.len(), 1, "no one left here to tell: {fx:?}");
         assert_eq!(rooms.room_count(), 1);
-        assert_eq!(rooms.member_count(), 1);
-        assert!(rooms.leave(&p("b")).is_none());
-        // After leaving, joining another room works.
-        join(&mut rooms, "a", "r2");
-        assert_eq!(rooms.members(&"r2".into()), &[p("c"), p("a")]);
+        assert_eq!(rooms.local_members(), vec![(p("c"), "s".into())]);
+    }
+
+    #[test]
+    fn local_members_come_in_joining_order_per_room() {
+        let mut rooms = Rooms::clustered(8);
+        for (who, room) in [("z", "r"), ("a", "r"), ("m", "q"), ("b", "r")] {
+            rooms.commit_join(&p(who), &room.into());
+        }
+        assert_eq!(
+            rooms.local_members(),
+            vec![(p("m"), "q".into()), (p("z"), "r".into()), (p("a"), "r".into()), (p("b"), "r".into())]
+        );
     }
 }

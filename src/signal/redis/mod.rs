@@ -1,0 +1,606 @@
+//! Multi-node signaling over Redis (`--redis URL`): any number of nodes
+//! share rooms, and two peers on two nodes talk as if on one.
+//!
+//! Room membership lives in Redis (`scripts` has the keys and the Lua
+//! scripts that apply the room rules atomically); deliveries to another
+//! node's members go over pub/sub on that node's channel.
+//!
+//! Redis can go away and come back (empty, after a restart) without costing
+//! a live member its room:
+//! - every connection reconnects with backoff (`link`); while Redis is away,
+//!   members of the same node keep talking, and joins or messages to other
+//!   nodes fail at once with `internal` and a message that says so;
+//! - each node is the source of truth for its own members: after a
+//!   reconnect it re-asserts its presence and every member it has (in
+//!   joining order) before serving requests again, and leaves that happened
+//!   meanwhile are written then (with a short-lived tombstone, so nodes that
+//!   re-assert later still tell their members `exit`);
+//! - a node is declared dead only by evidence that survives an outage: its
+//!   presence key (a Redis expiry it renews every heartbeat) is gone, as seen
+//!   by a node that has itself been connected for a whole `--node-ttl`
+//!   (enough for every live node to have re-asserted). Stale heartbeats while
+//!   Redis was down are never evidence.
+
+mod batch;
+mod link;
+mod scripts;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::error::UsageError;
+use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Refusal, RoomId, ServerMessage};
+use crate::signal::rooms::{Delivery, Effect, LocalDelivery, Member, Place, Rooms};
+
+use batch::{RouteRequest, Routed};
+use link::{Backoff, Link, StoreError};
+use scripts::{NODESET, TOMBSTONE_SECS, alive_key, channel, members_key, room_key};
+
+/// One delivery on a node's channel.
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    to: PeerId,
+    msg: ServerMessage,
+}
+
+/// [`Envelope`] as written.
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    to: &'a PeerId,
+    msg: &'a ServerMessage,
+}
+
+fn envelope(d: &Delivery) -> Result<String, Refusal> {
+    serde_json::to_string(&EnvelopeRef { to: &d.to, msg: &d.msg })
+        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("encoding a delivery for Redis: {e}")))
+}
+
+/// A join re-reads the room and decides again when the room changed between
+/// its read and its write (another join or leave at the same moment); after
+/// this many tries it gives up with `internal`.
+const JOIN_ATTEMPTS: usize = 8;
+
+/// Presence timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Presence {
+    /// How often a node renews its presence.
+    pub heartbeat: Duration,
+    /// A node whose presence is gone this long is dead; its members leave their rooms.
+    pub node_ttl: Duration,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence { heartbeat: Duration::from_secs(1), node_ttl: Duration::from_secs(5) }
+    }
+}
+
+impl Presence {
+    /// Lifetime of the presence key: expired `heartbeat` before `node_ttl`,
+    /// so that the reaper, which looks every `heartbeat`, acts within `node_ttl`.
+    fn key_lifetime(&self) -> Duration {
+        self.node_ttl.saturating_sub(self.heartbeat).max(self.heartbeat * 2)
+    }
+}
+
+/// A leave Redis has not heard of yet.
+#[derive(Debug, Clone)]
+struct PendingLeave {
+    peer: PeerId,
+    room: RoomId,
+    notice: String,
+}
+
+struct Scripts {
+    join: redis::Script,
+    leave: redis::Script,
+    heartbeat: redis::Script,
+    reassert: redis::Script,
+    reap: redis::Script,
+}
+
+pub struct Backplane {
+    node: String,
+    url: String,
+    link: Link,
+    presence: Presence,
+    /// The room rules and this node's members: the truth it re-asserts after an outage.
+    core: Mutex<Rooms>,
+    /// Leaves not yet written to Redis (it was away); written after reconnecting.
+    pending_leaves: Mutex<Vec<PendingLeave>>,
+    /// Whether this node's channel subscription is up.
+    subscribed: AtomicBool,
+    /// Wakes the supervisor when the subscription ends.
+    sub_lost: Notify,
+    /// `exit`s for this node's members about departures it learnt while
+    /// re-asserting; the supervisor hands them to the hub.
+    late_exits: Mutex<Vec<Delivery>>,
+    /// Cross-node relays, sent in batches (`batch`).
+    relay_queue: mpsc::Sender<RouteRequest>,
+    /// The queue's other end, until `start` hands it to the writer.
+    relay_rx: Mutex<Option<mpsc::Receiver<RouteRequest>>>,
+    scripts: Scripts,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Backplane {
+    /// Connects; a bad URL or an unreachable server is the user's to fix.
+    pub async fn connect(url: &str, max_room: usize, presence: Presence) -> Result<Self, UsageError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| UsageError::new(format!("bad --redis URL '{url}': {e} (expected redis://HOST:PORT/)")))?;
+        let link = Link::new(client);
+        let con = tokio::time::timeout(Duration::from_secs(5), link.connect())
+            .await
+            .map_err(|_| {
+                UsageError::new(format!("--redis {url}: no answer within 5 s; is redis-server running there?"))
+            })?
+            .map_err(|e| UsageError::new(format!("--redis {url}: {e}; is redis-server running there?")))?;
+        link.install(con);
+        let (relay_queue, relay_rx) = mpsc::channel(batch::QUEUE);
+        Ok(Backplane {
+            node: PeerId::random().0,
+            url: url.to_string(),
+            link,
+            presence,
+            core: Mutex::new(Rooms::clustered(max_room)),
+            pending_leaves: Mutex::new(Vec::new()),
+            subscribed: AtomicBool::new(false),
+            sub_lost: Notify::new(),
+            late_exits: Mutex::new(Vec::new()),
+            relay_queue,
+            relay_rx: Mutex::new(Some(relay_rx)),
+            scripts: Scripts {
+                join: redis::Script::new(scripts::JOIN),
+                leave: redis::Script::new(scripts::LEAVE),
+                heartbeat: redis::Script::new(scripts::HEARTBEAT),
+                reassert: redis::Script::new(scripts::REASSERT),
+                reap: redis::Script::new(scripts::REAP),
+            },
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// Rooms with a member on this node.
+    pub fn local_room_count(&self) -> usize {
+        lock(&self.core).room_count()
+    }
+
+    /// What a client is told when Redis is not there for a cross-node operation.
+    fn unreachable(&self, what: &str, e: StoreError) -> Refusal {
+        if let StoreError::Redis(e) = &e {
+            tracing::warn!("redis {}: {what} failed: {e}", self.url);
+        }
+        Refusal::new(
+            ErrorCode::Internal,
+            format!(
+                "{what} needs the room store (Redis), which is not reachable right now; \
+                 members on this node can still talk to each other; try again in a few seconds"
+            ),
+        )
+    }
+
+    /// Subscribes to this node's channel, writes its presence, and starts the
+    /// supervisor (heartbeat, reconnects, re-assertion, reaping). Both stop
+    /// when the hub is dropped.
+    pub async fn start<H: LocalDelivery + 'static>(self: &Arc<Self>, hub: Weak<H>) -> Result<(), UsageError> {
+        let pubsub = self
+            .subscribe()
+            .await
+            .map_err(|e| UsageError::new(format!("--redis {}: cannot subscribe: {e}", self.url)))?;
+        self.spawn_reader(pubsub, hub.clone());
+        let con = self.link.get().map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
+        self.reassert(&con).await.map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
+        if let Some(rx) = lock(&self.relay_rx).take() {
+            tokio::spawn(batch::write_batches(Arc::downgrade(self), rx));
+        }
+        tokio::spawn(supervise(Arc::downgrade(self), hub));
+        Ok(())
+    }
+
+    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let connect = self.link.client().get_async_pubsub();
+        let mut p = match tokio::time::timeout(link::CONNECT_TIMEOUT, connect).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        };
+        p.subscribe(channel(&self.node)).await?;
+        Ok(p)
+    }
+
+    /// Hands what arrives on this node's channel to the hub, until the
+    /// subscription ends (then the supervisor subscribes again).
+    fn spawn_reader<H: LocalDelivery + 'static>(self: &Arc<Self>, pubsub: redis::aio::PubSub, hub: Weak<H>) {
+        self.subscribed.store(true, Ordering::SeqCst);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(msg) = stream.next().await {
+                let Some(hub) = hub.upgrade() else { return };
+                let Ok(payload) = msg.get_payload::<String>() else { continue };
+                // One delivery, or a batch of them (`batch`): an array.
+                let parsed = if payload.starts_with('[') {
+                    serde_json::from_str::<Vec<Envelope>>(&payload)
+                } else {
+                    serde_json::from_str::<Envelope>(&payload).map(|e| vec![e])
+                };
+                match parsed {
+                    Ok(envs) => {
+                        for env in envs {
+                            hub.deliver(Delivery { to: env.to, msg: env.msg });
+                        }
+                    }
+                    Err(e) => tracing::warn!("dropping a malformed delivery from redis: {e}"),
+                }
+            }
+            if let Some(b) = me.upgrade() {
+                tracing::warn!("redis {}: subscription lost; subscribing again", b.url);
+                b.subscribed.store(false, Ordering::SeqCst);
+                b.sub_lost.notify_one();
+            }
+        });
+    }
+
+    /// Writes presence and every local member (in joining order) on `con`;
+    /// tells local members who left their rooms on other nodes meanwhile.
+    async fn reassert(&self, con: &MultiplexedConnection) -> redis::RedisResult<usize> {
+        let members = lock(&self.core).local_members();
+        let mut inv = self.scripts.reassert.prepare_invoke();
+        inv.key(members_key(&self.node))
+            .key(alive_key(&self.node))
+            .key(NODESET)
+            .arg(&self.node)
+            .arg(self.presence.key_lifetime().as_millis() as u64)
+            .arg(TOMBSTONE_SECS);
+        for (peer, room) in &members {
+            inv.arg(peer.as_str()).arg(room.as_str());
+        }
+        let told: Vec<String> = inv.invoke_async(&mut con.clone()).await?;
+        for t in told.chunks_exact(3) {
+            let (to, from, room) = (PeerId(t[0].clone()), PeerId(t[1].clone()), RoomId(t[2].clone()));
+            tracing::info!(peer = %to, left = %from, %room, "telling a member who left while Redis was away");
+            lock(&self.late_exits).push(Delivery { to, msg: ServerMessage::Exit { from, room } });
+        }
+        Ok(members.len())
+    }
+
+    async fn heartbeat(&self, con: &MultiplexedConnection) -> redis::RedisResult<bool> {
+        let existed: i64 = self
+            .scripts
+            .heartbeat
+            .key(alive_key(&self.node))
+            .key(NODESET)
+            .arg(&self.node)
+            .arg(self.presence.key_lifetime().as_millis() as u64)
+            .invoke_async(&mut con.clone())
+            .await?;
+        Ok(existed == 1)
+    }
+
+    /// Removes the members of nodes whose presence key has expired.
+    async fn reap_dead(&self, con: &MultiplexedConnection) -> redis::RedisResult<()> {
+        let mut con = con.clone();
+        let nodes: Vec<String> = redis::cmd("SMEMBERS").arg(NODESET).query_async(&mut con).await?;
+        for node in nodes.into_iter().filter(|n| *n != self.node) {
+            let n: i64 = self
+                .scripts
+                .reap
+                .key(NODESET)
+                .key(members_key(&node))
+                .key(alive_key(&node))
+                .arg(&node)
+                .arg("other")
+                .invoke_async(&mut con)
+                .await?;
+            if n > 0 {
+                tracing::info!(node = %node, members = n, "reaped a dead node: its members left their rooms");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the leaves that happened while Redis was away.
+    async fn flush_pending_leaves(&self, con: &MultiplexedConnection) -> redis::RedisResult<()> {
+        let pending = std::mem::take(&mut *lock(&self.pending_leaves));
+        for (i, leave) in pending.iter().enumerate() {
+            let r = self.write_leave(con, leave, TOMBSTONE_SECS).await;
+            if let Err(e) = r {
+                lock(&self.pending_leaves).extend(pending[i..].iter().cloned());
+                return Err(e);
+            }
+            tracing::info!(peer = %leave.peer, room = %leave.room, "wrote a leave from while Redis was away");
+        }
+        Ok(())
+    }
+
+    async fn write_leave(
+        &self,
+        con: &MultiplexedConnection,
+        leave: &PendingLeave,
+        tombstone_secs: u64,
+    ) -> redis::RedisResult<()> {
+        self.scripts
+            .leave
+            .key(room_key(leave.room.as_str()))
+            .key(members_key(&self.node))
+            .arg(leave.peer.as_str())
+            .arg(leave.room.as_str())
+            .arg(&self.node)
+            .arg(tombstone_secs)
+            .arg(&leave.notice)
+            .invoke_async::<i64>(&mut con.clone())
+            .await
+            .map(|_| ())
+    }
+
+    /// On shutdown: this node's members leave their rooms now rather than at expiry.
+    pub async fn retire(&self) {
+        let Ok(mut con) = self.link.get() else {
+            tracing::warn!("redis {}: not connected; this node's members leave at --node-ttl", self.url);
+            return;
+        };
+        let r: redis::RedisResult<i64> = self
+            .scripts
+            .reap
+            .key(NODESET)
+            .key(members_key(&self.node))
+            .key(alive_key(&self.node))
+            .arg(&self.node)
+            .arg("self")
+            .invoke_async(&mut con)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!("redis {}: could not remove this node's members: {e}", self.url);
+        }
+    }
+
+    /// Join and relay: the room core decides, this carries out its effects
+    /// (same-node relays skip Redis).
+    pub async fn handle(&self, from: &PeerId, msg: ClientMessage, ice: &[IceServer]) -> Result<Vec<Delivery>, Refusal> {
+        match msg {
+            ClientMessage::Join { room } => self.join(from, &room, ice).await,
+            ClientMessage::Leave => Err(Refusal::new(ErrorCode::BadMessage, "leave goes through Backplane::leave")),
+            relay => {
+                let effect = lock(&self.core).relay(from, relay)?;
+                match effect {
+                    Effect::Deliver(d) => Ok(vec![d]),
+                    Effect::Route { room, delivery } => self.route(&room, delivery).await.map(|()| vec![]),
+                    other => {
+                        tracing::error!("the room core answered a relay with {other:?}; dropped");
+                        Ok(vec![])
+                    }
+                }
+            }
+        }
+    }
+
+    /// A join: read the room, let the core decide, write it if the room is
+    /// still as read (else read again). The deliveries for this node.
+    async fn join(&self, from: &PeerId, room: &RoomId, ice: &[IceServer]) -> Result<Vec<Delivery>, Refusal> {
+        lock(&self.core).check_join(from, room)?;
+        let mut con = self.link.get().map_err(|e| self.unreachable("join", e))?;
+        for _ in 0..JOIN_ATTEMPTS {
+            let flat: Vec<String> = redis::cmd("HGETALL")
+                .arg(room_key(room.as_str()))
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.unreachable("join", self.link.failed(e)))?;
+            let before: Vec<Member> = flat
+                .chunks_exact(2)
+                .map(|kv| Member {
+                    peer: PeerId(kv[0].clone()),
+                    place: if kv[1] == self.node { Place::Here } else { Place::Node(kv[1].clone()) },
+                })
+                .collect();
+            let effects = lock(&self.core).join(from, room, &before, ice)?;
+            let mut inv = self.scripts.join.prepare_invoke();
+            inv.key(room_key(room.as_str()))
+                .key(members_key(&self.node))
+                .arg(from.as_str())
+                .arg(&self.node)
+                .arg(room.as_str())
+                .arg(flat.len());
+            for v in &flat {
+                inv.arg(v);
+            }
+            let mut local = vec![];
+            for e in effects {
+                match e {
+                    Effect::Forward { node, delivery } => {
+                        inv.arg(node).arg(envelope(&delivery)?);
+                    }
+                    Effect::Deliver(d) => local.push(d),
+                    Effect::Add { .. } => {}
+                    other => tracing::error!("the room core answered a join with {other:?}; dropped"),
+                }
+            }
+            let applied: i64 =
+                inv.invoke_async(&mut con).await.map_err(|e| self.unreachable("join", self.link.failed(e)))?;
+            if applied == 1 {
+                lock(&self.core).commit_join(from, room);
+                return Ok(local);
+            }
+        }
+        Err(Refusal::new(
+            ErrorCode::Internal,
+            format!("room \"{room}\" kept changing during {JOIN_ATTEMPTS} join attempts; try again"),
+        ))
+    }
+
+    /// Delivers to a member of `room` on another node, through its channel.
+    async fn route(&self, room: &RoomId, delivery: Delivery) -> Result<(), Refusal> {
+        let what = format!("a message to \"{}\" (not on this node)", delivery.to);
+        let payload = envelope(&delivery)?;
+        if !self.link.is_up() {
+            return Err(self.unreachable(&what, StoreError::Down));
+        }
+        let (reply, outcome) = oneshot::channel();
+        let request = RouteRequest { room_key: room_key(room.as_str()), to: delivery.to.0.clone(), payload, reply };
+        if self.relay_queue.send(request).await.is_err() {
+            return Err(self.unreachable(&what, StoreError::Down));
+        }
+        match outcome.await {
+            Ok(Routed::Published(0)) => Err(Refusal::new(
+                ErrorCode::Internal,
+                format!(
+                    "the node of \"{}\" is not listening on Redis right now (reconnecting?); try again",
+                    delivery.to
+                ),
+            )),
+            Ok(Routed::Published(_)) => Ok(()),
+            Ok(Routed::NotMember) => Err(Rooms::not_in_room(&delivery.to, room)),
+            Ok(Routed::Unreachable) | Err(_) => Err(self.unreachable(&what, StoreError::Down)),
+        }
+    }
+
+    /// Takes a local peer out of its room: `exit` to the members on this
+    /// node is returned (from the core's own knowledge, so it works while
+    /// Redis is away); the other nodes' members hear it through Redis, at
+    /// once or, if Redis is away, once it is back.
+    pub async fn leave(&self, peer: &PeerId) -> Option<(RoomId, Vec<Delivery>)> {
+        let (room, effects) = lock(&self.core).leave(peer)?;
+        let mut out = vec![];
+        for e in effects {
+            match e {
+                Effect::Deliver(d) => out.push(d),
+                Effect::Remove { room, peer, notice } => {
+                    let leave = PendingLeave { peer, room, notice: notice.to_json() };
+                    let written = match self.link.get() {
+                        Ok(con) => self.write_leave(&con, &leave, 0).await.map_err(|e| self.link.failed(e)),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = written {
+                        tracing::warn!(
+                            "redis {}: leave of {} from {} not written yet ({e}); will be after reconnecting",
+                            self.url,
+                            leave.peer,
+                            leave.room
+                        );
+                        lock(&self.pending_leaves).push(leave);
+                    }
+                }
+                other => tracing::error!("the room core answered a leave with {other:?}; dropped"),
+            }
+        }
+        Some((room, out))
+    }
+}
+
+/// The node's connection keeper: heartbeats; on a lost connection or
+/// subscription, reconnects with backoff, re-asserts presence and members,
+/// then serves again; writes leaves from the outage; reaps dead nodes once
+/// it has been connected for a whole `--node-ttl`.
+async fn supervise<H: LocalDelivery + 'static>(me: Weak<Backplane>, hub: Weak<H>) {
+    let mut backoff = Backoff::new();
+    // Connected since: start() connected and re-asserted just before.
+    let mut up_since = Some(Instant::now());
+    let mut reported_down = false;
+    loop {
+        let Some(b) = me.upgrade() else { return };
+        if hub.strong_count() == 0 {
+            return;
+        }
+        if !b.subscribed.load(Ordering::SeqCst) {
+            // Deliveries for this node are lost while unsubscribed: serve no
+            // cross-node request until the subscription is back.
+            b.link.take_down();
+            up_since = None;
+            match b.subscribe().await {
+                Ok(p) => b.spawn_reader(p, hub.clone()),
+                Err(e) => {
+                    if !reported_down {
+                        tracing::warn!("redis {}: cannot subscribe ({e}); retrying with backoff", b.url);
+                        reported_down = true;
+                    }
+                    let d = backoff.next_delay();
+                    drop(b);
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+            }
+        }
+        if !b.link.is_up() {
+            up_since = None;
+            // Re-assert and write the outage's leaves before any request can
+            // use the connection: a join must see the room with this node's
+            // members, and a late leave must not land after a newer join.
+            let r = async {
+                let con = b.link.connect().await?;
+                let n = b.reassert(&con).await?;
+                b.flush_pending_leaves(&con).await?;
+                Ok::<_, redis::RedisError>((con, n))
+            }
+            .await;
+            match r {
+                Ok((con, n)) => {
+                    b.link.install(con);
+                    up_since = Some(Instant::now());
+                    reported_down = false;
+                    tracing::info!("redis {}: connected again; re-asserted this node and its {n} members", b.url);
+                }
+                Err(e) => {
+                    if !reported_down {
+                        tracing::warn!("redis {}: cannot reconnect ({e}); retrying with backoff", b.url);
+                        reported_down = true;
+                    }
+                    let d = backoff.next_delay();
+                    drop(b);
+                    tokio::time::sleep(d).await;
+                    continue;
+                }
+            }
+        }
+        backoff.reset();
+        let step = async {
+            let con = b.link.get()?;
+            if !b.heartbeat(&con).await.map_err(|e| b.link.failed(e))? {
+                // Our presence was gone (Redis lost it, or we were cut off long
+                // enough to be reaped): stop requests and go through the
+                // reconnect path, which re-asserts before serving again.
+                tracing::warn!("redis {}: this node's presence had expired; re-asserting its members", b.url);
+                b.link.take_down();
+                return Err(StoreError::Down);
+            }
+            b.flush_pending_leaves(&con).await.map_err(|e| b.link.failed(e))?;
+            if up_since.is_some_and(|t| t.elapsed() >= b.presence.node_ttl) {
+                b.reap_dead(&con).await.map_err(|e| b.link.failed(e))?;
+            }
+            Ok::<(), StoreError>(())
+        };
+        let result = step.await;
+        let late = std::mem::take(&mut *lock(&b.late_exits));
+        if let Some(h) = hub.upgrade() {
+            for d in late {
+                h.deliver(d);
+            }
+        }
+        if let Err(e) = result {
+            tracing::debug!("redis {}: heartbeat step failed: {e}", b.url);
+            if !b.link.is_up() {
+                continue; // reconnect now, with backoff
+            }
+        }
+        let period = b.presence.heartbeat;
+        let lost = async {
+            tokio::select! {
+                _ = b.link.broken.notified() => {}
+                _ = b.sub_lost.notified() => {}
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = lost => {}
+        }
+    }
+}
