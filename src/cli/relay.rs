@@ -80,9 +80,30 @@ pub struct RelayArgs {
     #[arg(long, value_name = "CIDR")]
     pub deny_peer: Vec<String>,
 
-    /// Allocations in total
+    /// Allocations in total (lowered at start when the file-descriptor limit cannot hold them)
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_allocations: usize,
+
+    /// Concurrent TCP and TLS connections in total (refused at accept beyond; lowered at start when the
+    /// file-descriptor limit cannot hold them)
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Concurrent TCP and TLS connections per source IP (refused at accept beyond)
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
+
+    /// Seconds a TCP or TLS connection has to deliver its first complete STUN message (after the TLS handshake)
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub first_message_timeout: u64,
+
+    /// Seconds a TLS client has to finish its handshake
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tls_handshake_timeout: u64,
+
+    /// Seconds a TCP or TLS connection that holds no allocation may stay silent before it is closed
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout: u64,
 
     /// Allocations per username (486 beyond)
     #[arg(long, value_name = "N", default_value_t = 100)]

@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use crate::cli::RelayArgs;
 use crate::error::{Status, UsageError, usage};
-use crate::net::relay_driver::{self, DriverConfig};
+use crate::net::conn_limit::raise_nofile_limit;
+use crate::net::relay_driver::{self, ConnLimits, DriverConfig};
 use crate::output::{self, OutputOptions, Render};
 use crate::turn::server::auth::AuthFailure;
 use crate::turn::server::coturn_conf::{self, CoturnConf};
@@ -92,17 +93,25 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
             conf.unknown.join(", ")
         );
     }
-    let plan = plan(&args, &conf)?;
+    let nofile = raise_nofile_limit();
+    let mut plan = plan(&args, &conf)?;
+    let fds = fit_descriptors(&mut plan, nofile);
+    if let Some(w) = &fds.warning
+        && !opts.quiet
+    {
+        tracing::warn!("{w}");
+    }
     if plan.core.users.is_empty() && plan.core.secret.is_none() && !opts.quiet {
         tracing::warn!("no --user and no --secret: STUN is answered, every TURN allocation is refused (401)");
     }
     if !opts.quiet {
         eprintln!(
-            "natkit relay: listening on {}; relaying from {} ports {}-{}",
+            "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}",
             plan.listening.join(", "),
             plan.driver.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
             plan.driver.ports.0,
-            plan.driver.ports.1
+            plan.driver.ports.1,
+            fds.limit
         );
     }
     let started = Instant::now();
@@ -132,6 +141,49 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// Descriptors kept for everything but connections and relayed sockets:
+/// listeners, epoll sets, wakers, the metrics endpoint, log files.
+const RESERVED_FDS: u64 = 64;
+
+/// The descriptor limit in force and, when it is too low for the configured
+/// caps, the warning that says what it lowered.
+struct Descriptors {
+    limit: u64,
+    warning: Option<String>,
+}
+
+/// Lowers the connection and allocation caps to what `nofile` descriptors can
+/// hold, so running out of descriptors is a refused connection or a 508,
+/// never a stuck accept loop or a UDP client refused because of a TCP flood.
+/// Every connection and every relayed socket takes one descriptor; beyond the
+/// listeners' share, half the rest may go to connections and the other half
+/// (at least) to allocations.
+fn fit_descriptors(plan: &mut Plan, nofile: u64) -> Descriptors {
+    let listeners = (plan.driver.listen.len() + plan.driver.listen_udp_only.len()) * plan.driver.workers
+        + plan.driver.listen.len()
+        + plan.driver.tls_listen.len();
+    let budget = nofile.saturating_sub(RESERVED_FDS + listeners as u64).max(2);
+    let conns = (plan.driver.limits.max_connections as u64).min(budget / 2).max(1);
+    let allocs = (plan.core.max_allocations as u64).min(budget - conns).max(1);
+    let mut lowered = Vec::new();
+    if allocs < plan.core.max_allocations as u64 {
+        lowered.push(format!("--max-allocations {} to {allocs}", plan.core.max_allocations));
+        plan.core.max_allocations = allocs as usize;
+    }
+    if conns < plan.driver.limits.max_connections as u64 {
+        lowered.push(format!("--max-connections {} to {conns}", plan.driver.limits.max_connections));
+        plan.driver.limits.max_connections = conns as usize;
+    }
+    let warning = (!lowered.is_empty()).then(|| {
+        format!(
+            "the file-descriptor limit ({nofile}, the hard limit could not be raised further) caps {}: raise it \
+             (systemd LimitNOFILE=65536, or `ulimit -Hn` before starting) to serve more",
+            lowered.join(" and ")
+        )
+    });
+    Descriptors { limit: nofile, warning }
 }
 
 fn report(listening: &[String], relay_ips: &[IpAddr], s: &Stats, tcp: u64, up: Duration) -> RelayReport {
@@ -391,6 +443,13 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
     for a in &tls_listen {
         listening.push(format!("tls {a}"));
     }
-    let driver = DriverConfig { listen, listen_udp_only, tls_listen, tls, relay_ips, ports, workers, metrics };
+    let limits = ConnLimits {
+        max_connections: args.max_connections as usize,
+        max_per_ip: args.max_connections_per_ip as usize,
+        tls_handshake: Duration::from_secs(args.tls_handshake_timeout),
+        first_message: Duration::from_secs(args.first_message_timeout),
+        idle: Duration::from_secs(args.idle_timeout),
+    };
+    let driver = DriverConfig { listen, listen_udp_only, tls_listen, tls, relay_ips, ports, workers, metrics, limits };
     Ok(Plan { core, driver, listening })
 }

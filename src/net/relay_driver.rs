@@ -12,7 +12,12 @@
 //! the answers to many relayed sockets' peers leave the listener together.
 //! The core is never held across a system call.
 //! TCP and TLS connections read frames (STUN or padded ChannelData, RFC 8656
-//! §12.5) and write through a per-connection queue.
+//! §12.5) and write through a per-connection queue. Each one holds a slot of
+//! [`ConnLimiter`] (total and per source IP) taken at accept, and is closed
+//! when its TLS handshake, its first complete message or, without an
+//! allocation, its next message does not come in time ([`ConnLimits`]): a
+//! flood of idle connections costs a bounded number of descriptors for a
+//! bounded time, and never the UDP service.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,16 +26,16 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::net::conn_limit::{ConnLimiter, ConnPermit, ConnRefusal, accept_with_backoff};
 use crate::net::mmsg::{BATCH, RecvBatch, send_many};
-
-use crate::net::stream::read_frame;
+use crate::net::stream::take_frame;
 use crate::net::transport::Transport;
 use crate::turn::server::metrics::DriverSnapshot;
 use crate::turn::server::wire::{PEER_HEADROOM, PEER_TAILROOM};
@@ -52,6 +57,54 @@ pub struct DriverConfig {
     pub ports: (u16, u16),
     pub workers: usize,
     pub metrics: Option<SocketAddr>,
+    pub limits: ConnLimits,
+}
+
+/// What a TCP or TLS connection may hold and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Concurrent connections in total and per source IP.
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    /// From accept to a finished TLS handshake.
+    pub tls_handshake: Duration,
+    /// From accept (TCP) or the finished handshake (TLS) to the first complete message.
+    pub first_message: Duration,
+    /// Silence allowed between messages while the connection holds no allocation.
+    pub idle: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 10_000,
+            max_per_ip: 100,
+            tls_handshake: Duration::from_secs(10),
+            first_message: Duration::from_secs(10),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the relay closed a TCP or TLS connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnClose {
+    TlsHandshakeTimeout,
+    FirstMessageTimeout,
+    IdleTimeout,
+}
+
+impl ConnClose {
+    pub const ALL: [ConnClose; 3] =
+        [ConnClose::TlsHandshakeTimeout, ConnClose::FirstMessageTimeout, ConnClose::IdleTimeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnClose::TlsHandshakeTimeout => "tls_handshake_timeout",
+            ConnClose::FirstMessageTimeout => "first_message_timeout",
+            ConnClose::IdleTimeout => "idle_timeout",
+        }
+    }
 }
 
 /// Why the relay could not start.
@@ -69,6 +122,16 @@ pub struct DriverCounters {
     pub tcp_connections: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Connections refused at accept: the total cap, the per-IP cap.
+    pub refused_total: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    /// Connections the relay closed, by [`ConnClose`] index.
+    pub closed: [AtomicU64; 3],
+    /// Pauses of accept on running out of descriptors (EMFILE/ENFILE).
+    pub accept_paused: AtomicU64,
+    /// Connections open now, TCP and TLS.
+    pub open_tcp: AtomicU64,
+    pub open_tls: AtomicU64,
 }
 
 /// Relayed sockets, shared by the core (open/close) and the data path (send).
@@ -156,6 +219,10 @@ struct Shared {
     registry: Arc<Registry>,
     conns: Mutex<HashMap<ConnKey, mpsc::Sender<Vec<u8>>>>,
     counters: DriverCounters,
+    limiter: ConnLimiter,
+    limits: ConnLimits,
+    /// Set once a refusal of each kind ([`ConnRefusal`]) has been logged: one line per kind, then counts.
+    refusal_logged: [AtomicBool; 2],
 }
 
 /// Largest datagram handled; bigger ones are truncated by the kernel and dropped by the core.
@@ -247,6 +314,9 @@ pub async fn run(
         registry: registry.clone(),
         conns: Mutex::new(HashMap::new()),
         counters: DriverCounters::default(),
+        limiter: ConnLimiter::new(cfg.limits.max_connections, cfg.limits.max_per_ip),
+        limits: cfg.limits,
+        refusal_logged: Default::default(),
     });
 
     // Worker i serves socket i of every UDP listen address.
@@ -580,11 +650,12 @@ async fn accept_loop(
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::debug!(%local, "accept: {e}");
+            (stream, remote) = accept_with_backoff(&listener, &shared.counters.accept_paused) => {
+                // The slot is taken before a byte is read; a refused connection is closed at once.
+                let permit = match shared.limiter.try_acquire(remote.ip()) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        shared.refused(why, remote);
                         continue;
                     }
                 };
@@ -594,17 +665,20 @@ async fn accept_loop(
                 let tls = tls.clone();
                 conns.spawn(async move {
                     let ft = FiveTuple { transport, local, remote };
+                    let _open = OpenGauge::new(&shared, transport);
                     match tls {
-                        None => serve_stream(shared, ft, stream).await,
-                        Some(acceptor) => {
-                            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => serve_stream(shared, ft, s).await,
-                                _ => {
-                                    shared.counters.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                                    tracing::debug!(%remote, "TLS handshake failed");
-                                }
+                        None => serve_stream(shared.clone(), ft, stream, permit).await,
+                        Some(acceptor) => match tokio::time::timeout(shared.limits.tls_handshake, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => serve_stream(shared.clone(), ft, s, permit).await,
+                            Ok(Err(e)) => {
+                                shared.counters.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%remote, "TLS handshake failed: {e}");
                             }
-                        }
+                            Err(_) => {
+                                shared.closed(ConnClose::TlsHandshakeTimeout);
+                                tracing::debug!(%remote, "no TLS handshake within {:?}: closed", shared.limits.tls_handshake);
+                            }
+                        },
                     }
                 });
             }
@@ -613,12 +687,34 @@ async fn accept_loop(
     }
 }
 
+/// Counts a connection in `natkit_relay_connections{transport}` while it lives.
+struct OpenGauge<'a>(&'a AtomicU64);
+
+impl<'a> OpenGauge<'a> {
+    fn new(shared: &'a Shared, transport: Transport) -> Self {
+        let g = if transport == Transport::Tls { &shared.counters.open_tls } else { &shared.counters.open_tcp };
+        g.fetch_add(1, Ordering::Relaxed);
+        OpenGauge(g)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One TCP or TLS client: frames in, core, frames out through a queue.
+/// Reads go into a buffer kept across reads, so a read cut short by a
+/// deadline loses nothing; the deadline moves only when a whole frame has
+/// arrived, so a client that trickles bytes gains no time.
 async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     shared: Arc<Shared>,
     ft: FiveTuple,
     stream: S,
+    _permit: ConnPermit,
 ) {
+    use tokio::io::AsyncReadExt;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
     if let Ok(mut m) = shared.conns.lock() {
@@ -632,28 +728,55 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
         }
         let _ = wr.shutdown().await;
     });
-    loop {
-        let frame = match read_frame(&mut rd).await {
-            Ok(f) => f,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::UnexpectedEof {
+    let mut pending: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut seen_message = false;
+    let mut deadline = tokio::time::Instant::now() + shared.limits.first_message;
+    'conn: loop {
+        loop {
+            let frame = match take_frame(&mut pending) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
                     tracing::debug!(client = %ft.remote, "closing the connection: {e}");
+                    break 'conn;
                 }
+            };
+            seen_message = true;
+            deadline = tokio::time::Instant::now() + shared.limits.idle;
+            let t = {
+                let mut core = shared.lock();
+                core.handle_client(ft, &frame, Instant::now()).map(|t| (t.target, t.payload.to_vec()))
+            };
+            if let Some((target, payload)) = t {
+                match target {
+                    Target::Client(c) if c == ft => {
+                        if tx.send(payload).await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    _ => shared.deliver(target, &payload),
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => pending.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %ft.remote, "closing the connection: {e}");
                 break;
             }
-        };
-        let t = {
-            let mut core = shared.lock();
-            core.handle_client(ft, &frame, Instant::now()).map(|t| (t.target, t.payload.to_vec()))
-        };
-        if let Some((target, payload)) = t {
-            match target {
-                Target::Client(c) if c == ft => {
-                    if tx.send(payload).await.is_err() {
-                        break;
-                    }
-                }
-                _ => shared.deliver(target, &payload),
+            Err(_) if !seen_message => {
+                shared.closed(ConnClose::FirstMessageTimeout);
+                tracing::debug!(client = %ft.remote, "no complete message within {:?}: closed", shared.limits.first_message);
+                break;
+            }
+            // An allocation keeps its connection however quiet it is (its lifetime governs).
+            Err(_) if shared.lock().has_allocation(&ft) => deadline = tokio::time::Instant::now() + shared.limits.idle,
+            Err(_) => {
+                shared.closed(ConnClose::IdleTimeout);
+                tracing::debug!(client = %ft.remote, "silent for {:?} without an allocation: closed", shared.limits.idle);
+                break;
             }
         }
     }
@@ -704,11 +827,39 @@ async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
 
 impl Shared {
     fn counters_snapshot(&self) -> DriverSnapshot {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         DriverSnapshot {
-            tcp_connections: self.counters.tcp_connections.load(Ordering::Relaxed),
-            tls_handshake_failures: self.counters.tls_handshake_failures.load(Ordering::Relaxed),
-            send_errors: self.counters.send_errors.load(Ordering::Relaxed),
+            tcp_connections: load(&c.tcp_connections),
+            tls_handshake_failures: load(&c.tls_handshake_failures),
+            send_errors: load(&c.send_errors),
+            open_tcp: load(&c.open_tcp),
+            open_tls: load(&c.open_tls),
+            refused_total: load(&c.refused_total),
+            refused_per_ip: load(&c.refused_per_ip),
+            closed: ConnClose::ALL.map(|r| (r.label(), load(&c.closed[r as usize]))),
+            accept_paused: load(&c.accept_paused),
         }
+    }
+
+    /// A connection refused at accept: counted, and logged once per kind of cap.
+    fn refused(&self, why: ConnRefusal, remote: SocketAddr) {
+        let (counter, logged) = match why {
+            ConnRefusal::Total => (&self.counters.refused_total, &self.refusal_logged[0]),
+            ConnRefusal::PerIp => (&self.counters.refused_per_ip, &self.refusal_logged[1]),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if !logged.swap(true, Ordering::Relaxed) {
+            let (cap, flag) = match why {
+                ConnRefusal::Total => (self.limits.max_connections, "--max-connections"),
+                ConnRefusal::PerIp => (self.limits.max_per_ip, "--max-connections-per-ip"),
+            };
+            tracing::warn!(%remote, "TCP/TLS connection refused: {cap} connections ({flag}) reached; further refusals are counted in natkit_relay_connections_refused_total{{reason=\"{}\"}}", why.as_str());
+        }
+    }
+
+    fn closed(&self, why: ConnClose) {
+        self.counters.closed[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -381,6 +381,11 @@ impl Server {
         }
     }
 
+    /// Whether `client` holds an allocation (the driver keeps such a TCP/TLS connection open while it is silent).
+    pub fn has_allocation(&self, client: &FiveTuple) -> bool {
+        self.allocs.relay_of_client(client).is_some()
+    }
+
     /// Ends every allocation (shutdown).
     pub fn close_all(&mut self) {
         let relays: Vec<RelayId> = self.allocs.iter().map(|a| a.relay).collect();

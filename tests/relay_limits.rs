@@ -1,0 +1,327 @@
+//! `natkit relay` under the attacks of issue #13 that target its connections
+//! and its process (connection floods, idle TLS, draining, a coturn config,
+//! a port held by another process), against the real binary on loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, tools};
+
+/// `natkit relay` started by a test, optionally under `prlimit`; SIGINT (stop
+/// at once, summary printed) on `stop`, SIGKILL on drop.
+struct Proc {
+    child: Option<Child>,
+    port: u16,
+    pid: u32,
+}
+
+impl Proc {
+    /// Starts `natkit relay --listen 127.0.0.1:PORT ARGS`; with `nofile`, under
+    /// `prlimit --nofile=N:N` so it cannot raise its descriptor limit.
+    fn start(nofile: Option<u64>, args: &[&str]) -> Proc {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new(tools::require("prlimit", "util-linux"));
+                c.arg(format!("--nofile={n}:{n}")).arg(env!("CARGO_BIN_EXE_natkit"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_natkit")),
+        };
+        let child = cmd
+            .args(["relay", "--listen", &listen])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting natkit relay");
+        // prlimit execs the command: the pid is natkit's.
+        let pid = child.id();
+        let mut p = Proc { child: Some(child), port, pid };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return p;
+            }
+            if !p.alive() {
+                let out = p.stop_with(libc::SIGKILL);
+                panic!("natkit relay exited at start: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        let out = p.stop_with(libc::SIGKILL);
+        panic!("natkit relay did not listen within 10 s: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, sig);
+        }
+    }
+
+    /// User + system CPU time of the relay so far, in clock ticks (/proc/PID/stat fields 14 and 15).
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).expect("reading /proc/PID/stat");
+        // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
+        let rest = &stat[stat.rfind(')').expect("stat has (comm)") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    }
+
+    /// Sends `sig`, waits (bounded) for the exit, returns all it printed.
+    fn stop_with(&mut self, sig: libc::c_int) -> Output {
+        let mut child = self.child.take().expect("relay already stopped");
+        self.signal(sig);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+        }
+        child.wait_with_output().expect("collecting relay output")
+    }
+
+    fn stop(&mut self) -> Output {
+        self.stop_with(libc::SIGINT)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The metrics page as text.
+fn metrics(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+/// The value of one sample (`name{labels}` exactly as printed), 0 when absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `count` TCP connections from source IP `from`, each sending the first 6
+/// bytes of a STUN Binding request and then nothing.
+fn half_open(from: [u8; 4], to: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let header = [0x00u8, 0x01, 0x00, 0x00, 0x21, 0x12];
+    (0..count)
+        .filter_map(|_| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            s.bind(&SocketAddr::from((from, 0)).into()).ok()?;
+            s.connect_timeout(&to.into(), Duration::from_secs(5)).ok()?;
+            let mut t: TcpStream = s.into();
+            let _ = t.write_all(&header);
+            Some(t)
+        })
+        .collect()
+}
+
+/// True once the relay has closed `s` (EOF or reset); false if it is still open after `wait`.
+fn closed_by_relay(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 64];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// One STUN Binding request over a fresh TCP connection from `from`; true when answered.
+fn tcp_binding(from: [u8; 4], to: SocketAddr) -> bool {
+    let id = natkit::stun::message::new_transaction_id();
+    let req = natkit::stun::message::binding_request(id);
+    let Ok(sock) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None) else { return false };
+    if sock.bind(&SocketAddr::from((from, 0)).into()).is_err()
+        || sock.connect_timeout(&to.into(), Duration::from_secs(5)).is_err()
+    {
+        return false;
+    }
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    if s.write_all(&req).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 20];
+    s.read_exact(&mut head).is_ok() && head[0..2] == [0x01, 0x01] && head[8..20] == id[..]
+}
+
+/// `turnutils_uclient -y` over UDP: two clients of the relay send to each other
+/// through it; returns (sent, received).
+fn uclient_udp(port: u16) -> (u64, u64, String) {
+    let bin = tools::require("turnutils_uclient", "coturn");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(bin)
+        .args(["-y", "-u", "alice", "-w", "wonderland", "-p", &port.to_string()])
+        .args(["-n", "30", "-m", "2", "-l", "120", "-z", "5", "127.0.0.1"])
+        .output()
+        .expect("running turnutils_uclient");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let num = |key: &str| -> u64 {
+        text.rfind(key)
+            .map(|i| text[i + key.len()..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0)
+    };
+    (num("tot_send_msgs="), num("tot_recv_msgs="), text)
+}
+
+/// The test process itself needs more than 1,024 descriptors for the flood.
+fn raise_own_limit() {
+    assert!(natkit::net::conn_limit::raise_nofile_limit() >= 2_000, "the test needs `ulimit -Hn` of 2000 or more");
+}
+
+const USER: &[&str] = &["--user", "alice:wonderland", "--realm", "lab"];
+
+#[test]
+fn a_flood_of_half_open_tcp_connections_under_1024_descriptors_leaves_udp_and_new_clients_served() {
+    raise_own_limit();
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let mut relay = Proc::start(Some(1024), &[USER, &["--metrics", &maddr]].concat());
+    let target = relay.addr();
+
+    // 1,100 connections that each send 6 bytes of a STUN header and stop, from
+    // ten source addresses (110 each: more than the per-IP cap of 100).
+    let mut flood = Vec::new();
+    for i in 1..=10u8 {
+        flood.extend(half_open([127, 0, 1, i], target, 110));
+    }
+    assert_eq!(flood.len(), 1_100, "every flood connection was at least accepted by the kernel");
+
+    // UDP is untouched: two clients allocate and relay every message through the relay.
+    let (sent, received, text) = uclient_udp(relay.port);
+    assert!(sent >= 2 * 30, "UDP clients could not send during the flood:\n{text}");
+    assert_eq!(received, sent, "UDP relaying lost messages during the flood:\n{text}");
+
+    // Not spinning: over ~3 s a busy loop would burn ~300 ticks; an idle relay a handful.
+    let before = relay.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(3));
+    let burnt = relay.cpu_ticks() - before;
+    assert!(burnt < 50, "the relay used {burnt} CPU ticks in 3 s while the flood sat idle");
+
+    // Every half-open connection is closed: refused at once by a cap, or after the
+    // first-message timeout (10 s by default).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut open = 0;
+    for s in &mut flood {
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        if !closed_by_relay(s, left) {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "half-open connections the relay never closed");
+
+    // A new TCP client is served.
+    assert!(tcp_binding([127, 0, 0, 2], target), "a legitimate TCP client was not answered after the flood");
+
+    let m = metrics(&maddr);
+    let timed_out = sample(&m, "natkit_relay_connections_closed_total{reason=\"first_message_timeout\"}");
+    let per_ip = sample(&m, "natkit_relay_connections_refused_total{reason=\"per_ip\"}");
+    let total = sample(&m, "natkit_relay_connections_refused_total{reason=\"total\"}");
+    assert!(timed_out > 0 && per_ip > 0 && total > 0, "caps and timeout all counted:\n{m}");
+    assert_eq!(timed_out + per_ip + total, 1_100, "every flood connection is counted once:\n{m}");
+    assert!(relay.alive());
+    let out = relay.stop();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("file descriptors 1024"), "the start-up line reports the descriptor limit:\n{err}");
+    assert!(err.contains("caps --max-allocations"), "a warning says the limit caps the allocations:\n{err}");
+}
+
+/// A TLS client of `port` that trusts anything (the test's self-signed certificate).
+async fn tls_connect(port: u16) -> natkit::net::stream::StreamConn {
+    let tls = natkit::net::tls::TlsClient::new(&natkit::net::tls::TlsOptions { insecure: true, ca: None }).unwrap();
+    let host = natkit::net::server::Host::Ip("127.0.0.1".parse().unwrap());
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    natkit::net::stream::connect(addr, None, &host, Some(&tls), Duration::from_secs(5)).await.expect("TLS handshake")
+}
+
+/// True when the relay closes `conn` within `wait` (EOF or error), false if it stays open.
+async fn tls_closed_within(conn: &mut natkit::net::stream::StreamConn, wait: Duration) -> bool {
+    matches!(tokio::time::timeout(wait, conn.recv_frame()).await, Ok(Err(_)))
+}
+
+#[tokio::test]
+async fn idle_tls_connections_are_closed_after_the_handshake_and_after_their_last_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = common::coturn::self_signed_cert(dir.path());
+    let tls_port = free_port();
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let tls = format!("127.0.0.1:{tls_port}");
+    let mut relay = Proc::start(
+        None,
+        &[
+            "--tls-listen",
+            &tls,
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--metrics",
+            &maddr,
+            "--first-message-timeout",
+            "2",
+            "--idle-timeout",
+            "3",
+            "--tls-handshake-timeout",
+            "2",
+        ],
+    );
+    // Handshake done, then nothing.
+    let mut silent = tls_connect(tls_port).await;
+    // One Binding answered, then nothing.
+    let mut talked = tls_connect(tls_port).await;
+    let id = natkit::stun::message::new_transaction_id();
+    talked.send(&natkit::stun::message::binding_request(id)).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), talked.recv_frame()).await.unwrap().unwrap();
+    assert_eq!(answer[8..20], id[..], "the Binding request is answered over TLS");
+    // TCP connected, no ClientHello.
+    let mut no_hello = std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+
+    assert!(tls_closed_within(&mut silent, Duration::from_secs(20)).await, "silent TLS connection never closed");
+    assert!(tls_closed_within(&mut talked, Duration::from_secs(20)).await, "idle TLS connection never closed");
+    assert!(
+        tokio::task::spawn_blocking(move || closed_by_relay(&mut no_hello, Duration::from_secs(20))).await.unwrap(),
+        "a TCP connection that never starts the TLS handshake was never closed"
+    );
+    let m = metrics(&maddr);
+    assert_eq!(sample(&m, "natkit_relay_connections_closed_total{reason=\"first_message_timeout\"}"), 1, "{m}");
+    assert_eq!(sample(&m, "natkit_relay_connections_closed_total{reason=\"idle_timeout\"}"), 1, "{m}");
+    assert_eq!(sample(&m, "natkit_relay_connections_closed_total{reason=\"tls_handshake_timeout\"}"), 1, "{m}");
+    assert_eq!(sample(&m, "natkit_relay_connections{transport=\"tls\"}"), 0, "{m}");
+    assert!(relay.alive());
+    relay.stop();
+}
