@@ -10,6 +10,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, tools};
+use natkit::stun::message::{decode, encode, new_transaction_id};
+use stun_rs::attributes::stun::{MessageIntegrity, Nonce, Realm, UserName};
+use stun_rs::attributes::turn::{Data, LifeTime, RequestedTrasport, XorPeerAddress};
+use stun_rs::methods::{ALLOCATE, CREATE_PERMMISSION, REFRESH, SEND};
+use stun_rs::{
+    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute, StunMessage, StunMessageBuilder,
+    TransactionId,
+};
 
 /// `natkit relay` started by a test, optionally under `prlimit`; SIGINT (stop
 /// at once, summary printed) on `stop`, SIGKILL on drop.
@@ -324,4 +332,180 @@ async fn idle_tls_connections_are_closed_after_the_handshake_and_after_their_las
     assert_eq!(sample(&m, "natkit_relay_connections{transport=\"tls\"}"), 0, "{m}");
     assert!(relay.alive());
     relay.stop();
+}
+
+// ---- drain (SIGTERM) ----
+
+/// A TURN client over UDP with long-term credentials alice/wonderland in realm `lab`.
+struct Turn {
+    sock: std::net::UdpSocket,
+    server: SocketAddr,
+    nonce: String,
+}
+
+fn error_code(m: &StunMessage) -> Option<u16> {
+    m.attributes().iter().find_map(|a| a.as_error_code().ok()).map(|e| e.error_code().error_code())
+}
+
+impl Turn {
+    fn new(server: SocketAddr) -> Turn {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut t = Turn { sock, server, nonce: String::new() };
+        let m = t.transact(ALLOCATE, vec![RequestedTrasport::new(stun_rs::protocols::UDP).into()], false);
+        assert_eq!(error_code(&m), Some(401), "the first Allocate is challenged");
+        t.nonce = m.attributes().iter().find_map(|a| a.as_nonce().ok()).expect("NONCE").as_str().to_string();
+        t
+    }
+
+    fn request(&self, method: MessageMethod, attrs: Vec<StunAttribute>, signed: bool) -> (Vec<u8>, [u8; 12]) {
+        let id = new_transaction_id();
+        let mut b = StunMessageBuilder::new(method, MessageClass::Request).with_transaction_id(TransactionId::from(id));
+        for a in attrs {
+            b = b.with_attribute(a);
+        }
+        if signed {
+            let key = HMACKey::new_long_term("alice", "lab", "wonderland", Algorithm::from(AlgorithmId::MD5)).unwrap();
+            b = b
+                .with_attribute(UserName::new("alice").unwrap())
+                .with_attribute(Realm::new("lab").unwrap())
+                .with_attribute(Nonce::new(&self.nonce).unwrap())
+                .with_attribute(MessageIntegrity::new(key));
+        }
+        (encode(&b.build()), id)
+    }
+
+    fn transact(&self, method: MessageMethod, attrs: Vec<StunAttribute>, signed: bool) -> StunMessage {
+        let (req, id) = self.request(method, attrs, signed);
+        let mut buf = [0u8; 2048];
+        for _ in 0..6 {
+            self.sock.send_to(&req, self.server).unwrap();
+            while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+                if n >= 20 && buf[8..20] == id {
+                    return decode(&buf[..n]).expect("the relay's answer decodes");
+                }
+            }
+        }
+        panic!("no answer from the relay");
+    }
+
+    /// Allocates; returns the relayed address.
+    fn allocate(&self) -> Result<SocketAddr, StunMessage> {
+        let m = self.transact(ALLOCATE, vec![RequestedTrasport::new(stun_rs::protocols::UDP).into()], true);
+        match m.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()) {
+            Some(r) => Ok(*r.socket_address()),
+            None => Err(m),
+        }
+    }
+
+    fn permit(&self, peer: SocketAddr) {
+        let m = self.transact(CREATE_PERMMISSION, vec![XorPeerAddress::from(peer).into()], true);
+        assert_eq!(m.class(), MessageClass::SuccessResponse, "CreatePermission {peer}: {m:?}");
+    }
+
+    fn refresh(&self, lifetime: u32) -> StunMessage {
+        self.transact(REFRESH, vec![LifeTime::new(lifetime).into()], true)
+    }
+
+    /// Sends `data` to `peer` in a Send indication and waits for a Data indication carrying it (true if it came).
+    fn relay_to(&self, other: &Turn, peer: SocketAddr, data: &[u8]) -> bool {
+        let (ind, _) = {
+            let id = new_transaction_id();
+            let b = StunMessageBuilder::new(SEND, MessageClass::Indication)
+                .with_transaction_id(TransactionId::from(id))
+                .with_attribute(XorPeerAddress::from(peer))
+                .with_attribute(Data::new(data.to_vec()));
+            (encode(&b.build()), id)
+        };
+        let mut buf = [0u8; 2048];
+        for _ in 0..6 {
+            self.sock.send_to(&ind, self.server).unwrap();
+            while let Ok((n, _)) = other.sock.recv_from(&mut buf) {
+                if let Ok(m) = decode(&buf[..n])
+                    && m.attributes().iter().any(|a| a.as_data().is_ok_and(|d| d.as_bytes() == data))
+                {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Polls the metrics until `series` reads `value` (bounded); false if it never does.
+fn metric_becomes(maddr: &str, series: &str, value: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if sample(&metrics(maddr), series) == value {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Waits (bounded) for the relay to exit by itself; its output, or None if it is still running.
+fn exits_by_itself(p: &mut Proc, within: Duration) -> Option<Output> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if !p.alive() {
+            return Some(p.child.take().expect("child").wait_with_output().expect("relay output"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn sigterm_drains_live_allocations_keep_relaying_a_new_one_gets_508_and_the_relay_ends_with_them() {
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let mut relay = Proc::start(None, &[USER, &["--metrics", &maddr, "--json", "--drain-timeout", "120"]].concat());
+    let (a, b) = (Turn::new(relay.addr()), Turn::new(relay.addr()));
+    let (ra, rb) = (a.allocate().expect("A allocates"), b.allocate().expect("B allocates"));
+    a.permit(rb);
+    b.permit(ra);
+    assert!(a.relay_to(&b, rb, b"before the drain"));
+    assert_eq!(sample(&metrics(&maddr), "natkit_relay_draining"), 0);
+
+    relay.signal(libc::SIGTERM);
+    assert!(metric_becomes(&maddr, "natkit_relay_draining", 1), "the relay never said it drains");
+    // New allocations are refused; the live ones relay both ways and refresh.
+    let c = Turn::new(relay.addr());
+    let refused = c.allocate().expect_err("no new allocation while draining");
+    assert_eq!(error_code(&refused), Some(508));
+    assert!(a.relay_to(&b, rb, b"during the drain, A to B"));
+    assert!(b.relay_to(&a, ra, b"during the drain, B to A"));
+    assert_eq!(a.refresh(600).class(), MessageClass::SuccessResponse, "refresh during the drain");
+    let m = metrics(&maddr);
+    assert_eq!(sample(&m, "natkit_relay_allocations{transport=\"udp\"}"), 2, "{m}");
+    assert_eq!(sample(&m, "natkit_relay_error_responses_total{code=\"508\"}"), 1, "{m}");
+    assert!(relay.alive(), "the relay waits for its allocations");
+
+    // The last allocation ends: the relay stops by itself, with its summary.
+    assert_eq!(a.refresh(0).class(), MessageClass::SuccessResponse);
+    assert_eq!(b.refresh(0).class(), MessageClass::SuccessResponse);
+    let out = exits_by_itself(&mut relay, Duration::from_secs(10)).expect("the relay stops once drained");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(v["allocations_created"], 2, "{v}");
+    assert_eq!(v["allocations_ended"], 2, "{v}");
+}
+
+#[test]
+fn while_draining_alternate_server_gets_a_300_and_a_second_signal_stops_at_once() {
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let mut relay =
+        Proc::start(None, &[USER, &["--metrics", &maddr, "--alternate-server", "203.0.113.9:3478"]].concat());
+    let a = Turn::new(relay.addr());
+    a.allocate().expect("A allocates");
+    relay.signal(libc::SIGTERM);
+    assert!(metric_becomes(&maddr, "natkit_relay_draining", 1), "the relay never said it drains");
+    let m = Turn::new(relay.addr()).allocate().expect_err("no new allocation while draining");
+    assert_eq!(error_code(&m), Some(300));
+    let alt = m.attributes().iter().find_map(|a| a.as_alternate_server().ok()).map(|a| *a.socket_address());
+    assert_eq!(alt, Some("203.0.113.9:3478".parse().unwrap()), "ALTERNATE-SERVER names the other relay");
+    // The allocation would hold the drain for --drain-timeout (600 s): a second signal ends it now.
+    relay.signal(libc::SIGTERM);
+    let out = exits_by_itself(&mut relay, Duration::from_secs(10)).expect("a second SIGTERM stops the relay");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -13,7 +13,9 @@ an RFC 5780 NAT behaviour discovery responder, in one process.\n\n\
 Safe by default: peers on loopback, private, link-local, multicast, broadcast, reserved and unspecified \
 addresses, and the relay's own listening ports, are refused with 403 (IPv6 forms of IPv4 addresses are \
 unwrapped first). Two allocations on the same relay always reach each other, inside the process.\n\n\
-Runs until SIGINT or SIGTERM, then prints a summary (a table, or JSON with --json) and exits 0."
+SIGTERM drains: new allocations are refused (508, or 300 with --alternate-server) while the existing ones \
+relay and refresh until they end or --drain-timeout passes. SIGINT, or a second signal during a drain, stops at \
+once. Either way the relay then prints a summary (a table, or JSON with --json) and exits 0."
 )]
 pub struct RelayArgs {
     /// UDP and TCP listen address (repeatable) [default: 0.0.0.0:3478 and [::]:3478]
@@ -120,6 +122,14 @@ pub struct RelayArgs {
     /// Seconds a nonce stays valid before 438 Stale Nonce
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub nonce_lifetime: u64,
+
+    /// On SIGTERM, the longest drain (no new allocations, existing ones go on) before the rest are ended
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub drain_timeout: u64,
+
+    /// While draining, answer new Allocates with 300 Try Alternate naming this server instead of 508
+    #[arg(long, value_name = "ADDR")]
+    pub alternate_server: Option<String>,
 
     /// Serve Prometheus metrics over HTTP on this address
     #[arg(long, value_name = "ADDR")]

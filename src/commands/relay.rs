@@ -1,8 +1,8 @@
 //! `natkit relay`: a STUN/TURN server with an RFC 5780 responder.
 //!
 //! Turns flags and an optional coturn turnserver.conf into the core's
-//! [`ServerConfig`] and the driver's [`DriverConfig`], runs until SIGINT or
-//! SIGTERM, and reports what the relay did.
+//! [`ServerConfig`] and the driver's [`DriverConfig`], runs until SIGINT
+//! (stop now) or SIGTERM (drain first), and reports what the relay did.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::cli::RelayArgs;
 use crate::error::{Status, UsageError, usage};
 use crate::net::conn_limit::raise_nofile_limit;
-use crate::net::relay_driver::{self, ConnLimits, DriverConfig};
+use crate::net::relay_driver::{self, ConnLimits, DriverConfig, Stop};
 use crate::output::{self, OutputOptions, Render};
 use crate::turn::server::auth::AuthFailure;
 use crate::turn::server::coturn_conf::{self, CoturnConf};
@@ -114,10 +114,10 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
             fds.limit
         );
     }
+    let stop = stop_requests()?;
     let started = Instant::now();
-    let (stats, tcp_connections) = relay_driver::run(plan.core, plan.driver.clone(), shutdown_signal())
-        .await
-        .map_err(|e| UsageError::new(e.to_string()))?;
+    let (stats, tcp_connections) =
+        relay_driver::run(plan.core, plan.driver.clone(), stop).await.map_err(|e| UsageError::new(e.to_string()))?;
     let report = report(&plan.listening, &plan.driver.relay_ips, &stats, tcp_connections, started.elapsed());
     tracing::info!(
         allocations = report.allocations_created,
@@ -128,19 +128,26 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
     Ok(Status::Ok)
 }
 
-async fn shutdown_signal() {
+/// Signals as stop requests: SIGTERM (what systemd, Kubernetes and most
+/// orchestrators send when scaling in) drains; SIGINT (Ctrl-C at a terminal)
+/// stops now; a second signal during a drain stops now (the driver's rule).
+fn stop_requests() -> anyhow::Result<tokio::sync::mpsc::Receiver<Stop>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let stop = tokio::select! {
+                _ = term.recv() => Stop::Drain,
+                _ = int.recv() => Stop::Now,
+            };
+            if tx.send(stop).await.is_err() {
+                return;
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    });
+    Ok(rx)
 }
 
 /// Descriptors kept for everything but connections and relayed sockets:
@@ -431,6 +438,11 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         nonce_lifetime: Duration::from_secs(args.nonce_lifetime),
         rfc5780,
         external_ip: args.external_ip.or(conf.external_ip),
+        alternate_server: args
+            .alternate_server
+            .as_deref()
+            .map(|a| parse_addr(a, 3478, "--alternate-server"))
+            .transpose()?,
         ..ServerConfig::default()
     };
     let mut listening: Vec<String> = Vec::new();
@@ -450,6 +462,17 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         first_message: Duration::from_secs(args.first_message_timeout),
         idle: Duration::from_secs(args.idle_timeout),
     };
-    let driver = DriverConfig { listen, listen_udp_only, tls_listen, tls, relay_ips, ports, workers, metrics, limits };
+    let driver = DriverConfig {
+        listen,
+        listen_udp_only,
+        tls_listen,
+        tls,
+        relay_ips,
+        ports,
+        workers,
+        metrics,
+        limits,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    };
     Ok(Plan { core, driver, listening })
 }

@@ -58,6 +58,19 @@ pub struct DriverConfig {
     pub workers: usize,
     pub metrics: Option<SocketAddr>,
     pub limits: ConnLimits,
+    /// Longest drain after [`Stop::Drain`] before the remaining allocations are ended.
+    pub drain_timeout: Duration,
+}
+
+/// What the operator asked for (the command maps signals to these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Take the relay out gently: no new allocations, the existing ones go on
+    /// until they end or the drain timeout passes. A second request of either
+    /// kind while draining stops at once.
+    Drain,
+    /// End every allocation and stop now.
+    Now,
 }
 
 /// What a TCP or TLS connection may hold and for how long.
@@ -267,11 +280,11 @@ impl Shared {
     }
 }
 
-/// Runs the relay until `shutdown` resolves; returns the core's final counters.
+/// Runs the relay until `requests` says so (or is closed); returns the core's final counters.
 pub async fn run(
     core_cfg: ServerConfig,
     cfg: DriverConfig,
-    shutdown: impl std::future::Future<Output = ()>,
+    mut requests: mpsc::Receiver<Stop>,
 ) -> Result<(Stats, u64), StartError> {
     let registry = Arc::new(Registry::default());
     let ports = Ports { registry: registry.clone(), ips: cfg.relay_ips.clone(), range: cfg.ports, next_id: 0 };
@@ -342,7 +355,9 @@ pub async fn run(
         tasks.spawn(serve_metrics(shared.clone(), l));
     }
 
-    shutdown.await;
+    if let Some(Stop::Drain) = requests.recv().await {
+        drain(&shared, &mut requests, cfg.drain_timeout).await;
+    }
     // Stop accepting and reading first, then end every allocation.
     stop.store(true, Ordering::Relaxed);
     for w in &wakers {
@@ -786,6 +801,43 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Draining: no new allocation is granted while the existing ones relay and
+/// refresh as before, until the last one ends, `timeout` passes, or another
+/// stop request comes.
+async fn drain(shared: &Shared, stop: &mut mpsc::Receiver<Stop>, timeout: Duration) {
+    let left = {
+        let mut core = shared.lock();
+        core.start_draining();
+        core.allocations()
+    };
+    tracing::warn!(
+        allocations = left,
+        "draining: new allocations are refused, the {left} existing ones go on until they end or --drain-timeout ({} s) passes; signal again to stop now",
+        timeout.as_secs()
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    // How often the allocation count is looked at: the drain ends within this of the last allocation.
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let left = shared.lock().allocations();
+        if left == 0 {
+            tracing::info!("drained: no allocation left");
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(allocations = left, "drain timeout: ending the remaining allocations");
+                return;
+            }
+            Some(_) = stop.recv() => {
+                tracing::warn!(allocations = left, "stop requested while draining: ending the remaining allocations now");
+                return;
+            }
+        }
+    }
 }
 
 async fn sweeper(shared: Arc<Shared>) {

@@ -40,7 +40,17 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
     let s = core.stats();
     let mut o = String::with_capacity(4096);
-    metric(&mut o, "allocations", "gauge", "Allocations alive now.", &[("", core.allocations() as u64)]);
+    let by_transport: Vec<(String, u64)> =
+        core.allocations_by_transport().iter().map(|(t, n)| (format!("transport=\"{t}\""), *n as u64)).collect();
+    let by_transport: Vec<(&str, u64)> = by_transport.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(&mut o, "allocations", "gauge", "Allocations alive now, by the client's transport.", &by_transport);
+    metric(
+        &mut o,
+        "draining",
+        "gauge",
+        "1 while the relay drains (SIGTERM): no new allocations, existing ones go on.",
+        &[("", core.draining() as u64)],
+    );
     metric(&mut o, "permissions", "gauge", "Permissions alive now.", &[("", core.permissions() as u64)]);
     metric(&mut o, "channels", "gauge", "Channel bindings alive now.", &[("", core.channels() as u64)]);
     metric(&mut o, "allocations_created_total", "counter", "Allocations created.", &[("", s.allocations_created)]);
