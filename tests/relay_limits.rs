@@ -349,7 +349,12 @@ fn error_code(m: &StunMessage) -> Option<u16> {
 
 impl Turn {
     fn new(server: SocketAddr) -> Turn {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        Turn::from_ip(server, [127, 0, 0, 1])
+    }
+
+    /// A client whose socket is bound to `ip` (any 127.0.0.0/8 address works on loopback).
+    fn from_ip(server: SocketAddr, ip: [u8; 4]) -> Turn {
+        let sock = std::net::UdpSocket::bind(SocketAddr::from((ip, 0))).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         let mut t = Turn { sock, server, nonce: String::new() };
         let m = t.transact(ALLOCATE, vec![RequestedTrasport::new(stun_rs::protocols::UDP).into()], false);
@@ -508,4 +513,40 @@ fn while_draining_alternate_server_gets_a_300_and_a_second_signal_stops_at_once(
     relay.signal(libc::SIGTERM);
     let out = exits_by_itself(&mut relay, Duration::from_secs(10)).expect("a second SIGTERM stops the relay");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// ---- coturn turnserver.conf fidelity ----
+
+/// Allocates once from each of `n` clients (each on its own source address, so
+/// only the per-user quota is in play); returns the error codes of the refusals.
+fn allocate_from_many(server: SocketAddr, n: u8) -> Vec<Option<u16>> {
+    (1..=n).filter_map(|i| Turn::from_ip(server, [127, 0, 3, i]).allocate().err()).map(|m| error_code(&m)).collect()
+}
+
+fn conf_file(dir: &tempfile::TempDir, extra: &str) -> String {
+    let path = dir.path().join("turnserver.conf");
+    std::fs::write(&path, format!("lt-cred-mech\nuser=alice:wonderland\nrealm=lab\n{extra}")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_coturn_conf_without_user_quota_is_warned_about_and_user_quota_0_means_unlimited() {
+    let dir = tempfile::tempdir().unwrap();
+    // coturn's meaning of a file without user-quota is "unlimited"; natkit keeps its
+    // default of 100 but says so at start, with how to keep coturn's.
+    let mut relay = Proc::start(None, &["--config", &conf_file(&dir, "")]);
+    let refused = allocate_from_many(relay.addr(), 101);
+    assert_eq!(refused, vec![Some(486)], "the 101st allocation of one user is over natkit's default quota");
+    let err = String::from_utf8_lossy(&relay.stop().stderr).to_string();
+    let line =
+        err.lines().find(|l| l.contains("user-quota")).unwrap_or_else(|| panic!("no user-quota warning:\n{err}"));
+    for needle in ["unlimited", "100", "user-quota=0"] {
+        assert!(line.contains(needle), "the warning names coturn's meaning, natkit's and the fix ({needle}):\n{line}");
+    }
+    assert_eq!(err.lines().filter(|l| l.contains("user-quota")).count(), 1, "said once:\n{err}");
+
+    let mut relay = Proc::start(None, &["--config", &conf_file(&dir, "user-quota=0\n")]);
+    assert_eq!(allocate_from_many(relay.addr(), 120), vec![], "user-quota=0 is unlimited, as in coturn");
+    let err = String::from_utf8_lossy(&relay.stop().stderr).to_string();
+    assert!(!err.contains("user-quota"), "nothing to say when the file sets it:\n{err}");
 }

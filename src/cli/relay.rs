@@ -82,9 +82,10 @@ pub struct RelayArgs {
     #[arg(long, value_name = "CIDR")]
     pub deny_peer: Vec<String>,
 
-    /// Allocations in total (lowered at start when the file-descriptor limit cannot hold them)
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub max_allocations: usize,
+    /// Allocations in total, 0 for unlimited (lowered at start when the file-descriptor limit cannot hold them)
+    /// [default: 10000, or the config file's total-quota]
+    #[arg(long, value_name = "N")]
+    pub max_allocations: Option<usize>,
 
     /// Concurrent TCP and TLS connections in total (refused at accept beyond; lowered at start when the
     /// file-descriptor limit cannot hold them)
@@ -107,9 +108,9 @@ pub struct RelayArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout: u64,
 
-    /// Allocations per username (486 beyond)
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub user_quota: u32,
+    /// Allocations per username (486 beyond), 0 for unlimited [default: 100, or the config file's user-quota]
+    #[arg(long, value_name = "N")]
+    pub user_quota: Option<u32>,
 
     /// Permissions per allocation (508 beyond)
     #[arg(long, value_name = "N", default_value_t = 128)]

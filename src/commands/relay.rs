@@ -21,7 +21,7 @@ use crate::net::conn_limit::raise_nofile_limit;
 use crate::net::relay_driver::{self, ConnLimits, DriverConfig, Stop};
 use crate::output::{self, OutputOptions, Render};
 use crate::turn::server::auth::AuthFailure;
-use crate::turn::server::coturn_conf::{self, CoturnConf};
+use crate::turn::server::coturn_conf::{self, CoturnConf, NatkitChoices};
 use crate::turn::server::peer_policy::{Cidr, PeerPolicyConfig, Refusal};
 use crate::turn::server::{Rfc5780, ServerConfig, Stats};
 
@@ -93,6 +93,13 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
             conf.unknown.join(", ")
         );
     }
+    if let Some(path) = &args.config
+        && !opts.quiet
+    {
+        for d in coturn_differences(&args, &conf) {
+            tracing::warn!("{}: {d}", path.display());
+        }
+    }
     let nofile = raise_nofile_limit();
     let mut plan = plan(&args, &conf)?;
     let fds = fit_descriptors(&mut plan, nofile);
@@ -150,6 +157,20 @@ fn stop_requests() -> anyhow::Result<tokio::sync::mpsc::Receiver<Stop>> {
     Ok(rx)
 }
 
+const DEFAULT_USER_QUOTA: u32 = 100;
+const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+
+/// Where the file is silent and natkit's default is not coturn's: one warning
+/// line each, once at start (only with --config; a flag given is a choice made).
+fn coturn_differences(args: &RelayArgs, conf: &CoturnConf) -> Vec<String> {
+    let choices = NatkitChoices {
+        user_quota: args.user_quota.is_none().then_some(DEFAULT_USER_QUOTA),
+        total_quota: args.max_allocations.is_none().then_some(DEFAULT_MAX_ALLOCATIONS),
+        private_peers_flag: args.allow_private_peers || !args.allow_peer.is_empty(),
+    };
+    conf.default_differences(choices).iter().map(|d| d.to_string()).collect()
+}
+
 /// Descriptors kept for everything but connections and relayed sockets:
 /// listeners, epoll sets, wakers, the metrics endpoint, log files.
 const RESERVED_FDS: u64 = 64;
@@ -176,7 +197,11 @@ fn fit_descriptors(plan: &mut Plan, nofile: u64) -> Descriptors {
     let allocs = (plan.core.max_allocations as u64).min(budget - conns).max(1);
     let mut lowered = Vec::new();
     if allocs < plan.core.max_allocations as u64 {
-        lowered.push(format!("--max-allocations {} to {allocs}", plan.core.max_allocations));
+        let was = match plan.core.max_allocations {
+            usize::MAX => "unlimited".to_string(),
+            n => n.to_string(),
+        };
+        lowered.push(format!("--max-allocations {was} to {allocs}"));
         plan.core.max_allocations = allocs as usize;
     }
     if conns < plan.driver.limits.max_connections as u64 {
@@ -411,7 +436,7 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
     let mut deny = parse_cidrs(&args.deny_peer, "--deny-peer")?;
     deny.extend(conf.denied_peers.iter().copied());
     let policy = PeerPolicyConfig {
-        allow_loopback: args.allow_loopback_peers,
+        allow_loopback: args.allow_loopback_peers || conf.allow_loopback_peers,
         allow_private: args.allow_private_peers,
         allow,
         deny,
@@ -426,13 +451,23 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         // leave cores to the rest of the machine (measured: scripts/bench-relay).
         .unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / 2).clamp(1, 8));
 
+    // 0 is "unlimited", in coturn's files and in natkit's flags alike.
+    let user_quota = match args.user_quota.or(conf.user_quota).unwrap_or(DEFAULT_USER_QUOTA) {
+        0 => u32::MAX,
+        n => n,
+    };
+    let max_allocations = match args.max_allocations.or(conf.total_quota.map(|n| n as usize)) {
+        Some(0) => usize::MAX,
+        Some(n) => n,
+        None => DEFAULT_MAX_ALLOCATIONS,
+    };
     let core = ServerConfig {
         realm: args.realm.clone().or_else(|| conf.realm.clone()).unwrap_or_else(|| "natkit".into()),
         users,
         secret,
         policy,
-        max_allocations: args.max_allocations,
-        user_quota: args.user_quota,
+        max_allocations,
+        user_quota,
         max_permissions: args.max_permissions,
         max_lifetime: Duration::from_secs(args.max_lifetime),
         nonce_lifetime: Duration::from_secs(args.nonce_lifetime),
