@@ -550,3 +550,63 @@ fn a_coturn_conf_without_user_quota_is_warned_about_and_user_quota_0_means_unlim
     let err = String::from_utf8_lossy(&relay.stop().stderr).to_string();
     assert!(!err.contains("user-quota"), "nothing to say when the file sets it:\n{err}");
 }
+
+// ---- a port held by another process (#17 item 8) ----
+
+/// Runs `natkit relay ARGS` expecting it to exit at start (bounded: killed after 10 s);
+/// returns its exit code (None when it had to be killed) and stderr.
+fn relay_exits_at_start(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .arg("relay")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting natkit relay");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = matches!(child.try_wait(), Ok(None));
+    if killed {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("relay output");
+    let code = if killed { None } else { out.status.code() };
+    (code, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn a_udp_port_held_by_coturn_is_an_error_that_names_the_port_and_the_holder() {
+    let coturn = common::coturn::Coturn::start(common::coturn::CoturnConfig::default());
+    let listen = format!("127.0.0.1:{}", coturn.port);
+    let (code, err) = relay_exits_at_start(&["--listen", &listen, "--user", "alice:wonderland"]);
+    assert_eq!(code, Some(2), "natkit relay must not share coturn's port:\n{err}");
+    assert!(err.contains(&listen) && err.contains("UDP"), "the error names the transport and port:\n{err}");
+    assert!(err.contains("turnserver"), "the error names the process that holds the port:\n{err}");
+    assert!(!err.contains("listening on"), "nothing is announced before every bind succeeded:\n{err}");
+}
+
+#[test]
+fn a_reuseport_udp_socket_of_another_process_is_not_shared_and_a_busy_metrics_port_fails_before_listening() {
+    // Another process's socket with SO_REUSEPORT: the kernel would let natkit's
+    // SO_REUSEPORT sockets join it and split the traffic between the two.
+    let port = free_port();
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    held.set_reuse_port(true).unwrap();
+    held.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let (code, err) = relay_exits_at_start(&["--listen", &listen]);
+    assert_eq!(code, Some(2), "natkit relay must not share a port:\n{err}");
+    assert!(err.contains(&listen), "{err}");
+    assert!(err.contains(&format!("pid {}", std::process::id())), "the holder (this test) is named:\n{err}");
+    drop(held);
+
+    // Every UDP and TCP bind succeeds, the metrics port does not: still no "listening on".
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let maddr = metrics_port.local_addr().unwrap().to_string();
+    let (code, err) = relay_exits_at_start(&["--listen", &format!("127.0.0.1:{}", free_port()), "--metrics", &maddr]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&maddr), "{err}");
+    assert!(!err.contains("listening on"), "nothing is announced before every bind succeeded:\n{err}");
+}

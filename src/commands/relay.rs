@@ -111,6 +111,10 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
     if plan.core.users.is_empty() && plan.core.secret.is_none() && !opts.quiet {
         tracing::warn!("no --user and no --secret: STUN is answered, every TURN allocation is refused (401)");
     }
+    // Handlers before the first socket: a signal that comes as soon as the port answers is not lost.
+    let stop = stop_requests()?;
+    // Every bind first: a busy port is an error, and "listening on" is only said when true.
+    let bound = relay_driver::bind(&plan.driver).await.map_err(|e| UsageError::new(e.to_string()))?;
     if !opts.quiet {
         eprintln!(
             "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}",
@@ -121,10 +125,10 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
             fds.limit
         );
     }
-    let stop = stop_requests()?;
     let started = Instant::now();
-    let (stats, tcp_connections) =
-        relay_driver::run(plan.core, plan.driver.clone(), stop).await.map_err(|e| UsageError::new(e.to_string()))?;
+    let (stats, tcp_connections) = relay_driver::run(plan.core, plan.driver.clone(), bound, stop)
+        .await
+        .map_err(|e| UsageError::new(e.to_string()))?;
     let report = report(&plan.listening, &plan.driver.relay_ips, &stats, tcp_connections, started.elapsed());
     tracing::info!(
         allocations = report.allocations_created,

@@ -123,10 +123,94 @@ impl ConnClose {
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {transport} {addr}: {source} (is another server using it? try another --listen)")]
-    Listen { transport: &'static str, addr: SocketAddr, source: io::Error },
-    #[error("cannot serve metrics on {addr}: {source}")]
-    Metrics { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {transport} {addr}: {source}{holder} (is another server using it? try another --listen)")]
+    Listen { transport: &'static str, addr: SocketAddr, source: io::Error, holder: String },
+    #[error(
+        "cannot listen on UDP {addr}: another process already has this port{holder}; natkit does not share a \
+         listening port (the kernel would split the clients between both servers): stop it or choose another --listen"
+    )]
+    PortHeld { addr: SocketAddr, holder: String },
+    #[error("cannot serve metrics on {addr}: {source}{holder} (try another --metrics)")]
+    Metrics { addr: SocketAddr, source: io::Error, holder: String },
+}
+
+impl StartError {
+    fn listen(transport: Transport, addr: SocketAddr, source: io::Error) -> StartError {
+        let holder = in_use_by(transport, addr, &source);
+        StartError::Listen { transport: transport.name(), addr, source, holder }
+    }
+}
+
+/// " (held by NAME, pid N)" for an address-in-use error, else "".
+fn in_use_by(transport: Transport, addr: SocketAddr, e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        crate::net::port_holder::describe(transport, addr)
+    } else {
+        String::new()
+    }
+}
+
+/// Every socket the relay listens on, bound before anything is announced or
+/// served, so a busy port is an error and "listening on" is never a lie.
+pub struct Bound {
+    udp: Vec<(SocketAddr, Vec<Arc<UdpSocket>>)>,
+    tcp: Vec<(SocketAddr, TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+    metrics: Option<TcpListener>,
+}
+
+/// Binds every listener of `cfg`: per UDP address one SO_REUSEPORT socket per
+/// worker, after checking that no other process holds the port (SO_REUSEPORT
+/// would otherwise let our sockets join another server's and the kernel
+/// would split the clients between the two).
+pub async fn bind(cfg: &DriverConfig) -> Result<Bound, StartError> {
+    let workers = cfg.workers.max(1);
+    let mut udp = Vec::new();
+    for &addr in cfg.listen.iter().chain(&cfg.listen_udp_only) {
+        check_port_free(addr)?;
+        let mut socks = Vec::new();
+        for _ in 0..workers {
+            socks.push(Arc::new(bind_udp(addr).map_err(|e| StartError::listen(Transport::Udp, addr, e))?));
+        }
+        udp.push((addr, socks));
+    }
+    let mut tcp = Vec::new();
+    for &addr in &cfg.listen {
+        tcp.push((addr, bind_tcp(addr).map_err(|e| StartError::listen(Transport::Tcp, addr, e))?, None));
+    }
+    if let Some(tls) = &cfg.tls {
+        for &addr in &cfg.tls_listen {
+            let l = bind_tcp(addr).map_err(|e| StartError::listen(Transport::Tls, addr, e))?;
+            tcp.push((addr, l, Some(tokio_rustls::TlsAcceptor::from(tls.clone()))));
+        }
+    }
+    let metrics = match cfg.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
+            let holder = in_use_by(Transport::Tcp, addr, &source);
+            StartError::Metrics { addr, source, holder }
+        })?),
+        None => None,
+    };
+    Ok(Bound { udp, tcp, metrics })
+}
+
+/// Fails when another socket already has `addr`'s UDP port: a socket
+/// without SO_REUSEPORT and SO_REUSEADDR binds only to a port nobody holds.
+/// It is closed again at once; the window until our SO_REUSEPORT sockets are
+/// bound is a few system calls long.
+fn check_port_free(addr: SocketAddr) -> Result<(), StartError> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let probe = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(|e| StartError::listen(Transport::Udp, addr, e))?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true).map_err(|e| StartError::listen(Transport::Udp, addr, e))?;
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(StartError::PortHeld { addr, holder: crate::net::port_holder::describe(Transport::Udp, addr) })
+        }
+        Err(e) => Err(StartError::listen(Transport::Udp, addr, e)),
+    }
 }
 
 /// What the driver counts besides the core.
@@ -284,40 +368,15 @@ impl Shared {
 pub async fn run(
     core_cfg: ServerConfig,
     cfg: DriverConfig,
+    bound: Bound,
     mut requests: mpsc::Receiver<Stop>,
 ) -> Result<(Stats, u64), StartError> {
     let registry = Arc::new(Registry::default());
     let ports = Ports { registry: registry.clone(), ips: cfg.relay_ips.clone(), range: cfg.ports, next_id: 0 };
     let core = Server::new(core_cfg, Box::new(ports), Instant::now(), SystemTime::now());
 
-    // Bind everything first, so a busy port is an error before anything runs.
+    let Bound { udp: udp_sockets, tcp, metrics } = bound;
     let workers = cfg.workers.max(1);
-    let mut udp_sockets: Vec<(SocketAddr, Vec<Arc<UdpSocket>>)> = Vec::new();
-    for &addr in cfg.listen.iter().chain(&cfg.listen_udp_only) {
-        let mut socks = Vec::new();
-        for _ in 0..workers {
-            socks.push(Arc::new(bind_udp(addr).map_err(|source| StartError::Listen {
-                transport: "UDP",
-                addr,
-                source,
-            })?));
-        }
-        udp_sockets.push((addr, socks));
-    }
-    let mut tcp = Vec::new();
-    for &addr in &cfg.listen {
-        tcp.push((addr, bind_tcp(addr).map_err(|source| StartError::Listen { transport: "TCP", addr, source })?, None));
-    }
-    if let Some(tls) = &cfg.tls {
-        for &addr in &cfg.tls_listen {
-            let l = bind_tcp(addr).map_err(|source| StartError::Listen { transport: "TLS", addr, source })?;
-            tcp.push((addr, l, Some(tokio_rustls::TlsAcceptor::from(tls.clone()))));
-        }
-    }
-    let metrics = match cfg.metrics {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Metrics { addr, source })?),
-        None => None,
-    };
 
     let udp: HashMap<SocketAddr, Arc<UdpSocket>> =
         udp_sockets.iter().map(|(a, socks)| (*a, socks[0].clone())).collect();
@@ -341,10 +400,8 @@ pub async fn run(
     }
     let first = cfg.listen.first().or(cfg.listen_udp_only.first()).copied();
     let stop = Arc::new(AtomicBool::new(false));
-    let (threads, wakers) = start_workers(&shared, per_worker, &stop).map_err(|source| StartError::Listen {
-        transport: "UDP",
-        addr: first.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-        source,
+    let (threads, wakers) = start_workers(&shared, per_worker, &stop).map_err(|source| {
+        StartError::listen(Transport::Udp, first.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))), source)
     })?;
     let mut tasks = JoinSet::new();
     for (addr, listener, tls) in tcp {
