@@ -10,7 +10,18 @@
 //! runs the core on each batch under one short lock, and at the end of the
 //! round sends everything the round produced with one sendmmsg per socket:
 //! the answers to many relayed sockets' peers leave the listener together.
-//! The core is never held across a system call.
+//! The core is never held across a system call that can wait.
+//!
+//! One exception, on purpose: an Allocate opens its relayed socket
+//! ([`RelayPorts::open`]) inside the core, under its lock, because the answer
+//! must carry the socket's address (XOR-RELAYED-ADDRESS). Making the bind an
+//! effect the driver carries out would need a parked request in the core (a
+//! pending allocation, a second entry point for "opened" or "failed", and
+//! rules for a retransmission or a closed TCP client in between) to save
+//! four non-blocking system calls (socket, bind, fcntl, epoll_ctl) that
+//! never wait on the network. [`Ports`] keeps that cost bounded: it skips the
+//! ports it holds without asking the kernel, and gives up with 508 after
+//! [`MAX_BIND_FAILURES`] ports held by other processes.
 //! TCP and TLS connections read frames (STUN or padded ChannelData, RFC 8656
 //! §12.5) and write through a per-connection queue. Each one holds a slot of
 //! [`ConnLimiter`] (total and per source IP) taken at accept, and is closed
@@ -20,7 +31,7 @@
 //! bounded time, and never the UDP service.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -241,29 +252,63 @@ struct Registry {
     next_worker: AtomicUsize,
 }
 
+/// The relayed sockets' side of [`RelayPorts`]. Its `open` runs inside the
+/// core, under the core's lock (see the module doc for why that exception to
+/// "never hold the core across a system call" stands): so it knows which
+/// ports it holds itself and never spends a system call on one of them, and
+/// it gives up after [`MAX_BIND_FAILURES`] ports that other processes hold.
 struct Ports {
     registry: Arc<Registry>,
     ips: Vec<IpAddr>,
     range: (u16, u16),
     next_id: u64,
+    /// Relayed addresses open now, by relay and as a set for the port walk.
+    bound: HashMap<RelayId, SocketAddr>,
+    taken: HashSet<SocketAddr>,
 }
 
+/// Binds that may fail (ports of other processes) before an Allocate gets
+/// 508: bounds the time the core's lock is held to a few hundred system calls
+/// of a microsecond or so, however full the range is.
+const MAX_BIND_FAILURES: u32 = 256;
+
 impl Ports {
-    fn bind_in_range(&self, ip: IpAddr) -> Result<std::net::UdpSocket, RelayOpenError> {
+    fn new(registry: Arc<Registry>, ips: Vec<IpAddr>, range: (u16, u16)) -> Ports {
+        Ports { registry, ips, range, next_id: 0, bound: HashMap::new(), taken: HashSet::new() }
+    }
+
+    /// One socket, bound to a random free port of the range: a walk from a
+    /// random start that skips the ports this relay holds without asking the
+    /// kernel. Four system calls when the first port tried is free.
+    fn bind_in_range(&self, ip: IpAddr) -> Result<(std::net::UdpSocket, SocketAddr), RelayOpenError> {
         let (lo, hi) = self.range;
         let span = (hi - lo) as u32 + 1;
         let start = rand::random::<u32>() % span;
+        let domain = if ip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+            .map_err(|e| RelayOpenError::Io(e.to_string()))?;
+        if ip.is_ipv6() {
+            let _ = s.set_only_v6(true);
+        }
+        let mut failures = 0;
         for i in 0..span {
-            let port = lo + ((start + i) % span) as u16;
-            let domain = if ip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-            let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-                .map_err(|e| RelayOpenError::Io(e.to_string()))?;
-            if ip.is_ipv6() {
-                let _ = s.set_only_v6(true);
+            let addr = SocketAddr::new(ip, lo + ((start + i) % span) as u16);
+            if self.taken.contains(&addr) {
+                continue;
             }
-            if s.bind(&SocketAddr::new(ip, port).into()).is_ok() {
-                s.set_nonblocking(true).map_err(|e| RelayOpenError::Io(e.to_string()))?;
-                return Ok(s.into());
+            match s.bind(&addr.into()) {
+                Ok(()) => {
+                    s.set_nonblocking(true).map_err(|e| RelayOpenError::Io(e.to_string()))?;
+                    return Ok((s.into(), addr));
+                }
+                // Held by another process; a failed bind leaves the socket unbound, reusable.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    failures += 1;
+                    if failures >= MAX_BIND_FAILURES {
+                        break;
+                    }
+                }
+                Err(e) => return Err(RelayOpenError::Io(format!("cannot bind a relayed socket on {addr}: {e}"))),
             }
         }
         Err(RelayOpenError::NoPorts)
@@ -278,10 +323,12 @@ impl RelayPorts for Ports {
             .copied()
             .find(|ip| (family == Family::V4) == ip.is_ipv4())
             .ok_or(RelayOpenError::FamilyNotServed)?;
-        let sock = Arc::new(self.bind_in_range(ip)?);
-        let addr = sock.local_addr().map_err(|e| RelayOpenError::Io(e.to_string()))?;
+        let (sock, addr) = self.bind_in_range(ip)?;
+        let sock = Arc::new(sock);
         self.next_id += 1;
         let id = RelayId(self.next_id);
+        self.bound.insert(id, addr);
+        self.taken.insert(addr);
         if let Ok(mut m) = self.registry.sockets.write() {
             m.insert(id, sock.clone());
         }
@@ -302,6 +349,9 @@ impl RelayPorts for Ports {
     }
 
     fn close(&mut self, relay: RelayId) {
+        if let Some(addr) = self.bound.remove(&relay) {
+            self.taken.remove(&addr);
+        }
         // Closing the socket (when the last Arc goes) also takes it out of its worker's epoll set.
         let _ = self.registry.sockets.write().ok().and_then(|mut m| m.remove(&relay));
     }
@@ -372,7 +422,7 @@ pub async fn run(
     mut requests: mpsc::Receiver<Stop>,
 ) -> Result<(Stats, u64), StartError> {
     let registry = Arc::new(Registry::default());
-    let ports = Ports { registry: registry.clone(), ips: cfg.relay_ips.clone(), range: cfg.ports, next_id: 0 };
+    let ports = Ports::new(registry.clone(), cfg.relay_ips.clone(), cfg.ports);
     let core = Server::new(core_cfg, Box::new(ports), Instant::now(), SystemTime::now());
 
     let Bound { udp: udp_sockets, tcp, metrics } = bound;
@@ -982,6 +1032,34 @@ mod tests {
 
     fn peer(relay: u64, addr: &str) -> Target {
         Target::Peer { relay: RelayId(relay), peer: addr.parse().unwrap() }
+    }
+
+    /// Two consecutive loopback ports nobody holds, for a relay range of two.
+    fn two_free_ports() -> u16 {
+        loop {
+            let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let p = a.local_addr().unwrap().port();
+            drop(a);
+            if p < 65535
+                && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+            {
+                return p;
+            }
+        }
+    }
+
+    #[test]
+    fn relayed_ports_are_not_reused_while_open_and_a_full_range_is_no_ports() {
+        let lo = two_free_ports();
+        let mut ports = Ports::new(Arc::new(Registry::default()), vec!["127.0.0.1".parse().unwrap()], (lo, lo + 1));
+        let (a, addr_a) = ports.open(Family::V4).unwrap();
+        let (_, addr_b) = ports.open(Family::V4).unwrap();
+        assert_ne!(addr_a, addr_b);
+        assert_eq!(ports.open(Family::V4), Err(RelayOpenError::NoPorts), "both ports are ours: no system call, 508");
+        assert_eq!(ports.open(Family::V6), Err(RelayOpenError::FamilyNotServed));
+        ports.close(a);
+        assert_eq!(ports.open(Family::V4).unwrap().1, addr_a, "a closed port is free again");
     }
 
     #[test]
