@@ -419,7 +419,7 @@ impl Turn {
             let b = StunMessageBuilder::new(SEND, MessageClass::Indication)
                 .with_transaction_id(TransactionId::from(id))
                 .with_attribute(XorPeerAddress::from(peer))
-                .with_attribute(Data::new(data.to_vec()));
+                .with_attribute(Data::new(data));
             (encode(&b.build()), id)
         };
         let mut buf = [0u8; 2048];
