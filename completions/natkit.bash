@@ -419,7 +419,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__relay)
-            opts="-v -q -h -V --listen --tls-listen --cert --key --alt-ip --alt-port --realm --user --secret --relay-ip --external-ip --ports --allow-loopback-peers --allow-private-peers --allow-peer --deny-peer --max-allocations --user-quota --max-permissions --max-lifetime --nonce-lifetime --metrics --config --workers --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --tls-listen --cert --key --alt-ip --alt-port --realm --user --secret --relay-ip --external-ip --ports --allow-loopback-peers --allow-private-peers --allow-peer --deny-peer --max-allocations --max-connections --max-connections-per-ip --first-message-timeout --tls-handshake-timeout --idle-timeout --user-quota --max-permissions --max-lifetime --nonce-lifetime --drain-timeout --alternate-server --metrics --config --workers --json --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -485,6 +485,26 @@ _natkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-connections-per-ip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --first-message-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --tls-handshake-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --user-quota)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -498,6 +518,14 @@ _natkit() {
                     return 0
                     ;;
                 --nonce-lifetime)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --alternate-server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -79,11 +79,18 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l external-ip -d '
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l ports -d 'Port range for relayed sockets [default: 49152-65535]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-peer -d 'Allow peers in this range whatever else applies, except --deny-peer (repeatable)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l deny-peer -d 'Refuse peers in this range (repeatable); wins over everything' -r
-complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-allocations -d 'Allocations in total' -r
-complete -c natkit -n "__fish_natkit_using_subcommand relay" -l user-quota -d 'Allocations per username (486 beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-allocations -d 'Allocations in total, 0 for unlimited (lowered at start when the file-descriptor limit cannot hold them) [default: 10000, or the config file\'s total-quota]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-connections -d 'Concurrent TCP and TLS connections in total (refused at accept beyond; lowered at start when the file-descriptor limit cannot hold them)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-connections-per-ip -d 'Concurrent TCP and TLS connections per source IP (refused at accept beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l first-message-timeout -d 'Seconds a TCP or TLS connection has to deliver its first complete STUN message (after the TLS handshake)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l tls-handshake-timeout -d 'Seconds a TLS client has to finish its handshake' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l idle-timeout -d 'Seconds a TCP or TLS connection that holds no allocation may stay silent before it is closed' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l user-quota -d 'Allocations per username (486 beyond), 0 for unlimited [default: 100, or the config file\'s user-quota]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-permissions -d 'Permissions per allocation (508 beyond)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-lifetime -d 'Longest allocation lifetime granted, in seconds' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l nonce-lifetime -d 'Seconds a nonce stays valid before 438 Stale Nonce' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l drain-timeout -d 'On SIGTERM, the longest drain (no new allocations, existing ones go on) before the rest are ended' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l alternate-server -d 'While draining, answer new Allocates with 300 Try Alternate naming this server instead of 508' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l config -d 'Read options from a coturn turnserver.conf (flags given here win)' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l workers -d 'Worker threads, each with its own SO_REUSEPORT socket per UDP listen address [default: half the CPU count, 1 to 8]' -r

@@ -438,7 +438,7 @@ fn metrics_are_served_as_prometheus_text() {
     s.read_to_string(&mut text).unwrap();
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     for needle in [
-        "natkit_relay_allocations 1",
+        "natkit_relay_allocations{transport=\"udp\"} 1",
         "natkit_relay_allocations_created_total 1",
         "natkit_relay_peer_refusals_total{reason=\"loopback\"} 1",
         "natkit_relay_auth_failures_total{reason=\"bad_integrity\"} 0",
@@ -449,7 +449,7 @@ fn metrics_are_served_as_prometheus_text() {
 }
 
 #[test]
-fn sigterm_stops_the_relay_with_a_summary_and_exit_0() {
+fn sigint_stops_the_relay_with_a_summary_and_exit_0() {
     let mut relay = relay_with(&["--json"]);
     assert_eq!(allocate(&Client::new(&relay), "alice", "wonderland").class(), MessageClass::SuccessResponse);
     let out = relay.stop();

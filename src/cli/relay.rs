@@ -13,7 +13,9 @@ an RFC 5780 NAT behaviour discovery responder, in one process.\n\n\
 Safe by default: peers on loopback, private, link-local, multicast, broadcast, reserved and unspecified \
 addresses, and the relay's own listening ports, are refused with 403 (IPv6 forms of IPv4 addresses are \
 unwrapped first). Two allocations on the same relay always reach each other, inside the process.\n\n\
-Runs until SIGINT or SIGTERM, then prints a summary (a table, or JSON with --json) and exits 0."
+SIGTERM drains: new allocations are refused (508, or 300 with --alternate-server) while the existing ones \
+relay and refresh until they end or --drain-timeout passes. SIGINT, or a second signal during a drain, stops at \
+once. Either way the relay then prints a summary (a table, or JSON with --json) and exits 0."
 )]
 pub struct RelayArgs {
     /// UDP and TCP listen address (repeatable) [default: 0.0.0.0:3478 and [::]:3478]
@@ -80,13 +82,35 @@ pub struct RelayArgs {
     #[arg(long, value_name = "CIDR")]
     pub deny_peer: Vec<String>,
 
-    /// Allocations in total
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub max_allocations: usize,
+    /// Allocations in total, 0 for unlimited (lowered at start when the file-descriptor limit cannot hold them)
+    /// [default: 10000, or the config file's total-quota]
+    #[arg(long, value_name = "N")]
+    pub max_allocations: Option<usize>,
 
-    /// Allocations per username (486 beyond)
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub user_quota: u32,
+    /// Concurrent TCP and TLS connections in total (refused at accept beyond; lowered at start when the
+    /// file-descriptor limit cannot hold them)
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Concurrent TCP and TLS connections per source IP (refused at accept beyond)
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_ip: u32,
+
+    /// Seconds a TCP or TLS connection has to deliver its first complete STUN message (after the TLS handshake)
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub first_message_timeout: u64,
+
+    /// Seconds a TLS client has to finish its handshake
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tls_handshake_timeout: u64,
+
+    /// Seconds a TCP or TLS connection that holds no allocation may stay silent before it is closed
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_timeout: u64,
+
+    /// Allocations per username (486 beyond), 0 for unlimited [default: 100, or the config file's user-quota]
+    #[arg(long, value_name = "N")]
+    pub user_quota: Option<u32>,
 
     /// Permissions per allocation (508 beyond)
     #[arg(long, value_name = "N", default_value_t = 128)]
@@ -99,6 +123,14 @@ pub struct RelayArgs {
     /// Seconds a nonce stays valid before 438 Stale Nonce
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub nonce_lifetime: u64,
+
+    /// On SIGTERM, the longest drain (no new allocations, existing ones go on) before the rest are ended
+    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub drain_timeout: u64,
+
+    /// While draining, answer new Allocates with 300 Try Alternate naming this server instead of 508
+    #[arg(long, value_name = "ADDR")]
+    pub alternate_server: Option<String>,
 
     /// Serve Prometheus metrics over HTTP on this address
     #[arg(long, value_name = "ADDR")]

@@ -1,8 +1,8 @@
 //! `natkit relay`: a STUN/TURN server with an RFC 5780 responder.
 //!
 //! Turns flags and an optional coturn turnserver.conf into the core's
-//! [`ServerConfig`] and the driver's [`DriverConfig`], runs until SIGINT or
-//! SIGTERM, and reports what the relay did.
+//! [`ServerConfig`] and the driver's [`DriverConfig`], runs until SIGINT
+//! (stop now) or SIGTERM (drain first), and reports what the relay did.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -17,10 +17,11 @@ use serde::Serialize;
 
 use crate::cli::RelayArgs;
 use crate::error::{Status, UsageError, usage};
-use crate::net::relay_driver::{self, DriverConfig};
+use crate::net::conn_limit::raise_nofile_limit;
+use crate::net::relay_driver::{self, ConnLimits, DriverConfig, Stop};
 use crate::output::{self, OutputOptions, Render};
 use crate::turn::server::auth::AuthFailure;
-use crate::turn::server::coturn_conf::{self, CoturnConf};
+use crate::turn::server::coturn_conf::{self, CoturnConf, NatkitChoices};
 use crate::turn::server::peer_policy::{Cidr, PeerPolicyConfig, Refusal};
 use crate::turn::server::{Rfc5780, ServerConfig, Stats};
 
@@ -92,21 +93,40 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
             conf.unknown.join(", ")
         );
     }
-    let plan = plan(&args, &conf)?;
+    if let Some(path) = &args.config
+        && !opts.quiet
+    {
+        for d in coturn_differences(&args, &conf) {
+            tracing::warn!("{}: {d}", path.display());
+        }
+    }
+    let nofile = raise_nofile_limit();
+    let mut plan = plan(&args, &conf)?;
+    let fds = fit_descriptors(&mut plan, nofile);
+    if let Some(w) = &fds.warning
+        && !opts.quiet
+    {
+        tracing::warn!("{w}");
+    }
     if plan.core.users.is_empty() && plan.core.secret.is_none() && !opts.quiet {
         tracing::warn!("no --user and no --secret: STUN is answered, every TURN allocation is refused (401)");
     }
+    // Handlers before the first socket: a signal that comes as soon as the port answers is not lost.
+    let stop = stop_requests()?;
+    // Every bind first: a busy port is an error, and "listening on" is only said when true.
+    let bound = relay_driver::bind(&plan.driver).await.map_err(|e| UsageError::new(e.to_string()))?;
     if !opts.quiet {
         eprintln!(
-            "natkit relay: listening on {}; relaying from {} ports {}-{}",
+            "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}",
             plan.listening.join(", "),
             plan.driver.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
             plan.driver.ports.0,
-            plan.driver.ports.1
+            plan.driver.ports.1,
+            fds.limit
         );
     }
     let started = Instant::now();
-    let (stats, tcp_connections) = relay_driver::run(plan.core, plan.driver.clone(), shutdown_signal())
+    let (stats, tcp_connections) = relay_driver::run(plan.core, plan.driver.clone(), bound, stop)
         .await
         .map_err(|e| UsageError::new(e.to_string()))?;
     let report = report(&plan.listening, &plan.driver.relay_ips, &stats, tcp_connections, started.elapsed());
@@ -119,19 +139,87 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
     Ok(Status::Ok)
 }
 
-async fn shutdown_signal() {
+/// Signals as stop requests: SIGTERM (what systemd, Kubernetes and most
+/// orchestrators send when scaling in) drains; SIGINT (Ctrl-C at a terminal)
+/// stops now; a second signal during a drain stops now (the driver's rule).
+fn stop_requests() -> anyhow::Result<tokio::sync::mpsc::Receiver<Stop>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let stop = tokio::select! {
+                _ = term.recv() => Stop::Drain,
+                _ = int.recv() => Stop::Now,
+            };
+            if tx.send(stop).await.is_err() {
+                return;
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    });
+    Ok(rx)
+}
+
+const DEFAULT_USER_QUOTA: u32 = 100;
+const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+
+/// Where the file is silent and natkit's default is not coturn's: one warning
+/// line each, once at start (only with --config; a flag given is a choice made).
+fn coturn_differences(args: &RelayArgs, conf: &CoturnConf) -> Vec<String> {
+    let choices = NatkitChoices {
+        user_quota: args.user_quota.is_none().then_some(DEFAULT_USER_QUOTA),
+        total_quota: args.max_allocations.is_none().then_some(DEFAULT_MAX_ALLOCATIONS),
+        private_peers_flag: args.allow_private_peers || !args.allow_peer.is_empty(),
+    };
+    conf.default_differences(choices).iter().map(|d| d.to_string()).collect()
+}
+
+/// Descriptors kept for everything but connections and relayed sockets:
+/// listeners, epoll sets, wakers, the metrics endpoint, log files.
+const RESERVED_FDS: u64 = 64;
+
+/// The descriptor limit in force and, when it is too low for the configured
+/// caps, the warning that says what it lowered.
+struct Descriptors {
+    limit: u64,
+    warning: Option<String>,
+}
+
+/// Lowers the connection and allocation caps to what `nofile` descriptors can
+/// hold, so running out of descriptors is a refused connection or a 508,
+/// never a stuck accept loop or a UDP client refused because of a TCP flood.
+/// Every connection and every relayed socket takes one descriptor; beyond the
+/// listeners' share, half the rest may go to connections and the other half
+/// (at least) to allocations.
+fn fit_descriptors(plan: &mut Plan, nofile: u64) -> Descriptors {
+    let listeners = (plan.driver.listen.len() + plan.driver.listen_udp_only.len()) * plan.driver.workers
+        + plan.driver.listen.len()
+        + plan.driver.tls_listen.len();
+    let budget = nofile.saturating_sub(RESERVED_FDS + listeners as u64).max(2);
+    let conns = (plan.driver.limits.max_connections as u64).min(budget / 2).max(1);
+    let allocs = (plan.core.max_allocations as u64).min(budget - conns).max(1);
+    let mut lowered = Vec::new();
+    if allocs < plan.core.max_allocations as u64 {
+        let was = match plan.core.max_allocations {
+            usize::MAX => "unlimited".to_string(),
+            n => n.to_string(),
+        };
+        lowered.push(format!("--max-allocations {was} to {allocs}"));
+        plan.core.max_allocations = allocs as usize;
     }
+    if conns < plan.driver.limits.max_connections as u64 {
+        lowered.push(format!("--max-connections {} to {conns}", plan.driver.limits.max_connections));
+        plan.driver.limits.max_connections = conns as usize;
+    }
+    let warning = (!lowered.is_empty()).then(|| {
+        format!(
+            "the file-descriptor limit ({nofile}, the hard limit could not be raised further) caps {}: raise it \
+             (systemd LimitNOFILE=65536, or `ulimit -Hn` before starting) to serve more",
+            lowered.join(" and ")
+        )
+    });
+    Descriptors { limit: nofile, warning }
 }
 
 fn report(listening: &[String], relay_ips: &[IpAddr], s: &Stats, tcp: u64, up: Duration) -> RelayReport {
@@ -352,7 +440,7 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
     let mut deny = parse_cidrs(&args.deny_peer, "--deny-peer")?;
     deny.extend(conf.denied_peers.iter().copied());
     let policy = PeerPolicyConfig {
-        allow_loopback: args.allow_loopback_peers,
+        allow_loopback: args.allow_loopback_peers || conf.allow_loopback_peers,
         allow_private: args.allow_private_peers,
         allow,
         deny,
@@ -367,18 +455,33 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         // leave cores to the rest of the machine (measured: scripts/bench-relay).
         .unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / 2).clamp(1, 8));
 
+    // 0 is "unlimited", in coturn's files and in natkit's flags alike.
+    let user_quota = match args.user_quota.or(conf.user_quota).unwrap_or(DEFAULT_USER_QUOTA) {
+        0 => u32::MAX,
+        n => n,
+    };
+    let max_allocations = match args.max_allocations.or(conf.total_quota.map(|n| n as usize)) {
+        Some(0) => usize::MAX,
+        Some(n) => n,
+        None => DEFAULT_MAX_ALLOCATIONS,
+    };
     let core = ServerConfig {
         realm: args.realm.clone().or_else(|| conf.realm.clone()).unwrap_or_else(|| "natkit".into()),
         users,
         secret,
         policy,
-        max_allocations: args.max_allocations,
-        user_quota: args.user_quota,
+        max_allocations,
+        user_quota,
         max_permissions: args.max_permissions,
         max_lifetime: Duration::from_secs(args.max_lifetime),
         nonce_lifetime: Duration::from_secs(args.nonce_lifetime),
         rfc5780,
         external_ip: args.external_ip.or(conf.external_ip),
+        alternate_server: args
+            .alternate_server
+            .as_deref()
+            .map(|a| parse_addr(a, 3478, "--alternate-server"))
+            .transpose()?,
         ..ServerConfig::default()
     };
     let mut listening: Vec<String> = Vec::new();
@@ -391,6 +494,24 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
     for a in &tls_listen {
         listening.push(format!("tls {a}"));
     }
-    let driver = DriverConfig { listen, listen_udp_only, tls_listen, tls, relay_ips, ports, workers, metrics };
+    let limits = ConnLimits {
+        max_connections: args.max_connections as usize,
+        max_per_ip: args.max_connections_per_ip as usize,
+        tls_handshake: Duration::from_secs(args.tls_handshake_timeout),
+        first_message: Duration::from_secs(args.first_message_timeout),
+        idle: Duration::from_secs(args.idle_timeout),
+    };
+    let driver = DriverConfig {
+        listen,
+        listen_udp_only,
+        tls_listen,
+        tls,
+        relay_ips,
+        ports,
+        workers,
+        metrics,
+        limits,
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    };
     Ok(Plan { core, driver, listening })
 }

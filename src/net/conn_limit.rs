@@ -22,6 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and returns the soft limit
 /// now in force (unchanged when raising fails, e.g. in a restricted sandbox).
+// rlim_t is u64 here but u32 on 32-bit targets: the cast is needed there.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.

@@ -10,27 +10,43 @@
 //! runs the core on each batch under one short lock, and at the end of the
 //! round sends everything the round produced with one sendmmsg per socket:
 //! the answers to many relayed sockets' peers leave the listener together.
-//! The core is never held across a system call.
+//! The core is never held across a system call that can wait.
+//!
+//! One exception, on purpose: an Allocate opens its relayed socket
+//! ([`RelayPorts::open`]) inside the core, under its lock, because the answer
+//! must carry the socket's address (XOR-RELAYED-ADDRESS). Making the bind an
+//! effect the driver carries out would need a parked request in the core (a
+//! pending allocation, a second entry point for "opened" or "failed", and
+//! rules for a retransmission or a closed TCP client in between) to save
+//! four non-blocking system calls (socket, bind, fcntl, epoll_ctl) that
+//! never wait on the network. [`Ports`] keeps that cost bounded: it skips the
+//! ports it holds without asking the kernel, and gives up with 508 after
+//! [`MAX_BIND_FAILURES`] ports held by other processes.
 //! TCP and TLS connections read frames (STUN or padded ChannelData, RFC 8656
-//! §12.5) and write through a per-connection queue.
+//! §12.5) and write through a per-connection queue. Each one holds a slot of
+//! [`ConnLimiter`] (total and per source IP) taken at accept, and is closed
+//! when its TLS handshake, its first complete message or, without an
+//! allocation, its next message does not come in time ([`ConnLimits`]): a
+//! flood of idle connections costs a bounded number of descriptors for a
+//! bounded time, and never the UDP service.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::net::conn_limit::{ConnLimiter, ConnPermit, ConnRefusal, accept_with_backoff};
 use crate::net::mmsg::{BATCH, RecvBatch, send_many};
-
-use crate::net::stream::read_frame;
+use crate::net::stream::take_frame;
 use crate::net::transport::Transport;
 use crate::turn::server::metrics::DriverSnapshot;
 use crate::turn::server::wire::{PEER_HEADROOM, PEER_TAILROOM};
@@ -52,15 +68,160 @@ pub struct DriverConfig {
     pub ports: (u16, u16),
     pub workers: usize,
     pub metrics: Option<SocketAddr>,
+    pub limits: ConnLimits,
+    /// Longest drain after [`Stop::Drain`] before the remaining allocations are ended.
+    pub drain_timeout: Duration,
+}
+
+/// What the operator asked for (the command maps signals to these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Take the relay out gently: no new allocations, the existing ones go on
+    /// until they end or the drain timeout passes. A second request of either
+    /// kind while draining stops at once.
+    Drain,
+    /// End every allocation and stop now.
+    Now,
+}
+
+/// What a TCP or TLS connection may hold and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Concurrent connections in total and per source IP.
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    /// From accept to a finished TLS handshake.
+    pub tls_handshake: Duration,
+    /// From accept (TCP) or the finished handshake (TLS) to the first complete message.
+    pub first_message: Duration,
+    /// Silence allowed between messages while the connection holds no allocation.
+    pub idle: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 10_000,
+            max_per_ip: 100,
+            tls_handshake: Duration::from_secs(10),
+            first_message: Duration::from_secs(10),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the relay closed a TCP or TLS connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnClose {
+    TlsHandshakeTimeout,
+    FirstMessageTimeout,
+    IdleTimeout,
+}
+
+impl ConnClose {
+    pub const ALL: [ConnClose; 3] =
+        [ConnClose::TlsHandshakeTimeout, ConnClose::FirstMessageTimeout, ConnClose::IdleTimeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnClose::TlsHandshakeTimeout => "tls_handshake_timeout",
+            ConnClose::FirstMessageTimeout => "first_message_timeout",
+            ConnClose::IdleTimeout => "idle_timeout",
+        }
+    }
 }
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {transport} {addr}: {source} (is another server using it? try another --listen)")]
-    Listen { transport: &'static str, addr: SocketAddr, source: io::Error },
-    #[error("cannot serve metrics on {addr}: {source}")]
-    Metrics { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on {transport} {addr}: {source}{holder} (is another server using it? try another --listen)")]
+    Listen { transport: &'static str, addr: SocketAddr, source: io::Error, holder: String },
+    #[error(
+        "cannot listen on UDP {addr}: another process already has this port{holder}; natkit does not share a \
+         listening port (the kernel would split the clients between both servers): stop it or choose another --listen"
+    )]
+    PortHeld { addr: SocketAddr, holder: String },
+    #[error("cannot serve metrics on {addr}: {source}{holder} (try another --metrics)")]
+    Metrics { addr: SocketAddr, source: io::Error, holder: String },
+}
+
+impl StartError {
+    fn listen(transport: Transport, addr: SocketAddr, source: io::Error) -> StartError {
+        let holder = in_use_by(transport, addr, &source);
+        StartError::Listen { transport: transport.name(), addr, source, holder }
+    }
+}
+
+/// " (held by NAME, pid N)" for an address-in-use error, else "".
+fn in_use_by(transport: Transport, addr: SocketAddr, e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        crate::net::port_holder::describe(transport, addr)
+    } else {
+        String::new()
+    }
+}
+
+/// Every socket the relay listens on, bound before anything is announced or
+/// served, so a busy port is an error and "listening on" is never a lie.
+pub struct Bound {
+    udp: Vec<(SocketAddr, Vec<Arc<UdpSocket>>)>,
+    tcp: Vec<(SocketAddr, TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
+    metrics: Option<TcpListener>,
+}
+
+/// Binds every listener of `cfg`: per UDP address one SO_REUSEPORT socket per
+/// worker, after checking that no other process holds the port (SO_REUSEPORT
+/// would otherwise let our sockets join another server's and the kernel
+/// would split the clients between the two).
+pub async fn bind(cfg: &DriverConfig) -> Result<Bound, StartError> {
+    let workers = cfg.workers.max(1);
+    let mut udp = Vec::new();
+    for &addr in cfg.listen.iter().chain(&cfg.listen_udp_only) {
+        check_port_free(addr)?;
+        let mut socks = Vec::new();
+        for _ in 0..workers {
+            socks.push(Arc::new(bind_udp(addr).map_err(|e| StartError::listen(Transport::Udp, addr, e))?));
+        }
+        udp.push((addr, socks));
+    }
+    let mut tcp = Vec::new();
+    for &addr in &cfg.listen {
+        tcp.push((addr, bind_tcp(addr).map_err(|e| StartError::listen(Transport::Tcp, addr, e))?, None));
+    }
+    if let Some(tls) = &cfg.tls {
+        for &addr in &cfg.tls_listen {
+            let l = bind_tcp(addr).map_err(|e| StartError::listen(Transport::Tls, addr, e))?;
+            tcp.push((addr, l, Some(tokio_rustls::TlsAcceptor::from(tls.clone()))));
+        }
+    }
+    let metrics = match cfg.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| {
+            let holder = in_use_by(Transport::Tcp, addr, &source);
+            StartError::Metrics { addr, source, holder }
+        })?),
+        None => None,
+    };
+    Ok(Bound { udp, tcp, metrics })
+}
+
+/// Fails when another socket already has `addr`'s UDP port: a socket
+/// without SO_REUSEPORT and SO_REUSEADDR binds only to a port nobody holds.
+/// It is closed again at once; the window until our SO_REUSEPORT sockets are
+/// bound is a few system calls long.
+fn check_port_free(addr: SocketAddr) -> Result<(), StartError> {
+    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let probe = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+        .map_err(|e| StartError::listen(Transport::Udp, addr, e))?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true).map_err(|e| StartError::listen(Transport::Udp, addr, e))?;
+    }
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            Err(StartError::PortHeld { addr, holder: crate::net::port_holder::describe(Transport::Udp, addr) })
+        }
+        Err(e) => Err(StartError::listen(Transport::Udp, addr, e)),
+    }
 }
 
 /// What the driver counts besides the core.
@@ -69,6 +230,16 @@ pub struct DriverCounters {
     pub tcp_connections: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Connections refused at accept: the total cap, the per-IP cap.
+    pub refused_total: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    /// Connections the relay closed, by [`ConnClose`] index.
+    pub closed: [AtomicU64; 3],
+    /// Pauses of accept on running out of descriptors (EMFILE/ENFILE).
+    pub accept_paused: AtomicU64,
+    /// Connections open now, TCP and TLS.
+    pub open_tcp: AtomicU64,
+    pub open_tls: AtomicU64,
 }
 
 /// Relayed sockets, shared by the core (open/close) and the data path (send).
@@ -81,29 +252,63 @@ struct Registry {
     next_worker: AtomicUsize,
 }
 
+/// The relayed sockets' side of [`RelayPorts`]. Its `open` runs inside the
+/// core, under the core's lock (see the module doc for why that exception to
+/// "never hold the core across a system call" stands): so it knows which
+/// ports it holds itself and never spends a system call on one of them, and
+/// it gives up after [`MAX_BIND_FAILURES`] ports that other processes hold.
 struct Ports {
     registry: Arc<Registry>,
     ips: Vec<IpAddr>,
     range: (u16, u16),
     next_id: u64,
+    /// Relayed addresses open now, by relay and as a set for the port walk.
+    bound: HashMap<RelayId, SocketAddr>,
+    taken: HashSet<SocketAddr>,
 }
 
+/// Binds that may fail (ports of other processes) before an Allocate gets
+/// 508: bounds the time the core's lock is held to a few hundred system calls
+/// of a microsecond or so, however full the range is.
+const MAX_BIND_FAILURES: u32 = 256;
+
 impl Ports {
-    fn bind_in_range(&self, ip: IpAddr) -> Result<std::net::UdpSocket, RelayOpenError> {
+    fn new(registry: Arc<Registry>, ips: Vec<IpAddr>, range: (u16, u16)) -> Ports {
+        Ports { registry, ips, range, next_id: 0, bound: HashMap::new(), taken: HashSet::new() }
+    }
+
+    /// One socket, bound to a random free port of the range: a walk from a
+    /// random start that skips the ports this relay holds without asking the
+    /// kernel. Four system calls when the first port tried is free.
+    fn bind_in_range(&self, ip: IpAddr) -> Result<(std::net::UdpSocket, SocketAddr), RelayOpenError> {
         let (lo, hi) = self.range;
         let span = (hi - lo) as u32 + 1;
         let start = rand::random::<u32>() % span;
+        let domain = if ip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
+            .map_err(|e| RelayOpenError::Io(e.to_string()))?;
+        if ip.is_ipv6() {
+            let _ = s.set_only_v6(true);
+        }
+        let mut failures = 0;
         for i in 0..span {
-            let port = lo + ((start + i) % span) as u16;
-            let domain = if ip.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-            let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-                .map_err(|e| RelayOpenError::Io(e.to_string()))?;
-            if ip.is_ipv6() {
-                let _ = s.set_only_v6(true);
+            let addr = SocketAddr::new(ip, lo + ((start + i) % span) as u16);
+            if self.taken.contains(&addr) {
+                continue;
             }
-            if s.bind(&SocketAddr::new(ip, port).into()).is_ok() {
-                s.set_nonblocking(true).map_err(|e| RelayOpenError::Io(e.to_string()))?;
-                return Ok(s.into());
+            match s.bind(&addr.into()) {
+                Ok(()) => {
+                    s.set_nonblocking(true).map_err(|e| RelayOpenError::Io(e.to_string()))?;
+                    return Ok((s.into(), addr));
+                }
+                // Held by another process; a failed bind leaves the socket unbound, reusable.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    failures += 1;
+                    if failures >= MAX_BIND_FAILURES {
+                        break;
+                    }
+                }
+                Err(e) => return Err(RelayOpenError::Io(format!("cannot bind a relayed socket on {addr}: {e}"))),
             }
         }
         Err(RelayOpenError::NoPorts)
@@ -118,10 +323,12 @@ impl RelayPorts for Ports {
             .copied()
             .find(|ip| (family == Family::V4) == ip.is_ipv4())
             .ok_or(RelayOpenError::FamilyNotServed)?;
-        let sock = Arc::new(self.bind_in_range(ip)?);
-        let addr = sock.local_addr().map_err(|e| RelayOpenError::Io(e.to_string()))?;
+        let (sock, addr) = self.bind_in_range(ip)?;
+        let sock = Arc::new(sock);
         self.next_id += 1;
         let id = RelayId(self.next_id);
+        self.bound.insert(id, addr);
+        self.taken.insert(addr);
         if let Ok(mut m) = self.registry.sockets.write() {
             m.insert(id, sock.clone());
         }
@@ -142,6 +349,9 @@ impl RelayPorts for Ports {
     }
 
     fn close(&mut self, relay: RelayId) {
+        if let Some(addr) = self.bound.remove(&relay) {
+            self.taken.remove(&addr);
+        }
         // Closing the socket (when the last Arc goes) also takes it out of its worker's epoll set.
         let _ = self.registry.sockets.write().ok().and_then(|mut m| m.remove(&relay));
     }
@@ -156,6 +366,10 @@ struct Shared {
     registry: Arc<Registry>,
     conns: Mutex<HashMap<ConnKey, mpsc::Sender<Vec<u8>>>>,
     counters: DriverCounters,
+    limiter: ConnLimiter,
+    limits: ConnLimits,
+    /// Set once a refusal of each kind ([`ConnRefusal`]) has been logged: one line per kind, then counts.
+    refusal_logged: [AtomicBool; 2],
 }
 
 /// Largest datagram handled; bigger ones are truncated by the kernel and dropped by the core.
@@ -200,44 +414,19 @@ impl Shared {
     }
 }
 
-/// Runs the relay until `shutdown` resolves; returns the core's final counters.
+/// Runs the relay until `requests` says so (or is closed); returns the core's final counters.
 pub async fn run(
     core_cfg: ServerConfig,
     cfg: DriverConfig,
-    shutdown: impl std::future::Future<Output = ()>,
+    bound: Bound,
+    mut requests: mpsc::Receiver<Stop>,
 ) -> Result<(Stats, u64), StartError> {
     let registry = Arc::new(Registry::default());
-    let ports = Ports { registry: registry.clone(), ips: cfg.relay_ips.clone(), range: cfg.ports, next_id: 0 };
+    let ports = Ports::new(registry.clone(), cfg.relay_ips.clone(), cfg.ports);
     let core = Server::new(core_cfg, Box::new(ports), Instant::now(), SystemTime::now());
 
-    // Bind everything first, so a busy port is an error before anything runs.
+    let Bound { udp: udp_sockets, tcp, metrics } = bound;
     let workers = cfg.workers.max(1);
-    let mut udp_sockets: Vec<(SocketAddr, Vec<Arc<UdpSocket>>)> = Vec::new();
-    for &addr in cfg.listen.iter().chain(&cfg.listen_udp_only) {
-        let mut socks = Vec::new();
-        for _ in 0..workers {
-            socks.push(Arc::new(bind_udp(addr).map_err(|source| StartError::Listen {
-                transport: "UDP",
-                addr,
-                source,
-            })?));
-        }
-        udp_sockets.push((addr, socks));
-    }
-    let mut tcp = Vec::new();
-    for &addr in &cfg.listen {
-        tcp.push((addr, bind_tcp(addr).map_err(|source| StartError::Listen { transport: "TCP", addr, source })?, None));
-    }
-    if let Some(tls) = &cfg.tls {
-        for &addr in &cfg.tls_listen {
-            let l = bind_tcp(addr).map_err(|source| StartError::Listen { transport: "TLS", addr, source })?;
-            tcp.push((addr, l, Some(tokio_rustls::TlsAcceptor::from(tls.clone()))));
-        }
-    }
-    let metrics = match cfg.metrics {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Metrics { addr, source })?),
-        None => None,
-    };
 
     let udp: HashMap<SocketAddr, Arc<UdpSocket>> =
         udp_sockets.iter().map(|(a, socks)| (*a, socks[0].clone())).collect();
@@ -247,6 +436,9 @@ pub async fn run(
         registry: registry.clone(),
         conns: Mutex::new(HashMap::new()),
         counters: DriverCounters::default(),
+        limiter: ConnLimiter::new(cfg.limits.max_connections, cfg.limits.max_per_ip),
+        limits: cfg.limits,
+        refusal_logged: Default::default(),
     });
 
     // Worker i serves socket i of every UDP listen address.
@@ -258,10 +450,8 @@ pub async fn run(
     }
     let first = cfg.listen.first().or(cfg.listen_udp_only.first()).copied();
     let stop = Arc::new(AtomicBool::new(false));
-    let (threads, wakers) = start_workers(&shared, per_worker, &stop).map_err(|source| StartError::Listen {
-        transport: "UDP",
-        addr: first.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-        source,
+    let (threads, wakers) = start_workers(&shared, per_worker, &stop).map_err(|source| {
+        StartError::listen(Transport::Udp, first.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))), source)
     })?;
     let mut tasks = JoinSet::new();
     for (addr, listener, tls) in tcp {
@@ -272,7 +462,9 @@ pub async fn run(
         tasks.spawn(serve_metrics(shared.clone(), l));
     }
 
-    shutdown.await;
+    if let Some(Stop::Drain) = requests.recv().await {
+        drain(&shared, &mut requests, cfg.drain_timeout).await;
+    }
     // Stop accepting and reading first, then end every allocation.
     stop.store(true, Ordering::Relaxed);
     for w in &wakers {
@@ -580,11 +772,12 @@ async fn accept_loop(
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::debug!(%local, "accept: {e}");
+            (stream, remote) = accept_with_backoff(&listener, &shared.counters.accept_paused) => {
+                // The slot is taken before a byte is read; a refused connection is closed at once.
+                let permit = match shared.limiter.try_acquire(remote.ip()) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        shared.refused(why, remote);
                         continue;
                     }
                 };
@@ -594,17 +787,20 @@ async fn accept_loop(
                 let tls = tls.clone();
                 conns.spawn(async move {
                     let ft = FiveTuple { transport, local, remote };
+                    let _open = OpenGauge::new(&shared, transport);
                     match tls {
-                        None => serve_stream(shared, ft, stream).await,
-                        Some(acceptor) => {
-                            match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => serve_stream(shared, ft, s).await,
-                                _ => {
-                                    shared.counters.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                                    tracing::debug!(%remote, "TLS handshake failed");
-                                }
+                        None => serve_stream(shared.clone(), ft, stream, permit).await,
+                        Some(acceptor) => match tokio::time::timeout(shared.limits.tls_handshake, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => serve_stream(shared.clone(), ft, s, permit).await,
+                            Ok(Err(e)) => {
+                                shared.counters.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%remote, "TLS handshake failed: {e}");
                             }
-                        }
+                            Err(_) => {
+                                shared.closed(ConnClose::TlsHandshakeTimeout);
+                                tracing::debug!(%remote, "no TLS handshake within {:?}: closed", shared.limits.tls_handshake);
+                            }
+                        },
                     }
                 });
             }
@@ -613,12 +809,34 @@ async fn accept_loop(
     }
 }
 
+/// Counts a connection in `natkit_relay_connections{transport}` while it lives.
+struct OpenGauge<'a>(&'a AtomicU64);
+
+impl<'a> OpenGauge<'a> {
+    fn new(shared: &'a Shared, transport: Transport) -> Self {
+        let g = if transport == Transport::Tls { &shared.counters.open_tls } else { &shared.counters.open_tcp };
+        g.fetch_add(1, Ordering::Relaxed);
+        OpenGauge(g)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One TCP or TLS client: frames in, core, frames out through a queue.
+/// Reads go into a buffer kept across reads, so a read cut short by a
+/// deadline loses nothing; the deadline moves only when a whole frame has
+/// arrived, so a client that trickles bytes gains no time.
 async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     shared: Arc<Shared>,
     ft: FiveTuple,
     stream: S,
+    _permit: ConnPermit,
 ) {
+    use tokio::io::AsyncReadExt;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
     if let Ok(mut m) = shared.conns.lock() {
@@ -632,28 +850,55 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
         }
         let _ = wr.shutdown().await;
     });
-    loop {
-        let frame = match read_frame(&mut rd).await {
-            Ok(f) => f,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::UnexpectedEof {
+    let mut pending: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut seen_message = false;
+    let mut deadline = tokio::time::Instant::now() + shared.limits.first_message;
+    'conn: loop {
+        loop {
+            let frame = match take_frame(&mut pending) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
                     tracing::debug!(client = %ft.remote, "closing the connection: {e}");
+                    break 'conn;
                 }
+            };
+            seen_message = true;
+            deadline = tokio::time::Instant::now() + shared.limits.idle;
+            let t = {
+                let mut core = shared.lock();
+                core.handle_client(ft, &frame, Instant::now()).map(|t| (t.target, t.payload.to_vec()))
+            };
+            if let Some((target, payload)) = t {
+                match target {
+                    Target::Client(c) if c == ft => {
+                        if tx.send(payload).await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    _ => shared.deliver(target, &payload),
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => pending.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %ft.remote, "closing the connection: {e}");
                 break;
             }
-        };
-        let t = {
-            let mut core = shared.lock();
-            core.handle_client(ft, &frame, Instant::now()).map(|t| (t.target, t.payload.to_vec()))
-        };
-        if let Some((target, payload)) = t {
-            match target {
-                Target::Client(c) if c == ft => {
-                    if tx.send(payload).await.is_err() {
-                        break;
-                    }
-                }
-                _ => shared.deliver(target, &payload),
+            Err(_) if !seen_message => {
+                shared.closed(ConnClose::FirstMessageTimeout);
+                tracing::debug!(client = %ft.remote, "no complete message within {:?}: closed", shared.limits.first_message);
+                break;
+            }
+            // An allocation keeps its connection however quiet it is (its lifetime governs).
+            Err(_) if shared.lock().has_allocation(&ft) => deadline = tokio::time::Instant::now() + shared.limits.idle,
+            Err(_) => {
+                shared.closed(ConnClose::IdleTimeout);
+                tracing::debug!(client = %ft.remote, "silent for {:?} without an allocation: closed", shared.limits.idle);
+                break;
             }
         }
     }
@@ -663,6 +908,43 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// Draining: no new allocation is granted while the existing ones relay and
+/// refresh as before, until the last one ends, `timeout` passes, or another
+/// stop request comes.
+async fn drain(shared: &Shared, stop: &mut mpsc::Receiver<Stop>, timeout: Duration) {
+    let left = {
+        let mut core = shared.lock();
+        core.start_draining();
+        core.allocations()
+    };
+    tracing::warn!(
+        allocations = left,
+        "draining: new allocations are refused, the {left} existing ones go on until they end or --drain-timeout ({} s) passes; signal again to stop now",
+        timeout.as_secs()
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    // How often the allocation count is looked at: the drain ends within this of the last allocation.
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let left = shared.lock().allocations();
+        if left == 0 {
+            tracing::info!("drained: no allocation left");
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(allocations = left, "drain timeout: ending the remaining allocations");
+                return;
+            }
+            Some(_) = stop.recv() => {
+                tracing::warn!(allocations = left, "stop requested while draining: ending the remaining allocations now");
+                return;
+            }
+        }
+    }
 }
 
 async fn sweeper(shared: Arc<Shared>) {
@@ -704,11 +986,39 @@ async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
 
 impl Shared {
     fn counters_snapshot(&self) -> DriverSnapshot {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         DriverSnapshot {
-            tcp_connections: self.counters.tcp_connections.load(Ordering::Relaxed),
-            tls_handshake_failures: self.counters.tls_handshake_failures.load(Ordering::Relaxed),
-            send_errors: self.counters.send_errors.load(Ordering::Relaxed),
+            tcp_connections: load(&c.tcp_connections),
+            tls_handshake_failures: load(&c.tls_handshake_failures),
+            send_errors: load(&c.send_errors),
+            open_tcp: load(&c.open_tcp),
+            open_tls: load(&c.open_tls),
+            refused_total: load(&c.refused_total),
+            refused_per_ip: load(&c.refused_per_ip),
+            closed: ConnClose::ALL.map(|r| (r.label(), load(&c.closed[r as usize]))),
+            accept_paused: load(&c.accept_paused),
         }
+    }
+
+    /// A connection refused at accept: counted, and logged once per kind of cap.
+    fn refused(&self, why: ConnRefusal, remote: SocketAddr) {
+        let (counter, logged) = match why {
+            ConnRefusal::Total => (&self.counters.refused_total, &self.refusal_logged[0]),
+            ConnRefusal::PerIp => (&self.counters.refused_per_ip, &self.refusal_logged[1]),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if !logged.swap(true, Ordering::Relaxed) {
+            let (cap, flag) = match why {
+                ConnRefusal::Total => (self.limits.max_connections, "--max-connections"),
+                ConnRefusal::PerIp => (self.limits.max_per_ip, "--max-connections-per-ip"),
+            };
+            tracing::warn!(%remote, "TCP/TLS connection refused: {cap} connections ({flag}) reached; further refusals are counted in natkit_relay_connections_refused_total{{reason=\"{}\"}}", why.as_str());
+        }
+    }
+
+    fn closed(&self, why: ConnClose) {
+        self.counters.closed[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -722,6 +1032,34 @@ mod tests {
 
     fn peer(relay: u64, addr: &str) -> Target {
         Target::Peer { relay: RelayId(relay), peer: addr.parse().unwrap() }
+    }
+
+    /// Two consecutive loopback ports nobody holds, for a relay range of two.
+    fn two_free_ports() -> u16 {
+        loop {
+            let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let p = a.local_addr().unwrap().port();
+            drop(a);
+            if p < 65535
+                && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+            {
+                return p;
+            }
+        }
+    }
+
+    #[test]
+    fn relayed_ports_are_not_reused_while_open_and_a_full_range_is_no_ports() {
+        let lo = two_free_ports();
+        let mut ports = Ports::new(Arc::new(Registry::default()), vec!["127.0.0.1".parse().unwrap()], (lo, lo + 1));
+        let (a, addr_a) = ports.open(Family::V4).unwrap();
+        let (_, addr_b) = ports.open(Family::V4).unwrap();
+        assert_ne!(addr_a, addr_b);
+        assert_eq!(ports.open(Family::V4), Err(RelayOpenError::NoPorts), "both ports are ours: no system call, 508");
+        assert_eq!(ports.open(Family::V6), Err(RelayOpenError::FamilyNotServed));
+        ports.close(a);
+        assert_eq!(ports.open(Family::V4).unwrap().1, addr_a, "a closed port is free again");
     }
 
     #[test]

@@ -123,8 +123,10 @@ impl StreamConn {
     }
 }
 
-/// Splits one complete frame off the front of `buf`, if there is one.
-fn take_frame(buf: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+/// Splits one complete frame off the front of `buf`, if there is one. The
+/// caller keeps `buf` across reads, so a read cut short by a timeout loses
+/// nothing (used by the client and by the relay's connections).
+pub(crate) fn take_frame(buf: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
     if buf.len() < 4 {
         return Ok(None);
     }
@@ -135,7 +137,7 @@ fn take_frame(buf: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
         _ => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("the server sent bytes that are neither STUN nor ChannelData (first byte {:#04x})", buf[0]),
+                format!("bytes that are neither STUN nor ChannelData (first byte {:#04x})", buf[0]),
             ));
         }
     };

@@ -1,5 +1,6 @@
-//! `natkit relay` started by a test on loopback: its own ports, killed (SIGTERM
-//! first, so it prints its summary) on drop or by `stop`.
+//! `natkit relay` started by a test on loopback: its own ports, killed on drop
+//! or stopped by `stop` (SIGINT: stop now and print the summary; SIGTERM would
+//! drain first).
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -61,12 +62,12 @@ impl Relay {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// SIGTERM, then everything it printed and its exit status.
+    /// SIGINT (stop now, summary printed), then everything it printed and its exit status.
     pub fn stop(&mut self) -> Output {
         let mut child = self.child.take().expect("relay already stopped");
         // SAFETY: kill(2) on the pid of a child we own and have not reaped.
         unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

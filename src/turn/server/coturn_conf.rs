@@ -34,6 +34,13 @@ pub struct CoturnConf {
     pub verbose: bool,
     pub denied_peers: Vec<Cidr>,
     pub allowed_peers: Vec<Cidr>,
+    /// Allocations per user and in total; 0 (and, in coturn, absence) means unlimited.
+    pub user_quota: Option<u32>,
+    pub total_quota: Option<u32>,
+    /// `allow-loopback-peers`: coturn refuses loopback peers without it, as natkit does.
+    pub allow_loopback_peers: bool,
+    /// `no-multicast-peers`: coturn relays to multicast peers without it; natkit never does unless allowed.
+    pub no_multicast_peers: bool,
     /// Options natkit does not implement, in file order, each once.
     pub unknown: Vec<String>,
 }
@@ -87,6 +94,10 @@ pub fn parse(text: &str) -> Result<CoturnConf, String> {
             "verbose" | "Verbose" => c.verbose = true,
             "denied-peer-ip" => c.denied_peers.extend(range_to_cidrs(value).map_err(|e| at(&e))?),
             "allowed-peer-ip" => c.allowed_peers.extend(range_to_cidrs(value).map_err(|e| at(&e))?),
+            "user-quota" => c.user_quota = Some(value.parse().map_err(|_| at("expected a number (0: unlimited)"))?),
+            "total-quota" => c.total_quota = Some(value.parse().map_err(|_| at("expected a number (0: unlimited)"))?),
+            "allow-loopback-peers" => c.allow_loopback_peers = true,
+            "no-multicast-peers" => c.no_multicast_peers = true,
             n if IGNORED.contains(&n) => {}
             n => {
                 if !c.unknown.iter().any(|u| u == n) {
@@ -96,6 +107,71 @@ pub fn parse(text: &str) -> Result<CoturnConf, String> {
         }
     }
     Ok(c)
+}
+
+/// A default natkit does not share with coturn, for an option a
+/// turnserver.conf leaves out: what coturn does then, what natkit does, and
+/// how to get coturn's behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultDifference {
+    pub option: &'static str,
+    pub coturn: &'static str,
+    pub natkit: String,
+    pub keep_coturn: &'static str,
+}
+
+impl std::fmt::Display for DefaultDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no {} in the file: coturn then {}; natkit {}; to keep coturn's, {}",
+            self.option, self.coturn, self.natkit, self.keep_coturn
+        )
+    }
+}
+
+/// What natkit applies where the file is silent (after its own flags), to compare with coturn.
+#[derive(Debug, Clone, Copy)]
+pub struct NatkitChoices {
+    /// `None` when the command line set it (the operator chose; nothing to say).
+    pub user_quota: Option<u32>,
+    pub total_quota: Option<usize>,
+    /// Whether the command line allows private peers or the multicast class.
+    pub private_peers_flag: bool,
+}
+
+impl CoturnConf {
+    /// Every option this file leaves out whose coturn default natkit does not
+    /// share, so an operator moving from coturn is told once, at start,
+    /// instead of finding out at the 101st allocation.
+    pub fn default_differences(&self, natkit: NatkitChoices) -> Vec<DefaultDifference> {
+        let mut v = Vec::new();
+        if let (None, Some(n)) = (self.user_quota, natkit.user_quota) {
+            v.push(DefaultDifference {
+                option: "user-quota",
+                coturn: "allows unlimited allocations per user",
+                natkit: format!("allows {n} per user (486 beyond)"),
+                keep_coturn: "add `user-quota=0` to the file or pass --user-quota 0",
+            });
+        }
+        if let (None, Some(n)) = (self.total_quota, natkit.total_quota) {
+            v.push(DefaultDifference {
+                option: "total-quota",
+                coturn: "allows unlimited allocations in total",
+                natkit: format!("allows {n} in total (508 beyond)"),
+                keep_coturn: "add `total-quota=0` to the file or pass --max-allocations with a larger number",
+            });
+        }
+        if self.denied_peers.is_empty() && self.allowed_peers.is_empty() && !natkit.private_peers_flag {
+            v.push(DefaultDifference {
+                option: "denied-peer-ip",
+                coturn: "relays to private and link-local peers (RFC 1918, fc00::/7, 169.254.0.0/16, the cloud metadata address) and, without no-multicast-peers, to multicast",
+                natkit: "refuses them (403)".to_string(),
+                keep_coturn: "pass --allow-private-peers, or allowed-peer-ip ranges for the peers you mean (natkit never relays to multicast)",
+            });
+        }
+        v
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +205,25 @@ mod tests {
         assert_eq!(c.denied_peers, vec!["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(c.allowed_peers, vec!["10.1.2.3/32".parse().unwrap()]);
         assert_eq!(c.unknown, vec!["mobility", "stale-nonce"]);
+    }
+
+    #[test]
+    fn quotas_are_read_and_missing_ones_are_named_with_coturn_s_meaning() {
+        let c = parse("user-quota=0\ntotal-quota=500\nallow-loopback-peers\nno-multicast-peers\n").unwrap();
+        assert_eq!((c.user_quota, c.total_quota), (Some(0), Some(500)));
+        assert!(c.allow_loopback_peers && c.no_multicast_peers && c.unknown.is_empty());
+        let choices = NatkitChoices { user_quota: Some(100), total_quota: Some(10_000), private_peers_flag: false };
+        assert_eq!(c.default_differences(choices).iter().map(|d| d.option).collect::<Vec<_>>(), vec!["denied-peer-ip"]);
+        let silent = parse("realm=x\n").unwrap();
+        let all = silent.default_differences(choices);
+        assert_eq!(
+            all.iter().map(|d| d.option).collect::<Vec<_>>(),
+            vec!["user-quota", "total-quota", "denied-peer-ip"]
+        );
+        assert!(all[0].to_string().contains("unlimited") && all[0].to_string().contains("user-quota=0"));
+        let flags = NatkitChoices { user_quota: None, total_quota: None, private_peers_flag: true };
+        assert!(silent.default_differences(flags).is_empty(), "flags given: the operator chose");
+        assert!(parse("user-quota=lots").is_err());
     }
 
     #[test]

@@ -13,6 +13,16 @@ pub struct DriverSnapshot {
     pub tcp_connections: u64,
     pub tls_handshake_failures: u64,
     pub send_errors: u64,
+    /// TCP and TLS connections open now.
+    pub open_tcp: u64,
+    pub open_tls: u64,
+    /// Connections refused at accept by the total and the per-IP cap.
+    pub refused_total: u64,
+    pub refused_per_ip: u64,
+    /// Connections the relay closed itself, by reason label.
+    pub closed: [(&'static str, u64); 3],
+    /// Pauses of accept on running out of file descriptors.
+    pub accept_paused: u64,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
@@ -30,7 +40,17 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str
 pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
     let s = core.stats();
     let mut o = String::with_capacity(4096);
-    metric(&mut o, "allocations", "gauge", "Allocations alive now.", &[("", core.allocations() as u64)]);
+    let by_transport: Vec<(String, u64)> =
+        core.allocations_by_transport().iter().map(|(t, n)| (format!("transport=\"{t}\""), *n as u64)).collect();
+    let by_transport: Vec<(&str, u64)> = by_transport.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(&mut o, "allocations", "gauge", "Allocations alive now, by the client's transport.", &by_transport);
+    metric(
+        &mut o,
+        "draining",
+        "gauge",
+        "1 while the relay drains (SIGTERM): no new allocations, existing ones go on.",
+        &[("", core.draining() as u64)],
+    );
     metric(&mut o, "permissions", "gauge", "Permissions alive now.", &[("", core.permissions() as u64)]);
     metric(&mut o, "channels", "gauge", "Channel bindings alive now.", &[("", core.channels() as u64)]);
     metric(&mut o, "allocations_created_total", "counter", "Allocations created.", &[("", s.allocations_created)]);
@@ -113,5 +133,35 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         &[("", driver.tls_handshake_failures)],
     );
     metric(&mut o, "send_errors_total", "counter", "Sends the kernel refused.", &[("", driver.send_errors)]);
+    metric(
+        &mut o,
+        "connections",
+        "gauge",
+        "TCP and TLS connections open now.",
+        &[("transport=\"tcp\"", driver.open_tcp), ("transport=\"tls\"", driver.open_tls)],
+    );
+    metric(
+        &mut o,
+        "connections_refused_total",
+        "counter",
+        "TCP and TLS connections refused at accept, by the cap that refused them.",
+        &[("reason=\"total\"", driver.refused_total), ("reason=\"per_ip\"", driver.refused_per_ip)],
+    );
+    let closed: Vec<(String, u64)> = driver.closed.iter().map(|(l, v)| (format!("reason=\"{l}\""), *v)).collect();
+    let closed: Vec<(&str, u64)> = closed.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        &mut o,
+        "connections_closed_total",
+        "counter",
+        "TCP and TLS connections closed by a timeout, by which.",
+        &closed,
+    );
+    metric(
+        &mut o,
+        "accept_paused_total",
+        "counter",
+        "Pauses of accept because the process ran out of file descriptors (EMFILE/ENFILE).",
+        &[("", driver.accept_paused)],
+    );
     o
 }

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use stun_rs::attributes::discovery::{ChangeRequestFlags, OtherAddress, ResponseOrigin};
 use stun_rs::attributes::stun::{
-    ErrorCode as ErrorCodeAttr, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, Realm, Software,
-    UnknownAttributes, XorMappedAddress,
+    AlternateServer, ErrorCode as ErrorCodeAttr, Fingerprint, MessageIntegrity, MessageIntegritySha256, Nonce, Realm,
+    Software, UnknownAttributes, XorMappedAddress,
 };
 use stun_rs::attributes::turn::{LifeTime, XorRelayedAddress};
 use stun_rs::methods::{ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMMISSION, REFRESH};
@@ -121,6 +121,7 @@ pub trait RelayPorts: Send {
 /// The STUN/TURN error codes this server answers with (RFC 8489 §14.8, RFC 8656 §19).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
+    TryAlternate,
     BadRequest,
     Unauthenticated,
     Forbidden,
@@ -136,7 +137,8 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::TryAlternate,
         ErrorCode::BadRequest,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
@@ -153,6 +155,7 @@ impl ErrorCode {
 
     pub fn code(self) -> u16 {
         match self {
+            ErrorCode::TryAlternate => 300,
             ErrorCode::BadRequest => 400,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
@@ -170,6 +173,7 @@ impl ErrorCode {
 
     pub fn reason(self) -> &'static str {
         match self {
+            ErrorCode::TryAlternate => "Try Alternate",
             ErrorCode::BadRequest => "Bad Request",
             ErrorCode::Unauthenticated => "Unauthenticated",
             ErrorCode::Forbidden => "Forbidden",
@@ -242,6 +246,8 @@ pub struct ServerConfig {
     /// 401 answers to failed credentials per source IP: burst, then per second.
     pub auth_fail_burst: u32,
     pub auth_fail_per_sec: f64,
+    /// While draining, new Allocates are sent here (300 Try Alternate, RFC 8489 §10) instead of 508.
+    pub alternate_server: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -263,6 +269,7 @@ impl Default for ServerConfig {
             software: format!("natkit {}", env!("CARGO_PKG_VERSION")),
             auth_fail_burst: 10,
             auth_fail_per_sec: 2.0,
+            alternate_server: None,
         }
     }
 }
@@ -297,6 +304,9 @@ pub struct Server {
     reply_target: Option<Target>,
     /// Set while answering a request that carried FINGERPRINT: the answer does too.
     reply_fingerprint: bool,
+    /// Draining (the operator is taking this relay out): no new allocation is
+    /// granted; existing ones keep relaying and refreshing until they end.
+    draining: bool,
     stats: Stats,
 }
 
@@ -322,6 +332,7 @@ impl Server {
             scratch: vec![0u8; SCRATCH],
             reply_target: None,
             reply_fingerprint: false,
+            draining: false,
             stats: Stats::default(),
         }
     }
@@ -332,6 +343,28 @@ impl Server {
 
     pub fn allocations(&self) -> usize {
         self.allocs.len()
+    }
+
+    /// Allocations alive now by the client's transport: UDP, TCP, TLS.
+    pub fn allocations_by_transport(&self) -> [(Transport, usize); 3] {
+        let mut n = [(Transport::Udp, 0), (Transport::Tcp, 0), (Transport::Tls, 0)];
+        for a in self.allocs.iter() {
+            if let Some(slot) = n.iter_mut().find(|(t, _)| *t == a.client.transport) {
+                slot.1 += 1;
+            }
+        }
+        n
+    }
+
+    /// Stops granting new allocations (508, or 300 to `alternate_server`);
+    /// everything else goes on. There is no way back: a draining relay is on
+    /// its way out.
+    pub fn start_draining(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining
     }
 
     pub fn permissions(&self) -> usize {
@@ -379,6 +412,11 @@ impl Server {
             self.ports.close(relay);
             self.stats.allocations_deleted += 1;
         }
+    }
+
+    /// Whether `client` holds an allocation (the driver keeps such a TCP/TLS connection open while it is silent).
+    pub fn has_allocation(&self, client: &FiveTuple) -> bool {
+        self.allocs.relay_of_client(client).is_some()
     }
 
     /// Ends every allocation (shutdown).
@@ -735,6 +773,15 @@ impl Server {
             Some(f) if f.family() == AddressFamily::IPv6 => Family::V6,
             _ => Family::V4,
         };
+        if self.draining {
+            tracing::info!(client = %from.remote, "draining: new allocation refused");
+            return match self.cfg.alternate_server {
+                Some(alt) => {
+                    self.error(method, txid, ErrorCode::TryAlternate, signed, vec![AlternateServer::from(alt).into()])
+                }
+                None => self.error(method, txid, ErrorCode::InsufficientCapacity, signed, vec![]),
+            };
+        }
         if self.allocs.user_count(&user.username) >= self.cfg.user_quota {
             tracing::info!(user = %user.username, "allocation quota reached (486)");
             return self.error(method, txid, ErrorCode::AllocationQuotaReached, signed, vec![]);

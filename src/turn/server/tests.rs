@@ -740,3 +740,27 @@ fn malformed_truncated_and_hostile_input_never_panics() {
     assert_eq!(out, b"alive");
     allocate(&mut h, udp_client(4100), &c);
 }
+
+#[test]
+fn draining_refuses_new_allocations_with_508_or_300_and_keeps_the_existing_ones() {
+    for alternate in [None, Some("203.0.113.9:3478".parse::<SocketAddr>().unwrap())] {
+        let mut h = Harness::new(ServerConfig { alternate_server: alternate, ..config() });
+        let c = creds("alice", "wonderland");
+        let old = udp_client(4000);
+        let (_, _, nonce) = allocate(&mut h, old, &c);
+        h.server.start_draining();
+        let m = h.request(old, &build(REFRESH, vec![LifeTime::new(900).into()], Some((&c, &nonce))));
+        assert_eq!(lifetime_of(&m), 900, "refreshes go on while draining");
+        assert_eq!(permit(&mut h, old, &c, &nonce, "203.0.113.20:9").class(), MessageClass::SuccessResponse);
+        let new = udp_client(4001);
+        let nonce = nonce_of(&h.request(new, &build(ALLOCATE, vec![udp_transport()], None)));
+        let m = h.request(new, &build(ALLOCATE, vec![udp_transport()], Some((&c, &nonce))));
+        let alt = m.attributes().iter().find_map(|a| a.as_alternate_server().ok()).map(|a| *a.socket_address());
+        match alternate {
+            None => assert_eq!((error_code(&m), alt), (Some(508), None)),
+            Some(a) => assert_eq!((error_code(&m), alt), (Some(300), Some(a))),
+        }
+        assert_eq!(h.server.allocations(), 1);
+        assert_eq!(h.server.allocations_by_transport()[0], (Transport::Udp, 1));
+    }
+}
