@@ -77,7 +77,7 @@ _natkit() {
 
     case "${cmd}" in
         natkit)
-            opts="-v -q -h -V --json --verbose --quiet --help --version stun-probe nat-type relay turn-alloc signal punch call gen-docs help"
+            opts="-v -q -h -V --json --verbose --quiet --wide --help --version stun-probe nat-type relay turn-alloc signal punch call gen-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -91,7 +91,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__call)
-            opts="-v -q -h -V --signal --room --send --duration --record --bind --stun --turn --turn-user --turn-password --turn-secret --relay-only --wait --connect-timeout --size --fps --bitrate --insecure --ca --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --signal --room --send --duration --record --bind --stun --turn --turn-user --turn-password --turn-secret --relay-only --wait --connect-timeout --size --fps --bitrate --insecure --ca --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -173,7 +173,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__gen__subcmd__docs)
-            opts="-v -q -h -V --out --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --out --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -331,7 +331,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__nat__subcmd__type)
-            opts="-v -q -h -V --server --lifetime --ports --local --timeout --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --server --lifetime --ports --local --timeout --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -361,7 +361,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__punch)
-            opts="-v -q -h -V --signal --room --stun --turn --turn-user --turn-password --turn-secret --relay-only --no-relay --no-birthday --send --recv --stdio --host-ip --timeout --insecure --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --signal --room --stun --turn --turn-user --turn-password --turn-secret --relay-only --no-relay --no-birthday --send --recv --force --stdio --host-ip --timeout --insecure --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -419,7 +419,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__relay)
-            opts="-v -q -h -V --listen --tls-listen --cert --key --alt-ip --alt-port --realm --user --secret --relay-ip --external-ip --ports --allow-loopback-peers --allow-private-peers --allow-peer --deny-peer --max-allocations --max-connections --max-connections-per-ip --first-message-timeout --tls-handshake-timeout --idle-timeout --user-quota --max-permissions --max-lifetime --nonce-lifetime --drain-timeout --alternate-server --metrics --config --workers --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --tls-listen --cert --key --alt-ip --alt-port --realm --user --secret --relay-ip --external-ip --ports --allow-loopback-peers --allow-private-peers --allow-peer --deny-peer --max-allocations --max-connections --max-connections-per-ip --first-message-timeout --tls-handshake-timeout --idle-timeout --user-quota --max-permissions --max-lifetime --nonce-lifetime --drain-timeout --alternate-server --metrics --config --workers --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -549,7 +549,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__signal)
-            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --ping-interval --node-ttl --metrics --json --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -623,7 +623,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__stun__subcmd__probe)
-            opts="-4 -6 -v -q -h -V --transport --ipv4 --ipv6 --count --interval --local --timeout --insecure --ca --json --verbose --quiet --help --version"
+            opts="-4 -6 -v -q -h -V --transport --ipv4 --ipv6 --count --interval --local --timeout --insecure --ca --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -661,7 +661,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__turn__subcmd__alloc)
-            opts="-u -p -4 -6 -v -q -h -V --transport --user --password --secret --realm --peer --packets --rate --size --lifetime --nonce-wait --insecure --ca --timeout --ipv4 --ipv6 --json --verbose --quiet --help --version"
+            opts="-u -p -4 -6 -v -q -h -V --transport --user --password --secret --realm --peer --packets --rate --size --lifetime --nonce-wait --insecure --ca --timeout --ipv4 --ipv6 --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_natkit_global_optspecs
-    string join \n json v/verbose q/quiet h/help V/version
+    string join \n json v/verbose q/quiet wide h/help V/version
 end
 
 function __fish_natkit_needs_command
@@ -27,6 +27,7 @@ end
 complete -c natkit -n "__fish_natkit_needs_command" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_needs_command" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_needs_command" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_needs_command" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c natkit -n "__fish_natkit_needs_command" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_needs_command" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
@@ -53,6 +54,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l insecure -d
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c natkit -n "__fish_natkit_using_subcommand stun-probe" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l server -d 'STUN server: HOST, HOST:PORT or a stun: URI; repeat for more. The first is the primary and should support RFC 5780 (OTHER-ADDRESS, CHANGE-REQUEST); with servers that do not, give two or more and the mapping is found by comparing them. Without any, a built-in list (see README)' -r
@@ -63,6 +65,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l lifetime -d '
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l listen -d 'UDP and TCP listen address (repeatable) [default: 0.0.0.0:3478 and [::]:3478]' -r
@@ -99,6 +102,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-private-pe
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l transport -d 'Transport to the server (a turns: URI means tls); default udp' -r -f -a "udp\t''
@@ -122,6 +126,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s 6 -l ipv6 -
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l listen -d 'Address and port to serve HTTP(S) and WebSocket on' -r
@@ -143,6 +148,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand signal" -l tls-self-signed
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l signal -d 'The signal server: ws://HOST:PORT, wss://HOST:PORT (or http(s)://)' -r
@@ -159,11 +165,13 @@ complete -c natkit -n "__fish_natkit_using_subcommand punch" -l timeout -d 'Give
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l relay-only -d 'Offer only the TURN relayed candidate: all traffic goes through the relay (TURN from --turn, or from the signaling server\'s ice_servers)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-relay -d 'Never use a TURN relay, even one the signal server hands out: direct paths only'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-birthday -d 'Never try the birthday method (many mappings and random-port probes) when one NAT is symmetric and the other is not'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l force -d 'With --recv: overwrite the file if it exists'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l stdio -d 'Pipe stdin to the peer and the peer to stdout (like netcat)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l insecure -d 'Accept a self-signed certificate from a wss:// signal server'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l signal -d 'Signaling server: ws://HOST:PORT or wss://HOST:PORT (`natkit signal`; path /ws by default)' -r
@@ -188,12 +196,14 @@ complete -c natkit -n "__fish_natkit_using_subcommand call" -l insecure -d 'Acce
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand call" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -l out -d 'Project root: man pages go to DIR/man, completions to DIR/completions' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'
+complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand gen-docs" -s V -l version -d 'Print version'
 complete -c natkit -n "__fish_natkit_using_subcommand help; and not __fish_seen_subcommand_from stun-probe nat-type relay turn-alloc signal punch call gen-docs help" -f -a "stun-probe" -d 'STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)'
