@@ -19,12 +19,6 @@ _natkit() {
             natkit,call)
                 cmd="natkit__subcmd__call"
                 ;;
-            natkit,gen-docs)
-                cmd="natkit__subcmd__gen__subcmd__docs"
-                ;;
-            natkit,help)
-                cmd="natkit__subcmd__help"
-                ;;
             natkit,nat-type)
                 cmd="natkit__subcmd__nat__subcmd__type"
                 ;;
@@ -43,33 +37,6 @@ _natkit() {
             natkit,turn-alloc)
                 cmd="natkit__subcmd__turn__subcmd__alloc"
                 ;;
-            natkit__subcmd__help,call)
-                cmd="natkit__subcmd__help__subcmd__call"
-                ;;
-            natkit__subcmd__help,gen-docs)
-                cmd="natkit__subcmd__help__subcmd__gen__subcmd__docs"
-                ;;
-            natkit__subcmd__help,help)
-                cmd="natkit__subcmd__help__subcmd__help"
-                ;;
-            natkit__subcmd__help,nat-type)
-                cmd="natkit__subcmd__help__subcmd__nat__subcmd__type"
-                ;;
-            natkit__subcmd__help,punch)
-                cmd="natkit__subcmd__help__subcmd__punch"
-                ;;
-            natkit__subcmd__help,relay)
-                cmd="natkit__subcmd__help__subcmd__relay"
-                ;;
-            natkit__subcmd__help,signal)
-                cmd="natkit__subcmd__help__subcmd__signal"
-                ;;
-            natkit__subcmd__help,stun-probe)
-                cmd="natkit__subcmd__help__subcmd__stun__subcmd__probe"
-                ;;
-            natkit__subcmd__help,turn-alloc)
-                cmd="natkit__subcmd__help__subcmd__turn__subcmd__alloc"
-                ;;
             *)
                 ;;
         esac
@@ -77,7 +44,7 @@ _natkit() {
 
     case "${cmd}" in
         natkit)
-            opts="-v -q -h -V --json --verbose --quiet --wide --help --version stun-probe nat-type relay turn-alloc signal punch call gen-docs help"
+            opts="-v -q -h -V --json --verbose --quiet --wide --help --version stun-probe nat-type relay turn-alloc signal punch call"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -165,164 +132,6 @@ _natkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__gen__subcmd__docs)
-            opts="-v -q -h -V --out --json --verbose --quiet --wide --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --out)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help)
-            opts="stun-probe nat-type relay turn-alloc signal punch call gen-docs help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__call)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__gen__subcmd__docs)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__nat__subcmd__type)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__punch)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__relay)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__signal)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__stun__subcmd__probe)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        natkit__subcmd__help__subcmd__turn__subcmd__alloc)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

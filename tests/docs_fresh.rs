@@ -1,7 +1,5 @@
 //! man/ and completions/ are generated from the clap definitions; this test
-//! fails when the committed copies are stale. Fix: `cargo run -- gen-docs`.
-
-mod common;
+//! fails when the committed copies are stale. Fix: `cargo run --example gen-docs`.
 
 use std::path::Path;
 
@@ -18,16 +16,15 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn man_pages_and_completions_are_up_to_date() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = common::natkit(&["gen-docs", "--out", tmp.path().to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    natkit::cli::docs::write_all(tmp.path()).expect("generating the docs");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for sub in ["man", "completions"] {
         let want = files(&tmp.path().join(sub));
         let have = files(&root.join(sub));
         let names = |v: &Vec<(String, Vec<u8>)>| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&have), names(&want), "{sub}/ has other files than generated: run `cargo run -- gen-docs`");
+        assert_eq!(names(&have), names(&want), "{sub}/ has other files than generated: run `cargo run --example gen-docs`");
         for ((name, h), (_, w)) in have.iter().zip(&want) {
-            assert!(h == w, "{sub}/{name} is stale: run `cargo run -- gen-docs` and commit the result");
+            assert!(h == w, "{sub}/{name} is stale: run `cargo run --example gen-docs` and commit the result");
         }
     }
 }

@@ -1,12 +1,12 @@
 //! Command-line definitions (clap derive) and nothing else.
 //!
 //! One file per subcommand holds its arguments; man pages and shell
-//! completions are generated from these same definitions (`natkit gen-docs`).
+//! completions are generated from these same definitions (`cargo run --example gen-docs`).
 
 use clap::{Parser, Subcommand};
 
 mod call;
-mod gen_docs;
+pub mod docs;
 mod ice_servers;
 mod nat_type;
 mod punch;
@@ -16,7 +16,6 @@ mod stun_probe;
 mod turn_alloc;
 
 pub use call::CallArgs;
-pub use gen_docs::GenDocsArgs;
 pub use ice_servers::IceServerArgs;
 pub use nat_type::NatTypeArgs;
 pub use punch::PunchArgs;
@@ -95,8 +94,4 @@ pub enum Command {
     /// A WebRTC media session from the terminal that a browser can talk to
     #[command(after_help = EXIT_CODES)]
     Call(CallArgs),
-
-    /// Regenerate man pages and shell completions from these definitions
-    #[command(hide = true)]
-    GenDocs(GenDocsArgs),
 }

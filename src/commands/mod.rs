@@ -6,7 +6,6 @@ use crate::error::Status;
 use crate::output::{Format, OutputOptions};
 
 pub mod call;
-pub mod gen_docs;
 pub mod ice_servers;
 pub mod nat_type;
 pub mod punch;
@@ -67,7 +66,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             Command::Call(args) => call::run(args, &opts).await,
             Command::Relay(args) => relay::run(*args, &opts).await,
             Command::Signal(args) => signal::run(args, &opts).await,
-            Command::GenDocs(args) => gen_docs::run(&args),
         }
     });
     // The result is printed: do not wait for blocking work still running, such as a name
