@@ -72,7 +72,12 @@ pub struct RelayArgs {
     #[arg(long)]
     pub allow_private_peers: bool,
 
-    /// Allow peers in this range whatever else applies, except --deny-peer (repeatable)
+    /// Let clients relay to other ports of the relay host's own non-loopback addresses (interfaces, --relay-ip,
+    /// --external-ip); its listening ports stay refused
+    #[arg(long)]
+    pub allow_relay_host_peers: bool,
+
+    /// Allow peers in this range whatever else applies, except --deny-peer and the relay host's own addresses (repeatable)
     #[arg(long, value_name = "CIDR")]
     pub allow_peer: Vec<String>,
 
@@ -99,6 +104,22 @@ pub struct RelayArgs {
     /// Seconds a nonce stays valid before 438 Stale Nonce
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub nonce_lifetime: u64,
+
+    /// Failed logins (wrong MESSAGE-INTEGRITY) from one address, or for one username, before it is locked
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub auth_burst: u32,
+
+    /// Checked logins per second per source address once locked (the first lock lasts 1/RATE s, then doubles)
+    #[arg(long, value_name = "RATE", default_value_t = 2.0)]
+    pub auth_source_rate: f64,
+
+    /// Checked logins per second per username once locked (the first lock lasts 1/RATE s, then doubles)
+    #[arg(long, value_name = "RATE", default_value_t = 10.0)]
+    pub auth_user_rate: f64,
+
+    /// Longest lock of an address or username after failed logins, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub auth_max_backoff: u64,
 
     /// Serve Prometheus metrics over HTTP on this address
     #[arg(long, value_name = "ADDR")]

@@ -22,6 +22,7 @@ use crate::output::{self, OutputOptions, Render};
 use crate::turn::server::auth::AuthFailure;
 use crate::turn::server::coturn_conf::{self, CoturnConf};
 use crate::turn::server::peer_policy::{Cidr, PeerPolicyConfig, Refusal};
+use crate::turn::server::throttle::ThrottleConfig;
 use crate::turn::server::{Rfc5780, ServerConfig, Stats};
 
 /// What the relay did, printed when it stops.
@@ -43,6 +44,8 @@ pub struct RelayReport {
     pub peer_refusals: BTreeMap<String, u64>,
     /// Failed credentials, by reason.
     pub auth_failures: BTreeMap<String, u64>,
+    /// Requests refused without an integrity check by the password-guessing throttle.
+    pub auth_throttled: u64,
     pub dropped_packets: u64,
 }
 
@@ -68,6 +71,7 @@ impl Render for RelayReport {
         };
         t.add_row(vec!["peer refusals (403)".to_string(), fmt_map(&self.peer_refusals)]);
         t.add_row(vec!["authentication failures".to_string(), fmt_map(&self.auth_failures)]);
+        t.add_row(vec!["logins refused unchecked (throttle)".to_string(), self.auth_throttled.to_string()]);
         t.add_row(vec!["dropped packets".to_string(), self.dropped_packets.to_string()]);
         writeln!(out, "{t}")
     }
@@ -149,6 +153,7 @@ fn report(listening: &[String], relay_ips: &[IpAddr], s: &Stats, tcp: u64, up: D
         tcp_connections: tcp,
         peer_refusals: Refusal::ALL.iter().map(|r| (r.label().to_string(), s.refusals[r.index()])).collect(),
         auth_failures: AuthFailure::ALL.iter().map(|a| (a.label().to_string(), s.auth_failures[a.index()])).collect(),
+        auth_throttled: s.auth_throttled.iter().sum(),
         dropped_packets: s.dropped_total(),
     }
 }
@@ -347,6 +352,26 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
             own_addresses.push(*a);
         }
     }
+    let external_ip = args.external_ip.or(conf.external_ip);
+    if let Some(x) = external_ip {
+        // Behind a 1:1 NAT the external IP is this host too: its listening ports are ours.
+        let ports: Vec<u16> = listen.iter().chain(&tls_listen).chain(&listen_udp_only).map(|a| a.port()).collect();
+        for p in ports {
+            let a = SocketAddr::new(x, p);
+            if !own_addresses.contains(&a) {
+                own_addresses.push(a);
+            }
+        }
+    }
+    // Every address of this host, whatever port: interfaces (also when listening on a specific
+    // IP), listen, alternate, relay and external IPs. Loopback is left to its own class.
+    let mut host_ips: Vec<IpAddr> = own_ips.clone();
+    host_ips.extend(listen.iter().chain(&tls_listen).chain(&listen_udp_only).map(|a| a.ip()));
+    host_ips.extend(relay_ips.iter().copied());
+    host_ips.extend(external_ip);
+    host_ips.retain(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    host_ips.sort();
+    host_ips.dedup();
     let mut allow = parse_cidrs(&args.allow_peer, "--allow-peer")?;
     allow.extend(conf.allowed_peers.iter().copied());
     let mut deny = parse_cidrs(&args.deny_peer, "--deny-peer")?;
@@ -357,6 +382,8 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         allow,
         deny,
         own_addresses,
+        host_ips,
+        allow_host: args.allow_relay_host_peers,
     };
     let metrics = args.metrics.as_deref().map(|m| parse_addr(m, 9641, "--metrics")).transpose()?;
     let workers = args
@@ -367,6 +394,18 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         // leave cores to the rest of the machine (measured: scripts/bench-relay).
         .unwrap_or_else(|| (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / 2).clamp(1, 8));
 
+    for (flag, rate) in [("--auth-source-rate", args.auth_source_rate), ("--auth-user-rate", args.auth_user_rate)] {
+        if !(rate.is_finite() && (0.001..=1_000_000.0).contains(&rate)) {
+            return usage(format!("bad {flag} {rate}: expected checked logins per second, 0.001 to 1000000"));
+        }
+    }
+    let throttle = ThrottleConfig {
+        burst: args.auth_burst,
+        source_per_sec: args.auth_source_rate,
+        user_per_sec: args.auth_user_rate,
+        max_backoff: Duration::from_secs(args.auth_max_backoff),
+        ..ThrottleConfig::default()
+    };
     let core = ServerConfig {
         realm: args.realm.clone().or_else(|| conf.realm.clone()).unwrap_or_else(|| "natkit".into()),
         users,
@@ -378,7 +417,8 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         max_lifetime: Duration::from_secs(args.max_lifetime),
         nonce_lifetime: Duration::from_secs(args.nonce_lifetime),
         rfc5780,
-        external_ip: args.external_ip.or(conf.external_ip),
+        external_ip,
+        throttle,
         ..ServerConfig::default()
     };
     let mut listening: Vec<String> = Vec::new();

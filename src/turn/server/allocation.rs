@@ -52,7 +52,17 @@ pub struct Allocations {
     by_client: HashMap<FiveTuple, RelayId>,
     by_relayed: HashMap<SocketAddr, RelayId>,
     per_user: HashMap<String, u32>,
+    /// Relayed addresses of allocations that ended, and since when (None until the next
+    /// sweep stamps it): a channel or permission another allocation still holds to one of
+    /// them must not reach whatever process binds that port next.
+    freed: HashMap<SocketAddr, Option<Instant>>,
 }
+
+/// How long an ended allocation's relayed address stays refused as a peer: the longest a
+/// channel binding to it can live elsewhere (RFC 8656 §12: 10 minutes), with a margin.
+pub const FREED_QUARANTINE: Duration = Duration::from_secs(660);
+/// Freed addresses remembered at most; past it the oldest-stamped go first at the sweep.
+const MAX_FREED: usize = 200_000;
 
 impl Allocations {
     pub fn len(&self) -> usize {
@@ -72,6 +82,10 @@ impl Allocations {
         self.by_client.insert(a.client, a.relay);
         self.by_relayed.insert(a.relayed, a.relay);
         self.by_relayed.insert(a.bound, a.relay);
+        if !self.freed.is_empty() {
+            self.freed.remove(&a.relayed);
+            self.freed.remove(&a.bound);
+        }
         self.by_relay.insert(a.relay, a);
     }
 
@@ -80,6 +94,8 @@ impl Allocations {
         self.by_client.remove(&a.client);
         self.by_relayed.remove(&a.relayed);
         self.by_relayed.remove(&a.bound);
+        self.freed.insert(a.relayed, None);
+        self.freed.insert(a.bound, None);
         if let Some(n) = self.per_user.get_mut(&a.user.username) {
             *n -= 1;
             if *n == 0 {
@@ -113,6 +129,28 @@ impl Allocations {
             .get(&addr)
             .or_else(|| self.by_relayed.get(&SocketAddr::new(canonical(addr.ip()), addr.port())))
             .copied()
+    }
+
+    /// Whether `addr` was the relayed address of an allocation that ended recently and is
+    /// not live again (compared canonically). One lookup, none while nothing has ended.
+    pub fn recently_freed(&self, addr: SocketAddr) -> bool {
+        !self.freed.is_empty()
+            && (self.freed.contains_key(&addr)
+                || self.freed.contains_key(&SocketAddr::new(canonical(addr.ip()), addr.port())))
+    }
+
+    /// Stamps newly freed addresses with `now` and forgets those older than the quarantine.
+    pub fn sweep_freed(&mut self, now: Instant) {
+        for t in self.freed.values_mut() {
+            t.get_or_insert(now);
+        }
+        self.freed.retain(|_, t| t.is_some_and(|t| now.saturating_duration_since(t) < FREED_QUARANTINE));
+        if self.freed.len() > MAX_FREED {
+            let mut stamps: Vec<Instant> = self.freed.values().filter_map(|t| *t).collect();
+            stamps.sort_unstable();
+            let cut = stamps[self.freed.len() - MAX_FREED];
+            self.freed.retain(|_, t| t.is_some_and(|t| t > cut));
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Allocation> {

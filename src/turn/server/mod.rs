@@ -18,11 +18,13 @@ pub mod allocation;
 pub mod auth;
 pub mod channels;
 pub mod coturn_conf;
+pub mod fingerprint;
 pub mod metrics;
 pub mod nonce;
 pub mod peer_policy;
 pub mod permissions;
 pub mod stats;
+pub mod throttle;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -47,9 +49,11 @@ use crate::stun::message::{HEADER_LEN, looks_like_stun};
 use allocation::{Allocation, Allocations, MAX_LIFETIME, granted_lifetime};
 use auth::{AuthFailure, Authenticator, FailureLimiter, IntegrityKind, UserKey};
 use channels::BindError;
+use fingerprint::FingerprintCheck;
 use nonce::{NonceCheck, Nonces};
 use peer_policy::{PeerPolicy, PeerPolicyConfig, Refusal, Verdict};
 pub use stats::Stats;
+use throttle::{AuthThrottle, ThrottleConfig};
 use wire::Class;
 
 /// A relayed socket, named by the driver that opened it.
@@ -242,6 +246,8 @@ pub struct ServerConfig {
     /// 401 answers to failed credentials per source IP: burst, then per second.
     pub auth_fail_burst: u32,
     pub auth_fail_per_sec: f64,
+    /// Password-guessing throttle per source IP and per username.
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for ServerConfig {
@@ -263,6 +269,7 @@ impl Default for ServerConfig {
             software: format!("natkit {}", env!("CARGO_PKG_VERSION")),
             auth_fail_burst: 10,
             auth_fail_per_sec: 2.0,
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -286,6 +293,7 @@ pub struct Server {
     auth: Authenticator,
     nonces: Nonces,
     limiter: FailureLimiter,
+    throttle: AuthThrottle,
     policy: PeerPolicy,
     allocs: Allocations,
     ports: Box<dyn RelayPorts>,
@@ -308,11 +316,13 @@ impl Server {
         let nonces = Nonces::new(cfg.nonce_key, cfg.nonce_lifetime, now);
         let limiter = FailureLimiter::new(cfg.auth_fail_burst, cfg.auth_fail_per_sec);
         let policy = PeerPolicy::new(cfg.policy.clone());
+        let throttle = AuthThrottle::new(cfg.throttle);
         Server {
             cfg,
             auth,
             nonces,
             limiter,
+            throttle,
             policy,
             allocs: Allocations::default(),
             ports,
@@ -368,7 +378,9 @@ impl Server {
             a.permissions.expire(now);
             a.channels.expire(now);
         }
+        self.allocs.sweep_freed(now);
         self.limiter.sweep(now);
+        self.throttle.sweep(now);
     }
 
     /// A TCP or TLS client went away: its allocation goes with it (RFC 8656 §7).
@@ -467,6 +479,13 @@ impl Server {
         if let Some(target) = self.allocs.relay_at(peer) {
             return self.deliver_internal(relay, target, data, now);
         }
+        // Checked on every packet (one lookup): a channel or permission made to
+        // another allocation's relayed address outlives that allocation, and the
+        // port may now belong to another process on this host.
+        if self.allocs.recently_freed(peer) {
+            self.stats.refusals[Refusal::OwnAddress.index()] += 1;
+            return None;
+        }
         self.stats.packets_to_peers += 1;
         self.stats.bytes_to_peers += data.len() as u64;
         Some(Transmit { target: Target::Peer { relay, peer }, payload: data })
@@ -502,6 +521,12 @@ impl Server {
     }
 
     fn client_stun<'a>(&'a mut self, from: FiveTuple, packet: &'a [u8], now: Instant) -> Option<Transmit<'a>> {
+        if fingerprint::check(packet) == FingerprintCheck::Invalid {
+            // RFC 8489 §14.7: discarded, never answered.
+            self.stats.dropped_bad_fingerprint += 1;
+            tracing::debug!(client = %from.remote, "message with a wrong FINGERPRINT dropped");
+            return None;
+        }
         let (method, class) = wire::method_and_class(packet);
         match class {
             Class::Indication if method == 0x006 => self.send_indication(from, packet, now),
@@ -634,6 +659,13 @@ impl Server {
                 return Authed::Reply(self.challenge(from, method, txid, ErrorCode::StaleNonce, now));
             }
         }
+        // A locked source or username is refused before its integrity is
+        // checked, so a guess sent during the lock cannot succeed. Silence,
+        // not 401: a UDP client retransmits and rides through a short lock.
+        if let Err(who) = self.throttle.gate(from.remote.ip(), &username, now) {
+            self.stats.auth_throttled[who.index()] += 1;
+            return Authed::Reply(None);
+        }
         let result = if realm != self.auth.realm() {
             Err(AuthFailure::WrongRealm)
         } else {
@@ -643,9 +675,20 @@ impl Server {
             })
         };
         match result {
-            Ok((k, kind)) => Authed::Ok(k, kind),
+            Ok((k, kind)) => {
+                self.throttle.record_success(&k.username);
+                Authed::Ok(k, kind)
+            }
             Err(why) => {
                 self.stats.auth_failures[why.index()] += 1;
+                let user = (why == AuthFailure::BadIntegrity).then_some(username.as_str());
+                let locked = self.throttle.record_failure(from.remote.ip(), user, now);
+                if locked.source_first {
+                    tracing::warn!(client = %from.remote.ip(), "too many failed logins from this address: its requests are refused unchecked for a growing backoff");
+                }
+                if locked.user_first {
+                    tracing::warn!(user = %username, "too many failed logins for this username: its requests are refused unchecked for a growing backoff");
+                }
                 tracing::info!(client = %from.remote, user = %username, reason = why.label(), "authentication failed (401)");
                 if !self.limiter.allow(from.remote.ip(), now) {
                     self.stats.rate_limited += 1;
@@ -817,7 +860,11 @@ impl Server {
                 return Err(ErrorCode::PeerAddressFamilyMismatch);
             }
             let allocs = &self.allocs;
-            if let Verdict::Refuse(why) = self.policy.check(peer, |a| allocs.relay_at(a).is_some()) {
+            let verdict = match self.policy.check(peer, |a| allocs.relay_at(a).is_some()) {
+                Verdict::Allow if allocs.recently_freed(peer) => Verdict::Refuse(Refusal::OwnAddress),
+                v => v,
+            };
+            if let Verdict::Refuse(why) = verdict {
                 self.refused(from, peer, why, what);
                 return Err(ErrorCode::Forbidden);
             }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::ErrorCode;
 use super::auth::AuthFailure;
 use super::peer_policy::Refusal;
+use super::throttle::Offender;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
@@ -28,7 +29,11 @@ pub struct Stats {
     pub stale_nonces: u64,
     /// 401 answers not sent because the source failed too often.
     pub rate_limited: u64,
+    /// Requests refused unchecked by the password-guessing throttle, indexed by [`Offender::index`].
+    pub auth_throttled: [u64; Offender::ALL.len()],
     pub dropped_malformed: u64,
+    /// STUN messages whose FINGERPRINT was present and wrong (RFC 8489 §14.7).
+    pub dropped_bad_fingerprint: u64,
     pub dropped_unexpected: u64,
     pub dropped_no_allocation: u64,
     pub dropped_no_permission: u64,
@@ -52,6 +57,7 @@ impl Stats {
 
     pub fn dropped_total(&self) -> u64 {
         self.dropped_malformed
+            + self.dropped_bad_fingerprint
             + self.dropped_unexpected
             + self.dropped_no_allocation
             + self.dropped_no_permission
