@@ -4,17 +4,22 @@
 //! figures asserted as counts, never as times.
 
 mod common;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/turn_udp.rs"]
 mod turn_udp;
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use common::json_of;
 use common::relay::Relay;
+use netns::Netns;
 use stun_rs::MessageClass;
 use stun_rs::methods::ALLOCATE;
-use turn_udp::{Client, allocate, any_success, request, request_with_fingerprint, udp};
+use turn_udp::{
+    Allocated, Client, allocate, any_success, channel_data, request, request_with_fingerprint, send_indication, udp,
+};
 
 fn server(relay: &Relay) -> SocketAddr {
     relay.addr().parse().expect("relay address")
@@ -110,4 +115,105 @@ fn a_request_with_a_wrong_fingerprint_is_discarded_and_counted() {
     let v = json_of(&relay.stop());
     assert_eq!(v["allocations_created"], 1, "{v}");
     assert_eq!(v["dropped_packets"], 2, "both tries of the bad request are dropped and counted: {v}");
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+/// Waits (bounded) until the relay at `server` answers a Binding request from `local_ip`.
+fn wait_answering(local_ip: &str, server: SocketAddr) {
+    let c = Client::bind(local_ip, server);
+    let req = natkit::stun::message::binding_request(natkit::stun::message::new_transaction_id());
+    assert!(c.transact_tries(&req, 20).is_some(), "the relay at {server} did not answer within 10 s");
+}
+
+/// Whether `sock` receives anything within 300 ms.
+fn receives(sock: &UdpSocket) -> Option<Vec<u8>> {
+    sock.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let mut buf = [0u8; 2048];
+    sock.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+}
+
+#[test]
+fn peers_on_the_relay_host_itself_are_refused_v4_v6_and_behind_external_ip() {
+    let ns = Netns::new(&["203.0.113.1/24", "203.0.113.5/32", "2001:db8::1/64", "2001:db8::5/128"]);
+    let common = ["--listen", "203.0.113.1:3478", "--listen", "[2001:db8::1]:3478", "--user", "alice:wonderland"];
+    let common = [&common[..], &["--realm", "lab", "--external-ip", "198.51.100.77", "--json"]].concat();
+    let mut strict = ns.spawn_relay(&common);
+    let (v4, v6) = ns.run(|| {
+        let server = sa("203.0.113.1:3478");
+        wait_answering("203.0.113.5", server);
+        // A service of the relay host the relay does not own.
+        let service = UdpSocket::bind("203.0.113.1:5555").expect("bind the host service");
+        let a = Allocated::new("203.0.113.5", server, "alice", "wonderland", false);
+        let v4: Vec<Option<u16>> =
+            ["203.0.113.1:5555", "198.51.100.77:3478", "198.51.100.77:22"].iter().map(|p| a.permit(sa(p))).collect();
+        // A Send indication needs no answer; it must not reach the service either.
+        a.send_raw(&send_indication(sa("203.0.113.1:5555"), b"knock"));
+        assert_eq!(receives(&service), None, "a Send indication reached the relay host's service");
+        let service6 = UdpSocket::bind("[2001:db8::1]:5555").expect("bind the v6 host service");
+        let b = Allocated::new("2001:db8::5", sa("[2001:db8::1]:3478"), "alice", "wonderland", true);
+        let v6 = b.permit(sa("[2001:db8::1]:5555"));
+        b.send_raw(&send_indication(sa("[2001:db8::1]:5555"), b"knock"));
+        assert_eq!(receives(&service6), None, "a Send indication reached the relay host's v6 service");
+        (v4, v6)
+    });
+    assert_eq!(
+        v4,
+        [Some(403), Some(403), Some(403)],
+        "own v4 port, external-ip listening port, external-ip other port"
+    );
+    assert_eq!(v6, Some(403), "own v6 address");
+    let v = json_of(&strict.stop());
+    assert!(v["peer_refusals"]["own_host"].as_u64().unwrap_or(0) >= 3, "{v}");
+    assert!(v["peer_refusals"]["own_address"].as_u64().unwrap_or(0) >= 1, "{v}");
+
+    // The operator may open the host (not its listening ports): then datagrams do arrive.
+    let mut open = ns.spawn_relay(&[&common[..], &["--allow-relay-host-peers"]].concat());
+    ns.run(|| {
+        let server = sa("203.0.113.1:3478");
+        wait_answering("203.0.113.5", server);
+        let service = UdpSocket::bind("203.0.113.1:5556").expect("bind the host service");
+        let a = Allocated::new("203.0.113.5", server, "alice", "wonderland", false);
+        assert_eq!(a.permit(sa("203.0.113.1:5556")), None);
+        assert_eq!(a.permit(sa("203.0.113.1:3478")), Some(403), "never the listening port");
+        a.send_raw(&send_indication(sa("203.0.113.1:5556"), b"knock"));
+        assert_eq!(receives(&service).as_deref(), Some(&b"knock"[..]), "allowed, so it arrives");
+    });
+    let _ = open.stop();
+}
+
+#[test]
+fn a_channel_to_a_freed_relayed_port_stops_delivering() {
+    // --allow-loopback-peers: only the relay's own bookkeeping can stop this, not the loopback class.
+    let mut relay = Relay::start(&["--user", "alice:wonderland", "--realm", "lab", "--allow-loopback-peers", "--json"]);
+    let a = Allocated::new("127.0.0.1", server(&relay), "alice", "wonderland", false);
+    let b = Allocated::new("127.0.0.2", server(&relay), "alice", "wonderland", false);
+    assert_eq!(b.permit(a.relayed), None);
+    assert_eq!(a.bind_channel(0x4000, b.relayed), None, "a channel to another allocation of this relay");
+    a.send_raw(&channel_data(0x4000, b"to b"));
+    let got = b.client.drain(Duration::from_millis(300));
+    assert!(got.iter().any(|d| d.windows(4).any(|w| w == b"to b")), "allocation to allocation works: {got:?}");
+
+    assert_eq!(b.delete(), None);
+    // Another process takes the freed port (bounded wait for the relay to close it).
+    let mut squatter = None;
+    for _ in 0..100 {
+        if let Ok(s) = UdpSocket::bind(b.relayed) {
+            squatter = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let squatter = squatter.expect("the freed relayed port was never released");
+    for _ in 0..3 {
+        a.send_raw(&channel_data(0x4000, b"to whoever"));
+        a.send_raw(&send_indication(b.relayed, b"to whoever"));
+    }
+    assert_eq!(receives(&squatter), None, "ChannelData or Send reached the process that took the freed port");
+    // New permissions and channels to it are refused too.
+    assert_eq!(a.permit(b.relayed), Some(403));
+    let v = json_of(&relay.stop());
+    assert!(v["peer_refusals"]["own_address"].as_u64().unwrap_or(0) >= 7, "{v}");
 }

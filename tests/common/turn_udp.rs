@@ -131,3 +131,83 @@ pub fn allocate(c: &Client, user: &str, pass: &str) -> StunMessage {
 pub fn any_success(datagrams: &[Vec<u8>]) -> bool {
     datagrams.iter().any(|d| d.len() >= 20 && d[0] & 0x01 == 0x01 && d[1] & 0x10 == 0)
 }
+
+/// A Send indication carrying `data` to `peer`.
+pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let b = StunMessageBuilder::new(stun_rs::methods::SEND, MessageClass::Indication)
+        .with_transaction_id(TransactionId::from(new_transaction_id()))
+        .with_attribute(stun_rs::attributes::turn::XorPeerAddress::from(peer))
+        .with_attribute(stun_rs::attributes::turn::Data::new(data.to_vec()));
+    encode(&b.build())
+}
+
+/// A ChannelData message (RFC 8656 §12.4), unpadded (UDP).
+pub fn channel_data(number: u16, data: &[u8]) -> Vec<u8> {
+    let mut m = number.to_be_bytes().to_vec();
+    m.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    m.extend_from_slice(data);
+    m
+}
+
+/// XOR-RELAYED-ADDRESS of an Allocate success.
+pub fn relayed_of(m: &StunMessage) -> SocketAddr {
+    *m.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()).expect("XOR-RELAYED-ADDRESS").socket_address()
+}
+
+/// A client that allocated, with the nonce and credentials it keeps using.
+pub struct Allocated {
+    pub client: Client,
+    pub relayed: SocketAddr,
+    pub nonce: String,
+    pub user: String,
+    pub pass: String,
+}
+
+impl Allocated {
+    /// Allocates from `local_ip` (with REQUESTED-ADDRESS-FAMILY IPv6 when `v6`).
+    pub fn new(local_ip: &str, server: SocketAddr, user: &str, pass: &str, v6: bool) -> Allocated {
+        let client = Client::bind(local_ip, server);
+        let nonce = client.nonce();
+        let mut attrs = vec![udp()];
+        if v6 {
+            attrs.push(stun_rs::attributes::turn::RequestedAddressFamily::new(stun_rs::AddressFamily::IPv6).into());
+        }
+        let m = client.transact(&request(ALLOCATE, attrs, Some((user, pass, &nonce)))).expect("an answer to Allocate");
+        assert_eq!(m.class(), MessageClass::SuccessResponse, "Allocate from {local_ip}: {m:?}");
+        let relayed = relayed_of(&m);
+        Allocated { client, relayed, nonce, user: user.into(), pass: pass.into() }
+    }
+
+    /// A signed request on this allocation; the answer's error code (None for a success).
+    pub fn signed(&self, method: MessageMethod, attrs: Vec<StunAttribute>) -> Option<u16> {
+        let req = request(method, attrs, Some((&self.user, &self.pass, &self.nonce)));
+        let m = self.client.transact(&req).expect("an answer");
+        code(&m)
+    }
+
+    pub fn permit(&self, peer: SocketAddr) -> Option<u16> {
+        self.signed(
+            stun_rs::methods::CREATE_PERMMISSION,
+            vec![stun_rs::attributes::turn::XorPeerAddress::from(peer).into()],
+        )
+    }
+
+    pub fn bind_channel(&self, number: u16, peer: SocketAddr) -> Option<u16> {
+        self.signed(
+            stun_rs::methods::CHANNEL_BIND,
+            vec![
+                stun_rs::attributes::turn::ChannelNumber::new(number).into(),
+                stun_rs::attributes::turn::XorPeerAddress::from(peer).into(),
+            ],
+        )
+    }
+
+    /// Refresh with LIFETIME 0: the allocation ends.
+    pub fn delete(&self) -> Option<u16> {
+        self.signed(stun_rs::methods::REFRESH, vec![stun_rs::attributes::turn::LifeTime::new(0).into()])
+    }
+
+    pub fn send_raw(&self, bytes: &[u8]) {
+        self.client.sock.send_to(bytes, self.client.server).expect("send");
+    }
+}
