@@ -217,3 +217,41 @@ fn a_channel_to_a_freed_relayed_port_stops_delivering() {
     let v = json_of(&relay.stop());
     assert!(v["peer_refusals"]["own_address"].as_u64().unwrap_or(0) >= 7, "{v}");
 }
+
+#[test]
+fn unauthenticated_answers_are_small_and_a_flood_from_one_address_gets_fewer_bytes_than_it_sends() {
+    // A quarter of the default budget, so the bound holds with room however slowly the flood goes out.
+    let budget = ["--unauth-burst", "16384", "--unauth-rate", "4096"];
+    let mut relay = Relay::start(&[&["--user", "alice:wonderland", "--realm", "lab", "--json"][..], &budget].concat());
+    let attacker = Client::bind("127.0.0.1", server(&relay));
+    // A bare Allocate: the 20-byte header alone.
+    let bare = || {
+        let mut m = request(ALLOCATE, vec![], None);
+        m.truncate(20);
+        m[2..4].copy_from_slice(&[0, 0]);
+        m
+    };
+    let first = bare();
+    let challenge = attacker.transact(&first).expect("a 401 challenge");
+    assert_eq!(turn_udp::code(&challenge), Some(401));
+    let size = natkit::stun::message::encode(&challenge).len();
+    // coturn 4.6.1 answers the same 20 bytes with 92 (x4.6).
+    assert!(size <= 92, "a single 401 challenge of {size} bytes is larger than coturn's 92");
+
+    // 5,000 bare Allocates and 5,000 Binding requests from one (spoofable) address.
+    let mut flood: Vec<Vec<u8>> = (0..5_000).map(|_| bare()).collect();
+    flood.extend(
+        (0..5_000).map(|_| natkit::stun::message::binding_request(natkit::stun::message::new_transaction_id())),
+    );
+    let bytes_in: usize = flood.iter().map(|m| m.len()).sum();
+    let answers = blast(&attacker, &flood);
+    let bytes_out: usize = answers.iter().map(|a| a.len()).sum();
+    assert!(answers.len() >= 10, "the burst is answered: {} answers", answers.len());
+    assert!(bytes_out <= bytes_in, "amplification: {bytes_out} bytes out for {bytes_in} in");
+
+    // Another address is answered at once.
+    let other = Client::bind("127.0.0.2", server(&relay));
+    assert!(other.transact_tries(&bare(), 1).is_some(), "another address got no answer");
+    let v = json_of(&relay.stop());
+    assert!(v["unauth_rate_limited"].as_u64().unwrap_or(0) >= 5_000, "{v}");
+}

@@ -121,6 +121,14 @@ pub struct RelayArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub auth_max_backoff: u64,
 
+    /// Bytes of unauthenticated answers (Binding, 401 challenges, unsigned errors) one source address may get at once over UDP
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(512..))]
+    pub unauth_burst: u32,
+
+    /// Bytes per second of unauthenticated answers one source address gets over UDP after the burst
+    #[arg(long, value_name = "BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub unauth_rate: u32,
+
     /// Serve Prometheus metrics over HTTP on this address
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,

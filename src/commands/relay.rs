@@ -23,6 +23,7 @@ use crate::turn::server::auth::AuthFailure;
 use crate::turn::server::coturn_conf::{self, CoturnConf};
 use crate::turn::server::peer_policy::{Cidr, PeerPolicyConfig, Refusal};
 use crate::turn::server::throttle::ThrottleConfig;
+use crate::turn::server::unauth_limit::UnauthLimitConfig;
 use crate::turn::server::{Rfc5780, ServerConfig, Stats};
 
 /// What the relay did, printed when it stops.
@@ -46,6 +47,8 @@ pub struct RelayReport {
     pub auth_failures: BTreeMap<String, u64>,
     /// Requests refused without an integrity check by the password-guessing throttle.
     pub auth_throttled: u64,
+    /// Unauthenticated answers over UDP withheld by the per-source byte budget (amplification).
+    pub unauth_rate_limited: u64,
     pub dropped_packets: u64,
 }
 
@@ -154,6 +157,7 @@ fn report(listening: &[String], relay_ips: &[IpAddr], s: &Stats, tcp: u64, up: D
         peer_refusals: Refusal::ALL.iter().map(|r| (r.label().to_string(), s.refusals[r.index()])).collect(),
         auth_failures: AuthFailure::ALL.iter().map(|a| (a.label().to_string(), s.auth_failures[a.index()])).collect(),
         auth_throttled: s.auth_throttled.iter().sum(),
+        unauth_rate_limited: s.unauth_rate_limited,
         dropped_packets: s.dropped_total(),
     }
 }
@@ -419,6 +423,11 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         rfc5780,
         external_ip,
         throttle,
+        unauth: UnauthLimitConfig {
+            burst_bytes: args.unauth_burst,
+            bytes_per_sec: args.unauth_rate,
+            ..UnauthLimitConfig::default()
+        },
         ..ServerConfig::default()
     };
     let mut listening: Vec<String> = Vec::new();

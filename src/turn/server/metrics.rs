@@ -91,6 +91,13 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         "Requests refused without an integrity check by the password-guessing throttle, by the key that was locked.",
         &throttled,
     );
+    metric(
+        &mut o,
+        "unauth_rate_limited_total",
+        "counter",
+        "Unauthenticated answers over UDP withheld by the per-source byte budget (amplification limit).",
+        &[("", s.unauth_rate_limited)],
+    );
     metric(&mut o, "stale_nonces_total", "counter", "438 Stale Nonce answers.", &[("", s.stale_nonces)]);
     let errors: Vec<(String, u64)> =
         ErrorCode::ALL.iter().map(|e| (format!("code=\"{}\"", e.code()), s.errors_sent[e.index()])).collect();

@@ -25,6 +25,7 @@ pub mod peer_policy;
 pub mod permissions;
 pub mod stats;
 pub mod throttle;
+pub mod unauth_limit;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ use nonce::{NonceCheck, Nonces};
 use peer_policy::{PeerPolicy, PeerPolicyConfig, Refusal, Verdict};
 pub use stats::Stats;
 use throttle::{AuthThrottle, ThrottleConfig};
+use unauth_limit::{UnauthLimit, UnauthLimitConfig};
 use wire::Class;
 
 /// A relayed socket, named by the driver that opened it.
@@ -248,6 +250,8 @@ pub struct ServerConfig {
     pub auth_fail_per_sec: f64,
     /// Password-guessing throttle per source IP and per username.
     pub throttle: ThrottleConfig,
+    /// Bytes of unauthenticated answers per source IP over UDP (amplification).
+    pub unauth: UnauthLimitConfig,
 }
 
 impl Default for ServerConfig {
@@ -270,6 +274,7 @@ impl Default for ServerConfig {
             auth_fail_burst: 10,
             auth_fail_per_sec: 2.0,
             throttle: ThrottleConfig::default(),
+            unauth: UnauthLimitConfig::default(),
         }
     }
 }
@@ -294,6 +299,7 @@ pub struct Server {
     nonces: Nonces,
     limiter: FailureLimiter,
     throttle: AuthThrottle,
+    unauth: UnauthLimit,
     policy: PeerPolicy,
     allocs: Allocations,
     ports: Box<dyn RelayPorts>,
@@ -305,6 +311,8 @@ pub struct Server {
     reply_target: Option<Target>,
     /// Set while answering a request that carried FINGERPRINT: the answer does too.
     reply_fingerprint: bool,
+    /// Set by `encode` when the answer carries MESSAGE-INTEGRITY (the client proved its key).
+    reply_signed: bool,
     stats: Stats,
 }
 
@@ -317,12 +325,14 @@ impl Server {
         let limiter = FailureLimiter::new(cfg.auth_fail_burst, cfg.auth_fail_per_sec);
         let policy = PeerPolicy::new(cfg.policy.clone());
         let throttle = AuthThrottle::new(cfg.throttle);
+        let unauth = UnauthLimit::new(cfg.unauth);
         Server {
             cfg,
             auth,
             nonces,
             limiter,
             throttle,
+            unauth,
             policy,
             allocs: Allocations::default(),
             ports,
@@ -332,6 +342,7 @@ impl Server {
             scratch: vec![0u8; SCRATCH],
             reply_target: None,
             reply_fingerprint: false,
+            reply_signed: false,
             stats: Stats::default(),
         }
     }
@@ -381,6 +392,7 @@ impl Server {
         self.allocs.sweep_freed(now);
         self.limiter.sweep(now);
         self.throttle.sweep(now);
+        self.unauth.sweep(now);
     }
 
     /// A TCP or TLS client went away: its allocation goes with it (RFC 8656 §7).
@@ -533,8 +545,17 @@ impl Server {
             Class::Request => {
                 self.stats.requests += 1;
                 self.reply_target = None;
+                self.reply_signed = false;
                 let n = self.request(from, packet, method, now)?;
                 let target = self.reply_target.take().unwrap_or(Target::Client(from));
+                // An unsigned answer over UDP may go to a forged source: budgeted per IP.
+                if !std::mem::take(&mut self.reply_signed)
+                    && from.transport == Transport::Udp
+                    && !self.unauth.allow(from.remote.ip(), n, now)
+                {
+                    self.stats.unauth_rate_limited += 1;
+                    return None;
+                }
                 Some(Transmit { target, payload: &self.scratch[..n] })
             }
             _ => {
@@ -943,7 +964,7 @@ impl Server {
         signed: Option<(&UserKey, IntegrityKind)>,
     ) -> Option<usize> {
         let builder = StunMessageBuilder::new(method, MessageClass::SuccessResponse);
-        self.encode(builder, txid, attrs, signed)
+        self.encode(builder, txid, attrs, signed, true)
     }
 
     fn error(
@@ -959,7 +980,9 @@ impl Server {
         attrs.insert(0, ErrorCodeAttr::from(e).into());
         let method = MessageMethod::try_from(method).ok()?;
         let builder = StunMessageBuilder::new(method, MessageClass::ErrorResponse);
-        self.encode(builder, txid, attrs, signed)
+        // No SOFTWARE in errors: a 401 challenge is what an amplification attack
+        // gets back, so it carries only what the client needs (RFC 8489 §14.14: MAY).
+        self.encode(builder, txid, attrs, signed, false)
     }
 
     fn encode(
@@ -968,14 +991,16 @@ impl Server {
         txid: [u8; 12],
         attrs: Vec<StunAttribute>,
         signed: Option<(&UserKey, IntegrityKind)>,
+        software: bool,
     ) -> Option<usize> {
         b = b.with_transaction_id(TransactionId::from(txid));
         for a in attrs {
             b = b.with_attribute(a);
         }
-        if let Ok(s) = Software::new(&self.cfg.software) {
+        if software && let Ok(s) = Software::new(&self.cfg.software) {
             b = b.with_attribute(s);
         }
+        self.reply_signed = signed.is_some();
         if let Some((user, kind)) = signed {
             match HMACKey::new_long_term(
                 &user.username,
