@@ -10,7 +10,7 @@ mod netns;
 mod turn_udp;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::json_of;
 use common::relay::Relay;
@@ -254,4 +254,34 @@ fn unauthenticated_answers_are_small_and_a_flood_from_one_address_gets_fewer_byt
     assert!(other.transact_tries(&bare(), 1).is_some(), "another address got no answer");
     let v = json_of(&relay.stop());
     assert!(v["unauth_rate_limited"].as_u64().unwrap_or(0) >= 5_000, "{v}");
+}
+
+#[test]
+fn one_address_cannot_gather_more_allocations_than_the_source_quota_with_per_client_rest_credentials() {
+    let mut relay = Relay::start(&["--secret", "s3cret", "--realm", "lab", "--user-quota", "1000", "--json"]);
+    let mint = |name: &str| {
+        natkit::turn::credentials::rest_credentials("s3cret", Some(name), SystemTime::now(), Duration::from_secs(600))
+    };
+    // One host, a fresh REST credential (as `natkit signal --turn-secret` mints per client) and socket each time.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for i in 0..105 {
+        let c = Client::bind("127.0.0.1", server(&relay));
+        let cred = mint(&format!("client{i}"));
+        let m = allocate(&c, &cred.username, &cred.password);
+        match turn_udp::code(&m) {
+            None => held.push(c),
+            Some(486) => refused += 1,
+            other => panic!("Allocate {i}: {other:?} {m:?}"),
+        }
+    }
+    assert_eq!(held.len(), 100, "the default --source-quota");
+    assert_eq!(refused, 5);
+    // A legitimate user on another address still allocates.
+    let other = Client::bind("127.0.0.2", server(&relay));
+    let cred = mint("legit");
+    assert_eq!(allocate(&other, &cred.username, &cred.password).class(), MessageClass::SuccessResponse);
+    let v = json_of(&relay.stop());
+    assert_eq!(v["source_quota_refusals"], 5, "{v}");
+    assert_eq!(v["allocations_created"], 101, "{v}");
 }

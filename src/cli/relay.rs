@@ -93,6 +93,10 @@ pub struct RelayArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub user_quota: u32,
 
+    /// Allocations per client IP address, whatever the username (486 beyond; 0: no limit)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub source_quota: u32,
+
     /// Permissions per allocation (508 beyond)
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub max_permissions: usize,

@@ -49,6 +49,8 @@ pub struct RelayReport {
     pub auth_throttled: u64,
     /// Unauthenticated answers over UDP withheld by the per-source byte budget (amplification).
     pub unauth_rate_limited: u64,
+    /// Allocate refused (486) because the client's address reached `--source-quota`.
+    pub source_quota_refusals: u64,
     pub dropped_packets: u64,
 }
 
@@ -158,6 +160,7 @@ fn report(listening: &[String], relay_ips: &[IpAddr], s: &Stats, tcp: u64, up: D
         auth_failures: AuthFailure::ALL.iter().map(|a| (a.label().to_string(), s.auth_failures[a.index()])).collect(),
         auth_throttled: s.auth_throttled.iter().sum(),
         unauth_rate_limited: s.unauth_rate_limited,
+        source_quota_refusals: s.source_quota_reached,
         dropped_packets: s.dropped_total(),
     }
 }
@@ -417,6 +420,7 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         policy,
         max_allocations: args.max_allocations,
         user_quota: args.user_quota,
+        source_quota: args.source_quota,
         max_permissions: args.max_permissions,
         max_lifetime: Duration::from_secs(args.max_lifetime),
         nonce_lifetime: Duration::from_secs(args.nonce_lifetime),

@@ -5,7 +5,7 @@
 //! finds its allocation with one hash lookup.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::auth::{IntegrityKind, UserKey};
@@ -52,6 +52,8 @@ pub struct Allocations {
     by_client: HashMap<FiveTuple, RelayId>,
     by_relayed: HashMap<SocketAddr, RelayId>,
     per_user: HashMap<String, u32>,
+    /// Allocations per client IP (the quota per source address).
+    per_source: HashMap<IpAddr, u32>,
     /// Relayed addresses of allocations that ended, and since when (None until the next
     /// sweep stamps it): a channel or permission another allocation still holds to one of
     /// them must not reach whatever process binds that port next.
@@ -77,8 +79,14 @@ impl Allocations {
         self.per_user.get(user).copied().unwrap_or(0)
     }
 
+    /// Allocations whose client is at `ip` (canonically: `::ffff:a.b.c.d` counts as `a.b.c.d`).
+    pub fn source_count(&self, ip: IpAddr) -> u32 {
+        self.per_source.get(&canonical(ip)).copied().unwrap_or(0)
+    }
+
     pub fn insert(&mut self, a: Allocation) {
         *self.per_user.entry(a.user.username.clone()).or_default() += 1;
+        *self.per_source.entry(canonical(a.client.remote.ip())).or_default() += 1;
         self.by_client.insert(a.client, a.relay);
         self.by_relayed.insert(a.relayed, a.relay);
         self.by_relayed.insert(a.bound, a.relay);
@@ -100,6 +108,13 @@ impl Allocations {
             *n -= 1;
             if *n == 0 {
                 self.per_user.remove(&a.user.username);
+            }
+        }
+        let ip = canonical(a.client.remote.ip());
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&ip);
             }
         }
         Some(a)

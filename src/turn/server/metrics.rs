@@ -98,6 +98,13 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         "Unauthenticated answers over UDP withheld by the per-source byte budget (amplification limit).",
         &[("", s.unauth_rate_limited)],
     );
+    metric(
+        &mut o,
+        "source_quota_refusals_total",
+        "counter",
+        "Allocate refused with 486 because the client's address reached --source-quota.",
+        &[("", s.source_quota_reached)],
+    );
     metric(&mut o, "stale_nonces_total", "counter", "438 Stale Nonce answers.", &[("", s.stale_nonces)]);
     let errors: Vec<(String, u64)> =
         ErrorCode::ALL.iter().map(|e| (format!("code=\"{}\"", e.code()), s.errors_sent[e.index()])).collect();

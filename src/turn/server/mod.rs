@@ -236,6 +236,9 @@ pub struct ServerConfig {
     pub policy: PeerPolicyConfig,
     pub max_allocations: usize,
     pub user_quota: u32,
+    /// Allocations per client IP address (0: no limit), so per-client REST credentials
+    /// cannot be multiplied by one host.
+    pub source_quota: u32,
     pub max_permissions: usize,
     pub max_channels: usize,
     pub max_lifetime: Duration,
@@ -263,6 +266,7 @@ impl Default for ServerConfig {
             policy: PeerPolicyConfig::default(),
             max_allocations: 10_000,
             user_quota: 1_000,
+            source_quota: 100,
             max_permissions: 128,
             max_channels: 128,
             max_lifetime: MAX_LIFETIME,
@@ -801,6 +805,11 @@ impl Server {
         };
         if self.allocs.user_count(&user.username) >= self.cfg.user_quota {
             tracing::info!(user = %user.username, "allocation quota reached (486)");
+            return self.error(method, txid, ErrorCode::AllocationQuotaReached, signed, vec![]);
+        }
+        if self.cfg.source_quota > 0 && self.allocs.source_count(from.remote.ip()) >= self.cfg.source_quota {
+            self.stats.source_quota_reached += 1;
+            tracing::debug!(client = %from.remote.ip(), user = %user.username, "allocation quota per source address reached (486)");
             return self.error(method, txid, ErrorCode::AllocationQuotaReached, signed, vec![]);
         }
         if self.allocs.len() >= self.cfg.max_allocations {

@@ -33,6 +33,8 @@ pub struct Stats {
     pub auth_throttled: [u64; Offender::ALL.len()],
     /// Unsigned answers over UDP not sent: the source used up its byte budget (amplification).
     pub unauth_rate_limited: u64,
+    /// Allocate refused (486) because the client's address holds `source_quota` allocations.
+    pub source_quota_reached: u64,
     pub dropped_malformed: u64,
     /// STUN messages whose FINGERPRINT was present and wrong (RFC 8489 §14.7).
     pub dropped_bad_fingerprint: u64,

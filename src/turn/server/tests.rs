@@ -474,6 +474,39 @@ fn quotas_per_user_and_in_total() {
 }
 
 #[test]
+fn quota_per_source_address_holds_across_usernames() {
+    let mut cfg = config();
+    cfg.source_quota = 2;
+    let mut h = Harness::new(cfg);
+    let rest = |name: &str| {
+        let c = rest_credentials("rest-secret", Some(name), h_wall(), Duration::from_secs(600));
+        creds(&c.username, &c.password)
+    };
+    allocate(&mut h, udp_client(1), &rest("a"));
+    allocate(&mut h, udp_client(2), &rest("b"));
+    let client = udp_client(3);
+    let nonce = nonce_of(&h.request(client, &build(ALLOCATE, vec![udp_transport()], None)));
+    let m = h.request(client, &build(ALLOCATE, vec![udp_transport()], Some((&rest("c"), &nonce))));
+    assert_eq!(error_code(&m), Some(486), "a third username from the same address");
+    assert_eq!(h.server.stats().source_quota_reached, 1);
+    allocate(&mut h, udp_client_from("203.0.113.11", 3), &rest("c"));
+    // An allocation that ends frees its place.
+    let mut cfg = config();
+    cfg.source_quota = 1;
+    let mut h = Harness::new(cfg);
+    let alice = creds("alice", "wonderland");
+    let (_, _, nonce) = allocate(&mut h, udp_client(1), &alice);
+    let m = h.request(udp_client(1), &build(REFRESH, vec![LifeTime::new(0).into()], Some((&alice, &nonce))));
+    assert_eq!(m.class(), MessageClass::SuccessResponse);
+    allocate(&mut h, udp_client(2), &alice);
+}
+
+/// The harness's wall clock at its start (REST usernames are minted against it).
+fn h_wall() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+}
+
+#[test]
 fn no_free_relay_port_is_508() {
     let mut h = Harness::with_ports(config(), FakePorts { limit: Some(0), ..Default::default() });
     let client = udp_client(1);
