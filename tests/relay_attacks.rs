@@ -285,3 +285,27 @@ fn one_address_cannot_gather_more_allocations_than_the_source_quota_with_per_cli
     assert_eq!(v["source_quota_refusals"], 5, "{v}");
     assert_eq!(v["allocations_created"], 101, "{v}");
 }
+
+#[test]
+fn debians_classic_rfc3489_stun_client_gets_a_type_from_the_rfc5780_responder() {
+    let bin = common::tools::require("stun", "stun-client");
+    let port = common::free_port();
+    let alt = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let alt_port = alt.to_string();
+    let mut relay =
+        Relay::start_on(port, &["--listen", &listen, "--alt-ip", "127.0.0.2", "--alt-port", &alt_port, "--json"]);
+    let out = std::process::Command::new("timeout")
+        .args(["30"])
+        .arg(bin)
+        .args([&listen, "-v"])
+        .output()
+        .expect("running stun");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Primary:"), "no verdict from stun:\n{text}");
+    assert!(!text.contains("Blocked"), "the classic client got no answers:\n{text}");
+    // On loopback nothing is translated or filtered: every test of RFC 3489 §10.1 passes.
+    assert!(text.contains("Primary: Open"), "{text}");
+    let v = json_of(&relay.stop());
+    assert_eq!(v["dropped_packets"], 0, "{v}");
+}

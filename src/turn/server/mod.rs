@@ -17,6 +17,7 @@
 pub mod allocation;
 pub mod auth;
 pub mod channels;
+pub mod classic;
 pub mod coturn_conf;
 pub mod fingerprint;
 pub mod metrics;
@@ -423,6 +424,7 @@ impl Server {
         match packet.first().map(|b| b >> 6) {
             Some(1) => self.client_channel_data(from, packet, now),
             Some(0) if looks_like_stun(packet) => self.client_stun(from, packet, now),
+            Some(0) if classic::is_classic_binding(packet) => self.classic_binding(from, packet, now),
             _ => {
                 self.stats.dropped_malformed += 1;
                 None
@@ -567,6 +569,27 @@ impl Server {
                 None
             }
         }
+    }
+
+    /// An RFC 3489 Binding request (no magic cookie): answered in the classic format.
+    fn classic_binding<'a>(&'a mut self, from: FiveTuple, packet: &'a [u8], now: Instant) -> Option<Transmit<'a>> {
+        self.stats.requests += 1;
+        self.stats.binding_requests += 1;
+        self.stats.classic_binding_requests += 1;
+        let rfc5780 = if from.transport == Transport::Udp { self.cfg.rfc5780 } else { None };
+        let (n, origin) = match classic::answer(packet, from.remote, from.local, rfc5780, &mut self.scratch) {
+            Ok(v) => v,
+            Err(why) => {
+                self.stats.dropped_unexpected += 1;
+                tracing::debug!(client = %from.remote, ?why, "RFC 3489 Binding request not answered");
+                return None;
+            }
+        };
+        if from.transport == Transport::Udp && !self.unauth.allow(from.remote.ip(), n, now) {
+            self.stats.unauth_rate_limited += 1;
+            return None;
+        }
+        Some(Transmit { target: Target::Client(FiveTuple { local: origin, ..from }), payload: &self.scratch[..n] })
     }
 
     fn send_indication<'a>(&'a mut self, from: FiveTuple, packet: &'a [u8], now: Instant) -> Option<Transmit<'a>> {

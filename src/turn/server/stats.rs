@@ -12,6 +12,8 @@ use super::throttle::Offender;
 pub struct Stats {
     pub requests: u64,
     pub binding_requests: u64,
+    /// Of which RFC 3489 (no magic cookie).
+    pub classic_binding_requests: u64,
     pub allocations_created: u64,
     pub allocations_deleted: u64,
     pub allocations_expired: u64,
