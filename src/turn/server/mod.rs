@@ -1065,4 +1065,6 @@ impl Server {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
