@@ -65,7 +65,7 @@ fn ten_thousand_password_guesses_from_one_address_are_mostly_refused_unchecked()
     // A burst of 10, then locks of 0.5 s, 1 s, 2 s, ...: a handful more at most.
     assert!(checked <= 20, "{checked} of 10,000 guesses had their integrity checked\n{v}");
     assert!(checked >= 10, "the burst is checked: {v}");
-    assert!(refused + checked >= 9_500, "most guesses reached the relay and were refused unchecked: {v}");
+    assert!(refused + checked >= 9_000, "most guesses reached the relay and were refused unchecked: {v}");
     assert_eq!(v["allocations_created"], 2, "{v}");
 }
 

@@ -11,8 +11,10 @@ use clap::Args;
     long_about = "Run a STUN server, a TURN relay (RFC 8656 on RFC 8489) and, with --alt-ip/--alt-port, \
 an RFC 5780 NAT behaviour discovery responder, in one process.\n\n\
 Safe by default: peers on loopback, private, link-local, multicast, broadcast, reserved and unspecified \
-addresses, and the relay's own listening ports, are refused with 403 (IPv6 forms of IPv4 addresses are \
-unwrapped first). Two allocations on the same relay always reach each other, inside the process.\n\n\
+addresses, the relay's own listening ports and every other port of the relay host's own addresses, are refused \
+with 403 (IPv6 forms of IPv4 addresses are unwrapped first). Two live allocations on the same relay always reach \
+each other, inside the process. Password guessing is throttled per address and per username, unauthenticated \
+answers over UDP are budgeted per address (amplification), allocations are capped per username and per address.\n\n\
 Runs until SIGINT or SIGTERM, then prints a summary (a table, or JSON with --json) and exits 0."
 )]
 pub struct RelayArgs {

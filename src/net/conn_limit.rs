@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and returns the soft limit
 /// now in force (unchanged when raising fails, e.g. in a restricted sandbox).
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux x86_64 but not on every target
 pub fn raise_nofile_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.

@@ -137,7 +137,7 @@ pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     let b = StunMessageBuilder::new(stun_rs::methods::SEND, MessageClass::Indication)
         .with_transaction_id(TransactionId::from(new_transaction_id()))
         .with_attribute(stun_rs::attributes::turn::XorPeerAddress::from(peer))
-        .with_attribute(stun_rs::attributes::turn::Data::new(data.to_vec()));
+        .with_attribute(stun_rs::attributes::turn::Data::new(data));
     encode(&b.build())
 }
 

@@ -149,9 +149,11 @@ impl Allocations {
     /// Whether `addr` was the relayed address of an allocation that ended recently and is
     /// not live again (compared canonically). One lookup, none while nothing has ended.
     pub fn recently_freed(&self, addr: SocketAddr) -> bool {
-        !self.freed.is_empty()
-            && (self.freed.contains_key(&addr)
-                || self.freed.contains_key(&SocketAddr::new(canonical(addr.ip()), addr.port())))
+        if self.freed.is_empty() {
+            return false;
+        }
+        let c = SocketAddr::new(canonical(addr.ip()), addr.port());
+        self.freed.contains_key(&addr) || (c != addr && self.freed.contains_key(&c))
     }
 
     /// Stamps newly freed addresses with `now` and forgets those older than the quarantine.

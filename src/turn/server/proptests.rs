@@ -104,7 +104,7 @@ fn seeds(nonce: &str) -> Vec<Vec<u8>> {
     let peer: SocketAddr = "203.0.113.50:7000".parse().expect("peer");
     let send = StunMessageBuilder::new(SEND, MessageClass::Indication)
         .with_attribute(XorPeerAddress::from(peer))
-        .with_attribute(Data::new(b"payload".to_vec()))
+        .with_attribute(Data::new(b"payload"))
         .build();
     vec![
         build(ALLOCATE, vec![udp()], Some(nonce)),
