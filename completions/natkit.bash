@@ -228,7 +228,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__relay)
-            opts="-v -q -h -V --listen --tls-listen --cert --key --alt-ip --alt-port --realm --user --secret --relay-ip --external-ip --ports --allow-loopback-peers --allow-private-peers --allow-peer --deny-peer --max-allocations --max-connections --max-connections-per-ip --first-message-timeout --tls-handshake-timeout --idle-timeout --user-quota --max-permissions --max-lifetime --nonce-lifetime --drain-timeout --alternate-server --metrics --config --workers --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --listen --tls-listen --cert --key --alt-ip --alt-port --realm --user --secret --relay-ip --external-ip --ports --allow-loopback-peers --allow-private-peers --allow-relay-host-peers --allow-peer --deny-peer --max-allocations --max-connections --max-connections-per-ip --first-message-timeout --tls-handshake-timeout --idle-timeout --user-quota --source-quota --max-permissions --max-lifetime --nonce-lifetime --drain-timeout --alternate-server --auth-burst --auth-source-rate --auth-user-rate --auth-max-backoff --unauth-burst --unauth-rate --metrics --config --workers --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -318,6 +318,10 @@ _natkit() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --source-quota)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --max-permissions)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -335,6 +339,30 @@ _natkit() {
                     return 0
                     ;;
                 --alternate-server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-burst)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-source-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-user-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auth-max-backoff)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --unauth-burst)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --unauth-rate)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -78,7 +78,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l secret -d 'TURN 
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l relay-ip -d 'IP to open relayed sockets on (one per address family) [default: the listen IP, or the first interface address]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l external-ip -d 'Public IP to advertise in XOR-RELAYED-ADDRESS (the relay sits behind a 1:1 NAT)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l ports -d 'Port range for relayed sockets [default: 49152-65535]' -r
-complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-peer -d 'Allow peers in this range whatever else applies, except --deny-peer (repeatable)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-peer -d 'Allow peers in this range whatever else applies, except --deny-peer and the relay host\'s own addresses (repeatable)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l deny-peer -d 'Refuse peers in this range (repeatable); wins over everything' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-allocations -d 'Allocations in total, 0 for unlimited (lowered at start when the file-descriptor limit cannot hold them) [default: 10000, or the config file\'s total-quota]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-connections -d 'Concurrent TCP and TLS connections in total (refused at accept beyond; lowered at start when the file-descriptor limit cannot hold them)' -r
@@ -87,16 +87,24 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l first-message-ti
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l tls-handshake-timeout -d 'Seconds a TLS client has to finish its handshake' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l idle-timeout -d 'Seconds a TCP or TLS connection that holds no allocation may stay silent before it is closed' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l user-quota -d 'Allocations per username (486 beyond), 0 for unlimited [default: 100, or the config file\'s user-quota]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l source-quota -d 'Allocations per client IP address, whatever the username (486 beyond; 0: no limit)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-permissions -d 'Permissions per allocation (508 beyond)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-lifetime -d 'Longest allocation lifetime granted, in seconds' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l nonce-lifetime -d 'Seconds a nonce stays valid before 438 Stale Nonce' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l drain-timeout -d 'On SIGTERM, the longest drain (no new allocations, existing ones go on) before the rest are ended' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l alternate-server -d 'While draining, answer new Allocates with 300 Try Alternate naming this server instead of 508' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-burst -d 'Failed logins (wrong MESSAGE-INTEGRITY) from one address, or for one username, before it is locked' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-source-rate -d 'Checked logins per second per source address once locked (the first lock lasts 1/RATE s, then doubles)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-user-rate -d 'Checked logins per second per username once locked (the first lock lasts 1/RATE s, then doubles)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-max-backoff -d 'Longest lock of an address or username after failed logins, in seconds' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l unauth-burst -d 'Bytes of unauthenticated answers (Binding, 401 challenges, unsigned errors) one source address may get at once over UDP' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l unauth-rate -d 'Bytes per second of unauthenticated answers one source address gets over UDP after the burst' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l config -d 'Read options from a coturn turnserver.conf (flags given here win)' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l workers -d 'Worker threads, each with its own SO_REUSEPORT socket per UDP listen address [default: half the CPU count, 1 to 8]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-loopback-peers -d 'Let clients relay to loopback addresses (127.0.0.0/8, ::1)'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-private-peers -d 'Let clients relay to private and link-local addresses (RFC 1918, 100.64/10, fc00::/7, 169.254/16, fe80::/10)'
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-relay-host-peers -d 'Let clients relay to other ports of the relay host\'s own non-loopback addresses (interfaces, --relay-ip, --external-ip); its listening ports stay refused'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'

@@ -16,6 +16,7 @@ PACKAGES=(
   iperf3 jq         # bench-punch: anchor and JSON
   procps psmisc     # ps/pkill used by benches
   openssl           # throwaway certificates in scripts/demo.sh
+  stun-client       # `stun`, a classic RFC 3489 client (relay answers requests without the magic cookie)
 )
 
 SUDO=""

@@ -11,8 +11,10 @@ use clap::Args;
     long_about = "Run a STUN server, a TURN relay (RFC 8656 on RFC 8489) and, with --alt-ip/--alt-port, \
 an RFC 5780 NAT behaviour discovery responder, in one process.\n\n\
 Safe by default: peers on loopback, private, link-local, multicast, broadcast, reserved and unspecified \
-addresses, and the relay's own listening ports, are refused with 403 (IPv6 forms of IPv4 addresses are \
-unwrapped first). Two allocations on the same relay always reach each other, inside the process.\n\n\
+addresses, the relay's own listening ports and every other port of the relay host's own addresses, are refused \
+with 403 (IPv6 forms of IPv4 addresses are unwrapped first). Two live allocations on the same relay always reach \
+each other, inside the process. Password guessing is throttled per address and per username, unauthenticated \
+answers over UDP are budgeted per address (amplification), allocations are capped per username and per address.\n\n\
 SIGTERM drains: new allocations are refused (508, or 300 with --alternate-server) while the existing ones \
 relay and refresh until they end or --drain-timeout passes. SIGINT, or a second signal during a drain, stops at \
 once. Either way the relay then prints a summary (a table, or JSON with --json) and exits 0."
@@ -74,7 +76,12 @@ pub struct RelayArgs {
     #[arg(long)]
     pub allow_private_peers: bool,
 
-    /// Allow peers in this range whatever else applies, except --deny-peer (repeatable)
+    /// Let clients relay to other ports of the relay host's own non-loopback addresses (interfaces, --relay-ip,
+    /// --external-ip); its listening ports stay refused
+    #[arg(long)]
+    pub allow_relay_host_peers: bool,
+
+    /// Allow peers in this range whatever else applies, except --deny-peer and the relay host's own addresses (repeatable)
     #[arg(long, value_name = "CIDR")]
     pub allow_peer: Vec<String>,
 
@@ -112,6 +119,10 @@ pub struct RelayArgs {
     #[arg(long, value_name = "N")]
     pub user_quota: Option<u32>,
 
+    /// Allocations per client IP address, whatever the username (486 beyond; 0: no limit)
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub source_quota: u32,
+
     /// Permissions per allocation (508 beyond)
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub max_permissions: usize,
@@ -131,6 +142,30 @@ pub struct RelayArgs {
     /// While draining, answer new Allocates with 300 Try Alternate naming this server instead of 508
     #[arg(long, value_name = "ADDR")]
     pub alternate_server: Option<String>,
+
+    /// Failed logins (wrong MESSAGE-INTEGRITY) from one address, or for one username, before it is locked
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub auth_burst: u32,
+
+    /// Checked logins per second per source address once locked (the first lock lasts 1/RATE s, then doubles)
+    #[arg(long, value_name = "RATE", default_value_t = 2.0)]
+    pub auth_source_rate: f64,
+
+    /// Checked logins per second per username once locked (the first lock lasts 1/RATE s, then doubles)
+    #[arg(long, value_name = "RATE", default_value_t = 10.0)]
+    pub auth_user_rate: f64,
+
+    /// Longest lock of an address or username after failed logins, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub auth_max_backoff: u64,
+
+    /// Bytes of unauthenticated answers (Binding, 401 challenges, unsigned errors) one source address may get at once over UDP
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(512..))]
+    pub unauth_burst: u32,
+
+    /// Bytes per second of unauthenticated answers one source address gets over UDP after the burst
+    #[arg(long, value_name = "BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub unauth_rate: u32,
 
     /// Serve Prometheus metrics over HTTP on this address
     #[arg(long, value_name = "ADDR")]

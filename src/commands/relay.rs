@@ -23,6 +23,8 @@ use crate::output::{self, OutputOptions, Render};
 use crate::turn::server::auth::AuthFailure;
 use crate::turn::server::coturn_conf::{self, CoturnConf, NatkitChoices};
 use crate::turn::server::peer_policy::{Cidr, PeerPolicyConfig, Refusal};
+use crate::turn::server::throttle::ThrottleConfig;
+use crate::turn::server::unauth_limit::UnauthLimitConfig;
 use crate::turn::server::{Rfc5780, ServerConfig, Stats};
 
 /// What the relay did, printed when it stops.
@@ -44,6 +46,12 @@ pub struct RelayReport {
     pub peer_refusals: BTreeMap<String, u64>,
     /// Failed credentials, by reason.
     pub auth_failures: BTreeMap<String, u64>,
+    /// Requests refused without an integrity check by the password-guessing throttle.
+    pub auth_throttled: u64,
+    /// Unauthenticated answers over UDP withheld by the per-source byte budget (amplification).
+    pub unauth_rate_limited: u64,
+    /// Allocate refused (486) because the client's address reached `--source-quota`.
+    pub source_quota_refusals: u64,
     pub dropped_packets: u64,
 }
 
@@ -69,6 +77,7 @@ impl Render for RelayReport {
         };
         t.add_row(vec!["peer refusals (403)".to_string(), fmt_map(&self.peer_refusals)]);
         t.add_row(vec!["authentication failures".to_string(), fmt_map(&self.auth_failures)]);
+        t.add_row(vec!["logins refused unchecked (throttle)".to_string(), self.auth_throttled.to_string()]);
         t.add_row(vec!["dropped packets".to_string(), self.dropped_packets.to_string()]);
         writeln!(out, "{t}")
     }
@@ -237,6 +246,9 @@ fn report(listening: &[String], relay_ips: &[IpAddr], s: &Stats, tcp: u64, up: D
         tcp_connections: tcp,
         peer_refusals: Refusal::ALL.iter().map(|r| (r.label().to_string(), s.refusals[r.index()])).collect(),
         auth_failures: AuthFailure::ALL.iter().map(|a| (a.label().to_string(), s.auth_failures[a.index()])).collect(),
+        auth_throttled: s.auth_throttled.iter().sum(),
+        unauth_rate_limited: s.unauth_rate_limited,
+        source_quota_refusals: s.source_quota_reached,
         dropped_packets: s.dropped_total(),
     }
 }
@@ -435,6 +447,26 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
             own_addresses.push(*a);
         }
     }
+    let external_ip = args.external_ip.or(conf.external_ip);
+    if let Some(x) = external_ip {
+        // Behind a 1:1 NAT the external IP is this host too: its listening ports are ours.
+        let ports: Vec<u16> = listen.iter().chain(&tls_listen).chain(&listen_udp_only).map(|a| a.port()).collect();
+        for p in ports {
+            let a = SocketAddr::new(x, p);
+            if !own_addresses.contains(&a) {
+                own_addresses.push(a);
+            }
+        }
+    }
+    // Every address of this host, whatever port: interfaces (also when listening on a specific
+    // IP), listen, alternate, relay and external IPs. Loopback is left to its own class.
+    let mut host_ips: Vec<IpAddr> = own_ips.clone();
+    host_ips.extend(listen.iter().chain(&tls_listen).chain(&listen_udp_only).map(|a| a.ip()));
+    host_ips.extend(relay_ips.iter().copied());
+    host_ips.extend(external_ip);
+    host_ips.retain(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    host_ips.sort();
+    host_ips.dedup();
     let mut allow = parse_cidrs(&args.allow_peer, "--allow-peer")?;
     allow.extend(conf.allowed_peers.iter().copied());
     let mut deny = parse_cidrs(&args.deny_peer, "--deny-peer")?;
@@ -445,6 +477,8 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         allow,
         deny,
         own_addresses,
+        host_ips,
+        allow_host: args.allow_relay_host_peers,
     };
     let metrics = args.metrics.as_deref().map(|m| parse_addr(m, 9641, "--metrics")).transpose()?;
     let workers = args
@@ -465,6 +499,18 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         Some(n) => n,
         None => DEFAULT_MAX_ALLOCATIONS,
     };
+    for (flag, rate) in [("--auth-source-rate", args.auth_source_rate), ("--auth-user-rate", args.auth_user_rate)] {
+        if !(rate.is_finite() && (0.001..=1_000_000.0).contains(&rate)) {
+            return usage(format!("bad {flag} {rate}: expected checked logins per second, 0.001 to 1000000"));
+        }
+    }
+    let throttle = ThrottleConfig {
+        burst: args.auth_burst,
+        source_per_sec: args.auth_source_rate,
+        user_per_sec: args.auth_user_rate,
+        max_backoff: Duration::from_secs(args.auth_max_backoff),
+        ..ThrottleConfig::default()
+    };
     let core = ServerConfig {
         realm: args.realm.clone().or_else(|| conf.realm.clone()).unwrap_or_else(|| "natkit".into()),
         users,
@@ -472,16 +518,23 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         policy,
         max_allocations,
         user_quota,
+        source_quota: args.source_quota,
         max_permissions: args.max_permissions,
         max_lifetime: Duration::from_secs(args.max_lifetime),
         nonce_lifetime: Duration::from_secs(args.nonce_lifetime),
         rfc5780,
-        external_ip: args.external_ip.or(conf.external_ip),
+        external_ip,
         alternate_server: args
             .alternate_server
             .as_deref()
             .map(|a| parse_addr(a, 3478, "--alternate-server"))
             .transpose()?,
+        throttle,
+        unauth: UnauthLimitConfig {
+            burst_bytes: args.unauth_burst,
+            bytes_per_sec: args.unauth_rate,
+            ..UnauthLimitConfig::default()
+        },
         ..ServerConfig::default()
     };
     let mut listening: Vec<String> = Vec::new();

@@ -5,7 +5,7 @@
 //! finds its allocation with one hash lookup.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::auth::{IntegrityKind, UserKey};
@@ -52,7 +52,19 @@ pub struct Allocations {
     by_client: HashMap<FiveTuple, RelayId>,
     by_relayed: HashMap<SocketAddr, RelayId>,
     per_user: HashMap<String, u32>,
+    /// Allocations per client IP (the quota per source address).
+    per_source: HashMap<IpAddr, u32>,
+    /// Relayed addresses of allocations that ended, and since when (None until the next
+    /// sweep stamps it): a channel or permission another allocation still holds to one of
+    /// them must not reach whatever process binds that port next.
+    freed: HashMap<SocketAddr, Option<Instant>>,
 }
+
+/// How long an ended allocation's relayed address stays refused as a peer: the longest a
+/// channel binding to it can live elsewhere (RFC 8656 §12: 10 minutes), with a margin.
+pub const FREED_QUARANTINE: Duration = Duration::from_secs(660);
+/// Freed addresses remembered at most; past it the oldest-stamped go first at the sweep.
+const MAX_FREED: usize = 200_000;
 
 impl Allocations {
     pub fn len(&self) -> usize {
@@ -67,11 +79,21 @@ impl Allocations {
         self.per_user.get(user).copied().unwrap_or(0)
     }
 
+    /// Allocations whose client is at `ip` (canonically: `::ffff:a.b.c.d` counts as `a.b.c.d`).
+    pub fn source_count(&self, ip: IpAddr) -> u32 {
+        self.per_source.get(&canonical(ip)).copied().unwrap_or(0)
+    }
+
     pub fn insert(&mut self, a: Allocation) {
         *self.per_user.entry(a.user.username.clone()).or_default() += 1;
+        *self.per_source.entry(canonical(a.client.remote.ip())).or_default() += 1;
         self.by_client.insert(a.client, a.relay);
         self.by_relayed.insert(a.relayed, a.relay);
         self.by_relayed.insert(a.bound, a.relay);
+        if !self.freed.is_empty() {
+            self.freed.remove(&a.relayed);
+            self.freed.remove(&a.bound);
+        }
         self.by_relay.insert(a.relay, a);
     }
 
@@ -80,10 +102,19 @@ impl Allocations {
         self.by_client.remove(&a.client);
         self.by_relayed.remove(&a.relayed);
         self.by_relayed.remove(&a.bound);
+        self.freed.insert(a.relayed, None);
+        self.freed.insert(a.bound, None);
         if let Some(n) = self.per_user.get_mut(&a.user.username) {
             *n -= 1;
             if *n == 0 {
                 self.per_user.remove(&a.user.username);
+            }
+        }
+        let ip = canonical(a.client.remote.ip());
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&ip);
             }
         }
         Some(a)
@@ -113,6 +144,30 @@ impl Allocations {
             .get(&addr)
             .or_else(|| self.by_relayed.get(&SocketAddr::new(canonical(addr.ip()), addr.port())))
             .copied()
+    }
+
+    /// Whether `addr` was the relayed address of an allocation that ended recently and is
+    /// not live again (compared canonically). One lookup, none while nothing has ended.
+    pub fn recently_freed(&self, addr: SocketAddr) -> bool {
+        if self.freed.is_empty() {
+            return false;
+        }
+        let c = SocketAddr::new(canonical(addr.ip()), addr.port());
+        self.freed.contains_key(&addr) || (c != addr && self.freed.contains_key(&c))
+    }
+
+    /// Stamps newly freed addresses with `now` and forgets those older than the quarantine.
+    pub fn sweep_freed(&mut self, now: Instant) {
+        for t in self.freed.values_mut() {
+            t.get_or_insert(now);
+        }
+        self.freed.retain(|_, t| t.is_some_and(|t| now.saturating_duration_since(t) < FREED_QUARANTINE));
+        if self.freed.len() > MAX_FREED {
+            let mut stamps: Vec<Instant> = self.freed.values().filter_map(|t| *t).collect();
+            stamps.sort_unstable();
+            let cut = stamps[self.freed.len() - MAX_FREED];
+            self.freed.retain(|_, t| t.is_some_and(|t| t > cut));
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Allocation> {

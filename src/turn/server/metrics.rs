@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use super::auth::AuthFailure;
 use super::peer_policy::Refusal;
+use super::throttle::Offender;
 use super::{ErrorCode, Server};
 
 /// Counters the driver keeps (connections, send errors).
@@ -100,6 +101,30 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         "401 answers withheld by the per-source limit.",
         &[("", s.rate_limited)],
     );
+    let throttled: Vec<(String, u64)> =
+        Offender::ALL.iter().map(|k| (format!("key=\"{}\"", k.label()), s.auth_throttled[k.index()])).collect();
+    let throttled: Vec<(&str, u64)> = throttled.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        &mut o,
+        "auth_throttled_total",
+        "counter",
+        "Requests refused without an integrity check by the password-guessing throttle, by the key that was locked.",
+        &throttled,
+    );
+    metric(
+        &mut o,
+        "unauth_rate_limited_total",
+        "counter",
+        "Unauthenticated answers over UDP withheld by the per-source byte budget (amplification limit).",
+        &[("", s.unauth_rate_limited)],
+    );
+    metric(
+        &mut o,
+        "source_quota_refusals_total",
+        "counter",
+        "Allocate refused with 486 because the client's address reached --source-quota.",
+        &[("", s.source_quota_reached)],
+    );
     metric(&mut o, "stale_nonces_total", "counter", "438 Stale Nonce answers.", &[("", s.stale_nonces)]);
     let errors: Vec<(String, u64)> =
         ErrorCode::ALL.iter().map(|e| (format!("code=\"{}\"", e.code()), s.errors_sent[e.index()])).collect();
@@ -112,6 +137,7 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         "Packets dropped, by reason.",
         &[
             ("reason=\"malformed\"", s.dropped_malformed),
+            ("reason=\"bad_fingerprint\"", s.dropped_bad_fingerprint),
             ("reason=\"unexpected\"", s.dropped_unexpected),
             ("reason=\"no_allocation\"", s.dropped_no_allocation),
             ("reason=\"no_permission\"", s.dropped_no_permission),

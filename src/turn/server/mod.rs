@@ -17,12 +17,16 @@
 pub mod allocation;
 pub mod auth;
 pub mod channels;
+pub mod classic;
 pub mod coturn_conf;
+pub mod fingerprint;
 pub mod metrics;
 pub mod nonce;
 pub mod peer_policy;
 pub mod permissions;
 pub mod stats;
+pub mod throttle;
+pub mod unauth_limit;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -47,9 +51,12 @@ use crate::stun::message::{HEADER_LEN, looks_like_stun};
 use allocation::{Allocation, Allocations, MAX_LIFETIME, granted_lifetime};
 use auth::{AuthFailure, Authenticator, FailureLimiter, IntegrityKind, UserKey};
 use channels::BindError;
+use fingerprint::FingerprintCheck;
 use nonce::{NonceCheck, Nonces};
 use peer_policy::{PeerPolicy, PeerPolicyConfig, Refusal, Verdict};
 pub use stats::Stats;
+use throttle::{AuthThrottle, ThrottleConfig};
+use unauth_limit::{UnauthLimit, UnauthLimitConfig};
 use wire::Class;
 
 /// A relayed socket, named by the driver that opened it.
@@ -234,6 +241,9 @@ pub struct ServerConfig {
     pub policy: PeerPolicyConfig,
     pub max_allocations: usize,
     pub user_quota: u32,
+    /// Allocations per client IP address (0: no limit), so per-client REST credentials
+    /// cannot be multiplied by one host.
+    pub source_quota: u32,
     pub max_permissions: usize,
     pub max_channels: usize,
     pub max_lifetime: Duration,
@@ -248,6 +258,10 @@ pub struct ServerConfig {
     pub auth_fail_per_sec: f64,
     /// While draining, new Allocates are sent here (300 Try Alternate, RFC 8489 §10) instead of 508.
     pub alternate_server: Option<SocketAddr>,
+    /// Password-guessing throttle per source IP and per username.
+    pub throttle: ThrottleConfig,
+    /// Bytes of unauthenticated answers per source IP over UDP (amplification).
+    pub unauth: UnauthLimitConfig,
 }
 
 impl Default for ServerConfig {
@@ -259,6 +273,7 @@ impl Default for ServerConfig {
             policy: PeerPolicyConfig::default(),
             max_allocations: 10_000,
             user_quota: 1_000,
+            source_quota: 100,
             max_permissions: 128,
             max_channels: 128,
             max_lifetime: MAX_LIFETIME,
@@ -270,6 +285,8 @@ impl Default for ServerConfig {
             auth_fail_burst: 10,
             auth_fail_per_sec: 2.0,
             alternate_server: None,
+            throttle: ThrottleConfig::default(),
+            unauth: UnauthLimitConfig::default(),
         }
     }
 }
@@ -293,6 +310,8 @@ pub struct Server {
     auth: Authenticator,
     nonces: Nonces,
     limiter: FailureLimiter,
+    throttle: AuthThrottle,
+    unauth: UnauthLimit,
     policy: PeerPolicy,
     allocs: Allocations,
     ports: Box<dyn RelayPorts>,
@@ -307,6 +326,8 @@ pub struct Server {
     /// Draining (the operator is taking this relay out): no new allocation is
     /// granted; existing ones keep relaying and refreshing until they end.
     draining: bool,
+    /// Set by `encode` when the answer carries MESSAGE-INTEGRITY (the client proved its key).
+    reply_signed: bool,
     stats: Stats,
 }
 
@@ -318,11 +339,15 @@ impl Server {
         let nonces = Nonces::new(cfg.nonce_key, cfg.nonce_lifetime, now);
         let limiter = FailureLimiter::new(cfg.auth_fail_burst, cfg.auth_fail_per_sec);
         let policy = PeerPolicy::new(cfg.policy.clone());
+        let throttle = AuthThrottle::new(cfg.throttle);
+        let unauth = UnauthLimit::new(cfg.unauth);
         Server {
             cfg,
             auth,
             nonces,
             limiter,
+            throttle,
+            unauth,
             policy,
             allocs: Allocations::default(),
             ports,
@@ -333,6 +358,7 @@ impl Server {
             reply_target: None,
             reply_fingerprint: false,
             draining: false,
+            reply_signed: false,
             stats: Stats::default(),
         }
     }
@@ -401,7 +427,10 @@ impl Server {
             a.permissions.expire(now);
             a.channels.expire(now);
         }
+        self.allocs.sweep_freed(now);
         self.limiter.sweep(now);
+        self.throttle.sweep(now);
+        self.unauth.sweep(now);
     }
 
     /// A TCP or TLS client went away: its allocation goes with it (RFC 8656 §7).
@@ -433,6 +462,7 @@ impl Server {
         match packet.first().map(|b| b >> 6) {
             Some(1) => self.client_channel_data(from, packet, now),
             Some(0) if looks_like_stun(packet) => self.client_stun(from, packet, now),
+            Some(0) if classic::is_classic_binding(packet) => self.classic_binding(from, packet, now),
             _ => {
                 self.stats.dropped_malformed += 1;
                 None
@@ -505,6 +535,13 @@ impl Server {
         if let Some(target) = self.allocs.relay_at(peer) {
             return self.deliver_internal(relay, target, data, now);
         }
+        // Checked on every packet (one lookup): a channel or permission made to
+        // another allocation's relayed address outlives that allocation, and the
+        // port may now belong to another process on this host.
+        if self.allocs.recently_freed(peer) {
+            self.stats.refusals[Refusal::OwnAddress.index()] += 1;
+            return None;
+        }
         self.stats.packets_to_peers += 1;
         self.stats.bytes_to_peers += data.len() as u64;
         Some(Transmit { target: Target::Peer { relay, peer }, payload: data })
@@ -540,14 +577,29 @@ impl Server {
     }
 
     fn client_stun<'a>(&'a mut self, from: FiveTuple, packet: &'a [u8], now: Instant) -> Option<Transmit<'a>> {
+        if fingerprint::check(packet) == FingerprintCheck::Invalid {
+            // RFC 8489 §14.7: discarded, never answered.
+            self.stats.dropped_bad_fingerprint += 1;
+            tracing::debug!(client = %from.remote, "message with a wrong FINGERPRINT dropped");
+            return None;
+        }
         let (method, class) = wire::method_and_class(packet);
         match class {
             Class::Indication if method == 0x006 => self.send_indication(from, packet, now),
             Class::Request => {
                 self.stats.requests += 1;
                 self.reply_target = None;
+                self.reply_signed = false;
                 let n = self.request(from, packet, method, now)?;
                 let target = self.reply_target.take().unwrap_or(Target::Client(from));
+                // An unsigned answer over UDP may go to a forged source: budgeted per IP.
+                if !std::mem::take(&mut self.reply_signed)
+                    && from.transport == Transport::Udp
+                    && !self.unauth.allow(from.remote.ip(), n, now)
+                {
+                    self.stats.unauth_rate_limited += 1;
+                    return None;
+                }
                 Some(Transmit { target, payload: &self.scratch[..n] })
             }
             _ => {
@@ -555,6 +607,27 @@ impl Server {
                 None
             }
         }
+    }
+
+    /// An RFC 3489 Binding request (no magic cookie): answered in the classic format.
+    fn classic_binding<'a>(&'a mut self, from: FiveTuple, packet: &'a [u8], now: Instant) -> Option<Transmit<'a>> {
+        self.stats.requests += 1;
+        self.stats.binding_requests += 1;
+        self.stats.classic_binding_requests += 1;
+        let rfc5780 = if from.transport == Transport::Udp { self.cfg.rfc5780 } else { None };
+        let (n, origin) = match classic::answer(packet, from.remote, from.local, rfc5780, &mut self.scratch) {
+            Ok(v) => v,
+            Err(why) => {
+                self.stats.dropped_unexpected += 1;
+                tracing::debug!(client = %from.remote, ?why, "RFC 3489 Binding request not answered");
+                return None;
+            }
+        };
+        if from.transport == Transport::Udp && !self.unauth.allow(from.remote.ip(), n, now) {
+            self.stats.unauth_rate_limited += 1;
+            return None;
+        }
+        Some(Transmit { target: Target::Client(FiveTuple { local: origin, ..from }), payload: &self.scratch[..n] })
     }
 
     fn send_indication<'a>(&'a mut self, from: FiveTuple, packet: &'a [u8], now: Instant) -> Option<Transmit<'a>> {
@@ -672,6 +745,13 @@ impl Server {
                 return Authed::Reply(self.challenge(from, method, txid, ErrorCode::StaleNonce, now));
             }
         }
+        // A locked source or username is refused before its integrity is
+        // checked, so a guess sent during the lock cannot succeed. Silence,
+        // not 401: a UDP client retransmits and rides through a short lock.
+        if let Err(who) = self.throttle.gate(from.remote.ip(), &username, now) {
+            self.stats.auth_throttled[who.index()] += 1;
+            return Authed::Reply(None);
+        }
         let result = if realm != self.auth.realm() {
             Err(AuthFailure::WrongRealm)
         } else {
@@ -681,9 +761,20 @@ impl Server {
             })
         };
         match result {
-            Ok((k, kind)) => Authed::Ok(k, kind),
+            Ok((k, kind)) => {
+                self.throttle.record_success(&k.username);
+                Authed::Ok(k, kind)
+            }
             Err(why) => {
                 self.stats.auth_failures[why.index()] += 1;
+                let user = (why == AuthFailure::BadIntegrity).then_some(username.as_str());
+                let locked = self.throttle.record_failure(from.remote.ip(), user, now);
+                if locked.source_first {
+                    tracing::warn!(client = %from.remote.ip(), "too many failed logins from this address: its requests are refused unchecked for a growing backoff");
+                }
+                if locked.user_first {
+                    tracing::warn!(user = %username, "too many failed logins for this username: its requests are refused unchecked for a growing backoff");
+                }
                 tracing::info!(client = %from.remote, user = %username, reason = why.label(), "authentication failed (401)");
                 if !self.limiter.allow(from.remote.ip(), now) {
                     self.stats.rate_limited += 1;
@@ -786,6 +877,11 @@ impl Server {
             tracing::info!(user = %user.username, "allocation quota reached (486)");
             return self.error(method, txid, ErrorCode::AllocationQuotaReached, signed, vec![]);
         }
+        if self.cfg.source_quota > 0 && self.allocs.source_count(from.remote.ip()) >= self.cfg.source_quota {
+            self.stats.source_quota_reached += 1;
+            tracing::debug!(client = %from.remote.ip(), user = %user.username, "allocation quota per source address reached (486)");
+            return self.error(method, txid, ErrorCode::AllocationQuotaReached, signed, vec![]);
+        }
         if self.allocs.len() >= self.cfg.max_allocations {
             tracing::warn!(max = self.cfg.max_allocations, "relay full: --max-allocations reached (508)");
             return self.error(method, txid, ErrorCode::InsufficientCapacity, signed, vec![]);
@@ -864,7 +960,11 @@ impl Server {
                 return Err(ErrorCode::PeerAddressFamilyMismatch);
             }
             let allocs = &self.allocs;
-            if let Verdict::Refuse(why) = self.policy.check(peer, |a| allocs.relay_at(a).is_some()) {
+            let verdict = match self.policy.check(peer, |a| allocs.relay_at(a).is_some()) {
+                Verdict::Allow if allocs.recently_freed(peer) => Verdict::Refuse(Refusal::OwnAddress),
+                v => v,
+            };
+            if let Verdict::Refuse(why) = verdict {
                 self.refused(from, peer, why, what);
                 return Err(ErrorCode::Forbidden);
             }
@@ -943,7 +1043,7 @@ impl Server {
         signed: Option<(&UserKey, IntegrityKind)>,
     ) -> Option<usize> {
         let builder = StunMessageBuilder::new(method, MessageClass::SuccessResponse);
-        self.encode(builder, txid, attrs, signed)
+        self.encode(builder, txid, attrs, signed, true)
     }
 
     fn error(
@@ -959,7 +1059,9 @@ impl Server {
         attrs.insert(0, ErrorCodeAttr::from(e).into());
         let method = MessageMethod::try_from(method).ok()?;
         let builder = StunMessageBuilder::new(method, MessageClass::ErrorResponse);
-        self.encode(builder, txid, attrs, signed)
+        // No SOFTWARE in errors: a 401 challenge is what an amplification attack
+        // gets back, so it carries only what the client needs (RFC 8489 §14.14: MAY).
+        self.encode(builder, txid, attrs, signed, false)
     }
 
     fn encode(
@@ -968,14 +1070,16 @@ impl Server {
         txid: [u8; 12],
         attrs: Vec<StunAttribute>,
         signed: Option<(&UserKey, IntegrityKind)>,
+        software: bool,
     ) -> Option<usize> {
         b = b.with_transaction_id(TransactionId::from(txid));
         for a in attrs {
             b = b.with_attribute(a);
         }
-        if let Ok(s) = Software::new(&self.cfg.software) {
+        if software && let Ok(s) = Software::new(&self.cfg.software) {
             b = b.with_attribute(s);
         }
+        self.reply_signed = signed.is_some();
         if let Some((user, kind)) = signed {
             match HMACKey::new_long_term(
                 &user.username,
@@ -1007,5 +1111,7 @@ impl Server {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

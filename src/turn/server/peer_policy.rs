@@ -8,12 +8,16 @@
 //!    (IPv4-mapped, IPv4-compatible, 6to4, NAT64, Teredo) is judged as that
 //!    IPv4 address, because that is where the packet ends up;
 //! 2. `--deny-peer` ranges are refused, whatever else says;
-//! 3. another allocation's relayed address on this relay is allowed (the
+//! 3. another live allocation's relayed address on this relay is allowed (the
 //!    packet is delivered internally, never leaves the process);
-//! 4. `--allow-peer` ranges are allowed;
-//! 5. the relay's own listening addresses are refused (no loops through the
-//!    relay's own STUN/TURN ports);
-//! 6. special-purpose ranges are refused unless a flag allows their class.
+//! 4. the relay's own listening addresses (also under `--external-ip`) are
+//!    refused (no loops through the relay); the core adds the relayed
+//!    addresses of allocations that ended recently, on every packet, so a
+//!    channel to a freed relayed port cannot reach what took the port next;
+//! 5. every other port of the relay host's own non-loopback addresses is
+//!    refused unless `--allow-relay-host-peers` (its SSH, its databases);
+//! 6. `--allow-peer` ranges are allowed;
+//! 7. special-purpose ranges are refused unless a flag allows their class.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -127,12 +131,16 @@ pub enum Refusal {
     Broadcast,
     /// 240.0.0.0/4.
     Reserved,
-    /// One of the relay's own listening addresses.
+    /// One of the relay's own listening addresses, or the relayed address of an allocation
+    /// that has ended (whatever took the port since is not a peer).
     OwnAddress,
+    /// Any other port of an address of the relay host (an interface, relay or external
+    /// address), unless `--allow-relay-host-peers`.
+    OwnHost,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::Denied,
         Refusal::Unspecified,
         Refusal::Loopback,
@@ -142,6 +150,7 @@ impl Refusal {
         Refusal::Broadcast,
         Refusal::Reserved,
         Refusal::OwnAddress,
+        Refusal::OwnHost,
     ];
 
     pub fn label(self) -> &'static str {
@@ -155,6 +164,7 @@ impl Refusal {
             Refusal::Broadcast => "broadcast",
             Refusal::Reserved => "reserved",
             Refusal::OwnAddress => "own_address",
+            Refusal::OwnHost => "own_host",
         }
     }
 
@@ -192,8 +202,13 @@ pub struct PeerPolicyConfig {
     pub allow_private: bool,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
-    /// Where the relay listens (unspecified IPs already expanded to interface addresses).
+    /// Where the relay listens (unspecified IPs already expanded to interface addresses), also
+    /// under `--external-ip`: refused always.
     pub own_addresses: Vec<SocketAddr>,
+    /// Every non-loopback address of the relay host (interfaces, listen, relay, alternate and
+    /// external IPs): any port refused unless `allow_host`. Loopback is the loopback class.
+    pub host_ips: Vec<IpAddr>,
+    pub allow_host: bool,
 }
 
 /// The verdict on one peer address.
@@ -226,11 +241,14 @@ impl PeerPolicy {
         if is_relayed(peer) {
             return Verdict::Internal;
         }
-        if self.cfg.allow.iter().any(|c| c.contains(ip)) {
-            return Verdict::Allow;
-        }
         if self.cfg.own_addresses.iter().any(|a| canonical(a.ip()) == ip && a.port() == peer.port()) {
             return Verdict::Refuse(Refusal::OwnAddress);
+        }
+        if !self.cfg.allow_host && self.cfg.host_ips.iter().any(|h| canonical(*h) == ip) {
+            return Verdict::Refuse(Refusal::OwnHost);
+        }
+        if self.cfg.allow.iter().any(|c| c.contains(ip)) {
+            return Verdict::Allow;
         }
         match classify(ip) {
             Some(Refusal::Loopback) if self.cfg.allow_loopback => Verdict::Allow,
@@ -358,6 +376,37 @@ mod tests {
         assert_eq!(p.check(relayed, |a| a == relayed), Verdict::Internal);
         assert_eq!(p.check(sa("[::ffff:127.0.0.1]:50000"), |a| a == relayed), Verdict::Internal);
         assert_eq!(p.check(sa("127.0.0.1:50001"), |a| a == relayed), Verdict::Refuse(Refusal::Loopback));
+    }
+
+    #[test]
+    fn every_port_of_the_relay_host_is_refused_unless_allowed() {
+        let cfg = PeerPolicyConfig {
+            own_addresses: vec![sa("203.0.113.1:3478"), sa("198.51.100.77:3478")],
+            host_ips: vec![
+                "203.0.113.1".parse().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+                "198.51.100.77".parse().unwrap(),
+            ],
+            allow: vec!["203.0.113.0/24".parse().unwrap()],
+            ..Default::default()
+        };
+        let p = PeerPolicy::new(cfg.clone());
+        for (addr, why) in [
+            ("203.0.113.1:22", Refusal::OwnHost),
+            ("[::ffff:203.0.113.1]:22", Refusal::OwnHost),
+            ("[2001:db8::1]:5432", Refusal::OwnHost),
+            ("198.51.100.77:22", Refusal::OwnHost),
+            ("198.51.100.77:3478", Refusal::OwnAddress),
+            ("203.0.113.1:50000", Refusal::OwnHost),
+        ] {
+            assert_eq!(verdict(&p, addr), Verdict::Refuse(why), "{addr}");
+        }
+        assert_eq!(verdict(&p, "203.0.113.9:22"), Verdict::Allow, "a neighbour is not the host");
+        let live = sa("203.0.113.1:50000");
+        assert_eq!(p.check(live, |a| a == live), Verdict::Internal, "a live allocation is reachable");
+        let open = PeerPolicy::new(PeerPolicyConfig { allow_host: true, allow_loopback: true, ..cfg });
+        assert_eq!(verdict(&open, "203.0.113.1:22"), Verdict::Allow);
+        assert_eq!(verdict(&open, "203.0.113.1:3478"), Verdict::Refuse(Refusal::OwnAddress));
     }
 
     #[test]

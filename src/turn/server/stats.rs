@@ -6,11 +6,14 @@ use serde::Serialize;
 use super::ErrorCode;
 use super::auth::AuthFailure;
 use super::peer_policy::Refusal;
+use super::throttle::Offender;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Stats {
     pub requests: u64,
     pub binding_requests: u64,
+    /// Of which RFC 3489 (no magic cookie).
+    pub classic_binding_requests: u64,
     pub allocations_created: u64,
     pub allocations_deleted: u64,
     pub allocations_expired: u64,
@@ -28,7 +31,15 @@ pub struct Stats {
     pub stale_nonces: u64,
     /// 401 answers not sent because the source failed too often.
     pub rate_limited: u64,
+    /// Requests refused unchecked by the password-guessing throttle, indexed by [`Offender::index`].
+    pub auth_throttled: [u64; Offender::ALL.len()],
+    /// Unsigned answers over UDP not sent: the source used up its byte budget (amplification).
+    pub unauth_rate_limited: u64,
+    /// Allocate refused (486) because the client's address holds `source_quota` allocations.
+    pub source_quota_reached: u64,
     pub dropped_malformed: u64,
+    /// STUN messages whose FINGERPRINT was present and wrong (RFC 8489 §14.7).
+    pub dropped_bad_fingerprint: u64,
     pub dropped_unexpected: u64,
     pub dropped_no_allocation: u64,
     pub dropped_no_permission: u64,
@@ -52,6 +63,7 @@ impl Stats {
 
     pub fn dropped_total(&self) -> u64 {
         self.dropped_malformed
+            + self.dropped_bad_fingerprint
             + self.dropped_unexpected
             + self.dropped_no_allocation
             + self.dropped_no_permission

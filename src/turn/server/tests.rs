@@ -117,6 +117,11 @@ impl Harness {
     }
 }
 
+/// A UDP client on another host than [`udp_client`]'s.
+fn udp_client_from(ip: &str, port: u16) -> FiveTuple {
+    FiveTuple { remote: SocketAddr::new(ip.parse().unwrap(), port), ..udp_client(port) }
+}
+
 fn udp_client(port: u16) -> FiveTuple {
     FiveTuple {
         transport: Transport::Udp,
@@ -315,11 +320,32 @@ fn failed_credentials_are_answered_a_few_times_then_silently_dropped() {
         }
     }
     assert_eq!(answered, 10, "the default burst");
-    assert_eq!(h.server.stats().rate_limited, 40);
+    // After the burst the source (and the username) is locked: refused before any check.
+    assert_eq!(h.server.stats().auth_throttled[throttle::Offender::Source.index()], 40);
+    assert_eq!(h.server.stats().auth_failures_total(), 10);
+    // The right password from the locked source is not even checked.
+    let good = creds("alice", "wonderland");
+    assert!(h.send(client, &build(ALLOCATE, vec![udp_transport()], Some((&good, &nonce)))).is_none());
     h.advance(Duration::from_secs(1));
-    assert!(h.send(client, &build(ALLOCATE, vec![udp_transport()], Some((&bad, &nonce)))).is_some(), "refilled");
-    // Another source is not affected, and the right password still works.
-    allocate(&mut h, udp_client(5000), &creds("alice", "wonderland"));
+    assert!(h.send(client, &build(ALLOCATE, vec![udp_transport()], Some((&bad, &nonce)))).is_some(), "unlocked");
+    // Another user from another source is not affected.
+    allocate(&mut h, udp_client_from("203.0.113.11", 5000), &creds("bob", "builder"));
+    // Nor is alice from another source once her username's short lock has passed.
+    h.advance(Duration::from_secs(1));
+    allocate(&mut h, udp_client_from("203.0.113.12", 5001), &good);
+}
+
+#[test]
+fn many_silent_failures_are_answered_401_at_most_at_the_limiter_rate() {
+    // Unknown users are not checked against a key, yet still count against the source.
+    let mut h = Harness::new(config());
+    let client = udp_client(4000);
+    let nonce = nonce_of(&h.request(client, &build(ALLOCATE, vec![udp_transport()], None)));
+    for _ in 0..50 {
+        let _ = h.send(client, &build(ALLOCATE, vec![udp_transport()], Some((&creds("nobody", "x"), &nonce))));
+    }
+    assert_eq!(h.server.stats().auth_failures_total(), 10);
+    assert_eq!(h.server.stats().auth_throttled[throttle::Offender::Source.index()], 40);
 }
 
 #[test]
@@ -445,6 +471,39 @@ fn quotas_per_user_and_in_total() {
     let nonce = nonce_of(&h.request(client, &build(ALLOCATE, vec![udp_transport()], None)));
     let m = h.request(client, &build(ALLOCATE, vec![udp_transport()], Some((&creds("bob", "builder"), &nonce))));
     assert_eq!(error_code(&m), Some(508), "the relay is full");
+}
+
+#[test]
+fn quota_per_source_address_holds_across_usernames() {
+    let mut cfg = config();
+    cfg.source_quota = 2;
+    let mut h = Harness::new(cfg);
+    let rest = |name: &str| {
+        let c = rest_credentials("rest-secret", Some(name), h_wall(), Duration::from_secs(600));
+        creds(&c.username, &c.password)
+    };
+    allocate(&mut h, udp_client(1), &rest("a"));
+    allocate(&mut h, udp_client(2), &rest("b"));
+    let client = udp_client(3);
+    let nonce = nonce_of(&h.request(client, &build(ALLOCATE, vec![udp_transport()], None)));
+    let m = h.request(client, &build(ALLOCATE, vec![udp_transport()], Some((&rest("c"), &nonce))));
+    assert_eq!(error_code(&m), Some(486), "a third username from the same address");
+    assert_eq!(h.server.stats().source_quota_reached, 1);
+    allocate(&mut h, udp_client_from("203.0.113.11", 3), &rest("c"));
+    // An allocation that ends frees its place.
+    let mut cfg = config();
+    cfg.source_quota = 1;
+    let mut h = Harness::new(cfg);
+    let alice = creds("alice", "wonderland");
+    let (_, _, nonce) = allocate(&mut h, udp_client(1), &alice);
+    let m = h.request(udp_client(1), &build(REFRESH, vec![LifeTime::new(0).into()], Some((&alice, &nonce))));
+    assert_eq!(m.class(), MessageClass::SuccessResponse);
+    allocate(&mut h, udp_client(2), &alice);
+}
+
+/// The harness's wall clock at its start (REST usernames are minted against it).
+fn h_wall() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000)
 }
 
 #[test]
@@ -738,6 +797,8 @@ fn malformed_truncated_and_hostile_input_never_panics() {
     assert!(h.server.stats().dropped_total() > 0);
     let (_, out) = h.send(client, &channel_data(0x4001, b"alive")).unwrap();
     assert_eq!(out, b"alive");
+    // The corrupted integrity checks locked the source; past the longest lock it logs in again.
+    h.advance(Duration::from_secs(61));
     allocate(&mut h, udp_client(4100), &c);
 }
 
