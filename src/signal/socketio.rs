@@ -24,7 +24,7 @@ use socketioxide::{SocketIo, TransportType};
 use crate::signal::limits::{Gate, Verdict};
 use crate::signal::metrics::Transport;
 use crate::signal::protocol::{
-    ClientMessage, ErrorCode, Extra, IceCandidate, IceServer, PeerId, Refusal, RoomId, ServerMessage,
+    ClientMessage, ErrorCode, Extra, IceCandidate, IceServer, PeerId, Refusal, RoomId, ServerMessage, drop_server_keys,
 };
 use crate::signal::server::App;
 
@@ -156,22 +156,20 @@ pub fn from_event(event: &str, data: Value) -> Result<ClientMessage, Refusal> {
         _ => {}
     }
     let Value::Object(mut o) = data else { return Err(bad(event, "expected an object")) };
-    // `from` and `room` are the server's to fill in; a client cannot choose them.
-    o.remove("from");
-    o.remove("room");
     let to: PeerId = o
         .remove("to")
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(|| bad(event, "missing \"to\" (the id of a member of your room)"))?;
-    let extra: Extra = o.clone();
+    // `from`, `room`, `type` and the rest are the server's to fill in; a
+    // client's copy is dropped (the event name is the type).
+    let mut extra: Extra = o.clone();
+    drop_server_keys(&mut extra);
     match event {
         "offer" | "answer" => {
             let sdp = match o.remove("sdp") {
                 Some(Value::String(s)) => s,
                 _ => return Err(bad(event, "missing \"sdp\" string")),
             };
-            let mut extra = extra;
-            extra.remove("sdp");
             Ok(if event == "offer" {
                 ClientMessage::Offer { to, sdp, extra }
             } else {
@@ -191,8 +189,6 @@ pub fn from_event(event: &str, data: Value) -> Result<ClientMessage, Refusal> {
             let sdp_m_line_index =
                 c.remove("sdpMLineIndex").and_then(|v| v.as_u64()).and_then(|v| u16::try_from(v).ok());
             let candidate = IceCandidate { candidate: line, sdp_mid, sdp_m_line_index, extra: c };
-            let mut extra = extra;
-            extra.remove("candidate");
             Ok(ClientMessage::Candidate { to, candidate, extra })
         }
         other => Err(Refusal::new(ErrorCode::UnknownType, format!("unknown event \"{other}\""))),
