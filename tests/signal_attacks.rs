@@ -10,6 +10,17 @@ use common::signal::{SignalServer, rt};
 use raw_clients::{Eio, Pairs, RawSio, RawWs};
 use serde_json::{Value, json};
 
+/// Prints the server's log when the test fails (the raw clients' panics do not know it).
+struct LogOnPanic<'a>(&'a SignalServer);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("server log:\n{}", self.0.log_text());
+        }
+    }
+}
+
 /// One member of the room, on one of the three transports.
 enum Member {
     Ws(RawWs),
@@ -73,6 +84,7 @@ impl Member {
 #[test]
 fn forged_from_room_and_type_never_reach_the_addressee_on_any_transport() {
     let server = SignalServer::start(&[]);
+    let _log = LogOnPanic(&server);
     rt().block_on(async {
         let host = format!("127.0.0.1:{}", server.port);
         let mut members = vec![
@@ -118,5 +130,120 @@ fn forged_from_room_and_type_never_reach_the_addressee_on_any_transport() {
                 }
             }
         }
+    });
+}
+
+/// Raises this test process's descriptor limit: the attack needs more than 1,024 sockets.
+fn raise_own_nofile(want: u64) {
+    let lim = libc::rlimit { rlim_cur: want, rlim_max: want };
+    // SAFETY: setrlimit only reads the struct we pass.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    assert_eq!(rc, 0, "cannot raise this test's RLIMIT_NOFILE to {want} (tests run as root)");
+}
+
+/// The value of one sample line of Prometheus text.
+fn metric(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
+}
+
+fn metrics_of(addr: &str) -> String {
+    let (status, body) = common::signal::http_get(addr, "/metrics");
+    assert!(status.contains("200"), "GET /metrics: {status}");
+    body
+}
+
+/// Polls the metrics (at most 5 s) until `sample` reads `want`; returns the last text.
+async fn metric_reaches(addr: &str, sample: &str, want: u64) -> String {
+    let mut text = metrics_of(addr);
+    for _ in 0..50 {
+        if metric(&text, sample) == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        text = metrics_of(addr);
+    }
+    text
+}
+
+/// Reads until the peer closes (EOF or reset); false if it is still open after `wait`.
+async fn closes_within(s: &mut tokio::net::TcpStream, wait: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 1024];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await
+    .is_ok()
+}
+
+#[test]
+fn half_sent_requests_from_many_addresses_neither_starve_a_join_nor_outlive_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    const ATTACKERS: usize = 11;
+    const PER_ATTACKER: usize = 100;
+    const PER_IP_CAP: usize = 64;
+    common::tools::require("prlimit", "util-linux");
+    raise_own_nofile(8192);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    // The server at the descriptor limit a default systemd unit or shell gives (it cannot raise it).
+    let server = SignalServer::start_in(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        "127.0.0.1",
+        &["--metrics", &metrics_addr, "--header-timeout", "20"],
+    );
+    assert!(
+        server.log_text().contains("file-descriptor limit 1024"),
+        "the server reports its descriptor limit:\n{}",
+        server.log_text()
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().expect("addr");
+    rt().block_on(async {
+        // 1,100 connections, each with an unfinished request head, from 11 addresses.
+        let mut slow = Vec::new();
+        for i in 0..ATTACKERS * PER_ATTACKER {
+            let src = std::net::IpAddr::from([127, 0, 1, 1 + (i / PER_ATTACKER) as u8]);
+            let mut s = raw_clients::connect_from(src, addr).await.expect("TCP connect (the kernel completes it)");
+            // A refused one may already be closed: the write failing is fine.
+            let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n").await;
+            slow.push(s);
+        }
+
+        // Meanwhile two legitimate clients from other addresses meet and relay an offer.
+        let ws = server.ws_url();
+        let mut a = RawWs::connect_from([127, 0, 0, 2].into(), &ws, None)
+            .await
+            .unwrap_or_else(|e| panic!("a legitimate client connects during the flood: {e}\n{}", server.log_text()));
+        let mut b = RawWs::connect_from([127, 0, 0, 3].into(), &ws, None).await.expect("second legitimate client");
+        let id_a = a.join("legit").await;
+        let id_b = b.join("legit").await;
+        a.send(json!({"type":"offer","to":id_b,"sdp":"v=0 legit"}).to_string()).await;
+        let (offer, frame) = b.recv_type("offer").await;
+        assert_eq!(offer.once("from", &frame), &json!(id_a));
+
+        // Each attacking address holds exactly its cap; the rest were refused at accept.
+        let m = metrics_of(&metrics_addr);
+        assert_eq!(metric(&m, "natkit_signal_tcp_connections"), (ATTACKERS * PER_IP_CAP + 2) as u64, "{m}");
+        assert_eq!(
+            metric(&m, "natkit_signal_connections_refused_total{reason=\"per_ip\"}"),
+            (ATTACKERS * (PER_ATTACKER - PER_IP_CAP)) as u64,
+            "{m}"
+        );
+
+        // Every slow connection is closed by the server: at once when refused, after the header timeout otherwise.
+        let wait = std::time::Duration::from_secs(60);
+        let closed = futures::future::join_all(slow.iter_mut().map(|s| closes_within(s, wait))).await;
+        let still_open = closed.iter().filter(|c| !**c).count();
+        assert_eq!(still_open, 0, "{still_open} half-sent requests still open\n{}", server.log_text());
+        // (A slot is freed just after its socket closes: poll briefly.)
+        let m = metric_reaches(&metrics_addr, "natkit_signal_tcp_connections", 2).await;
+        assert_eq!(metric(&m, "natkit_signal_tcp_connections"), 2, "only the legitimate clients remain: {m}");
+
+        // And they still talk.
+        b.send(json!({"type":"answer","to":id_a,"sdp":"v=0 answer"}).to_string()).await;
+        let (answer, frame) = a.recv_type("answer").await;
+        assert_eq!(answer.once("from", &frame), &json!(id_b));
     });
 }

@@ -2,6 +2,7 @@
 //! the room registry core, and the server that serves the video-chat page.
 
 pub mod client;
+pub mod conn_io;
 pub mod hub;
 pub mod ice;
 pub mod limits;

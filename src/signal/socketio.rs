@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 use axum::extract::ConnectInfo;
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{Data, SocketRef};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
 
@@ -44,23 +45,22 @@ pub fn layer(app: Arc<App>) -> (SocketIoLayer, SocketIo) {
         .max_payload(cap)
         .transports([TransportType::Polling, TransportType::Websocket])
         .build_layer();
-    io.ns("/", move |s: SocketRef| {
-        let app = app.clone();
-        async move { on_connect(app, s) }
-    });
+    // The event handlers are registered in a connect *middleware*: socketioxide
+    // awaits it before it sends the CONNECT packet, whereas the connect handler
+    // runs later on a task of its own, so an event a client emits right on
+    // `connect` (as the tutorial's does) could arrive before the handlers
+    // existed and be dropped.
+    let setup = move |s: SocketRef| {
+        on_connect(app.clone(), s);
+        async { Ok::<(), std::convert::Infallible>(()) }
+    };
+    io.ns("/", (|| async {}).with(setup));
     (layer, io)
 }
 
 fn on_connect(app: Arc<App>, s: SocketRef) {
+    // Connection caps are taken at accept (`server::run`), before any HTTP.
     let remote = s.req_parts().extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    if let Some(remote) = remote
-        && let Err(r) = app.admit(remote)
-    {
-        app.hub.metrics.error(r.code);
-        emit_error(&s, &r);
-        let _ = s.disconnect();
-        return;
-    }
     app.hub.metrics.opened(Transport::SocketIo);
     let peer = PeerId::random();
     tracing::debug!(?remote, %peer, "socket.io client connected");
@@ -94,9 +94,6 @@ fn on_connect(app: Arc<App>, s: SocketRef) {
         let (app, conn) = (app2.clone(), conn2.clone());
         async move {
             app.hub.disconnect(&conn.peer).await;
-            if let Some(remote) = remote {
-                app.release(remote);
-            }
             app.hub.metrics.closed(Transport::SocketIo);
         }
     });

@@ -6,12 +6,13 @@
 #![allow(dead_code)]
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -72,6 +73,13 @@ impl Pairs {
     }
 }
 
+/// A TCP connection to `server` from the local address `source`.
+pub async fn connect_from(source: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    sock.bind(SocketAddr::new(source, 0))?;
+    sock.connect(server).await
+}
+
 fn request(url: &str, origin: Option<&str>) -> tungstenite::handshake::client::Request {
     let mut req = url.into_client_request().expect("a ws:// URL");
     if let Some(o) = origin {
@@ -89,6 +97,23 @@ impl RawWs {
     /// Connects to `url` (`ws://HOST:PORT/ws`), sending `Origin: origin` when given.
     pub async fn connect(url: &str, origin: Option<&str>) -> Result<RawWs, tungstenite::Error> {
         let (ws, _) = tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(request(url, origin)))
+            .await
+            .map_err(|_| tungstenite::Error::Io(std::io::Error::other("WebSocket handshake timed out")))??;
+        Ok(RawWs { ws })
+    }
+
+    /// Like [`RawWs::connect`], from the local address `source` (any 127.0.0.0/8
+    /// address works on loopback: a test can play many clients).
+    pub async fn connect_from(source: IpAddr, url: &str, origin: Option<&str>) -> Result<RawWs, tungstenite::Error> {
+        let req = request(url, origin);
+        let host = req.uri().host().expect("a host in the URL").to_string();
+        let port = req.uri().port_u16().expect("a port in the URL");
+        let server = SocketAddr::new(host.parse().expect("an IP address in the URL"), port);
+        let handshake = async {
+            let tcp = connect_from(source, server).await?;
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)).await
+        };
+        let (ws, _) = tokio::time::timeout(FRAME_WAIT, handshake)
             .await
             .map_err(|_| tungstenite::Error::Io(std::io::Error::other("WebSocket handshake timed out")))??;
         Ok(RawWs { ws })
@@ -224,10 +249,9 @@ impl RawSio {
     /// every event on the way is checked for duplicate keys.
     pub async fn recv_event(&mut self, event: &str) -> (Pairs, String) {
         loop {
-            if self.eio == Eio::V3 {
-                // EIO 3: the client pings; a ping per read keeps the session alive.
-                self.send_raw("2").await;
-            }
+            // EIO 3 clients ping every pingInterval (15 s by default) and the server waits
+            // interval + timeout for it: a test shorter than that sends none (two pings in
+            // a row before the server's heartbeat task reads the first close the session).
             let text = self.next_packet().await;
             let Some(body) = text.strip_prefix("42") else { continue };
             let (name, pairs): (String, Pairs) =
