@@ -247,3 +247,80 @@ fn half_sent_requests_from_many_addresses_neither_starve_a_join_nor_outlive_the_
         assert_eq!(answer.once("from", &frame), &json!(id_b));
     });
 }
+
+/// The status line of a plain HTTP GET with an Origin header.
+fn get_with_origin(addr: &str, path: &str, origin: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect for GET");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n").expect("GET");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).lines().next().unwrap_or_default().to_string()
+}
+
+/// Whether a `/ws` and a socket.io WebSocket from `origin` are refused with 403.
+async fn refused(server: &SignalServer, origin: Option<&str>) -> (bool, bool) {
+    let forbidden = |e: &dyn std::fmt::Display| {
+        let e = e.to_string();
+        assert!(e.contains("403"), "refused, but not with 403: {e}");
+        true
+    };
+    let ws = match RawWs::connect(&server.ws_url(), origin).await {
+        Ok(mut w) => {
+            w.join("o").await;
+            false
+        }
+        Err(e) => forbidden(&e),
+    };
+    let host = format!("127.0.0.1:{}", server.port);
+    let sio = match RawSio::connect(&host, Eio::V4, origin).await {
+        Ok(mut s) => {
+            s.join("o").await;
+            false
+        }
+        Err(e) => forbidden(&e),
+    };
+    (ws, sio)
+}
+
+#[test]
+fn other_sites_pages_are_refused_with_403_and_counted_unless_allowed() {
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let server = SignalServer::start(&["--metrics", &metrics_addr]);
+    let _log = LogOnPanic(&server);
+    let own = format!("http://127.0.0.1:{}", server.port);
+    rt().block_on(async {
+        // Non-browser clients send no Origin; the page's own origin is its Host.
+        assert_eq!(refused(&server, None).await, (false, false), "no Origin is accepted");
+        assert_eq!(refused(&server, Some(&own)).await, (false, false), "the page's own origin is accepted");
+        assert_eq!(refused(&server, Some("https://evil.example")).await, (true, true), "another site is refused");
+        assert_eq!(refused(&server, Some("null")).await, (true, true), "an opaque origin is refused");
+        let other_port = format!("http://127.0.0.1:{}", server.port + 1);
+        assert_eq!(refused(&server, Some(&other_port)).await, (true, true), "another port is another origin");
+    });
+    // socket.io's long-polling too.
+    let addr = format!("127.0.0.1:{}", server.port);
+    let status = get_with_origin(&addr, "/socket.io/?EIO=4&transport=polling", "https://evil.example");
+    assert!(status.contains("403"), "polling from another site: {status}");
+    let status = get_with_origin(&addr, "/socket.io/?EIO=4&transport=polling", &own);
+    assert!(status.contains("200"), "polling from the page's own origin: {status}");
+    let m = metrics_of(&metrics_addr);
+    assert_eq!(metric(&m, "natkit_signal_origin_refused_total"), 7, "{m}");
+
+    // --allow-origin names the sites that may use it; `*` lets every site.
+    let server =
+        SignalServer::start(&["--allow-origin", "https://app.example", "--allow-origin", "https://b.example:8443"]);
+    let _log = LogOnPanic(&server);
+    rt().block_on(async {
+        assert_eq!(refused(&server, Some("https://app.example")).await, (false, false));
+        assert_eq!(refused(&server, Some("https://APP.example:443")).await, (false, false), "default port, any case");
+        assert_eq!(refused(&server, Some("https://b.example:8443")).await, (false, false));
+        assert_eq!(refused(&server, Some("http://app.example")).await, (true, true), "the scheme is part of it");
+        assert_eq!(refused(&server, Some("https://evil.example")).await, (true, true));
+    });
+    let server = SignalServer::start(&["--allow-origin", "*"]);
+    rt().block_on(async {
+        assert_eq!(refused(&server, Some("https://evil.example")).await, (false, false));
+    });
+}

@@ -68,6 +68,11 @@ pub struct SignalArgs {
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_conns_per_ip: u64,
 
+    /// A web page origin allowed to use the server besides its own page (repeatable), e.g.
+    /// https://app.example.org; * allows every site. Clients that send no Origin are always allowed
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+
     /// Open TCP connections in total, counted at accept [default: the file-descriptor limit minus 64, at most 10000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_conns: Option<u64>,

@@ -13,6 +13,7 @@ use crate::net::conn_limit::raise_nofile_limit;
 use crate::output::{self, OutputOptions, Render};
 use crate::signal::ice::IceConfig;
 use crate::signal::limits::Limits;
+use crate::signal::origin::OriginPolicy;
 use crate::signal::redis::Presence;
 use crate::signal::server::{Server, ServerConfig, TlsSource};
 
@@ -104,6 +105,7 @@ pub fn config_from(args: &SignalArgs, fd_limit: u64) -> anyhow::Result<ServerCon
         ..Limits::default()
     };
     Ok(ServerConfig {
+        origins: OriginPolicy::new(&args.allow_origin)?,
         listen: args.listen,
         tls,
         limits,

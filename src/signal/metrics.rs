@@ -53,6 +53,8 @@ pub struct Metrics {
     /// Connections refused at accept: over `--max-conns`, over `--max-conns-per-ip`.
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
+    /// Requests refused with 403 for their `Origin`.
+    pub origin_refused: AtomicU64,
     received: [AtomicU64; KINDS.len()],
     sent: [AtomicU64; KINDS.len()],
     errors: [AtomicU64; CODES.len()],
@@ -165,6 +167,9 @@ impl Metrics {
             writeln!(s, "# HELP natkit_signal_accept_paused_total Pauses of accept because file descriptors ran out.");
         let _ = writeln!(s, "# TYPE natkit_signal_accept_paused_total counter");
         let _ = writeln!(s, "natkit_signal_accept_paused_total {}", self.accept_paused.load(Relaxed));
+        let _ = writeln!(s, "# HELP natkit_signal_origin_refused_total Requests refused with 403 for their Origin.");
+        let _ = writeln!(s, "# TYPE natkit_signal_origin_refused_total counter");
+        let _ = writeln!(s, "natkit_signal_origin_refused_total {}", self.origin_refused.load(Relaxed));
         let transports = [("websocket", 0), ("socketio", 1)];
         let _ = writeln!(s, "# HELP natkit_signal_connections Open client connections.");
         let _ = writeln!(s, "# TYPE natkit_signal_connections gauge");

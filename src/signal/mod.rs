@@ -7,6 +7,7 @@ pub mod hub;
 pub mod ice;
 pub mod limits;
 pub mod metrics;
+pub mod origin;
 pub mod protocol;
 pub mod redis;
 pub mod rooms;

@@ -45,6 +45,7 @@ use crate::signal::hub::{Backend, Hub};
 use crate::signal::ice::IceConfig;
 use crate::signal::limits::{Gate, Limits, Verdict};
 use crate::signal::metrics::{Metrics, Transport};
+use crate::signal::origin::{OriginPolicy, OriginVerdict};
 use crate::signal::protocol::{ErrorCode, PeerId, ServerMessage};
 use crate::signal::redis::{Backplane, Presence};
 use crate::signal::rooms::Rooms;
@@ -81,6 +82,8 @@ pub struct ServerConfig {
     pub ice: IceConfig,
     pub ping_interval: Duration,
     pub metrics: Option<SocketAddr>,
+    /// Which web pages may connect (`--allow-origin`).
+    pub origins: OriginPolicy,
     pub redis: Option<String>,
     pub presence: Presence,
 }
@@ -91,6 +94,9 @@ pub struct App {
     pub limits: Limits,
     pub ice: IceConfig,
     pub ping_interval: Duration,
+    pub origins: OriginPolicy,
+    /// Served over TLS: the page's own origin is https.
+    pub tls: bool,
 }
 
 /// A bound, not yet running server.
@@ -125,8 +131,14 @@ impl Server {
             b.start(Arc::downgrade(&hub)).await?;
             tracing::info!(node = b.node_id(), "sharing rooms through Redis");
         }
-        let app =
-            Arc::new(App { hub, limits: config.limits, ice: config.ice.clone(), ping_interval: config.ping_interval });
+        let app = Arc::new(App {
+            hub,
+            limits: config.limits,
+            ice: config.ice.clone(),
+            ping_interval: config.ping_interval,
+            origins: config.origins.clone(),
+            tls: config.tls.is_some(),
+        });
         let acceptor = match &config.tls {
             None => None,
             Some(src) => Some(TlsAcceptor::from(Arc::new(tls_config(src, config.listen)?))),
@@ -254,7 +266,38 @@ impl Server {
 fn router(app: Arc<App>) -> Router {
     let (sio_layer, io) = crate::signal::socketio::layer(app.clone());
     let _ = io;
-    Router::new().route("/", get(page)).route("/ws", get(ws_upgrade)).with_state(app).layer(sio_layer)
+    Router::new()
+        .route("/", get(page))
+        .route("/ws", get(ws_upgrade))
+        .with_state(app.clone())
+        .layer(sio_layer)
+        // Outermost: covers /ws and every socket.io request (polling and WebSocket).
+        .layer(axum::middleware::from_fn_with_state(app, check_origin))
+}
+
+/// Refuses requests from web pages the policy does not allow (403, counted).
+async fn check_origin(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A header that is not visible ASCII is no origin a browser sends: checked as "" (refused).
+    let origin = req.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or(""));
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    match app.origins.check(origin, host, app.tls) {
+        OriginVerdict::Allow => next.run(req).await,
+        OriginVerdict::Refuse(why) => {
+            if app.hub.metrics.origin_refused.fetch_add(1, Relaxed) == 0 {
+                tracing::warn!(
+                    "refused a request: {why} (first one now; all are counted in natkit_signal_origin_refused_total)"
+                );
+            } else {
+                tracing::debug!("refused a request: {why}");
+            }
+            (axum::http::StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], why)
+                .into_response()
+        }
+    }
 }
 
 async fn page() -> impl IntoResponse {
