@@ -324,3 +324,54 @@ fn other_sites_pages_are_refused_with_403_and_counted_unless_allowed() {
         assert_eq!(refused(&server, Some("https://evil.example")).await, (false, false));
     });
 }
+
+/// The TURN username and credential a `/ws` client from `source` is handed.
+async fn turn_credentials_for(server: &SignalServer, source: std::net::IpAddr, room: &str) -> (String, String) {
+    let mut w = RawWs::connect_from(source, &server.ws_url(), None).await.expect("/ws connect");
+    w.send(json!({"type":"join","room":room}).to_string()).await;
+    let (created, text) = w.recv_type("created").await;
+    let turn = created.once("ice_servers", &text)[0].clone();
+    let field = |k: &str| turn[k].as_str().unwrap_or_else(|| panic!("no {k} in {text}")).to_string();
+    (field("username"), field("credential"))
+}
+
+#[test]
+fn one_address_gets_a_bounded_number_of_turn_credentials_however_often_it_connects() {
+    const SECRET: &str = "s3cret";
+    const TTL: u64 = 600;
+    let ttl = TTL.to_string();
+    let turn = ["--turn", "turn:127.0.0.1:3478?transport=udp", "--turn-secret", SECRET, "--turn-ttl", &ttl];
+    let server = SignalServer::start(&turn);
+    let _log = LogOnPanic(&server);
+    // 127.0.0.1: the raw socket.io client connects from there too.
+    let attacker = std::net::IpAddr::from([127, 0, 0, 1]);
+    let other = std::net::IpAddr::from([127, 0, 0, 8]);
+    rt().block_on(async {
+        let mut usernames = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let (user, credential) = turn_credentials_for(&server, attacker, &format!("c{i}")).await;
+            // Each one is a valid REST credential with at least half its lifetime left.
+            assert_eq!(credential, natkit::turn::credentials::rest_password(SECRET, &user), "{user}");
+            let expiry: u64 = user.split(':').next().and_then(|e| e.parse().ok()).expect("expiry:name");
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+            assert!(expiry >= now + TTL / 2 && expiry <= now + TTL, "{user}: expiry {expiry}, now {now}");
+            usernames.insert(user);
+        }
+        // socket.io connections from the same address get the same ones.
+        let host = format!("127.0.0.1:{}", server.port);
+        let mut sio = RawSio::connect(&host, Eio::V4, None).await.expect("socket.io connect");
+        sio.emit_raw("createAndJoinRoom", r#"{"room":"sio"}"#).await;
+        let (created, text) = sio.recv_event("created").await;
+        usernames.insert(created.once("ice_servers", &text)[0]["username"].as_str().expect("username").to_string());
+
+        // Bounded: one TTL window's name (two when the test straddles a window edge), not one per connection.
+        assert!(
+            usernames.len() <= 2,
+            "41 connections from one address got {} usernames: {usernames:?}",
+            usernames.len()
+        );
+        // It is per address, not one name for everybody.
+        let (theirs, _) = turn_credentials_for(&server, other, "o").await;
+        assert!(!usernames.contains(&theirs), "another address shares {theirs}");
+    });
+}

@@ -353,7 +353,7 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
     metrics.opened(Transport::WebSocket);
     let peer = PeerId::random();
     tracing::debug!(%remote, %peer, "connected");
-    let ice = app.ice.for_client(&peer, SystemTime::now());
+    let ice = app.ice.for_client(remote.ip(), SystemTime::now());
     let mut outbox = app.hub.attach(&peer);
     let mut gate = Gate::new(app.limits, Instant::now());
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + app.ping_interval, app.ping_interval);

@@ -65,7 +65,11 @@ fn on_connect(app: Arc<App>, s: SocketRef) {
     let peer = PeerId::random();
     tracing::debug!(?remote, %peer, "socket.io client connected");
     let conn = Arc::new(Conn {
-        ice: app.ice.for_client(&peer, SystemTime::now()),
+        // Without the address (never, behind our own accept) every such client shares one name.
+        ice: app.ice.for_client(
+            remote.map(|r| r.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            SystemTime::now(),
+        ),
         gate: Mutex::new(Gate::new(app.limits, Instant::now())),
         peer: peer.clone(),
     });
