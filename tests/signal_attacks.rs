@@ -133,12 +133,25 @@ fn forged_from_room_and_type_never_reach_the_addressee_on_any_transport() {
     });
 }
 
-/// Raises this test process's descriptor limit: the attack needs more than 1,024 sockets.
+/// Raises this test process's soft descriptor limit to `want` (the attack needs more
+/// than 1,024 sockets), raising the hard limit too when allowed; fails if it cannot.
 fn raise_own_nofile(want: u64) {
-    let lim = libc::rlimit { rlim_cur: want, rlim_max: want };
-    // SAFETY: setrlimit only reads the struct we pass.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    assert_eq!(rc, 0, "cannot raise this test's RLIMIT_NOFILE to {want} (tests run as root)");
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit");
+        let raised = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max.max(want) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            let soft = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &soft), 0, "setrlimit");
+        }
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit");
+    }
+    assert!(
+        lim.rlim_cur >= want,
+        "this test needs {want} file descriptors but the hard limit is {}; raise it (ulimit -Hn, LimitNOFILE=)",
+        lim.rlim_max
+    );
 }
 
 /// The value of one sample line of Prometheus text.
@@ -373,5 +386,88 @@ fn one_address_gets_a_bounded_number_of_turn_credentials_however_often_it_connec
         // It is per address, not one name for everybody.
         let (theirs, _) = turn_credentials_for(&server, other, "o").await;
         assert!(!usernames.contains(&theirs), "another address shares {theirs}");
+    });
+}
+
+/// The resident set of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A `/ws` client that costs the test almost nothing: the upgrade request and a
+/// `join` frame written raw (masked with a zero key: the payload as is), then
+/// the socket kept, never read.
+async fn idle_ws_member(server: std::net::SocketAddr, room: usize) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server).await.expect("connect");
+    let join = format!(r#"{{"type":"join","room":"idle{room}"}}"#);
+    assert!(join.len() < 126);
+    let mut req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(&[0x81, 0x80 | join.len() as u8, 0, 0, 0, 0]);
+    req.extend_from_slice(join.as_bytes());
+    s.write_all(&req).await.expect("upgrade request");
+    // Wait for the 101 so the connection is really up before it is counted.
+    let mut head = [0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(60), s.read_exact(&mut head))
+        .await
+        .expect("101 in time")
+        .expect("read 101");
+    assert_eq!(&head, b"HTTP/1.1 101", "upgrade answered");
+    s
+}
+
+#[test]
+fn ten_thousand_idle_ws_members_cost_at_most_32_kib_each() {
+    use futures::StreamExt;
+    const WARM: usize = 200;
+    const N: usize = 10_000;
+    raise_own_nofile(12_000);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    // Pings and timeouts far off: the members stay idle for the whole measurement.
+    let server = SignalServer::start(&[
+        "--metrics",
+        &metrics_addr,
+        "--max-conns",
+        "15000",
+        "--max-conns-per-ip",
+        "15000",
+        "--max-room",
+        "2",
+        "--ping-interval",
+        "600",
+        "--idle-timeout",
+        "1200",
+    ]);
+    let _log = LogOnPanic(&server);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().expect("addr");
+    let members = |range: std::ops::Range<usize>| {
+        futures::stream::iter(range).map(move |i| idle_ws_member(addr, i / 2)).buffer_unordered(64).collect::<Vec<_>>()
+    };
+    rt().block_on(async {
+        // Warm up allocator and runtime so the delta is per connection.
+        let _warm = members(0..WARM).await;
+        let m = metric_reaches(&metrics_addr, "natkit_signal_connections{transport=\"websocket\"}", WARM as u64).await;
+        assert_eq!(metric(&m, "natkit_signal_connections{transport=\"websocket\"}"), WARM as u64, "{m}");
+        let before = rss_kib(server.pid());
+        let _idle = members(WARM..WARM + N).await;
+        let total = (WARM + N) as u64;
+        let m = metric_reaches(&metrics_addr, "natkit_signal_connections{transport=\"websocket\"}", total).await;
+        assert_eq!(metric(&m, "natkit_signal_connections{transport=\"websocket\"}"), total, "{m}");
+        // Every member joined (rooms of two).
+        let m = metric_reaches(&metrics_addr, "natkit_signal_messages_received_total{type=\"join\"}", total).await;
+        assert_eq!(metric(&m, "natkit_signal_messages_received_total{type=\"join\"}"), total, "{m}");
+        let after = rss_kib(server.pid());
+        let per_conn = (after.saturating_sub(before)) as f64 / N as f64;
+        eprintln!("signal: {N} idle /ws members: RSS {before} KiB -> {after} KiB, {per_conn:.1} KiB each");
+        assert!(per_conn <= 32.0, "{per_conn:.1} KiB per idle /ws connection (RSS {before} -> {after} KiB)");
     });
 }
