@@ -1,6 +1,7 @@
 //! Signaling (`natkit signal`): the `/ws` protocol types, a client for it,
 //! the room registry core, and the server that serves the video-chat page.
 
+pub mod app;
 pub mod client;
 pub mod conn_io;
 pub mod hub;

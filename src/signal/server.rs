@@ -40,6 +40,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::error::UsageError;
 use crate::net::conn_limit::{ConnLimiter, ConnRefusal, accept_with_backoff};
+use crate::signal::app::App;
 use crate::signal::conn_io::ConnIo;
 use crate::signal::hub::{Backend, Hub};
 use crate::signal::ice::IceConfig;
@@ -88,17 +89,6 @@ pub struct ServerConfig {
     pub origins: OriginPolicy,
     pub redis: Option<String>,
     pub presence: Presence,
-}
-
-/// Shared by every connection.
-pub struct App {
-    pub hub: Arc<Hub>,
-    pub limits: Limits,
-    pub ice: IceConfig,
-    pub ping_interval: Duration,
-    pub origins: OriginPolicy,
-    /// Served over TLS: the page's own origin is https.
-    pub tls: bool,
 }
 
 /// A bound, not yet running server.

@@ -22,12 +22,12 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
 
+use crate::signal::app::App;
 use crate::signal::limits::{Gate, Verdict};
 use crate::signal::metrics::Transport;
 use crate::signal::protocol::{
     ClientMessage, ErrorCode, Extra, IceCandidate, IceServer, PeerId, Refusal, RoomId, ServerMessage, drop_server_keys,
 };
-use crate::signal::server::App;
 
 /// One socket.io connection's state.
 struct Conn {
