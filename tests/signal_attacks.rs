@@ -471,3 +471,44 @@ fn ten_thousand_idle_ws_members_cost_at_most_32_kib_each() {
         assert!(per_conn <= 32.0, "{per_conn:.1} KiB per idle /ws connection (RSS {before} -> {after} KiB)");
     });
 }
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_with_a_backoff_and_the_server_recovers() {
+    use tokio::io::AsyncWriteExt;
+    common::tools::require("prlimit", "util-linux");
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    // Caps above what 100 descriptors hold: here only the accept backoff stands between the flood and a spin.
+    let server = SignalServer::start_in(
+        &["prlimit", "--nofile=100:100", "--"],
+        "127.0.0.1",
+        &["--metrics", &metrics_addr, "--max-conns", "1000", "--max-conns-per-ip", "1000", "--header-timeout", "3"],
+    );
+    let _log = LogOnPanic(&server);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().expect("addr");
+    rt().block_on(async {
+        let mut slow = Vec::new();
+        for _ in 0..200 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("TCP connect (the kernel completes it)");
+            let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+            slow.push(s);
+        }
+        // Accepted in turns as descriptors free up; each closed at the header timeout.
+        let wait = std::time::Duration::from_secs(120);
+        let closed = futures::future::join_all(slow.iter_mut().map(|s| closes_within(s, wait))).await;
+        assert!(closed.iter().all(|c| *c), "every half-sent request is closed in the end");
+        assert!(server.log_text().contains("pausing new connections"), "the exhaustion is logged");
+        let m = metrics_of(&metrics_addr);
+        let paused = metric(&m, "natkit_signal_accept_paused_total");
+        // Seconds of exhaustion at a growing pause (10 ms .. 1 s) are tens of pauses; a spin would be millions.
+        assert!((1..200).contains(&paused), "accept paused {paused} times: {m}");
+        // And it serves again.
+        let ws = server.ws_url();
+        let mut a = RawWs::connect(&ws, None).await.expect("connect after the flood");
+        let mut b = RawWs::connect(&ws, None).await.expect("connect after the flood");
+        let id_a = a.join("after").await;
+        let id_b = b.join("after").await;
+        a.send(json!({"type":"offer","to":id_b,"sdp":"v=0"}).to_string()).await;
+        let (offer, frame) = b.recv_type("offer").await;
+        assert_eq!(offer.once("from", &frame), &json!(id_a));
+    });
+}
