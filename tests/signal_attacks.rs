@@ -87,7 +87,7 @@ fn forged_from_room_and_type_never_reach_the_addressee_on_any_transport() {
     let _log = LogOnPanic(&server);
     rt().block_on(async {
         let host = format!("127.0.0.1:{}", server.port);
-        let mut members = vec![
+        let mut members = [
             Member::Ws(RawWs::connect(&server.ws_url(), None).await.expect("/ws connect")),
             Member::Ws(RawWs::connect(&server.ws_url(), None).await.expect("/ws connect")),
             Member::Sio(RawSio::connect(&host, Eio::V4, None).await.expect("socket.io 4 connect")),
