@@ -386,7 +386,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__signal)
-            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --allow-origin --max-conns --header-timeout --idle-timeout --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -437,6 +437,22 @@ _natkit() {
                     return 0
                     ;;
                 --max-conns-per-ip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --allow-origin)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-conns)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --header-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -147,6 +147,10 @@ complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-room -d 'Mo
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-frame -d 'Largest message in bytes; bigger ones get an error' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-rate -d 'Messages per second one connection may send (bursts of four times this are allowed)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-conns-per-ip -d 'Open connections per client IP address' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l allow-origin -d 'A web page origin allowed to use the server besides its own page (repeatable), e.g. https://app.example.org; * allows every site. Clients that send no Origin are always allowed' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-conns -d 'Open TCP connections in total, counted at accept [default: the file-descriptor limit minus 64, at most 10000]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l header-timeout -d 'Seconds a connection has to send its HTTP request head (TLS handshake included), after accept and after each response on a kept-alive connection' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l idle-timeout -d 'Seconds without receiving anything after which a connection is closed (longer than --ping-interval)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l ping-interval -d 'Seconds between keepalive pings; a client silent for two intervals is dropped and its room told' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l node-ttl -d 'With --redis: seconds after which a node that stopped heartbeating counts as dead and its members leave their rooms' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r

@@ -68,6 +68,24 @@ pub struct SignalArgs {
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_conns_per_ip: u64,
 
+    /// A web page origin allowed to use the server besides its own page (repeatable), e.g.
+    /// https://app.example.org; * allows every site. Clients that send no Origin are always allowed
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+
+    /// Open TCP connections in total, counted at accept [default: the file-descriptor limit minus 64, at most 10000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: Option<u64>,
+
+    /// Seconds a connection has to send its HTTP request head (TLS handshake included), after accept
+    /// and after each response on a kept-alive connection
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_timeout: u64,
+
+    /// Seconds without receiving anything after which a connection is closed (longer than --ping-interval)
+    #[arg(long, default_value_t = 120, value_name = "SECS", value_parser = clap::value_parser!(u64).range(2..=86400))]
+    pub idle_timeout: u64,
+
     /// Seconds between keepalive pings; a client silent for two intervals is dropped and its room told
     #[arg(long, default_value_t = 15, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ping_interval: u64,

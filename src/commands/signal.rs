@@ -8,10 +8,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::SignalArgs;
-use crate::error::Status;
+use crate::error::{Status, UsageError};
+use crate::net::conn_limit::raise_nofile_limit;
 use crate::output::{self, OutputOptions, Render};
 use crate::signal::ice::IceConfig;
 use crate::signal::limits::Limits;
+use crate::signal::origin::OriginPolicy;
 use crate::signal::redis::Presence;
 use crate::signal::server::{Server, ServerConfig, TlsSource};
 
@@ -32,6 +34,10 @@ pub struct SignalReport {
     pub relayed: u64,
     /// Messages refused with an error.
     pub errors: u64,
+    /// The file-descriptor limit (RLIMIT_NOFILE) in force, after raising it to the hard limit.
+    pub fd_limit: u64,
+    /// The cap on open TCP connections (`--max-conns`, or derived from `fd_limit`).
+    pub max_conns: u64,
 }
 
 impl Render for SignalReport {
@@ -49,7 +55,37 @@ impl Render for SignalReport {
     }
 }
 
-pub fn config_from(args: &SignalArgs) -> anyhow::Result<ServerConfig> {
+/// File descriptors kept for listeners, Redis, the metrics endpoint and logs.
+const FD_RESERVE: u64 = 64;
+/// The most connections `--max-conns` defaults to, whatever the descriptor limit.
+const DEFAULT_MAX_CONNS: u64 = 10_000;
+
+/// `--max-conns`, or what the file-descriptor limit allows.
+fn max_conns(args: &SignalArgs, fd_limit: u64) -> u64 {
+    let fits = fd_limit.saturating_sub(FD_RESERVE).max(1);
+    match args.max_conns {
+        Some(n) => {
+            if n > fits {
+                tracing::warn!(
+                    "--max-conns {n} is more than the file-descriptor limit {fd_limit} allows ({fits}); \
+                     beyond that accepting pauses (raise it with `ulimit -n` or LimitNOFILE=)"
+                );
+            }
+            n
+        }
+        None => fits.min(DEFAULT_MAX_CONNS),
+    }
+}
+
+/// Flags → server config; `fd_limit` is the descriptor limit in force.
+pub fn config_from(args: &SignalArgs, fd_limit: u64) -> anyhow::Result<ServerConfig> {
+    if args.idle_timeout <= args.ping_interval {
+        return Err(UsageError::new(format!(
+            "--idle-timeout {} must be longer than --ping-interval {} (live clients answer pings; idle ones do not)",
+            args.idle_timeout, args.ping_interval
+        ))
+        .into());
+    }
     let tls = match (&args.cert, &args.key, args.tls_self_signed) {
         (Some(cert), Some(key), _) => Some(TlsSource::Files { cert: cert.clone(), key: key.clone() }),
         (_, _, true) => Some(TlsSource::SelfSigned { names: vec![] }),
@@ -63,9 +99,13 @@ pub fn config_from(args: &SignalArgs) -> anyhow::Result<ServerConfig> {
         rate,
         burst: rate * 4.0,
         conns_per_ip: args.max_conns_per_ip as usize,
+        max_conns: max_conns(args, fd_limit) as usize,
+        header_timeout: Duration::from_secs(args.header_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
         ..Limits::default()
     };
     Ok(ServerConfig {
+        origins: OriginPolicy::new(&args.allow_origin)?,
         listen: args.listen,
         tls,
         limits,
@@ -100,7 +140,10 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(args: SignalArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
-    let config = config_from(&args)?;
+    // Each connection is a descriptor: the usual soft limit of 1,024 would cap the server far too low.
+    let fd_limit = raise_nofile_limit();
+    let config = config_from(&args, fd_limit)?;
+    let limits = config.limits;
     let rooms_backend = if config.redis.is_some() { "redis" } else { "memory" };
     let server = Server::bind(config).await?;
     let listen = server.local_addr()?;
@@ -109,6 +152,14 @@ pub async fn run(args: SignalArgs, opts: &OutputOptions) -> anyhow::Result<Statu
     let ws_url = format!("{ws}://{listen}/ws");
     if !opts.quiet {
         eprintln!("natkit signal: page {page_url}  protocol {ws_url}  socket.io {http}://{listen}/socket.io/");
+        eprintln!(
+            "natkit signal: file-descriptor limit {fd_limit}; up to {} connections, {} per address; \
+             header timeout {} s, idle timeout {} s",
+            limits.max_conns,
+            limits.conns_per_ip,
+            limits.header_timeout.as_secs(),
+            limits.idle_timeout.as_secs()
+        );
         if let Some(m) = server.metrics_addr() {
             eprintln!("natkit signal: metrics http://{m}/metrics");
         }
@@ -122,6 +173,8 @@ pub async fn run(args: SignalArgs, opts: &OutputOptions) -> anyhow::Result<Statu
         connections: summary.connections,
         relayed: summary.relayed,
         errors: summary.errors,
+        fd_limit,
+        max_conns: limits.max_conns as u64,
     };
     output::emit(&report, opts)?;
     Ok(Status::Ok)

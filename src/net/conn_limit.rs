@@ -38,7 +38,9 @@ pub fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every target
+    let soft = lim.rlim_cur as u64;
+    soft
 }
 
 /// Why a connection was refused at accept.

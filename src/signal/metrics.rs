@@ -4,6 +4,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crate::net::conn_limit::ConnRefusal;
 use crate::signal::protocol::{ErrorCode, MessageKind};
 
 const KINDS: [MessageKind; 9] = [
@@ -47,6 +48,13 @@ pub struct Metrics {
     pub closed_for_abuse: AtomicU64,
     pub dropped_dead: AtomicU64,
     pub dropped_slow: AtomicU64,
+    /// Times accepting paused because file descriptors ran out (EMFILE/ENFILE).
+    pub accept_paused: AtomicU64,
+    /// Connections refused at accept: over `--max-conns`, over `--max-conns-per-ip`.
+    refused_total: AtomicU64,
+    refused_per_ip: AtomicU64,
+    /// Requests refused with 403 for their `Origin`.
+    pub origin_refused: AtomicU64,
     received: [AtomicU64; KINDS.len()],
     sent: [AtomicU64; KINDS.len()],
     errors: [AtomicU64; CODES.len()],
@@ -71,6 +79,31 @@ impl Metrics {
 
     pub fn closed(&self, t: Transport) {
         self.connections_open[transport_index(t)].fetch_sub(1, Relaxed);
+    }
+
+    /// Counts a connection refused at accept; the first one is logged (the metric counts the rest).
+    pub fn refused_at_accept(&self, why: ConnRefusal) {
+        let counter = match why {
+            ConnRefusal::Total => &self.refused_total,
+            ConnRefusal::PerIp => &self.refused_per_ip,
+        };
+        if counter.fetch_add(1, Relaxed) == 0 {
+            let flag = match why {
+                ConnRefusal::Total => "--max-conns",
+                ConnRefusal::PerIp => "--max-conns-per-ip",
+            };
+            tracing::warn!(
+                "refusing connections over {flag} (first one now; all are counted in natkit_signal_connections_refused_total{{reason=\"{}\"}})",
+                why.as_str()
+            );
+        }
+    }
+
+    pub fn refused_at_accept_total(&self, why: ConnRefusal) -> u64 {
+        match why {
+            ConnRefusal::Total => self.refused_total.load(Relaxed),
+            ConnRefusal::PerIp => self.refused_per_ip.load(Relaxed),
+        }
     }
 
     pub fn received(&self, k: MessageKind) {
@@ -106,7 +139,37 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.render_with_open(None)
+    }
+
+    /// Prometheus text, with the TCP connections holding a slot now when known.
+    pub fn render_with_open(&self, open_tcp: impl Into<Option<usize>>) -> String {
         let mut s = String::new();
+        if let Some(open) = open_tcp.into() {
+            let _ = writeln!(
+                s,
+                "# HELP natkit_signal_tcp_connections TCP connections holding a slot (HTTP, WebSocket, socket.io)."
+            );
+            let _ = writeln!(s, "# TYPE natkit_signal_tcp_connections gauge");
+            let _ = writeln!(s, "natkit_signal_tcp_connections {open}");
+        }
+        let _ = writeln!(s, "# HELP natkit_signal_connections_refused_total Connections refused at accept, by cap.");
+        let _ = writeln!(s, "# TYPE natkit_signal_connections_refused_total counter");
+        for why in [ConnRefusal::Total, ConnRefusal::PerIp] {
+            let _ = writeln!(
+                s,
+                "natkit_signal_connections_refused_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                self.refused_at_accept_total(why)
+            );
+        }
+        let _ =
+            writeln!(s, "# HELP natkit_signal_accept_paused_total Pauses of accept because file descriptors ran out.");
+        let _ = writeln!(s, "# TYPE natkit_signal_accept_paused_total counter");
+        let _ = writeln!(s, "natkit_signal_accept_paused_total {}", self.accept_paused.load(Relaxed));
+        let _ = writeln!(s, "# HELP natkit_signal_origin_refused_total Requests refused with 403 for their Origin.");
+        let _ = writeln!(s, "# TYPE natkit_signal_origin_refused_total counter");
+        let _ = writeln!(s, "natkit_signal_origin_refused_total {}", self.origin_refused.load(Relaxed));
         let transports = [("websocket", 0), ("socketio", 1)];
         let _ = writeln!(s, "# HELP natkit_signal_connections Open client connections.");
         let _ = writeln!(s, "# TYPE natkit_signal_connections gauge");

@@ -9,6 +9,10 @@
 //! Relayed messages keep every field the sender put in them: fields this
 //! module does not name are carried in `extra` and written back unchanged,
 //! so a client may attach its own data (e.g. `punch`'s candidate lists).
+//! The fields the server writes ([`SERVER_KEYS`]: `type`, `from`, `to`,
+//! `room`, ...) are the server's alone: a client's copy is dropped before
+//! relaying, so the addressee sees each of them once, with the server's value
+//! (a second `"from"` after the server's would win in `JSON.parse`).
 //! The `ice_servers` entries are WebRTC `RTCIceServer` dictionaries
 //! (W3C webrtc-pc §4.2.2), ready to hand to `RTCPeerConnection`.
 
@@ -19,6 +23,17 @@ use serde_json::{Map, Value};
 
 /// Fields of a relayed message that the protocol does not name; relayed as-is.
 pub type Extra = Map<String, Value>;
+
+/// Every key a relayed message names (the server sets or checks them); a
+/// client's copy of one of these in [`Extra`] is dropped, never relayed.
+pub const SERVER_KEYS: [&str; 6] = ["type", "from", "to", "room", "sdp", "candidate"];
+
+/// Drops the keys the server owns from a client's extra fields.
+pub fn drop_server_keys(extra: &mut Extra) {
+    for k in SERVER_KEYS {
+        extra.remove(k);
+    }
+}
 
 /// A member's id: random, unguessable, assigned by the server on `join`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -220,12 +235,21 @@ impl ClientMessage {
     }
 
     /// The message as delivered to its addressee: `from` and `room` added,
-    /// everything else unchanged. `None` for messages that are not relayed.
+    /// a client's copy of any server-owned key dropped, everything else
+    /// unchanged. `None` for messages that are not relayed. Every relay (one
+    /// node, Redis, either transport) goes through here.
     pub fn relayed(self, from: PeerId, room: RoomId) -> Option<ServerMessage> {
         Some(match self {
-            ClientMessage::Offer { to, sdp, extra } => ServerMessage::Offer { from, to, room, sdp, extra },
-            ClientMessage::Answer { to, sdp, extra } => ServerMessage::Answer { from, to, room, sdp, extra },
-            ClientMessage::Candidate { to, candidate, extra } => {
+            ClientMessage::Offer { to, sdp, mut extra } => {
+                drop_server_keys(&mut extra);
+                ServerMessage::Offer { from, to, room, sdp, extra }
+            }
+            ClientMessage::Answer { to, sdp, mut extra } => {
+                drop_server_keys(&mut extra);
+                ServerMessage::Answer { from, to, room, sdp, extra }
+            }
+            ClientMessage::Candidate { to, candidate, mut extra } => {
+                drop_server_keys(&mut extra);
                 ServerMessage::Candidate { from, to, room, candidate, extra }
             }
             ClientMessage::Join { .. } | ClientMessage::Leave => return None,
@@ -486,6 +510,32 @@ mod tests {
         assert_eq!(m.target(), Some(&PeerId::from("b")));
         let out = m.relayed("a".into(), "r".into()).unwrap();
         assert_eq!(to_value(&out), json!({"type":"offer","from":"a","to":"b","room":"r","sdp":"v=0","note":{"x":1}}));
+    }
+
+    #[test]
+    fn forged_server_keys_are_dropped_and_each_key_is_written_once() {
+        let text = r#"{"type":"offer","to":"b","sdp":"v=0","from":"victim","room":"other","note":1}"#;
+        let out = parse_client(text).unwrap().relayed("a".into(), "r".into()).unwrap();
+        let json = out.to_json();
+        for key in ["\"type\"", "\"from\"", "\"to\"", "\"room\"", "\"sdp\""] {
+            assert_eq!(json.matches(key).count(), 1, "{key} once in {json}");
+        }
+        assert_eq!(to_value(&out), json!({"type":"offer","from":"a","to":"b","room":"r","sdp":"v=0","note":1}));
+        // A message built in code (socket.io) with every server key in extra.
+        let mut extra = Extra::new();
+        for k in SERVER_KEYS {
+            extra.insert(k.into(), json!("forged"));
+        }
+        let c = IceCandidate::new("candidate:1 1 udp 1 10.0.0.1 9 typ host", None, None);
+        let out = ClientMessage::Candidate { to: "b".into(), candidate: c.clone(), extra }
+            .relayed("a".into(), "r".into())
+            .unwrap();
+        let json = out.to_json();
+        assert_eq!(json.matches("forged").count(), 0, "{json}");
+        assert_eq!(
+            to_value(&out),
+            json!({"type":"candidate","from":"a","to":"b","room":"r","candidate":{"candidate":c.candidate}})
+        );
     }
 
     #[test]

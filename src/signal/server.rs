@@ -5,6 +5,14 @@
 //!
 //! WebSocket is RFC 6455: the server pings every `ping_interval` and drops a
 //! connection it has heard nothing from (not even a pong) for two intervals.
+//!
+//! Connections are limited at accept, before a byte is read: a total cap and
+//! a per-address cap (`net::conn_limit`), a refused one gets a canned HTTP
+//! 503 and a close. An accepted one must deliver its request head (after the
+//! TLS handshake, if any) within `header_timeout` (hyper's header-read timer,
+//! which also bounds a kept-alive connection waiting for its next request),
+//! and is closed when nothing arrives for `idle_timeout` (`conn_io`). Running
+//! out of file descriptors pauses accepting with a backoff instead of spinning.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,20 +29,25 @@ use axum::http::{Request, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::UsageError;
+use crate::net::conn_limit::{ConnLimiter, ConnRefusal, accept_with_backoff};
+use crate::signal::app::App;
+use crate::signal::conn_io::ConnIo;
 use crate::signal::hub::{Backend, Hub};
 use crate::signal::ice::IceConfig;
-use crate::signal::limits::{Gate, IpLimiter, Limits, Verdict};
+use crate::signal::limits::{Gate, Limits, Verdict};
 use crate::signal::metrics::{Metrics, Transport};
-use crate::signal::protocol::{PeerId, Refusal, ServerMessage};
+use crate::signal::origin::{OriginPolicy, OriginVerdict};
+use crate::signal::protocol::{ErrorCode, PeerId, ServerMessage};
 use crate::signal::redis::{Backplane, Presence};
 use crate::signal::rooms::Rooms;
 
@@ -43,8 +56,13 @@ pub const PAGE_HTML: &str = include_str!("page/index.html");
 
 /// A write to a client that takes longer than this means it is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TLS handshake that takes longer than this is abandoned.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The WebSocket read buffer per connection (grows for larger frames).
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// Refused connections allowed to linger at once (to deliver their 503 and
+/// read the client's close); more are closed at once.
+const MAX_LINGERING_REFUSALS: usize = 64;
+/// How long a refused connection may linger.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 /// Where the server's certificate comes from.
 #[derive(Debug, Clone)]
@@ -67,28 +85,10 @@ pub struct ServerConfig {
     pub ice: IceConfig,
     pub ping_interval: Duration,
     pub metrics: Option<SocketAddr>,
+    /// Which web pages may connect (`--allow-origin`).
+    pub origins: OriginPolicy,
     pub redis: Option<String>,
     pub presence: Presence,
-}
-
-/// Shared by every connection.
-pub struct App {
-    pub hub: Arc<Hub>,
-    pub limits: Limits,
-    pub ice: IceConfig,
-    pub ip_limiter: Mutex<IpLimiter>,
-    pub ping_interval: Duration,
-}
-
-impl App {
-    /// Counts a new connection from `remote`'s address, or refuses it.
-    pub fn admit(&self, remote: SocketAddr) -> Result<(), Refusal> {
-        self.ip_limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(remote.ip())
-    }
-
-    pub fn release(&self, remote: SocketAddr) {
-        self.ip_limiter.lock().unwrap_or_else(|p| p.into_inner()).release(remote.ip());
-    }
 }
 
 /// A bound, not yet running server.
@@ -127,8 +127,9 @@ impl Server {
             hub,
             limits: config.limits,
             ice: config.ice.clone(),
-            ip_limiter: Mutex::new(IpLimiter::new(config.limits.conns_per_ip)),
             ping_interval: config.ping_interval,
+            origins: config.origins.clone(),
+            tls: config.tls.is_some(),
         });
         let acceptor = match &config.tls {
             None => None,
@@ -165,13 +166,15 @@ impl Server {
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
         let Server { app, listener, acceptor, metrics_listener, router } = self;
+        let limits = app.limits;
+        let conns = ConnLimiter::new(limits.max_conns, limits.conns_per_ip);
         if let Some(ml) = metrics_listener {
-            let m = app.hub.metrics.clone();
+            let (m, conns) = (app.hub.metrics.clone(), conns.clone());
             let r = Router::new().route(
                 "/metrics",
                 get(move || {
-                    let m = m.clone();
-                    async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()) }
+                    let text = m.render_with_open(conns.open());
+                    async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
                 }),
             );
             tokio::spawn(async move {
@@ -180,21 +183,30 @@ impl Server {
                 }
             });
         }
+        let lingering = Arc::new(Semaphore::new(MAX_LINGERING_REFUSALS));
+        let metrics = app.hub.metrics.clone();
         tokio::pin!(shutdown);
         loop {
             let (tcp, remote) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, carry on.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+                c = accept_with_backoff(&listener, &metrics.accept_paused) => c,
                 _ = &mut shutdown => break,
             };
+            // Counted before any byte is read: a slow or idle client holds a slot from here on.
+            let permit = match conns.try_acquire(remote.ip()) {
+                Ok(p) => p,
+                Err(why) => {
+                    metrics.refused_at_accept(why);
+                    let limit = match why {
+                        ConnRefusal::Total => format!("--max-conns {}", limits.max_conns),
+                        ConnRefusal::PerIp => format!("--max-conns-per-ip {}", limits.conns_per_ip),
+                    };
+                    tracing::debug!(%remote, "refused at accept: {limit} reached");
+                    refuse(tcp, remote, &limit, &lingering);
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
+            let io = ConnIo::new(tcp, permit, limits.idle_timeout);
             let svc = tower::ServiceExt::map_request(router.clone(), move |mut req: Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(remote));
                 req
@@ -202,17 +214,19 @@ impl Server {
             let svc = TowerToHyperService::new(svc);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let mut http = hyper::server::conn::http1::Builder::new();
+                // The timer starts when the connection is accepted (and again after each response).
+                http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
                 let result = match acceptor {
-                    None => builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc).await,
-                    Some(acc) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(tcp)).await {
-                        Ok(Ok(tls)) => builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await,
+                    None => http.serve_connection(TokioIo::new(io), svc).with_upgrades().await,
+                    Some(acc) => match tokio::time::timeout(limits.header_timeout, acc.accept(io)).await {
+                        Ok(Ok(tls)) => http.serve_connection(TokioIo::new(tls), svc).with_upgrades().await,
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, "TLS handshake failed: {e}");
                             return;
                         }
                         Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out");
+                            tracing::debug!(%remote, "TLS handshake not done within the header timeout");
                             return;
                         }
                     },
@@ -244,7 +258,38 @@ impl Server {
 fn router(app: Arc<App>) -> Router {
     let (sio_layer, io) = crate::signal::socketio::layer(app.clone());
     let _ = io;
-    Router::new().route("/", get(page)).route("/ws", get(ws_upgrade)).with_state(app).layer(sio_layer)
+    Router::new()
+        .route("/", get(page))
+        .route("/ws", get(ws_upgrade))
+        .with_state(app.clone())
+        .layer(sio_layer)
+        // Outermost: covers /ws and every socket.io request (polling and WebSocket).
+        .layer(axum::middleware::from_fn_with_state(app, check_origin))
+}
+
+/// Refuses requests from web pages the policy does not allow (403, counted).
+async fn check_origin(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A header that is not visible ASCII is no origin a browser sends: checked as "" (refused).
+    let origin = req.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or(""));
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    match app.origins.check(origin, host, app.tls) {
+        OriginVerdict::Allow => next.run(req).await,
+        OriginVerdict::Refuse(why) => {
+            if app.hub.metrics.origin_refused.fetch_add(1, Relaxed) == 0 {
+                tracing::warn!(
+                    "refused a request: {why} (first one now; all are counted in natkit_signal_origin_refused_total)"
+                );
+            } else {
+                tracing::debug!("refused a request: {why}");
+            }
+            (axum::http::StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], why)
+                .into_response()
+        }
+    }
 }
 
 async fn page() -> impl IntoResponse {
@@ -257,32 +302,58 @@ async fn ws_upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let cap = app.limits.hard_frame_cap();
-    ws.max_message_size(cap).max_frame_size(cap).on_upgrade(move |socket| serve_ws(app, socket, remote))
+    // tungstenite's default read buffer is 128 KiB, allocated and filled per
+    // connection: 10,000 idle members cost 1.4 GiB. Signaling messages are a
+    // few KiB; the buffer grows for a larger frame (up to `cap`) and a write
+    // goes out at once instead of waiting in a second buffer.
+    ws.read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(move |socket| serve_ws(app, socket, remote))
 }
 
 fn text(msg: &ServerMessage) -> Message {
     Message::Text(msg.to_json().into())
 }
 
+/// A connection over a cap: a canned 503 (the `/ws` error object as body),
+/// then a close. Up to [`MAX_LINGERING_REFUSALS`] linger briefly so the
+/// client reads the answer instead of a reset; beyond that they close at once.
+fn refuse(tcp: TcpStream, remote: SocketAddr, limit: &str, lingering: &Arc<Semaphore>) {
+    let body = ServerMessage::error(
+        ErrorCode::TooManyConnections,
+        format!("{limit} reached for this server; try again later"),
+    )
+    .to_json();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 5\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A fresh socket's send buffer is empty: this does not block.
+    let _ = tcp.try_write(response.as_bytes());
+    let Ok(slot) = lingering.clone().try_acquire_owned() else { return };
+    tokio::spawn(async move {
+        let _slot = slot;
+        let mut tcp = tcp;
+        let _ = tcp.shutdown().await;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            let mut buf = [0u8; 512];
+            while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        tracing::trace!(%remote, "refused connection closed");
+    });
+}
+
 /// One `/ws` connection from upgrade to close.
 async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
     let (mut sink, mut stream) = socket.split();
     let metrics = app.hub.metrics.clone();
-    if let Err(r) = app.admit(remote) {
-        tracing::warn!(%remote, "refused: {}", r.message);
-        metrics.error(r.code);
-        let _ = tokio::time::timeout(SEND_TIMEOUT, async {
-            let _ = sink.send(text(&r.to_message())).await;
-            let _ =
-                sink.send(Message::Close(Some(CloseFrame { code: 1008, reason: "too many connections".into() }))).await;
-        })
-        .await;
-        return;
-    }
     metrics.opened(Transport::WebSocket);
     let peer = PeerId::random();
     tracing::debug!(%remote, %peer, "connected");
-    let ice = app.ice.for_client(&peer, SystemTime::now());
+    let ice = app.ice.for_client(remote.ip(), SystemTime::now());
     let mut outbox = app.hub.attach(&peer);
     let mut gate = Gate::new(app.limits, Instant::now());
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + app.ping_interval, app.ping_interval);
@@ -352,7 +423,6 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
     };
     tracing::debug!(%peer, %remote, "disconnected: {why}");
     app.hub.disconnect(&peer).await;
-    app.release(remote);
     metrics.closed(Transport::WebSocket);
 }
 

@@ -18,15 +18,16 @@ use std::time::{Instant, SystemTime};
 use axum::extract::ConnectInfo;
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{Data, SocketRef};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
 
+use crate::signal::app::App;
 use crate::signal::limits::{Gate, Verdict};
 use crate::signal::metrics::Transport;
 use crate::signal::protocol::{
-    ClientMessage, ErrorCode, Extra, IceCandidate, IceServer, PeerId, Refusal, RoomId, ServerMessage,
+    ClientMessage, ErrorCode, Extra, IceCandidate, IceServer, PeerId, Refusal, RoomId, ServerMessage, drop_server_keys,
 };
-use crate::signal::server::App;
 
 /// One socket.io connection's state.
 struct Conn {
@@ -44,28 +45,31 @@ pub fn layer(app: Arc<App>) -> (SocketIoLayer, SocketIo) {
         .max_payload(cap)
         .transports([TransportType::Polling, TransportType::Websocket])
         .build_layer();
-    io.ns("/", move |s: SocketRef| {
-        let app = app.clone();
-        async move { on_connect(app, s) }
-    });
+    // The event handlers are registered in a connect *middleware*: socketioxide
+    // awaits it before it sends the CONNECT packet, whereas the connect handler
+    // runs later on a task of its own, so an event a client emits right on
+    // `connect` (as the tutorial's does) could arrive before the handlers
+    // existed and be dropped.
+    let setup = move |s: SocketRef| {
+        on_connect(app.clone(), s);
+        async { Ok::<(), std::convert::Infallible>(()) }
+    };
+    io.ns("/", (|| async {}).with(setup));
     (layer, io)
 }
 
 fn on_connect(app: Arc<App>, s: SocketRef) {
+    // Connection caps are taken at accept (`server::run`), before any HTTP.
     let remote = s.req_parts().extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    if let Some(remote) = remote
-        && let Err(r) = app.admit(remote)
-    {
-        app.hub.metrics.error(r.code);
-        emit_error(&s, &r);
-        let _ = s.disconnect();
-        return;
-    }
     app.hub.metrics.opened(Transport::SocketIo);
     let peer = PeerId::random();
     tracing::debug!(?remote, %peer, "socket.io client connected");
     let conn = Arc::new(Conn {
-        ice: app.ice.for_client(&peer, SystemTime::now()),
+        // Without the address (never, behind our own accept) every such client shares one name.
+        ice: app.ice.for_client(
+            remote.map(|r| r.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            SystemTime::now(),
+        ),
         gate: Mutex::new(Gate::new(app.limits, Instant::now())),
         peer: peer.clone(),
     });
@@ -94,9 +98,6 @@ fn on_connect(app: Arc<App>, s: SocketRef) {
         let (app, conn) = (app2.clone(), conn2.clone());
         async move {
             app.hub.disconnect(&conn.peer).await;
-            if let Some(remote) = remote {
-                app.release(remote);
-            }
             app.hub.metrics.closed(Transport::SocketIo);
         }
     });
@@ -156,22 +157,20 @@ pub fn from_event(event: &str, data: Value) -> Result<ClientMessage, Refusal> {
         _ => {}
     }
     let Value::Object(mut o) = data else { return Err(bad(event, "expected an object")) };
-    // `from` and `room` are the server's to fill in; a client cannot choose them.
-    o.remove("from");
-    o.remove("room");
     let to: PeerId = o
         .remove("to")
         .and_then(|v| serde_json::from_value(v).ok())
         .ok_or_else(|| bad(event, "missing \"to\" (the id of a member of your room)"))?;
-    let extra: Extra = o.clone();
+    // `from`, `room`, `type` and the rest are the server's to fill in; a
+    // client's copy is dropped (the event name is the type).
+    let mut extra: Extra = o.clone();
+    drop_server_keys(&mut extra);
     match event {
         "offer" | "answer" => {
             let sdp = match o.remove("sdp") {
                 Some(Value::String(s)) => s,
                 _ => return Err(bad(event, "missing \"sdp\" string")),
             };
-            let mut extra = extra;
-            extra.remove("sdp");
             Ok(if event == "offer" {
                 ClientMessage::Offer { to, sdp, extra }
             } else {
@@ -191,8 +190,6 @@ pub fn from_event(event: &str, data: Value) -> Result<ClientMessage, Refusal> {
             let sdp_m_line_index =
                 c.remove("sdpMLineIndex").and_then(|v| v.as_u64()).and_then(|v| u16::try_from(v).ok());
             let candidate = IceCandidate { candidate: line, sdp_mid, sdp_m_line_index, extra: c };
-            let mut extra = extra;
-            extra.remove("candidate");
             Ok(ClientMessage::Candidate { to, candidate, extra })
         }
         other => Err(Refusal::new(ErrorCode::UnknownType, format!("unknown event \"{other}\""))),

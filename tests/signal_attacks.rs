@@ -1,0 +1,514 @@
+//! `natkit signal` attacked the way a public signaling server is (issue 14),
+//! against the real binary: spoofed server-owned fields on every transport,
+//! slowloris before the upgrade, foreign origins, TURN credentials on demand.
+
+mod common;
+#[path = "common/raw_clients.rs"]
+mod raw_clients;
+
+use common::signal::{SignalServer, rt};
+use raw_clients::{Eio, Pairs, RawSio, RawWs};
+use serde_json::{Value, json};
+
+/// Prints the server's log when the test fails (the raw clients' panics do not know it).
+struct LogOnPanic<'a>(&'a SignalServer);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("server log:\n{}", self.0.log_text());
+        }
+    }
+}
+
+/// One member of the room, on one of the three transports.
+enum Member {
+    Ws(RawWs),
+    Sio(RawSio),
+}
+
+const KINDS: [&str; 3] = ["offer", "answer", "candidate"];
+const CANDIDATE: &str = "candidate:1 1 udp 2122260223 127.0.0.1 9 typ host";
+
+impl Member {
+    async fn join(&mut self, room: &str) -> String {
+        match self {
+            Member::Ws(w) => w.join(room).await,
+            Member::Sio(s) => s.join(room).await,
+        }
+    }
+
+    /// Sends `kind` to `to` with a forged copy of every field the server sets.
+    async fn send_forged(&mut self, kind: &str, to: &str, forged_from: &str) {
+        match self {
+            Member::Ws(w) => {
+                // Written by hand: the forged keys come after the real ones, as in the reported attack.
+                let body = if kind == "candidate" {
+                    format!(r#""candidate":{{"candidate":"{CANDIDATE}","sdpMid":"0","sdpMLineIndex":0}}"#)
+                } else {
+                    format!(r#""sdp":"v=0 {kind}""#)
+                };
+                w.send(format!(
+                    r#"{{"type":"{kind}","to":"{to}",{body},"x-note":{{"k":1}},"from":"{forged_from}","room":"r2"}}"#
+                ))
+                .await;
+            }
+            Member::Sio(s) => {
+                let mut data = json!({"type":"leave","from":forged_from,"to":to,"room":"r2","x-note":{"k":1}});
+                if kind == "candidate" {
+                    data["candidate"] = json!({"sdpMid":"0","sdpMLineIndex":0,"sdp":CANDIDATE});
+                } else {
+                    data["sdp"] = json!(format!("v=0 {kind}"));
+                }
+                s.emit_raw(kind, &data.to_string()).await;
+            }
+        }
+    }
+
+    /// The next relayed `kind`: its members and raw text.
+    async fn recv(&mut self, kind: &str) -> (Pairs, String) {
+        match self {
+            Member::Ws(w) => w.recv_type(kind).await,
+            Member::Sio(s) => s.recv_event(kind).await,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Member::Ws(_) => "/ws",
+            Member::Sio(_) => "socket.io",
+        }
+    }
+}
+
+#[test]
+fn forged_from_room_and_type_never_reach_the_addressee_on_any_transport() {
+    let server = SignalServer::start(&[]);
+    let _log = LogOnPanic(&server);
+    rt().block_on(async {
+        let host = format!("127.0.0.1:{}", server.port);
+        let mut members = [
+            Member::Ws(RawWs::connect(&server.ws_url(), None).await.expect("/ws connect")),
+            Member::Ws(RawWs::connect(&server.ws_url(), None).await.expect("/ws connect")),
+            Member::Sio(RawSio::connect(&host, Eio::V4, None).await.expect("socket.io 4 connect")),
+            Member::Sio(RawSio::connect(&host, Eio::V3, None).await.expect("socket.io 2 connect")),
+        ];
+        let mut ids = Vec::new();
+        for m in members.iter_mut() {
+            ids.push(m.join("r1").await);
+        }
+        // Every sender to every addressee on another (or the same) transport, each relayed type,
+        // forging `from` as the addressee's other neighbour.
+        for s in 0..members.len() {
+            for r in 0..members.len() {
+                if s == r {
+                    continue;
+                }
+                let victim = (0..members.len()).find(|&i| i != s && i != r).expect("a third member");
+                for kind in KINDS {
+                    members[s].send_forged(kind, &ids[r], &ids[victim]).await;
+                    let how = format!("{kind} {} -> {}", members[s].name(), members[r].name());
+                    let (got, frame) = members[r].recv(kind).await;
+                    got.assert_no_duplicates(&frame);
+                    assert_eq!(got.once("from", &frame), &json!(ids[s]), "{how}: from is the sender's id: {frame}");
+                    assert_eq!(got.once("to", &frame), &json!(ids[r]), "{how}: {frame}");
+                    assert_eq!(got.once("room", &frame), &json!("r1"), "{how}: room is the sender's room: {frame}");
+                    assert_eq!(got.once("x-note", &frame), &json!({"k":1}), "{how}: other fields stay: {frame}");
+                    match &members[r] {
+                        // On /ws the type is the frame's tag.
+                        Member::Ws(_) => assert_eq!(got.once("type", &frame), &json!(kind), "{how}: {frame}"),
+                        // On socket.io the event name is the type; the data has none.
+                        Member::Sio(_) => assert_eq!(got.count("type"), 0, "{how}: a forged type is dropped: {frame}"),
+                    }
+                    if kind == "candidate" {
+                        let c = got.once("candidate", &frame);
+                        let c = c.as_object().unwrap_or_else(|| panic!("{how}: candidate is an object: {frame}"));
+                        assert_eq!(c.get("candidate"), Some(&Value::from(CANDIDATE)), "{how}: {frame}");
+                    } else {
+                        assert_eq!(got.once("sdp", &frame), &json!(format!("v=0 {kind}")), "{how}: {frame}");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Raises this test process's soft descriptor limit to `want` (the attack needs more
+/// than 1,024 sockets), raising the hard limit too when allowed; fails if it cannot.
+fn raise_own_nofile(want: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit");
+        let raised = libc::rlimit { rlim_cur: want, rlim_max: lim.rlim_max.max(want) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            let soft = libc::rlimit { rlim_cur: want.min(lim.rlim_max), rlim_max: lim.rlim_max };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &soft), 0, "setrlimit");
+        }
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit");
+    }
+    assert!(
+        lim.rlim_cur >= want,
+        "this test needs {want} file descriptors but the hard limit is {}; raise it (ulimit -Hn, LimitNOFILE=)",
+        lim.rlim_max
+    );
+}
+
+/// The value of one sample line of Prometheus text.
+fn metric(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
+}
+
+fn metrics_of(addr: &str) -> String {
+    let (status, body) = common::signal::http_get(addr, "/metrics");
+    assert!(status.contains("200"), "GET /metrics: {status}");
+    body
+}
+
+/// Polls the metrics (at most 5 s) until `sample` reads `want`; returns the last text.
+async fn metric_reaches(addr: &str, sample: &str, want: u64) -> String {
+    let mut text = metrics_of(addr);
+    for _ in 0..50 {
+        if metric(&text, sample) == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        text = metrics_of(addr);
+    }
+    text
+}
+
+/// Reads until the peer closes (EOF or reset); false if it is still open after `wait`.
+async fn closes_within(s: &mut tokio::net::TcpStream, wait: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 1024];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await
+    .is_ok()
+}
+
+#[test]
+fn half_sent_requests_from_many_addresses_neither_starve_a_join_nor_outlive_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    const ATTACKERS: usize = 11;
+    const PER_ATTACKER: usize = 100;
+    const PER_IP_CAP: usize = 64;
+    common::tools::require("prlimit", "util-linux");
+    raise_own_nofile(8192);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    // The server at the descriptor limit a default systemd unit or shell gives (it cannot raise it).
+    let server = SignalServer::start_in(
+        &["prlimit", "--nofile=1024:1024", "--"],
+        "127.0.0.1",
+        &["--metrics", &metrics_addr, "--header-timeout", "20"],
+    );
+    assert!(
+        server.log_text().contains("file-descriptor limit 1024"),
+        "the server reports its descriptor limit:\n{}",
+        server.log_text()
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().expect("addr");
+    rt().block_on(async {
+        // 1,100 connections, each with an unfinished request head, from 11 addresses.
+        let mut slow = Vec::new();
+        for i in 0..ATTACKERS * PER_ATTACKER {
+            let src = std::net::IpAddr::from([127, 0, 1, 1 + (i / PER_ATTACKER) as u8]);
+            let mut s = raw_clients::connect_from(src, addr).await.expect("TCP connect (the kernel completes it)");
+            // A refused one may already be closed: the write failing is fine.
+            let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n").await;
+            slow.push(s);
+        }
+
+        // Meanwhile two legitimate clients from other addresses meet and relay an offer.
+        let ws = server.ws_url();
+        let mut a = RawWs::connect_from([127, 0, 0, 2].into(), &ws, None)
+            .await
+            .unwrap_or_else(|e| panic!("a legitimate client connects during the flood: {e}\n{}", server.log_text()));
+        let mut b = RawWs::connect_from([127, 0, 0, 3].into(), &ws, None).await.expect("second legitimate client");
+        let id_a = a.join("legit").await;
+        let id_b = b.join("legit").await;
+        a.send(json!({"type":"offer","to":id_b,"sdp":"v=0 legit"}).to_string()).await;
+        let (offer, frame) = b.recv_type("offer").await;
+        assert_eq!(offer.once("from", &frame), &json!(id_a));
+
+        // Each attacking address holds exactly its cap; the rest were refused at accept.
+        let m = metrics_of(&metrics_addr);
+        assert_eq!(metric(&m, "natkit_signal_tcp_connections"), (ATTACKERS * PER_IP_CAP + 2) as u64, "{m}");
+        assert_eq!(
+            metric(&m, "natkit_signal_connections_refused_total{reason=\"per_ip\"}"),
+            (ATTACKERS * (PER_ATTACKER - PER_IP_CAP)) as u64,
+            "{m}"
+        );
+
+        // Every slow connection is closed by the server: at once when refused, after the header timeout otherwise.
+        let wait = std::time::Duration::from_secs(60);
+        let closed = futures::future::join_all(slow.iter_mut().map(|s| closes_within(s, wait))).await;
+        let still_open = closed.iter().filter(|c| !**c).count();
+        assert_eq!(still_open, 0, "{still_open} half-sent requests still open\n{}", server.log_text());
+        // (A slot is freed just after its socket closes: poll briefly.)
+        let m = metric_reaches(&metrics_addr, "natkit_signal_tcp_connections", 2).await;
+        assert_eq!(metric(&m, "natkit_signal_tcp_connections"), 2, "only the legitimate clients remain: {m}");
+
+        // And they still talk.
+        b.send(json!({"type":"answer","to":id_a,"sdp":"v=0 answer"}).to_string()).await;
+        let (answer, frame) = a.recv_type("answer").await;
+        assert_eq!(answer.once("from", &frame), &json!(id_b));
+    });
+}
+
+/// The status line of a plain HTTP GET with an Origin header.
+fn get_with_origin(addr: &str, path: &str, origin: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect for GET");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n").expect("GET");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).lines().next().unwrap_or_default().to_string()
+}
+
+/// Whether a `/ws` and a socket.io WebSocket from `origin` are refused with 403.
+async fn refused(server: &SignalServer, origin: Option<&str>) -> (bool, bool) {
+    let forbidden = |e: &dyn std::fmt::Display| {
+        let e = e.to_string();
+        assert!(e.contains("403"), "refused, but not with 403: {e}");
+        true
+    };
+    let ws = match RawWs::connect(&server.ws_url(), origin).await {
+        Ok(mut w) => {
+            w.join("o").await;
+            false
+        }
+        Err(e) => forbidden(&e),
+    };
+    let host = format!("127.0.0.1:{}", server.port);
+    let sio = match RawSio::connect(&host, Eio::V4, origin).await {
+        Ok(mut s) => {
+            s.join("o").await;
+            false
+        }
+        Err(e) => forbidden(&e),
+    };
+    (ws, sio)
+}
+
+#[test]
+fn other_sites_pages_are_refused_with_403_and_counted_unless_allowed() {
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let server = SignalServer::start(&["--metrics", &metrics_addr]);
+    let _log = LogOnPanic(&server);
+    let own = format!("http://127.0.0.1:{}", server.port);
+    rt().block_on(async {
+        // Non-browser clients send no Origin; the page's own origin is its Host.
+        assert_eq!(refused(&server, None).await, (false, false), "no Origin is accepted");
+        assert_eq!(refused(&server, Some(&own)).await, (false, false), "the page's own origin is accepted");
+        assert_eq!(refused(&server, Some("https://evil.example")).await, (true, true), "another site is refused");
+        assert_eq!(refused(&server, Some("null")).await, (true, true), "an opaque origin is refused");
+        let other_port = format!("http://127.0.0.1:{}", server.port + 1);
+        assert_eq!(refused(&server, Some(&other_port)).await, (true, true), "another port is another origin");
+    });
+    // socket.io's long-polling too.
+    let addr = format!("127.0.0.1:{}", server.port);
+    let status = get_with_origin(&addr, "/socket.io/?EIO=4&transport=polling", "https://evil.example");
+    assert!(status.contains("403"), "polling from another site: {status}");
+    let status = get_with_origin(&addr, "/socket.io/?EIO=4&transport=polling", &own);
+    assert!(status.contains("200"), "polling from the page's own origin: {status}");
+    let m = metrics_of(&metrics_addr);
+    assert_eq!(metric(&m, "natkit_signal_origin_refused_total"), 7, "{m}");
+
+    // --allow-origin names the sites that may use it; `*` lets every site.
+    let server =
+        SignalServer::start(&["--allow-origin", "https://app.example", "--allow-origin", "https://b.example:8443"]);
+    let _log = LogOnPanic(&server);
+    rt().block_on(async {
+        assert_eq!(refused(&server, Some("https://app.example")).await, (false, false));
+        assert_eq!(refused(&server, Some("https://APP.example:443")).await, (false, false), "default port, any case");
+        assert_eq!(refused(&server, Some("https://b.example:8443")).await, (false, false));
+        assert_eq!(refused(&server, Some("http://app.example")).await, (true, true), "the scheme is part of it");
+        assert_eq!(refused(&server, Some("https://evil.example")).await, (true, true));
+    });
+    let server = SignalServer::start(&["--allow-origin", "*"]);
+    rt().block_on(async {
+        assert_eq!(refused(&server, Some("https://evil.example")).await, (false, false));
+    });
+}
+
+/// The TURN username and credential a `/ws` client from `source` is handed.
+async fn turn_credentials_for(server: &SignalServer, source: std::net::IpAddr, room: &str) -> (String, String) {
+    let mut w = RawWs::connect_from(source, &server.ws_url(), None).await.expect("/ws connect");
+    w.send(json!({"type":"join","room":room}).to_string()).await;
+    let (created, text) = w.recv_type("created").await;
+    let turn = created.once("ice_servers", &text)[0].clone();
+    let field = |k: &str| turn[k].as_str().unwrap_or_else(|| panic!("no {k} in {text}")).to_string();
+    (field("username"), field("credential"))
+}
+
+#[test]
+fn one_address_gets_a_bounded_number_of_turn_credentials_however_often_it_connects() {
+    const SECRET: &str = "s3cret";
+    const TTL: u64 = 600;
+    let ttl = TTL.to_string();
+    let turn = ["--turn", "turn:127.0.0.1:3478?transport=udp", "--turn-secret", SECRET, "--turn-ttl", &ttl];
+    let server = SignalServer::start(&turn);
+    let _log = LogOnPanic(&server);
+    // 127.0.0.1: the raw socket.io client connects from there too.
+    let attacker = std::net::IpAddr::from([127, 0, 0, 1]);
+    let other = std::net::IpAddr::from([127, 0, 0, 8]);
+    rt().block_on(async {
+        let mut usernames = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let (user, credential) = turn_credentials_for(&server, attacker, &format!("c{i}")).await;
+            // Each one is a valid REST credential with at least half its lifetime left.
+            assert_eq!(credential, natkit::turn::credentials::rest_password(SECRET, &user), "{user}");
+            let expiry: u64 = user.split(':').next().and_then(|e| e.parse().ok()).expect("expiry:name");
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+            assert!(expiry >= now + TTL / 2 && expiry <= now + TTL, "{user}: expiry {expiry}, now {now}");
+            usernames.insert(user);
+        }
+        // socket.io connections from the same address get the same ones.
+        let host = format!("127.0.0.1:{}", server.port);
+        let mut sio = RawSio::connect(&host, Eio::V4, None).await.expect("socket.io connect");
+        sio.emit_raw("createAndJoinRoom", r#"{"room":"sio"}"#).await;
+        let (created, text) = sio.recv_event("created").await;
+        usernames.insert(created.once("ice_servers", &text)[0]["username"].as_str().expect("username").to_string());
+
+        // Bounded: one TTL window's name (two when the test straddles a window edge), not one per connection.
+        assert!(
+            usernames.len() <= 2,
+            "41 connections from one address got {} usernames: {usernames:?}",
+            usernames.len()
+        );
+        // It is per address, not one name for everybody.
+        let (theirs, _) = turn_credentials_for(&server, other, "o").await;
+        assert!(!usernames.contains(&theirs), "another address shares {theirs}");
+    });
+}
+
+/// The resident set of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A `/ws` client that costs the test almost nothing: the upgrade request and a
+/// `join` frame written raw (masked with a zero key: the payload as is), then
+/// the socket kept, never read.
+async fn idle_ws_member(server: std::net::SocketAddr, room: usize) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server).await.expect("connect");
+    let join = format!(r#"{{"type":"join","room":"idle{room}"}}"#);
+    assert!(join.len() < 126);
+    let mut req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(&[0x81, 0x80 | join.len() as u8, 0, 0, 0, 0]);
+    req.extend_from_slice(join.as_bytes());
+    s.write_all(&req).await.expect("upgrade request");
+    // Wait for the 101 so the connection is really up before it is counted.
+    let mut head = [0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(60), s.read_exact(&mut head))
+        .await
+        .expect("101 in time")
+        .expect("read 101");
+    assert_eq!(&head, b"HTTP/1.1 101", "upgrade answered");
+    s
+}
+
+#[test]
+fn ten_thousand_idle_ws_members_cost_at_most_32_kib_each() {
+    use futures::StreamExt;
+    const WARM: usize = 200;
+    const N: usize = 10_000;
+    raise_own_nofile(12_000);
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    // Pings and timeouts far off: the members stay idle for the whole measurement.
+    let server = SignalServer::start(&[
+        "--metrics",
+        &metrics_addr,
+        "--max-conns",
+        "15000",
+        "--max-conns-per-ip",
+        "15000",
+        "--max-room",
+        "2",
+        "--ping-interval",
+        "600",
+        "--idle-timeout",
+        "1200",
+    ]);
+    let _log = LogOnPanic(&server);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().expect("addr");
+    let members = |range: std::ops::Range<usize>| {
+        futures::stream::iter(range).map(move |i| idle_ws_member(addr, i / 2)).buffer_unordered(64).collect::<Vec<_>>()
+    };
+    rt().block_on(async {
+        // Warm up allocator and runtime so the delta is per connection.
+        let _warm = members(0..WARM).await;
+        let m = metric_reaches(&metrics_addr, "natkit_signal_connections{transport=\"websocket\"}", WARM as u64).await;
+        assert_eq!(metric(&m, "natkit_signal_connections{transport=\"websocket\"}"), WARM as u64, "{m}");
+        let before = rss_kib(server.pid());
+        let _idle = members(WARM..WARM + N).await;
+        let total = (WARM + N) as u64;
+        let m = metric_reaches(&metrics_addr, "natkit_signal_connections{transport=\"websocket\"}", total).await;
+        assert_eq!(metric(&m, "natkit_signal_connections{transport=\"websocket\"}"), total, "{m}");
+        // Every member joined (rooms of two).
+        let m = metric_reaches(&metrics_addr, "natkit_signal_messages_received_total{type=\"join\"}", total).await;
+        assert_eq!(metric(&m, "natkit_signal_messages_received_total{type=\"join\"}"), total, "{m}");
+        let after = rss_kib(server.pid());
+        let per_conn = (after.saturating_sub(before)) as f64 / N as f64;
+        eprintln!("signal: {N} idle /ws members: RSS {before} KiB -> {after} KiB, {per_conn:.1} KiB each");
+        assert!(per_conn <= 32.0, "{per_conn:.1} KiB per idle /ws connection (RSS {before} -> {after} KiB)");
+    });
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_with_a_backoff_and_the_server_recovers() {
+    use tokio::io::AsyncWriteExt;
+    common::tools::require("prlimit", "util-linux");
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    // Caps above what 100 descriptors hold: here only the accept backoff stands between the flood and a spin.
+    let server = SignalServer::start_in(
+        &["prlimit", "--nofile=100:100", "--"],
+        "127.0.0.1",
+        &["--metrics", &metrics_addr, "--max-conns", "1000", "--max-conns-per-ip", "1000", "--header-timeout", "3"],
+    );
+    let _log = LogOnPanic(&server);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().expect("addr");
+    rt().block_on(async {
+        let mut slow = Vec::new();
+        for _ in 0..200 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("TCP connect (the kernel completes it)");
+            let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n").await;
+            slow.push(s);
+        }
+        // Accepted in turns as descriptors free up; each closed at the header timeout.
+        let wait = std::time::Duration::from_secs(120);
+        let closed = futures::future::join_all(slow.iter_mut().map(|s| closes_within(s, wait))).await;
+        assert!(closed.iter().all(|c| *c), "every half-sent request is closed in the end");
+        assert!(server.log_text().contains("pausing new connections"), "the exhaustion is logged");
+        let m = metrics_of(&metrics_addr);
+        let paused = metric(&m, "natkit_signal_accept_paused_total");
+        // Seconds of exhaustion at a growing pause (10 ms .. 1 s) are tens of pauses; a spin would be millions.
+        assert!((1..200).contains(&paused), "accept paused {paused} times: {m}");
+        // And it serves again.
+        let ws = server.ws_url();
+        let mut a = RawWs::connect(&ws, None).await.expect("connect after the flood");
+        let mut b = RawWs::connect(&ws, None).await.expect("connect after the flood");
+        let id_a = a.join("after").await;
+        let id_b = b.join("after").await;
+        a.send(json!({"type":"offer","to":id_b,"sdp":"v=0"}).to_string()).await;
+        let (offer, frame) = b.recv_type("offer").await;
+        assert_eq!(offer.once("from", &frame), &json!(id_a));
+    });
+}
