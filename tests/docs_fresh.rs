@@ -22,7 +22,11 @@ fn man_pages_and_completions_are_up_to_date() {
         let want = files(&tmp.path().join(sub));
         let have = files(&root.join(sub));
         let names = |v: &Vec<(String, Vec<u8>)>| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&have), names(&want), "{sub}/ has other files than generated: run `cargo run --example gen-docs`");
+        assert_eq!(
+            names(&have),
+            names(&want),
+            "{sub}/ has other files than generated: run `cargo run --example gen-docs`"
+        );
         for ((name, h), (_, w)) in have.iter().zip(&want) {
             assert!(h == w, "{sub}/{name} is stale: run `cargo run --example gen-docs` and commit the result");
         }

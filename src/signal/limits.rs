@@ -125,7 +125,13 @@ impl Gate {
     }
 
     /// Counts a refusal; too many within the window closes the connection.
+    /// The server's own failures (`internal`: Redis away) are not the
+    /// client's fault and cost no strike: a client retrying through an
+    /// outage must not be disconnected for it.
     pub fn strike(&mut self, r: Refusal, now: Instant) -> Verdict {
+        if r.code == ErrorCode::Internal {
+            return Verdict::Refuse(r);
+        }
         if now.saturating_duration_since(self.window_start) > self.limits.strike_window {
             self.window_start = now;
             self.strikes = 0;
@@ -138,6 +144,16 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_servers_own_failures_cost_no_strike() {
+        let now = Instant::now();
+        let mut g = Gate::new(Limits { strikes: 3, ..Limits::default() }, now);
+        for _ in 0..10 {
+            let v = g.strike(Refusal::new(ErrorCode::Internal, "the Redis backplane is not reachable"), now);
+            assert!(matches!(v, Verdict::Refuse(_)), "{v:?}");
+        }
+    }
 
     fn limits() -> Limits {
         Limits { rate: 10.0, burst: 3.0, max_frame: 100, strikes: 3, ..Limits::default() }
