@@ -135,7 +135,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s q -l quiet 
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l wide -d 'Tables with every column (default: the columns that fit a terminal; --json has all)'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s h -l help -d 'Print help'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s V -l version -d 'Print version'
-complete -c natkit -n "__fish_natkit_using_subcommand signal" -l listen -d 'Address and port to serve HTTP(S) and WebSocket on' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l listen -d 'Where to serve HTTP(S) and WebSocket: PORT, IP, IP:PORT, [IPv6]:PORT or HOST:PORT' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l cert -d 'Serve HTTPS with this certificate chain (PEM); needs --key' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l key -d 'Private key (PEM) for --cert' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l redis -d 'Share rooms with other nodes through Redis, e.g. redis://127.0.0.1:6379/' -r
@@ -198,7 +198,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand call" -l turn-secret -d 'T
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l wait -d 'Give up if no peer is in the room after this many seconds' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l connect-timeout -d 'Give up if ICE and DTLS have not connected this many seconds after the offer' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l size -d 'Video size and rate of `--send test`' -r
-complete -c natkit -n "__fish_natkit_using_subcommand call" -l fps -r
+complete -c natkit -n "__fish_natkit_using_subcommand call" -l fps -d 'Frames per second of `--send test`' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l bitrate -d 'Target video bitrate of `--send test`' -r
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l ca -d 'Trust this PEM CA certificate for wss://' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand call" -l relay-only -d 'Offer only the TURN relayed candidate: all traffic goes through the relay (TURN from --turn, or from the signaling server\'s ice_servers)'

@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
-# Installs every system package natkit and its tests use, then builds the release binary.
-# Idempotent: safe to run again. Needs root (or sudo) for apt-get.
+# Installs what natkit needs, then builds the release binary. Idempotent: safe to run again.
+# Needs root (or sudo) for apt-get.
+#
+#   scripts/setup.sh          what running natkit needs (build tools, libvpx/libopus for `call`)
+#   scripts/setup.sh --tests  that, plus every real component the test suite starts (coturn, Redis,
+#                             browsers, the NAT lab's tools, npm packages), and the test binaries
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-PACKAGES=(
+tests=0
+case "${1:-}" in
+  --tests) tests=1 ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--tests]" >&2; exit 2 ;;
+esac
+
+# What building and running natkit needs.
+RUN_PACKAGES=(
+  libvpx-dev libopus-dev pkg-config clang   # VP8 / Opus for `call`
+  openssl           # throwaway certificates in scripts/demo.sh
+)
+# What the tests and benchmarks start or use.
+TEST_PACKAGES=(
   coturn            # turnserver, turnutils_*: independent STUN/TURN peer and load client
   redis-server      # multi-node signaling tests
   nftables          # the NAT lab
@@ -12,12 +29,12 @@ PACKAGES=(
   iputils-ping
   chromium chromium-driver   # browser interop tests
   firefox-esr       # browser interop tests (its WebDriver, geckodriver, comes from crates.io below)
-  libvpx-dev libopus-dev pkg-config clang   # VP8 / Opus for `call`
   iperf3 jq         # bench-punch: anchor and JSON
   procps psmisc     # ps/pkill used by benches
-  openssl           # throwaway certificates in scripts/demo.sh
-  stun-client       # `stun`, a classic RFC 3489 client (relay answers requests without the magic cookie)
+  stun-client       # Debian's classic RFC 3489 client (stun), tried against natkit relay
 )
+PACKAGES=("${RUN_PACKAGES[@]}")
+if [ "$tests" = 1 ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -31,6 +48,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+if [ "$tests" = 1 ]; then
 # Debian starts coturn and redis as services on install; the tests start their own instances.
 for svc in coturn redis-server; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
@@ -53,11 +71,16 @@ if ! command -v npm >/dev/null 2>&1; then
   exit 1
 fi
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error >&2
+fi
 
 if [ "${NATKIT_SETUP_SKIP_BUILD:-0}" != "1" ]; then
   # --all-targets: the tests' dev-dependencies unify features into shared crates; building them here
   # with the same feature set lets `cargo test --release` reuse every artifact instead of compiling
   # a large part of the tree a second time.
-  cargo build --release --locked --all-targets
+  if [ "$tests" = 1 ]; then
+    cargo build --release --locked --all-targets
+  else
+    cargo build --release --locked --bin natkit
+  fi
 fi
 echo "setup: done; binary at target/release/natkit" >&2

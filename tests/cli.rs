@@ -114,3 +114,37 @@ fn tables_fit_80_columns_without_splitting_an_address() {
         assert!(text.lines().any(|l| l.contains(&a)), "{a} split or missing:\n{text}");
     }
 }
+
+/// Starts `natkit signal` with `listen` and reports whether 127.0.0.1:`port` accepted within 10 s.
+fn signal_listens(listen: &str, port: u16) -> bool {
+    let mut child = Command::new(NATKIT)
+        .args(["signal", "--listen", listen, "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn natkit signal");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut up = false;
+    while Instant::now() < deadline && !up {
+        up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    up
+}
+
+#[test]
+fn signal_listen_takes_a_bare_port_and_a_host_name() {
+    let port = common::free_port();
+    assert!(signal_listens(&port.to_string(), port), "--listen {port}");
+    let port = common::free_port();
+    assert!(signal_listens(&format!("localhost:{port}"), port), "--listen localhost:{port}");
+    let out = Command::new(NATKIT).args(["signal", "--listen", "8080:x"]).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("localhost:8080"), "the error shows the forms with examples: {err}");
+}

@@ -52,7 +52,8 @@ pub struct CallArgs {
     #[arg(long, value_name = "WxH", default_value = "640x360")]
     pub size: String,
 
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=60))]
+    /// Frames per second of `--send test`
+    #[arg(long, value_name = "FPS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=60))]
     pub fps: u32,
 
     /// Target video bitrate of `--send test`

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod call;
 pub mod docs;
 mod ice_servers;
+pub mod listen;
 mod nat_type;
 mod punch;
 mod relay;
@@ -24,14 +25,21 @@ pub use signal::SignalArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
 pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
 
-/// Shown at the end of `--help`; the same text is in README.
-pub const EXIT_CODES: &str = "\
+/// The exit-code table, shown at the end of every `--help`; the same table is in README.
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
-  0  success: every check passed
-  1  a check ran and failed (no answer, error response, broken step)
-  2  bad usage or bad input (unparsable address, unknown host, bad URI)
+  0    success: every check passed
+  1    a check ran and failed (no answer, error response, broken step)
+  2    bad usage or bad input (unparsable address, unknown host, bad URI)
   130  interrupted by Ctrl-C before the result (a connected `call` hangs up and exits 0;
-       `relay` and `signal` print their summary and exit 0 on SIGINT or SIGTERM)";
+       `relay` and `signal` print their summary and exit 0 on SIGINT or SIGTERM)"
+    };
+}
+
+/// Shown at the end of `natkit --help`.
+pub const EXIT_CODES: &str = exit_codes!();
 
 #[derive(Debug, Parser)]
 #[command(
@@ -68,30 +76,51 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// STUN Binding to many servers at once (UDP, TCP, TLS; IPv4/IPv6)
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = concat!("Examples:
+  natkit stun-probe                                   the built-in public servers, over UDP
+  natkit stun-probe stun.l.google.com:19302 stuns:stun.example.org --transport all
+  natkit stun-probe 203.0.113.7 --count 10 --json     RTT and loss to one server, for a script\n\n", exit_codes!()))]
     StunProbe(StunProbeArgs),
 
     /// NAT behaviour discovery (RFC 5780): mapping, filtering, hairpinning, and what it means for P2P
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = concat!("Examples:
+  natkit nat-type                                     mapping, filtering and what it means
+  natkit nat-type --server 203.0.113.7:3478           your own RFC 5780 server (natkit relay --alt-ip ...)
+  natkit nat-type --lifetime                          also how long an idle mapping lives\n\n", exit_codes!()))]
     NatType(NatTypeArgs),
 
     /// STUN/TURN relay with an RFC 5780 responder, safe by default
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = concat!("Examples:
+  natkit relay --user alice:s3cret --external-ip 203.0.113.7
+  natkit relay --secret REST-SECRET --metrics 127.0.0.1:9641
+  natkit relay --config /etc/turnserver.conf          migrate from coturn\n\n", exit_codes!()))]
     Relay(Box<RelayArgs>),
 
     /// Prove a TURN server relays, step by step, and audit its safety
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = concat!("Examples:
+  natkit turn-alloc 203.0.113.7 --user alice --password s3cret
+  natkit turn-alloc turns:turn.example.org --secret REST-SECRET
+  natkit turn-alloc 203.0.113.7 -u alice -p s3cret --transport tcp --json\n\n", exit_codes!()))]
     TurnAlloc(TurnAllocArgs),
 
     /// Rendezvous and signaling server with the browser video-chat page
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = concat!("Examples:
+  natkit signal --listen 0.0.0.0:8080                 page and /ws on port 8080
+  natkit signal --listen 0.0.0.0:8443 --tls-self-signed --turn turn:203.0.113.7 --turn-secret REST-SECRET
+  natkit signal --redis redis://127.0.0.1:6379        one node of many\n\n", exit_codes!()))]
     Signal(SignalArgs),
 
     /// UDP hole punching to a peer through `natkit signal`, then an encrypted QUIC stream
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = concat!("Examples:
+  natkit punch --signal ws://203.0.113.7:8080 --room r1 --recv photo.jpg
+  natkit punch --signal ws://203.0.113.7:8080 --room r1 --send photo.jpg
+  natkit punch --signal ws://203.0.113.7:8080 --room r1 --stdio        like netcat\n\n", exit_codes!()))]
     Punch(PunchArgs),
 
     /// A WebRTC media session from the terminal that a browser can talk to
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = concat!("Examples:
+  natkit call --signal wss://203.0.113.7:8443 --room room1 --insecure
+  natkit call --signal ws://127.0.0.1:8080 --room r1 --send clip.ivf --record out
+  natkit call --signal ws://127.0.0.1:8080 --room r1 --relay-only --turn 203.0.113.7 --turn-secret S\n\n", exit_codes!()))]
     Call(CallArgs),
 }

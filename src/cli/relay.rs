@@ -96,11 +96,11 @@ pub struct RelayArgs {
 
     /// Concurrent TCP and TLS connections in total (refused at accept beyond; lowered at start when the
     /// file-descriptor limit cannot hold them)
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_connections: u32,
 
     /// Concurrent TCP and TLS connections per source IP (refused at accept beyond)
-    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_connections_per_ip: u32,
 
     /// Seconds a TCP or TLS connection has to deliver its first complete STUN message (after the TLS handshake)
@@ -160,11 +160,11 @@ pub struct RelayArgs {
     pub auth_max_backoff: u64,
 
     /// Bytes of unauthenticated answers (Binding, 401 challenges, unsigned errors) one source address may get at once over UDP
-    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(512..))]
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(512..=1_073_741_824))]
     pub unauth_burst: u32,
 
     /// Bytes per second of unauthenticated answers one source address gets over UDP after the burst
-    #[arg(long, value_name = "BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1_073_741_824))]
     pub unauth_rate: u32,
 
     /// Serve Prometheus metrics over HTTP on this address

@@ -15,8 +15,9 @@ classic WebRTC tutorials' client. With --redis, any number of nodes share rooms.
 Runs until interrupted (Ctrl-C or SIGTERM), then prints a summary."
 )]
 pub struct SignalArgs {
-    /// Address and port to serve HTTP(S) and WebSocket on
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    /// Where to serve HTTP(S) and WebSocket: PORT, IP, IP:PORT, [IPv6]:PORT or HOST:PORT
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR",
+          value_parser = |s: &str| super::listen::parse_listen(s, SocketAddr::from(([127, 0, 0, 1], 8080))))]
     pub listen: SocketAddr,
 
     /// Serve HTTPS with a certificate made at start (browsers give the camera only to secure origins)
@@ -49,7 +50,7 @@ pub struct SignalArgs {
     pub turn_secret: Option<String>,
 
     /// Lifetime of the per-client TURN credentials, in seconds
-    #[arg(long, default_value_t = 86400, value_name = "SECS", value_parser = clap::value_parser!(u64).range(60..))]
+    #[arg(long, default_value_t = 86400, value_name = "SECS", value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
     pub turn_ttl: u64,
 
     /// Most members in one room
@@ -61,11 +62,11 @@ pub struct SignalArgs {
     pub max_frame: u64,
 
     /// Messages per second one connection may send (bursts of four times this are allowed)
-    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_rate: u64,
 
     /// Open connections per client IP address
-    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_conns_per_ip: u64,
 
     /// A web page origin allowed to use the server besides its own page (repeatable), e.g.
@@ -74,7 +75,7 @@ pub struct SignalArgs {
     pub allow_origin: Vec<String>,
 
     /// Open TCP connections in total, counted at accept [default: the file-descriptor limit minus 64, at most 10000]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_conns: Option<u64>,
 
     /// Seconds a connection has to send its HTTP request head (TLS handshake included), after accept

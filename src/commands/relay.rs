@@ -259,14 +259,10 @@ fn read_conf(path: &Path) -> Result<CoturnConf, UsageError> {
     coturn_conf::parse(&text).map_err(|e| UsageError::new(format!("--config {}: {e}", path.display())))
 }
 
+/// `PORT`, `IP`, `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (see `cli::listen`); a bare port is on every IPv4 address.
 fn parse_addr(s: &str, default_port: u16, flag: &str) -> Result<SocketAddr, UsageError> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, default_port));
-    }
-    Err(UsageError::new(format!("bad {flag} '{s}': expected IP or IP:PORT (e.g. 0.0.0.0:3478 or [::1]:3478)")))
+    crate::cli::listen::parse_listen(s, SocketAddr::from(([0, 0, 0, 0], default_port)))
+        .map_err(|e| UsageError::new(format!("bad {flag} {e}")))
 }
 
 fn parse_ports(s: &str) -> Result<(u16, u16), UsageError> {
