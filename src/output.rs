@@ -93,15 +93,6 @@ pub fn layout() -> Layout {
     if WIDE.load(std::sync::atomic::Ordering::Relaxed) { Layout::Wide } else { Layout::Compact }
 }
 
-/// A table with natkit's house style.
-pub fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic).set_header(header.to_vec());
-    if let Some(w) = columns_from_env() {
-        t.set_width(w);
-    }
-    t
-}
 
 /// `COLUMNS` when the user (or a script) set it: the width to fit, also when
 /// stdout is not a terminal. On a terminal without it, comfy-table asks the

@@ -57,28 +57,28 @@ pub struct RelayReport {
 
 impl Render for RelayReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        writeln!(out, "natkit relay stopped after {:.1} s", self.uptime_s)?;
-        let mut t = output::table(&["", ""]);
-        t.add_row(vec!["listening".to_string(), self.listening.join(", ")]);
-        t.add_row(vec![
+        writeln!(out, "natkit relay stopped after {}", output::duration(Duration::from_secs_f64(self.uptime_s.max(0.0))))?;
+        let mut t = output::Grid::key_value();
+        t.row(vec!["listening".to_string(), self.listening.join(", ")]);
+        t.row(vec![
             "allocations created / ended".to_string(),
             format!("{} / {}", self.allocations_created, self.allocations_ended),
         ]);
-        t.add_row(vec!["requests".to_string(), self.requests.to_string()]);
-        t.add_row(vec![
+        t.row(vec!["requests".to_string(), self.requests.to_string()]);
+        t.row(vec![
             "packets to peers / from peers / internal".to_string(),
             format!("{} / {} / {}", self.packets_to_peers, self.packets_from_peers, self.packets_internal),
         ]);
-        t.add_row(vec!["bytes relayed".to_string(), self.bytes_relayed.to_string()]);
-        t.add_row(vec!["TCP/TLS connections".to_string(), self.tcp_connections.to_string()]);
+        t.row(vec!["bytes relayed".to_string(), output::bytes(self.bytes_relayed)]);
+        t.row(vec!["TCP/TLS connections".to_string(), self.tcp_connections.to_string()]);
         let fmt_map = |m: &BTreeMap<String, u64>| {
             let v: Vec<String> = m.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
             if v.is_empty() { "none".to_string() } else { v.join(", ") }
         };
-        t.add_row(vec!["peer refusals (403)".to_string(), fmt_map(&self.peer_refusals)]);
-        t.add_row(vec!["authentication failures".to_string(), fmt_map(&self.auth_failures)]);
-        t.add_row(vec!["logins refused unchecked (throttle)".to_string(), self.auth_throttled.to_string()]);
-        t.add_row(vec!["dropped packets".to_string(), self.dropped_packets.to_string()]);
+        t.row(vec!["peer refusals (403)".to_string(), fmt_map(&self.peer_refusals)]);
+        t.row(vec!["authentication failures".to_string(), fmt_map(&self.auth_failures)]);
+        t.row(vec!["logins refused unchecked (throttle)".to_string(), self.auth_throttled.to_string()]);
+        t.row(vec!["dropped packets".to_string(), self.dropped_packets.to_string()]);
         writeln!(out, "{t}")
     }
 }
@@ -208,6 +208,10 @@ fn fit_descriptors(plan: &mut Plan, nofile: u64) -> Descriptors {
     let budget = nofile.saturating_sub(RESERVED_FDS + listeners as u64).max(2);
     let conns = (plan.driver.limits.max_connections as u64).min(budget / 2).max(1);
     let allocs = (plan.core.max_allocations as u64).min(budget - conns).max(1);
+    let (was_allocs, was_conns) = (plan.core.max_allocations as u64, plan.driver.limits.max_connections as u64);
+    // A cap trimmed by a few descriptors (the defaults under a 20,000 limit) is not worth a
+    // warning; one cut to less than nine tenths of what was configured is.
+    let noticeably = |now: u64, was: u64| now.saturating_mul(10) < was.saturating_mul(9);
     let mut lowered = Vec::new();
     if allocs < plan.core.max_allocations as u64 {
         let was = match plan.core.max_allocations {
@@ -221,7 +225,8 @@ fn fit_descriptors(plan: &mut Plan, nofile: u64) -> Descriptors {
         lowered.push(format!("--max-connections {} to {conns}", plan.driver.limits.max_connections));
         plan.driver.limits.max_connections = conns as usize;
     }
-    let warning = (!lowered.is_empty()).then(|| {
+    let worth_saying = noticeably(allocs, was_allocs) || noticeably(conns, was_conns);
+    let warning = (!lowered.is_empty() && worth_saying).then(|| {
         format!(
             "the file-descriptor limit ({nofile}, the hard limit could not be raised further) caps {}: raise it \
              (systemd LimitNOFILE=65536, or `ulimit -Hn` before starting) to serve more",

@@ -42,8 +42,8 @@ pub struct SignalReport {
 
 impl Render for SignalReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let mut t = output::table(&["page", "ws", "rooms", "connections", "relayed", "errors"]);
-        t.add_row(vec![
+        let mut t = output::Grid::new(&["page", "ws", "rooms", "connections", "relayed", "errors"]);
+        t.row(vec![
             self.page_url.clone(),
             self.ws_url.clone(),
             self.rooms_backend.to_string(),

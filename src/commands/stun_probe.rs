@@ -52,7 +52,8 @@ pub struct ProbeResult {
     pub rtt_max_ms: Option<f64>,
     pub requests: u32,
     pub responses: u32,
-    pub loss_pct: f64,
+    /// null when no request could be sent (the name did not resolve, the socket failed).
+    pub loss_pct: Option<f64>,
     /// TCP or TLS connection set-up time, handshake included.
     pub connect_ms: Option<f64>,
     pub other_address: Option<SocketAddr>,
@@ -81,10 +82,10 @@ pub struct Summary {
     pub mapping_varies_by_destination: Option<bool>,
     /// UDP got no answer at all while TCP or TLS did.
     pub udp_blocked: Option<bool>,
-    /// A mapped address is in 100.64.0.0/10 (carrier-grade NAT).
-    pub cgnat: bool,
-    /// A mapped address is private (RFC 1918, fc00::/7): a NAT behind another NAT.
-    pub nested_nat: bool,
+    /// A mapped address is in 100.64.0.0/10 (carrier-grade NAT); null when nobody answered.
+    pub cgnat: Option<bool>,
+    /// A mapped address is private (RFC 1918, fc00::/7): a NAT behind another NAT; null when nobody answered.
+    pub nested_nat: Option<bool>,
     /// Distinct public addresses seen.
     pub mapped_addresses: Vec<SocketAddr>,
     /// What the results mean, in sentences.
@@ -246,7 +247,7 @@ fn empty_result(t: &Target) -> ProbeResult {
         rtt_max_ms: None,
         requests: 0,
         responses: 0,
-        loss_pct: 0.0,
+        loss_pct: None,
         connect_ms: None,
         other_address: None,
         response_origin: None,
@@ -302,7 +303,7 @@ impl Rounds {
         r.requests = self.requests;
         r.responses = self.rtts.len() as u32;
         if self.requests > 0 {
-            r.loss_pct = 100.0 * (self.requests - r.responses) as f64 / self.requests as f64;
+            r.loss_pct = Some(100.0 * (self.requests - r.responses) as f64 / self.requests as f64);
         }
         if !self.rtts.is_empty() {
             let n = self.rtts.len() as f64;
@@ -522,8 +523,10 @@ pub fn summarize(results: &[ProbeResult]) -> Summary {
     mapped_addresses.sort();
     mapped_addresses.dedup();
     let class = |a: &SocketAddr| AddressClass::of_canonical(a.ip());
-    let cgnat = mapped_addresses.iter().any(|a| class(a) == AddressClass::Cgnat);
-    let nested_nat = behind_nat == Some(true) && mapped_addresses.iter().any(|a| class(a) == AddressClass::Private);
+    let known = !mapped_addresses.is_empty();
+    let cgnat = known.then(|| mapped_addresses.iter().any(|a| class(a) == AddressClass::Cgnat));
+    let nested_nat = known
+        .then(|| behind_nat == Some(true) && mapped_addresses.iter().any(|a| class(a) == AddressClass::Private));
 
     let mut notes = Vec::new();
     match behind_nat {
@@ -545,10 +548,10 @@ pub fn summarize(results: &[ProbeResult]) -> Summary {
             "UDP got no answer while TCP/TLS did: UDP looks blocked; WebRTC will need TURN over TCP or TLS.".into(),
         );
     }
-    if cgnat {
+    if cgnat == Some(true) {
         notes.push("The mapped address is in 100.64.0.0/10: your ISP runs carrier-grade NAT, so the servers see your ISP's NAT, not your router.".into());
     }
-    if nested_nat {
+    if nested_nat == Some(true) {
         notes.push(
             "The mapped address is private: these servers sit behind the same NAT, or your NAT is behind another one."
                 .into(),
@@ -600,14 +603,16 @@ impl Render for StunProbeReport {
         shared_errors.retain(|(_, n)| *n > 1);
         for r in &self.results {
             let rtt = match (r.rtt_ms, r.requests) {
-                (Some(avg), _) if !wide && r.loss_pct > 0.0 => format!("{} ({:.0}% loss)", output::ms(avg), r.loss_pct),
+                (Some(avg), _) if !wide && r.loss_pct.unwrap_or(0.0) > 0.0 => {
+                    format!("{} ({:.0}% loss)", output::ms(avg), r.loss_pct.unwrap_or(0.0))
+                }
                 (Some(avg), _) if !wide => output::ms(avg),
                 (Some(avg), n) if n > 1 => format!(
                     "{} (min {} max {}, {:.0}% loss)",
                     output::ms(avg),
                     output::ms(r.rtt_min_ms.unwrap_or(avg)),
                     output::ms(r.rtt_max_ms.unwrap_or(avg)),
-                    r.loss_pct
+                    r.loss_pct.unwrap_or(0.0)
                 ),
                 (Some(avg), _) => output::ms(avg),
                 (None, _) => "-".into(),
@@ -713,9 +718,16 @@ mod tests {
     #[test]
     fn cgnat_and_nested_nat_are_detected() {
         let rs = vec![result(Transport::Udp, "198.51.100.1:3478", "10.0.0.2:5000", Some("100.64.3.4:6000"))];
-        assert!(summarize(&rs).cgnat);
+        assert_eq!(summarize(&rs).cgnat, Some(true));
         let rs = vec![result(Transport::Udp, "198.51.100.1:3478", "10.0.0.2:5000", Some("192.168.1.4:6000"))];
-        assert!(summarize(&rs).nested_nat);
+        assert_eq!(summarize(&rs).nested_nat, Some(true));
+    }
+
+    #[test]
+    fn nothing_answered_is_unknown_not_false() {
+        let rs = vec![result(Transport::Udp, "198.51.100.1:3478", "10.0.0.2:5000", None)];
+        let s = summarize(&rs);
+        assert_eq!((s.cgnat, s.nested_nat, s.behind_nat), (None, None, None));
     }
 
     #[test]

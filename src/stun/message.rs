@@ -182,7 +182,9 @@ impl BindingResponse {
             } else if let Ok(a) = attr.as_response_origin() {
                 r.response_origin = Some(*a.socket_address());
             } else if let Ok(a) = attr.as_software() {
-                r.software = Some(a.as_str().to_string());
+                // Printable text only: some servers pad it with NULs (stund: "Vovida.org 0.97\0").
+                let text: String = a.as_str().chars().filter(|c| !c.is_control()).collect();
+                r.software = Some(text.trim().to_string()).filter(|t| !t.is_empty());
             } else if let Ok(a) = attr.as_error_code() {
                 let e = a.error_code();
                 r.error = Some((e.error_code(), e.reason().to_string()));
