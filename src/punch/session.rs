@@ -23,6 +23,7 @@ use crate::net::udp;
 use crate::output::{self, OutputOptions};
 use crate::punch::birthday::{Birthday, Credentials as BirthdayCredentials, Limits};
 use crate::punch::birthday_driver::{self, BirthdayResult};
+use crate::punch::consent::ConsentConfig;
 use crate::punch::ice_driver::{self, IceEvent};
 use crate::punch::mux::{Diverted, MuxSocket};
 use crate::punch::plan::{Knowledge, Plan};
@@ -180,7 +181,8 @@ pub async fn run(
         })
     };
     let (endpoint, diverted) = quic_endpoint(socket.clone(), relay.clone(), server_cfg()?)?;
-    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone());
+    let consent = ConsentConfig { lost_after: Duration::from_secs(args.path_lost_after), ..ConsentConfig::default() };
+    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone(), consent);
     let mut birthday_inbox = Some(diverted.birthday);
     // The opener's winning birthday socket gets an endpoint of its own.
     let mut side_endpoint: Option<quinn::Endpoint> = None;
@@ -351,11 +353,21 @@ pub async fn run(
     tracing::info!(remote = %conn.remote_address(), "QUIC connected");
 
     let pb = output::progress(opts, 0, "transfer");
-    let moved = match mode {
-        Mode::Connect => None,
-        Mode::Send(p) => Some(transfer::send_file(&conn, &p, &pb).await?),
-        Mode::Recv(p) => Some(transfer::recv_file(&conn, &p, &pb).await?),
-        Mode::Stdio => Some(transfer::stdio(&conn, role == Role::Offerer).await?),
+    let work = async {
+        anyhow::Ok(match mode {
+            Mode::Connect => None,
+            Mode::Send(p) => Some(transfer::send_file(&conn, &p, &pb).await?),
+            Mode::Recv(p) => Some(transfer::recv_file(&conn, &p, &pb).await?),
+            Mode::Stdio => Some(transfer::stdio(&conn, role == Role::Offerer).await?),
+        })
+    };
+    let moved = tokio::select! {
+        r = work => r?,
+        e = consent_expired(&mut ice.events, conn.remote_address()) => {
+            // RFC 7675 §5.1: no more data to a peer that withdrew consent.
+            conn.close(1u32.into(), b"consent expired");
+            return Err(e);
+        }
     };
     pb.finish_and_clear();
     if let Some(m) = moved {
@@ -378,6 +390,38 @@ pub async fn run(
     let _ = signal.send(&ClientMessage::Leave).await;
     drop(peer);
     Ok(())
+}
+
+/// Waits on the ICE driver's consent verdicts for the pair QUIC runs on (`remote`) and
+/// returns the error to end the session with once consent has expired; a path reported
+/// lost is logged (it may come back). Pairs QUIC does not use (a birthday path won) are
+/// not its concern.
+async fn consent_expired(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<IceEvent>,
+    remote: SocketAddr,
+) -> anyhow::Error {
+    loop {
+        match events.recv().await {
+            Some(IceEvent::PathLost { remote: r, silent_for, .. }) if r == remote => {
+                tracing::warn!(
+                    "the path to {remote} has not answered consent checks for {:.1} s",
+                    silent_for.as_secs_f64()
+                );
+            }
+            Some(IceEvent::PathRegained { remote: r, .. }) if r == remote => {
+                tracing::info!("the path to {remote} answers again");
+            }
+            Some(IceEvent::ConsentExpired { remote: r, silent_for, .. }) if r == remote => {
+                return anyhow::anyhow!(
+                    "consent to send to {remote} expired: no answer to consent checks (RFC 7675) for {:.0} s; \
+                     a NAT on the way probably forgot its mapping (retry, or use --turn)",
+                    silent_for.as_secs_f64()
+                );
+            }
+            Some(_) => {}
+            None => return std::future::pending().await,
+        }
+    }
 }
 
 /// A QUIC endpoint on `socket`, behind the mux (and the relay link, if any).
