@@ -379,3 +379,57 @@ fn recv_targets_are_checked_before_joining() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Waits for `child` at most `bound`, killing it past that (a test must fail, not hang).
+fn wait_bounded(mut child: Child, bound: std::time::Duration, what: &str) -> Output {
+    let until = std::time::Instant::now() + bound;
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("{what} still ran after {bound:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A router that forgets mid-transfer (conntrack flushed, masquerade moved to another port
+/// range, as a reboot does) leaves the selected pair silent both ways. Consent freshness (RFC
+/// 7675) reports the path lost, then expires, and both ends stop with an error naming the
+/// peer's address, exit 1: consent, not QUIC's idle timer, decides.
+#[test]
+fn a_router_that_forgets_mid_transfer_loses_the_path_then_consent_expires() {
+    let w = world(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone);
+    // 8 MiB at 8 Mbit/s out of a's router: about 8 s, time to forget in the middle.
+    w.lab.shape_uplink("a", "8mbit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
+    random_file(&src, 8 * 1024 * 1024);
+    let url = w.signal.ws_url();
+    let common =
+        [&["punch", "--signal", url.as_str(), "--room", "forget", "--timeout", "30", "--json"], STUN_ARGS].concat();
+    let (src_s, dst_s) = (src.to_str().expect("utf-8"), dst.to_str().expect("utf-8"));
+    let recv_args = [common.as_slice(), &["--no-relay", "--recv", dst_s]].concat();
+    let send_args = [common.as_slice(), &["--no-relay", "--send", src_s]].concat();
+    let receiver = spawn(w.lab.command_in(&w.lab.client_ns("b"), NATKIT, &recv_args));
+    let sender = spawn(w.lab.command_in(&w.lab.client_ns("a"), NATKIT, &send_args));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) < 1024 * 1024 {
+        assert!(std::time::Instant::now() < until, "the transfer never got 1 MiB through");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    w.lab.router_forgets("a", (40000, 40999));
+    let bound = std::time::Duration::from_secs(90);
+    let (s, r) = (wait_bounded(sender, bound, "the sender"), wait_bounded(receiver, bound, "the receiver"));
+    let got = std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0);
+    assert!(got < 8 * 1024 * 1024, "the file got through before the router forgot ({got} bytes): slow it more");
+    for (who, out) in [("sender", &s), ("receiver", &r)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let rep = report(out);
+        assert_eq!(out.status.code(), Some(1), "{who}: {rep:#}\n{err}");
+        assert!(err.contains("has not answered consent checks"), "{who} never reported the path lost: {err}");
+        let why = rep["error"].as_str().unwrap_or_default();
+        assert!(why.contains("consent to send to") && why.contains("expired"), "{who}: {rep:#}\n{err}");
+    }
+}
