@@ -22,6 +22,7 @@ use crate::net::udp::local_ip_towards;
 use crate::punch::consent::{Consent, ConsentConfig, ConsentEvent};
 use crate::punch::mux::StunDatagram;
 use crate::punch::relay_link::RelayLink;
+use crate::stun::message::{BindingResponse, binding_request, new_transaction_id, transaction_id};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IceEvent {
@@ -36,12 +37,15 @@ pub enum IceEvent {
     PathRegained { local: SocketAddr, remote: SocketAddr },
     /// Consent on the nominated pair expired (RFC 7675 §5.1): stop sending on it.
     ConsentExpired { local: SocketAddr, remote: SocketAddr, silent_for: Duration },
+    /// A STUN server's answer to [`IceHandle::regather`]: our mapping as it is now.
+    Reflexive { server: SocketAddr, mapped: SocketAddr },
 }
 
 /// A candidate added after the checks started (trickled, or held back until the relay phase).
 enum Late {
     Local(Candidate),
     Remote(Candidate),
+    Regather(Vec<SocketAddr>),
 }
 
 pub struct IceHandle {
@@ -59,6 +63,12 @@ impl IceHandle {
     /// One of the peer's.
     pub fn add_remote(&self, c: Candidate) {
         let _ = self.late.send(Late::Remote(c));
+    }
+
+    /// Asks each STUN server again for our mapping (a NAT may have given us a new one);
+    /// answers come back as [`IceEvent::Reflexive`].
+    pub fn regather(&self, servers: Vec<SocketAddr>) {
+        let _ = self.late.send(Late::Regather(servers));
     }
 
     pub fn checks(&self) -> Vec<crate::ice::checks::CheckRecord> {
@@ -85,6 +95,8 @@ pub fn spawn(
         let mut last_state = IceConnectionState::New;
         // Consent on the nominated pair, once there is one.
         let mut consent: Option<(Consent, SocketAddr, SocketAddr)> = None;
+        // Binding requests of a regather, by transaction id: only their answers are taken.
+        let mut asked: HashMap<[u8; 12], SocketAddr> = HashMap::new();
         loop {
             let now = Instant::now();
             agent.handle_timeout(now);
@@ -153,6 +165,14 @@ pub fn spawn(
                 d = stun.recv() => {
                     let Some(d) = d else { break };
                     let now = Instant::now();
+                    if let Some(server) = transaction_id(&d.bytes).and_then(|id| asked.remove(&id)) {
+                        if d.to.is_none() && d.from == server
+                            && let Some(mapped) = BindingResponse::parse(&d.bytes).ok().and_then(|r| r.reflexive())
+                        {
+                            let _ = ev_tx.send(IceEvent::Reflexive { server, mapped });
+                        }
+                        continue;
+                    }
                     let dest = d.to.unwrap_or_else(|| *arrived_on.entry(d.from).or_insert_with(|| {
                         SocketAddr::new(local_ip_towards(d.from).unwrap_or(d.from.ip()), port)
                     }));
@@ -171,6 +191,17 @@ pub fn spawn(
                         agent.add_local_candidate(c);
                     }
                     Some(Late::Remote(c)) => agent.add_remote_candidate(c),
+                    Some(Late::Regather(servers)) => {
+                        // Old questions are void: the mapping may have changed since.
+                        asked.clear();
+                        for server in servers {
+                            let id = new_transaction_id();
+                            asked.insert(id, server);
+                            if let Err(e) = socket.send_to(&binding_request(id), server).await {
+                                tracing::debug!(%server, "regather: {e}");
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}

@@ -280,6 +280,11 @@ impl Lab {
         self.script(&["forget".into(), self.prefix.clone(), name.into(), ports.0.to_string(), ports.1.to_string()]);
     }
 
+    /// Router `name` stops forwarding anything, both ways: a path through it dies for good.
+    pub fn router_cuts(&self, name: &str) {
+        self.script(&["cut".into(), self.prefix.clone(), name.into()]);
+    }
+
     /// Shapes router `name`'s WAN egress with tbf to `rate` (tc syntax, e.g. "40mbit"): uploads from
     /// its client slow down enough to break something in the middle of them.
     pub fn shape_uplink(&self, name: &str, rate: &str) {
