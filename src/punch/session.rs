@@ -405,7 +405,11 @@ pub async fn run(
                     ice.regather(stun_servers.clone());
                     watch.regather_at = Some(Instant::now() + REGATHER_EVERY);
                 }
-                Some(IceEvent::PathRegained { remote, .. }) if remote == watch.quic_remote => {
+                // The old pair answers again, or the agent nominated a new one to the same peer (the pair
+                // from our new address): either way the re-punched path carries consent again.
+                Some(IceEvent::PathRegained { remote, .. } | IceEvent::Nominated { remote, .. })
+                    if remote == watch.quic_remote =>
+                {
                     tracing::info!("the path to {remote} answers again");
                     watch.regather_at = None;
                     if let Some((from, to)) = watch.pending.take() {
