@@ -172,6 +172,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand punch" -l send -d 'Send th
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l recv -d 'Receive the peer\'s file into this path' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l host-ip -d 'Offer only these local IPs as host candidates (default: every interface but loopback)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l timeout -d 'Give up when the peer has not joined, or no path works, after this many seconds' -r
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l path-lost-after -d 'Report the selected path lost when its consent checks (RFC 7675) go unanswered this many seconds; consent itself expires after 30 s, and then the session ends' -r
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l relay-only -d 'Offer only the TURN relayed candidate: all traffic goes through the relay (TURN from --turn, or from the signaling server\'s ice_servers)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-relay -d 'Never use a TURN relay, even one the signal server hands out: direct paths only'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-birthday -d 'Never try the birthday method (many mappings and random-port probes) when one NAT is symmetric and the other is not'

@@ -25,6 +25,7 @@ TEST_PACKAGES=(
   coturn            # turnserver, turnutils_*: independent STUN/TURN peer and load client
   redis-server      # multi-node signaling tests
   nftables          # the NAT lab
+  conntrack         # the NAT lab: a router that forgets its mappings (conntrack -F)
   iproute2          # ip netns, veth
   iputils-ping
   chromium chromium-driver   # browser interop tests

@@ -379,3 +379,121 @@ fn recv_targets_are_checked_before_joining() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Waits for `child` at most `bound`, killing it past that (a test must fail, not hang).
+fn wait_bounded(mut child: Child, bound: std::time::Duration, what: &str) -> Output {
+    let until = std::time::Instant::now() + bound;
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("{what} still ran after {bound:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A router that stops forwarding mid-transfer leaves the selected pair silent both ways and no
+/// new path to find. Consent freshness (RFC 7675) reports the path lost, then expires, and both
+/// ends stop with an error naming the peer's address, exit 1: consent, not QUIC's idle timer,
+/// decides.
+#[test]
+fn a_path_that_dies_mid_transfer_is_reported_lost_then_consent_expires() {
+    let w = world(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone);
+    // 8 MiB at 8 Mbit/s out of a's router: about 8 s, time to forget in the middle.
+    w.lab.shape_uplink("a", "8mbit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
+    random_file(&src, 8 * 1024 * 1024);
+    let url = w.signal.ws_url();
+    let common =
+        [&["punch", "--signal", url.as_str(), "--room", "dies", "--timeout", "30", "--json"], STUN_ARGS].concat();
+    let (src_s, dst_s) = (src.to_str().expect("utf-8"), dst.to_str().expect("utf-8"));
+    let recv_args = [common.as_slice(), &["--no-relay", "--recv", dst_s]].concat();
+    let send_args = [common.as_slice(), &["--no-relay", "--send", src_s]].concat();
+    let receiver = spawn(w.lab.command_in(&w.lab.client_ns("b"), NATKIT, &recv_args));
+    let sender = spawn(w.lab.command_in(&w.lab.client_ns("a"), NATKIT, &send_args));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) < 1024 * 1024 {
+        assert!(std::time::Instant::now() < until, "the transfer never got 1 MiB through");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    w.lab.router_cuts("a");
+    let bound = std::time::Duration::from_secs(90);
+    let (s, r) = (wait_bounded(sender, bound, "the sender"), wait_bounded(receiver, bound, "the receiver"));
+    let got = std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0);
+    assert!(got < 8 * 1024 * 1024, "the file got through before the router forgot ({got} bytes): slow it more");
+    for (who, out) in [("sender", &s), ("receiver", &r)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let rep = report(out);
+        assert_eq!(out.status.code(), Some(1), "{who}: {rep:#}\n{err}");
+        assert!(err.contains("has not answered consent checks"), "{who} never reported the path lost: {err}");
+        let why = rep["error"].as_str().unwrap_or_default();
+        assert!(why.contains("consent to send to") && why.contains("expired"), "{who}: {rep:#}\n{err}");
+    }
+}
+
+/// Issue #16's "NATs that forget": a's router reboots 9 MiB into a 64 MiB transfer (conntrack
+/// flushed, masquerade moved to ports 20000-20999). Consent checks go unanswered, a asks the
+/// STUN servers again, learns its new address and trickles it through the room (still joined);
+/// b checks toward it, which opens b's NAT; a's checks get through again, QUIC migrates to a's
+/// new address on b's side, and the stream goes on: same SHA-256, exit 0, and both reports say
+/// how the path moved.
+#[test]
+fn a_transfer_survives_a_router_that_forgets_its_mappings() {
+    const LEN: usize = 64 * 1024 * 1024;
+    let w = world(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone);
+    // 64 MiB at 100 Mbit/s out of a's router: about 5 s, time to forget in the middle.
+    w.lab.shape_uplink("a", "100mbit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
+    random_file(&src, LEN);
+    let url = w.signal.ws_url();
+    let common =
+        [&["punch", "--signal", url.as_str(), "--room", "forget", "--timeout", "30", "--json"], STUN_ARGS, TURN_ARGS]
+            .concat();
+    let (src_s, dst_s) = (src.to_str().expect("utf-8"), dst.to_str().expect("utf-8"));
+    let recv_args = [common.as_slice(), &["--recv", dst_s]].concat();
+    let send_args = [common.as_slice(), &["--send", src_s]].concat();
+    let receiver = spawn(w.lab.command_in(&w.lab.client_ns("b"), NATKIT, &recv_args));
+    // b joins first, so a offers and is the QUIC client: the side whose NAT forgets is the one
+    // QUIC lets move (a QUIC server that moves is not followed yet).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !w.signal.log_text().lines().any(|l| l.contains("joined") && l.contains("forget")) {
+        assert!(std::time::Instant::now() < until, "b never joined: {}", w.signal.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sender = spawn(w.lab.command_in(&w.lab.client_ns("a"), NATKIT, &send_args));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) < 9 * 1024 * 1024 {
+        assert!(std::time::Instant::now() < until, "the transfer never got 9 MiB through");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Below Linux's ephemeral ports (32768-60999), so no mapping can keep its old port.
+    w.lab.router_forgets("a", (20000, 20999));
+    let bound = std::time::Duration::from_secs(120);
+    let (s, r) = (wait_bounded(sender, bound, "the sender"), wait_bounded(receiver, bound, "the receiver"));
+    let (sr, rr) = (report(&s), report(&r));
+    assert_eq!(s.status.code(), Some(0), "sender: {sr:#}\n{}", String::from_utf8_lossy(&s.stderr));
+    assert_eq!(r.status.code(), Some(0), "receiver: {rr:#}\n{}", String::from_utf8_lossy(&r.stderr));
+    assert!(std::fs::read(&src).expect("src") == std::fs::read(&dst).expect("dst"), "the file arrived changed");
+    assert_eq!(sr["sha256"], rr["sha256"]);
+    assert_eq!(sr["bytes"], LEN as u64);
+    assert_eq!(sr["path"], "direct", "{sr:#}");
+    assert_eq!(sr["role"], "offerer", "{sr:#}");
+    // a: its own mapping moved into the new range; b: QUIC followed a there.
+    let moved_into_range = |c: &Value| {
+        let to: std::net::SocketAddr = c["to"].as_str().unwrap_or("").parse().unwrap_or_else(|_| panic!("to: {c}"));
+        to.ip().to_string() == "203.0.113.11" && (20000..=20999).contains(&to.port())
+    };
+    let changes = |r: &Value, why: &str| -> Vec<Value> {
+        r["path_changes"].as_array().expect("path_changes").iter().filter(|c| c["why"] == why).cloned().collect()
+    };
+    let a = changes(&sr, "mapping-changed");
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(a.iter().any(moved_into_range), "a never re-punched from its new address: {sr:#}\n{}", err(&s));
+    let b = changes(&rr, "peer-moved");
+    assert!(b.iter().any(moved_into_range), "b's QUIC never followed a: {rr:#}\n{}", err(&r));
+    assert!(a.iter().chain(&b).all(|c| c["at_ms"].as_f64().is_some_and(|t| t > 0.0)));
+}

@@ -52,6 +52,11 @@ pub struct PunchArgs {
     #[arg(long, default_value_t = 30.0, value_name = "SECS")]
     pub timeout: f64,
 
+    /// Report the selected path lost when its consent checks (RFC 7675) go unanswered this
+    /// many seconds; consent itself expires after 30 s, and then the session ends
+    #[arg(long, default_value_t = 5, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub path_lost_after: u64,
+
     /// Accept a self-signed certificate from a wss:// signal server
     #[arg(long)]
     pub insecure: bool,

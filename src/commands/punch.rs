@@ -63,6 +63,7 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions) -> anyhow::Result<Pun
         throughput_mbps: None,
         sha256: None,
         error: None,
+        path_changes: Vec::new(),
     };
     if let Err(e) = session::run(args, opts, &room, servers, mode, &mut report).await {
         report.error = Some(format!("{e:#}"));

@@ -4,6 +4,8 @@
 //! after nomination so consent checks and keepalives hold the NAT bindings.
 //! Checks from our relayed candidate go through the [`RelayLink`], whose
 //! timers (allocation, permission and channel refreshes) it also keeps.
+//! Once a pair is nominated it runs consent freshness on it ([`Consent`], RFC 7675) and
+//! reports silence as [`IceEvent::PathLost`] / [`IceEvent::ConsentExpired`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,8 +19,10 @@ use tokio::sync::mpsc;
 
 use crate::ice::checks::CheckLog;
 use crate::net::udp::local_ip_towards;
+use crate::punch::consent::{Consent, ConsentConfig, ConsentEvent};
 use crate::punch::mux::StunDatagram;
 use crate::punch::relay_link::RelayLink;
+use crate::stun::message::{BindingResponse, binding_request, new_transaction_id, transaction_id};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IceEvent {
@@ -26,12 +30,22 @@ pub enum IceEvent {
     Nominated { local: SocketAddr, remote: SocketAddr },
     /// Every pair failed, or a working path was lost.
     Disconnected,
+    /// The nominated pair has not answered a consent check for `silent_for` (RFC 7675
+    /// liveness): repair the path; sending on it is still allowed.
+    PathLost { local: SocketAddr, remote: SocketAddr, silent_for: Duration },
+    /// The nominated pair answers again after `PathLost`.
+    PathRegained { local: SocketAddr, remote: SocketAddr },
+    /// Consent on the nominated pair expired (RFC 7675 §5.1): stop sending on it.
+    ConsentExpired { local: SocketAddr, remote: SocketAddr, silent_for: Duration },
+    /// A STUN server's answer to [`IceHandle::regather`]: our mapping as it is now.
+    Reflexive { server: SocketAddr, mapped: SocketAddr },
 }
 
 /// A candidate added after the checks started (trickled, or held back until the relay phase).
 enum Late {
     Local(Candidate),
     Remote(Candidate),
+    Regather(Vec<SocketAddr>),
 }
 
 pub struct IceHandle {
@@ -51,6 +65,12 @@ impl IceHandle {
         let _ = self.late.send(Late::Remote(c));
     }
 
+    /// Asks each STUN server again for our mapping (a NAT may have given us a new one);
+    /// answers come back as [`IceEvent::Reflexive`].
+    pub fn regather(&self, servers: Vec<SocketAddr>) {
+        let _ = self.late.send(Late::Regather(servers));
+    }
+
     pub fn checks(&self) -> Vec<crate::ice::checks::CheckRecord> {
         self.log.lock().map(|l| l.records()).unwrap_or_default()
     }
@@ -62,6 +82,7 @@ pub fn spawn(
     socket: Arc<UdpSocket>,
     mut stun: mpsc::UnboundedReceiver<StunDatagram>,
     relay: Option<Arc<RelayLink>>,
+    consent_config: ConsentConfig,
 ) -> IceHandle {
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (late_tx, mut late_rx) = mpsc::unbounded_channel::<Late>();
@@ -72,9 +93,26 @@ pub fn spawn(
         // The address a datagram from `from` arrived on, to match our host candidates.
         let mut arrived_on: HashMap<SocketAddr, SocketAddr> = HashMap::new();
         let mut last_state = IceConnectionState::New;
+        // Consent on the nominated pair, once there is one.
+        let mut consent: Option<(Consent, SocketAddr, SocketAddr)> = None;
+        // Binding requests of a regather, by transaction id: only their answers are taken.
+        let mut asked: HashMap<[u8; 12], SocketAddr> = HashMap::new();
         loop {
             let now = Instant::now();
             agent.handle_timeout(now);
+            if let Some((c, local, remote)) = consent.as_mut() {
+                let (local, remote) = (*local, *remote);
+                let answered = agent.nominated_pair_responses_received().and_then(|n| c.handle_responses(now, n));
+                for ev in answered.into_iter().chain(c.handle_timeout(now)) {
+                    let ev = match ev {
+                        ConsentEvent::Lost { silent_for } => IceEvent::PathLost { local, remote, silent_for },
+                        ConsentEvent::Regained => IceEvent::PathRegained { local, remote },
+                        ConsentEvent::Expired { silent_for } => IceEvent::ConsentExpired { local, remote, silent_for },
+                    };
+                    tracing::info!(?ev, "consent");
+                    let _ = ev_tx.send(ev);
+                }
+            }
             if let Some(r) = &relay {
                 r.handle_timeout(now);
             }
@@ -101,6 +139,12 @@ pub fn spawn(
                         if let Some(r) = relay.as_ref().filter(|r| r.relayed() == Some(source)) {
                             r.route(destination);
                         }
+                        // A new selection starts fresh consent (RFC 7675 §5.1: it just answered).
+                        let mut c = Consent::new(consent_config, now);
+                        if let Some(n) = agent.nominated_pair_responses_received() {
+                            c.handle_responses(now, n);
+                        }
+                        consent = Some((c, source, destination));
                         let _ = ev_tx.send(IceEvent::Nominated { local: source, remote: destination });
                     }
                     IceAgentEvent::IceConnectionStateChange(s) => {
@@ -116,10 +160,19 @@ pub fn spawn(
             let relay_wake = relay.as_ref().and_then(|r| r.poll_timeout());
             let wake = agent.poll_timeout().unwrap_or(now + Duration::from_millis(500));
             let wake = relay_wake.map_or(wake, |r| r.min(wake));
+            let wake = consent.as_ref().and_then(|(c, ..)| c.poll_timeout()).map_or(wake, |c| c.min(wake));
             tokio::select! {
                 d = stun.recv() => {
                     let Some(d) = d else { break };
                     let now = Instant::now();
+                    if let Some(server) = transaction_id(&d.bytes).and_then(|id| asked.remove(&id)) {
+                        if d.to.is_none() && d.from == server
+                            && let Some(mapped) = BindingResponse::parse(&d.bytes).ok().and_then(|r| r.reflexive())
+                        {
+                            let _ = ev_tx.send(IceEvent::Reflexive { server, mapped });
+                        }
+                        continue;
+                    }
                     let dest = d.to.unwrap_or_else(|| *arrived_on.entry(d.from).or_insert_with(|| {
                         SocketAddr::new(local_ip_towards(d.from).unwrap_or(d.from.ip()), port)
                     }));
@@ -138,6 +191,17 @@ pub fn spawn(
                         agent.add_local_candidate(c);
                     }
                     Some(Late::Remote(c)) => agent.add_remote_candidate(c),
+                    Some(Late::Regather(servers)) => {
+                        // Old questions are void: the mapping may have changed since.
+                        asked.clear();
+                        for server in servers {
+                            let id = new_transaction_id();
+                            asked.insert(id, server);
+                            if let Err(e) = socket.send_to(&binding_request(id), server).await {
+                                tracing::debug!(%server, "regather: {e}");
+                            }
+                        }
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}

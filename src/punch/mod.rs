@@ -3,6 +3,7 @@
 
 pub mod birthday;
 pub mod birthday_driver;
+pub mod consent;
 pub mod ice_driver;
 pub mod mux;
 pub mod plan;

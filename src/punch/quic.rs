@@ -158,6 +158,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // NAT bindings for UDP often last only 30 s: keep them open while idle.
     t.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    // Consent freshness (RFC 7675, 30 s), not QUIC's idle timer, decides when a silent path
+    // is given up, so the error says why; the idle timer stays as a backstop.
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(40_000).into()));
     Arc::new(t)
 }
 

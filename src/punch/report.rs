@@ -84,6 +84,29 @@ pub struct PunchReport {
     pub throughput_mbps: Option<f64>,
     pub sha256: Option<String>,
     pub error: Option<String>,
+    /// Each time the path moved after connecting (a NAT forgot, the peer moved), in order.
+    pub path_changes: Vec<PathChange>,
+}
+
+/// One move of the path after connecting.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathChange {
+    /// Room joined → the new path carried traffic.
+    pub at_ms: f64,
+    pub from: Option<SocketAddr>,
+    pub to: SocketAddr,
+    pub why: PathChangeReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathChangeReason {
+    /// Consent checks went unanswered; our NAT had given us a new public address, which we
+    /// trickled to the peer and checked again (re-punch). `from`/`to`: our mapped address.
+    MappingChanged,
+    /// The peer's packets now come from a new address, after a re-punch on its side; QUIC
+    /// validated and migrated to it. `from`/`to`: the peer's address.
+    PeerMoved,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,6 +198,10 @@ impl Render for PunchReport {
                 self.throughput_mbps.map(|m| format!(" at {m:.1} Mbit/s")).unwrap_or_default(),
                 self.sha256.as_ref().map(|s| format!(", SHA-256 {s} verified by both ends")).unwrap_or_default()
             )?;
+        }
+        for c in &self.path_changes {
+            let from = c.from.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+            writeln!(out, "Path changed at {:.0} ms: {from} -> {} ({:?}).", c.at_ms, c.to, c.why)?;
         }
         if let Some(e) = &self.error {
             writeln!(out, "FAILED: {e}")?;

@@ -23,14 +23,38 @@ use crate::net::udp;
 use crate::output::{self, OutputOptions};
 use crate::punch::birthday::{Birthday, Credentials as BirthdayCredentials, Limits};
 use crate::punch::birthday_driver::{self, BirthdayResult};
+use crate::punch::consent::ConsentConfig;
 use crate::punch::ice_driver::{self, IceEvent};
 use crate::punch::mux::{Diverted, MuxSocket};
 use crate::punch::plan::{Knowledge, Plan};
 use crate::punch::relay_link::{LinkEvent, RelayLink};
-use crate::punch::report::{BirthdayReport, CandidateType, Endpoint, PathKind, PunchReport, Role, endpoint_of};
+use crate::punch::report::{
+    BirthdayReport, CandidateType, Endpoint, PathChange, PathChangeReason, PathKind, PunchReport, Role, endpoint_of,
+};
 use crate::punch::{quic, transfer};
 use crate::signal::client::{ClientOptions, SignalClient};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
+
+/// How often the transfer checks whether QUIC moved to a new peer address.
+const PATH_TICK: Duration = Duration::from_millis(250);
+/// How often a lost path asks the STUN servers for our mapping again.
+const REGATHER_EVERY: Duration = Duration::from_secs(2);
+
+/// What the transfer knows about its path while repairing it.
+struct PathWatch {
+    /// The peer address QUIC sends to (quinn's, after any migration).
+    quic_remote: SocketAddr,
+    /// Our public address as a STUN server last saw it.
+    our_mapped: Option<SocketAddr>,
+    /// A new mapping offered to the peer, reported once the path answers again.
+    pending: Option<(Option<SocketAddr>, SocketAddr)>,
+    /// When to ask the STUN servers again while the path stays lost.
+    regather_at: Option<Instant>,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
 
 /// How long an answerer that let QUIC in waits for its birthday attempt's verdict.
 const BIRTHDAY_VERDICT_WAIT: Duration = Duration::from_millis(500);
@@ -180,7 +204,8 @@ pub async fn run(
         })
     };
     let (endpoint, diverted) = quic_endpoint(socket.clone(), relay.clone(), server_cfg()?)?;
-    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone());
+    let consent = ConsentConfig { lost_after: Duration::from_secs(args.path_lost_after), ..ConsentConfig::default() };
+    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone(), consent);
     let mut birthday_inbox = Some(diverted.birthday);
     // The opener's winning birthday socket gets an endpoint of its own.
     let mut side_endpoint: Option<quinn::Endpoint> = None;
@@ -351,11 +376,111 @@ pub async fn run(
     tracing::info!(remote = %conn.remote_address(), "QUIC connected");
 
     let pb = output::progress(opts, 0, "transfer");
-    let moved = match mode {
-        Mode::Connect => None,
-        Mode::Send(p) => Some(transfer::send_file(&conn, &p, &pb).await?),
-        Mode::Recv(p) => Some(transfer::recv_file(&conn, &p, &pb).await?),
-        Mode::Stdio => Some(transfer::stdio(&conn, role == Role::Offerer).await?),
+    let work = async {
+        anyhow::Ok(match mode {
+            Mode::Connect => None,
+            Mode::Send(p) => Some(transfer::send_file(&conn, &p, &pb).await?),
+            Mode::Recv(p) => Some(transfer::recv_file(&conn, &p, &pb).await?),
+            Mode::Stdio => Some(transfer::stdio(&conn, role == Role::Offerer).await?),
+        })
+    };
+    tokio::pin!(work);
+    // While the data moves, the path is watched and repaired (see `PathWatch`).
+    let mut watch = PathWatch {
+        quic_remote: conn.remote_address(),
+        our_mapped: local_candidates.iter().find(|c| c.kind() == CandidateKind::ServerReflexive).map(|c| c.addr()),
+        pending: None,
+        regather_at: None,
+    };
+    let mut tick = tokio::time::interval(PATH_TICK);
+    let moved = loop {
+        tokio::select! {
+            r = &mut work => break r?,
+            ev = ice.events.recv() => match ev {
+                Some(IceEvent::PathLost { remote, silent_for, .. }) if remote == watch.quic_remote => {
+                    tracing::warn!(
+                        "the path to {remote} has not answered consent checks for {:.1} s: asking for our mapping again",
+                        silent_for.as_secs_f64()
+                    );
+                    ice.regather(stun_servers.clone());
+                    watch.regather_at = Some(Instant::now() + REGATHER_EVERY);
+                }
+                // The old pair answers again, or the agent nominated a new one to the same peer (the pair
+                // from our new address): either way the re-punched path carries consent again.
+                Some(IceEvent::PathRegained { remote, .. } | IceEvent::Nominated { remote, .. })
+                    if remote == watch.quic_remote =>
+                {
+                    tracing::info!("the path to {remote} answers again");
+                    watch.regather_at = None;
+                    if let Some((from, to)) = watch.pending.take() {
+                        report.path_changes.push(PathChange { at_ms: ms_since(joined), from, to, why: PathChangeReason::MappingChanged });
+                    }
+                }
+                Some(IceEvent::ConsentExpired { remote, silent_for, .. }) if remote == watch.quic_remote => {
+                    // RFC 7675 §5.1: no more data to a peer that withdrew consent.
+                    conn.close(1u32.into(), b"consent expired");
+                    return Err(anyhow::anyhow!(
+                        "consent to send to {remote} expired: no answer to consent checks (RFC 7675) for {:.0} s \
+                         and no new path found; a NAT on the way probably forgot its mapping (retry, or use --turn)",
+                        silent_for.as_secs_f64()
+                    ));
+                }
+                Some(IceEvent::Reflexive { server, mapped }) if Some(mapped) != watch.our_mapped && !local_candidates.iter().any(|c| c.addr() == mapped) => {
+                    // Our NAT forgot us and gave a new address: offer it (a trickled candidate through the
+                    // room, which is still joined) so the peer checks toward it and opens its own NAT.
+                    tracing::warn!(%server, "our public address is now {mapped} (was {:?}): re-punching", watch.our_mapped);
+                    let base = SocketAddr::new(udp::local_ip_towards(server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
+                    if let Ok(c) = Candidate::server_reflexive(mapped, base, "udp") {
+                        let line = c.to_sdp_string();
+                        report.candidates.push(line.clone());
+                        if signal_open {
+                            let trickle = ClientMessage::candidate(peer.clone(), IceCandidate::new(line, None, None));
+                            if let Err(e) = signal.send(&trickle).await {
+                                tracing::warn!("signal server: {e}");
+                            }
+                        }
+                        ice.add_local(c.clone());
+                        local_candidates.push(c);
+                    }
+                    watch.pending = Some((watch.our_mapped, mapped));
+                    watch.our_mapped = Some(mapped);
+                }
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            },
+            msg = signal.recv(), if signal_open => match msg {
+                Ok(ServerMessage::Candidate { from, candidate, .. }) if from == peer && !candidate.candidate.is_empty() => {
+                    match Candidate::from_sdp_string(&candidate.candidate) {
+                        Ok(c) => {
+                            tracing::info!("the peer offers a new candidate: {}", candidate.candidate);
+                            report.remote_candidates.push(candidate.candidate.clone());
+                            ice.add_remote(c.clone());
+                            remote_candidates.push(c);
+                        }
+                        Err(e) => tracing::warn!("ignoring the peer's candidate '{}': {e}", candidate.candidate),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("signal server: {e}");
+                    signal_open = false;
+                }
+            },
+            _ = tick.tick() => {
+                // quinn moved to a new, validated peer address (RFC 9000 §9): follow it.
+                let now_remote = conn.remote_address();
+                if now_remote != watch.quic_remote {
+                    tracing::warn!("the peer moved from {} to {now_remote}: QUIC migrated", watch.quic_remote);
+                    report.path_changes.push(PathChange { at_ms: ms_since(joined), from: Some(watch.quic_remote), to: now_remote, why: PathChangeReason::PeerMoved });
+                    report.remote = Some(endpoint_of(now_remote, &remote_candidates));
+                    watch.quic_remote = now_remote;
+                }
+                if watch.regather_at.is_some_and(|t| Instant::now() >= t) {
+                    ice.regather(stun_servers.clone());
+                    watch.regather_at = Some(Instant::now() + REGATHER_EVERY);
+                }
+            }
+        }
     };
     pb.finish_and_clear();
     if let Some(m) = moved {

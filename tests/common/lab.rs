@@ -272,6 +272,25 @@ impl Lab {
         );
     }
 
+    /// Router `name` forgets like a rebooting home router: its masquerade moves to `ports` and
+    /// conntrack is flushed, so live mappings are gone and new ones get ports from the new range.
+    /// Only for masquerading kinds (port-restricted cone, symmetric).
+    pub fn router_forgets(&self, name: &str, ports: (u16, u16)) {
+        tools::require("conntrack", "conntrack");
+        self.script(&["forget".into(), self.prefix.clone(), name.into(), ports.0.to_string(), ports.1.to_string()]);
+    }
+
+    /// Router `name` stops forwarding anything, both ways: a path through it dies for good.
+    pub fn router_cuts(&self, name: &str) {
+        self.script(&["cut".into(), self.prefix.clone(), name.into()]);
+    }
+
+    /// Shapes router `name`'s WAN egress with tbf to `rate` (tc syntax, e.g. "40mbit"): uploads from
+    /// its client slow down enough to break something in the middle of them.
+    pub fn shape_uplink(&self, name: &str, rate: &str) {
+        self.script(&["shape".into(), self.prefix.clone(), name.into(), rate.into()]);
+    }
+
     /// The unique name prefix of every namespace of this lab.
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -15,6 +15,12 @@
 #                                                 one more client PREFIX-c-NAME at 10.INDEX.0.HOST on the LAN
 #                                                 of the existing router PREFIX-r-ROUTER (NAT number INDEX):
 #                                                 two or more peers behind one NAT, on one LAN segment
+#   natlab.sh forget PREFIX NAME LOW HIGH         router PREFIX-r-NAME "reboots": its masquerade moves to ports
+#                                                 LOW-HIGH and conntrack is flushed, so every mapping is gone
+#                                                 and new ones get new ports (masquerading kinds only)
+#   natlab.sh cut PREFIX NAME                     router PREFIX-r-NAME stops forwarding anything (a dead uplink)
+#   natlab.sh shape PREFIX NAME RATE              tbf on router PREFIX-r-NAME's WAN egress (e.g. 40mbit): makes
+#                                                 an upload from its client last long enough to break it midway
 #   natlab.sh down PREFIX                         deletes every PREFIX-* namespace (and ends what runs in them)
 #
 # Addresses for NAT number INDEX (1-89): router WAN 203.0.113.(10+INDEX), LAN 10.INDEX.0.1/24 on the
@@ -198,6 +204,31 @@ client)
   ip -n "$c" route add default via "10.$i.0.1"
   ;;
 
+forget)
+  p=${1:?prefix}; name=${2:?name}; low=${3:?low port}; high=${4:?high port}; r="$p-r-$name"
+  command -v conntrack >/dev/null || die "forget: conntrack is missing (apt-get install conntrack)"
+  # The kind decides the new rule: symmetric stays fully random, port-restricted stays plain.
+  post=$(ip netns exec "$r" nft list chain ip lab post)
+  case "$post" in *masquerade*) ;; *) die "forget: router $name does not masquerade" ;; esac
+  random=""
+  case "$post" in *fully-random*) random=" fully-random" ;; esac
+  ip netns exec "$r" nft flush chain ip lab post
+  ip netns exec "$r" nft add rule ip lab post oifname "wan" meta l4proto udp masquerade to :"$low-$high"$random
+  ip netns exec "$r" nft add rule ip lab post oifname "wan" masquerade$random
+  ip netns exec "$r" conntrack -F >/dev/null 2>&1 || die "forget: conntrack -F failed in $r"
+  ;;
+
+cut)
+  p=${1:?prefix}; name=${2:?name}
+  ip netns exec "$p-r-$name" nft add table ip cut
+  ip netns exec "$p-r-$name" nft add chain ip cut forward_cut '{ type filter hook forward priority -10; policy drop; }'
+  ;;
+
+shape)
+  p=${1:?prefix}; name=${2:?name}; rate=${3:?rate}
+  ip netns exec "$p-r-$name" tc qdisc replace dev wan root tbf rate "$rate" burst 64kb latency 400ms
+  ;;
+
 down)
   p=${1:?prefix}
   for ns in $(ip netns list | awk '{print $1}' | grep -E "^$p-" || true); do
@@ -208,6 +239,6 @@ down)
   ;;
 
 *)
-  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN [UDP_TIMEOUT] | client PREFIX NAME ROUTER INDEX HOST | down PREFIX"
+  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN [UDP_TIMEOUT] | client PREFIX NAME ROUTER INDEX HOST | forget PREFIX NAME LOW HIGH | cut PREFIX NAME | shape PREFIX NAME RATE | down PREFIX"
   ;;
 esac
