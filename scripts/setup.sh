@@ -16,6 +16,7 @@ PACKAGES=(
   iperf3 jq         # bench-punch: anchor and JSON
   procps psmisc     # ps/pkill used by benches
   openssl           # throwaway certificates in scripts/demo.sh
+  miniupnpd-nftables miniupnpc   # nat-type port-mapping lab: UPnP-IGD/NAT-PMP/PCP router, upnpc
 )
 
 SUDO=""
@@ -31,7 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 # Debian starts coturn and redis as services on install; the tests start their own instances.
-for svc in coturn redis-server; do
+for svc in coturn redis-server miniupnpd; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -264,3 +264,109 @@ fn binding_lifetime_is_bracketed_around_the_routers_udp_timeout() {
     let l = v["lifetime_s"].as_f64().expect("lifetime_s");
     assert!((alive..=dead).contains(&l), "{v:#}");
 }
+
+// ---- Port mapping (UPnP-IGD, NAT-PMP, PCP) on the default gateway ----
+
+use common::miniupnpd::MiniUpnpd;
+
+/// A lab whose router runs miniupnpd (started after coturn: it learns its address by STUN).
+fn lab_with_miniupnpd(kind: NatKind) -> (Lab, Coturn, MiniUpnpd) {
+    let (lab, ct) = lab_with_server(&[("m", kind, Hairpin::Off)], &[]);
+    let upnp = MiniUpnpd::start(&lab, "m", "203.0.113.1", 3478);
+    assert_eq!(upnp.rules(), "", "a fresh miniupnpd holds no mapping");
+    // The "holds no mapping" check sees a mapping when there is one (made with miniupnpc's upnpc;
+    // -i: it treats the documentation address as reserved otherwise).
+    let upnpc = common::tools::require("upnpc", "miniupnpc");
+    let ns = lab.client_ns("m");
+    let add = lab.run_in(&ns, &upnpc, &["-i", "-a", "10.1.0.2", "41000", "41000", "UDP", "60"]);
+    assert!(upnp.rules().contains("41000"), "upnpc's mapping is not seen:\n{}", String::from_utf8_lossy(&add.stdout));
+    lab.run_in(&ns, &upnpc, &["-i", "-d", "41000", "UDP"]);
+    assert_eq!(upnp.rules(), "", "upnpc's mapping was not deleted");
+    (lab, ct, upnp)
+}
+
+/// Every protocol answered, claimed the router's WAN address, mapped a fresh UDP port on it and
+/// deleted it; miniupnpd holds nothing afterwards.
+fn assert_all_three_mapped_and_deleted(v: &Value, lab: &Lab, upnp: &MiniUpnpd) {
+    let wan = lab.nat("m").public_ip.to_string();
+    let pm = &v["port_mapping"];
+    assert_eq!(pm["gateway"], "10.1.0.1", "{v:#}");
+    for proto in ["upnp", "nat_pmp", "pcp"] {
+        let p = &pm[proto];
+        assert_eq!(p["available"], true, "{proto}: {v:#}\n{}", upnp.log());
+        assert_eq!(p["external_ip"], wan.as_str(), "{proto}: {v:#}");
+        let mapped: std::net::SocketAddr =
+            p["mapped"].as_str().unwrap_or_else(|| panic!("{proto} mapped: {v:#}")).parse().expect("mapped addr");
+        assert_eq!(mapped.ip().to_string(), wan, "{proto}: {v:#}");
+        assert!(mapped.port() >= 1024, "{proto}: {v:#}");
+        assert!(p["lifetime_s"].as_u64().is_some_and(|l| l > 0), "{proto}: {v:#}");
+        assert_eq!(p["deleted"], true, "{proto}: {v:#}");
+        assert!(p["error"].is_null(), "{proto}: {v:#}");
+    }
+    // Three fresh ports, one per protocol.
+    let ports: std::collections::HashSet<_> =
+        ["upnp", "nat_pmp", "pcp"].iter().map(|p| pm[*p]["mapped"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(ports.len(), 3, "{v:#}");
+    assert_eq!(upnp.rules(), "", "miniupnpd still holds a mapping after nat-type:\n{}", upnp.log());
+}
+
+#[test]
+fn port_mapping_on_a_miniupnpd_router_maps_and_deletes_with_all_three_protocols() {
+    let (lab, _ct, upnp) = lab_with_miniupnpd(NatKind::PortRestrictedCone);
+    let (code, v) = nat_type(&lab, "m", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "port-restricted-cone", "{v:#}");
+    assert_all_three_mapped_and_deleted(&v, &lab, &upnp);
+    // The table view says the same, in words.
+    let out = lab.natkit_in(&lab.client_ns("m"), &["nat-type", "--server", SERVER]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for row in ["UPnP-IGD", "NAT-PMP", "PCP"] {
+        assert!(text.lines().any(|l| l.contains(row) && l.contains("deleted")), "no {row} row:\n{text}");
+    }
+    assert_eq!(upnp.rules(), "", "after the table run:\n{}", upnp.log());
+}
+
+#[test]
+fn port_mapping_on_a_symmetric_miniupnpd_router_maps_and_deletes() {
+    let (lab, _ct, upnp) = lab_with_miniupnpd(NatKind::Symmetric);
+    let (code, v) = nat_type(&lab, "m", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "symmetric", "{v:#}");
+    assert_all_three_mapped_and_deleted(&v, &lab, &upnp);
+}
+
+#[test]
+fn router_without_port_mapping_says_none_answered_and_no_port_mapping_skips_it() {
+    let (lab, _ct) = lab_with_server(&[("n", NatKind::PortRestrictedCone, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "n", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    let pm = &v["port_mapping"];
+    assert_eq!(pm["gateway"], "10.1.0.1", "{v:#}");
+    for proto in ["upnp", "nat_pmp", "pcp"] {
+        let p = &pm[proto];
+        assert_eq!(p["available"], false, "{proto}: {v:#}");
+        assert!(p["external_ip"].is_null() && p["mapped"].is_null() && p["deleted"].is_null(), "{proto}: {v:#}");
+        assert!(p["error"].as_str().is_some_and(|e| !e.is_empty()), "{proto}: {v:#}");
+    }
+    // NAT-PMP and PCP get the router's port unreachable; UPnP's SSDP search goes unanswered.
+    assert!(pm["nat_pmp"]["error"].as_str().is_some_and(|e| e.contains("port unreachable")), "{v:#}");
+    assert!(pm["upnp"]["error"].as_str().is_some_and(|e| e.contains("no answer")), "{v:#}");
+
+    let (code, v) = nat_type(&lab, "n", &["--no-port-mapping"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert!(v["port_mapping"].is_null(), "{v:#}");
+}
+
+#[test]
+fn open_host_with_the_server_on_link_asks_no_router() {
+    let (lab, _ct) = lab_with_server(&[("o", NatKind::Open, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "o", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert!(v["port_mapping"]["gateway"].is_null(), "{v:#}");
+    assert!(
+        v["port_mapping"]["pcp"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no IPv4 router on the path to 203.0.113.1:3478")),
+        "{v:#}"
+    );
+}

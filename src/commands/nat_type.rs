@@ -224,7 +224,8 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     let started = Instant::now();
     let mut core = Discovery::new(cfg, locals, started);
     // Port mapping talks to the gateway, STUN to the servers: both at once.
-    let port_mapping = async { if args.no_port_mapping { None } else { Some(PortMappingReport::probe(leases).await) } };
+    let port_mapping =
+        async { if args.no_port_mapping { None } else { Some(PortMappingReport::probe(primary, leases).await) } };
     let ((), port_mapping) = tokio::join!(udp::drive(&sockets, &mut core), port_mapping);
     pb.finish_and_clear();
 

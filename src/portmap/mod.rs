@@ -65,6 +65,8 @@ impl std::fmt::Display for Protocol {
 pub enum PortMapError {
     #[error("no default IPv4 gateway (no default route in /proc/net/route)")]
     NoGateway,
+    #[error("no IPv4 router on the path to {0} (its route has no gateway): no router to ask")]
+    NoRouterTowards(SocketAddr),
     #[error("{0}: no answer from {1} within {2:?}")]
     Timeout(Protocol, SocketAddr, Duration),
     #[error("{0}: {1} answered port unreachable (not running there)")]
@@ -126,15 +128,40 @@ impl Leases {
 /// The default IPv4 gateway, from the kernel's routing table.
 pub fn default_gateway() -> Option<Ipv4Addr> {
     let table = std::fs::read_to_string("/proc/net/route").ok()?;
-    table.lines().skip(1).find_map(|l| {
+    gateway_in(&table, Ipv4Addr::UNSPECIFIED, true)
+}
+
+/// The IPv4 router packets to `dest` go through (main routing table, longest prefix), or None
+/// when `dest` is on-link or loopback: then no router stands between us and it.
+pub fn gateway_towards(dest: Ipv4Addr) -> Option<Ipv4Addr> {
+    if dest.is_loopback() {
+        return None;
+    }
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    gateway_in(&table, dest, false)
+}
+
+/// `/proc/net/route` text: the gateway of the best route to `dest` (`default_only`: the 0/0 one).
+fn gateway_in(table: &str, dest: Ipv4Addr, default_only: bool) -> Option<Ipv4Addr> {
+    // The kernel prints addresses and masks as native-endian u32s in hex.
+    let word = |h: &str| u32::from_str_radix(h, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()));
+    let d = u32::from(dest);
+    let mut best: Option<(u32, Ipv4Addr)> = None;
+    for l in table.lines().skip(1) {
         let f: Vec<&str> = l.split_whitespace().collect();
-        if f.len() < 3 || f[1] != "00000000" {
-            return None;
+        if f.len() < 8 {
+            continue;
         }
-        // The kernel prints the address as a native-endian u32 in hex.
-        let gw = u32::from_str_radix(f[2], 16).ok()?;
-        Some(Ipv4Addr::from(gw.to_ne_bytes())).filter(|a| !a.is_unspecified())
-    })
+        let (Some(rdest), Some(gw), Some(mask)) = (word(f[1]), word(f[2]), word(f[7])) else { continue };
+        let (rdest, mask) = (u32::from(rdest), u32::from(mask));
+        if (default_only && mask != 0) || d & mask != rdest {
+            continue;
+        }
+        if best.is_none_or(|(m, _)| mask.count_ones() > m) {
+            best = Some((mask.count_ones(), gw));
+        }
+    }
+    best.map(|(_, gw)| gw).filter(|g| !g.is_unspecified())
 }
 
 /// Talks to one gateway from one local address.
@@ -246,10 +273,10 @@ impl PortMapper {
             let wake = tokio::time::Instant::from_std(sched.poll_timeout());
             if let Ok(Ok((n, from))) = tokio::time::timeout_at(wake, sock.recv_from(&mut buf)).await {
                 // Only the default gateway: another IGD on the LAN does not map for this route.
-                if from.ip() == IpAddr::V4(gw) {
-                    if let Some(l) = upnp::ssdp_location(&buf[..n]) {
-                        break l;
-                    }
+                if from.ip() == IpAddr::V4(gw)
+                    && let Some(l) = upnp::ssdp_location(&buf[..n])
+                {
+                    break l;
                 }
             }
         };
@@ -559,19 +586,21 @@ pub struct PortMappingReport {
 }
 
 impl PortMappingReport {
-    /// All three protocols at once on the default gateway; every test mapping is deleted, and
-    /// `leases` holds whatever could not be (or was still in flight when this was dropped).
-    pub async fn probe(leases: &Leases) -> PortMappingReport {
-        let mapper = match PortMapper::for_default_gateway() {
+    /// All three protocols at once on the router on the way to `server` (for a server on the
+    /// internet: the default gateway; an IPv6 server: the default IPv4 gateway). Every test
+    /// mapping is deleted, and `leases` holds whatever could not be (or was still in flight when
+    /// this was dropped). A server on-link or on loopback has no router in between: nothing is
+    /// asked (and no packet goes to the default gateway).
+    pub async fn probe(server: SocketAddr, leases: &Leases) -> PortMappingReport {
+        let gateway = match server.ip() {
+            IpAddr::V4(v4) => gateway_towards(v4).ok_or(PortMapError::NoRouterTowards(server)),
+            IpAddr::V6(_) => default_gateway().ok_or(PortMapError::NoGateway),
+        };
+        let mapper = match gateway.and_then(PortMapper::new) {
             Ok(m) => m,
             Err(e) => {
                 let none = ProtocolReport { error: Some(e.to_string()), ..Default::default() };
-                return PortMappingReport {
-                    gateway: default_gateway(),
-                    upnp: none.clone(),
-                    nat_pmp: none.clone(),
-                    pcp: none,
-                };
+                return PortMappingReport { gateway: None, upnp: none.clone(), nat_pmp: none.clone(), pcp: none };
             }
         };
         let (upnp, nat_pmp, pcp) = tokio::join!(
@@ -585,5 +614,31 @@ impl PortMappingReport {
     /// Whether any protocol made a mapping.
     pub fn any_mapped(&self) -> bool {
         [&self.upnp, &self.nat_pmp, &self.pcp].iter().any(|p| p.mapped.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A host with a default route via 10.1.0.1, its LAN on-link, and a /16 via another router.
+    const TABLE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t0100010A\t0003\t0\t0\t0\t00000000\t0\t0\t0
+eth0\t0000010A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+eth1\t000033C6\t0200010A\t0003\t0\t0\t0\t0000FFFF\t0\t0\t0
+";
+
+    #[test]
+    fn the_router_towards_a_server_is_found_by_longest_prefix() {
+        if cfg!(target_endian = "big") {
+            return; // the table above is written as a little-endian kernel prints it
+        }
+        let gw = |d: &str| gateway_in(TABLE, d.parse().unwrap(), false);
+        assert_eq!(gw("203.0.113.1"), Some(Ipv4Addr::new(10, 1, 0, 1)), "default route");
+        assert_eq!(gw("10.1.0.7"), None, "on-link: no router in between");
+        assert_eq!(gw("198.51.100.9"), Some(Ipv4Addr::new(10, 1, 0, 2)), "the more specific route");
+        assert_eq!(gateway_in(TABLE, Ipv4Addr::UNSPECIFIED, true), Some(Ipv4Addr::new(10, 1, 0, 1)));
+        assert_eq!(gateway_in("Iface\n", Ipv4Addr::UNSPECIFIED, true), None);
+        assert_eq!(gateway_towards(Ipv4Addr::LOCALHOST), None, "loopback never asks a router");
     }
 }
