@@ -307,6 +307,11 @@ fn assert_all_three_mapped_and_deleted(v: &Value, lab: &Lab, upnp: &MiniUpnpd) {
     let ports: std::collections::HashSet<_> =
         ["upnp", "nat_pmp", "pcp"].iter().map(|p| pm[*p]["mapped"].as_str().unwrap_or_default().to_string()).collect();
     assert_eq!(ports.len(), 3, "{v:#}");
+    // The router holds the public address the STUN server saw: no NAT beyond it.
+    assert_eq!(v["double_nat"], false, "{v:#}");
+    assert_eq!(v["cgnat"], false, "{v:#}");
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("no double NAT: the router's external address (UPnP-IGD) 203.0.113.11"), "{v:#}");
     assert_eq!(upnp.rules(), "", "miniupnpd still holds a mapping after nat-type:\n{}", upnp.log());
 }
 
@@ -351,6 +356,10 @@ fn router_without_port_mapping_says_none_answered_and_no_port_mapping_skips_it()
     // NAT-PMP and PCP get the router's port unreachable; UPnP's SSDP search goes unanswered.
     assert!(pm["nat_pmp"]["error"].as_str().is_some_and(|e| e.contains("port unreachable")), "{v:#}");
     assert!(pm["upnp"]["error"].as_str().is_some_and(|e| e.contains("no answer")), "{v:#}");
+    // No router told its external address: CGNAT and double NAT stay unknown, and the notes say why.
+    assert!(v["cgnat"].is_null() && v["double_nat"].is_null(), "{v:#}");
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("double_nat unknown") && notes.contains("cgnat unknown"), "{v:#}");
 
     let (code, v) = nat_type(&lab, "n", &["--no-port-mapping"]);
     assert_eq!(code, Some(0), "{v:#}");
@@ -368,5 +377,7 @@ fn open_host_with_the_server_on_link_asks_no_router() {
             .as_str()
             .is_some_and(|e| e.contains("no IPv4 router on the path to 203.0.113.1:3478")),
         "{v:#}"
-    );
+    ); // The server saw this host's own address: no NAT at all.
+    assert_eq!((v["cgnat"].as_bool(), v["double_nat"].as_bool()), (Some(false), Some(false)), "{v:#}");
+    assert!(v["notes"].to_string().contains("the STUN server saw this host's own address"), "{v:#}");
 }

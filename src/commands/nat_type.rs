@@ -62,6 +62,10 @@ pub struct NatTypeReport {
     pub tests: Vec<Exchange>,
     /// UPnP-IGD, NAT-PMP and PCP on the default gateway; null with --no-port-mapping.
     pub port_mapping: Option<PortMappingReport>,
+    /// Behind a carrier-grade NAT (RFC 6598); the evidence is in `notes`.
+    pub cgnat: Option<bool>,
+    /// Another NAT beyond the home router; the evidence is in `notes`.
+    pub double_nat: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -249,6 +253,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     let others = servers[1..].iter().map(|(_, a)| *a).collect();
     let mut report = build_report(f, primary_input, primary, others, started.elapsed(), args.ports);
     report.port_mapping = port_mapping;
+    judge_upstream(&mut report, primary);
     if let Some(l) = lifetime {
         report.lifetime_s = l.lifetime_s();
         if let Some(n) = &l.note {
@@ -345,7 +350,32 @@ fn build_report(
         notes: f.notes,
         tests: f.exchanges,
         port_mapping: None,
+        cgnat: None,
+        double_nat: None,
     }
+}
+
+/// Fills `cgnat` and `double_nat` from what the run saw, with notes naming the evidence.
+fn judge_upstream(report: &mut NatTypeReport, primary: SocketAddr) {
+    let pm = report.port_mapping.as_ref();
+    let router_external = pm.and_then(|pm| {
+        [("UPnP-IGD", &pm.upnp), ("NAT-PMP", &pm.nat_pmp), ("PCP", &pm.pcp)]
+            .into_iter()
+            .find_map(|(name, p)| p.external_ip.map(|ip| (name, ip)))
+    });
+    let gateway = pm.and_then(|pm| pm.gateway).or(match primary.ip() {
+        IpAddr::V4(v4) => crate::portmap::gateway_towards(v4),
+        IpAddr::V6(_) => None,
+    });
+    let u = crate::nat::upstream::judge(crate::nat::upstream::Evidence {
+        local: report.local.map(|a| a.ip()),
+        public: report.public.map(|a| a.ip()),
+        gateway,
+        router_external,
+    });
+    report.cgnat = u.cgnat;
+    report.double_nat = u.double_nat;
+    report.notes.extend(u.notes);
 }
 
 /// One protocol's port-mapping outcome in a table cell.
@@ -423,6 +453,8 @@ impl Render for NatTypeReport {
             t.row(vec!["NAT-PMP".into(), describe_port_mapping(&pm.nat_pmp)]);
             t.row(vec!["PCP".into(), describe_port_mapping(&pm.pcp)]);
         }
+        t.row(vec!["CGNAT".into(), yes_no(self.cgnat)]);
+        t.row(vec!["Double NAT".into(), yes_no(self.double_nat)]);
         t.row(vec!["Local".into(), output::cell(&self.local)]);
         t.row(vec!["Public".into(), output::cell(&self.public)]);
         let rfc = if self.server.rfc5780 {
