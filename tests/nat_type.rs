@@ -381,3 +381,42 @@ fn open_host_with_the_server_on_link_asks_no_router() {
     assert_eq!((v["cgnat"].as_bool(), v["double_nat"].as_bool()), (Some(false), Some(false)), "{v:#}");
     assert!(v["notes"].to_string().contains("the STUN server saw this host's own address"), "{v:#}");
 }
+
+/// Attack: a device answering SSDP as the gateway points LOCATION at another host (here a
+/// listener on the public side). natkit must not follow it: no connection is made there.
+#[test]
+fn upnp_answer_pointing_off_the_gateway_is_not_followed() {
+    let (lab, _ct) = lab_with_server(&[("h", NatKind::PortRestrictedCone, Hairpin::Off)], &[]);
+    let python = common::tools::require("python3", "python3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hits = dir.path().join("hits");
+    let listener = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+s.bind(('203.0.113.1',8080))\ns.listen()\nopen('{}','w').close()\n\
+while True:\n c,_=s.accept()\n open('{}','a').write('hit\\n')\n c.close()\n",
+        hits.display(),
+        hits.display()
+    );
+    let _l = lab.spawn_in(&lab.public_ns(), &python, &["-c", &listener]);
+    let responder = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',1900))\n\
+while True:\n _,a=s.recvfrom(2048)\n s.sendto(b'HTTP/1.1 200 OK\\r\\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\\r\\n\
+LOCATION: http://203.0.113.1:8080/rootDesc.xml\\r\\n\\r\\n',a)\n";
+    let router = lab.nat("h").router_ns.clone().expect("router ns");
+    let _r = lab.spawn_in(&router, &python, &["-c", responder]);
+    let ready = |ns: &str, proto: &str, addr: &str| {
+        let out = lab.run_in(ns, "ss", &[&format!("-Hl{proto}n")]);
+        String::from_utf8_lossy(&out.stdout).contains(addr)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(hits.exists() && ready(&router, "u", "0.0.0.0:1900") && ready(&lab.public_ns(), "t", "203.0.113.1:8080")) {
+        assert!(std::time::Instant::now() < deadline, "the fake SSDP responder or listener did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, v) = nat_type(&lab, "h", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    let upnp = &v["port_mapping"]["upnp"];
+    assert!(upnp["error"].as_str().is_some_and(|e| e.contains("not followed")), "{v:#}");
+    assert!(upnp["mapped"].is_null(), "{v:#}");
+    let got = std::fs::read_to_string(&hits).unwrap_or_default();
+    assert_eq!(got, "", "natkit connected to the host the fake LOCATION named");
+}

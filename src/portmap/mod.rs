@@ -282,6 +282,14 @@ impl PortMapper {
         };
         let url = HttpUrl::parse(&location)
             .ok_or_else(|| PortMapError::Io(p, format!("SSDP answer has an unusable LOCATION '{location}'")))?;
+        // Only the gateway itself is talked to: an answer pointing elsewhere (another host on the
+        // LAN, or the internet) is not followed.
+        if url.addr.ip() != IpAddr::V4(gw) {
+            return Err(PortMapError::Router(
+                p,
+                format!("LOCATION {location} is not on the gateway {gw}: not followed"),
+            ));
+        }
         let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", url.path, url.addr);
         let (status, body) = http(url.addr, req.as_bytes()).await?;
         if status != 200 {
@@ -291,6 +299,9 @@ impl PortMapper {
             .ok_or_else(|| PortMapError::Router(p, format!("{location} has no WANIPConnection service")))?;
         let control =
             url.join(&ctl).ok_or_else(|| PortMapError::Io(p, format!("unusable controlURL '{ctl}' in {location}")))?;
+        if control.addr.ip() != IpAddr::V4(gw) {
+            return Err(PortMapError::Router(p, format!("controlURL {ctl} is not on the gateway {gw}: not followed")));
+        }
         Ok(UpnpService { control, service_type })
     }
 

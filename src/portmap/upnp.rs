@@ -218,6 +218,46 @@ mod tests {
     }
 
     #[test]
+    fn hostile_router_answers_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces: [&[u8]; 9] = [
+            b"HTTP/1.1 200 OK\r\n",
+            b"Location: http://",
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            b"ffffffffffffffff\r\n",
+            b"<service>",
+            b"<serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType>",
+            b"<controlURL>",
+            b"<",
+            b"\xff\xfe</",
+        ];
+        for _ in 0..20_000 {
+            let mut b = Vec::new();
+            for _ in 0..(next() % 8) {
+                b.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+                if next() % 3 == 0 {
+                    b.push((next() % 256) as u8);
+                }
+            }
+            let text = String::from_utf8_lossy(&b);
+            let _ = ssdp_location(&b);
+            let _ = http_response(&b);
+            let _ = wan_service(&text);
+            let _ = external_ip(&text);
+            let _ = soap_result(500, &text);
+            let _ = HttpUrl::parse(&text);
+            let _ = super::super::natpmp::parse(&b);
+            let _ = super::super::pcp::parse(&b);
+        }
+    }
+
+    #[test]
     fn http_bodies_plain_and_chunked() {
         assert_eq!(http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"), Some((200, "hi".into())));
         let chunked = b"HTTP/1.1 500 Internal\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
