@@ -33,6 +33,7 @@ TEST_PACKAGES=(
   iperf3 jq         # bench-punch: anchor and JSON
   procps psmisc     # ps/pkill used by benches
   stun-client       # Debian's classic RFC 3489 client (stun), tried against natkit relay
+  miniupnpd-nftables miniupnpc   # nat-type port-mapping lab: UPnP-IGD/NAT-PMP/PCP router, upnpc
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 if [ "$tests" = 1 ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
@@ -51,7 +52,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if [ "$tests" = 1 ]; then
 # Debian starts coturn and redis as services on install; the tests start their own instances.
-for svc in coturn redis-server; do
+for svc in coturn redis-server miniupnpd; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -16,6 +16,7 @@ pub mod media;
 pub mod nat;
 pub mod net;
 pub mod output;
+pub mod portmap;
 pub mod punch;
 pub mod signal;
 pub mod stun;

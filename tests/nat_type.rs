@@ -264,3 +264,159 @@ fn binding_lifetime_is_bracketed_around_the_routers_udp_timeout() {
     let l = v["lifetime_s"].as_f64().expect("lifetime_s");
     assert!((alive..=dead).contains(&l), "{v:#}");
 }
+
+// ---- Port mapping (UPnP-IGD, NAT-PMP, PCP) on the default gateway ----
+
+use common::miniupnpd::MiniUpnpd;
+
+/// A lab whose router runs miniupnpd (started after coturn: it learns its address by STUN).
+fn lab_with_miniupnpd(kind: NatKind) -> (Lab, Coturn, MiniUpnpd) {
+    let (lab, ct) = lab_with_server(&[("m", kind, Hairpin::Off)], &[]);
+    let upnp = MiniUpnpd::start(&lab, "m", "203.0.113.1", 3478);
+    assert_eq!(upnp.rules(), "", "a fresh miniupnpd holds no mapping");
+    // The "holds no mapping" check sees a mapping when there is one (made with miniupnpc's upnpc;
+    // -i: it treats the documentation address as reserved otherwise).
+    let upnpc = common::tools::require("upnpc", "miniupnpc");
+    let ns = lab.client_ns("m");
+    let add = lab.run_in(&ns, &upnpc, &["-i", "-a", "10.1.0.2", "41000", "41000", "UDP", "60"]);
+    assert!(upnp.rules().contains("41000"), "upnpc's mapping is not seen:\n{}", String::from_utf8_lossy(&add.stdout));
+    lab.run_in(&ns, &upnpc, &["-i", "-d", "41000", "UDP"]);
+    assert_eq!(upnp.rules(), "", "upnpc's mapping was not deleted");
+    (lab, ct, upnp)
+}
+
+/// Every protocol answered, claimed the router's WAN address, mapped a fresh UDP port on it and
+/// deleted it; miniupnpd holds nothing afterwards.
+fn assert_all_three_mapped_and_deleted(v: &Value, lab: &Lab, upnp: &MiniUpnpd) {
+    let wan = lab.nat("m").public_ip.to_string();
+    let pm = &v["port_mapping"];
+    assert_eq!(pm["gateway"], "10.1.0.1", "{v:#}");
+    for proto in ["upnp", "nat_pmp", "pcp"] {
+        let p = &pm[proto];
+        assert_eq!(p["available"], true, "{proto}: {v:#}\n{}", upnp.log());
+        assert_eq!(p["external_ip"], wan.as_str(), "{proto}: {v:#}");
+        let mapped: std::net::SocketAddr =
+            p["mapped"].as_str().unwrap_or_else(|| panic!("{proto} mapped: {v:#}")).parse().expect("mapped addr");
+        assert_eq!(mapped.ip().to_string(), wan, "{proto}: {v:#}");
+        assert!(mapped.port() >= 1024, "{proto}: {v:#}");
+        assert!(p["lifetime_s"].as_u64().is_some_and(|l| l > 0), "{proto}: {v:#}");
+        assert_eq!(p["deleted"], true, "{proto}: {v:#}");
+        assert!(p["error"].is_null(), "{proto}: {v:#}");
+    }
+    // Three fresh ports, one per protocol.
+    let ports: std::collections::HashSet<_> =
+        ["upnp", "nat_pmp", "pcp"].iter().map(|p| pm[*p]["mapped"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(ports.len(), 3, "{v:#}");
+    // The router holds the public address the STUN server saw: no NAT beyond it.
+    assert_eq!(v["double_nat"], false, "{v:#}");
+    assert_eq!(v["cgnat"], false, "{v:#}");
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("no double NAT: the router's external address (UPnP-IGD) 203.0.113.11"), "{v:#}");
+    assert_eq!(upnp.rules(), "", "miniupnpd still holds a mapping after nat-type:\n{}", upnp.log());
+}
+
+#[test]
+fn port_mapping_on_a_miniupnpd_router_maps_and_deletes_with_all_three_protocols() {
+    let (lab, _ct, upnp) = lab_with_miniupnpd(NatKind::PortRestrictedCone);
+    let (code, v) = nat_type(&lab, "m", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "port-restricted-cone", "{v:#}");
+    assert_all_three_mapped_and_deleted(&v, &lab, &upnp);
+    // The table view says the same, in words.
+    let out = lab.natkit_in(&lab.client_ns("m"), &["nat-type", "--server", SERVER]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for row in ["UPnP-IGD", "NAT-PMP", "PCP"] {
+        assert!(text.lines().any(|l| l.contains(row) && l.contains("deleted")), "no {row} row:\n{text}");
+    }
+    assert_eq!(upnp.rules(), "", "after the table run:\n{}", upnp.log());
+}
+
+#[test]
+fn port_mapping_on_a_symmetric_miniupnpd_router_maps_and_deletes() {
+    let (lab, _ct, upnp) = lab_with_miniupnpd(NatKind::Symmetric);
+    let (code, v) = nat_type(&lab, "m", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "symmetric", "{v:#}");
+    assert_all_three_mapped_and_deleted(&v, &lab, &upnp);
+}
+
+#[test]
+fn router_without_port_mapping_says_none_answered_and_no_port_mapping_skips_it() {
+    let (lab, _ct) = lab_with_server(&[("n", NatKind::PortRestrictedCone, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "n", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    let pm = &v["port_mapping"];
+    assert_eq!(pm["gateway"], "10.1.0.1", "{v:#}");
+    for proto in ["upnp", "nat_pmp", "pcp"] {
+        let p = &pm[proto];
+        assert_eq!(p["available"], false, "{proto}: {v:#}");
+        assert!(p["external_ip"].is_null() && p["mapped"].is_null() && p["deleted"].is_null(), "{proto}: {v:#}");
+        assert!(p["error"].as_str().is_some_and(|e| !e.is_empty()), "{proto}: {v:#}");
+    }
+    // NAT-PMP and PCP get the router's port unreachable; UPnP's SSDP search goes unanswered.
+    assert!(pm["nat_pmp"]["error"].as_str().is_some_and(|e| e.contains("port unreachable")), "{v:#}");
+    assert!(pm["upnp"]["error"].as_str().is_some_and(|e| e.contains("no answer")), "{v:#}");
+    // No router told its external address: CGNAT and double NAT stay unknown, and the notes say why.
+    assert!(v["cgnat"].is_null() && v["double_nat"].is_null(), "{v:#}");
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("double_nat unknown") && notes.contains("cgnat unknown"), "{v:#}");
+
+    let (code, v) = nat_type(&lab, "n", &["--no-port-mapping"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert!(v["port_mapping"].is_null(), "{v:#}");
+}
+
+#[test]
+fn open_host_with_the_server_on_link_asks_no_router() {
+    let (lab, _ct) = lab_with_server(&[("o", NatKind::Open, Hairpin::Off)], &[]);
+    let (code, v) = nat_type(&lab, "o", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert!(v["port_mapping"]["gateway"].is_null(), "{v:#}");
+    assert!(
+        v["port_mapping"]["pcp"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no IPv4 router on the path to 203.0.113.1:3478")),
+        "{v:#}"
+    ); // The server saw this host's own address: no NAT at all.
+    assert_eq!((v["cgnat"].as_bool(), v["double_nat"].as_bool()), (Some(false), Some(false)), "{v:#}");
+    assert!(v["notes"].to_string().contains("the STUN server saw this host's own address"), "{v:#}");
+}
+
+/// Attack: a device answering SSDP as the gateway points LOCATION at another host (here a
+/// listener on the public side). natkit must not follow it: no connection is made there.
+#[test]
+fn upnp_answer_pointing_off_the_gateway_is_not_followed() {
+    let (lab, _ct) = lab_with_server(&[("h", NatKind::PortRestrictedCone, Hairpin::Off)], &[]);
+    let python = common::tools::require("python3", "python3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hits = dir.path().join("hits");
+    let listener = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+s.bind(('203.0.113.1',8080))\ns.listen()\nopen('{}','w').close()\n\
+while True:\n c,_=s.accept()\n open('{}','a').write('hit\\n')\n c.close()\n",
+        hits.display(),
+        hits.display()
+    );
+    let _l = lab.spawn_in(&lab.public_ns(), &python, &["-c", &listener]);
+    let responder = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',1900))\n\
+while True:\n _,a=s.recvfrom(2048)\n s.sendto(b'HTTP/1.1 200 OK\\r\\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\\r\\n\
+LOCATION: http://203.0.113.1:8080/rootDesc.xml\\r\\n\\r\\n',a)\n";
+    let router = lab.nat("h").router_ns.clone().expect("router ns");
+    let _r = lab.spawn_in(&router, &python, &["-c", responder]);
+    let ready = |ns: &str, proto: &str, addr: &str| {
+        let out = lab.run_in(ns, "ss", &[&format!("-Hl{proto}n")]);
+        String::from_utf8_lossy(&out.stdout).contains(addr)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(hits.exists() && ready(&router, "u", "0.0.0.0:1900") && ready(&lab.public_ns(), "t", "203.0.113.1:8080")) {
+        assert!(std::time::Instant::now() < deadline, "the fake SSDP responder or listener did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, v) = nat_type(&lab, "h", &[]);
+    assert_eq!(code, Some(0), "{v:#}");
+    let upnp = &v["port_mapping"]["upnp"];
+    assert!(upnp["error"].as_str().is_some_and(|e| e.contains("not followed")), "{v:#}");
+    assert!(upnp["mapped"].is_null(), "{v:#}");
+    let got = std::fs::read_to_string(&hits).unwrap_or_default();
+    assert_eq!(got, "", "natkit connected to the host the fake LOCATION named");
+}

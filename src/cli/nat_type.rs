@@ -31,4 +31,9 @@ pub struct NatTypeArgs {
     /// silent server is at most 1 s
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
+
+    /// Skip the port-mapping probe (UPnP-IGD, NAT-PMP, PCP on the default gateway). Without this
+    /// flag each protocol maps a fresh UDP port for a moment and deletes it
+    #[arg(long)]
+    pub no_port_mapping: bool,
 }

@@ -19,6 +19,7 @@ use crate::net::server::{Family, ServerSpec};
 use crate::net::transport::Transport;
 use crate::net::udp::{self, MultiSocketCore, Unreachable};
 use crate::output::{self, OutputOptions, Render};
+use crate::portmap::{Leases, PortMapper, PortMappingReport, ProtocolReport};
 
 /// Used when no --server is given (listed in README). The first is the stuntman reference
 /// server, meant to support RFC 5780; it moved from stun.stunprotocol.org (retired in 2023,
@@ -59,6 +60,12 @@ pub struct NatTypeReport {
     pub notes: Vec<String>,
     /// Every STUN exchange made.
     pub tests: Vec<Exchange>,
+    /// UPnP-IGD, NAT-PMP and PCP on the default gateway; null with --no-port-mapping.
+    pub port_mapping: Option<PortMappingReport>,
+    /// Behind a carrier-grade NAT (RFC 6598); the evidence is in `notes`.
+    pub cgnat: Option<bool>,
+    /// Another NAT beyond the home router; the evidence is in `notes`.
+    pub double_nat: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -102,15 +109,42 @@ impl MultiSocketCore for Discovery {
     }
 }
 
+/// Runs the command; Ctrl-C is handled here rather than by the caller, so the port mappings
+/// made on the router are deleted before the command ends with exit 130.
 pub async fn run(args: NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
-    let report = discover(&args, opts).await?;
+    let leases = Leases::default();
+    let outcome = tokio::select! {
+        r = discover(&args, opts, &leases) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    // Every path out (report, error, Ctrl-C) leaves nothing on the router.
+    delete_leftovers(&leases).await;
+    let Some(report) = outcome else { return Err(crate::error::Interrupted.into()) };
+    let report = report?;
     output::emit(&report, opts)?;
     let ok = matches!(report.nat_type, Some(t) if t != NatType::UdpBlocked);
     Ok(Status::from_ok(ok))
 }
 
-/// Resolves the servers, runs the tests and builds the report.
-pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<NatTypeReport> {
+/// Deletes the mappings still registered (a probe cut short by Ctrl-C or an error), bounded by
+/// the port-mapping timeouts; what fails is logged, with what to do.
+async fn delete_leftovers(leases: &Leases) {
+    let left = leases.outstanding();
+    if left.is_empty() {
+        return;
+    }
+    let Ok(mapper) = PortMapper::for_default_gateway() else {
+        tracing::warn!("{} port mapping(s) may be left on the router: no default gateway to delete them", left.len());
+        return;
+    };
+    for e in leases.delete_all(&mapper).await {
+        tracing::warn!("a test port mapping may be left on the router {}: {e}", mapper.gateway);
+    }
+}
+
+/// Resolves the servers, runs the tests and builds the report. Port mappings made are
+/// registered in `leases` (and deleted before this returns, unless it is dropped midway).
+pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases) -> anyhow::Result<NatTypeReport> {
     let (max_timeout, default_timeout) = if args.lifetime { (3600.0, 180.0) } else { (60.0, FIRST_CONTACT_S) };
     let timeout = args.timeout.unwrap_or(default_timeout);
     if !(timeout.is_finite() && timeout > 0.0 && timeout <= max_timeout) {
@@ -193,7 +227,10 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Resul
     let pb = output::progress(opts, 1, "discovering NAT behaviour");
     let started = Instant::now();
     let mut core = Discovery::new(cfg, locals, started);
-    udp::drive(&sockets, &mut core).await;
+    // Port mapping talks to the gateway, STUN to the servers: both at once.
+    let port_mapping =
+        async { if args.no_port_mapping { None } else { Some(PortMappingReport::probe(primary, leases).await) } };
+    let ((), port_mapping) = tokio::join!(udp::drive(&sockets, &mut core), port_mapping);
     pb.finish_and_clear();
 
     let f = core.findings();
@@ -215,6 +252,8 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions) -> anyhow::Resul
     }
     let others = servers[1..].iter().map(|(_, a)| *a).collect();
     let mut report = build_report(f, primary_input, primary, others, started.elapsed(), args.ports);
+    report.port_mapping = port_mapping;
+    judge_upstream(&mut report, primary);
     if let Some(l) = lifetime {
         report.lifetime_s = l.lifetime_s();
         if let Some(n) = &l.note {
@@ -310,6 +349,49 @@ fn build_report(
         meaning: f.nat_type.map(|t| t.meaning().to_string()),
         notes: f.notes,
         tests: f.exchanges,
+        port_mapping: None,
+        cgnat: None,
+        double_nat: None,
+    }
+}
+
+/// Fills `cgnat` and `double_nat` from what the run saw, with notes naming the evidence.
+fn judge_upstream(report: &mut NatTypeReport, primary: SocketAddr) {
+    let pm = report.port_mapping.as_ref();
+    let router_external = pm.and_then(|pm| {
+        [("UPnP-IGD", &pm.upnp), ("NAT-PMP", &pm.nat_pmp), ("PCP", &pm.pcp)]
+            .into_iter()
+            .find_map(|(name, p)| p.external_ip.map(|ip| (name, ip)))
+    });
+    let gateway = pm.and_then(|pm| pm.gateway).or(match primary.ip() {
+        IpAddr::V4(v4) => crate::portmap::gateway_towards(v4),
+        IpAddr::V6(_) => None,
+    });
+    let u = crate::nat::upstream::judge(crate::nat::upstream::Evidence {
+        local: report.local.map(|a| a.ip()),
+        public: report.public.map(|a| a.ip()),
+        gateway,
+        router_external,
+    });
+    report.cgnat = u.cgnat;
+    report.double_nat = u.double_nat;
+    report.notes.extend(u.notes);
+}
+
+/// One protocol's port-mapping outcome in a table cell.
+fn describe_port_mapping(p: &ProtocolReport) -> String {
+    let ext = p.external_ip.map(|ip| format!(", router's external IP {ip}")).unwrap_or_default();
+    match (p.available, p.mapped) {
+        (_, Some(m)) => {
+            let life = p.lifetime_s.map(|l| format!(" for {l} s")).unwrap_or_default();
+            let del = match p.deleted {
+                Some(true) => "deleted",
+                _ => "NOT deleted",
+            };
+            format!("yes: mapped {m}{life}, {del}{ext}")
+        }
+        (true, None) => format!("yes, no mapping{ext}: {}", p.error.as_deref().unwrap_or("unknown")),
+        (false, None) => format!("no ({})", p.error.as_deref().unwrap_or("no answer")),
     }
 }
 
@@ -365,6 +447,14 @@ impl Render for NatTypeReport {
             };
             t.row(vec!["Binding lifetime".into(), text]);
         }
+        if let Some(pm) = &self.port_mapping {
+            t.row(vec!["Gateway".into(), output::cell(&pm.gateway)]);
+            t.row(vec!["UPnP-IGD".into(), describe_port_mapping(&pm.upnp)]);
+            t.row(vec!["NAT-PMP".into(), describe_port_mapping(&pm.nat_pmp)]);
+            t.row(vec!["PCP".into(), describe_port_mapping(&pm.pcp)]);
+        }
+        t.row(vec!["CGNAT".into(), yes_no(self.cgnat)]);
+        t.row(vec!["Double NAT".into(), yes_no(self.double_nat)]);
         t.row(vec!["Local".into(), output::cell(&self.local)]);
         t.row(vec!["Public".into(), output::cell(&self.public)]);
         let rfc = if self.server.rfc5780 {

@@ -3,9 +3,11 @@
 //! - [`behavior`]: the mapping (§4.3), filtering (§4.4) and hairpinning (§4.6) tests as one state
 //!   machine over STUN client transactions on several logical sockets, run concurrently;
 //! - [`classify`]: mapping + filtering → the classic name (full cone, symmetric, …);
-//! - [`port_allocation`]: the pattern of mapped ports over fresh sockets (port prediction).
+//! - [`port_allocation`]: the pattern of mapped ports over fresh sockets (port prediction);
+//! - [`upstream`]: CGNAT and double NAT from the addresses seen (STUN, port mapping, routes).
 
 pub mod behavior;
 pub mod classify;
 pub mod lifetime;
 pub mod port_allocation;
+pub mod upstream;

@@ -6,6 +6,7 @@ pub mod bounded;
 pub mod browser;
 pub mod coturn;
 pub mod lab;
+pub mod miniupnpd;
 pub mod redis;
 pub mod relay;
 pub mod signal;

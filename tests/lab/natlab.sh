@@ -22,6 +22,12 @@
 #   natlab.sh shape PREFIX NAME RATE              tbf on router PREFIX-r-NAME's WAN egress (e.g. 40mbit): makes
 #                                                 an upload from its client last long enough to break it midway
 #   natlab.sh down PREFIX                         deletes every PREFIX-* namespace (and ends what runs in them)
+#   natlab.sh miniupnpd PREFIX NAME STUN_IP STUN_PORT
+#                                                 runs miniupnpd (UPnP-IGD, NAT-PMP, PCP) on router PREFIX-r-NAME
+#                                                 (a NAT kind made by `nat`) in the background until `down`; it
+#                                                 learns its external address by STUN from STUN_IP:STUN_PORT.
+#                                                 Prints the directory holding its config and log.
+#   natlab.sh miniupnpd-rules PREFIX NAME         prints the rules miniupnpd holds on that router (none: nothing)
 #
 # Addresses for NAT number INDEX (1-89): router WAN 203.0.113.(10+INDEX), LAN 10.INDEX.0.1/24 on the
 # router's bridge "lan", first client 10.INDEX.0.2, further clients 10.INDEX.0.3-254; an open client is
@@ -238,7 +244,68 @@ down)
   done
   ;;
 
+miniupnpd)
+  # A port-mapping router (LAB-NOTES: miniupnpd). Its nftables chains live in `table inet filter`
+  # (names compiled into Debian's 2.3.1); Debian's nft_init.sh sources a file the package lacks,
+  # so the table is made here. The WAN address is a documentation one, which miniupnpd refuses as
+  # "reserved" unless it learns it by STUN; its STUN test also checks that the changed-address
+  # answers get in, so the router's input chain accepts UDP from the STUN server's ports.
+  p=${1:?prefix}; name=${2:?name}; stun_ip=${3:?stun ip}; stun_port=${4:?stun port}
+  r="$p-r-$name"
+  ip netns list | awk '{print $1}' | grep -qx "$r" || die "miniupnpd: no router namespace $r"
+  idx=$(ip -n "$r" -4 -o addr show dev lan | sed -E 's/.* 10\.([0-9]+)\.0\.1\/.*/\1/')
+  # The router's own packets keep their address and port, as on a real router: otherwise a
+  # fully-random masquerade makes miniupnpd's STUN test see a symmetric NAT, and it refuses to map.
+  wan_ip=$(ip -n "$r" -4 -o addr show dev wan | awk '{print $4}' | cut -d/ -f1)
+  ip netns exec "$r" nft insert rule ip lab post oifname wan ip saddr "$wan_ip" accept
+  if ip netns exec "$r" nft list chain ip lab input_filter >/dev/null 2>&1; then
+    ip netns exec "$r" nft insert rule ip lab input_filter iifname wan ip saddr "$stun_ip/24" udp sport '{ 3478, 3479 }' accept
+  fi
+  ip netns exec "$r" nft -f - <<EOF
+table inet filter {
+  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+  chain miniupnpd { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+EOF
+  dir=$(mktemp -d "/tmp/natlab-$r.XXXXXX")
+  cat > "$dir/miniupnpd.conf" <<EOF
+ext_ifname=wan
+listening_ip=lan
+http_port=5000
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=yes
+ext_perform_stun=yes
+ext_stun_host=$stun_ip
+ext_stun_port=$stun_port
+uuid=3e5a7b1c-0000-4000-8000-0000000000$(printf '%02x' "$idx")
+allow 1024-65535 10.$idx.0.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+EOF
+  ip netns exec "$r" setsid miniupnpd -f "$dir/miniupnpd.conf" -P "$dir/miniupnpd.pid" -d >"$dir/log" 2>&1 </dev/null &
+  # Ready when NAT-PMP/PCP and the HTTP port listen (after its STUN test), bounded at 20 s.
+  for _ in $(seq 100); do
+    if ip netns exec "$r" ss -Hlun | grep -q "10.$idx.0.1:5351" && ip netns exec "$r" ss -Hltn | grep -q ':5000'; then
+      echo "$dir"; exit 0
+    fi
+    sleep 0.2
+  done
+  echo "natlab: miniupnpd did not come up on $r; its log:" >&2; cat "$dir/log" >&2; exit 2
+  ;;
+
+miniupnpd-rules)
+  p=${1:?prefix}; name=${2:?name}
+  for c in miniupnpd prerouting_miniupnpd postrouting_miniupnpd; do
+    ip netns exec "$p-r-$name" nft list chain inet filter "$c" | grep -vE '^\s*(table|chain|\}|$)' || true
+  done
+  ;;
+
 *)
-  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN [UDP_TIMEOUT] | client PREFIX NAME ROUTER INDEX HOST | forget PREFIX NAME LOW HIGH | cut PREFIX NAME | shape PREFIX NAME RATE | down PREFIX"
+  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN [UDP_TIMEOUT] | client PREFIX NAME ROUTER INDEX HOST | forget PREFIX NAME LOW HIGH | cut PREFIX NAME | shape PREFIX NAME RATE | miniupnpd PREFIX NAME STUN_IP STUN_PORT | miniupnpd-rules PREFIX NAME | down PREFIX"
   ;;
 esac
