@@ -93,7 +93,6 @@ pub fn layout() -> Layout {
     if WIDE.load(std::sync::atomic::Ordering::Relaxed) { Layout::Wide } else { Layout::Compact }
 }
 
-
 /// `COLUMNS` when the user (or a script) set it: the width to fit, also when
 /// stdout is not a terminal. On a terminal without it, comfy-table asks the
 /// terminal itself.

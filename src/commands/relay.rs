@@ -57,7 +57,11 @@ pub struct RelayReport {
 
 impl Render for RelayReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        writeln!(out, "natkit relay stopped after {}", output::duration(Duration::from_secs_f64(self.uptime_s.max(0.0))))?;
+        writeln!(
+            out,
+            "natkit relay stopped after {}",
+            output::duration(Duration::from_secs_f64(self.uptime_s.max(0.0)))
+        )?;
         let mut t = output::Grid::key_value();
         t.row(vec!["listening".to_string(), self.listening.join(", ")]);
         t.row(vec![

@@ -525,8 +525,8 @@ pub fn summarize(results: &[ProbeResult]) -> Summary {
     let class = |a: &SocketAddr| AddressClass::of_canonical(a.ip());
     let known = !mapped_addresses.is_empty();
     let cgnat = known.then(|| mapped_addresses.iter().any(|a| class(a) == AddressClass::Cgnat));
-    let nested_nat = known
-        .then(|| behind_nat == Some(true) && mapped_addresses.iter().any(|a| class(a) == AddressClass::Private));
+    let nested_nat =
+        known.then(|| behind_nat == Some(true) && mapped_addresses.iter().any(|a| class(a) == AddressClass::Private));
 
     let mut notes = Vec::new();
     match behind_nat {
