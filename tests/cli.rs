@@ -13,25 +13,12 @@ use common::signal::SignalServer;
 
 const NATKIT: &str = env!("CARGO_BIN_EXE_natkit");
 
-/// Starts natkit, sends SIGINT once it has run `after`, and returns its output (bounded).
+/// Starts natkit, sends SIGINT once it has run `after`, and returns its output (killed after 10 s more).
 fn interrupted(args: &[&str], after: Duration) -> Output {
     let child: Child =
         Command::new(NATKIT).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn natkit");
     std::thread::sleep(after);
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let pid = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output().expect("wait"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !waiter.is_finished() {
-        if Instant::now() > deadline {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("{args:?} still running 20 s after SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    waiter.join().expect("join")
+    common::bounded::stop_with(child, libc::SIGINT)
 }
 
 #[test]

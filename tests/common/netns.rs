@@ -10,7 +10,6 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -84,29 +83,15 @@ impl Drop for Netns {
     }
 }
 
-/// `natkit relay` running in a namespace; stopped with SIGTERM by [`NsRelay::stop`], killed on drop.
+/// `natkit relay` running in a namespace; stopped with SIGINT (at once, summary printed; SIGTERM would drain) by [`NsRelay::stop`], killed on drop.
 pub struct NsRelay {
     child: Option<Child>,
 }
 
 impl NsRelay {
     pub fn stop(&mut self) -> Output {
-        let mut child = self.child.take().expect("relay already stopped");
-        // SAFETY: kill(2) on the pid of our child (`ip netns exec` execs natkit in place).
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
-        }
-        child.wait_with_output().expect("collecting relay output")
+        let child = self.child.take().expect("relay already stopped");
+        crate::common::bounded::stop_with(child, libc::SIGINT)
     }
 }
 

@@ -64,22 +64,8 @@ impl Relay {
 
     /// SIGINT (stop now, summary printed), then everything it printed and its exit status.
     pub fn stop(&mut self) -> Output {
-        let mut child = self.child.take().expect("relay already stopped");
-        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
-        }
-        child.wait_with_output().expect("collecting relay output")
+        let child = self.child.take().expect("relay already stopped");
+        super::bounded::stop_with(child, libc::SIGINT)
     }
 }
 
