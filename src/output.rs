@@ -223,6 +223,28 @@ pub fn ms(v: f64) -> String {
     if v < 10.0 { format!("{v:.2} ms") } else { format!("{v:.1} ms") }
 }
 
+/// A one-line status on stderr for a wait (spinner, message, time so far), for a
+/// person at a terminal: hidden when `visible` is false (not a terminal, `-q`), so
+/// scripts and log files get no progress noise. Update it with `set_message`.
+pub fn status_line(visible: bool, msg: &str) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// Whether waits are shown on stderr: a terminal, and the user did not ask for quiet.
+pub fn shows_status(opts: &OutputOptions) -> bool {
+    !opts.quiet && std::io::stderr().is_terminal()
+}
+
 /// A progress indicator on stderr, drawn only when stderr is a terminal and
 /// the user did not ask for quiet or JSON output.
 pub fn progress(opts: &OutputOptions, len: u64, msg: &str) -> ProgressBar {

@@ -27,7 +27,7 @@ pub struct CallOptions {
     pub wait: Duration,
     pub connect_timeout: Duration,
     pub record: Option<PathBuf>,
-    /// Print a stats line to stderr every second.
+    /// A status line on stderr (a terminal's): waiting for the peer, connecting, then live stats.
     pub live_stats: bool,
     /// STUN servers for server-reflexive candidates.
     pub stun: Vec<SocketAddr>,
@@ -207,6 +207,7 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
     let mut lost_since: Option<Instant> = None;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let status = crate::output::status_line(opts.live_stats, &format!("waiting for a peer in room {}", opts.room));
 
     let outcome = loop {
         let relayed = gatherer.relayed();
@@ -331,14 +332,17 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
                 break Outcome::Interrupted;
             }
             _ = stats_tick.tick(), if opts.live_stats => {
-                if s.peer.connected_at().is_some() {
-                    eprintln!("{}", live_line(&s.peer, Instant::now()));
-                }
+                status.set_message(match (&s.remote, s.peer.connected_at()) {
+                    (None, _) => format!("waiting for a peer in room {}", opts.room),
+                    (Some(p), None) => format!("connecting to {p} (ICE, DTLS)"),
+                    (Some(_), Some(_)) => live_line(&s.peer, Instant::now()),
+                });
             }
         }
         fill_report(report, &s, Instant::now());
     };
 
+    status.finish_and_clear();
     // Hang up: leave the room (the page removes our video), close DTLS, flush.
     report.outcome = outcome;
     let now = Instant::now();

@@ -73,7 +73,7 @@ pub async fn run(args: CallArgs, opts: &OutputOptions) -> anyhow::Result<Status>
         wait,
         connect_timeout,
         record: args.record.clone(),
-        live_stats: !opts.quiet,
+        live_stats: output::shows_status(opts),
         stun: servers.stun,
         turn: servers.turn,
         relay_only: args.servers.relay_only,

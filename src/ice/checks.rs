@@ -18,6 +18,16 @@ pub enum CheckOutcome {
     NoResponse,
 }
 
+impl std::fmt::Display for CheckOutcome {
+    /// The same words as the JSON (`succeeded`, `no-response`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CheckOutcome::Succeeded => "succeeded",
+            CheckOutcome::NoResponse => "no-response",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckRecord {
     pub local: SocketAddr,

@@ -169,12 +169,15 @@ impl Render for PunchReport {
                 c.remote.to_string(),
                 c.requests.to_string(),
                 c.responses.to_string(),
-                format!("{:?}", c.outcome).to_lowercase(),
+                c.outcome.to_string(),
                 if c.nominated { "yes".into() } else { String::new() },
                 c.rtt_ms.map(output::ms).unwrap_or_else(|| "-".into()),
             ]);
         }
-        writeln!(out, "{t}")?;
+        // No check ran (the peer never came): no empty table.
+        if !self.checks.is_empty() {
+            writeln!(out, "{t}")?;
+        }
         if let (Some(l), Some(r), Some(ms)) = (&self.local, &self.remote, self.connect_ms) {
             writeln!(
                 out,

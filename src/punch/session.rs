@@ -163,8 +163,15 @@ pub async fn run(
         relay: relay.is_some(),
     };
 
-    // Offer/answer through the room.
-    let (peer, theirs) = exchange(&mut signal, role, &membership.peers, &ours, room, timeout).await?;
+    // Offer/answer through the room; a person at a terminal sees what is being waited for.
+    let waiting = match role {
+        Role::Answerer => format!("waiting for the peer in room {}", room.as_str()),
+        Role::Offerer => format!("waiting for the peer's answer in room {}", room.as_str()),
+    };
+    let status = output::status_line(output::shows_status(opts), &waiting);
+    let exchanged = exchange(&mut signal, role, &membership.peers, &ours, room, timeout).await;
+    status.finish_and_clear();
+    let (peer, theirs) = exchanged?;
     report.remote_candidates = theirs.candidates.clone();
 
     let mut remote_candidates = Vec::new();
