@@ -248,7 +248,7 @@ pub fn shows_status(opts: &OutputOptions) -> bool {
 /// A progress indicator on stderr, drawn only when stderr is a terminal and
 /// the user did not ask for quiet or JSON output.
 pub fn progress(opts: &OutputOptions, len: u64, msg: &str) -> ProgressBar {
-    if opts.quiet || opts.format == Format::Json || !std::io::stderr().is_terminal() {
+    if opts.format == Format::Json || !shows_status(opts) {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
