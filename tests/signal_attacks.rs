@@ -208,7 +208,7 @@ fn half_sent_requests_from_many_addresses_neither_starve_a_join_nor_outlive_the_
         &["--metrics", &metrics_addr, "--header-timeout", "20"],
     );
     assert!(
-        server.log_text().contains("file-descriptor limit 1024"),
+        server.log_shows("file-descriptor limit 1024", std::time::Duration::from_secs(5)),
         "the server reports its descriptor limit:\n{}",
         server.log_text()
     );
@@ -496,7 +496,10 @@ fn running_out_of_descriptors_pauses_accepting_with_a_backoff_and_the_server_rec
         let wait = std::time::Duration::from_secs(120);
         let closed = futures::future::join_all(slow.iter_mut().map(|s| closes_within(s, wait))).await;
         assert!(closed.iter().all(|c| *c), "every half-sent request is closed in the end");
-        assert!(server.log_text().contains("pausing new connections"), "the exhaustion is logged");
+        assert!(
+            server.log_shows("pausing new connections", std::time::Duration::from_secs(5)),
+            "the exhaustion is logged"
+        );
         let m = metrics_of(&metrics_addr);
         let paused = metric(&m, "natkit_signal_accept_paused_total");
         // Seconds of exhaustion at a growing pause (10 ms .. 1 s) are tens of pauses; a spin would be millions.

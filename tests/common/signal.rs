@@ -43,12 +43,11 @@ impl SignalServer {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Logged before the start is announced, so a caller that reads the log after `start` sees it.
+                log2.lock().unwrap_or_else(|p| p.into_inner()).push_str(&format!("{line}\n"));
                 if line.contains("natkit signal: page") {
                     let _ = ready_tx.send(());
                 }
-                let mut l = log2.lock().unwrap_or_else(|p| p.into_inner());
-                l.push_str(&line);
-                l.push('\n');
             }
         });
         let mut server = SignalServer { child, port, ip: ip.to_string(), log };
@@ -69,6 +68,20 @@ impl SignalServer {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Polls the log (at most `wait`) until it contains `needle`: lines after the first arrive a little later.
+    pub fn log_shows(&self, needle: &str, wait: Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {
