@@ -515,3 +515,97 @@ fn running_out_of_descriptors_pauses_accepting_with_a_backoff_and_the_server_rec
         assert_eq!(offer.once("from", &frame), &json!(id_a));
     });
 }
+
+/// Opens a socket.io polling session over a raw connection kept alive; returns it and the session id.
+async fn polling_session(addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect for polling");
+    s.write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.expect("GET");
+    // The open packet `0{"sid":"…",…}` ends the first response; read until its sid is complete.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    let sid = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let n = s.read(&mut buf).await.expect("reading the polling open packet");
+            assert!(n > 0, "the server closed before the open packet: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(rest) = text.split("\"sid\":\"").nth(1)
+                && let Some(end) = rest.find('"')
+            {
+                return rest[..end].to_string();
+            }
+        }
+    })
+    .await
+    .expect("the polling open packet in time");
+    (s, sid)
+}
+
+#[test]
+fn connections_that_stall_after_their_headers_are_closed_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STALLED_BODIES: usize = 20;
+    const IDLE_KEEPALIVES: usize = 20;
+    // The header timeout is far off: only the idle timeout can close these.
+    let server = SignalServer::start(&[
+        "--idle-timeout",
+        "3",
+        "--ping-interval",
+        "1",
+        "--header-timeout",
+        "120",
+        "--max-conns-per-ip",
+        "100",
+    ]);
+    let _log = LogOnPanic(&server);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", server.port).parse().expect("addr");
+    rt().block_on(async {
+        let ws = server.ws_url();
+        let mut a = RawWs::connect(&ws, None).await.expect("legitimate client a");
+        let mut b = RawWs::connect(&ws, None).await.expect("legitimate client b");
+        let id_a = a.join("idle").await;
+        let id_b = b.join("idle").await;
+
+        let mut stalled = Vec::new();
+        // A socket.io POST that promises 1,000 bytes of body and sends 2: the headers are complete.
+        for _ in 0..STALLED_BODIES {
+            let (mut s, sid) = polling_session(addr).await;
+            let head = format!(
+                "POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 1000\r\n\r\n40"
+            );
+            s.write_all(head.as_bytes()).await.expect("the stalled POST");
+            stalled.push(s);
+        }
+        // A keep-alive connection that got its page and then says nothing.
+        for _ in 0..IDLE_KEEPALIVES {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect for GET /");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.expect("GET /");
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("the page in time")
+                .expect("reading the page");
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "GET / answered");
+            stalled.push(s);
+        }
+
+        // Every one is closed by the server, bounded well below the 120 s header timeout. The two
+        // legitimate members meanwhile keep reading (and so answer the 1 s pings).
+        let wait = std::time::Duration::from_secs(30);
+        let (closed, a_closed, b_closed) = tokio::join!(
+            futures::future::join_all(stalled.iter_mut().map(|s| closes_within(s, wait))),
+            a.closed_within(std::time::Duration::from_secs(8)),
+            b.closed_within(std::time::Duration::from_secs(8)),
+        );
+        let still_open = closed.iter().filter(|c| !**c).count();
+        assert_eq!(still_open, 0, "{still_open} of {} stalled connections still open after {wait:?}", closed.len());
+        assert!(!a_closed && !b_closed, "members that answer pings outlive the 3 s idle timeout");
+
+        // And they still talk.
+        a.send(json!({"type":"offer","to":id_b,"sdp":"v=0 after"}).to_string()).await;
+        let (offer, frame) = b.recv_type("offer").await;
+        assert_eq!(offer.once("from", &frame), &json!(id_a));
+    });
+}
