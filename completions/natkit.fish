@@ -143,6 +143,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand signal" -l redis -d 'Share
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l stun -d 'STUN URI handed to clients in ice_servers (repeatable), e.g. stun:stun.example.org:3478' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l turn -d 'TURN URI handed to clients in ice_servers (repeatable), e.g. turn:turn.example.org:3478?transport=udp' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l turn-secret -d 'Give each client its own time-limited TURN REST credentials made with this shared secret (coturn use-auth-secret, `natkit relay --secret`)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l turn-secret-file -d 'Read the TURN REST shared secret from this file (surrounding whitespace ignored), so it stays out of the process list; a systemd credential (deploy/natkit-signal.service)' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l turn-ttl -d 'Lifetime of the per-client TURN credentials, in seconds' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-room -d 'Most members in one room' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-frame -d 'Largest message in bytes; bigger ones get an error' -r

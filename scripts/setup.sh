@@ -34,6 +34,8 @@ TEST_PACKAGES=(
   procps psmisc     # ps/pkill used by benches
   stun-client       # Debian's classic RFC 3489 client (stun), tried against natkit relay
   miniupnpd-nftables miniupnpc   # nat-type port-mapping lab: UPnP-IGD/NAT-PMP/PCP router, upnpc
+  prometheus        # promtool: every /metrics page is checked with `promtool check metrics`
+  systemd man-db    # systemd-analyze verify/security on deploy/*.service (it looks up their man: links)
 )
 PACKAGES=("${RUN_PACKAGES[@]}")
 if [ "$tests" = 1 ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
@@ -51,8 +53,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 if [ "$tests" = 1 ]; then
-# Debian starts coturn and redis as services on install; the tests start their own instances.
-for svc in coturn redis-server miniupnpd; do
+# Debian starts coturn, redis and prometheus as services on install; the tests start their own instances.
+for svc in coturn redis-server miniupnpd prometheus; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

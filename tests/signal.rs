@@ -323,6 +323,34 @@ fn turn_secret_gives_rest_credentials_per_client_address() {
     });
 }
 
+/// The secret can come from a file (a systemd credential), kept out of the process list.
+#[test]
+fn turn_secret_file_gives_the_same_credentials_as_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("turn-secret");
+    std::fs::write(&path, "s3cret\n").expect("writing the secret");
+    let path = path.to_str().expect("utf-8 path");
+    let server = SignalServer::start(&["--turn", "turn:127.0.0.1:3478", "--turn-secret-file", path]);
+    rt().block_on(async {
+        let (_a, ma) = join(&server, "t").await;
+        let t = &ma.ice_servers[0];
+        let user = t.username.clone().expect("username");
+        assert_eq!(t.credential.as_deref(), Some(natkit::turn::credentials::rest_password("s3cret", &user).as_str()));
+    });
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", server.pid())).expect("cmdline");
+    assert!(!cmdline.contains("s3cret"), "the secret is not in the process list");
+    // An empty or missing file, or both ways at once, is bad input.
+    std::fs::write(dir.path().join("empty"), " \n").expect("empty file");
+    for extra in [
+        vec!["--turn-secret-file", dir.path().join("empty").to_str().expect("path")],
+        vec!["--turn-secret-file", "/nonexistent/secret"],
+        vec!["--turn-secret-file", path, "--turn-secret", "x"],
+    ] {
+        let out = common::natkit(&[&["signal", "--listen", "127.0.0.1:0", "--turn", "turn:h"][..], &extra].concat());
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[test]
 fn bad_flags_exit_with_usage_errors() {
     let out = common::natkit(&["signal", "--turn", "stun:x"]);

@@ -49,6 +49,11 @@ pub struct SignalArgs {
     #[arg(long, value_name = "S")]
     pub turn_secret: Option<String>,
 
+    /// Read the TURN REST shared secret from this file (surrounding whitespace ignored), so it
+    /// stays out of the process list; a systemd credential (deploy/natkit-signal.service)
+    #[arg(long, value_name = "PATH", conflicts_with = "turn_secret")]
+    pub turn_secret_file: Option<PathBuf>,
+
     /// Lifetime of the per-client TURN credentials, in seconds
     #[arg(long, default_value_t = 86400, value_name = "SECS", value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
     pub turn_ttl: u64,

@@ -77,6 +77,21 @@ fn max_conns(args: &SignalArgs, fd_limit: u64) -> u64 {
     }
 }
 
+/// The shared secret in `path`, trimmed; an unreadable or empty file is bad input.
+fn read_secret_file(path: &std::path::Path) -> Result<String, UsageError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError::new(format!("--turn-secret-file {}: {e}; give a readable file holding the secret", path.display()))
+    })?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(UsageError::new(format!(
+            "--turn-secret-file {} is empty; put the relay's secret in it",
+            path.display()
+        )));
+    }
+    Ok(secret.to_string())
+}
+
 /// Flags → server config; `fd_limit` is the descriptor limit in force.
 pub fn config_from(args: &SignalArgs, fd_limit: u64) -> anyhow::Result<ServerConfig> {
     if args.idle_timeout <= args.ping_interval {
@@ -91,7 +106,11 @@ pub fn config_from(args: &SignalArgs, fd_limit: u64) -> anyhow::Result<ServerCon
         (_, _, true) => Some(TlsSource::SelfSigned { names: vec![] }),
         _ => None,
     };
-    let ice = IceConfig::new(&args.stun, &args.turn, args.turn_secret.clone(), Duration::from_secs(args.turn_ttl))?;
+    let turn_secret = match &args.turn_secret_file {
+        Some(path) => Some(read_secret_file(path)?),
+        None => args.turn_secret.clone(),
+    };
+    let ice = IceConfig::new(&args.stun, &args.turn, turn_secret, Duration::from_secs(args.turn_ttl))?;
     let rate = args.max_rate as f64;
     let limits = Limits {
         max_room: args.max_room as usize,
