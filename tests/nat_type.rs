@@ -562,3 +562,59 @@ fn no_ipv6_route_is_one_line_and_no_packet() {
     assert_eq!(v["ipv6"]["nat_type"], "open-internet", "{v:#}");
     assert_eq!(v["ipv6"]["public"], v["public"], "{v:#}");
 }
+
+// ---- A classic RFC 3489 server (stund): CHANGED-ADDRESS instead of OTHER-ADDRESS ----
+
+/// Debian's stund (stun-server) on the lab's two public IPs, ports 3478 and 3479.
+fn stund(lab: &Lab) -> common::lab::LabChild {
+    let bin = common::tools::require("stund", "stun-server");
+    let child = lab.spawn_in(&lab.public_ns(), bin, &["-h", "203.0.113.1", "-a", "203.0.113.2"]);
+    let ns = lab.public_ns();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !["203.0.113.1", "203.0.113.2"]
+        .iter()
+        .all(|ip| lab.udp_listening(&ns, ip, 3478) && lab.udp_listening(&ns, ip, 3479))
+    {
+        assert!(std::time::Instant::now() < deadline, "stund did not listen on 203.0.113.1-2:3478-3479");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn classic_rfc3489_server_serves_the_mapping_and_filtering_tests_through_changed_address() {
+    let lab = Lab::builder()
+        .nat("r", NatKind::RestrictedCone)
+        .nat("s", NatKind::Symmetric)
+        .nat("p", NatKind::PortRestrictedCone)
+        .build();
+    let _stund = stund(&lab);
+    for (client, name, mapping, filtering) in [
+        ("r", "restricted-cone", "endpoint-independent", "address-dependent"),
+        ("s", "symmetric", "address-and-port-dependent", "address-and-port-dependent"),
+        ("p", "port-restricted-cone", "endpoint-independent", "address-and-port-dependent"),
+    ] {
+        let (code, v) = nat_type(&lab, client, &["--no-port-mapping"]);
+        assert_eq!(code, Some(0), "{client}: {v:#}");
+        assert_eq!(v["nat_type"], name, "{client}: {v:#}");
+        assert_eq!(v["mapping"], mapping, "{client}: {v:#}");
+        assert_eq!(v["filtering"], filtering, "{client}: {v:#}");
+        assert_eq!(v["server"]["rfc5780"], false, "{v:#}");
+        assert_eq!(v["server"]["rfc3489"], true, "{v:#}");
+        assert_eq!(v["server"]["other_address"], OTHER, "stund's CHANGED-ADDRESS: {v:#}");
+        let m1 = test_named(&v, "mapping-1");
+        assert!(m1["result"]["other_address"].is_null(), "stund sends no OTHER-ADDRESS: {v:#}");
+        assert_eq!(m1["result"]["changed_address"], OTHER, "{v:#}");
+        assert_eq!(test_named(&v, "mapping-2")["result"]["from"], "203.0.113.2:3478", "{v:#}");
+        assert!(
+            v["notes"]
+                .as_array()
+                .expect("notes")
+                .iter()
+                .any(|n| n.as_str().is_some_and(|n| n.contains("CHANGED-ADDRESS 203.0.113.2:3479 (RFC 3489)"))),
+            "{v:#}"
+        );
+    }
+    let (_, v) = nat_type(&lab, "r", &["--no-port-mapping"]);
+    assert_eq!(test_named(&v, "filtering-3")["result"]["from"], "203.0.113.1:3479", "{v:#}");
+}

@@ -79,6 +79,8 @@ pub struct ServerInfo {
     /// RFC 5780 OTHER-ADDRESS: the alternate IP and port.
     pub other_address: Option<SocketAddr>,
     pub rfc5780: bool,
+    /// `other_address` is the RFC 3489 CHANGED-ADDRESS of a classic server (stund), used instead.
+    pub rfc3489: bool,
     /// The other servers, for the mapping comparison.
     pub others: Vec<SocketAddr>,
 }
@@ -274,7 +276,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     let mut lifetime = None;
     if args.lifetime {
         lifetime = Some(match (f.other_address, f.public) {
-            (Some(_), Some(_)) => {
+            (Some(_), Some(_)) if !f.rfc3489 => {
                 let left = Duration::from_secs_f64(timeout).saturating_sub(started.elapsed());
                 measure_lifetime(primary, bind_ip, left, opts).await?
             }
@@ -479,7 +481,8 @@ fn build_report(
             input,
             address,
             other_address: f.other_address,
-            rfc5780: f.other_address.is_some(),
+            rfc5780: f.other_address.is_some() && !f.rfc3489,
+            rfc3489: f.rfc3489,
             others,
         },
         rtt_ms: f.rtt.map(|r| r.as_secs_f64() * 1000.0),
@@ -607,6 +610,8 @@ impl Render for NatTypeReport {
         t.row(vec!["Public".into(), output::cell(&self.public)]);
         let rfc = if self.server.rfc5780 {
             format!("RFC 5780, other address {}", output::cell(&self.server.other_address))
+        } else if self.server.rfc3489 {
+            format!("RFC 3489, changed address {}", output::cell(&self.server.other_address))
         } else {
             "no RFC 5780".into()
         };

@@ -45,6 +45,7 @@ pub struct Ipv6Server {
     pub address: SocketAddr,
     pub other_address: Option<SocketAddr>,
     pub rfc5780: bool,
+    pub rfc3489: bool,
 }
 
 impl Ipv6Report {
@@ -89,7 +90,8 @@ impl Ipv6Report {
                 input,
                 address,
                 other_address: f.other_address,
-                rfc5780: f.other_address.is_some(),
+                rfc5780: f.other_address.is_some() && !f.rfc3489,
+                rfc3489: f.rfc3489,
             }),
             tests: f.exchanges,
             notes: f.notes,
