@@ -33,6 +33,7 @@ TEST_PACKAGES=(
   iperf3 jq         # bench-punch: anchor and JSON
   procps psmisc     # ps/pkill used by benches
   stun-client       # Debian's classic RFC 3489 client (stun), tried against natkit relay
+  stun-server       # Debian's classic RFC 3489 server (stund): nat-type's CHANGED-ADDRESS path
   miniupnpd-nftables miniupnpc   # nat-type port-mapping lab: UPnP-IGD/NAT-PMP/PCP router, upnpc
   prometheus        # promtool: every /metrics page is checked with `promtool check metrics`
   systemd man-db    # systemd-analyze verify/security on deploy/*.service (it looks up their man: links)

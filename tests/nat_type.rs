@@ -420,3 +420,201 @@ LOCATION: http://203.0.113.1:8080/rootDesc.xml\\r\\n\\r\\n',a)\n";
     let got = std::fs::read_to_string(&hits).unwrap_or_default();
     assert_eq!(got, "", "natkit connected to the host the fake LOCATION named");
 }
+
+// ---- IPv6 beside IPv4 (dual-stack lab: v6 open, stateful v6 firewall, NAT66) ----
+
+use common::lab::V6Kind;
+
+const SERVER6: &str = "[2001:db8::10]:3478";
+const OTHER6: &str = "[2001:db8::11]:3479";
+
+/// `natkit relay` as the IPv6 RFC 5780 server (two v6 IPs, alternate port 3479) in the public namespace.
+fn relay6(lab: &Lab) -> common::lab::LabChild {
+    let child = lab.spawn_in(
+        &lab.public_ns(),
+        env!("CARGO_BIN_EXE_natkit"),
+        &["relay", "--listen", SERVER6, "--alt-ip", "2001:db8::11"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ns = lab.public_ns();
+    while !(lab.udp_listening(&ns, "[2001:db8::10]", 3478) && lab.udp_listening(&ns, "[2001:db8::11]", 3479)) {
+        assert!(std::time::Instant::now() < deadline, "natkit relay did not listen on {SERVER6} and {OTHER6}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+/// nat-type with a v4 and a v6 server, every client at once (each run is independent).
+fn nat_type_dual(lab: &Lab, clients: &[&str]) -> Vec<(Option<i32>, Value)> {
+    std::thread::scope(|s| {
+        let runs: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                s.spawn(move || {
+                    let out = lab.natkit_in(
+                        &lab.client_ns(c),
+                        &["nat-type", "--server", SERVER, "--server", SERVER6, "--json", "--no-port-mapping"],
+                    );
+                    (out.status.code(), json_of(&out))
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().expect("nat-type thread")).collect()
+    })
+}
+
+fn assert_v6_common(v: &Value, lab: &Lab, client: &str) {
+    let v6 = &v["ipv6"];
+    assert_eq!(v6["route"], true, "{v:#}");
+    assert_eq!(v6["answer"], true, "{v:#}");
+    let local: std::net::SocketAddr = v6["local"].as_str().expect("ipv6.local").parse().expect("v6 local");
+    assert_eq!(Some(local.ip()), lab.client_ip6(client).map(std::net::IpAddr::V6), "{v:#}");
+    let public: std::net::SocketAddr = v6["public"].as_str().expect("ipv6.public").parse().expect("v6 public");
+    assert_eq!(Some(public.ip()), lab.nat6(client).map(|n| std::net::IpAddr::V6(n.public_ip)), "{v:#}");
+    assert_eq!(v6["server"]["address"], SERVER6, "{v:#}");
+    assert_eq!(v6["server"]["other_address"], OTHER6, "{v:#}");
+    assert_eq!(v6["server"]["rfc5780"], true, "{v:#}");
+    assert!(v6["rtt_ms"].as_f64().is_some_and(|r| r >= 0.0), "{v:#}");
+    assert_eq!(v6["mapping"], "endpoint-independent", "{v:#}");
+    let tests = v6["tests"].as_array().expect("ipv6.tests");
+    assert!(tests.iter().any(|t| t["test"] == "filtering-2" && t["destination"] == SERVER6), "{v:#}");
+    // The v4 half is untouched by the v6 one: its tests never name a v6 address.
+    assert_eq!(v["server"]["address"], SERVER, "{v:#}");
+    assert!(
+        v["tests"].as_array().expect("tests").iter().all(|t| !t["destination"].as_str().unwrap_or("[").contains('['))
+    );
+    assert_eq!(v["nat_type"], lab.nat(client).kind.as_str(), "{v:#}");
+}
+
+#[test]
+fn ipv6_is_classified_beside_ipv4_open_firewalled_and_nat66() {
+    let lab = Lab::builder()
+        .nat("o", NatKind::Symmetric)
+        .v6("o", V6Kind::Open)
+        .nat("w", NatKind::Symmetric)
+        .v6("w", V6Kind::Firewall)
+        .nat("n", NatKind::PortRestrictedCone)
+        .v6("n", V6Kind::Nat66)
+        .build();
+    let _ct = Coturn::start(CoturnConfig::rfc5780_in(&lab.public_ns(), "203.0.113.1", "203.0.113.2"));
+    let _relay = relay6(&lab);
+    let runs = nat_type_dual(&lab, &["o", "w", "n"]);
+
+    let (code, v) = &runs[0];
+    assert_eq!(*code, Some(0), "{v:#}");
+    assert_v6_common(v, &lab, "o");
+    assert_eq!(v["ipv6"]["nat_type"], "open-internet", "{v:#}");
+    assert_eq!(v["ipv6"]["filtering"], "endpoint-independent", "{v:#}");
+    assert_eq!(v["ipv6"]["public"], v["ipv6"]["local"], "{v:#}");
+    assert_eq!(v["ipv6"]["hairpinning"], true, "a host reaches its own address: {v:#}");
+
+    let (code, v) = &runs[1];
+    assert_eq!(*code, Some(0), "{v:#}");
+    assert_v6_common(v, &lab, "w");
+    assert_eq!(v["ipv6"]["nat_type"], "symmetric-udp-firewall", "{v:#}");
+    assert_eq!(v["ipv6"]["filtering"], "address-and-port-dependent", "{v:#}");
+    assert_eq!(v["ipv6"]["public"], v["ipv6"]["local"], "{v:#}");
+
+    let (code, v) = &runs[2];
+    assert_eq!(*code, Some(0), "{v:#}");
+    assert_v6_common(v, &lab, "n");
+    assert_eq!(v["ipv6"]["nat_type"], "port-restricted-cone", "NAT66: {v:#}");
+    assert_eq!(v["ipv6"]["filtering"], "address-and-port-dependent", "{v:#}");
+    assert_eq!(v["ipv6"]["hairpinning"], false, "{v:#}");
+    assert_ne!(v["ipv6"]["public"], v["ipv6"]["local"], "{v:#}");
+
+    // The table view has the IPv6 rows.
+    let out =
+        lab.natkit_in(&lab.client_ns("w"), &["nat-type", "--server", SERVER, "--server", SERVER6, "--no-port-mapping"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.contains("IPv6") && l.contains("symmetric-udp-firewall")), "{text}");
+}
+
+#[test]
+fn no_ipv6_route_is_one_line_and_no_packet() {
+    // Client "4" has no v6 at all; the public side does (the server is there).
+    let lab =
+        Lab::builder().nat("s", NatKind::PortRestrictedCone).v6("s", V6Kind::Open).nat("x", NatKind::Symmetric).build();
+    let _ct = Coturn::start(CoturnConfig::rfc5780_in(&lab.public_ns(), "203.0.113.1", "203.0.113.2"));
+    let _relay = relay6(&lab);
+    let (code, v) = nat_type_dual(&lab, &["x"]).remove(0);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "symmetric", "{v:#}");
+    let v6 = &v["ipv6"];
+    assert_eq!(v6["route"], false, "{v:#}");
+    assert_eq!(v6["answer"], false, "{v:#}");
+    assert_eq!(v6["tests"].as_array().map(|t| t.len()), Some(0), "no v6 packet is sent: {v:#}");
+    assert!(v6["nat_type"].is_null() && v6["public"].is_null() && v6["server"].is_null(), "{v:#}");
+    let notes = v6["notes"].as_array().expect("ipv6.notes");
+    assert_eq!(notes.len(), 1, "{v:#}");
+    assert!(notes[0].as_str().is_some_and(|n| n.contains("no IPv6 route to [2001:db8::10]:3478")), "{v:#}");
+
+    // Only a v4 server: no v6 server to test against, said in one line.
+    let (_, v) = nat_type(&lab, "s", &["--no-port-mapping"]);
+    assert!(v["ipv6"]["route"].is_null() && v["ipv6"]["answer"] == false, "{v:#}");
+    assert!(v["ipv6"]["notes"][0].as_str().is_some_and(|n| n.contains("no server has an IPv6 address")), "{v:#}");
+
+    // Only a v6 server: the top level is the v6 run (as before), and `ipv6` says the same.
+    let out = lab.natkit_in(&lab.client_ns("s"), &["nat-type", "--server", SERVER6, "--json", "--no-port-mapping"]);
+    let v = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "open-internet", "{v:#}");
+    assert_eq!(v["ipv6"]["nat_type"], "open-internet", "{v:#}");
+    assert_eq!(v["ipv6"]["public"], v["public"], "{v:#}");
+}
+
+// ---- A classic RFC 3489 server (stund): CHANGED-ADDRESS instead of OTHER-ADDRESS ----
+
+/// Debian's stund (stun-server) on the lab's two public IPs, ports 3478 and 3479.
+fn stund(lab: &Lab) -> common::lab::LabChild {
+    let bin = common::tools::require("stund", "stun-server");
+    let child = lab.spawn_in(&lab.public_ns(), bin, &["-h", "203.0.113.1", "-a", "203.0.113.2"]);
+    let ns = lab.public_ns();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !["203.0.113.1", "203.0.113.2"]
+        .iter()
+        .all(|ip| lab.udp_listening(&ns, ip, 3478) && lab.udp_listening(&ns, ip, 3479))
+    {
+        assert!(std::time::Instant::now() < deadline, "stund did not listen on 203.0.113.1-2:3478-3479");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn classic_rfc3489_server_serves_the_mapping_and_filtering_tests_through_changed_address() {
+    let lab = Lab::builder()
+        .nat("r", NatKind::RestrictedCone)
+        .nat("s", NatKind::Symmetric)
+        .nat("p", NatKind::PortRestrictedCone)
+        .build();
+    let _stund = stund(&lab);
+    for (client, name, mapping, filtering) in [
+        ("r", "restricted-cone", "endpoint-independent", "address-dependent"),
+        ("s", "symmetric", "address-and-port-dependent", "address-and-port-dependent"),
+        ("p", "port-restricted-cone", "endpoint-independent", "address-and-port-dependent"),
+    ] {
+        let (code, v) = nat_type(&lab, client, &["--no-port-mapping"]);
+        assert_eq!(code, Some(0), "{client}: {v:#}");
+        assert_eq!(v["nat_type"], name, "{client}: {v:#}");
+        assert_eq!(v["mapping"], mapping, "{client}: {v:#}");
+        assert_eq!(v["filtering"], filtering, "{client}: {v:#}");
+        assert_eq!(v["server"]["rfc5780"], false, "{v:#}");
+        assert_eq!(v["server"]["rfc3489"], true, "{v:#}");
+        assert_eq!(v["server"]["other_address"], OTHER, "stund's CHANGED-ADDRESS: {v:#}");
+        let m1 = test_named(&v, "mapping-1");
+        assert!(m1["result"]["other_address"].is_null(), "stund sends no OTHER-ADDRESS: {v:#}");
+        assert_eq!(m1["result"]["changed_address"], OTHER, "{v:#}");
+        assert_eq!(test_named(&v, "mapping-2")["result"]["from"], "203.0.113.2:3478", "{v:#}");
+        assert!(
+            v["notes"]
+                .as_array()
+                .expect("notes")
+                .iter()
+                .any(|n| n.as_str().is_some_and(|n| n.contains("CHANGED-ADDRESS 203.0.113.2:3479 (RFC 3489)"))),
+            "{v:#}"
+        );
+    }
+    let (_, v) = nat_type(&lab, "r", &["--no-port-mapping"]);
+    assert_eq!(test_named(&v, "filtering-3")["result"]["from"], "203.0.113.1:3479", "{v:#}");
+}

@@ -13,9 +13,10 @@ use crate::commands::stun_probe::parse_local;
 use crate::error::{Status, usage};
 use crate::nat::behavior::{Config, Discovery, Exchange, ExchangeResult, Findings, Timing};
 use crate::nat::classify::{Filtering, Mapping, NatType};
+use crate::nat::ipv6::{Ipv6Report, Skipped};
 use crate::nat::lifetime::{LifetimeConfig, LifetimeResult, LifetimeSearch};
 use crate::nat::port_allocation::{PortPattern, PortSample, pattern};
-use crate::net::server::{Family, ServerSpec};
+use crate::net::server::{Family, Host, ServerSpec};
 use crate::net::transport::Transport;
 use crate::net::udp::{self, MultiSocketCore, Unreachable};
 use crate::output::{self, OutputOptions, Render};
@@ -66,6 +67,8 @@ pub struct NatTypeReport {
     pub cgnat: Option<bool>,
     /// Another NAT beyond the home router; the evidence is in `notes`.
     pub double_nat: Option<bool>,
+    /// The same tests over IPv6, run at the same time; null when --local pins IPv4.
+    pub ipv6: Option<Ipv6Report>,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,6 +79,8 @@ pub struct ServerInfo {
     /// RFC 5780 OTHER-ADDRESS: the alternate IP and port.
     pub other_address: Option<SocketAddr>,
     pub rfc5780: bool,
+    /// `other_address` is the RFC 3489 CHANGED-ADDRESS of a classic server (stund), used instead.
+    pub rfc3489: bool,
     /// The other servers, for the mapping comparison.
     pub others: Vec<SocketAddr>,
 }
@@ -171,26 +176,48 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
         }
         specs.push(spec);
     }
-    // All names at once (the built-in list is three): one DNS wait, not three in a row.
-    let resolved = futures::future::join_all(specs.iter().map(|s| s.resolve(Transport::Udp, family))).await;
-    let mut servers: Vec<(String, SocketAddr)> = Vec::new();
-    for ((input, spec), r) in inputs.iter().zip(&specs).zip(resolved) {
-        // Every server must be in the primary's family: one socket talks to all of them.
-        let r = match (servers.first(), r) {
-            (Some((_, p)), Ok(a)) if p.is_ipv4() != a.is_ipv4() => {
-                spec.resolve(Transport::Udp, if p.is_ipv4() { Family::V4 } else { Family::V6 }).await
-            }
-            (_, r) => r,
-        };
+    // All names at once (the built-in list is three), each to both families: one DNS wait.
+    let resolved = futures::future::join_all(specs.iter().map(|s| resolve_both(s, family))).await;
+    let (mut v4, mut v6): (Vec<(String, SocketAddr)>, Vec<(String, SocketAddr)>) = (Vec::new(), Vec::new());
+    for (input, r) in inputs.iter().zip(resolved) {
         match r {
-            Ok(a) => servers.push((input.clone(), a)),
+            Ok(Both { v4: a, v6: b }) => {
+                v4.extend(a.map(|a| (input.clone(), a)));
+                v6.extend(b.map(|b| (input.clone(), b)));
+            }
             // A name the user typed that does not resolve is bad input; the built-in list may be offline.
             Err(e) if !builtin => return Err(e.into()),
             Err(e) => tracing::info!("skipping built-in server {input}: {e}"),
         }
     }
+    // The top-level report is IPv4 (as it always was) unless --local or the servers leave only IPv6.
+    let main_is_v6 = match local {
+        Some(l) => l.is_ipv6(),
+        None => v4.is_empty() && !v6.is_empty(),
+    };
+    let servers = if main_is_v6 { v6.clone() } else { v4.clone() };
     let Some((primary_input, primary)) = servers.first().cloned() else {
-        return usage("none of the built-in STUN servers resolved (no DNS?); give one with --server HOST[:PORT]");
+        return match (builtin, local) {
+            (true, _) => {
+                usage("none of the built-in STUN servers resolved (no DNS?); give one with --server HOST[:PORT]")
+            }
+            (false, Some(l)) => usage(format!(
+                "no server has an address of --local {l}'s family; give one with --server, or drop --local"
+            )),
+            (false, None) => usage("no server resolved to an address; check the names"),
+        };
+    };
+
+    // IPv6 beside IPv4: its own sockets and core, driven at the same time, so it adds no wall time.
+    // No v6 server or no v6 route is found out before any packet is sent.
+    let v6_plan = match (main_is_v6, local) {
+        (true, _) => V6Plan::IsMain,
+        (false, Some(_)) => V6Plan::NotAsked,
+        (false, None) => match v6.first() {
+            None => V6Plan::Skip(Skipped::NoServer),
+            Some((_, s)) if udp::local_ip_towards(*s).is_none() => V6Plan::Skip(Skipped::NoRoute(*s)),
+            Some(_) => V6Plan::Run,
+        },
     };
 
     let cfg = Config {
@@ -199,45 +226,57 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
         timeout: Duration::from_secs_f64(first_contact),
         timing: Timing::default(),
     };
-    let unspecified =
-        if primary.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
-    let bind_ip = local.map(|l| l.ip()).unwrap_or(unspecified);
-    let mut sockets = Vec::with_capacity(cfg.sockets_needed());
-    for i in 0..cfg.sockets_needed() {
-        let addr = match (i, local) {
-            (0, Some(l)) => l,
-            _ => SocketAddr::new(bind_ip, 0),
-        };
-        let s = udp::bind(addr).map_err(|e| {
-            if i == 0 && local.is_some() {
-                anyhow::Error::new(crate::error::UsageError::new(format!(
-                    "cannot bind --local {addr}: {e}; pick an address of this host and a free port"
-                )))
-            } else {
-                anyhow::anyhow!("binding a UDP socket on {addr}: {e}")
+    let main = FamilyRun::bind(cfg, local)?;
+    let side = match v6_plan {
+        V6Plan::Run => {
+            let cfg6 = Config {
+                servers: v6.iter().map(|(_, a)| *a).collect(),
+                port_samples: 0,
+                timeout: Duration::from_secs_f64(first_contact),
+                timing: Timing::default(),
+            };
+            // A v6 socket that cannot be bound (IPv6 disabled) is the same as no route.
+            match FamilyRun::bind(cfg6, None) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::info!("IPv6 not tested: {e}");
+                    None
+                }
             }
-        })?;
-        sockets.push(s);
-    }
-    // The address a server would see without a NAT: the bound IP, or the one routing picks.
-    let host_ip = if bind_ip.is_unspecified() { udp::local_ip_towards(primary).unwrap_or(bind_ip) } else { bind_ip };
-    let locals: Vec<SocketAddr> =
-        sockets.iter().map(|s| s.local_addr().map(|a| SocketAddr::new(host_ip, a.port()))).collect::<Result<_, _>>()?;
+        }
+        _ => None,
+    };
+    let bind_ip = main.bind_ip;
 
     let pb = output::progress(opts, 1, "discovering NAT behaviour");
     let started = Instant::now();
-    let mut core = Discovery::new(cfg, locals, started);
-    // Port mapping talks to the gateway, STUN to the servers: both at once.
+    let (mut main, mut side) = (main.start(started), side.map(|s| s.start(started)));
+    // Port mapping talks to the gateway, STUN to the servers: all at once.
     let port_mapping =
         async { if args.no_port_mapping { None } else { Some(PortMappingReport::probe(primary, leases).await) } };
-    let ((), port_mapping) = tokio::join!(udp::drive(&sockets, &mut core), port_mapping);
+    let v6_run = async {
+        if let Some(s) = side.as_mut() {
+            s.drive().await;
+        }
+    };
+    let ((), (), port_mapping) = tokio::join!(main.drive(), v6_run, port_mapping);
     pb.finish_and_clear();
 
-    let f = core.findings();
+    let f = main.core.findings();
+    let ipv6 = match (v6_plan, side) {
+        (V6Plan::IsMain, _) => Some(Ipv6Report::from_findings(f.clone(), primary_input.clone(), primary)),
+        (V6Plan::NotAsked, _) => None,
+        (V6Plan::Skip(why), _) => Some(Ipv6Report::skipped(why)),
+        (V6Plan::Run, Some(s)) => {
+            let (input, addr) = v6[0].clone();
+            Some(Ipv6Report::from_findings(s.core.findings(), input, addr))
+        }
+        (V6Plan::Run, None) => Some(Ipv6Report::skipped(Skipped::NoRoute(v6[0].1))),
+    };
     let mut lifetime = None;
     if args.lifetime {
         lifetime = Some(match (f.other_address, f.public) {
-            (Some(_), Some(_)) => {
+            (Some(_), Some(_)) if !f.rfc3489 => {
                 let left = Duration::from_secs_f64(timeout).saturating_sub(started.elapsed());
                 measure_lifetime(primary, bind_ip, left, opts).await?
             }
@@ -253,6 +292,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     let others = servers[1..].iter().map(|(_, a)| *a).collect();
     let mut report = build_report(f, primary_input, primary, others, started.elapsed(), args.ports);
     report.port_mapping = port_mapping;
+    report.ipv6 = ipv6;
     judge_upstream(&mut report, primary);
     if let Some(l) = lifetime {
         report.lifetime_s = l.lifetime_s();
@@ -262,6 +302,106 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
         report.lifetime = Some(l);
     }
     Ok(report)
+}
+
+/// What to do about IPv6 beside the main run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum V6Plan {
+    /// The main run is IPv6 already (only v6 servers, or a v6 --local): `ipv6` repeats it.
+    IsMain,
+    /// --local pins IPv4: `ipv6` is null.
+    NotAsked,
+    /// Not tested, for this reason (one line, no time spent).
+    Skip(Skipped),
+    Run,
+}
+
+/// A server's first address of each family (a name may have both, A and AAAA).
+struct Both {
+    v4: Option<SocketAddr>,
+    v6: Option<SocketAddr>,
+}
+
+/// One lookup per name (getaddrinfo returns both families at once); `family` limits it (--local).
+async fn resolve_both(spec: &ServerSpec, family: Family) -> Result<Both, crate::error::UsageError> {
+    let port = spec.port_for(Transport::Udp);
+    let all: Vec<SocketAddr> = match &spec.host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+        Host::Name(name) => tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .map_err(|e| {
+                crate::error::UsageError::new(format!("cannot resolve '{name}': {e}; check the name and your DNS"))
+            })?
+            .collect(),
+    };
+    let both = Both {
+        v4: all.iter().copied().find(|a| a.is_ipv4() && family.admits(&a.ip())),
+        v6: all.iter().copied().find(|a| a.is_ipv6() && family.admits(&a.ip())),
+    };
+    if both.v4.is_none() && both.v6.is_none() {
+        // The same words as a single-family resolution would use.
+        spec.resolve(Transport::Udp, family).await?;
+    }
+    Ok(both)
+}
+
+/// One family's discovery: its sockets and core.
+struct FamilyRun {
+    sockets: Vec<tokio::net::UdpSocket>,
+    locals: Vec<SocketAddr>,
+    cfg: Config,
+    bind_ip: IpAddr,
+}
+
+/// A [`FamilyRun`] under way.
+struct Running {
+    sockets: Vec<tokio::net::UdpSocket>,
+    core: Discovery,
+}
+
+impl FamilyRun {
+    /// Binds the sockets the core needs (socket 0 on `local` if given), in the servers' family.
+    fn bind(cfg: Config, local: Option<SocketAddr>) -> anyhow::Result<FamilyRun> {
+        let primary = cfg.servers[0];
+        let unspecified =
+            if primary.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+        let bind_ip = local.map(|l| l.ip()).unwrap_or(unspecified);
+        let mut sockets = Vec::with_capacity(cfg.sockets_needed());
+        for i in 0..cfg.sockets_needed() {
+            let addr = match (i, local) {
+                (0, Some(l)) => l,
+                _ => SocketAddr::new(bind_ip, 0),
+            };
+            let s = udp::bind(addr).map_err(|e| {
+                if i == 0 && local.is_some() {
+                    anyhow::Error::new(crate::error::UsageError::new(format!(
+                        "cannot bind --local {addr}: {e}; pick an address of this host and a free port"
+                    )))
+                } else {
+                    anyhow::anyhow!("binding a UDP socket on {addr}: {e}")
+                }
+            })?;
+            sockets.push(s);
+        }
+        // The address a server would see without a NAT: the bound IP, or the one routing picks.
+        let host_ip =
+            if bind_ip.is_unspecified() { udp::local_ip_towards(primary).unwrap_or(bind_ip) } else { bind_ip };
+        let locals: Vec<SocketAddr> = sockets
+            .iter()
+            .map(|s| s.local_addr().map(|a| SocketAddr::new(host_ip, a.port())))
+            .collect::<Result<_, _>>()?;
+        Ok(FamilyRun { sockets, locals, cfg, bind_ip })
+    }
+
+    fn start(self, now: Instant) -> Running {
+        Running { sockets: self.sockets, core: Discovery::new(self.cfg, self.locals, now) }
+    }
+}
+
+impl Running {
+    async fn drive(&mut self) {
+        udp::drive(&self.sockets, &mut self.core).await
+    }
 }
 
 /// Runs the §4.5 search on its own sockets, with a progress bar bounded by the time left.
@@ -341,7 +481,8 @@ fn build_report(
             input,
             address,
             other_address: f.other_address,
-            rfc5780: f.other_address.is_some(),
+            rfc5780: f.other_address.is_some() && !f.rfc3489,
+            rfc3489: f.rfc3489,
             others,
         },
         rtt_ms: f.rtt.map(|r| r.as_secs_f64() * 1000.0),
@@ -352,6 +493,7 @@ fn build_report(
         port_mapping: None,
         cgnat: None,
         double_nat: None,
+        ipv6: None,
     }
 }
 
@@ -453,12 +595,23 @@ impl Render for NatTypeReport {
             t.row(vec!["NAT-PMP".into(), describe_port_mapping(&pm.nat_pmp)]);
             t.row(vec!["PCP".into(), describe_port_mapping(&pm.pcp)]);
         }
+        if let Some(v6) = &self.ipv6 {
+            t.row(vec!["IPv6".into(), v6.summary()]);
+            if v6.answer {
+                let m = v6.mapping.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+                let f = v6.filtering.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into());
+                t.row(vec!["IPv6 mapping, filtering".into(), format!("{m}, {f}")]);
+                t.row(vec!["IPv6 hairpinning".into(), yes_no(v6.hairpinning)]);
+            }
+        }
         t.row(vec!["CGNAT".into(), yes_no(self.cgnat)]);
         t.row(vec!["Double NAT".into(), yes_no(self.double_nat)]);
         t.row(vec!["Local".into(), output::cell(&self.local)]);
         t.row(vec!["Public".into(), output::cell(&self.public)]);
         let rfc = if self.server.rfc5780 {
             format!("RFC 5780, other address {}", output::cell(&self.server.other_address))
+        } else if self.server.rfc3489 {
+            format!("RFC 3489, changed address {}", output::cell(&self.server.other_address))
         } else {
             "no RFC 5780".into()
         };

@@ -127,6 +127,8 @@ pub enum ExchangeResult {
         from: SocketAddr,
         mapped: Option<SocketAddr>,
         other_address: Option<SocketAddr>,
+        /// RFC 3489 CHANGED-ADDRESS (classic servers such as stund send it instead of OTHER-ADDRESS).
+        changed_address: Option<SocketAddr>,
         response_origin: Option<SocketAddr>,
         rtt_ms: f64,
         at_ms: f64,
@@ -347,6 +349,7 @@ impl Discovery {
                     from,
                     mapped: r.reflexive(),
                     other_address: r.other_address,
+                    changed_address: crate::nat::rfc3489::changed_address(bytes),
                     response_origin: r.response_origin,
                     rtt_ms: rtt.as_secs_f64() * 1000.0,
                     at_ms,
@@ -394,7 +397,9 @@ impl Discovery {
     fn advance(&mut self, now: Instant) {
         let Some(&primary) = self.cfg.servers.first() else { return };
         let first = self.result_of(TestKind::MappingI, Some(primary)).cloned();
-        if let Some(ExchangeResult::Answered { mapped, other_address, .. }) = first {
+        if let Some(ExchangeResult::Answered { mapped, other_address, changed_address, .. }) = first {
+            // A classic server's CHANGED-ADDRESS names the same alternate IP and port.
+            let other_address = other_address.or(changed_address);
             let rto = self.cfg.timing.later_rto(self.rtt.unwrap_or(self.cfg.timing.first_rto));
             let later = Retransmit { rto, rc: 12, rm: 16 };
             match other_address {
@@ -451,9 +456,17 @@ impl Discovery {
             .filter(|t| t.ex.test == TestKind::MappingI && Some(t.ex.destination) != primary)
             .find_map(|t| mapped_of(t.ex.result.as_ref()));
         let public = mapped_of(first).or(other_answer);
-        let other_address = match first {
-            Some(ExchangeResult::Answered { other_address, .. }) => *other_address,
-            _ => None,
+        let (other_address, rfc3489) = match first {
+            Some(ExchangeResult::Answered { other_address: Some(o), .. }) => (Some(*o), false),
+            Some(ExchangeResult::Answered { changed_address: Some(c), .. }) => {
+                notes.push(format!(
+                    "{} gave CHANGED-ADDRESS {c} (RFC 3489) but no OTHER-ADDRESS (RFC 5780): a classic server \
+                     such as stund; it was used as the alternate address for the mapping and filtering tests",
+                    primary.map(|p| p.to_string()).unwrap_or_default()
+                ));
+                (Some(*c), true)
+            }
+            _ => (None, false),
         };
         let reach = match first {
             Some(ExchangeResult::Answered { .. }) => Reach::Answered,
@@ -560,6 +573,7 @@ impl Discovery {
             local,
             public,
             other_address,
+            rfc3489,
             rtt: self.rtt,
             notes,
             exchanges: self.tests.iter().map(|t| t.ex.clone()).collect(),
@@ -675,7 +689,10 @@ pub struct Findings {
     pub port_samples: Vec<PortSample>,
     pub local: Option<SocketAddr>,
     pub public: Option<SocketAddr>,
+    /// The primary server's alternate address (OTHER-ADDRESS, or CHANGED-ADDRESS when `rfc3489`).
     pub other_address: Option<SocketAddr>,
+    /// The alternate address came from an RFC 3489 CHANGED-ADDRESS (a classic server).
+    pub rfc3489: bool,
     pub rtt: Option<Duration>,
     /// Why something is unknown, in sentences.
     pub notes: Vec<String>,

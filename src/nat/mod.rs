@@ -4,10 +4,14 @@
 //!   machine over STUN client transactions on several logical sockets, run concurrently;
 //! - [`classify`]: mapping + filtering → the classic name (full cone, symmetric, …);
 //! - [`port_allocation`]: the pattern of mapped ports over fresh sockets (port prediction);
-//! - [`upstream`]: CGNAT and double NAT from the addresses seen (STUN, port mapping, routes).
+//! - [`upstream`]: CGNAT and double NAT from the addresses seen (STUN, port mapping, routes);
+//! - [`ipv6`]: the IPv6 half of the report (the same tests on their own sockets);
+//! - [`rfc3489`]: CHANGED-ADDRESS, so a classic server (stund) serves the same tests.
 
 pub mod behavior;
 pub mod classify;
+pub mod ipv6;
 pub mod lifetime;
 pub mod port_allocation;
+pub mod rfc3489;
 pub mod upstream;

@@ -14,8 +14,20 @@
 //! let out = lab.run_in(lab.client_ns("a"), natkit_bin, &["nat-type", "--server", "203.0.113.1"]);
 //! ```
 //! Traffic stays inside these namespaces: nothing is added to the default namespace.
+//!
+//! Dual stack: [`LabBuilder::v6`] gives a client IPv6 (2001:db8::/32) with its router open, a
+//! stateful firewall or NAT66 for v6 ([`V6Kind`]); the public namespace then holds
+//! [`LabBuilder::public_ips6`] (default 2001:db8::10 and ::11) and routes between the v6 LANs, so
+//! two v6 clients reach each other (a dual-stack pair: symmetric v4 NATs, firewalled v6).
+//! ```ignore
+//! let lab = Lab::builder()
+//!     .nat("a", NatKind::Symmetric).v6("a", V6Kind::Firewall)
+//!     .nat("b", NatKind::Symmetric).v6("b", V6Kind::Firewall)
+//!     .build();
+//! let a6 = lab.client_ip6("a"); // Some(2001:db8:1::2)
+//! ```
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -108,6 +120,42 @@ pub struct LabBuilder {
     public_ips: Vec<Ipv4Addr>,
     clients: Vec<ClientSpec>,
     udp_timeout: Option<u32>,
+    public_ips6: Vec<Ipv6Addr>,
+    v6: Vec<(String, V6Kind)>,
+}
+
+/// What a client's router does with IPv6 (the client's v4 NAT is unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V6Kind {
+    /// Routed, no filter: the client's own v6 address is reachable by anyone.
+    Open,
+    /// Routed, stateful firewall on the router: inbound only for established/related flows
+    /// (what most home routers do for v6). For an open/firewall host: its own host firewall.
+    Firewall,
+    /// NAT66: masquerade to the router's WAN v6 address (port-preserving, port-restricted filtering).
+    Nat66,
+}
+
+impl V6Kind {
+    /// The name natlab.sh takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            V6Kind::Open => "open",
+            V6Kind::Firewall => "firewall",
+            V6Kind::Nat66 => "nat66",
+        }
+    }
+}
+
+/// A client's IPv6 side in a built lab.
+#[derive(Debug, Clone)]
+pub struct Nat6 {
+    pub name: String,
+    pub kind: V6Kind,
+    /// The client's own v6 address (2001:db8:INDEX::HOST behind a router, 2001:db8::c:INDEX on the segment).
+    pub client_ip: Ipv6Addr,
+    /// What the public side sees: the client's address, or the router's WAN address with NAT66.
+    pub public_ip: Ipv6Addr,
 }
 
 impl LabBuilder {
@@ -158,6 +206,22 @@ impl LabBuilder {
         assert!(self.clients.iter().all(|c| c.name() != name), "lab client name '{name}' used twice");
     }
 
+    /// IPv6 for client `name` (added with `nat` or `client_behind`; for a client behind another's
+    /// router, the router's v6 kind is that of the first `v6` call naming a client on it).
+    pub fn v6(mut self, name: &str, kind: V6Kind) -> Self {
+        assert!(self.clients.iter().any(|c| c.name() == name), "v6('{name}'): add the client with .nat() first");
+        assert!(self.v6.iter().all(|(n, _)| n != name), "v6('{name}') given twice");
+        self.v6.push((name.to_string(), kind));
+        self
+    }
+
+    /// IPv6 addresses of the public namespace (default 2001:db8::10 and ::11 when any client has v6).
+    /// Use 2001:db8::2-::fe except ::ff (the lab's v6 router), outside ::1:x and ::c:x.
+    pub fn public_ips6(mut self, ips: &[&str]) -> Self {
+        self.public_ips6 = ips.iter().map(|s| s.parse().expect("public_ips6: an IPv6 address")).collect();
+        self
+    }
+
     pub fn build(self) -> Lab {
         tools::require("ip", "iproute2");
         tools::require("nft", "nftables");
@@ -169,7 +233,7 @@ impl LabBuilder {
             self.public_ips
         };
         // The guard exists before the first namespace does, so a failure half-way still cleans up.
-        let mut lab = Lab { prefix, public_ips, nats: Vec::new() };
+        let mut lab = Lab { prefix, public_ips, nats: Vec::new(), public_ips6: Vec::new(), nats6: Vec::new() };
         let mut args: Vec<String> = vec!["public".into(), lab.prefix.clone()];
         args.extend(lab.public_ips.iter().map(|ip| ip.to_string()));
         lab.script(&args);
@@ -184,6 +248,20 @@ impl LabBuilder {
             };
             lab.nats.push(nat);
         }
+        if !self.v6.is_empty() || !self.public_ips6.is_empty() {
+            lab.public_ips6 = if self.public_ips6.is_empty() {
+                vec!["2001:db8::10".parse().expect("v6"), "2001:db8::11".parse().expect("v6")]
+            } else {
+                self.public_ips6
+            };
+            let mut args: Vec<String> = vec!["public6".into(), lab.prefix.clone()];
+            args.extend(lab.public_ips6.iter().map(|ip| ip.to_string()));
+            lab.script(&args);
+        }
+        for (name, kind) in self.v6 {
+            let nat6 = lab.add_v6(name, kind);
+            lab.nats6.push(nat6);
+        }
         lab
     }
 }
@@ -194,6 +272,8 @@ pub struct Lab {
     prefix: String,
     public_ips: Vec<Ipv4Addr>,
     nats: Vec<Nat>,
+    public_ips6: Vec<Ipv6Addr>,
+    nats6: Vec<Nat6>,
 }
 
 /// A process started inside a lab namespace; killed when dropped.
@@ -270,6 +350,52 @@ impl Lab {
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Dual stack for client `name` (natlab.sh `v6`); a client sharing a router gets v6 from its
+    /// router's first `v6` call, so a later call for it only records the addresses.
+    fn add_v6(&self, name: String, kind: V6Kind) -> Nat6 {
+        let n = self.nat(&name).clone();
+        let [_, index, _, host] = n.client_ip.octets();
+        let Some(router) = n.router_ns.clone() else {
+            let index = n.public_ip.octets()[3] - 100;
+            self.script(&["v6".into(), self.prefix.clone(), name.clone(), index.to_string(), kind.as_str().into()]);
+            let ip: Ipv6Addr = format!("2001:db8::c:{index}").parse().expect("v6 address");
+            return Nat6 { name, kind, client_ip: ip, public_ip: ip };
+        };
+        let first = self.nats6.iter().find(|m| self.nat(&m.name).router_ns.as_deref() == Some(router.as_str()));
+        let kind = match first {
+            Some(m) => m.kind,
+            None => {
+                // natlab.sh v6 takes the router's first client's name; it covers every client on the LAN.
+                let owner = self
+                    .nats
+                    .iter()
+                    .find(|m| m.router_ns.as_deref() == Some(router.as_str()))
+                    .map(|m| m.name.clone())
+                    .unwrap_or_else(|| name.clone());
+                self.script(&["v6".into(), self.prefix.clone(), owner, index.to_string(), kind.as_str().into()]);
+                kind
+            }
+        };
+        let client_ip: Ipv6Addr = format!("2001:db8:{index}::{host}").parse().expect("v6 address");
+        let wan: Ipv6Addr = format!("2001:db8::1:{index}").parse().expect("v6 address");
+        Nat6 { name, kind, client_ip, public_ip: if kind == V6Kind::Nat66 { wan } else { client_ip } }
+    }
+
+    /// The IPv6 side of client `name`, if it was given one with [`LabBuilder::v6`].
+    pub fn nat6(&self, name: &str) -> Option<&Nat6> {
+        self.nats6.iter().find(|n| n.name == name)
+    }
+
+    /// Client `name`'s own IPv6 address (None without [`LabBuilder::v6`]).
+    pub fn client_ip6(&self, name: &str) -> Option<Ipv6Addr> {
+        self.nat6(name).map(|n| n.client_ip)
+    }
+
+    /// The public namespace's IPv6 addresses (empty in a v4-only lab).
+    pub fn public_ips6(&self) -> &[Ipv6Addr] {
+        &self.public_ips6
     }
 
     /// Router `name` forgets like a rebooting home router: its masquerade moves to `ports` and

@@ -28,6 +28,11 @@
 #                                                 learns its external address by STUN from STUN_IP:STUN_PORT.
 #                                                 Prints the directory holding its config and log.
 #   natlab.sh miniupnpd-rules PREFIX NAME         prints the rules miniupnpd holds on that router (none: nothing)
+#   natlab.sh public6 PREFIX IP6...               IPv6 on the public segment: the given addresses (2001:db8::/64)
+#                                                 on PREFIX-pub's bridge, which also routes between the v6 LANs
+#                                                 (it holds 2001:db8::ff, the routers' v6 default gateway)
+#   natlab.sh v6 PREFIX NAME INDEX KIND6          dual stack for client NAME made by `nat` with the same INDEX
+#                                                 (run public6 first). KIND6: open | firewall | nat66 (see below)
 #
 # Addresses for NAT number INDEX (1-89): router WAN 203.0.113.(10+INDEX), LAN 10.INDEX.0.1/24 on the
 # router's bridge "lan", first client 10.INDEX.0.2, further clients 10.INDEX.0.3-254; an open client is
@@ -36,6 +41,14 @@
 # and replies to what they sent.
 # KIND: open | firewall | full-cone | restricted-cone | port-restricted-cone | symmetric | udp-blocked
 # HAIRPIN: 1 makes the router loop LAN packets sent to its own public address back to the mapped client.
+# IPv6 (public6, v6): the public segment is 2001:db8::/64; router INDEX has WAN 2001:db8::1:INDEX and LAN
+# 2001:db8:INDEX::/64 (router ::1, clients ::HOST with the v4 host numbers); an open or firewall host
+# (no router) gets 2001:db8::c:INDEX on the public segment and the v4 kind's host firewall (an inet table)
+# filters both families. KIND6 on a router: open (routes, no filter), firewall (routes; stateful: inbound
+# only established/related, as most home routers do for v6), nat66 (masquerade to the WAN address, no route
+# to the LAN from outside: port-preserving, address-and-port-dependent filtering). INDEX in a v6 address is
+# written as is (decimal digits read as hex), which is unique for 1-89. Every v6 address is added with
+# nodad: duplicate address detection would hold it tentative for about 2 s.
 set -euo pipefail
 
 die() { echo "natlab: $*" >&2; exit 2; }
@@ -305,7 +318,98 @@ miniupnpd-rules)
   done
   ;;
 
+public6)
+  p=${1:?prefix}; shift
+  [ $# -ge 1 ] || die "public6: give at least one public IPv6 address"
+  pub="$p-pub"
+  ip netns exec "$pub" sysctl -qw net.ipv6.conf.all.forwarding=1
+  # The ISP side of the v6 lab: routers default to this address and it routes between their LANs.
+  ip -n "$pub" -6 addr add 2001:db8::ff/64 dev br nodad
+  for a in "$@"; do ip -n "$pub" -6 addr add "$a/64" dev br nodad; done
+  ;;
+
+v6)
+  p=${1:?prefix}; name=${2:?name}; i=${3:?index}; kind6=${4:?kind6}
+  [ "$i" -ge 1 ] && [ "$i" -le 89 ] || die "v6 index $i out of range 1-89"
+  pub="$p-pub"; r="$p-r-$name"; c="$p-c-$name"
+  # Listings are read whole before grep -q: an early exit would SIGPIPE the lister under pipefail.
+  pub6=$(ip -n "$pub" -6 addr show dev br)
+  grep -q '2001:db8::ff/' <<<"$pub6" || die "v6: run public6 first"
+  spaces=$(ip netns list | awk '{print $1}')
+  grep -qx "$c" <<<"$spaces" || die "v6: no client namespace $c (run nat first)"
+  if ! grep -qx "$r" <<<"$spaces"; then
+    # An open or firewall host on the public segment: its v4 kind's inet table filters v6 too.
+    case "$kind6" in open|firewall) ;; *) die "v6: a host without a router takes open or firewall, not $kind6" ;; esac
+    ip -n "$c" -6 addr add "2001:db8::c:$i/64" dev eth0 nodad
+    ip -n "$c" -6 route add default via 2001:db8::ff
+    r="$c"; kind6=routerless
+  else
+    case "$kind6" in open|firewall|nat66) ;; *) die "unknown v6 kind '$kind6'" ;; esac
+    ip -n "$r" -6 addr add "2001:db8::1:$i/64" dev wan nodad
+    ip -n "$r" -6 addr add "2001:db8:$i::1/64" dev lan nodad
+    ip -n "$r" -6 route add default via 2001:db8::ff
+    ip netns exec "$r" sysctl -qw net.ipv6.conf.all.forwarding=1
+    # Every client on this router's LAN (the first and those added with `client`) gets ::HOST.
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$p-c-" || true); do
+      host=$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | sed -nE "s/.* 10\.$i\.0\.([0-9]+)\/.*/\1/p")
+      [ -n "$host" ] || continue
+      ip -n "$ns" -6 addr add "2001:db8:$i::$host/64" dev eth0 nodad
+      ip -n "$ns" -6 route add default via "2001:db8:$i::1"
+    done
+    if [ "$kind6" != nat66 ]; then
+      ip -n "$pub" -6 route add "2001:db8:$i::/64" via "2001:db8::1:$i"
+    fi
+    case "$kind6" in
+    open) ;;
+    firewall)
+      ip netns exec "$r" nft -f - <<EOF
+table ip6 lab6 {
+  chain forward_filter {
+    type filter hook forward priority 0; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" meta l4proto ipv6-icmp accept
+    iifname "wan" drop
+  }
+}
+EOF
+      ;;
+    nat66)
+      # Unsolicited inbound UDP is dropped at input, before conntrack confirms it (see LAB-NOTES).
+      ip netns exec "$r" nft -f - <<EOF
+table ip6 lab6 {
+  chain post {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" ip6 saddr 2001:db8:$i::/64 masquerade
+  }
+  chain input_filter {
+    type filter hook input priority 0; policy accept;
+    iifname "wan" meta l4proto udp ct state new drop
+  }
+  chain forward_filter {
+    type filter hook forward priority 0; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" meta l4proto ipv6-icmp accept
+    iifname "wan" drop
+  }
+}
+EOF
+      ;;
+    esac
+  fi
+  # Ready when no address of the path is tentative: while a link-local address is in DAD (about
+  # 2 s after its link came up), neighbour solicitations go unanswered and the first packets are
+  # lost. Bounded at 5 s.
+  for _ in $(seq 50); do
+    left=""
+    for ns in "$pub" "$r" $(ip netns list | awk '{print $1}' | grep -E "^$p-c-" || true); do
+      left+=$(ip -n "$ns" -6 addr show tentative 2>/dev/null)
+    done
+    [ -z "$left" ] && break
+    sleep 0.1
+  done
+  ;;
+
 *)
-  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN [UDP_TIMEOUT] | client PREFIX NAME ROUTER INDEX HOST | forget PREFIX NAME LOW HIGH | cut PREFIX NAME | shape PREFIX NAME RATE | miniupnpd PREFIX NAME STUN_IP STUN_PORT | miniupnpd-rules PREFIX NAME | down PREFIX"
+  die "usage: natlab.sh public PREFIX IP... | nat PREFIX NAME INDEX KIND HAIRPIN [UDP_TIMEOUT] | client PREFIX NAME ROUTER INDEX HOST | forget PREFIX NAME LOW HIGH | cut PREFIX NAME | shape PREFIX NAME RATE | miniupnpd PREFIX NAME STUN_IP STUN_PORT | miniupnpd-rules PREFIX NAME | public6 PREFIX IP6... | v6 PREFIX NAME INDEX KIND6 | down PREFIX"
   ;;
 esac
