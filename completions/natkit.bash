@@ -170,7 +170,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__punch)
-            opts="-v -q -h -V --signal --room --stun --turn --turn-user --turn-password --turn-secret --relay-only --no-relay --no-birthday --send --recv --force --stdio --host-ip --timeout --path-lost-after --insecure --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --signal --room --stun --turn --turn-user --turn-password --turn-secret --relay-only --no-relay --no-birthday --no-port-mapping --send --recv --force --stdio --host-ip --timeout --path-lost-after --insecure --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

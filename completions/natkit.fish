@@ -178,6 +178,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand punch" -l path-lost-after 
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l relay-only -d 'Offer only the TURN relayed candidate: all traffic goes through the relay (TURN from --turn, or from the signaling server\'s ice_servers)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-relay -d 'Never use a TURN relay, even one the signal server hands out: direct paths only'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-birthday -d 'Never try the birthday method (many mappings and random-port probes) when one NAT is symmetric and the other is not'
+complete -c natkit -n "__fish_natkit_using_subcommand punch" -l no-port-mapping -d 'Do not ask the router on the way to the servers (PCP, NAT-PMP, UPnP-IGD) to map the punch socket\'s port; by default a mapping is offered as a candidate and deleted at the end'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l force -d 'With --recv: overwrite the file if it exists'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l stdio -d 'Pipe stdin to the peer and the peer to stdout (like netcat)'
 complete -c natkit -n "__fish_natkit_using_subcommand punch" -l insecure -d 'Accept a self-signed certificate from a wss:// signal server'

@@ -497,3 +497,101 @@ fn a_transfer_survives_a_router_that_forgets_its_mappings() {
     assert!(b.iter().any(moved_into_range), "b's QUIC never followed a: {rr:#}\n{}", err(&r));
     assert!(a.iter().chain(&b).all(|c| c["at_ms"].as_f64().is_some_and(|t| t > 0.0)));
 }
+
+// ---- Port-mapped candidates (issue #16): a miniupnpd router maps the punch socket's port ----
+
+use common::miniupnpd::MiniUpnpd;
+
+/// The peers' servers in the port-mapping lab: the RFC 5780 relay (its one address tells each
+/// side whether its mapping varies) and TURN.
+const MAPPING_SERVERS: &[&str] = &[
+    "--stun",
+    "203.0.113.1:3478",
+    "--turn",
+    "203.0.113.1:3478",
+    "--turn-user",
+    "punch",
+    "--turn-password",
+    "lab-secret",
+];
+
+/// Issue #16's "routers that map ports": two symmetric NATs, a's router runs miniupnpd. a maps its
+/// punch socket's port (PCP, miniupnpd's first answer), offers the mapping as a candidate, b's
+/// checks reach a through it, and the pair that is relay-only without a mapping goes direct, both
+/// ways round. The mapping is deleted on every way out: after a transfer, after an error (nobody
+/// came) and on Ctrl-C; miniupnpd holds nothing afterwards. `--no-port-mapping` leaves the relay.
+#[test]
+fn symmetric_pair_goes_direct_through_a_port_mapping_router_and_leaves_nothing_on_it() {
+    let w = world_rfc5780(NatKind::Symmetric, NatKind::Symmetric);
+    let upnp = MiniUpnpd::start(&w.lab, "a", "203.0.113.1", 3478);
+    assert_eq!(upnp.rules(), "", "a fresh miniupnpd holds no mapping");
+    let url = w.signal.ws_url();
+    let alone = |room: &str, timeout: &str| {
+        let args =
+            [&["punch", "--signal", url.as_str(), "--room", room, "--timeout", timeout, "--json"], MAPPING_SERVERS]
+                .concat();
+        spawn(w.lab.command_in(&w.lab.client_ns("a"), NATKIT, &args))
+    };
+
+    // An error (the peer never comes): the mapping was made, offered, and deleted before exit 1.
+    let out = wait_bounded(alone("nobody", "3"), Duration::from_secs(30), "punch alone");
+    let r = report(&out);
+    assert_eq!(out.status.code(), Some(1), "{r:#}");
+    let pm = &r["port_mapping"];
+    assert_eq!(pm["protocol"], "pcp", "{r:#}\n{}", upnp.log());
+    assert_eq!(pm["gateway"], "10.1.0.1", "{r:#}");
+    let external = pm["external"].as_str().expect("external").to_string();
+    assert!(external.starts_with("203.0.113.11:"), "{r:#}");
+    let offered = |r: &Value, addr: &str| {
+        let (ip, port) = addr.rsplit_once(':').expect("ip:port");
+        r["candidates"]
+            .as_array()
+            .expect("candidates")
+            .iter()
+            .any(|c| c.as_str().is_some_and(|c| c.contains(&format!(" {ip} {port} typ srflx"))))
+    };
+    assert!(offered(&r, &external), "the mapping is offered as a srflx candidate: {r:#}");
+    assert_eq!(pm["deleted"], true, "{r:#}");
+    assert_eq!(upnp.rules(), "", "the mapping outlived an error:\n{}", upnp.log());
+
+    // Ctrl-C while waiting for the peer: deleted before exit 130.
+    let child = alone("interrupted", "30");
+    let until = Instant::now() + Duration::from_secs(10);
+    while upnp.rules().is_empty() {
+        assert!(Instant::now() < until, "punch never mapped its port:\n{}", upnp.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = common::bounded::stop_with(child, libc::SIGINT);
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(upnp.rules(), "", "the mapping outlived Ctrl-C:\n{}", upnp.log());
+
+    // The transfer, each way: direct through a's mapping.
+    for (from, to) in [("a", "b"), ("b", "a")] {
+        let room = format!("mapped-{from}-{to}");
+        let (sr, rr) = transfer_servers(&w, from, to, &room, 1024 * 1024, MAPPING_SERVERS);
+        let (ra, rb) = if from == "a" { (&sr, &rr) } else { (&rr, &sr) };
+        for r in [ra, rb] {
+            assert_eq!(r["path"], "direct", "{r:#}");
+            assert_eq!(r["mapping_varies"], true, "both NATs are symmetric: {r:#}");
+            assert_eq!(r["birthday"], Value::Null, "a mapping needs no birthday method: {r:#}");
+        }
+        let pm = &ra["port_mapping"];
+        assert_eq!(pm["protocol"], "pcp", "{ra:#}");
+        assert_eq!(pm["deleted"], true, "{ra:#}");
+        assert_eq!(ra["local"]["port_mapped"], true, "b saw a at its mapped address: {ra:#}");
+        assert_eq!(rb["remote"]["address"], pm["external"], "{rb:#}");
+        assert_eq!(rb["remote"]["type"], "srflx", "{rb:#}");
+        assert_eq!(rb["remote"]["port_mapped"], true, "{rb:#}");
+        // b's router maps nothing: b tried, and offered no mapping.
+        assert_eq!(rb["port_mapping"]["protocol"], Value::Null, "{rb:#}");
+        assert_eq!(upnp.rules(), "", "the mapping outlived the session:\n{}", upnp.log());
+    }
+
+    // Without the mapping the pair is what it was: relayed.
+    let (sr, rr) =
+        transfer_servers(&w, "a", "b", "unmapped", 256 * 1024, &[MAPPING_SERVERS, &["--no-port-mapping"]].concat());
+    assert_relayed(&sr);
+    assert_relayed(&rr);
+    assert_eq!(sr["port_mapping"], Value::Null, "{sr:#}");
+    assert_eq!(upnp.rules(), "");
+}

@@ -28,6 +28,11 @@ pub struct PunchArgs {
     #[arg(long)]
     pub no_birthday: bool,
 
+    /// Do not ask the router on the way to the servers (PCP, NAT-PMP, UPnP-IGD) to map the
+    /// punch socket's port; by default a mapping is offered as a candidate and deleted at the end
+    #[arg(long)]
+    pub no_port_mapping: bool,
+
     /// Send this file to the peer (its size and SHA-256 are checked at the end)
     #[arg(long, value_name = "FILE", group = "mode")]
     pub send: Option<PathBuf>,

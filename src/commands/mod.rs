@@ -61,7 +61,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             Command::TurnAlloc(args) => until_interrupted(turn_alloc::run(args, &opts)).await,
             // nat-type handles Ctrl-C itself: it deletes its router port mappings first (exit 130).
             Command::NatType(args) => nat_type::run(args, &opts).await,
-            Command::Punch(args) => until_interrupted(punch::run(args, &opts)).await,
+            // punch too: it deletes its router port mapping first (exit 130).
+            Command::Punch(args) => punch::run(args, &opts).await,
             // call hangs up a connected call on Ctrl-C itself (report, exit 0) and maps an
             // interrupted wait to 130; the servers end on SIGINT/SIGTERM with their summary.
             Command::Call(args) => call::run(args, &opts).await,

@@ -6,12 +6,24 @@ use crate::commands::ice_servers;
 use crate::error::{Status, UsageError, usage};
 use crate::net::server::Family;
 use crate::output::{self, OutputOptions};
+use crate::punch::port_mapping::Mappings;
 use crate::punch::report::PunchReport;
 use crate::punch::session::{self, Mode};
 use crate::signal::protocol::RoomId;
 
+/// Runs the command; Ctrl-C is handled here rather than by the caller, so a port mapping made on
+/// the router is deleted before the command ends with exit 130.
 pub async fn run(args: PunchArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
-    let report = punch(&args, opts).await?;
+    let mappings = Mappings::default();
+    let outcome = tokio::select! {
+        r = punch(&args, opts, &mappings) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let Some(report) = outcome else {
+        mappings.release().await;
+        return Err(crate::error::Interrupted.into());
+    };
+    let report = report?;
     if args.stdio {
         // stdout is the peer's stream.
         output::emit_to(&report, opts, &mut std::io::stderr().lock())?;
@@ -22,7 +34,8 @@ pub async fn run(args: PunchArgs, opts: &OutputOptions) -> anyhow::Result<Status
 }
 
 /// Validates input (errors exit 2), then runs; a failure after that is in `report.error`.
-pub async fn punch(args: &PunchArgs, opts: &OutputOptions) -> anyhow::Result<PunchReport> {
+/// Whatever `mappings` made on the router is deleted before this returns.
+pub async fn punch(args: &PunchArgs, opts: &OutputOptions, mappings: &Mappings) -> anyhow::Result<PunchReport> {
     if !(args.timeout.is_finite() && args.timeout > 0.0 && args.timeout <= 3600.0) {
         return usage(format!("--timeout {} is out of range: give seconds above 0, at most 3600", args.timeout));
     }
@@ -64,9 +77,16 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions) -> anyhow::Result<Pun
         sha256: None,
         error: None,
         path_changes: Vec::new(),
+        port_mapping: None,
     };
-    if let Err(e) = session::run(args, opts, &room, servers, mode, &mut report).await {
+    if let Err(e) = session::run(args, opts, &room, servers, mode, &mut report, mappings).await {
         report.error = Some(format!("{e:#}"));
+    }
+    // Every way out of the session (done, failed) leaves nothing on the router.
+    let deleted = mappings.release().await;
+    if let Some(pm) = report.port_mapping.as_mut() {
+        pm.renewals = mappings.renewals();
+        pm.deleted = deleted.filter(|_| pm.protocol.is_some());
     }
     Ok(report)
 }

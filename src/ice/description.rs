@@ -23,6 +23,10 @@ pub struct Description {
     /// allocation is made).
     #[serde(default)]
     pub relay: bool,
+    /// The candidate that is a router's port mapping of the peer's socket (reachable from
+    /// anyone, offered as `srflx`); absent from older peers.
+    #[serde(default)]
+    pub port_mapped: Option<std::net::SocketAddr>,
 }
 
 impl Description {
@@ -58,6 +62,7 @@ mod tests {
             candidates: vec!["candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host".into()],
             mapping_varies: Some(false),
             relay: true,
+            port_mapped: Some("203.0.113.11:5000".parse().unwrap()),
         };
         assert_eq!(Description::parse(&d.to_json()), Ok(d.clone()));
         assert!(Description::parse("v=0\r\no=- 1 1 IN IP4 0.0.0.0").is_err());

@@ -24,6 +24,9 @@ use crate::punch::mux::StunDatagram;
 use crate::punch::relay_link::RelayLink;
 use crate::stun::message::{BindingResponse, binding_request, new_transaction_id, transaction_id};
 
+/// The first two bytes of a STUN Binding success response (RFC 8489 §5).
+const BINDING_SUCCESS: [u8; 2] = [0x01, 0x01];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IceEvent {
     /// The controlling side nominated this pair: QUIC can start on it.
@@ -52,6 +55,9 @@ pub struct IceHandle {
     pub events: mpsc::UnboundedReceiver<IceEvent>,
     late: mpsc::UnboundedSender<Late>,
     pub log: Arc<Mutex<CheckLog>>,
+    /// Per remote address: our address as that peer saw it (XOR-MAPPED-ADDRESS of its answers to
+    /// our checks), e.g. to tell that it reached us through a router's port mapping.
+    seen_as: Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>,
 }
 
 impl IceHandle {
@@ -71,6 +77,11 @@ impl IceHandle {
         let _ = self.late.send(Late::Regather(servers));
     }
 
+    /// Our address as the peer at `remote` saw it, from its answers to our checks.
+    pub fn seen_as(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        self.seen_as.lock().ok().and_then(|m| m.get(&remote).copied())
+    }
+
     pub fn checks(&self) -> Vec<crate::ice::checks::CheckRecord> {
         self.log.lock().map(|l| l.records()).unwrap_or_default()
     }
@@ -88,6 +99,8 @@ pub fn spawn(
     let (late_tx, mut late_rx) = mpsc::unbounded_channel::<Late>();
     let log = Arc::new(Mutex::new(CheckLog::default()));
     let task_log = log.clone();
+    let seen_as = Arc::new(Mutex::new(HashMap::new()));
+    let task_seen_as = seen_as.clone();
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
     tokio::spawn(async move {
         // The address a datagram from `from` arrived on, to match our host candidates.
@@ -180,6 +193,12 @@ pub fn spawn(
                         if let Ok(mut l) = task_log.lock() {
                             l.on_recv(&d.bytes, now);
                         }
+                        if d.bytes.starts_with(&BINDING_SUCCESS)
+                            && let Some(mapped) = BindingResponse::parse(&d.bytes).ok().and_then(|r| r.reflexive())
+                            && let Ok(mut m) = task_seen_as.lock()
+                        {
+                            m.insert(d.from, mapped);
+                        }
                         let packet = StunPacket { proto: Protocol::Udp, source: d.from, destination: dest, message };
                         if agent.accepts_message(&packet.message) {
                             agent.handle_packet(now, packet);
@@ -208,5 +227,5 @@ pub fn spawn(
             }
         }
     });
-    IceHandle { events: ev_rx, late: late_tx, log }
+    IceHandle { events: ev_rx, late: late_tx, log, seen_as }
 }

@@ -7,6 +7,7 @@ pub mod consent;
 pub mod ice_driver;
 pub mod mux;
 pub mod plan;
+pub mod port_mapping;
 pub mod quic;
 pub mod relay_link;
 pub mod report;

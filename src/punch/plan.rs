@@ -2,8 +2,9 @@
 //! method when exactly one side's NAT varies its mapping by destination and the direct pairs
 //! have had a moment; the TURN relay last: after the birthday method gives up, after a short
 //! window of direct checks otherwise, at once when both NATs are hard (no direct path can
-//! exist) or with `--relay-only`. Relayed candidates wait for their phase so that a relay pair
-//! that answers first never wins over a direct one that was about to (RFC 8445 §7.2.5.3 lets
+//! exist) or with `--relay-only`. A router port mapping on either side (see `punch::port_mapping`)
+//! makes every pair an easy one: direct checks first, no birthday method. Relayed candidates
+//! wait for their phase so that a relay pair that answers first never wins over a direct one that was about to (RFC 8445 §7.2.5.3 lets
 //! the controlling agent nominate any valid pair; holding the relay back makes "direct when
 //! possible" a property rather than a race).
 //!
@@ -33,6 +34,10 @@ pub struct Knowledge {
     pub relay_available: bool,
     pub relay_only: bool,
     pub birthday_allowed: bool,
+    /// Either side offers a router's port mapping (reachable from anyone): plain ICE checks
+    /// toward it work whatever the NATs' mapping, so neither the birthday method nor an early
+    /// relay is needed.
+    pub port_mapped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +50,8 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(k: &Knowledge, start: Instant) -> Plan {
-        let both_hard = k.ours_varies == Some(true) && k.theirs_varies == Some(true);
-        let birthday = if k.relay_only || !k.birthday_allowed {
+        let both_hard = k.ours_varies == Some(true) && k.theirs_varies == Some(true) && !k.port_mapped;
+        let birthday = if k.relay_only || !k.birthday_allowed || k.port_mapped {
             None
         } else {
             match (k.ours_varies, k.theirs_varies, k.their_srflx) {
@@ -85,6 +90,7 @@ mod tests {
             relay_available: true,
             relay_only: false,
             birthday_allowed: true,
+            port_mapped: false,
         }
     }
 
@@ -129,5 +135,14 @@ mod tests {
         assert_eq!(Plan::new(&only, t0), Plan { birthday: None, relay_at: Some(t0) });
         let no_birthday = Knowledge { birthday_allowed: false, ..k(Some(false), Some(true)) };
         assert_eq!(Plan::new(&no_birthday, t0).relay_at, Some(t0 + DIRECT_WINDOW));
+    }
+
+    #[test]
+    fn a_port_mapping_on_either_side_makes_hard_pairs_check_directly_first() {
+        let t0 = Instant::now();
+        for (o, t) in [(Some(true), Some(true)), (Some(false), Some(true)), (Some(true), Some(false))] {
+            let p = Plan::new(&Knowledge { port_mapped: true, ..k(o, t) }, t0);
+            assert_eq!(p, Plan { birthday: None, relay_at: Some(t0 + DIRECT_WINDOW) }, "{o:?} {t:?}");
+        }
     }
 }

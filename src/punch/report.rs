@@ -1,7 +1,7 @@
 //! The report of `natkit punch` (the JSON contract in README) and its table.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use is::{Candidate, CandidateKind};
 use serde::Serialize;
@@ -62,6 +62,25 @@ pub struct Endpoint {
     pub address: SocketAddr,
     #[serde(rename = "type")]
     pub kind: CandidateType,
+    /// This address is a router's port mapping (ours: see `port_mapping`; the peer's: its
+    /// description said so); offered as `srflx`.
+    pub port_mapped: bool,
+}
+
+/// The port mapping punch asked its router for (null with --no-port-mapping or --relay-only).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PortMappingUse {
+    /// The router on the way to the servers that was asked (null: none on the way).
+    pub gateway: Option<Ipv4Addr>,
+    /// The protocol that mapped (null: none did, see `error`).
+    pub protocol: Option<crate::portmap::Protocol>,
+    /// The mapped address, offered as a candidate.
+    pub external: Option<SocketAddr>,
+    pub lifetime_s: Option<u32>,
+    pub renewals: u32,
+    /// Deleted at the end (null when nothing was mapped).
+    pub deleted: Option<bool>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +105,8 @@ pub struct PunchReport {
     pub error: Option<String>,
     /// Each time the path moved after connecting (a NAT forgot, the peer moved), in order.
     pub path_changes: Vec<PathChange>,
+    /// The router port mapping offered as a candidate.
+    pub port_mapping: Option<PortMappingUse>,
 }
 
 /// One move of the path after connecting.
@@ -157,7 +178,7 @@ impl BirthdayReport {
 /// The candidate type of `addr` among `candidates` (`prflx` when it is none of them).
 pub(crate) fn endpoint_of(addr: SocketAddr, candidates: &[Candidate]) -> Endpoint {
     let kind = candidates.iter().find(|c| c.addr() == addr).map_or(CandidateType::Prflx, |c| c.kind().into());
-    Endpoint { address: addr, kind }
+    Endpoint { address: addr, kind, port_mapped: false }
 }
 
 impl Render for PunchReport {

@@ -27,9 +27,11 @@ use crate::punch::consent::ConsentConfig;
 use crate::punch::ice_driver::{self, IceEvent};
 use crate::punch::mux::{Diverted, MuxSocket};
 use crate::punch::plan::{Knowledge, Plan};
+use crate::punch::port_mapping::{AbortOnDrop, MAP_GRACE, Mappings, Renewal};
 use crate::punch::relay_link::{LinkEvent, RelayLink};
 use crate::punch::report::{
-    BirthdayReport, CandidateType, Endpoint, PathChange, PathChangeReason, PathKind, PunchReport, Role, endpoint_of,
+    BirthdayReport, CandidateType, Endpoint, PathChange, PathChangeReason, PathKind, PortMappingUse, PunchReport, Role,
+    endpoint_of,
 };
 use crate::punch::{quic, transfer};
 use crate::signal::client::{ClientOptions, SignalClient};
@@ -75,6 +77,7 @@ pub async fn run(
     servers: IceServers,
     mode: Mode,
     report: &mut PunchReport,
+    mappings: &Mappings,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout);
     let copts = ClientOptions { tls: TlsOptions { insecure: args.insecure, ca: None } };
@@ -113,6 +116,37 @@ pub async fn run(
     let socket = Arc::new(udp::bind("0.0.0.0:0".parse().context("bind address")?).context("binding the UDP socket")?);
     let port = socket.local_addr()?.port();
     let mut local_candidates: Vec<Candidate> = Vec::new();
+    // The router on the way to our servers maps the socket's port while the STUN servers answer
+    // (see punch::port_mapping); --relay-only offers no direct candidate, so it asks nothing.
+    let mapping_target = stun_servers.first().copied().or(turn.as_ref().map(|t| t.0));
+    let mut map_task = match (args.no_port_mapping || relay_only, mapping_target) {
+        (true, _) => None,
+        (false, Some(towards)) => Some(mappings.spawn_map(towards, port)),
+        (false, None) => {
+            let why = "no STUN or TURN server given: no route to find the router on";
+            report.port_mapping = Some(PortMappingUse { error: Some(why.into()), ..PortMappingUse::default() });
+            None
+        }
+    };
+    let reflexive = if relay_only {
+        Vec::new()
+    } else {
+        gather::server_reflexive(&socket, &stun_servers, Duration::from_secs(2)).await
+    };
+    // Our port-mapped address, and the renewal that keeps it while this session lives. A mapping
+    // that is not there by now is trickled when it comes (`join_some(&mut map_task)` below).
+    let mut port_mapped: Option<SocketAddr> = None;
+    let mut _renewal = None;
+    if let Some(task) = map_task.as_mut()
+        && let Ok(done) = tokio::time::timeout(MAP_GRACE, &mut task.0).await
+    {
+        map_task = None;
+        if let Some((c, renewal)) = adopt_mapping(done, report, mappings, port) {
+            port_mapped = Some(c.addr());
+            _renewal = Some(renewal);
+            local_candidates.push(c);
+        }
+    }
     if !relay_only {
         let ips = if args.host_ips.is_empty() {
             gather::host_ips(&gather::interface_ips(), false)
@@ -122,7 +156,6 @@ pub async fn run(
         for ip in &ips {
             local_candidates.push(Candidate::host(SocketAddr::new(*ip, port), "udp").context("host candidate")?);
         }
-        let reflexive = gather::server_reflexive(&socket, &stun_servers, Duration::from_secs(2)).await;
         report.mapping_varies = gather::mapping_varies(&reflexive);
         for r in &reflexive {
             let base = SocketAddr::new(udp::local_ip_towards(r.server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
@@ -161,6 +194,7 @@ pub async fn run(
         candidates: report.candidates.clone(),
         mapping_varies: report.mapping_varies,
         relay: relay.is_some(),
+        port_mapped,
     };
 
     // Offer/answer through the room; a person at a terminal sees what is being waited for.
@@ -199,6 +233,7 @@ pub async fn run(
         relay_available: relay.is_some() || theirs.relay || remote_candidates.iter().any(is_relayed),
         relay_only,
         birthday_allowed: !args.no_birthday,
+        port_mapped: port_mapped.is_some() || theirs.port_mapped.is_some(),
     };
     let mut plan = Plan::new(&knowledge, Instant::now());
     tracing::info!(?plan, "plan");
@@ -281,6 +316,16 @@ pub async fn run(
                         plan.birthday_gave_up(&knowledge, Instant::now());
                     }
                     Err(_) => plan.birthday_gave_up(&knowledge, Instant::now()),
+                }
+            },
+            done = join_some(&mut map_task) => {
+                map_task = None;
+                if let Some((c, renewal)) = adopt_mapping(done, report, mappings, port) {
+                    trickle_local(&mut signal, &peer, &c, report).await?;
+                    ice.add_local(c.clone());
+                    port_mapped = Some(c.addr());
+                    _renewal = Some(renewal);
+                    local_candidates.push(c);
                 }
             },
             ev = recv_opt(&mut relay_events) => match ev {
@@ -380,6 +425,7 @@ pub async fn run(
     report.path =
         Some(if relayed(&report.local) || relayed(&report.remote) { PathKind::Relay } else { PathKind::Direct });
     report.checks = ice.checks();
+    mark_port_mapped(report, theirs.port_mapped, port_mapped, &ice);
     tracing::info!(remote = %conn.remote_address(), "QUIC connected");
 
     let pb = output::progress(opts, 0, "transfer");
@@ -455,6 +501,18 @@ pub async fn run(
                 Some(_) => {}
                 None => std::future::pending::<()>().await,
             },
+            done = join_some(&mut map_task) => {
+                // A slow router's mapping, after connecting: offered for a later re-punch.
+                map_task = None;
+                if let Some((c, renewal)) = adopt_mapping(done, report, mappings, port) {
+                    if signal_open && let Err(e) = trickle_local(&mut signal, &peer, &c, report).await {
+                        tracing::warn!("signal server: {e}");
+                    }
+                    ice.add_local(c.clone());
+                    _renewal = Some(renewal);
+                    local_candidates.push(c);
+                }
+            },
             msg = signal.recv(), if signal_open => match msg {
                 Ok(ServerMessage::Candidate { from, candidate, .. }) if from == peer && !candidate.candidate.is_empty() => {
                     match Candidate::from_sdp_string(&candidate.candidate) {
@@ -507,6 +565,9 @@ pub async fn run(
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
     report.checks = ice.checks();
+    // Again at the end: the answerer may have let QUIC in before its own check was answered; by now
+    // consent checks on the path have been.
+    mark_port_mapped(report, theirs.port_mapped, port_mapped, &ice);
     let _ = signal.send(&ClientMessage::Leave).await;
     drop(peer);
     Ok(())
@@ -556,6 +617,71 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+async fn join_some<T>(task: &mut Option<AbortOnDrop<T>>) -> Result<T, tokio::task::JoinError> {
+    match task.as_mut() {
+        Some(t) => (&mut t.0).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Takes a finished port-mapping attempt into the session: its report, and the mapped address as
+/// a candidate (offered as srflx, its base the socket's address toward the router) with the task
+/// that renews it.
+fn adopt_mapping(
+    done: Result<(PortMappingUse, Option<crate::portmap::Lease>), tokio::task::JoinError>,
+    report: &mut PunchReport,
+    mappings: &Mappings,
+    port: u16,
+) -> Option<(Candidate, Renewal)> {
+    let (use_, lease) = match done {
+        Ok(r) => r,
+        Err(e) => {
+            (PortMappingUse { error: Some(format!("port mapping task: {e}")), ..PortMappingUse::default() }, None)
+        }
+    };
+    let gateway = use_.gateway;
+    if let Some(e) = &use_.error {
+        tracing::info!("no port mapping: {e}");
+    }
+    report.port_mapping = Some(use_);
+    let (lease, gw) = (lease?, gateway?);
+    let external = lease.external?;
+    tracing::info!(protocol = %lease.protocol, %external, "the router {gw} mapped our port");
+    let base_ip = udp::local_ip_towards(SocketAddr::new(gw.into(), 5351)).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let c = Candidate::server_reflexive(external, SocketAddr::new(base_ip, port), "udp").ok()?;
+    Some((c, mappings.keep_renewed(lease)))
+}
+
+/// Marks the ends of the selected path that are a router's port mapping: theirs when it is the
+/// address the peer said is one; ours when the peer answered our checks seeing us there.
+fn mark_port_mapped(
+    report: &mut PunchReport,
+    theirs: Option<SocketAddr>,
+    ours: Option<SocketAddr>,
+    ice: &ice_driver::IceHandle,
+) {
+    let remote = report.remote.as_ref().map(|r| r.address);
+    if let Some(r) = report.remote.as_mut() {
+        r.port_mapped = theirs == Some(r.address);
+    }
+    if let (Some(l), Some(ours)) = (report.local.as_mut(), ours) {
+        l.port_mapped = l.address == ours || remote.and_then(|r| ice.seen_as(r)) == Some(ours);
+    }
+}
+
+/// Offers one more of our candidates to the peer through the room (trickle).
+async fn trickle_local(
+    signal: &mut SignalClient,
+    peer: &PeerId,
+    c: &Candidate,
+    report: &mut PunchReport,
+) -> anyhow::Result<()> {
+    let line = c.to_sdp_string();
+    report.candidates.push(line.clone());
+    let trickle = ClientMessage::candidate(peer.clone(), IceCandidate::new(line, None, None));
+    signal.send(&trickle).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
     match rx.as_mut() {
         Some(rx) => rx.recv().await,
@@ -580,13 +706,14 @@ fn birthday_local(opener_socket: Option<SocketAddr>, remote: SocketAddr, candida
         Some(sock) => Endpoint {
             address: SocketAddr::new(udp::local_ip_towards(remote).unwrap_or(sock.ip()), sock.port()),
             kind: CandidateType::Host,
+            port_mapped: false,
         },
         None => candidates
             .iter()
             .find(|c| c.kind() == CandidateKind::ServerReflexive)
             .or_else(|| candidates.first())
             .map(|c| endpoint_of(c.addr(), candidates))
-            .unwrap_or(Endpoint { address: remote, kind: CandidateType::Prflx }),
+            .unwrap_or(Endpoint { address: remote, kind: CandidateType::Prflx, port_mapped: false }),
     }
 }
 
