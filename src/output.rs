@@ -142,7 +142,13 @@ impl Grid {
             .collect()
     }
 
+    /// The table at the width of `COLUMNS` or of the terminal (none for a pipe: no wrapping).
     pub fn to_table(&self) -> Table {
+        self.table_for(columns_from_env())
+    }
+
+    /// The table fitted to `width` columns (`None`: the terminal's, when stdout is one).
+    pub fn table_for(&self, width: Option<u16>) -> Table {
         let keep = self.kept_columns();
         let pick = |cells: &[String]| -> Vec<String> {
             keep.iter().map(|&i| cells.get(i).cloned().unwrap_or_default()).collect()
@@ -155,30 +161,103 @@ impl Grid {
         for r in &self.rows {
             t.add_row(pick(r));
         }
-        if let Some(w) = columns_from_env() {
+        if let Some(w) = width {
             t.set_width(w);
         }
-        for (col, &i) in t.column_iter_mut().zip(&keep) {
-            let longest = self
-                .rows
-                .iter()
-                .filter_map(|r| r.get(i))
-                .chain(self.header.iter().filter_map(|h| h.get(i)))
-                .flat_map(|c| c.split_whitespace())
-                .map(|w| w.chars().count())
-                .max()
-                .unwrap_or(0)
-                .min(LONGEST_UNSPLIT_TOKEN);
-            // comfy-table's boundary includes the cell's padding (one space each side).
-            col.set_constraint(ColumnConstraint::LowerBoundary(Width::Fixed(longest as u16 + 2)));
+        // Widths are ours to choose: comfy-table's dynamic arrangement fixes a column at its
+        // lower boundary as soon as that is above the average, and then wraps cells that would
+        // have fit. Each column gets at least its longest token (an address stays whole), then
+        // the spare width goes to the columns that need least to show in full.
+        let Some(total) = t.width() else { return t };
+        let cells = |i: usize| {
+            self.rows.iter().filter_map(move |r| r.get(i)).chain(self.header.iter().filter_map(move |h| h.get(i)))
+        };
+        // comfy-table's widths include the cell's padding (one space each side).
+        let natural: Vec<usize> =
+            keep.iter().map(|&i| cells(i).map(|c| c.chars().count()).max().unwrap_or(0) + 2).collect();
+        let least: Vec<usize> = keep
+            .iter()
+            .map(|&i| {
+                let token = cells(i).flat_map(|c| c.split_whitespace()).map(|w| w.chars().count()).max().unwrap_or(0);
+                token.min(LONGEST_UNSPLIT_TOKEN) + 2
+            })
+            .collect();
+        let widths = fit_columns(&natural, &least, usize::from(total).saturating_sub(keep.len() + 1));
+        for (col, w) in t.column_iter_mut().zip(widths) {
+            col.set_constraint(ColumnConstraint::Absolute(Width::Fixed(w.min(usize::from(u16::MAX)) as u16)));
         }
         t
     }
 }
 
+/// Column widths that fit `room` (the table's width less its borders): each its `natural`
+/// width when all fit; else each at least its `least`, and the rest of the room given to the
+/// columns that need least more to be shown whole, so that as few as possible wrap.
+fn fit_columns(natural: &[usize], least: &[usize], room: usize) -> Vec<usize> {
+    if natural.iter().sum::<usize>() <= room {
+        return natural.to_vec();
+    }
+    let mut widths: Vec<usize> = least.iter().zip(natural).map(|(l, n)| (*l).min(*n)).collect();
+    let mut spare = room.saturating_sub(widths.iter().sum());
+    let mut by_need: Vec<usize> = (0..widths.len()).collect();
+    by_need.sort_by_key(|&i| natural[i] - widths[i]);
+    let mut open: Vec<usize> = Vec::new();
+    for i in by_need {
+        let need = natural[i] - widths[i];
+        if need <= spare {
+            widths[i] += need;
+            spare -= need;
+        } else {
+            open.push(i);
+        }
+    }
+    // What is left is shared by the columns that still wrap.
+    for (k, &i) in open.iter().enumerate() {
+        let share = spare / (open.len() - k);
+        widths[i] += share;
+        spare -= share;
+    }
+    widths
+}
+
 impl std::fmt::Display for Grid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.to_table())
+    }
+}
+
+/// The width to fill with prose: `COLUMNS`, else the terminal's, else none
+/// (a pipe or a file gets each sentence on one line).
+fn text_width() -> Option<usize> {
+    // comfy-table measures the terminal (stdout a tty) the same way for its tables.
+    columns_from_env().or_else(|| Table::new().width()).map(usize::from)
+}
+
+/// Wraps `text` at spaces to `width` columns; a word longer than the width
+/// (an address, a hash) stays whole on its own line.
+pub fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0usize;
+    for word in text.split_whitespace() {
+        let n = word.chars().count();
+        if line > 0 && line + 1 + n > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += n;
+    }
+    out
+}
+
+/// Writes a sentence of a report, wrapped to the terminal (or `COLUMNS`) at spaces.
+pub fn say(out: &mut dyn Write, text: &str) -> std::io::Result<()> {
+    match text_width() {
+        Some(w) => writeln!(out, "{}", wrap(text, w)),
+        None => writeln!(out, "{text}"),
     }
 }
 
@@ -281,11 +360,31 @@ mod tests {
         let mut g = Grid::new(&["server", "status"]);
         let long = "no answer after 3 tries over 2.5 s; the server may be down or UDP blocked on this network";
         g.row(vec!["203.0.113.12:35124".into(), long.into()]);
-        let mut t = g.to_table();
-        t.set_width(40);
-        let text = t.to_string();
+        let text = g.table_for(Some(40)).to_string();
         assert!(text.lines().any(|l| l.contains("203.0.113.12:35124")), "{text}");
         assert!(text.lines().count() > 4, "the sentence wrapped: {text}");
+    }
+
+    #[test]
+    fn a_table_that_fits_is_not_wrapped() {
+        let mut g = Grid::new(&["local", "remote", "pair", "rtt"]);
+        g.row(vec![
+            "10.2.0.2:34312 host".into(),
+            "203.0.113.11:53376 srflx".into(),
+            "in use (ICE)".into(),
+            "0.19 ms".into(),
+        ]);
+        let text = g.table_for(Some(80)).to_string();
+        assert_eq!(text.lines().count(), 5, "{text}");
+    }
+
+    #[test]
+    fn spare_width_goes_to_the_columns_that_then_fit() {
+        assert_eq!(fit_columns(&[10, 20], &[5, 5], 40), vec![10, 20]);
+        // 26 of room: the first fits whole (10), the second wraps in the 16 left.
+        assert_eq!(fit_columns(&[10, 30], &[5, 8], 26), vec![10, 16]);
+        // Not even the least fits: the least, never less.
+        assert_eq!(fit_columns(&[30, 30], &[20, 20], 30), vec![20, 20]);
     }
 
     #[test]
@@ -294,6 +393,15 @@ mod tests {
             serde_json::json!({"rtt_ms": 0.35376599999999997, "n": 7, "xs": [1.23456789], "big": 123456789012u64});
         round_floats(&mut v);
         assert_eq!(v.to_string(), r#"{"rtt_ms":0.354,"n":7,"xs":[1.235],"big":123456789012}"#);
+    }
+
+    #[test]
+    fn prose_wraps_at_spaces_and_keeps_long_words_whole() {
+        let text = "Path changed at 812 ms (our NAT mapping changed): 203.0.113.12:35124 -> 203.0.113.12:40001.";
+        let w = wrap(text, 30);
+        assert!(w.lines().all(|l| l.chars().count() <= 30 || !l.contains(' ')), "{w}");
+        assert!(w.lines().any(|l| l.contains("203.0.113.12:35124")), "{w}");
+        assert_eq!(w.split_whitespace().collect::<Vec<_>>(), text.split_whitespace().collect::<Vec<_>>());
     }
 
     #[test]

@@ -135,3 +135,85 @@ fn signal_listen_takes_a_bare_port_and_a_host_name() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("localhost:8080"), "the error shows the forms with examples: {err}");
 }
+
+/// Two peers behind two NATs of the lab, with `natkit relay` (STUN on both public IPs) and
+/// `natkit signal` on the public segment, as in tests/punch.rs.
+struct PunchLab {
+    lab: common::lab::Lab,
+    _relay: common::lab::LabChild,
+    signal: SignalServer,
+}
+
+impl PunchLab {
+    fn start(a: common::lab::NatKind, b: common::lab::NatKind) -> PunchLab {
+        let lab = common::lab::Lab::builder().nat("a", a).nat("b", b).build();
+        let public = lab.public_ns();
+        let relay =
+            lab.spawn_in(&public, NATKIT, &["relay", "--listen", "203.0.113.1:3478", "--listen", "203.0.113.2:3478"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !["203.0.113.1", "203.0.113.2"].iter().all(|ip| lab.udp_listening(&public, ip, 3478)) {
+            assert!(Instant::now() < deadline, "natkit relay did not listen in the lab within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let signal = SignalServer::start_in(&["ip", "netns", "exec", &public], "203.0.113.1", &[]);
+        PunchLab { lab, _relay: relay, signal }
+    }
+
+    /// `natkit punch` (connect only) in peer `name`'s namespace with `extra` flags and `COLUMNS=80`.
+    fn punch(&self, name: &str, room: &str, extra: &[&str]) -> Child {
+        let url = self.signal.ws_url();
+        let args = [
+            &["punch", "--signal", url.as_str(), "--room", room, "--timeout", "30"][..],
+            &["--stun", "203.0.113.1:3478", "--stun", "203.0.113.2:3478"],
+            extra,
+        ]
+        .concat();
+        let mut c = self.lab.command_in(&self.lab.client_ns(name), NATKIT, &args);
+        c.env("COLUMNS", "80").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().expect("spawn natkit punch")
+    }
+}
+
+/// Lines longer than 80 columns in `text` (none allowed).
+fn too_wide(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| l.chars().count() > 80).collect()
+}
+
+#[test]
+fn punch_table_lists_the_pair_in_use_first_with_types_and_method_in_80_columns() {
+    use common::lab::NatKind;
+    let w = PunchLab::start(NatKind::FullCone, NatKind::PortRestrictedCone);
+    let json_peer = w.punch("a", "table", &["--json"]);
+    let table_peer = w.punch("b", "table", &[]);
+    let (j, t) = (json_peer.wait_with_output().expect("a"), table_peer.wait_with_output().expect("b"));
+    assert_eq!(j.status.code(), Some(0), "{}", String::from_utf8_lossy(&j.stderr));
+    assert_eq!(t.status.code(), Some(0), "{}", String::from_utf8_lossy(&t.stderr));
+    let r = common::json_of(&j);
+    let text = String::from_utf8_lossy(&t.stdout);
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('│')).collect();
+    assert!(rows.len() >= 2, "a header and the pair in use: {text}");
+    // The first row is a pair of candidates with their types: the table peer's own (the JSON
+    // peer's remote candidates) and one of the JSON peer's, as "address type".
+    let typed = |list: &str| -> Vec<String> {
+        r[list]
+            .as_array()
+            .expect("candidate list")
+            .iter()
+            .filter_map(|c| c.as_str())
+            .filter_map(|c| {
+                let f: Vec<&str> = c.split_whitespace().collect();
+                Some(format!("{}:{} {}", f.get(4)?, f.get(5)?, f.get(7)?))
+            })
+            .collect()
+    };
+    let (ours, theirs) = (typed("remote_candidates"), typed("candidates"));
+    assert!(ours.iter().any(|c| rows[1].contains(c.as_str())), "no local candidate of {ours:?} first:\n{text}");
+    // The peer's end may have been learnt from its checks first (prflx): its address, then a type.
+    let typed_after = |a: &str| ["host", "srflx", "prflx"].iter().any(|k| rows[1].contains(&format!("{a} {k}")));
+    let addr = |c: &String| c.split(' ').next().unwrap_or_default().to_string();
+    assert!(theirs.iter().map(addr).any(|a| typed_after(&a)), "no remote candidate of {theirs:?} first:\n{text}");
+    assert!(rows[1].contains("in use (ICE)"), "{text}");
+    assert!(!text.contains("noresponse"), "{text}");
+    assert!(text.contains("found by ICE checks"), "{text}");
+    assert!(too_wide(&text).is_empty(), "lines over 80 columns: {:?}\n{text}", too_wide(&text));
+}
