@@ -7,6 +7,10 @@
 //! - `/ice`, the Trickle-ICE-style test page, gathers host, srflx and relay candidates against
 //!   `natkit relay` from behind a lab NAT and says in words that STUN and TURN work, and that a
 //!   TURN server with a wrong password does not; the servers it lists are not handed to other sites.
+//!
+//! Each page is also photographed (WebDriver Take Screenshot: CDP `Page.captureScreenshot` under
+//! chromedriver) and the PNG checked; with `NATKIT_UPDATE_SCREENSHOTS=1` the Chromium ones are
+//! written to `docs/img/` for the README (never otherwise: a test run leaves the tree clean).
 
 mod common;
 
@@ -141,6 +145,11 @@ fn path_panel_shows_the_selected_pair(browser: Browser, path: Path) {
                 assert!(text.starts_with("peer 1"), "{text}");
                 let id_b = b.eval("return window.natkit.id;").await;
                 assert!(!text.contains(id_b.as_str().expect("B's id")), "{text}");
+                // The picture for the README: the relay call in Chromium, once bitrates are in.
+                let rates = "return /[0-9] [kM]bit\\/s/.test(document.querySelector('#remoteDiv .path').innerText);";
+                assert!(a.wait_for(rates, Duration::from_secs(10)).await, "no bitrate in the panel: {}", a.eval(PANELS).await);
+                let save = (browser == Browser::Chromium && path == Path::RelayOnly).then_some("page-path-panel.png");
+                a.screenshot_png(&format!("the page in {browser:?} ({path:?})"), save).await;
                 a.close().await;
                 b.close().await;
             });
@@ -195,6 +204,7 @@ fn ice_page_gathers_and_judges_each_server(browser: Browser) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let b = browser.start_in(&client_ns).await;
+                b.client.set_window_size(1366, 768).await.expect("window size");
                 b.client.goto(&url).await.expect("open /ice");
                 let listed = "return [...document.querySelectorAll('#servers tbody tr')].map(r => r.dataset.url).join(' ');";
                 assert!(
@@ -241,6 +251,8 @@ fn ice_page_gathers_and_judges_each_server(browser: Browser) {
                 assert!(text(&v_wrong).contains("401 from the server — wrong credentials?"), "{context}");
                 let summary = b.eval("return document.getElementById('summary').textContent;").await;
                 assert!(summary.as_str().is_some_and(|s| s.starts_with("Gathering took ")), "{summary}");
+                let save = (browser == Browser::Chromium).then_some("ice.png");
+                b.screenshot_png(&format!("/ice in {browser:?}"), save).await;
                 b.close().await;
             });
             drop(server);

@@ -218,3 +218,29 @@ impl Session {
         let _ = self.client.close().await;
     }
 }
+
+impl Session {
+    /// A PNG of the page as the user sees it, via WebDriver's Take Screenshot (chromedriver makes
+    /// it with CDP `Page.captureScreenshot`, geckodriver with Firefox's own capture), checked to be
+    /// a PNG with a real size and content (not a blank few bytes). With `save_as` and
+    /// `NATKIT_UPDATE_SCREENSHOTS=1` it is also written to `docs/img/NAME` for the README; never
+    /// otherwise, so that a test run leaves the tree clean.
+    pub async fn screenshot_png(&self, name: &str, save_as: Option<&str>) -> Vec<u8> {
+        let png = self.client.screenshot().await.unwrap_or_else(|e| panic!("taking a screenshot for {name}: {e}"));
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot for {name} is not a PNG ({} bytes)", png.len());
+        // IHDR is the first chunk: width and height, big-endian, at bytes 16..24.
+        let dim = |at: usize| png.get(at..at + 4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let (w, h) = (dim(16), dim(20));
+        assert!(w >= 320 && h >= 240, "the screenshot for {name} is {w}×{h}");
+        // A blank page of this size compresses to a few hundred bytes; text, tables and video do not.
+        assert!(png.len() > 10_000, "the screenshot for {name} looks empty: {} bytes for {w}×{h}", png.len());
+        if let Some(file) = save_as
+            && std::env::var("NATKIT_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1")
+        {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img");
+            std::fs::create_dir_all(&dir).expect("creating docs/img");
+            std::fs::write(dir.join(file), &png).unwrap_or_else(|e| panic!("writing docs/img/{file}: {e}"));
+        }
+        png
+    }
+}
