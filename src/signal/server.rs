@@ -1,5 +1,6 @@
 //! The signaling server's driver: HTTP(S) with axum and hyper, the `/ws`
-//! WebSocket endpoint, the embedded video-chat page at `/`, socket.io 2.x on
+//! WebSocket endpoint, the embedded video-chat page at `/`, the ICE test page
+//! at `/ice` (with the servers it hands out at `/ice/servers`), socket.io 2.x on
 //! `/socket.io/`, and `--metrics`. All room logic is in `rooms`/`hub`; all
 //! per-frame checks are in `limits::Gate`. This file only moves frames.
 //!
@@ -53,6 +54,8 @@ use crate::signal::rooms::Rooms;
 
 /// The video-chat page, embedded: no build step, no CDN.
 pub const PAGE_HTML: &str = include_str!("page/index.html");
+/// The Trickle-ICE-style test page, embedded the same way.
+pub const ICE_HTML: &str = include_str!("page/ice.html");
 
 /// A write to a client that takes longer than this means it is not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -260,6 +263,8 @@ fn router(app: Arc<App>) -> Router {
     let _ = io;
     Router::new()
         .route("/", get(page))
+        .route("/ice", get(ice_page))
+        .route("/ice/servers", get(ice_servers))
         .route("/ws", get(ws_upgrade))
         .with_state(app.clone())
         .layer(sio_layer)
@@ -294,6 +299,46 @@ async fn check_origin(
 
 async fn page() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-store")], Html(PAGE_HTML))
+}
+
+async fn ice_page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Html(ICE_HTML))
+}
+
+/// The STUN/TURN servers a client from this address gets in `created`, for the `/ice` page
+/// (the same per-address credentials: asking here mints nothing `/ws` would not).
+///
+/// The Origin check in front lets through requests without `Origin`, and a same-origin `fetch`
+/// GET sends none; so does a `<script src>` from another site. That one is refused by its
+/// `Sec-Fetch-Site` (browsers send it on every request), and `nosniff` keeps a browser from
+/// running the JSON as a script anyway.
+async fn ice_servers(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let site = headers.get("sec-fetch-site").map(|v| v.to_str().unwrap_or(""));
+    if let Some(site) = site
+        && !matches!(site, "same-origin" | "none")
+    {
+        if app.hub.metrics.origin_refused.fetch_add(1, Relaxed) == 0 {
+            tracing::warn!(
+                "refused /ice/servers to a {site} request (first one now; all are counted in natkit_signal_origin_refused_total)"
+            );
+        }
+        return (axum::http::StatusCode::FORBIDDEN, "the ICE servers are for this server's own pages\n")
+            .into_response();
+    }
+    let body = serde_json::json!({ "ice_servers": app.ice.for_client(remote.ip(), SystemTime::now()) });
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_TYPE, "application/json"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn ws_upgrade(

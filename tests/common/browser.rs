@@ -50,11 +50,24 @@ impl LoopbackNs {
 
     /// Moves the calling thread into the namespace (setns(2) affects only this thread).
     pub fn enter_current_thread(&self) {
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.name)).expect("opening the namespace handle");
-        // SAFETY: a plain syscall on a valid fd; it changes only this thread's network namespace.
-        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns into {}: {}", self.name, std::io::Error::last_os_error());
+        enter_netns(&self.name);
     }
+}
+
+/// Moves the calling thread into the named namespace (`ip netns add` made it: a lab's, or a
+/// [`LoopbackNs`]); processes the thread starts afterwards are born in it.
+pub fn enter_netns(name: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{name}")).expect("opening the namespace handle");
+    // SAFETY: a plain syscall on a valid fd; it changes only this thread's network namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns into {name}: {}", std::io::Error::last_os_error());
+}
+
+/// `program` run inside namespace `ns` by `ip netns exec`.
+fn command_in(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
 }
 
 impl Drop for LoopbackNs {
@@ -93,6 +106,13 @@ impl Browser {
     /// browser with fake camera and microphone. Call from a thread that has entered `ns`
     /// ([`LoopbackNs::enter_current_thread`]): the WebDriver port is on the namespace's loopback.
     pub async fn start(self, ns: &LoopbackNs) -> Session {
+        self.start_in(&ns.name).await
+    }
+
+    /// [`Browser::start`] in any namespace made by `ip netns add` (a lab's client namespace, say),
+    /// from a thread that has entered it ([`enter_netns`]). Whoever made the namespace ends the
+    /// browser's processes with it (the lab's Drop does).
+    pub async fn start_in(self, ns: &str) -> Session {
         let port = super::free_port(); // probed from inside the namespace: this thread is in it
         // Both drivers put the browser's fresh profile under TMPDIR; a directory of our own means
         // nothing is left behind even when a test fails before closing its session.
@@ -101,7 +121,7 @@ impl Browser {
             Browser::Chromium => {
                 let driver = tools::require("chromedriver", "chromium-driver");
                 let chromium = tools::require("chromium", "chromium");
-                let mut cmd = ns.command(driver.to_str().expect("path"));
+                let mut cmd = command_in(ns, driver.to_str().expect("path"));
                 cmd.arg(format!("--port={port}"));
                 let caps = serde_json::json!({
                     "browserName": "chrome",
@@ -121,7 +141,7 @@ impl Browser {
             Browser::Firefox => {
                 let driver = tools::require_crate("geckodriver", "geckodriver");
                 let firefox = tools::require("firefox-esr", "firefox-esr");
-                let mut cmd = ns.command(driver.to_str().expect("path"));
+                let mut cmd = command_in(ns, driver.to_str().expect("path"));
                 cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
                 let caps = serde_json::json!({
                     "browserName": "firefox",
@@ -162,7 +182,7 @@ impl Browser {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => panic!("the {self:?} WebDriver server in {} did not start a session: {e}", ns.name),
+                Err(e) => panic!("the {self:?} WebDriver server in {ns} did not start a session: {e}"),
             }
         };
         Session { client, _driver: driver, _scratch: scratch }
@@ -196,5 +216,31 @@ impl Session {
 
     pub async fn close(self) {
         let _ = self.client.close().await;
+    }
+}
+
+impl Session {
+    /// A PNG of the page as the user sees it, via WebDriver's Take Screenshot (chromedriver makes
+    /// it with CDP `Page.captureScreenshot`, geckodriver with Firefox's own capture), checked to be
+    /// a PNG with a real size and content (not a blank few bytes). With `save_as` and
+    /// `NATKIT_UPDATE_SCREENSHOTS=1` it is also written to `docs/img/NAME` for the README; never
+    /// otherwise, so that a test run leaves the tree clean.
+    pub async fn screenshot_png(&self, name: &str, save_as: Option<&str>) -> Vec<u8> {
+        let png = self.client.screenshot().await.unwrap_or_else(|e| panic!("taking a screenshot for {name}: {e}"));
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "the screenshot for {name} is not a PNG ({} bytes)", png.len());
+        // IHDR is the first chunk: width and height, big-endian, at bytes 16..24.
+        let dim = |at: usize| png.get(at..at + 4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let (w, h) = (dim(16), dim(20));
+        assert!(w >= 320 && h >= 240, "the screenshot for {name} is {w}×{h}");
+        // A blank page of this size compresses to a few hundred bytes; text, tables and video do not.
+        assert!(png.len() > 10_000, "the screenshot for {name} looks empty: {} bytes for {w}×{h}", png.len());
+        if let Some(file) = save_as
+            && std::env::var("NATKIT_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1")
+        {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/img");
+            std::fs::create_dir_all(&dir).expect("creating docs/img");
+            std::fs::write(dir.join(file), &png).unwrap_or_else(|e| panic!("writing docs/img/{file}: {e}"));
+        }
+        png
     }
 }
