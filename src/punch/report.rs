@@ -377,8 +377,16 @@ mod tests {
             room: "r1".into(),
             role: Some(Role::Answerer),
             path: Some(PathKind::Direct),
-            local: Some(Endpoint { address: "10.0.1.2:5000".parse().expect("addr"), kind: CandidateType::Host }),
-            remote: Some(Endpoint { address: "203.0.113.9:6000".parse().expect("addr"), kind: CandidateType::Srflx }),
+            local: Some(Endpoint {
+                address: "10.0.1.2:5000".parse().expect("addr"),
+                kind: CandidateType::Host,
+                port_mapped: false,
+            }),
+            remote: Some(Endpoint {
+                address: "203.0.113.9:6000".parse().expect("addr"),
+                kind: CandidateType::Srflx,
+                port_mapped: false,
+            }),
             connect_ms: Some(248.0),
             candidates: vec!["candidate:1 1 udp 2130706431 10.0.1.2 5000 typ host".into()],
             remote_candidates: vec![
@@ -398,6 +406,7 @@ mod tests {
             sha256: None,
             error: None,
             path_changes: Vec::new(),
+            port_mapping: None,
         }
     }
 
@@ -434,7 +443,11 @@ mod tests {
             probes: 412,
             outcome: BirthdayOutcome::Found,
         });
-        r.remote = Some(Endpoint { address: "203.0.113.9:41234".parse().expect("addr"), kind: CandidateType::Prflx });
+        r.remote = Some(Endpoint {
+            address: "203.0.113.9:41234".parse().expect("addr"),
+            kind: CandidateType::Prflx,
+            port_mapped: false,
+        });
         let text = rendered(&r);
         let rows = rows(&text);
         assert!(rows[1].contains("203.0.113.9:41234 prflx") && rows[1].contains("in use (birthday)"), "{text}");
