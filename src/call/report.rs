@@ -227,65 +227,79 @@ fn opt_f(v: Option<f64>, digits: usize) -> String {
 
 impl Render for CallReport {
     fn render(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let path = match &self.path {
-            Some(p) => format!(
-                "{} {} ↔ {} {}",
-                p.local.kind.map(|k| k.to_string()).unwrap_or_else(|| "?".into()),
-                p.local.address,
-                p.remote.kind.map(|k| k.to_string()).unwrap_or_else(|| "?".into()),
-                p.remote.address
-            ),
-            None => "-".into(),
+        let wide = output::layout() == output::Layout::Wide;
+        let end = |e: &PathEnd| match e.kind {
+            Some(k) => format!("{} {k}", e.address),
+            None => e.address.to_string(),
         };
-        writeln!(
-            out,
-            "room {}  role {}  outcome {}  path {}  connect {} ms  duration {:.1} s",
-            self.room,
-            self.role.as_deref().unwrap_or("-"),
-            self.outcome,
-            path,
-            opt_f(self.connect_ms, 0),
-            self.duration_s
-        )?;
-        let mut t = output::Grid::new(&[
-            "direction",
-            "kind",
-            "codec",
-            "packets",
-            "bytes",
-            "frames",
-            "loss",
-            "jitter ms",
-            "rtt ms",
-            "kbps",
-        ]);
+        // Facts first, one per row, so an address never shares a line with a sentence.
+        let mut facts = output::Grid::key_value();
+        facts.row(vec!["room".into(), self.room.clone()]);
+        facts.row(vec!["role".into(), self.role.clone().unwrap_or_else(|| "-".into())]);
+        facts.row(vec!["outcome".into(), self.outcome.to_string()]);
+        if let Some(p) = &self.path {
+            facts.row(vec!["path".into(), format!("{} ↔ {}", end(&p.local), end(&p.remote))]);
+        }
+        facts.row(vec!["connect".into(), self.connect_ms.map(output::ms).unwrap_or_else(|| "-".into())]);
+        facts.row(vec!["duration".into(), output::duration(std::time::Duration::from_secs_f64(self.duration_s))]);
+        writeln!(out, "{facts}")?;
+        let mut t = if wide {
+            output::Grid::new(&[
+                "direction",
+                "kind",
+                "codec",
+                "packets",
+                "bytes",
+                "frames",
+                "loss",
+                "jitter ms",
+                "rtt ms",
+                "kbps",
+            ])
+        } else {
+            output::Grid::new(&["direction", "kind", "codec", "frames", "loss", "rtt ms", "kbps"])
+        };
         for (dir, d) in [("sent", &self.sent), ("received", &self.received)] {
             for (kind, m) in [("video", &d.video), ("audio", &d.audio)] {
-                t.row(vec![
-                    dir.to_string(),
-                    kind.to_string(),
-                    m.codec.clone().unwrap_or_else(|| "-".into()),
-                    m.packets.to_string(),
-                    m.bytes.to_string(),
-                    m.frames.to_string(),
-                    opt_f(m.packet_loss, 3),
-                    opt_f(m.jitter_ms, 1),
-                    opt_f(m.rtt_ms, 1),
-                    opt_f(m.bitrate_kbps, 0),
-                ]);
+                t.row(if wide {
+                    vec![
+                        dir.to_string(),
+                        kind.to_string(),
+                        m.codec.clone().unwrap_or_else(|| "-".into()),
+                        m.packets.to_string(),
+                        output::bytes(m.bytes),
+                        m.frames.to_string(),
+                        opt_f(m.packet_loss, 3),
+                        opt_f(m.jitter_ms, 1),
+                        opt_f(m.rtt_ms, 1),
+                        opt_f(m.bitrate_kbps, 0),
+                    ]
+                } else {
+                    vec![
+                        dir.to_string(),
+                        kind.to_string(),
+                        m.codec.clone().unwrap_or_else(|| "-".into()),
+                        m.frames.to_string(),
+                        opt_f(m.packet_loss, 3),
+                        opt_f(m.rtt_ms, 1),
+                        opt_f(m.bitrate_kbps, 0),
+                    ]
+                });
             }
         }
         writeln!(out, "{t}")?;
         if let Some(r) = &self.recording {
-            writeln!(
+            output::say(
                 out,
-                "recorded: video {}  audio {}",
-                r.video.as_deref().unwrap_or("-"),
-                r.audio.as_deref().unwrap_or("-")
+                &format!(
+                    "recorded: video {} audio {}",
+                    r.video.as_deref().unwrap_or("-"),
+                    r.audio.as_deref().unwrap_or("-")
+                ),
             )?;
         }
         if let Some(e) = &self.error {
-            writeln!(out, "error: {e}")?;
+            output::say(out, &format!("error: {e}"))?;
         }
         Ok(())
     }

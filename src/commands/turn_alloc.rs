@@ -1040,19 +1040,21 @@ impl Render for TurnAllocReport {
         writeln!(out, "{t}")?;
         let addr = self.address.map(|a| a.to_string()).unwrap_or_else(|| self.server.clone());
         if self.ok {
-            writeln!(
+            output::say(
                 out,
-                "{} over {} relays: relayed address {}, server-reflexive {}.",
-                addr,
-                self.transport.name(),
-                output::cell(&self.relayed),
-                output::cell(&self.mapped)
+                &format!(
+                    "{} over {} relays: relayed address {}, server-reflexive {}.",
+                    addr,
+                    self.transport.name(),
+                    output::cell(&self.relayed),
+                    output::cell(&self.mapped)
+                ),
             )?;
         } else if let Some(f) = self.steps.iter().find(|s| !s.ok && !s.skipped) {
-            writeln!(out, "FAILED at {}: {}", f.name.label(), f.detail)?;
+            output::say(out, &format!("FAILED at {}: {}", f.name.label(), f.detail))?;
         }
         for w in &self.warnings {
-            writeln!(out, "warning: {w}")?;
+            output::say(out, &format!("warning: {w}"))?;
         }
         Ok(())
     }
