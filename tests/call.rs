@@ -458,3 +458,36 @@ fn a_signal_url_that_never_answers_the_websocket_handshake_ends_within_the_conne
     let r = report(&out);
     assert!(r["error"].as_str().unwrap_or_default().contains("opening the WebSocket"), "{r:#}");
 }
+
+#[test]
+fn no_working_pair_on_loopback_says_what_is_missing_and_does_not_blame_a_nat() {
+    // Only loopback, and every UDP datagram dropped on input: ICE checks never arrive, the
+    // signaling (TCP) works. No STUN or TURN server anywhere.
+    let ns = LoopbackNs::new("cd");
+    let nft = "add table inet t; add chain inet t input { type filter hook input priority 0; }; \
+               add rule inet t input meta l4proto udp drop";
+    common::tools::require("nft", "nftables");
+    let st = Command::new("ip").args(["netns", "exec", &ns.name, "nft", nft]).status().expect("nft");
+    assert!(st.success(), "nft in {}", ns.name);
+    let server = SignalServer::start_in(&ns.prefix(), "127.0.0.1", &[]);
+    let url = server.ws_url();
+    // `a` gives up first (the other then sees it leave) and says why.
+    let mut a = ns.command(NATKIT);
+    a.args(call_args(&url, "nopair", "3")).args(["--connect-timeout", "3"]);
+    let a = spawn(a);
+    let mut b = ns.command(NATKIT);
+    b.args(call_args(&url, "nopair", "3")).args(["--connect-timeout", "15"]);
+    let b = spawn(b);
+    let (a, b) = (a.wait_with_output().expect("a"), b.wait_with_output().expect("b"));
+    assert_eq!(b.status.code(), Some(1), "{}", String::from_utf8_lossy(&b.stderr));
+    {
+        let out = a;
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        let r = report(&out);
+        let e = r["error"].as_str().unwrap_or_default();
+        assert!(e.contains("no candidate pair worked"), "{r:#}");
+        assert!(e.contains("our candidates: host 1; the peer's: host 1"), "{r:#}");
+        assert!(e.contains("no STUN or TURN server was given"), "{r:#}");
+        assert!(!e.contains("symmetric"), "nothing here says a NAT is symmetric: {e}");
+    }
+}

@@ -217,3 +217,60 @@ fn punch_table_lists_the_pair_in_use_first_with_types_and_method_in_80_columns()
     assert!(text.contains("found by ICE checks"), "{text}");
     assert!(too_wide(&text).is_empty(), "lines over 80 columns: {:?}\n{text}", too_wide(&text));
 }
+
+/// Runs natkit with `COLUMNS=80` (killed after 60 s) and returns its stdout.
+fn at_80_columns(args: &[&str]) -> String {
+    let mut cmd = Command::new(NATKIT);
+    cmd.args(args).env("COLUMNS", "80");
+    let out = common::bounded::output_within(cmd, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("{args:?} still running after 60 s"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.trim().is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+fn assert_fits_80(what: &str, text: &str, addresses: &[String]) {
+    assert!(too_wide(text).is_empty(), "{what}: lines over 80 columns: {:?}\n{text}", too_wide(text));
+    for a in addresses {
+        assert!(text.lines().any(|l| l.contains(a.as_str())), "{what}: {a} split or missing:\n{text}");
+    }
+}
+
+#[test]
+fn nat_type_turn_alloc_and_call_tables_fit_80_columns_and_wide_shows_more() {
+    let relay = common::relay::Relay::start(&[
+        "--alt-ip",
+        "127.0.0.2",
+        "--realm",
+        "r",
+        "--user",
+        "a:b",
+        "--allow-loopback-peers",
+    ]);
+    let addr = relay.addr();
+    let text = at_80_columns(&["nat-type", "--server", &addr, "--timeout", "2"]);
+    assert_fits_80("nat-type", &text, std::slice::from_ref(&addr));
+    assert!(!text.contains("change-request"), "the compact test table leaves the flags to --wide:\n{text}");
+    let wide = at_80_columns(&["--wide", "nat-type", "--server", &addr, "--timeout", "2"]);
+    assert!(wide.contains("change-request"), "{wide}");
+
+    let text = at_80_columns(&["turn-alloc", &addr, "-u", "a", "-p", "b", "--realm", "r", "--packets", "10"]);
+    assert_fits_80("turn-alloc", &text, std::slice::from_ref(&addr));
+
+    let server = SignalServer::start(&[]);
+    let url = server.ws_url();
+    let call = ["call", "--signal", url.as_str(), "--room", "fit", "--bind", "127.0.0.1:0", "--duration", "2"];
+    let other = Command::new(NATKIT)
+        .args(call)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn natkit call");
+    let text = at_80_columns(&call);
+    let other = other.wait_with_output().expect("other call");
+    let theirs = common::json_of(&other);
+    let their_addr = theirs["path"]["local"]["address"].as_str().unwrap_or("-").to_string();
+    assert_fits_80("call", &text, &[their_addr]);
+    assert!(text.contains("frames") && !text.contains("jitter"), "compact call table:\n{text}");
+}

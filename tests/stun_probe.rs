@@ -267,3 +267,35 @@ fn a_dns_server_that_never_answers_costs_the_timeout_once_not_per_name() {
         .expect("stun-probe with a typed name was still running after 25 s with a silent DNS server");
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A UDP server that counts the datagrams it gets and never answers.
+fn counting_silent_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = seen.clone();
+    let addr = fake_server(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        None
+    });
+    (addr, seen)
+}
+
+#[test]
+fn transmissions_count_the_retries_the_error_speaks_of_and_requests_stay_transactions() {
+    let (addr, seen) = counting_silent_server();
+    let out = natkit(&["stun-probe", &addr, "--timeout", "2", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json_of(&out);
+    let r = &results(&v)[0];
+    let err = r["error"].as_str().expect("error");
+    let tries: u64 = err
+        .split(" tries")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'after N tries' in {err}"));
+    assert!(tries > 1, "a silent server gets retransmissions: {err}");
+    assert_eq!(r["requests"], 1, "{r:#}");
+    assert_eq!(r["transmissions"], tries, "the JSON and the text agree: {r:#}");
+    assert_eq!(u64::from(seen.load(std::sync::atomic::Ordering::SeqCst)), tries, "datagrams the server saw");
+    assert_eq!(r["loss_pct"], 100.0);
+}

@@ -260,3 +260,69 @@ fn rest_secret_against_natkit_relay() {
     assert_eq!(code, Some(0), "{v:#}");
     assert_all_steps_pass(&v);
 }
+
+/// `natkit relay` on 127.0.0.1:3478 in a namespace of its own whose input hook drops one of
+/// the two TURN data paths on their way to the server (a middlebox that filters by message
+/// type): `rule` is an nft rule body.
+fn relay_behind_filter(tag: &str, rule: &str) -> (common::browser::LoopbackNs, common::lab::LabChild) {
+    common::tools::require("nft", "nftables");
+    let ns = common::browser::LoopbackNs::new(tag);
+    let nft = format!(
+        "add table inet t; add chain inet t input {{ type filter hook input priority 0; }}; \
+         add rule inet t input udp dport 3478 {rule} drop"
+    );
+    let st = std::process::Command::new("ip").args(["netns", "exec", &ns.name, "nft", &nft]).status().expect("nft");
+    assert!(st.success(), "nft {nft}");
+    let mut cmd = ns.command(env!("CARGO_BIN_EXE_natkit"));
+    cmd.args(["relay", "--listen", "127.0.0.1:3478", "--realm", REALM, "--user", "alice:secret"]);
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let relay = common::lab::LabChild { child: cmd.spawn().expect("spawn natkit relay") };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let listening = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ss", "-Hlun", "sport", "= :3478"])
+            .output()
+            .expect("ss");
+        !out.stdout.is_empty()
+    };
+    while !listening() {
+        assert!(std::time::Instant::now() < deadline, "natkit relay did not listen in {} within 10 s", ns.name);
+        thread::sleep(Duration::from_millis(50));
+    }
+    (ns, relay)
+}
+
+fn run_in(ns: &common::browser::LoopbackNs) -> (Option<i32>, Value) {
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_natkit"))
+        .args(["turn-alloc", "127.0.0.1:3478", "-u", "alice", "-p", "secret", "--realm", REALM])
+        .args(["--json", "--packets", "20", "--rate", "200", "--timeout", "2"])
+        .output()
+        .expect("run turn-alloc");
+    (out.status.code(), json_of(&out))
+}
+
+#[test]
+fn a_server_path_that_relays_indications_but_not_channel_data_is_named() {
+    // ChannelData: the first two bits of the UDP payload are 01 (RFC 8656 §12.4).
+    let (ns, _relay) = relay_behind_filter("ta", "@th,64,8 & 0xc0 == 0x40");
+    let (code, v) = run_in(&ns);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(step(&v, "data-indication")["ok"], true, "{v:#}");
+    let d = step(&v, "channel-data")["detail"].as_str().expect("detail");
+    assert!(d.contains("ChannelData on channel 0x4000 from us did not reach the peer allocation"), "{d}");
+    assert!(d.contains("relays indications but not ChannelData"), "{d}");
+}
+
+#[test]
+fn a_server_path_that_relays_channel_data_but_not_indications_is_named() {
+    // A Send indication: STUN message type 0x0016 (RFC 8656 §11.2).
+    let (ns, _relay) = relay_behind_filter("tb", "@th,64,16 == 0x0016");
+    let (code, v) = run_in(&ns);
+    assert_eq!(code, Some(1), "{v:#}");
+    assert_eq!(step(&v, "channel-data")["ok"], true, "{v:#}");
+    let d = step(&v, "data-indication")["detail"].as_str().expect("detail");
+    assert!(d.contains("a Send indication from us did not reach the peer allocation"), "{d}");
+    assert!(d.contains("relays ChannelData but not Send/Data indications"), "{d}");
+    assert_eq!(v["ok"], false);
+}

@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::time::sleep_until;
 
 use super::peer::{CallPeer, PeerEvent};
-use super::report::{CallReport, Outcome, Recording};
+use super::report::{CallReport, IceFacts, Outcome, Recording, no_pair_diagnosis};
 use super::source::{AudioSource, VideoSource};
 use crate::ice::servers::{self, GatherEvent, Gatherer};
 use crate::signal::client::{ClientOptions, SignalClient, SignalSender};
@@ -185,7 +185,9 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
             anyhow::bail!("--relay-only needs a TURN server: pass --turn, or run natkit signal with --turn");
         }
     }
-    let mut gatherer = Gatherer::new(hosts[0], &stun, turn, now);
+    let mut gatherer = Gatherer::new(hosts[0], &stun, turn.clone(), now);
+    // Why a server gave no candidate: the diagnosis when no pair works says so.
+    let mut gather_failures: Vec<String> = Vec::new();
 
     // Whoever joins second offers, like the page.
     if let Some(first) = membership.peers.first().cloned() {
@@ -229,7 +231,10 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
                 GatherEvent::Failed(why) if opts.relay_only => {
                     anyhow::bail!("{why} (and --relay-only allows nothing else)")
                 }
-                GatherEvent::Failed(why) => tracing::warn!("{why}; going on without that candidate"),
+                GatherEvent::Failed(why) => {
+                    tracing::warn!("{why}; going on without that candidate");
+                    gather_failures.push(why);
+                }
             }
         }
         if s.peer.poll_transmit_pending() {
@@ -278,10 +283,15 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
             && s.peer.connected_at().is_none()
             && t.elapsed() > opts.connect_timeout
         {
-            anyhow::bail!(
-                "ICE failed: no working pair after {:.0} s; the peer's NAT may be symmetric — try --turn",
-                opts.connect_timeout.as_secs_f64()
-            );
+            let (local, remote) = s.peer.candidate_types();
+            anyhow::bail!(no_pair_diagnosis(&IceFacts {
+                after_s: opts.connect_timeout.as_secs_f64(),
+                local,
+                remote,
+                stun_servers: stun.len(),
+                turn_server: turn.is_some(),
+                gather_failures: gather_failures.clone(),
+            }));
         }
         let wake = [s.peer.poll_timeout(), gatherer.poll_timeout()]
             .into_iter()

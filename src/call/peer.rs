@@ -199,6 +199,7 @@ impl CallPeer {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
         let pending = self.pending_offer.take().ok_or(PeerError::UnexpectedAnswer)?;
         self.rtc.sdp_api().accept_answer(pending, answer).map_err(|e| PeerError::Refused(e.to_string()))?;
+        self.note_sdp_candidates(sdp);
         self.drain(now);
         Ok(())
     }
@@ -207,8 +208,25 @@ impl CallPeer {
     pub fn accept_offer(&mut self, now: Instant, sdp: &str) -> Result<String, PeerError> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
         let answer = self.rtc.sdp_api().accept_offer(offer).map_err(|e| PeerError::Refused(e.to_string()))?;
+        self.note_sdp_candidates(sdp);
         self.drain(now);
         Ok(answer.to_sdp_string())
+    }
+
+    /// Remembers the types of the candidates inside the peer's SDP (RFC 8839 §5.1): a peer that
+    /// does not trickle (aiortc, any non-trickling stack) sends them only there, and the path's
+    /// remote end is then one of them, not peer-reflexive.
+    fn note_sdp_candidates(&mut self, sdp: &str) {
+        for line in sdp.lines().filter_map(|l| l.trim().strip_prefix("a=")).filter(|l| l.starts_with("candidate:")) {
+            if let Ok(c) = Candidate::from_sdp_string(line) {
+                self.remote_types.entry(c.addr()).or_insert(candidate_type(c.kind()));
+            }
+        }
+    }
+
+    /// The types of our candidates and of the peer's (from its SDP and its trickle).
+    pub fn candidate_types(&self) -> (Vec<CandidateType>, Vec<CandidateType>) {
+        (self.local_types.values().copied().collect(), self.remote_types.values().copied().collect())
     }
 
     /// The `mid` of the first m-line, for the `sdpMid` of trickled candidates.
@@ -628,6 +646,26 @@ mod tests {
         a.close(now);
         run(&mut a, &mut b, &mut now, start + Duration::from_secs(4));
         assert!(std::iter::from_fn(|| b.poll_event()).any(|e| e == PeerEvent::Closed));
+    }
+
+    #[test]
+    fn a_host_candidate_that_came_inside_the_sdp_is_reported_as_host_not_prflx() {
+        let start = Instant::now();
+        let mut now = start;
+        let (mut a, _) = peer(now, "198.51.100.1:5000");
+        let (mut b, _) = peer(now, "203.0.113.2:6000");
+        let offer = a.create_offer(now).unwrap();
+        assert!(offer.contains("a=candidate:"), "the offer carries its candidates: {offer}");
+        let answer = b.accept_offer(now, &offer).unwrap();
+        a.accept_answer(now, &answer).unwrap();
+        // No trickle at all: each side knows the other's candidates from the SDP only.
+        run(&mut a, &mut b, &mut now, start + Duration::from_secs(3));
+        assert!(a.is_connected() && b.is_connected());
+        for p in [&a, &b] {
+            let path = p.path().unwrap();
+            assert_eq!(path.remote.kind, Some(CandidateType::Host), "{path:?}");
+        }
+        assert_eq!(a.candidate_types().1, vec![CandidateType::Host]);
     }
 
     #[test]

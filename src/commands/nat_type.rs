@@ -620,7 +620,14 @@ impl Render for NatTypeReport {
         t.row(vec!["Took".into(), output::duration(std::time::Duration::from_secs_f64(self.duration_ms / 1000.0))]);
         writeln!(out, "{t}")?;
 
-        let mut tests = output::Grid::new(&["test", "socket", "to", "change-request", "sends", "result"]);
+        // Compact: what was asked where and what came back; --wide adds the socket, the
+        // CHANGE-REQUEST flags and the number of sends.
+        let wide = output::layout() == output::Layout::Wide;
+        let mut tests = if wide {
+            output::Grid::new(&["test", "socket", "to", "change-request", "sends", "result"])
+        } else {
+            output::Grid::new(&["test", "to", "result"])
+        };
         for e in &self.tests {
             let test = serde_json::to_value(e.test).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
             let change = match (e.change_request.change_ip, e.change_request.change_port) {
@@ -629,23 +636,27 @@ impl Render for NatTypeReport {
                 (false, true) => "port",
                 (false, false) => "-",
             };
-            tests.row(vec![
-                test,
-                e.socket.to_string(),
-                e.destination.to_string(),
-                change.into(),
-                e.sends.to_string(),
-                describe_result(&e.result),
-            ]);
+            tests.row(if wide {
+                vec![
+                    test,
+                    e.socket.to_string(),
+                    e.destination.to_string(),
+                    change.into(),
+                    e.sends.to_string(),
+                    describe_result(&e.result),
+                ]
+            } else {
+                vec![test, e.destination.to_string(), describe_result(&e.result)]
+            });
         }
         writeln!(out, "{tests}")?;
         for n in &self.notes {
-            writeln!(out, "note: {n}")?;
+            output::say(out, &format!("note: {n}"))?;
         }
         match &self.meaning {
-            Some(m) => writeln!(out, "{m}"),
+            Some(m) => output::say(out, m),
             None => {
-                writeln!(out, "Not enough was learned to say what this means for peer-to-peer; see the notes above.")
+                output::say(out, "Not enough was learned to say what this means for peer-to-peer; see the notes above.")
             }
         }
     }

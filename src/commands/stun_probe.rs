@@ -50,7 +50,11 @@ pub struct ProbeResult {
     pub rtt_ms: Option<f64>,
     pub rtt_min_ms: Option<f64>,
     pub rtt_max_ms: Option<f64>,
+    /// Binding transactions (one per `--count` round); `loss_pct` counts these.
     pub requests: u32,
+    /// Datagrams sent for them, retransmissions included (RFC 8489 §6.2.1: a UDP request is
+    /// sent again until answered, so "after 3 tries" is 1 request and 3 transmissions).
+    pub transmissions: u32,
     pub responses: u32,
     /// null when no request could be sent (the name did not resolve, the socket failed).
     pub loss_pct: Option<f64>,
@@ -246,6 +250,7 @@ fn empty_result(t: &Target) -> ProbeResult {
         rtt_min_ms: None,
         rtt_max_ms: None,
         requests: 0,
+        transmissions: 0,
         responses: 0,
         loss_pct: None,
         connect_ms: None,
@@ -263,11 +268,12 @@ struct Rounds {
     rtts: Vec<f64>,
     first_error: Option<String>,
     requests: u32,
+    transmissions: u32,
 }
 
 impl Rounds {
     fn new() -> Self {
-        Rounds { rtts: Vec::new(), first_error: None, requests: 0 }
+        Rounds { rtts: Vec::new(), first_error: None, requests: 0, transmissions: 0 }
     }
 
     fn answer(&mut self, r: &mut ProbeResult, bytes: &[u8], rtt: Duration) {
@@ -301,6 +307,7 @@ impl Rounds {
 
     fn finish(self, r: &mut ProbeResult) {
         r.requests = self.requests;
+        r.transmissions = self.transmissions;
         r.responses = self.rtts.len() as u32;
         if self.requests > 0 {
             r.loss_pct = Some(100.0 * (self.requests - r.responses) as f64 / self.requests as f64);
@@ -387,6 +394,14 @@ async fn probe_udp(
             let r = &mut results[gi];
             let acc = &mut rounds[gi];
             acc.requests += 1;
+            acc.transmissions += match &end {
+                UdpEnd::Response {
+                    outcome: Outcome::Response { sends, .. } | Outcome::TimedOut { sends, .. }, ..
+                }
+                | UdpEnd::TimedOut { sends, .. }
+                | UdpEnd::Unreachable { sends, .. } => *sends,
+                UdpEnd::SendFailed { .. } => 0,
+            };
             match end {
                 UdpEnd::Response { outcome: Outcome::Response { bytes, rtt, .. }, .. } => acc.answer(r, &bytes, rtt),
                 UdpEnd::Response { .. } => {}
@@ -465,6 +480,8 @@ async fn probe_stream(
             tokio::time::sleep(interval).await;
         }
         acc.requests += 1;
+        // Over TCP/TLS a request is sent once: the stream retransmits, not STUN.
+        acc.transmissions += 1;
         let id = new_transaction_id();
         let now = Instant::now();
         let tx = ClientTransaction::new(id, binding_request(id), Reliability::Reliable { ti: timeout }, now);

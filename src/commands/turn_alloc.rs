@@ -226,6 +226,13 @@ impl Ctx<'_> {
         Stop
     }
 
+    /// Adds `more` to the detail of step `name`, once a later step told more about it.
+    fn amend(&mut self, name: StepName, more: &str) {
+        if let Some(step) = self.report.steps.iter_mut().find(|s| s.name == name) {
+            step.detail.push_str(more);
+        }
+    }
+
     fn warn(&mut self, w: impl Into<String>) {
         self.report.warnings.push(w.into());
     }
@@ -422,14 +429,23 @@ impl Ctx<'_> {
         // data with Send/Data indications
         let t = Instant::now();
         let payload = b"natkit turn-alloc indication probe";
-        match self.round_trip(&mut a, b.as_mut().map(|(s, _)| s), peer, relayed_a, payload, None).await {
-            Ok(rtt) => self.pass(
-                StepName::DataIndication,
-                t,
-                format!("Send → relay → Data and back, round trip {:.2} ms", ms(rtt)),
-            ),
-            Err(e) => return Err(self.fail(StepName::DataIndication, t, e)),
-        }
+        // A failure here does not stop the run: ChannelData is tried next, so the report can say
+        // which of the two data paths (RFC 8656 §11 and §12) the server relays.
+        let indications_ok =
+            match self.round_trip(&mut a, b.as_mut().map(|(s, _)| s), peer, relayed_a, payload, None).await {
+                Ok(rtt) => {
+                    self.pass(
+                        StepName::DataIndication,
+                        t,
+                        format!("Send → relay → Data and back, round trip {:.2} ms", ms(rtt)),
+                    );
+                    true
+                }
+                Err(e) => {
+                    let _ = self.fail(StepName::DataIndication, t, e);
+                    false
+                }
+            };
 
         // channel-bind, both ways
         let t = Instant::now();
@@ -461,8 +477,23 @@ impl Ctx<'_> {
         let t = Instant::now();
         let payload = b"natkit turn-alloc channel probe";
         match self.round_trip(&mut a, b.as_mut().map(|(s, _)| s), peer, relayed_a, payload, Some(CHANNEL)).await {
-            Ok(rtt) => self.pass(StepName::ChannelData, t, format!("ChannelData round trip {:.2} ms", ms(rtt))),
-            Err(e) => return Err(self.fail(StepName::ChannelData, t, e)),
+            Ok(rtt) => {
+                self.pass(StepName::ChannelData, t, format!("ChannelData round trip {:.2} ms", ms(rtt)));
+                if !indications_ok {
+                    self.amend(
+                        StepName::DataIndication,
+                        "; ChannelData is relayed (step channel-data): the server relays ChannelData but not Send/Data indications",
+                    );
+                }
+            }
+            Err(e) => {
+                let which = if indications_ok {
+                    "; Send/Data indications were relayed (step data-indication): the server relays indications but not ChannelData"
+                } else {
+                    "; Send/Data indications were not relayed either (step data-indication): the server relays neither"
+                };
+                return Err(self.fail(StepName::ChannelData, t, format!("{e}{which}")));
+            }
         }
 
         // quality
@@ -726,7 +757,8 @@ impl Ctx<'_> {
                 Some(other) => return Err(format!("the peer got unexpected data from {}", other.peer)),
                 None => {
                     return Err(format!(
-                        "sent through the relay, but the peer allocation received nothing within {:.1} s: the server does not relay",
+                        "{} from us did not reach the peer allocation within {:.1} s: the server did not relay it toward the peer",
+                        sent_name(channel),
                         self.timeout.as_secs_f64()
                     ));
                 }
@@ -742,8 +774,9 @@ impl Ctx<'_> {
                 Err(format!("unexpected data from {} ({} bytes, {:?})", other.peer, other.data.len(), other.path))
             }
             None => Err(format!(
-                "no data came back through the relay within {:.1} s{}",
+                "no data came back through the relay within {:.1} s (expected as {}){}",
                 self.timeout.as_secs_f64(),
+                path_name(channel),
                 if self.args.peer.is_some() { ": does the --peer echo UDP?" } else { "" }
             )),
         }
@@ -912,6 +945,14 @@ fn path_matches(path: DataPath, channel: Option<u16>) -> bool {
     }
 }
 
+/// How we send on that path: a Send indication (RFC 8656 §11.2) or ChannelData (§12.4).
+fn sent_name(channel: Option<u16>) -> String {
+    match channel {
+        Some(c) => format!("ChannelData on channel {c:#06x}"),
+        None => "a Send indication".into(),
+    }
+}
+
 fn path_name(channel: Option<u16>) -> &'static str {
     if channel.is_some() { "ChannelData" } else { "a Data indication" }
 }
@@ -999,19 +1040,21 @@ impl Render for TurnAllocReport {
         writeln!(out, "{t}")?;
         let addr = self.address.map(|a| a.to_string()).unwrap_or_else(|| self.server.clone());
         if self.ok {
-            writeln!(
+            output::say(
                 out,
-                "{} over {} relays: relayed address {}, server-reflexive {}.",
-                addr,
-                self.transport.name(),
-                output::cell(&self.relayed),
-                output::cell(&self.mapped)
+                &format!(
+                    "{} over {} relays: relayed address {}, server-reflexive {}.",
+                    addr,
+                    self.transport.name(),
+                    output::cell(&self.relayed),
+                    output::cell(&self.mapped)
+                ),
             )?;
         } else if let Some(f) = self.steps.iter().find(|s| !s.ok && !s.skipped) {
-            writeln!(out, "FAILED at {}: {}", f.name.label(), f.detail)?;
+            output::say(out, &format!("FAILED at {}: {}", f.name.label(), f.detail))?;
         }
         for w in &self.warnings {
-            writeln!(out, "warning: {w}")?;
+            output::say(out, &format!("warning: {w}"))?;
         }
         Ok(())
     }
