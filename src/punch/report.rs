@@ -190,6 +190,8 @@ pub enum Method {
     Birthday,
     /// Through the TURN relay: one end is a relayed candidate.
     Relay,
+    /// ICE checks to an address a router mapped on request (UPnP-IGD, NAT-PMP or PCP): one end is port-mapped.
+    PortMapping,
 }
 
 impl std::fmt::Display for Method {
@@ -198,6 +200,7 @@ impl std::fmt::Display for Method {
             Method::Ice => "ICE",
             Method::Birthday => "birthday",
             Method::Relay => "relay",
+            Method::PortMapping => "port mapping",
         })
     }
 }
@@ -210,6 +213,8 @@ impl PunchReport {
             Method::Relay
         } else if self.birthday.as_ref().is_some_and(|b| b.outcome == BirthdayOutcome::Found) {
             Method::Birthday
+        } else if [&self.local, &self.remote].into_iter().flatten().any(|e| e.port_mapped) {
+            Method::PortMapping
         } else {
             Method::Ice
         })
@@ -324,6 +329,7 @@ impl Render for PunchReport {
                 Method::Ice => "found by ICE checks".to_string(),
                 Method::Birthday => "found by the birthday method".to_string(),
                 Method::Relay => "through the TURN relay".to_string(),
+                Method::PortMapping => "found by ICE checks to a router's port mapping".to_string(),
             };
             output::say(out, &format!("{path} path {how}, QUIC up {ms:.0} ms after joining room {}.", self.room))?;
         }
@@ -432,6 +438,18 @@ mod tests {
         assert!(rows[2].contains("10.0.2.2:6000 host") && rows[2].contains("no-response"), "{text}");
         assert_eq!(rows.len(), 3, "the pair in use is not listed twice: {text}");
         assert!(text.contains("found by ICE checks"), "{text}");
+    }
+
+    #[test]
+    fn a_port_mapped_end_says_so_in_the_table() {
+        let mut r = report();
+        if let Some(remote) = r.remote.as_mut() {
+            remote.port_mapped = true;
+        }
+        assert_eq!(r.method(), Some(Method::PortMapping));
+        let text = rendered(&r);
+        assert!(rows(&text)[1].contains("in use (port mapping)"), "{text}");
+        assert!(text.contains("to a router's port mapping"), "{text}");
     }
 
     #[test]
