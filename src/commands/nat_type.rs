@@ -15,6 +15,7 @@ use crate::nat::behavior::{Config, Discovery, Exchange, ExchangeResult, Findings
 use crate::nat::classify::{Filtering, Mapping, NatType};
 use crate::nat::ipv6::{Ipv6Report, Skipped};
 use crate::nat::lifetime::{LifetimeConfig, LifetimeResult, LifetimeSearch};
+use crate::nat::p2p::{P2p, Verdicts};
 use crate::nat::port_allocation::{PortPattern, PortSample, pattern};
 use crate::net::server::{Family, Host, ServerSpec};
 use crate::net::transport::Transport;
@@ -69,6 +70,8 @@ pub struct NatTypeReport {
     pub double_nat: Option<bool>,
     /// The same tests over IPv6, run at the same time; null when --local pins IPv4.
     pub ipv6: Option<Ipv6Report>,
+    /// What it means for peer-to-peer, per kind of peer; null when `nat_type` is unknown.
+    pub p2p: Option<P2p>,
 }
 
 #[derive(Debug, Serialize)]
@@ -294,6 +297,14 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     report.port_mapping = port_mapping;
     report.ipv6 = ipv6;
     judge_upstream(&mut report, primary);
+    report.p2p = crate::nat::p2p::judge(Verdicts {
+        v4: report.nat_type,
+        port_mapped: report
+            .port_mapping
+            .as_ref()
+            .is_some_and(|pm| [&pm.upnp, &pm.nat_pmp, &pm.pcp].iter().any(|p| p.mapped.is_some())),
+        v6: report.ipv6.as_ref().filter(|v| v.answer).and_then(|v| v.nat_type),
+    });
     if let Some(l) = lifetime {
         report.lifetime_s = l.lifetime_s();
         if let Some(n) = &l.note {
@@ -494,6 +505,7 @@ fn build_report(
         cgnat: None,
         double_nat: None,
         ipv6: None,
+        p2p: None,
     }
 }
 
@@ -643,10 +655,14 @@ impl Render for NatTypeReport {
             writeln!(out, "note: {n}")?;
         }
         match &self.meaning {
-            Some(m) => writeln!(out, "{m}"),
+            Some(m) => writeln!(out, "{m}")?,
             None => {
-                writeln!(out, "Not enough was learned to say what this means for peer-to-peer; see the notes above.")
+                writeln!(out, "Not enough was learned to say what this means for peer-to-peer; see the notes above.")?
             }
         }
+        for s in self.p2p.iter().flat_map(|p| &p.sentences) {
+            writeln!(out, "{s}")?;
+        }
+        Ok(())
     }
 }
