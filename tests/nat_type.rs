@@ -652,3 +652,94 @@ fn classic_rfc3489_server_serves_the_mapping_and_filtering_tests_through_changed
     let (_, v) = nat_type(&lab, "r", &["--no-port-mapping"]);
     assert_eq!(test_named(&v, "filtering-3")["result"]["from"], "203.0.113.1:3479", "{v:#}");
 }
+
+// ---- --every: one line per run with what changed; Ctrl-C ends cleanly ----
+
+#[test]
+fn every_prints_a_json_line_per_run_with_what_changed_and_ctrl_c_leaves_nothing_on_the_router() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let (lab, _ct, upnp) = lab_with_miniupnpd(NatKind::PortRestrictedCone);
+    let mut child = lab
+        .command_in(
+            &lab.client_ns("m"),
+            env!("CARGO_BIN_EXE_natkit"),
+            &["nat-type", "--server", SERVER, "--every", "1", "--json"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting nat-type --every");
+    // On a panic the lab's Drop ends it with everything else in its namespaces.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || -> Value {
+        let line = rx.recv_timeout(Duration::from_secs(15)).expect("a JSON line within 15 s");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"))
+    };
+
+    let first = next_line();
+    assert_eq!(first["run"], 1, "{first:#}");
+    assert_eq!(first["changes"].as_array().map(|c| c.len()), Some(0), "{first:#}");
+    assert_eq!(first["report"]["nat_type"], "port-restricted-cone", "{first:#}");
+    assert_all_three_mapped_and_deleted(&first["report"], &lab, &upnp);
+
+    // The router turns symmetric between runs: a later line says so, and only that changes
+    // (the public IP, port mapping and everything else stay).
+    let router = lab.nat("m").router_ns.clone().expect("router");
+    let ins = lab.run_in(
+        &router,
+        "nft",
+        &[
+            "insert",
+            "rule",
+            "ip",
+            "lab",
+            "post",
+            "oifname",
+            "wan",
+            "ip",
+            "saddr",
+            "10.1.0.0/24",
+            "masquerade",
+            "fully-random",
+        ],
+    );
+    assert!(ins.status.success(), "{}", String::from_utf8_lossy(&ins.stderr));
+    let mut changed = None;
+    for _ in 0..3 {
+        let v = next_line();
+        let ch = v["changes"].as_array().expect("changes").clone();
+        if !ch.is_empty() {
+            changed = Some((v, ch));
+            break;
+        }
+    }
+    let (v, ch) = changed.expect("a run after the change reports it");
+    assert!(v["run"].as_u64().is_some_and(|r| r >= 2), "{v:#}");
+    assert_eq!(v["report"]["nat_type"], "symmetric", "{v:#}");
+    let nat = ch.iter().find(|c| c["field"] == "nat_type").unwrap_or_else(|| panic!("{ch:?}"));
+    assert_eq!((nat["from"].as_str(), nat["to"].as_str()), (Some("port-restricted-cone"), Some("symmetric")));
+    assert!(ch.iter().all(|c| c["field"] != "public_ip" && c["field"] != "port_mapping"), "{ch:?}");
+
+    // Ctrl-C ends it, exit 0, and miniupnpd holds nothing afterwards.
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "nat-type --every did not end within 10 s of Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "Ctrl-C is how --every ends");
+    assert_eq!(upnp.rules(), "", "miniupnpd still holds a mapping after Ctrl-C:\n{}", upnp.log());
+}

@@ -7,7 +7,8 @@
 //! - [`upstream`]: CGNAT and double NAT from the addresses seen (STUN, port mapping, routes);
 //! - [`ipv6`]: the IPv6 half of the report (the same tests on their own sockets);
 //! - [`rfc3489`]: CHANGED-ADDRESS, so a classic server (stund) serves the same tests;
-//! - [`p2p`]: what it all means, per kind of peer, and the sentences that say it.
+//! - [`p2p`]: what it all means, per kind of peer, and the sentences that say it;
+//! - [`watch`]: what changed between two runs (`--every`).
 
 pub mod behavior;
 pub mod classify;
@@ -17,3 +18,4 @@ pub mod p2p;
 pub mod port_allocation;
 pub mod rfc3489;
 pub mod upstream;
+pub mod watch;
