@@ -292,7 +292,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     }
     // All names at once (the built-in list is three), each to both families: one DNS wait.
     let resolved = futures::future::join_all(specs.iter().map(|s| resolve_both(s, family))).await;
-    let (mut v4, mut v6): (Vec<(String, SocketAddr)>, Vec<(String, SocketAddr)>) = (Vec::new(), Vec::new());
+    let (mut v4, mut v6): (Vec<Named>, Vec<Named>) = (Vec::new(), Vec::new());
     for (input, r) in inputs.iter().zip(resolved) {
         match r {
             Ok(Both { v4: a, v6: b }) => {
@@ -425,6 +425,9 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     }
     Ok(report)
 }
+
+/// A server as given and one address it resolved to.
+type Named = (String, SocketAddr);
 
 /// What to do about IPv6 beside the main run.
 #[derive(Debug, Clone, PartialEq, Eq)]
