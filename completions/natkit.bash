@@ -140,7 +140,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__nat__subcmd__type)
-            opts="-v -q -h -V --server --lifetime --ports --local --timeout --no-port-mapping --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --server --lifetime --ports --local --timeout --no-port-mapping --every --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -159,6 +159,10 @@ _natkit() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --every)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -59,6 +59,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l server -d 'ST
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l ports -d 'Open N fresh sockets and report the pattern of their mapped ports (preserving, sequential, random)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l local -d 'Local address for the primary socket: IP or IP:PORT' -r
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l timeout -d 'Give up on a server that never answers after this many seconds (the udp-blocked verdict) [default: 1]. With --lifetime: the bound on the whole run [default: 180], and the wait for a silent server is at most 1 s' -r
+complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l every -d 'Run again every SECS seconds until Ctrl-C, printing one line per run with what changed (public address, verdicts, port mapping); JSON Lines with --json' -r
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l lifetime -d 'Also measure how long an idle mapping lives (RFC 5780 §4.5, needs RESPONSE-PORT support); bounded by --timeout, which then defaults to 180 s'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l no-port-mapping -d 'Skip the port-mapping probe (UPnP-IGD, NAT-PMP, PCP on the default gateway). Without this flag each protocol maps a fresh UDP port for a moment and deletes it'
 complete -c natkit -n "__fish_natkit_using_subcommand nat-type" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'

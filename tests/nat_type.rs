@@ -181,6 +181,8 @@ fn udp_blocked_lab_is_udp_blocked_after_the_timeout() {
     }
     assert_eq!(test_named(&v, "mapping-1")["result"]["outcome"], "timeout");
     assert!(v["notes"].to_string().contains("no answer over UDP"), "{v:#}");
+    assert_eq!(v["p2p"]["difficulty"], "relay-only", "{v:#}");
+    assert!(v["p2p"]["peers"].as_array().expect("peers").iter().all(|p| p["how"] == "relay" && p["direct"] == false));
 }
 
 #[test]
@@ -338,6 +340,21 @@ fn port_mapping_on_a_symmetric_miniupnpd_router_maps_and_deletes() {
     assert_eq!(code, Some(0), "{v:#}");
     assert_eq!(v["nat_type"], "symmetric", "{v:#}");
     assert_all_three_mapped_and_deleted(&v, &lab, &upnp);
+    // A mapped port is reachable by anyone: even symmetric peers get a direct path.
+    assert_eq!(v["p2p"]["difficulty"], "easy", "{v:#}");
+    assert_eq!(p2p_how(&v, "symmetric"), ("port-mapping", true), "{v:#}");
+    assert_eq!(p2p_how(&v, "open"), ("direct", true), "{v:#}");
+}
+
+/// (how, direct) of one kind of peer in `p2p.peers`.
+fn p2p_how<'a>(v: &'a Value, peer: &str) -> (&'a str, bool) {
+    let p = v["p2p"]["peers"]
+        .as_array()
+        .expect("p2p.peers")
+        .iter()
+        .find(|p| p["peer"] == peer)
+        .unwrap_or_else(|| panic!("no p2p peer {peer}: {v:#}"));
+    (p["how"].as_str().expect("how"), p["direct"].as_bool().expect("direct"))
 }
 
 #[test]
@@ -507,6 +524,11 @@ fn ipv6_is_classified_beside_ipv4_open_firewalled_and_nat66() {
     assert_eq!(v["ipv6"]["filtering"], "endpoint-independent", "{v:#}");
     assert_eq!(v["ipv6"]["public"], v["ipv6"]["local"], "{v:#}");
     assert_eq!(v["ipv6"]["hairpinning"], true, "a host reaches its own address: {v:#}");
+    // Symmetric v4 without port mapping: hard, but IPv6 peers reach it directly.
+    assert_eq!(v["p2p"]["difficulty"], "hard", "{v:#}");
+    assert_eq!(p2p_how(v, "symmetric"), ("relay", false), "{v:#}");
+    assert_eq!(p2p_how(v, "port-restricted"), ("birthday", true), "{v:#}");
+    assert_eq!(p2p_how(v, "ipv6"), ("direct", true), "{v:#}");
 
     let (code, v) = &runs[1];
     assert_eq!(*code, Some(0), "{v:#}");
@@ -514,6 +536,8 @@ fn ipv6_is_classified_beside_ipv4_open_firewalled_and_nat66() {
     assert_eq!(v["ipv6"]["nat_type"], "symmetric-udp-firewall", "{v:#}");
     assert_eq!(v["ipv6"]["filtering"], "address-and-port-dependent", "{v:#}");
     assert_eq!(v["ipv6"]["public"], v["ipv6"]["local"], "{v:#}");
+    assert_eq!(p2p_how(v, "ipv6"), ("hole-punching", true), "{v:#}");
+    assert_eq!(v["p2p"]["sentences"].as_array().map(|s| s.len()), Some(2), "{v:#}");
 
     let (code, v) = &runs[2];
     assert_eq!(*code, Some(0), "{v:#}");
@@ -522,12 +546,21 @@ fn ipv6_is_classified_beside_ipv4_open_firewalled_and_nat66() {
     assert_eq!(v["ipv6"]["filtering"], "address-and-port-dependent", "{v:#}");
     assert_eq!(v["ipv6"]["hairpinning"], false, "{v:#}");
     assert_ne!(v["ipv6"]["public"], v["ipv6"]["local"], "{v:#}");
+    assert_eq!(v["p2p"]["difficulty"], "medium", "{v:#}");
+    assert_eq!(p2p_how(v, "symmetric"), ("birthday", true), "{v:#}");
+    assert_eq!(p2p_how(v, "full-cone"), ("hole-punching", true), "{v:#}");
+    assert_eq!(p2p_how(v, "ipv6"), ("hole-punching", true), "NAT66 port-restricted: {v:#}");
 
     // The table view has the IPv6 rows.
     let out =
         lab.natkit_in(&lab.client_ns("w"), &["nat-type", "--server", SERVER, "--server", SERVER6, "--no-port-mapping"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().any(|l| l.contains("IPv6") && l.contains("symmetric-udp-firewall")), "{text}");
+    // It ends with the plain sentences: the verdict's meaning, IPv4 peers, IPv6.
+    let last: Vec<&str> = text.lines().rev().take(2).collect();
+    assert!(last[1].starts_with("Peer-to-peer is hard from here (IPv4)"), "{text}");
+    assert!(last[1].contains("symmetric NAT peers only through a relay"), "{text}");
+    assert!(last[0].starts_with("Over IPv6 (symmetric-udp-firewall) hole punching reaches"), "{text}");
 }
 
 #[test]
@@ -548,6 +581,7 @@ fn no_ipv6_route_is_one_line_and_no_packet() {
     let notes = v6["notes"].as_array().expect("ipv6.notes");
     assert_eq!(notes.len(), 1, "{v:#}");
     assert!(notes[0].as_str().is_some_and(|n| n.contains("no IPv6 route to [2001:db8::10]:3478")), "{v:#}");
+    assert_eq!(p2p_how(&v, "ipv6"), ("relay", false), "{v:#}");
 
     // Only a v4 server: no v6 server to test against, said in one line.
     let (_, v) = nat_type(&lab, "s", &["--no-port-mapping"]);
@@ -617,4 +651,95 @@ fn classic_rfc3489_server_serves_the_mapping_and_filtering_tests_through_changed
     }
     let (_, v) = nat_type(&lab, "r", &["--no-port-mapping"]);
     assert_eq!(test_named(&v, "filtering-3")["result"]["from"], "203.0.113.1:3479", "{v:#}");
+}
+
+// ---- --every: one line per run with what changed; Ctrl-C ends cleanly ----
+
+#[test]
+fn every_prints_a_json_line_per_run_with_what_changed_and_ctrl_c_leaves_nothing_on_the_router() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let (lab, _ct, upnp) = lab_with_miniupnpd(NatKind::PortRestrictedCone);
+    let mut child = lab
+        .command_in(
+            &lab.client_ns("m"),
+            env!("CARGO_BIN_EXE_natkit"),
+            &["nat-type", "--server", SERVER, "--every", "1", "--json"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting nat-type --every");
+    // On a panic the lab's Drop ends it with everything else in its namespaces.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = || -> Value {
+        let line = rx.recv_timeout(Duration::from_secs(15)).expect("a JSON line within 15 s");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"))
+    };
+
+    let first = next_line();
+    assert_eq!(first["run"], 1, "{first:#}");
+    assert_eq!(first["changes"].as_array().map(|c| c.len()), Some(0), "{first:#}");
+    assert_eq!(first["report"]["nat_type"], "port-restricted-cone", "{first:#}");
+    assert_all_three_mapped_and_deleted(&first["report"], &lab, &upnp);
+
+    // The router turns symmetric between runs: a later line says so, and only that changes
+    // (the public IP, port mapping and everything else stay).
+    let router = lab.nat("m").router_ns.clone().expect("router");
+    let ins = lab.run_in(
+        &router,
+        "nft",
+        &[
+            "insert",
+            "rule",
+            "ip",
+            "lab",
+            "post",
+            "oifname",
+            "wan",
+            "ip",
+            "saddr",
+            "10.1.0.0/24",
+            "masquerade",
+            "fully-random",
+        ],
+    );
+    assert!(ins.status.success(), "{}", String::from_utf8_lossy(&ins.stderr));
+    let mut changed = None;
+    for _ in 0..3 {
+        let v = next_line();
+        let ch = v["changes"].as_array().expect("changes").clone();
+        if !ch.is_empty() {
+            changed = Some((v, ch));
+            break;
+        }
+    }
+    let (v, ch) = changed.expect("a run after the change reports it");
+    assert!(v["run"].as_u64().is_some_and(|r| r >= 2), "{v:#}");
+    assert_eq!(v["report"]["nat_type"], "symmetric", "{v:#}");
+    let nat = ch.iter().find(|c| c["field"] == "nat_type").unwrap_or_else(|| panic!("{ch:?}"));
+    assert_eq!((nat["from"].as_str(), nat["to"].as_str()), (Some("port-restricted-cone"), Some("symmetric")));
+    assert!(ch.iter().all(|c| c["field"] != "public_ip" && c["field"] != "port_mapping"), "{ch:?}");
+
+    // Ctrl-C ends it, exit 0, and miniupnpd holds nothing afterwards.
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "nat-type --every did not end within 10 s of Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "Ctrl-C is how --every ends");
+    assert_eq!(upnp.rules(), "", "miniupnpd still holds a mapping after Ctrl-C:\n{}", upnp.log());
 }

@@ -36,4 +36,9 @@ pub struct NatTypeArgs {
     /// flag each protocol maps a fresh UDP port for a moment and deletes it
     #[arg(long)]
     pub no_port_mapping: bool,
+
+    /// Run again every SECS seconds until Ctrl-C, printing one line per run with what changed
+    /// (public address, verdicts, port mapping); JSON Lines with --json
+    #[arg(long, value_name = "SECS", conflicts_with = "lifetime")]
+    pub every: Option<f64>,
 }

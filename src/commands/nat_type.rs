@@ -15,7 +15,9 @@ use crate::nat::behavior::{Config, Discovery, Exchange, ExchangeResult, Findings
 use crate::nat::classify::{Filtering, Mapping, NatType};
 use crate::nat::ipv6::{Ipv6Report, Skipped};
 use crate::nat::lifetime::{LifetimeConfig, LifetimeResult, LifetimeSearch};
+use crate::nat::p2p::{P2p, Verdicts};
 use crate::nat::port_allocation::{PortPattern, PortSample, pattern};
+use crate::nat::watch::{Change, Field, Snapshot};
 use crate::net::server::{Family, Host, ServerSpec};
 use crate::net::transport::Transport;
 use crate::net::udp::{self, MultiSocketCore, Unreachable};
@@ -69,6 +71,8 @@ pub struct NatTypeReport {
     pub double_nat: Option<bool>,
     /// The same tests over IPv6, run at the same time; null when --local pins IPv4.
     pub ipv6: Option<Ipv6Report>,
+    /// What it means for peer-to-peer, per kind of peer; null when `nat_type` is unknown.
+    pub p2p: Option<P2p>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,6 +121,9 @@ impl MultiSocketCore for Discovery {
 /// Runs the command; Ctrl-C is handled here rather than by the caller, so the port mappings
 /// made on the router are deleted before the command ends with exit 130.
 pub async fn run(args: NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
+    if let Some(every) = args.every {
+        return watch(&args, every, opts).await;
+    }
     let leases = Leases::default();
     let outcome = tokio::select! {
         r = discover(&args, opts, &leases) => Some(r),
@@ -129,6 +136,113 @@ pub async fn run(args: NatTypeArgs, opts: &OutputOptions) -> anyhow::Result<Stat
     output::emit(&report, opts)?;
     let ok = matches!(report.nat_type, Some(t) if t != NatType::UdpBlocked);
     Ok(Status::from_ok(ok))
+}
+
+/// The longest --every interval (a day); the shortest is the time a run takes.
+const MAX_EVERY_S: f64 = 86_400.0;
+
+/// `--every SECS`: a run every SECS seconds (or as soon as the previous one ends, if it took
+/// longer), one line each on stdout: the first lists the watched fields, later ones what changed.
+/// Ctrl-C ends it between or during runs; the port mappings of a run cut short are deleted first,
+/// and the exit is 0 (Ctrl-C is how this mode ends).
+async fn watch(args: &NatTypeArgs, every: f64, opts: &OutputOptions) -> anyhow::Result<Status> {
+    if !(every.is_finite() && every > 0.0 && every <= MAX_EVERY_S) {
+        return usage(format!("--every {every} is out of range: give seconds above 0 and at most {MAX_EVERY_S}"));
+    }
+    let period = Duration::from_secs_f64(every);
+    let json = matches!(opts.format, output::Format::Json);
+    let first_start = Instant::now();
+    let mut before: Option<Snapshot> = None;
+    let mut next = tokio::time::Instant::now();
+    for run in 1u64.. {
+        let leases = Leases::default();
+        let outcome = tokio::select! {
+            r = discover(args, opts, &leases) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        delete_leftovers(&leases).await;
+        let Some(report) = outcome else { return Ok(Status::from_ok(true)) };
+        // Bad input is found on the first run and ends it; a later failure is printed and retried.
+        let report = match report {
+            Ok(r) => r,
+            Err(e) if run == 1 => return Err(e),
+            Err(e) => {
+                tracing::warn!("run {run} failed: {e:#}; trying again in {every} s");
+                next += period;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => continue,
+                    _ = tokio::signal::ctrl_c() => return Ok(Status::from_ok(true)),
+                }
+            }
+        };
+        let now = snapshot(&report);
+        let changes = before.as_ref().map(|b| now.changes_since(b)).unwrap_or_default();
+        let elapsed = first_start.elapsed().as_secs_f64();
+        let mut out = std::io::stdout().lock();
+        if json {
+            let line =
+                WatchLine { run, elapsed_s: (elapsed * 1000.0).round() / 1000.0, changes: &changes, report: &report };
+            serde_json::to_writer(&mut out, &line)?;
+            writeln!(out)?;
+        } else {
+            let what = match (&before, changes.is_empty()) {
+                (None, _) => now.summary(),
+                (Some(_), true) => "no change".to_string(),
+                (Some(_), false) => changes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("; "),
+            };
+            writeln!(out, "run {run} at +{elapsed:.1} s: {what}")?;
+        }
+        out.flush()?;
+        drop(out);
+        before = Some(now);
+        next += period;
+        // A run that took longer than the period starts the next one at once.
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.max(tokio::time::Instant::now())) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(Status::from_ok(true)),
+        }
+        if next < tokio::time::Instant::now() {
+            next = tokio::time::Instant::now();
+        }
+    }
+    Ok(Status::from_ok(true))
+}
+
+/// One JSON Line of --every: the run number, seconds since the first began, what changed since
+/// the previous run (empty on the first) and the whole report.
+#[derive(Serialize)]
+struct WatchLine<'a> {
+    run: u64,
+    elapsed_s: f64,
+    changes: &'a [Change],
+    report: &'a NatTypeReport,
+}
+
+/// The fields --every watches, as text.
+fn snapshot(r: &NatTypeReport) -> Snapshot {
+    let text = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+    let mut fields = vec![
+        (Field::PublicIp, text(r.public.map(|p| p.ip().to_string()))),
+        (Field::NatType, text(r.nat_type.map(|t| t.to_string()))),
+    ];
+    if let Some(v6) = &r.ipv6 {
+        let none = if v6.answer { "unknown" } else { "none" };
+        fields.push((Field::Ipv6PublicIp, v6.public.map(|p| p.ip().to_string()).unwrap_or_else(|| none.into())));
+        fields.push((Field::Ipv6NatType, v6.nat_type.map(|t| t.to_string()).unwrap_or_else(|| none.into())));
+    }
+    if let Some(pm) = &r.port_mapping {
+        let mapped: Vec<&str> = [("upnp", &pm.upnp), ("nat_pmp", &pm.nat_pmp), ("pcp", &pm.pcp)]
+            .into_iter()
+            .filter(|(_, p)| p.mapped.is_some())
+            .map(|(n, _)| n)
+            .collect();
+        fields.push((Field::PortMapping, if mapped.is_empty() { "none".into() } else { mapped.join("+") }));
+    }
+    if let Some(p) = &r.p2p {
+        let d = serde_json::to_value(p.difficulty).ok().and_then(|v| v.as_str().map(String::from));
+        fields.push((Field::Difficulty, text(d)));
+    }
+    Snapshot { fields }
 }
 
 /// Deletes the mappings still registered (a probe cut short by Ctrl-C or an error), bounded by
@@ -178,7 +292,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     }
     // All names at once (the built-in list is three), each to both families: one DNS wait.
     let resolved = futures::future::join_all(specs.iter().map(|s| resolve_both(s, family))).await;
-    let (mut v4, mut v6): (Vec<(String, SocketAddr)>, Vec<(String, SocketAddr)>) = (Vec::new(), Vec::new());
+    let (mut v4, mut v6): (Vec<Named>, Vec<Named>) = (Vec::new(), Vec::new());
     for (input, r) in inputs.iter().zip(resolved) {
         match r {
             Ok(Both { v4: a, v6: b }) => {
@@ -294,6 +408,14 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     report.port_mapping = port_mapping;
     report.ipv6 = ipv6;
     judge_upstream(&mut report, primary);
+    report.p2p = crate::nat::p2p::judge(Verdicts {
+        v4: report.nat_type,
+        port_mapped: report
+            .port_mapping
+            .as_ref()
+            .is_some_and(|pm| [&pm.upnp, &pm.nat_pmp, &pm.pcp].iter().any(|p| p.mapped.is_some())),
+        v6: report.ipv6.as_ref().filter(|v| v.answer).and_then(|v| v.nat_type),
+    });
     if let Some(l) = lifetime {
         report.lifetime_s = l.lifetime_s();
         if let Some(n) = &l.note {
@@ -303,6 +425,9 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     }
     Ok(report)
 }
+
+/// A server as given and one address it resolved to.
+type Named = (String, SocketAddr);
 
 /// What to do about IPv6 beside the main run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -494,6 +619,7 @@ fn build_report(
         cgnat: None,
         double_nat: None,
         ipv6: None,
+        p2p: None,
     }
 }
 
@@ -654,10 +780,14 @@ impl Render for NatTypeReport {
             output::say(out, &format!("note: {n}"))?;
         }
         match &self.meaning {
-            Some(m) => output::say(out, m),
+            Some(m) => output::say(out, m)?,
             None => {
-                output::say(out, "Not enough was learned to say what this means for peer-to-peer; see the notes above.")
+                output::say(out, "Not enough was learned to say what this means for peer-to-peer; see the notes above.")?
             }
         }
+        for s in self.p2p.iter().flat_map(|p| &p.sentences) {
+            output::say(out, s)?;
+        }
+        Ok(())
     }
 }

@@ -101,10 +101,10 @@ impl Ipv6Report {
     /// The one-line summary for the table view.
     pub fn summary(&self) -> String {
         if !self.answer {
-            return match (self.route, self.notes.first()) {
-                (Some(true), _) => "no answer from the IPv6 server (IPv6 UDP blocked, or the server is down)".into(),
-                (_, Some(n)) => n.clone(),
-                _ => "not tested".into(),
+            // The first note says why (no server, no route, silence, an ICMP error).
+            return match self.notes.first() {
+                Some(n) => n.clone(),
+                None => "no answer from the IPv6 server".into(),
             };
         }
         let name = self.nat_type.map(|t| t.to_string()).unwrap_or_else(|| "unknown".into());
