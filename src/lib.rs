@@ -4,6 +4,7 @@
 //! - protocol cores (`stun`, `nat`, `turn`, `ice`, `signal`) are sans-IO state machines:
 //!   bytes and `now` in, bytes to send and the next wake-up out;
 //! - `net` holds the thin drivers that own sockets and timers;
+//! - `relay` holds the relay's coturn config reader and Prometheus text, outside its core;
 //! - `commands` wires a core to a driver and builds a typed report;
 //! - `output` renders any report as a table or as JSON.
 
@@ -18,6 +19,7 @@ pub mod net;
 pub mod output;
 pub mod portmap;
 pub mod punch;
+pub mod relay;
 pub mod signal;
 pub mod stun;
 pub mod turn;

@@ -178,7 +178,7 @@ fn loopback_peers_are_refused_by_default_so_uclient_gets_403() {
     let mut relay = relay_with(&["--json"]);
     let p = peer.port.to_string();
     let output = uclient_output(&relay, &["-e", "127.0.0.1", "-r", &p]);
-    assert!(output.contains("error 403 (Forbidden)"), "{output}");
+    assert!(output.contains("error 403 (peer address is loopback; see --allow-loopback-peers)"), "{output}");
     assert_eq!(number_after(&output, "tot_recv_msgs=").unwrap_or(0), 0, "{output}");
     let out = relay.stop();
     let v = json_of(&out);

@@ -18,7 +18,8 @@ use netns::Netns;
 use stun_rs::MessageClass;
 use stun_rs::methods::ALLOCATE;
 use turn_udp::{
-    Allocated, Client, allocate, any_success, channel_data, request, request_with_fingerprint, send_indication, udp,
+    Allocated, Client, allocate, any_success, channel_data, code, request, request_with_fingerprint, send_indication,
+    udp,
 };
 
 fn server(relay: &Relay) -> SocketAddr {
@@ -184,6 +185,38 @@ fn peers_on_the_relay_host_itself_are_refused_v4_v6_and_behind_external_ip() {
         assert_eq!(receives(&service).as_deref(), Some(&b"knock"[..]), "allowed, so it arrives");
     });
     let _ = open.stop();
+}
+
+/// The reason phrase of an error answer, as a client's log would show it.
+fn reason_of(m: &stun_rs::StunMessage) -> Option<String> {
+    m.attributes().iter().find_map(|a| a.as_error_code().ok()).map(|e| e.error_code().reason().to_string())
+}
+
+#[test]
+fn a_refused_peer_gets_a_403_whose_reason_names_the_flag_that_would_allow_it() {
+    // No --allow-*-peers: loopback and private peers are refused.
+    let mut relay = Relay::start(&["--user", "alice:wonderland", "--realm", "lab", "--json"]);
+    let a = Allocated::new("127.0.0.1", server(&relay), "alice", "wonderland", false);
+    let ask = |method, peer: &str| {
+        let mut attrs = vec![stun_rs::attributes::turn::XorPeerAddress::from(sa(peer)).into()];
+        if method == stun_rs::methods::CHANNEL_BIND {
+            attrs.insert(0, stun_rs::attributes::turn::ChannelNumber::new(0x4001).into());
+        }
+        let req = request(method, attrs, Some((&a.user, &a.pass, &a.nonce)));
+        let m = a.client.transact(&req).expect("an answer");
+        (code(&m), reason_of(&m))
+    };
+    let (loopback, why) = ask(stun_rs::methods::CREATE_PERMMISSION, "127.0.0.1:9");
+    assert_eq!(loopback, Some(403));
+    let why = why.unwrap_or_default();
+    assert!(why.contains("loopback") && why.contains("--allow-loopback-peers"), "reason phrase: {why:?}");
+    let (private, why) = ask(stun_rs::methods::CHANNEL_BIND, "10.1.2.3:9");
+    assert_eq!(private, Some(403));
+    let why = why.unwrap_or_default();
+    assert!(why.contains("private") && why.contains("--allow-private-peers"), "reason phrase: {why:?}");
+    let v = json_of(&relay.stop());
+    assert_eq!(v["peer_refusals"]["loopback"].as_u64(), Some(1), "{v}");
+    assert_eq!(v["peer_refusals"]["private"].as_u64(), Some(1), "{v}");
 }
 
 #[test]

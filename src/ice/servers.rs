@@ -392,7 +392,7 @@ mod tests {
 
     use super::*;
     use crate::net::transport::Transport;
-    use crate::turn::server::wire::{PEER_HEADROOM, PEER_TAILROOM};
+    use crate::turn::channel_data::{PEER_HEADROOM, PEER_TAILROOM};
     use crate::turn::server::{Family, FiveTuple, RelayId, RelayOpenError, RelayPorts, Server, ServerConfig, Target};
     use str0m::CandidateKind;
 

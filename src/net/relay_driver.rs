@@ -48,8 +48,8 @@ use crate::net::conn_limit::{ConnLimiter, ConnPermit, ConnRefusal, accept_with_b
 use crate::net::mmsg::{BATCH, RecvBatch, send_many};
 use crate::net::stream::take_frame;
 use crate::net::transport::Transport;
-use crate::turn::server::metrics::DriverSnapshot;
-use crate::turn::server::wire::{PEER_HEADROOM, PEER_TAILROOM};
+use crate::relay::metrics_text::DriverSnapshot;
+use crate::turn::channel_data::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{
     Family, FiveTuple, RelayId, RelayOpenError, RelayPorts, Server, ServerConfig, Stats, Target,
 };
@@ -972,7 +972,7 @@ async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
             .await;
             let body = {
                 let core = shared.lock();
-                crate::turn::server::metrics::render(&core, &shared.counters_snapshot())
+                crate::relay::metrics_text::render(&core, &shared.counters_snapshot())
             };
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -168,6 +168,24 @@ impl Refusal {
         }
     }
 
+    /// The reason phrase of the 403 (RFC 8489 §14.8, under 128 characters):
+    /// what the peer is and the flag that would allow it, if one does. The
+    /// client has authenticated by then, so this tells nothing to a stranger.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Denied => "peer address is in a --deny-peer range",
+            Refusal::Unspecified => "peer address is unspecified",
+            Refusal::Loopback => "peer address is loopback; see --allow-loopback-peers",
+            Refusal::Private => "peer address is private; see --allow-private-peers or --allow-peer",
+            Refusal::LinkLocal => "peer address is link-local; see --allow-private-peers or --allow-peer",
+            Refusal::Multicast => "peer address is multicast; see --allow-peer",
+            Refusal::Broadcast => "peer address is broadcast; see --allow-peer",
+            Refusal::Reserved => "peer address is reserved (240.0.0.0/4); see --allow-peer",
+            Refusal::OwnAddress => "peer address is one of this relay's own listening or freed relayed addresses",
+            Refusal::OwnHost => "peer address belongs to the relay host; see --allow-relay-host-peers",
+        }
+    }
+
     pub fn index(self) -> usize {
         self as usize
     }
@@ -273,6 +291,16 @@ mod tests {
 
     fn verdict(p: &PeerPolicy, s: &str) -> Verdict {
         p.check(sa(s), |_| false)
+    }
+
+    #[test]
+    fn every_refusal_has_a_short_reason_naming_its_flag() {
+        for r in Refusal::ALL {
+            assert!(r.reason().len() < 128, "{r}: RFC 8489 §14.8 caps the reason phrase");
+        }
+        assert!(Refusal::Loopback.reason().contains("--allow-loopback-peers"));
+        assert!(Refusal::OwnHost.reason().contains("--allow-relay-host-peers"));
+        assert!(Refusal::Private.reason().contains("--allow-private-peers"));
     }
 
     #[test]

@@ -22,9 +22,9 @@ use stun_rs::methods::{ALLOCATE, BINDING, CHANNEL_BIND, CREATE_PERMMISSION, REFR
 use stun_rs::{Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute, StunMessageBuilder};
 
 use super::unauth_limit::UnauthLimitConfig;
-use super::wire::{PEER_HEADROOM, PEER_TAILROOM};
 use super::*;
 use crate::stun::message::{decode, encode};
+use crate::turn::channel_data::{PEER_HEADROOM, PEER_TAILROOM};
 
 /// The largest unauthenticated answer: an IPv6 RFC 5780 Binding success with
 /// SOFTWARE and FINGERPRINT is 116 bytes; a 401 with REALM, NONCE and

@@ -18,10 +18,11 @@ use stun_rs::{
     StunMessageBuilder, TransactionId,
 };
 
-use super::peer_policy::Refusal;
-use super::wire::PEER_HEADROOM;
+use super::auth::AuthFailure;
+use super::peer_policy::{PeerPolicyConfig, Refusal};
 use super::*;
 use crate::stun::message::{decode, encode};
+use crate::turn::channel_data::{self, PEER_HEADROOM};
 use crate::turn::credentials::rest_credentials;
 
 const REALM: &str = "lab";
@@ -111,7 +112,7 @@ impl Harness {
     }
 
     fn peer_datagram(&mut self, relay: RelayId, from: SocketAddr, data: &[u8]) -> Option<(Target, Vec<u8>)> {
-        let mut buf = vec![0u8; PEER_HEADROOM + data.len() + wire::PEER_TAILROOM];
+        let mut buf = vec![0u8; PEER_HEADROOM + data.len() + channel_data::PEER_TAILROOM];
         buf[PEER_HEADROOM..PEER_HEADROOM + data.len()].copy_from_slice(data);
         self.server.handle_peer(relay, from, &mut buf, data.len(), self.now).map(|t| (t.target, t.payload.to_vec()))
     }

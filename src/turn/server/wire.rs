@@ -1,7 +1,8 @@
-//! The per-packet wire formats, read and written by hand so the data path
-//! never allocates: the STUN header type (RFC 8489 §5), XOR-PEER-ADDRESS
-//! (RFC 8656 §18.3), Send/Data indications (§11) and ChannelData (§12.4,
-//! padded to 4 bytes over TCP/TLS, §12.5). Requests go through stun-rs.
+//! The per-packet STUN wire formats, read and written by hand so the data
+//! path never allocates: the STUN header type (RFC 8489 §5),
+//! XOR-PEER-ADDRESS (RFC 8656 §18.3) and Send/Data indications (§11).
+//! ChannelData framing (§12.4) is in [`crate::turn::channel_data`], shared
+//! with the client. Requests go through stun-rs.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -10,12 +11,6 @@ use crate::stun::message::{HEADER_LEN, MAGIC_COOKIE, attributes};
 pub const XOR_PEER_ADDRESS: u16 = 0x0012;
 pub const DATA: u16 = 0x0013;
 pub const FINGERPRINT: u16 = 0x8028;
-pub const CHANNEL_HEADER: usize = 4;
-/// Bytes a driver leaves free before a peer datagram so the core can write
-/// the ChannelData header in place.
-pub const PEER_HEADROOM: usize = CHANNEL_HEADER;
-/// Bytes a driver leaves free after a peer datagram for the stream padding.
-pub const PEER_TAILROOM: usize = 3;
 
 /// The class of a STUN message (the two C bits of the type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,30 +140,6 @@ pub fn data_indication(out: &mut [u8], peer: SocketAddr, data: &[u8], txid: [u8;
     Some(total)
 }
 
-/// Writes the ChannelData header for `len` bytes already at `buf[4..4+len]`,
-/// pads to 4 bytes for stream transports, and returns the length to send.
-pub fn channel_data_in_place(buf: &mut [u8], number: u16, len: usize, padded: bool) -> Option<usize> {
-    let total = if padded { CHANNEL_HEADER + len.div_ceil(4) * 4 } else { CHANNEL_HEADER + len };
-    if buf.len() < total || len > u16::MAX as usize {
-        return None;
-    }
-    buf[..2].copy_from_slice(&number.to_be_bytes());
-    buf[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    buf[CHANNEL_HEADER + len..total].fill(0);
-    Some(total)
-}
-
-/// Channel number and payload of a ChannelData message, if well formed.
-pub fn channel_data(bytes: &[u8]) -> Option<(u16, &[u8])> {
-    if bytes.len() < CHANNEL_HEADER {
-        return None;
-    }
-    let number = u16::from_be_bytes([bytes[0], bytes[1]]);
-    let len = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
-    let data = bytes.get(CHANNEL_HEADER..CHANNEL_HEADER + len)?;
-    Some((number, data))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,17 +173,5 @@ mod tests {
             assert_eq!(send_indication(&buf[..n]), Some((peer, &b"hello"[..])));
         }
         assert_eq!(data_indication(&mut buf[..30], "203.0.113.4:5000".parse().unwrap(), b"hello", [3; 12]), None);
-    }
-
-    #[test]
-    fn channel_data_framing() {
-        let mut buf = [0xAAu8; 16];
-        buf[4..9].copy_from_slice(b"abcde");
-        assert_eq!(channel_data_in_place(&mut buf, 0x4001, 5, true), Some(12));
-        assert_eq!(&buf[..12], &[0x40, 0x01, 0, 5, b'a', b'b', b'c', b'd', b'e', 0, 0, 0]);
-        assert_eq!(channel_data(&buf[..12]), Some((0x4001, &b"abcde"[..])));
-        assert_eq!(channel_data(&buf[..8]), None, "truncated");
-        assert_eq!(channel_data_in_place(&mut buf, 0x4001, 5, false), Some(9));
-        assert_eq!(channel_data(&[0x40, 0x00]), None);
     }
 }

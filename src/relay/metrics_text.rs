@@ -3,10 +3,10 @@
 
 use std::fmt::Write;
 
-use super::auth::AuthFailure;
-use super::peer_policy::Refusal;
-use super::throttle::Offender;
-use super::{ErrorCode, Server};
+use crate::turn::server::auth::AuthFailure;
+use crate::turn::server::peer_policy::Refusal;
+use crate::turn::server::throttle::Offender;
+use crate::turn::server::{ErrorCode, Server};
 
 /// Counters the driver keeps (connections, send errors).
 #[derive(Debug, Clone, Copy, Default)]

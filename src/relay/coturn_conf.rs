@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use super::peer_policy::{Cidr, range_to_cidrs};
+use crate::turn::server::peer_policy::{Cidr, range_to_cidrs};
 
 /// What a turnserver.conf said, in natkit's terms.
 #[derive(Debug, Clone, Default, PartialEq)]

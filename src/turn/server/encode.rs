@@ -1,0 +1,184 @@
+//! Encoding answers to requests (RFC 8489 §6.3 responses, §14.8 ERROR-CODE)
+//! into the core's scratch buffer with stun-rs: signed with the client's key
+//! (MESSAGE-INTEGRITY or -SHA256, §14.5/§14.6) once it proved it, with
+//! FINGERPRINT (§14.7) when the request had one, and SOFTWARE only in
+//! success answers.
+
+use stun_rs::attributes::stun::{
+    ErrorCode as ErrorCodeAttr, Fingerprint, MessageIntegrity, MessageIntegritySha256, Software,
+};
+use stun_rs::{
+    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageEncoderBuilder, MessageMethod, StunAttribute,
+    StunMessageBuilder, TransactionId,
+};
+
+use super::Server;
+use super::auth::{IntegrityKind, UserKey};
+use crate::stun::message::HEADER_LEN;
+
+/// The STUN/TURN error codes this server answers with (RFC 8489 §14.8, RFC 8656 §19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    TryAlternate,
+    BadRequest,
+    Unauthenticated,
+    Forbidden,
+    UnknownAttribute,
+    AllocationMismatch,
+    StaleNonce,
+    AddressFamilyNotSupported,
+    WrongCredentials,
+    UnsupportedTransportProtocol,
+    PeerAddressFamilyMismatch,
+    AllocationQuotaReached,
+    InsufficientCapacity,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::TryAlternate,
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::UnknownAttribute,
+        ErrorCode::AllocationMismatch,
+        ErrorCode::StaleNonce,
+        ErrorCode::AddressFamilyNotSupported,
+        ErrorCode::WrongCredentials,
+        ErrorCode::UnsupportedTransportProtocol,
+        ErrorCode::PeerAddressFamilyMismatch,
+        ErrorCode::AllocationQuotaReached,
+        ErrorCode::InsufficientCapacity,
+    ];
+
+    pub fn code(self) -> u16 {
+        match self {
+            ErrorCode::TryAlternate => 300,
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::UnknownAttribute => 420,
+            ErrorCode::AllocationMismatch => 437,
+            ErrorCode::StaleNonce => 438,
+            ErrorCode::AddressFamilyNotSupported => 440,
+            ErrorCode::WrongCredentials => 441,
+            ErrorCode::UnsupportedTransportProtocol => 442,
+            ErrorCode::PeerAddressFamilyMismatch => 443,
+            ErrorCode::AllocationQuotaReached => 486,
+            ErrorCode::InsufficientCapacity => 508,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            ErrorCode::TryAlternate => "Try Alternate",
+            ErrorCode::BadRequest => "Bad Request",
+            ErrorCode::Unauthenticated => "Unauthenticated",
+            ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::UnknownAttribute => "Unknown Attribute",
+            ErrorCode::AllocationMismatch => "Allocation Mismatch",
+            ErrorCode::StaleNonce => "Stale Nonce",
+            ErrorCode::AddressFamilyNotSupported => "Address Family not Supported",
+            ErrorCode::WrongCredentials => "Wrong Credentials",
+            ErrorCode::UnsupportedTransportProtocol => "Unsupported Transport Protocol",
+            ErrorCode::PeerAddressFamilyMismatch => "Peer Address Family Mismatch",
+            ErrorCode::AllocationQuotaReached => "Allocation Quota Reached",
+            ErrorCode::InsufficientCapacity => "Insufficient Capacity",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Server {
+    pub(super) fn success(
+        &mut self,
+        method: MessageMethod,
+        txid: [u8; 12],
+        attrs: Vec<StunAttribute>,
+        signed: Option<(&UserKey, IntegrityKind)>,
+    ) -> Option<usize> {
+        let builder = StunMessageBuilder::new(method, MessageClass::SuccessResponse);
+        self.encode(builder, txid, attrs, signed, true)
+    }
+
+    pub(super) fn error(
+        &mut self,
+        method: u16,
+        txid: [u8; 12],
+        code: ErrorCode,
+        signed: Option<(&UserKey, IntegrityKind)>,
+        attrs: Vec<StunAttribute>,
+    ) -> Option<usize> {
+        self.error_with_reason(method, txid, code, code.reason(), signed, attrs)
+    }
+
+    /// An error answer whose reason phrase says more than the code's name
+    /// (RFC 8489 §14.8: the phrase is for a human, so it may say what to change).
+    pub(super) fn error_with_reason(
+        &mut self,
+        method: u16,
+        txid: [u8; 12],
+        code: ErrorCode,
+        reason: &str,
+        signed: Option<(&UserKey, IntegrityKind)>,
+        mut attrs: Vec<StunAttribute>,
+    ) -> Option<usize> {
+        self.stats.errors_sent[code.index()] += 1;
+        let e = stun_rs::ErrorCode::new(code.code(), reason).ok()?;
+        attrs.insert(0, ErrorCodeAttr::from(e).into());
+        let method = MessageMethod::try_from(method).ok()?;
+        let builder = StunMessageBuilder::new(method, MessageClass::ErrorResponse);
+        // No SOFTWARE in errors: a 401 challenge is what an amplification attack
+        // gets back, so it carries only what the client needs (RFC 8489 §14.14: MAY).
+        self.encode(builder, txid, attrs, signed, false)
+    }
+
+    pub(super) fn encode(
+        &mut self,
+        mut b: StunMessageBuilder,
+        txid: [u8; 12],
+        attrs: Vec<StunAttribute>,
+        signed: Option<(&UserKey, IntegrityKind)>,
+        software: bool,
+    ) -> Option<usize> {
+        b = b.with_transaction_id(TransactionId::from(txid));
+        for a in attrs {
+            b = b.with_attribute(a);
+        }
+        if software && let Ok(s) = Software::new(&self.cfg.software) {
+            b = b.with_attribute(s);
+        }
+        self.reply_signed = signed.is_some();
+        if let Some((user, kind)) = signed {
+            match HMACKey::new_long_term(
+                &user.username,
+                self.auth.realm(),
+                &user.password,
+                Algorithm::from(AlgorithmId::MD5),
+            ) {
+                Ok(key) => {
+                    b = match kind {
+                        IntegrityKind::Sha1 => b.with_attribute(MessageIntegrity::new(key)),
+                        IntegrityKind::Sha256 => b.with_attribute(MessageIntegritySha256::new(key)),
+                    }
+                }
+                Err(e) => tracing::debug!("cannot sign the answer for {}: {e:?}", user.username),
+            }
+        }
+        if std::mem::take(&mut self.reply_fingerprint) {
+            b = b.with_attribute(Fingerprint::default());
+        }
+        let encoder = MessageEncoderBuilder::default().build();
+        match encoder.encode(&mut self.scratch, &b.build()) {
+            Ok(n) if n >= HEADER_LEN => Some(n),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("encoding an answer failed: {e:?}");
+                None
+            }
+        }
+    }
+}
