@@ -390,7 +390,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__signal)
-            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --allow-origin --max-conns --header-timeout --idle-timeout --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --no-stun --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --allow-origin --max-conns --header-timeout --idle-timeout --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -96,6 +96,9 @@ pub struct PunchReport {
     pub remote_candidates: Vec<String>,
     /// Our mapped address changed with the STUN server (a hard NAT).
     pub mapping_varies: Option<bool>,
+    /// What told `mapping_varies`: two server IPs, or one IP on two ports (port-dependent
+    /// mapping only; see punch::observation). Null with it.
+    pub mapping_evidence: Option<crate::punch::observation::MappingEvidence>,
     pub checks: Vec<CheckRecord>,
     /// The birthday method, when it was tried (one NAT symmetric, the other not).
     pub birthday: Option<BirthdayReport>,
