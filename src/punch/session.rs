@@ -156,9 +156,15 @@ pub async fn run(
     // that is not there by now is trickled when it comes (`join_some(&mut map_task)` below).
     let mut port_mapped: Option<SocketAddr> = None;
     let mut _renewal = None;
-    if let Some(task) = map_task.as_mut()
-        && let Ok(done) = tokio::time::timeout(MAP_GRACE, &mut task.0).await
-    {
+    let early = match map_task.as_mut() {
+        Some(task) => tokio::select! {
+            r = tokio::time::timeout(MAP_GRACE, &mut task.0) => r.ok(),
+            // A router without PCP and NAT-PMP: a UPnP mapping, if any, is trickled later.
+            _ = mappings.fast_protocols_failed() => None,
+        },
+        None => None,
+    };
+    if let Some(done) = early {
         map_task = None;
         if let Some((c, renewal)) = adopt_mapping(done, report, mappings, port) {
             port_mapped = Some(c.addr());
