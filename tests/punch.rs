@@ -714,3 +714,71 @@ fn a_transfer_survives_the_quic_servers_router_forgetting_its_mappings() {
     let a = changes(&sr, "peer-moved");
     assert!(a.iter().any(moved_into_range), "a's QUIC never followed b: {sr:#}\n{}", err(&s));
 }
+
+/// Issue #16: when re-punching cannot work, the relay. a's router reboots 9 MiB into a 64 MiB
+/// transfer and comes back symmetric: a's new mappings are per destination, and b's
+/// port-restricted NAT keeps them out, so the re-punch fails (and a's TURN allocation went with
+/// its old mapping). After the fallback time a sends QUIC to b's relayed address; b permits a's IP
+/// on its allocation and follows a's QUIC arriving through it. quinn sees none of it (the muxes
+/// redirect): same SHA-256, exit 0, both report `relay-fallback`.
+#[test]
+fn a_transfer_falls_back_to_the_relay_when_re_punching_cannot_work() {
+    const LEN: usize = 64 * 1024 * 1024;
+    let w = world(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone);
+    w.lab.shape_uplink("a", "100mbit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
+    random_file(&src, LEN);
+    let url = w.signal.ws_url();
+    let common =
+        [&["punch", "--signal", url.as_str(), "--room", "fallback", "--timeout", "30", "--json"], STUN_ARGS, TURN_ARGS]
+            .concat();
+    let (src_s, dst_s) = (src.to_str().expect("utf-8"), dst.to_str().expect("utf-8"));
+    let recv_args = [common.as_slice(), &["--recv", dst_s]].concat();
+    let send_args = [common.as_slice(), &["--send", src_s]].concat();
+    let receiver = spawn(w.lab.command_in(&w.lab.client_ns("b"), NATKIT, &recv_args));
+    let until = Instant::now() + Duration::from_secs(15);
+    while !w.signal.log_text().lines().any(|l| l.contains("joined") && l.contains("fallback")) {
+        assert!(Instant::now() < until, "b never joined: {}", w.signal.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sender = spawn(w.lab.command_in(&w.lab.client_ns("a"), NATKIT, &send_args));
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) < 9 * 1024 * 1024 {
+        assert!(Instant::now() < until, "the transfer never got 9 MiB through");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.lab.router_forgets_and_turns_symmetric("a", (20000, 20999));
+    let bound = Duration::from_secs(120);
+    let (s, r) = (wait_bounded(sender, bound, "the sender"), wait_bounded(receiver, bound, "the receiver"));
+    let (sr, rr) = (report(&s), report(&r));
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(s.status.code(), Some(0), "sender: {sr:#}\n{}", err(&s));
+    assert_eq!(r.status.code(), Some(0), "receiver: {rr:#}\n{}", err(&r));
+    assert!(std::fs::read(&src).expect("src") == std::fs::read(&dst).expect("dst"), "the file arrived changed");
+    assert_eq!(sr["sha256"], rr["sha256"]);
+    let fell_back =
+        |r: &Value| r["path_changes"].as_array().expect("path_changes").iter().any(|c| c["why"] == "relay-fallback");
+    assert!(fell_back(&sr), "a never fell back to the relay: {sr:#}\n{}", err(&s));
+    assert!(fell_back(&rr), "b never saw a through its relay: {rr:#}\n{}", err(&r));
+    assert_eq!(sr["path"], "relay", "{sr:#}");
+    // a sends to b's relayed address, the one b offered.
+    let to = sr["path_changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["why"] == "relay-fallback")
+        .expect("fallback")["to"]
+        .as_str()
+        .expect("to")
+        .to_string();
+    let (ip, port) = to.rsplit_once(':').expect("ip:port");
+    assert!(
+        rr["candidates"]
+            .as_array()
+            .expect("candidates")
+            .iter()
+            .any(|c| c.as_str().is_some_and(|c| c.contains(&format!(" {ip} {port} typ relay")))),
+        "a's fallback target {to} is not b's relayed candidate: {rr:#}"
+    );
+}

@@ -74,6 +74,9 @@ pub struct MuxSocket {
     /// Datagrams that were neither STUN nor plausible QUIC.
     pub dropped: AtomicU64,
     redirect: std::sync::Mutex<Redirect>,
+    /// Relay fallback: the peer QUIC knows here is followed to wherever its QUIC comes from through
+    /// our TURN relay (its new public address, unknown in advance).
+    follow_relayed: std::sync::Mutex<Option<SocketAddr>>,
 }
 
 /// The peer's address as QUIC knows it, and where the peer is now.
@@ -116,6 +119,7 @@ impl MuxSocket {
             relay,
             dropped: AtomicU64::new(0),
             redirect: std::sync::Mutex::new(Redirect::default()),
+            follow_relayed: std::sync::Mutex::new(None),
         };
         (Arc::new(mux), Diverted { stun: stun_rx, birthday: birthday_rx })
     }
@@ -130,6 +134,18 @@ impl MuxSocket {
         if let Ok(mut r) = self.redirect.lock() {
             *r = Redirect((known != now_at).then_some((known, now_at)));
         }
+    }
+
+    /// From now on the peer QUIC knows at `known` is whoever sends QUIC to us through our relay.
+    pub fn follow_relayed(&self, known: SocketAddr) {
+        if let Ok(mut f) = self.follow_relayed.lock() {
+            *f = Some(known);
+        }
+    }
+
+    /// Where the peer QUIC knows is now sent to (None: nowhere else).
+    pub fn redirected_to(&self) -> Option<SocketAddr> {
+        self.redirection().0.map(|(_, now_at)| now_at)
     }
 
     fn redirection(&self) -> Redirect {
@@ -240,6 +256,11 @@ impl AsyncUdpSocket for MuxSocket {
                 }
                 // QUIC through the relay: answers go back the same way.
                 relay.route(inner.peer);
+                if let Some(known) = self.follow_relayed.lock().ok().and_then(|f| *f)
+                    && self.redirection().outgoing(known) != inner.peer
+                {
+                    self.redirect(known, inner.peer);
+                }
                 first[..n].copy_from_slice(&inner.data);
                 let addr = self.redirection().incoming(inner.peer);
                 meta[0] = RecvMeta { addr, len: n, stride: n, ecn: None, dst_ip: None };

@@ -131,6 +131,10 @@ pub enum PathChangeReason {
     /// The peer's packets now come from a new address, after a re-punch on its side; QUIC
     /// validated and migrated to it. `from`/`to`: the peer's address.
     PeerMoved,
+    /// Re-punching did not bring the path back within the fallback time: QUIC moved to the TURN
+    /// relay. `to`: the peer's relayed address we now send to (our NAT forgot: our allocation went
+    /// with it), or the peer's new address reaching us through our relay.
+    RelayFallback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

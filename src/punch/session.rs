@@ -37,12 +37,15 @@ use crate::punch::report::{
 use crate::punch::{quic, transfer};
 use crate::signal::client::{ClientOptions, SignalClient};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
+use crate::stun::message::{binding_request, new_transaction_id};
 
 /// How often the transfer checks whether QUIC moved to a new peer address.
 const PATH_TICK: Duration = Duration::from_millis(250);
 /// How long the signal server's address gets to answer STUN (an older signal server, or one behind
 /// a proxy, never does: this is what that costs, once, when only one STUN IP answered).
 const SIGNAL_STUN_WAIT: Duration = Duration::from_millis(1000);
+/// A path lost this long without repair falls back to the TURN relay (see `relay_fallback`).
+const RELAY_FALLBACK_AFTER: Duration = Duration::from_secs(6);
 /// How often a lost path asks the STUN servers for our mapping again.
 const REGATHER_EVERY: Duration = Duration::from_secs(2);
 
@@ -56,6 +59,10 @@ struct PathWatch {
     lost: bool,
     /// The peer's candidates trickled after connecting (a re-punch from a new address).
     fresh_remotes: Vec<SocketAddr>,
+    /// When a lost path falls back to the relay (None: not lost, or fallen back already).
+    fallback_at: Option<Instant>,
+    /// Waiting for the peer's QUIC through our relay (where it comes from is reported).
+    awaiting_relayed: bool,
     /// Our public address as a STUN server last saw it.
     our_mapped: Option<SocketAddr>,
     /// A new mapping offered to the peer, reported once the path answers again.
@@ -469,6 +476,8 @@ pub async fn run(
         path_remote: conn.remote_address(),
         lost: false,
         fresh_remotes: Vec::new(),
+        fallback_at: None,
+        awaiting_relayed: false,
         our_mapped: local_candidates.iter().find(|c| c.kind() == CandidateKind::ServerReflexive).map(|c| c.addr()),
         pending: None,
         regather_at: None,
@@ -480,6 +489,9 @@ pub async fn run(
             ev = ice.events.recv() => match ev {
                 Some(IceEvent::PathLost { remote, silent_for, .. }) if remote == watch.path_remote => {
                     watch.lost = true;
+                    if relay.is_some() || remote_candidates.iter().any(is_relayed) {
+                        watch.fallback_at.get_or_insert(Instant::now() + RELAY_FALLBACK_AFTER);
+                    }
                     tracing::warn!(
                         "the path to {remote} has not answered consent checks for {:.1} s: asking for our mapping again",
                         silent_for.as_secs_f64()
@@ -495,6 +507,7 @@ pub async fn run(
                     tracing::info!("the path to {remote} answers again");
                     watch.regather_at = None;
                     watch.lost = false;
+                    watch.fallback_at = None;
                     if let Some((from, to)) = watch.pending.take() {
                         report.path_changes.push(PathChange { at_ms: ms_since(joined), from, to, why: PathChangeReason::MappingChanged });
                     }
@@ -593,6 +606,17 @@ pub async fn run(
                     if let Some(remote) = proved {
                         follow_peer(&mut watch, &mux, remote, report, &remote_candidates, joined);
                     }
+                }
+                if watch.lost && watch.fallback_at.is_some_and(|t| Instant::now() >= t) {
+                    watch.fallback_at = None;
+                    relay_fallback(&mut watch, &mux, relay.as_ref(), &remote_candidates, report, joined);
+                }
+                if watch.awaiting_relayed && let Some(to) = mux.redirected_to() {
+                    watch.awaiting_relayed = false;
+                    tracing::warn!("the peer's QUIC now comes from {to} through our TURN relay");
+                    report.path_changes.push(PathChange { at_ms: ms_since(joined), from: Some(watch.path_remote), to, why: PathChangeReason::RelayFallback });
+                    report.path = Some(PathKind::Relay);
+                    watch.path_remote = to;
                 }
                 if watch.regather_at.is_some_and(|t| Instant::now() >= t) {
                     ice.regather(stun_servers.clone());
@@ -730,6 +754,53 @@ fn follow_peer(
     watch.regather_at = None;
     watch.lost = false;
     watch.fresh_remotes.clear();
+}
+
+/// The path stayed lost through re-punching (e.g. our NAT now maps per destination and the
+/// peer's filters keep our new ports out): QUIC moves to the TURN relay, and quinn never sees it
+/// (the mux redirects). Which relay: a side whose NAT forgot us (it offered a new mapping) lost
+/// its own allocation with it (TURN binds an allocation to the client's 5-tuple, RFC 8656 §2.2),
+/// so it sends straight to the peer's relayed address; the peer, whose allocation still stands,
+/// permits our IP there and follows whoever sends QUIC through it.
+fn relay_fallback(
+    watch: &mut PathWatch,
+    mux: &MuxSocket,
+    relay: Option<&Arc<RelayLink>>,
+    remote_candidates: &[Candidate],
+    report: &mut PunchReport,
+    joined: Instant,
+) {
+    let theirs = remote_candidates.iter().find(|c| c.kind() == CandidateKind::Relayed).map(|c| c.addr());
+    match (watch.pending.is_some(), theirs, relay) {
+        (true, Some(to), _) => {
+            tracing::warn!("re-punching found no path: QUIC goes to the peer's relayed address {to}");
+            mux.redirect(watch.quic_remote, to);
+            let change = PathChange {
+                at_ms: ms_since(joined),
+                from: Some(watch.path_remote),
+                to,
+                why: PathChangeReason::RelayFallback,
+            };
+            report.path_changes.push(change);
+            report.remote = Some(endpoint_of(to, remote_candidates));
+            report.path = Some(PathKind::Relay);
+            watch.path_remote = to;
+            watch.lost = false;
+            watch.pending = None;
+        }
+        (false, _, Some(r)) => {
+            tracing::warn!(
+                relayed = ?r.relayed(),
+                "re-punching found no path: letting the peer in through our TURN relay"
+            );
+            // A Send indication to the peer's old address installs the permission for its IP
+            // (RFC 8656 §9: permissions ignore the port), which its new address shares.
+            r.send(watch.path_remote, &binding_request(new_transaction_id()));
+            mux.follow_relayed(watch.quic_remote);
+            watch.awaiting_relayed = true;
+        }
+        _ => tracing::warn!("re-punching found no path and no relay is left to fall back to"),
+    }
 }
 
 /// Marks the ends of the selected path that are a router's port mapping: theirs when it is the
