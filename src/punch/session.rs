@@ -626,6 +626,16 @@ pub async fn run(
         }
     };
     pb.finish_and_clear();
+    // The transfer finished over our new mapping before a consent check confirmed it (the peer's
+    // QUIC had followed us there): it carried traffic, so it is reported.
+    if let Some((from, to)) = watch.pending.take() {
+        report.path_changes.push(PathChange {
+            at_ms: ms_since(joined),
+            from,
+            to,
+            why: PathChangeReason::MappingChanged,
+        });
+    }
     if let Some(m) = moved {
         report.bytes = m.bytes;
         report.sha256 = m.sha256;
