@@ -640,8 +640,10 @@ fn one_server_on_one_ip_with_default_flags_tells_the_symmetric_side_by_the_signa
         assert_eq!(r["mapping_varies"], varies, "{r:#}");
         assert_eq!(r["mapping_evidence"], "one-ip-two-ports", "{r:#}");
         assert_eq!(r["path"], "direct", "{r:#}");
-        assert_eq!(r["birthday"]["side"], side, "{r:#}");
-        assert_eq!(r["birthday"]["outcome"], "found", "{r:#}");
+        assert_eq!(r["birthday"]["side"], side, "the birthday method started: {r:#}");
+        // The offerer may nominate the pair the opener's probes made before its own prober reports
+        // "found" (the session then stops waiting): "running" is a direct path all the same.
+        assert_ne!(r["birthday"]["outcome"], "gave-up", "{r:#}");
     }
 
     let no_stun = SignalServer::start_in(&["ip", "netns", "exec", &w.lab.public_ns()], "203.0.113.1", &["--no-stun"]);
