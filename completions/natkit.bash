@@ -140,7 +140,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__nat__subcmd__type)
-            opts="-v -q -h -V --server --lifetime --ports --local --timeout --no-port-mapping --every --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --server --lifetime --ports --local --timeout --no-port-mapping --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -159,10 +159,6 @@ _natkit() {
                     return 0
                     ;;
                 --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --every)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -394,7 +390,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__signal)
-            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --stun --turn --turn-secret --turn-secret-file --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --allow-origin --max-conns --header-timeout --idle-timeout --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --no-stun --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --allow-origin --max-conns --header-timeout --idle-timeout --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -425,10 +421,6 @@ _natkit() {
                     return 0
                     ;;
                 --turn-secret)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --turn-secret-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

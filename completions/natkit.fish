@@ -158,6 +158,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand signal" -l ping-interval -
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l node-ttl -d 'With --redis: seconds after which a node that stopped heartbeating counts as dead and its members leave their rooms' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l tls-self-signed -d 'Serve HTTPS with a certificate made at start (browsers give the camera only to secure origins)'
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l no-stun -d 'Do not answer STUN Binding on the UDP port of --listen (by default it does: `natkit punch` asks there to learn whether its NAT\'s mapping varies with the destination port)'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l json -d 'Print the report as JSON on stdout (field names are a stable contract)'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s v -l verbose -d 'More logging on stderr (-v info, -vv debug, -vvv trace)'
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -s q -l quiet -d 'No progress and no warnings on stderr; only the result on stdout'

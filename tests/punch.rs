@@ -99,12 +99,16 @@ fn transfer_with(w: &World, from: &str, to: &str, room: &str, len: usize, extra:
 
 /// [`transfer`] with exactly these server (and other) flags for both peers.
 fn transfer_servers(w: &World, from: &str, to: &str, room: &str, len: usize, flags: &[&str]) -> (Value, Value) {
+    transfer_via(w, &w.signal.ws_url(), from, to, room, len, flags)
+}
+
+/// [`transfer_servers`] through the signal server at `url`.
+fn transfer_via(w: &World, url: &str, from: &str, to: &str, room: &str, len: usize, flags: &[&str]) -> (Value, Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = dir.path().join("src.bin");
     let dst = dir.path().join("dst.bin");
     random_file(&src, len);
-    let url = w.signal.ws_url();
-    let common = [&["punch", "--signal", url.as_str(), "--room", room, "--timeout", "30", "--json"], flags].concat();
+    let common = [&["punch", "--signal", url, "--room", room, "--timeout", "30", "--json"], flags].concat();
     let mut recv_args: Vec<&str> = common.clone();
     let dst_s = dst.to_str().expect("utf-8");
     recv_args.extend(["--recv", dst_s]);
@@ -594,4 +598,189 @@ fn symmetric_pair_goes_direct_through_a_port_mapping_router_and_leaves_nothing_o
     assert_relayed(&rr);
     assert_eq!(sr["port_mapping"], Value::Null, "{sr:#}");
     assert_eq!(upnp.rules(), "");
+}
+
+// ---- One server, one IP (issue #16): the signal server is the second observation point ----
+
+/// Issue #16's seed deployment: one VPS, one IP, default flags: `natkit relay --listen IP:3478`
+/// (STUN and TURN), `natkit signal` on the same IP, peers given `--stun IP:3478 --turn IP:3478`.
+/// The STUN answers come from one IP only, so punch also asks the signal server's own address,
+/// where `natkit signal` answers STUN on the UDP port of its listener: the symmetric side sees its
+/// mapping change with the destination port, the port-restricted side sees it kept, and the
+/// birthday method makes the pair direct. With `natkit signal --no-stun` the same pair cannot tell
+/// (mapping_varies null) and goes through the relay, as before this observation point existed.
+#[test]
+fn one_server_on_one_ip_with_default_flags_tells_the_symmetric_side_by_the_signal_port() {
+    let lab = Lab::builder()
+        .public_ips(&["203.0.113.1"])
+        .nat("a", NatKind::PortRestrictedCone)
+        .nat("b", NatKind::Symmetric)
+        .build();
+    let public = lab.public_ns();
+    let relay = lab.spawn_in(&public, NATKIT, &["relay", "--listen", "203.0.113.1:3478", "--user", "punch:lab-secret"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.udp_listening(&public, "203.0.113.1", 3478) {
+        assert!(Instant::now() < deadline, "natkit relay did not listen in the lab within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let signal = SignalServer::start_in(&["ip", "netns", "exec", &public], "203.0.113.1", &[]);
+    let w = World { lab, _relay: relay, signal };
+    let flags = [
+        "--stun",
+        "203.0.113.1:3478",
+        "--turn",
+        "203.0.113.1:3478",
+        "--turn-user",
+        "punch",
+        "--turn-password",
+        "lab-secret",
+    ];
+    let (sr, rr) = transfer_servers(&w, "a", "b", "one-ip", 1024 * 1024, &flags);
+    for (r, varies, side) in [(&sr, false, "prober"), (&rr, true, "opener")] {
+        assert_eq!(r["mapping_varies"], varies, "{r:#}");
+        assert_eq!(r["mapping_evidence"], "one-ip-two-ports", "{r:#}");
+        assert_eq!(r["path"], "direct", "{r:#}");
+        assert_eq!(r["birthday"]["side"], side, "the birthday method started: {r:#}");
+        // The offerer may nominate the pair the opener's probes made before its own prober reports
+        // "found" (the session then stops waiting): "running" is a direct path all the same.
+        assert_ne!(r["birthday"]["outcome"], "gave-up", "{r:#}");
+    }
+
+    let no_stun = SignalServer::start_in(&["ip", "netns", "exec", &w.lab.public_ns()], "203.0.113.1", &["--no-stun"]);
+    let (sr, rr) = transfer_via(&w, &no_stun.ws_url(), "a", "b", "one-ip-no-stun", 256 * 1024, &flags);
+    for r in [&sr, &rr] {
+        assert_eq!(r["mapping_varies"], Value::Null, "{r:#}");
+        assert_relayed(r);
+    }
+}
+
+/// Issue #16's "NATs that forget", on the other side: the QUIC server's router (b, the answerer,
+/// who joined first) reboots 9 MiB into a 64 MiB transfer from a. b's consent checks go
+/// unanswered, b learns its new address and trickles it; a checks toward it and ICE nominates the
+/// new pair while a's path is lost. quinn's client never follows a server to a new address, so a's
+/// mux redirects QUIC there; the stream goes on: same SHA-256, exit 0, b reports its mapping
+/// changed and a that the peer moved, both into the new port range.
+#[test]
+fn a_transfer_survives_the_quic_servers_router_forgetting_its_mappings() {
+    const LEN: usize = 64 * 1024 * 1024;
+    let w = world(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone);
+    // 64 MiB at 100 Mbit/s out of a's router: about 5 s, time to forget b's in the middle.
+    w.lab.shape_uplink("a", "100mbit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
+    random_file(&src, LEN);
+    let url = w.signal.ws_url();
+    let common = [
+        &["punch", "--signal", url.as_str(), "--room", "server-forgets", "--timeout", "30", "--json"],
+        STUN_ARGS,
+        TURN_ARGS,
+    ]
+    .concat();
+    let (src_s, dst_s) = (src.to_str().expect("utf-8"), dst.to_str().expect("utf-8"));
+    let recv_args = [common.as_slice(), &["--recv", dst_s]].concat();
+    let send_args = [common.as_slice(), &["--send", src_s]].concat();
+    // b joins first: b answers and is the QUIC server, the side whose NAT forgets.
+    let receiver = spawn(w.lab.command_in(&w.lab.client_ns("b"), NATKIT, &recv_args));
+    let until = Instant::now() + Duration::from_secs(15);
+    while !w.signal.log_text().lines().any(|l| l.contains("joined") && l.contains("server-forgets")) {
+        assert!(Instant::now() < until, "b never joined: {}", w.signal.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sender = spawn(w.lab.command_in(&w.lab.client_ns("a"), NATKIT, &send_args));
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) < 9 * 1024 * 1024 {
+        assert!(Instant::now() < until, "the transfer never got 9 MiB through");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.lab.router_forgets("b", (20000, 20999));
+    let bound = Duration::from_secs(120);
+    let (s, r) = (wait_bounded(sender, bound, "the sender"), wait_bounded(receiver, bound, "the receiver"));
+    let (sr, rr) = (report(&s), report(&r));
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(s.status.code(), Some(0), "sender: {sr:#}\n{}", err(&s));
+    assert_eq!(r.status.code(), Some(0), "receiver: {rr:#}\n{}", err(&r));
+    assert!(std::fs::read(&src).expect("src") == std::fs::read(&dst).expect("dst"), "the file arrived changed");
+    assert_eq!(sr["sha256"], rr["sha256"]);
+    assert_eq!(sr["bytes"], LEN as u64);
+    assert_eq!(rr["role"], "answerer", "{rr:#}");
+    assert_eq!(sr["path"], "direct", "{sr:#}");
+    let moved_into_range = |c: &Value| {
+        let to: std::net::SocketAddr = c["to"].as_str().unwrap_or("").parse().unwrap_or_else(|_| panic!("to: {c}"));
+        to.ip().to_string() == "203.0.113.12" && (20000..=20999).contains(&to.port())
+    };
+    let changes = |r: &Value, why: &str| -> Vec<Value> {
+        r["path_changes"].as_array().expect("path_changes").iter().filter(|c| c["why"] == why).cloned().collect()
+    };
+    let b = changes(&rr, "mapping-changed");
+    assert!(b.iter().any(moved_into_range), "b never re-punched from its new address: {rr:#}\n{}", err(&r));
+    let a = changes(&sr, "peer-moved");
+    assert!(a.iter().any(moved_into_range), "a's QUIC never followed b: {sr:#}\n{}", err(&s));
+}
+
+/// Issue #16: when re-punching cannot work, the relay. a's router reboots 9 MiB into a 64 MiB
+/// transfer and comes back symmetric: a's new mappings are per destination, and b's
+/// port-restricted NAT keeps them out, so the re-punch fails (and a's TURN allocation went with
+/// its old mapping). After the fallback time a sends QUIC to b's relayed address; b permits a's IP
+/// on its allocation and follows a's QUIC arriving through it. quinn sees none of it (the muxes
+/// redirect): same SHA-256, exit 0, both report `relay-fallback`.
+#[test]
+fn a_transfer_falls_back_to_the_relay_when_re_punching_cannot_work() {
+    const LEN: usize = 64 * 1024 * 1024;
+    let w = world(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone);
+    w.lab.shape_uplink("a", "100mbit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
+    random_file(&src, LEN);
+    let url = w.signal.ws_url();
+    let common =
+        [&["punch", "--signal", url.as_str(), "--room", "fallback", "--timeout", "30", "--json"], STUN_ARGS, TURN_ARGS]
+            .concat();
+    let (src_s, dst_s) = (src.to_str().expect("utf-8"), dst.to_str().expect("utf-8"));
+    let recv_args = [common.as_slice(), &["--recv", dst_s]].concat();
+    let send_args = [common.as_slice(), &["--send", src_s]].concat();
+    let receiver = spawn(w.lab.command_in(&w.lab.client_ns("b"), NATKIT, &recv_args));
+    let until = Instant::now() + Duration::from_secs(15);
+    while !w.signal.log_text().lines().any(|l| l.contains("joined") && l.contains("fallback")) {
+        assert!(Instant::now() < until, "b never joined: {}", w.signal.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sender = spawn(w.lab.command_in(&w.lab.client_ns("a"), NATKIT, &send_args));
+    let until = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&dst).map(|m| m.len()).unwrap_or(0) < 9 * 1024 * 1024 {
+        assert!(Instant::now() < until, "the transfer never got 9 MiB through");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w.lab.router_forgets_and_turns_symmetric("a", (20000, 20999));
+    let bound = Duration::from_secs(120);
+    let (s, r) = (wait_bounded(sender, bound, "the sender"), wait_bounded(receiver, bound, "the receiver"));
+    let (sr, rr) = (report(&s), report(&r));
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(s.status.code(), Some(0), "sender: {sr:#}\n{}", err(&s));
+    assert_eq!(r.status.code(), Some(0), "receiver: {rr:#}\n{}", err(&r));
+    assert!(std::fs::read(&src).expect("src") == std::fs::read(&dst).expect("dst"), "the file arrived changed");
+    assert_eq!(sr["sha256"], rr["sha256"]);
+    let fell_back =
+        |r: &Value| r["path_changes"].as_array().expect("path_changes").iter().any(|c| c["why"] == "relay-fallback");
+    assert!(fell_back(&sr), "a never fell back to the relay: {sr:#}\n{}", err(&s));
+    assert!(fell_back(&rr), "b never saw a through its relay: {rr:#}\n{}", err(&r));
+    assert_eq!(sr["path"], "relay", "{sr:#}");
+    // a sends to b's relayed address, the one b offered.
+    let to = sr["path_changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["why"] == "relay-fallback")
+        .expect("fallback")["to"]
+        .as_str()
+        .expect("to")
+        .to_string();
+    let (ip, port) = to.rsplit_once(':').expect("ip:port");
+    assert!(
+        rr["candidates"]
+            .as_array()
+            .expect("candidates")
+            .iter()
+            .any(|c| c.as_str().is_some_and(|c| c.contains(&format!(" {ip} {port} typ relay")))),
+        "a's fallback target {to} is not b's relayed candidate: {rr:#}"
+    );
 }

@@ -36,6 +36,11 @@ pub struct SignalArgs {
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
 
+    /// Do not answer STUN Binding on the UDP port of --listen (by default it does: `natkit punch`
+    /// asks there to learn whether its NAT's mapping varies with the destination port)
+    #[arg(long)]
+    pub no_stun: bool,
+
     /// STUN URI handed to clients in ice_servers (repeatable), e.g. stun:stun.example.org:3478
     #[arg(long = "stun", value_name = "URL")]
     pub stun: Vec<String>,

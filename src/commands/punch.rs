@@ -70,6 +70,7 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions, mappings: &Mappings) 
         candidates: Vec::new(),
         remote_candidates: Vec::new(),
         mapping_varies: None,
+        mapping_evidence: None,
         checks: Vec::new(),
         birthday: None,
         bytes: 0,

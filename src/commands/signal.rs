@@ -132,6 +132,7 @@ pub fn config_from(args: &SignalArgs, fd_limit: u64) -> anyhow::Result<ServerCon
         ping_interval: Duration::from_secs(args.ping_interval),
         metrics: args.metrics,
         redis: args.redis.clone(),
+        stun: !args.no_stun,
         presence: Presence {
             heartbeat: Duration::from_secs(args.node_ttl).div_f64(5.0).max(Duration::from_millis(200)),
             node_ttl: Duration::from_secs(args.node_ttl),

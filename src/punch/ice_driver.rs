@@ -49,6 +49,7 @@ enum Late {
     Local(Candidate),
     Remote(Candidate),
     Regather(Vec<SocketAddr>),
+    Open(SocketAddr),
 }
 
 pub struct IceHandle {
@@ -80,6 +81,14 @@ impl IceHandle {
     /// Our address as the peer at `remote` saw it, from its answers to our checks.
     pub fn seen_as(&self, remote: SocketAddr) -> Option<SocketAddr> {
         self.seen_as.lock().ok().and_then(|m| m.get(&remote).copied())
+    }
+
+    /// Sends one datagram (an unauthenticated Binding request, which the peer's agent ignores) to
+    /// `to` from the shared socket: our NAT then lets `to`'s packets in (a peer that re-punched
+    /// from a new address, whose checks our filter would drop). Needed because the agent does not
+    /// check a trickled candidate once a pair is nominated.
+    pub fn open_toward(&self, to: SocketAddr) {
+        let _ = self.late.send(Late::Open(to));
     }
 
     pub fn checks(&self) -> Vec<crate::ice::checks::CheckRecord> {
@@ -219,6 +228,11 @@ pub fn spawn(
                             if let Err(e) = socket.send_to(&binding_request(id), server).await {
                                 tracing::debug!(%server, "regather: {e}");
                             }
+                        }
+                    }
+                    Some(Late::Open(to)) => {
+                        if let Err(e) = socket.send_to(&binding_request(new_transaction_id()), to).await {
+                            tracing::debug!(%to, "opening toward the peer: {e}");
                         }
                     }
                     None => break,

@@ -6,6 +6,7 @@ pub mod birthday_driver;
 pub mod consent;
 pub mod ice_driver;
 pub mod mux;
+pub mod observation;
 pub mod plan;
 pub mod port_mapping;
 pub mod quic;

@@ -14,6 +14,13 @@
 //! peer's datagram inside is split the same way, with the relayed address as
 //! where it arrived; QUIC to a peer routed through the relay is wrapped on
 //! the way out.
+//!
+//! A peer that moved ([`MuxSocket::redirect`]): quinn's client never follows a server to a new
+//! address (RFC 9000 §9 lets only clients migrate), so when ICE has proved the QUIC server's new
+//! address (its NAT forgot and it re-punched; or its relayed address when the path falls back to the
+//! relay), the mux sends what quinn addresses to the old one there, and shows what comes from there
+//! as from the old one. quinn sees no change; ICE's authenticated checks (RFC 8445 §7.2.5) did the
+//! path validation QUIC would have done.
 
 use std::fmt;
 use std::future::Future;
@@ -66,6 +73,32 @@ pub struct MuxSocket {
     relay: Option<Arc<RelayLink>>,
     /// Datagrams that were neither STUN nor plausible QUIC.
     pub dropped: AtomicU64,
+    redirect: std::sync::Mutex<Redirect>,
+    /// Relay fallback: the peer QUIC knows here is followed to wherever its QUIC comes from through
+    /// our TURN relay (its new public address, unknown in advance).
+    follow_relayed: std::sync::Mutex<Option<SocketAddr>>,
+}
+
+/// The peer's address as QUIC knows it, and where the peer is now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Redirect(Option<(SocketAddr, SocketAddr)>);
+
+impl Redirect {
+    /// Where a datagram quinn addresses to `to` goes.
+    pub fn outgoing(&self, to: SocketAddr) -> SocketAddr {
+        match self.0 {
+            Some((known, now_at)) if to == known => now_at,
+            _ => to,
+        }
+    }
+
+    /// Whom quinn is told a datagram from `from` came from.
+    pub fn incoming(&self, from: SocketAddr) -> SocketAddr {
+        match self.0 {
+            Some((known, now_at)) if from == now_at => known,
+            _ => from,
+        }
+    }
 }
 
 impl fmt::Debug for MuxSocket {
@@ -79,12 +112,44 @@ impl MuxSocket {
     pub fn new(socket: Arc<UdpSocket>, relay: Option<Arc<RelayLink>>) -> (Arc<Self>, Diverted) {
         let (stun, stun_rx) = mpsc::unbounded_channel();
         let (birthday, birthday_rx) = mpsc::unbounded_channel();
-        let mux = MuxSocket { socket, stun, birthday, relay, dropped: AtomicU64::new(0) };
+        let mux = MuxSocket {
+            socket,
+            stun,
+            birthday,
+            relay,
+            dropped: AtomicU64::new(0),
+            redirect: std::sync::Mutex::new(Redirect::default()),
+            follow_relayed: std::sync::Mutex::new(None),
+        };
         (Arc::new(mux), Diverted { stun: stun_rx, birthday: birthday_rx })
     }
 
     pub fn socket(&self) -> &Arc<UdpSocket> {
         &self.socket
+    }
+
+    /// From now on the peer QUIC knows at `known` is at `now_at` (see the module doc); `now_at ==
+    /// known` undoes it.
+    pub fn redirect(&self, known: SocketAddr, now_at: SocketAddr) {
+        if let Ok(mut r) = self.redirect.lock() {
+            *r = Redirect((known != now_at).then_some((known, now_at)));
+        }
+    }
+
+    /// From now on the peer QUIC knows at `known` is whoever sends QUIC to us through our relay.
+    pub fn follow_relayed(&self, known: SocketAddr) {
+        if let Ok(mut f) = self.follow_relayed.lock() {
+            *f = Some(known);
+        }
+    }
+
+    /// Where the peer QUIC knows is now sent to (None: nowhere else).
+    pub fn redirected_to(&self) -> Option<SocketAddr> {
+        self.redirection().0.map(|(_, now_at)| now_at)
+    }
+
+    fn redirection(&self) -> Redirect {
+        self.redirect.lock().map(|r| *r).unwrap_or_default()
     }
 
     /// A pending ICMP error (from an old check to a dead candidate) surfaces on
@@ -139,10 +204,11 @@ impl AsyncUdpSocket for MuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if let Some(relay) = self.relay.as_ref().filter(|r| r.is_routed(transmit.destination)) {
+        let to = self.redirection().outgoing(transmit.destination);
+        if let Some(relay) = self.relay.as_ref().filter(|r| r.is_routed(to)) {
             let seg = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
             for chunk in transmit.contents.chunks(seg) {
-                relay.send(transmit.destination, chunk);
+                relay.send(to, chunk);
             }
             return Ok(());
         }
@@ -150,11 +216,11 @@ impl AsyncUdpSocket for MuxSocket {
             // We announce one segment per transmit, so quinn never batches; be safe anyway.
             Some(seg) if seg < transmit.contents.len() => {
                 for chunk in transmit.contents.chunks(seg) {
-                    self.send_one(chunk, transmit.destination)?;
+                    self.send_one(chunk, to)?;
                 }
                 Ok(())
             }
-            _ => self.send_one(transmit.contents, transmit.destination),
+            _ => self.send_one(transmit.contents, to),
         }
     }
 
@@ -190,8 +256,14 @@ impl AsyncUdpSocket for MuxSocket {
                 }
                 // QUIC through the relay: answers go back the same way.
                 relay.route(inner.peer);
+                if let Some(known) = self.follow_relayed.lock().ok().and_then(|f| *f)
+                    && self.redirection().outgoing(known) != inner.peer
+                {
+                    self.redirect(known, inner.peer);
+                }
                 first[..n].copy_from_slice(&inner.data);
-                meta[0] = RecvMeta { addr: inner.peer, len: n, stride: n, ecn: None, dst_ip: None };
+                let addr = self.redirection().incoming(inner.peer);
+                meta[0] = RecvMeta { addr, len: n, stride: n, ecn: None, dst_ip: None };
                 return Poll::Ready(Ok(1));
             }
             if looks_like_stun(filled) {
@@ -203,7 +275,8 @@ impl AsyncUdpSocket for MuxSocket {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            meta[0] = RecvMeta { addr: from, len, stride: len, ecn: None, dst_ip: None };
+            let addr = self.redirection().incoming(from);
+            meta[0] = RecvMeta { addr, len, stride: len, ecn: None, dst_ip: None };
             return Poll::Ready(Ok(1));
         }
     }
@@ -237,6 +310,21 @@ mod tests {
             quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, mux, Arc::new(quinn::TokioRuntime))
                 .expect("endpoint");
         (ep, sock, rx)
+    }
+
+    #[test]
+    fn a_redirect_maps_the_old_peer_address_both_ways_and_nothing_else() {
+        let (old, new, other): (SocketAddr, SocketAddr, SocketAddr) = (
+            "203.0.113.12:40000".parse().unwrap(),
+            "203.0.113.12:20417".parse().unwrap(),
+            "10.0.0.9:1".parse().unwrap(),
+        );
+        let none = Redirect::default();
+        assert_eq!((none.outgoing(old), none.incoming(new)), (old, new));
+        let r = Redirect(Some((old, new)));
+        assert_eq!(r.outgoing(old), new);
+        assert_eq!(r.incoming(new), old);
+        assert_eq!((r.outgoing(other), r.incoming(other), r.incoming(old)), (other, other, old));
     }
 
     #[tokio::test]

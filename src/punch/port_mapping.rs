@@ -43,6 +43,9 @@ struct Inner {
     leases: Leases,
     mapper: Mutex<Option<PortMapper>>,
     renewals: AtomicU32,
+    /// PCP and NAT-PMP both failed: only UPnP (slow to give up) is left.
+    fast_failed: std::sync::atomic::AtomicBool,
+    fast_failed_notify: tokio::sync::Notify,
 }
 
 /// The mappings a punch session made, shared with whoever deletes them at the end.
@@ -95,6 +98,8 @@ impl Mappings {
                 Ok(l) => return (Some(l), errors),
                 Err(e) => errors.push(e.to_string()),
             }
+            self.0.fast_failed.store(true, Ordering::SeqCst);
+            self.0.fast_failed_notify.notify_waiters();
             let upnp = match (&mut discovery.0).await {
                 Ok(r) => r,
                 Err(e) => Err(PortMapError::Io(Protocol::Upnp, format!("discovery task: {e}"))),
@@ -144,6 +149,18 @@ impl Mappings {
             }
         });
         AbortOnDrop(task)
+    }
+
+    /// Resolves once PCP and NAT-PMP have both failed (the session then stops waiting for a mapping
+    /// that could only come from UPnP, whose discovery takes its whole schedule to give up).
+    pub async fn fast_protocols_failed(&self) {
+        loop {
+            let notified = self.0.fast_failed_notify.notified();
+            if self.0.fast_failed.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// How many times the mapping was renewed.

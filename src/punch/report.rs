@@ -96,6 +96,9 @@ pub struct PunchReport {
     pub remote_candidates: Vec<String>,
     /// Our mapped address changed with the STUN server (a hard NAT).
     pub mapping_varies: Option<bool>,
+    /// What told `mapping_varies`: two server IPs, or one IP on two ports (port-dependent
+    /// mapping only; see punch::observation). Null with it.
+    pub mapping_evidence: Option<crate::punch::observation::MappingEvidence>,
     pub checks: Vec<CheckRecord>,
     /// The birthday method, when it was tried (one NAT symmetric, the other not).
     pub birthday: Option<BirthdayReport>,
@@ -128,6 +131,10 @@ pub enum PathChangeReason {
     /// The peer's packets now come from a new address, after a re-punch on its side; QUIC
     /// validated and migrated to it. `from`/`to`: the peer's address.
     PeerMoved,
+    /// Re-punching did not bring the path back within the fallback time: QUIC moved to the TURN
+    /// relay. `to`: the peer's relayed address we now send to (our NAT forgot: our allocation went
+    /// with it), or the peer's new address reaching us through our relay.
+    RelayFallback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -26,6 +26,7 @@ use crate::punch::birthday_driver::{self, BirthdayResult};
 use crate::punch::consent::ConsentConfig;
 use crate::punch::ice_driver::{self, IceEvent};
 use crate::punch::mux::{Diverted, MuxSocket};
+use crate::punch::observation;
 use crate::punch::plan::{Knowledge, Plan};
 use crate::punch::port_mapping::{AbortOnDrop, MAP_GRACE, Mappings, Renewal};
 use crate::punch::relay_link::{LinkEvent, RelayLink};
@@ -36,9 +37,15 @@ use crate::punch::report::{
 use crate::punch::{quic, transfer};
 use crate::signal::client::{ClientOptions, SignalClient};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
+use crate::stun::message::{binding_request, new_transaction_id};
 
 /// How often the transfer checks whether QUIC moved to a new peer address.
 const PATH_TICK: Duration = Duration::from_millis(250);
+/// How long the signal server's address gets to answer STUN (an older signal server, or one behind
+/// a proxy, never does: this is what that costs, once, when only one STUN IP answered).
+const SIGNAL_STUN_WAIT: Duration = Duration::from_millis(1000);
+/// A path lost this long without repair falls back to the TURN relay (see `relay_fallback`).
+const RELAY_FALLBACK_AFTER: Duration = Duration::from_secs(6);
 /// How often a lost path asks the STUN servers for our mapping again.
 const REGATHER_EVERY: Duration = Duration::from_secs(2);
 
@@ -46,6 +53,16 @@ const REGATHER_EVERY: Duration = Duration::from_secs(2);
 struct PathWatch {
     /// The peer address QUIC sends to (quinn's, after any migration).
     quic_remote: SocketAddr,
+    /// Where the peer is: `quic_remote`, or where the mux redirects it (the QUIC server moved).
+    path_remote: SocketAddr,
+    /// Consent on the path went unanswered and it has not come back yet.
+    lost: bool,
+    /// The peer's candidates trickled after connecting (a re-punch from a new address).
+    fresh_remotes: Vec<SocketAddr>,
+    /// When a lost path falls back to the relay (None: not lost, or fallen back already).
+    fallback_at: Option<Instant>,
+    /// Waiting for the peer's QUIC through our relay (where it comes from is reported).
+    awaiting_relayed: bool,
     /// Our public address as a STUN server last saw it.
     our_mapped: Option<SocketAddr>,
     /// A new mapping offered to the peer, reported once the path answers again.
@@ -128,18 +145,33 @@ pub async fn run(
             None
         }
     };
-    let reflexive = if relay_only {
+    let mut reflexive = if relay_only {
         Vec::new()
     } else {
         gather::server_reflexive(&socket, &stun_servers, Duration::from_secs(2)).await
     };
+    // Every answer came from one IP (the one-server deployment): the signal server's own address
+    // answers STUN too (`natkit signal`), a second observation point (see punch::observation).
+    if !relay_only
+        && let Some(at) = observation::signal_udp_endpoint(&args.signal).await
+        && observation::worth_asking(&reflexive, at)
+    {
+        tracing::info!("one STUN server IP only: asking the signal server's address {at} (UDP) too");
+        reflexive.extend(gather::server_reflexive(&socket, &[at], SIGNAL_STUN_WAIT).await);
+    }
     // Our port-mapped address, and the renewal that keeps it while this session lives. A mapping
     // that is not there by now is trickled when it comes (`join_some(&mut map_task)` below).
     let mut port_mapped: Option<SocketAddr> = None;
     let mut _renewal = None;
-    if let Some(task) = map_task.as_mut()
-        && let Ok(done) = tokio::time::timeout(MAP_GRACE, &mut task.0).await
-    {
+    let early = match map_task.as_mut() {
+        Some(task) => tokio::select! {
+            r = tokio::time::timeout(MAP_GRACE, &mut task.0) => r.ok(),
+            // A router without PCP and NAT-PMP: a UPnP mapping, if any, is trickled later.
+            _ = mappings.fast_protocols_failed() => None,
+        },
+        None => None,
+    };
+    if let Some(done) = early {
         map_task = None;
         if let Some((c, renewal)) = adopt_mapping(done, report, mappings, port) {
             port_mapped = Some(c.addr());
@@ -156,7 +188,7 @@ pub async fn run(
         for ip in &ips {
             local_candidates.push(Candidate::host(SocketAddr::new(*ip, port), "udp").context("host candidate")?);
         }
-        report.mapping_varies = gather::mapping_varies(&reflexive);
+        (report.mapping_varies, report.mapping_evidence) = observation::mapping_varies(&reflexive);
         for r in &reflexive {
             let base = SocketAddr::new(udp::local_ip_towards(r.server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
             if local_candidates.iter().any(|c| c.addr() == r.mapped) {
@@ -245,7 +277,7 @@ pub async fn run(
             Role::Offerer => None,
         })
     };
-    let (endpoint, diverted) = quic_endpoint(socket.clone(), relay.clone(), server_cfg()?)?;
+    let (endpoint, diverted, mux) = quic_endpoint(socket.clone(), relay.clone(), server_cfg()?)?;
     let consent = ConsentConfig { lost_after: Duration::from_secs(args.path_lost_after), ..ConsentConfig::default() };
     let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone(), consent);
     let mut birthday_inbox = Some(diverted.birthday);
@@ -296,7 +328,7 @@ pub async fn run(
                         birthday_found = Some((local, remote));
                         let ep = match won {
                             Some(sock) => {
-                                let (ep, _) = quic_endpoint(sock, None, server_cfg()?)?;
+                                let (ep, _, _) = quic_endpoint(sock, None, server_cfg()?)?;
                                 side_endpoint = Some(ep.clone());
                                 ep
                             }
@@ -441,6 +473,11 @@ pub async fn run(
     // While the data moves, the path is watched and repaired (see `PathWatch`).
     let mut watch = PathWatch {
         quic_remote: conn.remote_address(),
+        path_remote: conn.remote_address(),
+        lost: false,
+        fresh_remotes: Vec::new(),
+        fallback_at: None,
+        awaiting_relayed: false,
         our_mapped: local_candidates.iter().find(|c| c.kind() == CandidateKind::ServerReflexive).map(|c| c.addr()),
         pending: None,
         regather_at: None,
@@ -450,7 +487,11 @@ pub async fn run(
         tokio::select! {
             r = &mut work => break r?,
             ev = ice.events.recv() => match ev {
-                Some(IceEvent::PathLost { remote, silent_for, .. }) if remote == watch.quic_remote => {
+                Some(IceEvent::PathLost { remote, silent_for, .. }) if remote == watch.path_remote => {
+                    watch.lost = true;
+                    if relay.is_some() || remote_candidates.iter().any(is_relayed) {
+                        watch.fallback_at.get_or_insert(Instant::now() + RELAY_FALLBACK_AFTER);
+                    }
                     tracing::warn!(
                         "the path to {remote} has not answered consent checks for {:.1} s: asking for our mapping again",
                         silent_for.as_secs_f64()
@@ -461,15 +502,23 @@ pub async fn run(
                 // The old pair answers again, or the agent nominated a new one to the same peer (the pair
                 // from our new address): either way the re-punched path carries consent again.
                 Some(IceEvent::PathRegained { remote, .. } | IceEvent::Nominated { remote, .. })
-                    if remote == watch.quic_remote =>
+                    if remote == watch.path_remote =>
                 {
                     tracing::info!("the path to {remote} answers again");
                     watch.regather_at = None;
+                    watch.lost = false;
+                    watch.fallback_at = None;
                     if let Some((from, to)) = watch.pending.take() {
                         report.path_changes.push(PathChange { at_ms: ms_since(joined), from, to, why: PathChangeReason::MappingChanged });
                     }
                 }
-                Some(IceEvent::ConsentExpired { remote, silent_for, .. }) if remote == watch.quic_remote => {
+                // The QUIC server's NAT forgot: it re-punched from a new address, which ICE checked and
+                // nominated while our path was lost. quinn's client would ignore the server there
+                // (only clients migrate): the mux redirects instead (see punch::mux).
+                Some(IceEvent::Nominated { remote, .. }) if role == Role::Offerer && watch.lost => {
+                    follow_peer(&mut watch, &mux, remote, report, &remote_candidates, joined);
+                }
+                Some(IceEvent::ConsentExpired { remote, silent_for, .. }) if remote == watch.path_remote => {
                     // RFC 7675 §5.1: no more data to a peer that withdrew consent.
                     conn.close(1u32.into(), b"consent expired");
                     return Err(anyhow::anyhow!(
@@ -520,6 +569,9 @@ pub async fn run(
                             tracing::info!("the peer offers a new candidate: {}", candidate.candidate);
                             report.remote_candidates.push(candidate.candidate.clone());
                             ice.add_remote(c.clone());
+                            // Our NAT must let the peer's new address in before its checks arrive.
+                            ice.open_toward(c.addr());
+                            watch.fresh_remotes.push(c.addr());
                             remote_candidates.push(c);
                         }
                         Err(e) => tracing::warn!("ignoring the peer's candidate '{}': {e}", candidate.candidate),
@@ -539,6 +591,32 @@ pub async fn run(
                     report.path_changes.push(PathChange { at_ms: ms_since(joined), from: Some(watch.quic_remote), to: now_remote, why: PathChangeReason::PeerMoved });
                     report.remote = Some(endpoint_of(now_remote, &remote_candidates));
                     watch.quic_remote = now_remote;
+                    watch.path_remote = now_remote;
+                }
+                if watch.lost && role == Role::Offerer {
+                    for a in &watch.fresh_remotes {
+                        ice.open_toward(*a);
+                    }
+                    // The agent may answer the peer's checks from its new address (and check back)
+                    // without nominating that pair: a check that worked there is proof enough.
+                    let checks = ice.checks();
+                    let proved = watch.fresh_remotes.iter().copied().find(|a| {
+                        checks.iter().any(|c| c.remote == *a && c.outcome == CheckOutcome::Succeeded)
+                    });
+                    if let Some(remote) = proved {
+                        follow_peer(&mut watch, &mux, remote, report, &remote_candidates, joined);
+                    }
+                }
+                if watch.lost && watch.fallback_at.is_some_and(|t| Instant::now() >= t) {
+                    watch.fallback_at = None;
+                    relay_fallback(&mut watch, &mux, relay.as_ref(), &remote_candidates, report, joined);
+                }
+                if watch.awaiting_relayed && let Some(to) = mux.redirected_to() {
+                    watch.awaiting_relayed = false;
+                    tracing::warn!("the peer's QUIC now comes from {to} through our TURN relay");
+                    report.path_changes.push(PathChange { at_ms: ms_since(joined), from: Some(watch.path_remote), to, why: PathChangeReason::RelayFallback });
+                    report.path = Some(PathKind::Relay);
+                    watch.path_remote = to;
                 }
                 if watch.regather_at.is_some_and(|t| Instant::now() >= t) {
                     ice.regather(stun_servers.clone());
@@ -548,6 +626,16 @@ pub async fn run(
         }
     };
     pb.finish_and_clear();
+    // The transfer finished over our new mapping before a consent check confirmed it (the peer's
+    // QUIC had followed us there): it carried traffic, so it is reported.
+    if let Some((from, to)) = watch.pending.take() {
+        report.path_changes.push(PathChange {
+            at_ms: ms_since(joined),
+            from,
+            to,
+            why: PathChangeReason::MappingChanged,
+        });
+    }
     if let Some(m) = moved {
         report.bytes = m.bytes;
         report.sha256 = m.sha256;
@@ -578,15 +666,15 @@ fn quic_endpoint(
     socket: Arc<tokio::net::UdpSocket>,
     relay: Option<Arc<RelayLink>>,
     server: Option<quinn::ServerConfig>,
-) -> anyhow::Result<(quinn::Endpoint, Diverted)> {
+) -> anyhow::Result<(quinn::Endpoint, Diverted, Arc<MuxSocket>)> {
     let (mux, diverted) = MuxSocket::new(socket, relay);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         crate::punch::mux::endpoint_config(),
         server,
-        mux,
+        mux.clone(),
         Arc::new(quinn::TokioRuntime),
     )?;
-    Ok((endpoint, diverted))
+    Ok((endpoint, diverted, mux))
 }
 
 /// The offerer's QUIC handshake to `remote`, pinned to the peer's fingerprint.
@@ -650,6 +738,79 @@ fn adopt_mapping(
     let base_ip = udp::local_ip_towards(SocketAddr::new(gw.into(), 5351)).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let c = Candidate::server_reflexive(external, SocketAddr::new(base_ip, port), "udp").ok()?;
     Some((c, mappings.keep_renewed(lease)))
+}
+
+/// The QUIC server's NAT forgot and it re-punched from `remote`, which ICE has proved: quinn's
+/// client would ignore the server there (only clients migrate), so the mux redirects instead.
+fn follow_peer(
+    watch: &mut PathWatch,
+    mux: &MuxSocket,
+    remote: SocketAddr,
+    report: &mut PunchReport,
+    remote_candidates: &[Candidate],
+    joined: Instant,
+) {
+    tracing::warn!("the peer moved from {} to {remote}: QUIC follows it through the mux", watch.path_remote);
+    mux.redirect(watch.quic_remote, remote);
+    let change = PathChange {
+        at_ms: ms_since(joined),
+        from: Some(watch.path_remote),
+        to: remote,
+        why: PathChangeReason::PeerMoved,
+    };
+    report.path_changes.push(change);
+    report.remote = Some(endpoint_of(remote, remote_candidates));
+    watch.path_remote = remote;
+    watch.regather_at = None;
+    watch.lost = false;
+    watch.fresh_remotes.clear();
+}
+
+/// The path stayed lost through re-punching (e.g. our NAT now maps per destination and the
+/// peer's filters keep our new ports out): QUIC moves to the TURN relay, and quinn never sees it
+/// (the mux redirects). Which relay: a side whose NAT forgot us (it offered a new mapping) lost
+/// its own allocation with it (TURN binds an allocation to the client's 5-tuple, RFC 8656 §2.2),
+/// so it sends straight to the peer's relayed address; the peer, whose allocation still stands,
+/// permits our IP there and follows whoever sends QUIC through it.
+fn relay_fallback(
+    watch: &mut PathWatch,
+    mux: &MuxSocket,
+    relay: Option<&Arc<RelayLink>>,
+    remote_candidates: &[Candidate],
+    report: &mut PunchReport,
+    joined: Instant,
+) {
+    let theirs = remote_candidates.iter().find(|c| c.kind() == CandidateKind::Relayed).map(|c| c.addr());
+    match (watch.pending.is_some(), theirs, relay) {
+        (true, Some(to), _) => {
+            tracing::warn!("re-punching found no path: QUIC goes to the peer's relayed address {to}");
+            mux.redirect(watch.quic_remote, to);
+            let change = PathChange {
+                at_ms: ms_since(joined),
+                from: Some(watch.path_remote),
+                to,
+                why: PathChangeReason::RelayFallback,
+            };
+            report.path_changes.push(change);
+            report.remote = Some(endpoint_of(to, remote_candidates));
+            report.path = Some(PathKind::Relay);
+            watch.path_remote = to;
+            watch.lost = false;
+            watch.pending = None;
+        }
+        (false, _, Some(r)) => {
+            tracing::warn!(
+                relayed = ?r.relayed(),
+                "re-punching found no path: letting the peer in through our TURN relay"
+            );
+            // A Send indication to the peer's old address installs the permission for its IP
+            // (RFC 8656 §9: permissions ignore the port), which its new address shares.
+            r.send(watch.path_remote, &binding_request(new_transaction_id()));
+            mux.follow_relayed(watch.quic_remote);
+            watch.awaiting_relayed = true;
+        }
+        _ => tracing::warn!("re-punching found no path and no relay is left to fall back to"),
+    }
 }
 
 /// Marks the ends of the selected path that are a router's port mapping: theirs when it is the

@@ -55,6 +55,9 @@ pub struct Metrics {
     refused_per_ip: AtomicU64,
     /// Requests refused with 403 for their `Origin`.
     pub origin_refused: AtomicU64,
+    /// STUN Binding requests answered on the UDP port (`signal::stun_udp`), and datagrams dropped there.
+    pub stun_answered: AtomicU64,
+    pub stun_dropped: AtomicU64,
     received: [AtomicU64; KINDS.len()],
     sent: [AtomicU64; KINDS.len()],
     errors: [AtomicU64; CODES.len()],
@@ -170,6 +173,15 @@ impl Metrics {
         let _ = writeln!(s, "# HELP natkit_signal_origin_refused_total Requests refused with 403 for their Origin.");
         let _ = writeln!(s, "# TYPE natkit_signal_origin_refused_total counter");
         let _ = writeln!(s, "natkit_signal_origin_refused_total {}", self.origin_refused.load(Relaxed));
+        let _ = writeln!(s, "# HELP natkit_signal_stun_answered_total STUN Binding requests answered on the UDP port.");
+        let _ = writeln!(s, "# TYPE natkit_signal_stun_answered_total counter");
+        let _ = writeln!(s, "natkit_signal_stun_answered_total {}", self.stun_answered.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "# HELP natkit_signal_stun_dropped_total Datagrams on the UDP port that were not a Binding request."
+        );
+        let _ = writeln!(s, "# TYPE natkit_signal_stun_dropped_total counter");
+        let _ = writeln!(s, "natkit_signal_stun_dropped_total {}", self.stun_dropped.load(Relaxed));
         let transports = [("websocket", 0), ("socketio", 1)];
         let _ = writeln!(s, "# HELP natkit_signal_connections Open client connections.");
         let _ = writeln!(s, "# TYPE natkit_signal_connections gauge");

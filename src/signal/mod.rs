@@ -15,3 +15,4 @@ pub mod redis;
 pub mod rooms;
 pub mod server;
 pub mod socketio;
+pub mod stun_udp;

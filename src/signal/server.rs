@@ -92,6 +92,8 @@ pub struct ServerConfig {
     pub origins: OriginPolicy,
     pub redis: Option<String>,
     pub presence: Presence,
+    /// Answer STUN Binding on the UDP port of `listen` (`signal::stun_udp`; off with --no-stun).
+    pub stun: bool,
 }
 
 /// A bound, not yet running server.
@@ -101,6 +103,7 @@ pub struct Server {
     acceptor: Option<TlsAcceptor>,
     metrics_listener: Option<TcpListener>,
     router: Router,
+    stun: Option<tokio::net::UdpSocket>,
 }
 
 /// What `run` returns when the server stops.
@@ -151,7 +154,12 @@ impl Server {
             })?),
         };
         let router = router(app.clone());
-        Ok(Server { app, listener, acceptor, metrics_listener, router })
+        // The TCP listener's own address (its port when --listen asked for port 0).
+        let stun = match (config.stun, listener.local_addr()) {
+            (true, Ok(addr)) => crate::signal::stun_udp::bind(addr).await,
+            _ => None,
+        };
+        Ok(Server { app, listener, acceptor, metrics_listener, router, stun })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -168,7 +176,8 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<Summary> {
-        let Server { app, listener, acceptor, metrics_listener, router } = self;
+        let Server { app, listener, acceptor, metrics_listener, router, stun } = self;
+        let stun = stun.map(|s| tokio::spawn(crate::signal::stun_udp::serve(s, app.hub.metrics.clone())));
         let limits = app.limits;
         let conns = ConnLimiter::new(limits.max_conns, limits.conns_per_ip);
         if let Some(ml) = metrics_listener {
@@ -238,6 +247,9 @@ impl Server {
                     tracing::debug!(%remote, "HTTP connection ended: {e}");
                 }
             });
+        }
+        if let Some(t) = stun {
+            t.abort();
         }
         if let Backend::Redis(b) = app.hub.backend() {
             b.retire().await;

@@ -406,6 +406,19 @@ impl Lab {
         self.script(&["forget".into(), self.prefix.clone(), name.into(), ports.0.to_string(), ports.1.to_string()]);
     }
 
+    /// Like [`Self::router_forgets`], and the router comes back as a symmetric NAT (fully random
+    /// ports): a port-restricted peer's filter keeps its new ports out, so re-punching fails.
+    pub fn router_forgets_and_turns_symmetric(&self, name: &str, ports: (u16, u16)) {
+        tools::require("conntrack", "conntrack");
+        self.script(&[
+            "forget-symmetric".into(),
+            self.prefix.clone(),
+            name.into(),
+            ports.0.to_string(),
+            ports.1.to_string(),
+        ]);
+    }
+
     /// Router `name` stops forwarding anything, both ways: a path through it dies for good.
     pub fn router_cuts(&self, name: &str) {
         self.script(&["cut".into(), self.prefix.clone(), name.into()]);

@@ -18,6 +18,10 @@
 #   natlab.sh forget PREFIX NAME LOW HIGH         router PREFIX-r-NAME "reboots": its masquerade moves to ports
 #                                                 LOW-HIGH and conntrack is flushed, so every mapping is gone
 #                                                 and new ones get new ports (masquerading kinds only)
+#   natlab.sh forget-symmetric PREFIX NAME LOW HIGH
+#                                                 like forget, and the router comes back as a symmetric NAT
+#                                                 (fully-random masquerade): re-punching toward a port-restricted
+#                                                 peer cannot work after it
 #   natlab.sh cut PREFIX NAME                     router PREFIX-r-NAME stops forwarding anything (a dead uplink)
 #   natlab.sh shape PREFIX NAME RATE              tbf on router PREFIX-r-NAME's WAN egress (e.g. 40mbit): makes
 #                                                 an upload from its client last long enough to break it midway
@@ -235,6 +239,17 @@ forget)
   ip netns exec "$r" nft add rule ip lab post oifname "wan" meta l4proto udp masquerade to :"$low-$high"$random
   ip netns exec "$r" nft add rule ip lab post oifname "wan" masquerade$random
   ip netns exec "$r" conntrack -F >/dev/null 2>&1 || die "forget: conntrack -F failed in $r"
+  ;;
+
+forget-symmetric)
+  p=${1:?prefix}; name=${2:?name}; low=${3:?low port}; high=${4:?high port}; r="$p-r-$name"
+  command -v conntrack >/dev/null || die "forget-symmetric: conntrack is missing (apt-get install conntrack)"
+  post=$(ip netns exec "$r" nft list chain ip lab post)
+  case "$post" in *masquerade*) ;; *) die "forget-symmetric: router $name does not masquerade" ;; esac
+  ip netns exec "$r" nft flush chain ip lab post
+  ip netns exec "$r" nft add rule ip lab post oifname "wan" meta l4proto udp masquerade to :"$low-$high" fully-random
+  ip netns exec "$r" nft add rule ip lab post oifname "wan" masquerade fully-random
+  ip netns exec "$r" conntrack -F >/dev/null 2>&1 || die "forget-symmetric: conntrack -F failed in $r"
   ;;
 
 cut)
