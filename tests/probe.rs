@@ -215,6 +215,35 @@ fn without_json_each_run_is_one_compact_line() {
 }
 
 #[test]
+fn a_run_slower_than_every_is_followed_at_once_and_said_once() {
+    let relay = Relay::start(&["--realm", REALM, "--user", "alice:secret"]);
+    // --nonce-wait makes every run wait idle longer than --every.
+    let (child, rx) = start_probe(&[
+        &relay.addr(),
+        "-u",
+        "alice",
+        "-p",
+        "secret",
+        "--every",
+        "1",
+        "--nonce-wait",
+        "1.2",
+        "--packets",
+        "10",
+        "--rate",
+        "200",
+        "--json",
+    ]);
+    let runs: Vec<Value> = (0..3).map(|_| next_json(&rx)).collect();
+    assert_eq!(runs.iter().map(|v| v["run"].as_u64()).collect::<Vec<_>>(), [Some(1), Some(2), Some(3)]);
+    assert!(runs.iter().all(|v| v["ok"] == true), "{runs:#?}");
+    let out = common::bounded::stop_with(child, libc::SIGINT);
+    assert_eq!(out.status.code(), Some(130));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("longer than --every").count(), 1, "three slow runs, said once: {stderr}");
+}
+
+#[test]
 fn metrics_without_every_and_every_zero_are_bad_usage() {
     let cases: [&[&str]; 3] = [
         &["turn-alloc", "127.0.0.1:3478", "--metrics", "127.0.0.1:0"],
