@@ -140,7 +140,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__nat__subcmd__type)
-            opts="-v -q -h -V --server --lifetime --ports --local --timeout --no-port-mapping --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --server --lifetime --ports --local --timeout --no-port-mapping --every --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -159,6 +159,10 @@ _natkit() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --every)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -390,7 +394,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__signal)
-            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --no-stun --stun --turn --turn-secret --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --allow-origin --max-conns --header-timeout --idle-timeout --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --listen --tls-self-signed --cert --key --redis --no-stun --stun --turn --turn-secret --turn-secret-file --turn-ttl --max-room --max-frame --max-rate --max-conns-per-ip --allow-origin --max-conns --header-timeout --idle-timeout --ping-interval --node-ttl --metrics --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -421,6 +425,10 @@ _natkit() {
                     return 0
                     ;;
                 --turn-secret)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --turn-secret-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -518,7 +526,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__turn__subcmd__alloc)
-            opts="-u -p -4 -6 -v -q -h -V --transport --user --password --secret --realm --peer --packets --rate --size --lifetime --nonce-wait --insecure --ca --timeout --ipv4 --ipv6 --json --verbose --quiet --wide --help --version"
+            opts="-u -p -4 -6 -v -q -h -V --transport --user --password --secret --realm --peer --packets --rate --size --lifetime --nonce-wait --insecure --ca --timeout --ipv4 --ipv6 --every --metrics --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -581,6 +589,14 @@ _natkit() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --every)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

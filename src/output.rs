@@ -53,6 +53,17 @@ pub fn emit_to<R: Render>(report: &R, opts: &OutputOptions, out: &mut dyn Write)
     Ok(())
 }
 
+/// One JSON Lines record (compact, rounded like [`emit`], then a newline), flushed at once
+/// so a reader of a long-running command (`turn-alloc --every`) sees each record as it comes.
+pub fn json_line<T: Serialize>(record: &T, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut value = serde_json::to_value(record)?;
+    round_floats(&mut value);
+    serde_json::to_writer(&mut *out, &value)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
 /// Decimal places kept in JSON numbers: times are in milliseconds, so three
 /// places are microseconds, finer than any clock behind them; `0.353766` and
 /// not `0.35376599999999997`. Integers are untouched.

@@ -1,5 +1,6 @@
 //! Arguments of `natkit turn-alloc`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
@@ -81,4 +82,13 @@ pub struct TurnAllocArgs {
     /// Use only IPv6 addresses of the server
     #[arg(short = '6', long = "ipv6")]
     pub ipv6: bool,
+
+    /// Run the audit again and again, a run every SECS (counted from the previous start;
+    /// never overlapping), until Ctrl-C: one line per run, or JSON Lines with --json
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub every: Option<u64>,
+
+    /// With --every: serve the last run's results as Prometheus metrics at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR", requires = "every")]
+    pub metrics: Option<SocketAddr>,
 }

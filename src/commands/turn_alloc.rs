@@ -27,6 +27,7 @@ use crate::stun::message::{BindingResponse, binding_request, new_transaction_id}
 use crate::stun::transaction::{Reliability, Retransmit};
 use crate::turn::client::{Auth, ClientConfig, DataPath, Failure, Request, Success, TurnClient};
 use crate::turn::credentials::{Credentials, rest_credentials};
+use crate::turn::probe::{self, ProbeReport};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -66,7 +67,27 @@ impl StepName {
     ];
 
     fn label(self) -> String {
-        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        self.as_str().to_string()
+    }
+
+    /// The JSON name (kebab-case), as a `'static` str: the probe's metric label values.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::Resolve => "resolve",
+            StepName::Connect => "connect",
+            StepName::Binding => "binding",
+            StepName::AllocateUnauthenticated => "allocate-unauthenticated",
+            StepName::Allocate => "allocate",
+            StepName::AllocatePeer => "allocate-peer",
+            StepName::CreatePermission => "create-permission",
+            StepName::DataIndication => "data-indication",
+            StepName::ChannelBind => "channel-bind",
+            StepName::ChannelData => "channel-data",
+            StepName::Quality => "quality",
+            StepName::Audit => "audit",
+            StepName::Refresh => "refresh",
+            StepName::Deallocate => "deallocate",
+        }
     }
 }
 
@@ -131,6 +152,9 @@ struct Ctx<'a> {
 }
 
 pub async fn run(args: TurnAllocArgs, opts: &OutputOptions) -> anyhow::Result<Status> {
+    if let Some(every) = args.every {
+        return watch(&args, Duration::from_secs(every), opts).await;
+    }
     let report = audit(&args).await?;
     output::emit(&report, opts)?;
     Ok(Status::from_ok(report.ok))
@@ -147,16 +171,7 @@ pub async fn audit(args: &TurnAllocArgs) -> anyhow::Result<TurnAllocReport> {
         return usage(format!("--nonce-wait {w} is out of range: give seconds from 0 to 7200"));
     }
     let spec = ServerSpec::parse(&args.server)?;
-    let transport = match (spec.transport, args.transport) {
-        (Some(Transport::Tls), Some(t)) if t != TurnTransportChoice::Tls => {
-            return usage(format!("'{}' is a turns: URI (TLS) but --transport says otherwise", args.server));
-        }
-        (_, Some(TurnTransportChoice::Udp)) => Transport::Udp,
-        (_, Some(TurnTransportChoice::Tcp)) => Transport::Tcp,
-        (_, Some(TurnTransportChoice::Tls)) => Transport::Tls,
-        (Some(t), None) => t,
-        (None, None) => Transport::Udp,
-    };
+    let transport = transport_for(args, &spec)?;
     let credentials = match (&args.user, &args.password, &args.secret) {
         (Some(u), Some(p), None) => Some(Credentials { username: u.clone(), password: p.clone() }),
         (name, None, Some(s)) => {
@@ -200,16 +215,159 @@ pub async fn audit(args: &TurnAllocArgs) -> anyhow::Result<TurnAllocReport> {
     if let Some(e) = ctx.bad_input {
         return Err(e.into());
     }
-    // Steps that never ran are listed, so the report shows how far the run got.
-    for name in StepName::ALL {
-        let ran = ctx.report.steps.iter().any(|s| s.name == name);
-        let not_applicable = name == StepName::AllocatePeer && args.peer.is_some();
-        if !ran && !not_applicable {
-            ctx.report.steps.push(Step { name, ok: false, skipped: true, ms: 0.0, detail: "not run".into() });
-        }
-    }
+    list_steps_not_run(&mut ctx.report, args);
     ctx.report.ok = finished && ctx.report.steps.iter().all(|s| s.ok);
     Ok(ctx.report)
+}
+
+/// The transport to the server: `--transport`, else the URI's, else UDP.
+fn transport_for(args: &TurnAllocArgs, spec: &ServerSpec) -> anyhow::Result<Transport> {
+    Ok(match (spec.transport, args.transport) {
+        (Some(Transport::Tls), Some(t)) if t != TurnTransportChoice::Tls => {
+            return usage(format!("'{}' is a turns: URI (TLS) but --transport says otherwise", args.server));
+        }
+        (_, Some(TurnTransportChoice::Udp)) => Transport::Udp,
+        (_, Some(TurnTransportChoice::Tcp)) => Transport::Tcp,
+        (_, Some(TurnTransportChoice::Tls)) => Transport::Tls,
+        (Some(t), None) => t,
+        (None, None) => Transport::Udp,
+    })
+}
+
+/// Steps that never ran are listed, so the report shows how far the run got.
+fn list_steps_not_run(report: &mut TurnAllocReport, args: &TurnAllocArgs) {
+    for name in StepName::ALL {
+        let ran = report.steps.iter().any(|s| s.name == name);
+        let not_applicable = name == StepName::AllocatePeer && args.peer.is_some();
+        if !ran && !not_applicable {
+            report.steps.push(Step { name, ok: false, skipped: true, ms: 0.0, detail: "not run".into() });
+        }
+    }
+}
+
+/// `--every`: the audit as a blackbox probe (`turn::probe`), a report per run on stdout
+/// and, with `--metrics`, the last one as Prometheus text. Ends only with Ctrl-C (exit 130).
+async fn watch(args: &TurnAllocArgs, every: Duration, opts: &OutputOptions) -> anyhow::Result<Status> {
+    let state = probe::SharedState::default();
+    // Bound before the first run, so a taken address is bad input (exit 2) at once.
+    let _endpoint = match args.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                UsageError::new(format!("cannot serve --metrics on {addr} (TCP): {e}; pick another address"))
+            })?;
+            tracing::info!("probe metrics on http://{}/metrics", listener.local_addr().unwrap_or(addr));
+            Some(AbortOnDrop(tokio::spawn(probe::serve_metrics(listener, state.clone()))))
+        }
+        None => None,
+    };
+    let cadence = probe::Cadence { every };
+    let never =
+        probe::run_every(cadence, state, |info| audit_run(args, info), |report, info| emit_run(report, info, opts));
+    match never.await? {}
+}
+
+/// Ends the metrics endpoint with the command (Ctrl-C drops the command's future).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One probe run. The first run's bad input ends the command (exit 2); later, a name
+/// that stopped resolving is a failed run, not the end of the watch.
+async fn audit_run(args: &TurnAllocArgs, info: probe::RunInfo) -> anyhow::Result<TurnAllocReport> {
+    match audit(args).await {
+        Err(e) if info.run > 1 && e.downcast_ref::<UsageError>().is_some() => {
+            // The first run got past the same checks, so only the lookup can fail here.
+            let transport = ServerSpec::parse(&args.server)
+                .ok()
+                .and_then(|spec| transport_for(args, &spec).ok())
+                .unwrap_or(Transport::Udp);
+            let mut report = TurnAllocReport {
+                ok: false,
+                server: args.server.clone(),
+                address: None,
+                transport,
+                relayed: None,
+                mapped: None,
+                lifetime_s: None,
+                steps: vec![Step {
+                    name: StepName::Resolve,
+                    ok: false,
+                    skipped: false,
+                    ms: 0.0,
+                    detail: format!("{e:#}"),
+                }],
+                stats: None,
+                warnings: Vec::new(),
+            };
+            list_steps_not_run(&mut report, args);
+            Ok(report)
+        }
+        other => other,
+    }
+}
+
+/// A run's report in JSON Lines: the single-run object plus `run` and `started`.
+#[derive(Serialize)]
+struct ProbeLine<'a> {
+    run: u64,
+    /// RFC 3339 UTC.
+    started: String,
+    #[serde(flatten)]
+    report: &'a TurnAllocReport,
+}
+
+fn emit_run(report: &TurnAllocReport, info: probe::RunInfo, opts: &OutputOptions) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let started = probe::rfc3339(info.started);
+    match opts.format {
+        output::Format::Json => output::json_line(&ProbeLine { run: info.run, started, report }, &mut out),
+        output::Format::Table => {
+            writeln!(out, "{}", run_line(&started, info.run, &report.outcome()))?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// The compact line for a person watching: time, run, ok/FAILED, allocate, rtt, loss,
+/// and the failing step with its detail last (it is the long part).
+fn run_line(started: &str, run: u64, o: &probe::RunOutcome) -> String {
+    let ms = |d: Option<Duration>| d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0)).unwrap_or("-".into());
+    let mut line = format!(
+        "{started}  run {run}  {}  allocate {}  rtt {}  loss {}",
+        if o.ok { "ok" } else { "FAILED" },
+        ms(o.allocate),
+        ms(o.rtt),
+        o.loss_ratio.map(|l| format!("{:.1}%", l * 100.0)).unwrap_or("-".into())
+    );
+    if o.warnings > 0 {
+        line.push_str(&format!("  warnings {}", o.warnings));
+    }
+    if let Some(f) = &o.failed_step {
+        line.push_str(&format!("  at {}: {}", f.name, f.detail.replace('\n', " ")));
+    }
+    line
+}
+
+impl probe::ProbeReport for TurnAllocReport {
+    fn outcome(&self) -> probe::RunOutcome {
+        let step = |s: &Step| probe::StepOutcome { name: s.name.as_str(), ok: s.ok, detail: s.detail.clone() };
+        let secs = |ms: f64| Duration::try_from_secs_f64(ms / 1000.0).ok();
+        probe::RunOutcome {
+            ok: self.ok,
+            steps: self.steps.iter().map(step).collect(),
+            failed_step: self.steps.iter().find(|s| !s.ok && !s.skipped).map(step),
+            allocate: self.steps.iter().find(|s| s.name == StepName::Allocate && s.ok).and_then(|s| secs(s.ms)),
+            rtt: self.stats.as_ref().and_then(|st| st.rtt_ms.as_ref()).and_then(|r| secs(r.avg)),
+            loss_ratio: self.stats.as_ref().filter(|st| st.sent > 0).map(|st| st.loss_pct / 100.0),
+            jitter: self.stats.as_ref().and_then(|st| st.jitter_ms).and_then(secs),
+            warnings: self.warnings.len(),
+        }
+    }
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -1088,6 +1246,45 @@ mod tests {
         assert_eq!(parse_probe(&p, t0).map(|(s, _)| s), Some(7));
         assert!(parse_probe(b"short", t0).is_none());
         assert!(parse_probe(&[0u8; 32], t0).is_none());
+    }
+
+    #[test]
+    fn step_labels_are_the_json_names() {
+        for name in StepName::ALL {
+            assert_eq!(serde_json::to_value(name).expect("json"), name.as_str(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_probe_run_is_one_line_with_the_failing_step_last() {
+        let mut report = TurnAllocReport {
+            ok: false,
+            server: "turn.example:3478".into(),
+            address: None,
+            transport: Transport::Udp,
+            relayed: None,
+            mapped: None,
+            lifetime_s: None,
+            steps: vec![
+                Step { name: StepName::Allocate, ok: true, skipped: false, ms: 2.5, detail: String::new() },
+                Step { name: StepName::ChannelData, ok: false, skipped: false, ms: 9.0, detail: "no\nanswer".into() },
+                Step { name: StepName::Refresh, ok: false, skipped: true, ms: 0.0, detail: "not run".into() },
+            ],
+            stats: Some(Stats { sent: 4, received: 3, loss_pct: 25.0, rtt_ms: None, jitter_ms: Some(1.0) }),
+            warnings: vec!["open".into()],
+        };
+        let o = report.outcome();
+        assert_eq!(o.failed_step.as_ref().map(|f| f.name), Some("channel-data"));
+        assert_eq!(o.loss_ratio, Some(0.25));
+        assert_eq!(o.jitter, Some(Duration::from_millis(1)));
+        assert_eq!(
+            run_line("T", 7, &o),
+            "T  run 7  FAILED  allocate 2.5 ms  rtt -  loss 25.0%  warnings 1  at channel-data: no answer"
+        );
+        report.ok = true;
+        report.steps.truncate(1);
+        report.warnings.clear();
+        assert_eq!(run_line("T", 8, &report.outcome()), "T  run 8  ok  allocate 2.5 ms  rtt -  loss 25.0%");
     }
 
     #[test]

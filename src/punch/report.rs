@@ -359,6 +359,7 @@ impl Render for PunchReport {
             let why = match c.why {
                 PathChangeReason::MappingChanged => "our NAT mapping changed",
                 PathChangeReason::PeerMoved => "the peer moved",
+                PathChangeReason::RelayFallback => "no direct path came back: moved to the TURN relay",
             };
             output::say(out, &format!("Path changed at {:.0} ms ({why}): {from} -> {}.", c.at_ms, c.to))?;
         }

@@ -5,4 +5,5 @@
 pub mod channel_data;
 pub mod client;
 pub mod credentials;
+pub mod probe;
 pub mod server;
