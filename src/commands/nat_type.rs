@@ -781,9 +781,10 @@ impl Render for NatTypeReport {
         }
         match &self.meaning {
             Some(m) => output::say(out, m)?,
-            None => {
-                output::say(out, "Not enough was learned to say what this means for peer-to-peer; see the notes above.")?
-            }
+            None => output::say(
+                out,
+                "Not enough was learned to say what this means for peer-to-peer; see the notes above.",
+            )?,
         }
         for s in self.p2p.iter().flat_map(|p| &p.sentences) {
             output::say(out, s)?;

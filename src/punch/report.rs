@@ -408,6 +408,7 @@ mod tests {
                 "candidate:2 1 udp 1694498815 203.0.113.9 6000 typ srflx raddr 10.0.2.2 rport 6000".into(),
             ],
             mapping_varies: Some(false),
+            mapping_evidence: None,
             // What the controlled side saw: its own check of the pair in use still unanswered
             // when USE-CANDIDATE came, and a failed check listed first.
             checks: vec![
