@@ -405,7 +405,9 @@ fn refuse(tcp: TcpStream, remote: SocketAddr, limit: &str, lingering: &Arc<Semap
 
 /// One `/ws` connection from upgrade to close.
 async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
-    let (mut sink, mut stream) = socket.split();
+    // Not split: a split socket puts a lock (BiLock) on every read and write;
+    // the select! branches below take the socket one at a time instead.
+    let mut socket = socket;
     let metrics = app.hub.metrics.clone();
     metrics.opened(Transport::WebSocket);
     let peer = PeerId::random();
@@ -419,7 +421,7 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
 
     let why: &str = loop {
         tokio::select! {
-            frame = stream.next() => {
+            frame = socket.next() => {
                 let frame = match frame {
                     Some(Ok(f)) => f,
                     Some(Err(e)) => {
@@ -449,12 +451,12 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
                     Verdict::RefuseAndClose(r) => (r, true),
                 };
                 metrics.error(r.code);
-                let sent = send(&mut sink, text(&r.to_message())).await;
+                let sent = send(&mut socket, text(&r.to_message())).await;
                 if close {
                     metrics.closed_for_abuse.fetch_add(1, Relaxed);
                     tracing::warn!(%peer, %remote, "closing: too many refused messages ({})", r.message);
                     let bye = CloseFrame { code: 1008, reason: "too many refused messages".into() };
-                    let _ = send(&mut sink, Message::Close(Some(bye))).await;
+                    let _ = send(&mut socket, Message::Close(Some(bye))).await;
                     break "too many refused messages";
                 }
                 if sent.is_err() {
@@ -463,7 +465,7 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
             }
             out = outbox.recv() => {
                 let Some(msg) = out else { break "not reading its messages" };
-                if send(&mut sink, text(&msg)).await.is_err() {
+                if send(&mut socket, text(&msg)).await.is_err() {
                     break "write failed";
                 }
             }
@@ -472,7 +474,7 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
                     metrics.dropped_dead.fetch_add(1, Relaxed);
                     break "no answer to pings";
                 }
-                if send(&mut sink, Message::Ping(Default::default())).await.is_err() {
+                if send(&mut socket, Message::Ping(Default::default())).await.is_err() {
                     break "write failed";
                 }
             }
@@ -483,14 +485,23 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
     metrics.closed(Transport::WebSocket);
 }
 
+/// Sends one frame; a client that does not take it within [`SEND_TIMEOUT`]
+/// counts as gone. The timer is armed only when the write does not complete
+/// at once (a full socket buffer): the usual send touches no timer.
 async fn send<S>(sink: &mut S, m: Message) -> Result<(), ()>
 where
     S: futures::Sink<Message> + Unpin,
 {
-    match tokio::time::timeout(SEND_TIMEOUT, sink.send(m)).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
+    let mut write = std::pin::pin!(sink.send(m));
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = write.as_mut().poll(cx) {
+            return std::task::Poll::Ready(r.map_err(|_| ()));
+        }
+        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(SEND_TIMEOUT)));
+        t.as_mut().poll(cx).map(|()| Err(()))
+    })
+    .await
 }
 
 /// The rustls server config: a certificate made now, or one from files.
