@@ -330,6 +330,26 @@ pub fn status_line(visible: bool, msg: &str) -> ProgressBar {
     pb
 }
 
+/// A [`status_line`] that clears itself when dropped, so an early error return leaves no
+/// spinner behind on the terminal.
+pub struct ClearingStatus(pub ProgressBar);
+
+impl ClearingStatus {
+    pub fn new(visible: bool, msg: &str) -> Self {
+        ClearingStatus(status_line(visible, msg))
+    }
+
+    pub fn set_message(&self, msg: impl Into<String>) {
+        self.0.set_message(msg.into());
+    }
+}
+
+impl Drop for ClearingStatus {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
 /// Whether waits are shown on stderr: a terminal, and the user did not ask for quiet.
 pub fn shows_status(opts: &OutputOptions) -> bool {
     !opts.quiet && std::io::stderr().is_terminal()

@@ -575,7 +575,7 @@ pub fn summarize(results: &[ProbeResult]) -> Summary {
         );
     }
     if failed > 0 {
-        notes.push(format!("{failed} of {} probes failed; see the errors above.", results.len()));
+        notes.push(format!("{failed} of {} probes failed; each one's error is given with it.", results.len()));
     }
 
     Summary {

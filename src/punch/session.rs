@@ -145,6 +145,8 @@ pub async fn run(
             None
         }
     };
+    // A person at a terminal sees each wait longer than a moment (gathering, checks, birthday, relay).
+    let status = output::ClearingStatus::new(output::shows_status(opts), "gathering candidates (STUN, port mapping)");
     let mut reflexive = if relay_only {
         Vec::new()
     } else {
@@ -234,9 +236,8 @@ pub async fn run(
         Role::Answerer => format!("waiting for the peer in room {}", room.as_str()),
         Role::Offerer => format!("waiting for the peer's answer in room {}", room.as_str()),
     };
-    let status = output::status_line(output::shows_status(opts), &waiting);
+    status.set_message(waiting);
     let exchanged = exchange(&mut signal, role, &membership.peers, &ours, room, timeout).await;
-    status.finish_and_clear();
     let (peer, theirs) = exchanged?;
     report.remote_candidates = theirs.candidates.clone();
 
@@ -291,6 +292,11 @@ pub async fn run(
         |ice: &ice_driver::IceHandle| no_path_error(&ice.checks(), &theirs, timeout, knowledge.relay_available);
     let mut relay_phase = false;
     let mut signal_open = true;
+    status.set_message(format!(
+        "checking {} candidate pairs with the peer",
+        local_candidates.iter().filter(|c| !is_relayed(c)).count()
+            * remote_candidates.iter().filter(|c| !is_relayed(c)).count()
+    ));
     let conn = loop {
         let birthday_at =
             plan.birthday.as_ref().filter(|_| birthday_rx.is_none() && birthday_inbox.is_some()).map(|b| b.1);
@@ -313,6 +319,7 @@ pub async fn run(
                     remote_pwd: theirs.pwd.clone(),
                 };
                 tracing::info!(?side, "no direct pair yet: trying the birthday method");
+                status.set_message("no direct pair yet: the birthday method (many ports at once)");
                 let core = Birthday::new(side.clone(), bcreds, Limits::default(), rand::random(), Instant::now());
                 birthday_rx = Some(birthday_driver::spawn(core, &side, socket.clone(), inbox).await?);
                 report.birthday = Some(BirthdayReport::started(&side));
@@ -408,6 +415,7 @@ pub async fn run(
                 plan.relay_at = None;
                 relay_phase = true;
                 tracing::info!("relayed candidates join the checks");
+                status.set_message("checking through the TURN relay too");
                 for c in local_candidates.iter().filter(|c| is_relayed(c)) {
                     ice.add_local(c.clone());
                 }
@@ -450,6 +458,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline) => return Err(no_path(&ice)),
         }
     };
+    drop(status);
     // A birthday attempt still running stops: the path is chosen.
     drop(birthday_rx.take());
     report.connect_ms = Some((joined.elapsed().as_secs_f64() * 1e6).round() / 1e3);
