@@ -7,6 +7,7 @@
 //! (`commands::init_logging`), so it writes through [`LogSink`], which sends
 //! to stderr until [`open`] points it at a file. Reopening swaps the file
 //! under a lock: a line is written whole to the old file or to the new one.
+//! Colour codes never reach the file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -78,7 +79,8 @@ impl Write for LogSink {
         match t.as_mut() {
             Some(target) => {
                 // A full disk must not stop the relay: the line is lost, the relay goes on.
-                let _ = target.file.write_all(buf);
+                // Colour codes (a relay started at a terminal) belong on the terminal only.
+                let _ = target.file.write_all(&without_ansi(buf));
                 if target.stderr_too {
                     let _ = io::stderr().write_all(buf);
                 }
@@ -93,9 +95,39 @@ impl Write for LogSink {
     }
 }
 
+/// `buf` without ANSI escape sequences (`ESC [ ... letter`), which the
+/// subscriber adds when stderr is a terminal.
+fn without_ansi(buf: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !buf.contains(&0x1b) {
+        return std::borrow::Cow::Borrowed(buf);
+    }
+    let mut out = Vec::with_capacity(buf.len());
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == 0x1b && buf.get(i + 1) == Some(&b'[') {
+            i += 2;
+            while i < buf.len() && !buf[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            i += 1;
+        } else {
+            out.push(buf[i]);
+            i += 1;
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_codes_stay_out_of_the_file() {
+        assert_eq!(&*super::without_ansi(b"\x1b[33m WARN\x1b[0m relay: x\n"), b" WARN relay: x\n");
+        assert_eq!(&*super::without_ansi(b"plain\n"), b"plain\n");
+        assert_eq!(&*super::without_ansi(b"cut \x1b[3"), b"cut ");
+    }
 
     #[test]
     fn lines_go_to_the_file_and_to_the_new_one_after_a_rename_and_reopen() {
