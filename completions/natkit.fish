@@ -92,9 +92,9 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l user-quota -d 'A
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l source-quota -d 'Allocations per client IP address, whatever the username (486 beyond; 0: no limit)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-permissions -d 'Permissions per allocation (508 beyond)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-lifetime -d 'Longest allocation lifetime granted, in seconds' -r
-complete -c natkit -n "__fish_natkit_using_subcommand relay" -l nonce-lifetime -d 'Seconds a nonce stays valid before 438 Stale Nonce' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l nonce-lifetime -d 'Seconds a nonce stays valid before 438 Stale Nonce [default: 600, or the config file\'s stale-nonce]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l drain-timeout -d 'On SIGTERM, the longest drain (no new allocations, existing ones go on) before the rest are ended' -r
-complete -c natkit -n "__fish_natkit_using_subcommand relay" -l alternate-server -d 'While draining, answer new Allocates with 300 Try Alternate naming this server instead of 508' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l alternate-server -d 'While draining, answer new Allocates with 300 Try Alternate naming this server instead of 508 [default: the config file\'s first alternate-server]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-burst -d 'Failed logins (wrong MESSAGE-INTEGRITY) from one address, or for one username, before it is locked' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-source-rate -d 'Checked logins per second per source address once locked (the first lock lasts 1/RATE s, then doubles)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-user-rate -d 'Checked logins per second per username once locked (the first lock lasts 1/RATE s, then doubles)' -r

@@ -743,3 +743,43 @@ fn every_prints_a_json_line_per_run_with_what_changed_and_ctrl_c_leaves_nothing_
     assert_eq!(status.code(), Some(0), "Ctrl-C is how --every ends");
     assert_eq!(upnp.rules(), "", "miniupnpd still holds a mapping after Ctrl-C:\n{}", upnp.log());
 }
+
+// ---- natkit's own relay as the RFC 5780 server: RESPONSE-PORT (§7.5) ----
+
+#[test]
+fn binding_lifetime_is_bracketed_around_the_routers_udp_timeout_against_natkit_relay() {
+    let lab = Lab::builder().udp_timeout(3).nat("p", NatKind::PortRestrictedCone).build();
+    let ns = lab.public_ns();
+    let _relay = lab.spawn_in(
+        &ns,
+        env!("CARGO_BIN_EXE_natkit"),
+        &["relay", "--listen", SERVER, "--alt-ip", "203.0.113.2", "--metrics", "203.0.113.1:9641"],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(lab.udp_listening(&ns, "203.0.113.1", 3478) && lab.udp_listening(&ns, "203.0.113.2", 3479)) {
+        assert!(std::time::Instant::now() < deadline, "natkit relay did not listen on {SERVER} and {OTHER}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, v) = nat_type(&lab, "p", &["--lifetime", "--timeout", "15"]);
+    assert_eq!(code, Some(0), "{v:#}");
+    assert_eq!(v["nat_type"], "port-restricted-cone", "{v:#}");
+    assert_eq!(v["server"]["other_address"], OTHER, "{v:#}");
+    let alive = v["lifetime"]["alive_s"].as_f64().expect("alive_s: natkit relay honoured RESPONSE-PORT");
+    let dead = v["lifetime"]["dead_s"].as_f64().expect("dead_s");
+    assert!(alive < 3.1 && dead > 2.9 && dead - alive <= 1.0, "conntrack forgets after 3 s: {v:#}");
+    let l = v["lifetime_s"].as_f64().expect("lifetime_s");
+    assert!((alive..=dead).contains(&l), "{v:#}");
+    // The relay counted the answers it sent to another port (its metrics, read inside the namespace).
+    let out = lab.run_in(
+        &ns,
+        common::tools::require("curl", "curl"),
+        &["-s", "--max-time", "5", "http://203.0.113.1:9641/metrics"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sent = text
+        .lines()
+        .find_map(|l| l.strip_prefix("natkit_relay_binding_response_port_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no natkit_relay_binding_response_port_total in {text}"));
+    assert!(sent >= 2, "{sent} RESPONSE-PORT answers for a bracketed lifetime");
+}

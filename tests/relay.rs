@@ -371,7 +371,73 @@ fn a_coturn_turnserver_conf_works_and_unknown_options_are_listed() {
     assert_all_relayed(&load, "configured by turnserver.conf");
     let out = relay.stop();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("mobility, stale-nonce"), "one warning listing the unknown options:\n{err}");
+    let warning = err.lines().find(|l| l.contains("does not implement")).unwrap_or_else(|| panic!("{err}"));
+    assert!(warning.contains("mobility (MOBILITY-TICKET (RFC 8016) is not implemented)"), "with its reason:\n{err}");
+    assert!(!warning.contains("stale-nonce"), "stale-nonce is --nonce-lifetime now:\n{err}");
+    assert_eq!(err.matches("does not implement").count(), 1, "said once:\n{err}");
+}
+
+/// A turnserver.conf with `pidfile`, `log-file` and `no-stdout-log` in a tempdir.
+fn conf_with_pidfile_and_log(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let conf = dir.join("turnserver.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listening-ip=127.0.0.1\nlistening-port={port}\nrealm=lab\nuser=alice:wonderland\nsimple-log\n\
+             no-stdout-log\npidfile={}\nlog-file={}\n",
+            dir.join("turnserver.pid").display(),
+            dir.join("turnserver.log").display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+#[test]
+fn turnserver_conf_pidfile_is_written_then_removed_and_the_log_file_reopens_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = conf_with_pidfile_and_log(dir.path(), port);
+    let mut relay = Relay::start_on(port, &["--config", conf.to_str().unwrap()]);
+    let pid_path = dir.path().join("turnserver.pid");
+    let log_path = dir.path().join("turnserver.log");
+    let pid: i32 = std::fs::read_to_string(&pid_path).expect("pidfile written").trim().parse().expect("a pid");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("the pid is a live process");
+    assert!(String::from_utf8_lossy(&cmdline).contains("relay"), "the pidfile names the relay");
+    let first = std::fs::read_to_string(&log_path).expect("log-file written");
+    assert!(first.contains("natkit relay: listening on"), "the start line is in the log file:\n{first}");
+
+    // logrotate: rename, then SIGHUP; the relay reopens the name and goes on.
+    let rotated = dir.path().join("turnserver.log.1");
+    std::fs::rename(&log_path, &rotated).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log_path.exists() {
+        assert!(std::time::Instant::now() < deadline, "no new log file after SIGHUP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(relay.alive(), "SIGHUP does not end the relay");
+    assert_eq!(allocate(&Client::new(&relay), "alice", "wonderland").class(), MessageClass::SuccessResponse);
+
+    let out = relay.stop();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = std::fs::read_to_string(&log_path).unwrap();
+    assert!(after.contains("natkit relay: stopped"), "the stop line goes to the reopened file:\n{after}");
+    assert!(!std::fs::read_to_string(&rotated).unwrap().contains("stopped"), "not to the rotated one");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("listening on"), "no-stdout-log: the start line is only in the file:\n{err}");
+    assert!(!pid_path.exists(), "pidfile removed at exit");
+}
+
+#[test]
+fn daemon_in_turnserver_conf_exits_2_pointing_at_the_unit_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("turnserver.conf");
+    std::fs::write(&conf, "listening-ip=127.0.0.1\nrealm=lab\ndaemon\n").unwrap();
+    let out = natkit(&["relay", "--listen", "127.0.0.1:0", "--config", conf.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("daemon") && err.contains("deploy/natkit-relay.service"), "{err}");
 }
 
 #[test]

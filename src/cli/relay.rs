@@ -131,15 +131,16 @@ pub struct RelayArgs {
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(600..=86400))]
     pub max_lifetime: u64,
 
-    /// Seconds a nonce stays valid before 438 Stale Nonce
-    #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub nonce_lifetime: u64,
+    /// Seconds a nonce stays valid before 438 Stale Nonce [default: 600, or the config file's stale-nonce]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub nonce_lifetime: Option<u64>,
 
     /// On SIGTERM, the longest drain (no new allocations, existing ones go on) before the rest are ended
     #[arg(long, value_name = "SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=86400))]
     pub drain_timeout: u64,
 
     /// While draining, answer new Allocates with 300 Try Alternate naming this server instead of 508
+    /// [default: the config file's first alternate-server]
     #[arg(long, value_name = "ADDR")]
     pub alternate_server: Option<String>,
 

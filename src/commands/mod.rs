@@ -28,7 +28,8 @@ pub fn init_logging(verbose: u8, quiet: bool) {
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // stderr, until `natkit relay` points it at a turnserver.conf `log-file`.
+        .with_writer(crate::relay::log_file::LogSink)
         // Colour codes only for a person's terminal, never into a log file or a pipe.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(verbose >= 2)

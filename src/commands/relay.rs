@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crate::net::conn_limit::raise_nofile_limit;
 use crate::net::relay_driver::{self, ConnLimits, DriverConfig, Stop};
 use crate::output::{self, OutputOptions, Render};
 use crate::relay::coturn_conf::{self, CoturnConf, NatkitChoices};
+use crate::relay::log_file;
 use crate::turn::server::auth::AuthFailure;
 use crate::turn::server::peer_policy::{Cidr, PeerPolicyConfig, Refusal};
 use crate::turn::server::throttle::ThrottleConfig;
@@ -99,11 +100,31 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
         Some(path) => read_conf(path)?,
         None => CoturnConf::default(),
     };
+    // The log file first, so every warning below lands in it too.
+    if let Some(path) = &conf.log_file {
+        log_file::open(path, !conf.no_stdout_log).map_err(|e| {
+            UsageError::new(format!(
+                "cannot open log-file {} for appending: {e}; fix the path or its permissions, or remove log-file",
+                path.display()
+            ))
+        })?;
+    }
+    let config_name = args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     if !conf.unknown.is_empty() && !opts.quiet {
+        let why: Vec<String> =
+            conf.unknown.iter().map(|o| format!("{o} ({})", coturn_conf::not_implemented_reason(o))).collect();
         tracing::warn!(
-            "{}: natkit does not implement these turnserver.conf options and ignores them: {}",
-            args.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            conf.unknown.join(", ")
+            "{config_name}: natkit does not implement these turnserver.conf options and ignores them: {}",
+            why.join("; ")
+        );
+    }
+    if !conf.alternate_servers.is_empty() && args.alternate_server.is_none() && !opts.quiet {
+        // coturn redirects every Allocate to its alternate servers (load balancing); natkit only while draining.
+        tracing::warn!(
+            "{config_name}: alternate-server {} is used while draining (300 Try Alternate after SIGTERM), not for every \
+             Allocate as coturn does{}",
+            conf.alternate_servers[0],
+            if conf.alternate_servers.len() > 1 { "; the others are not used" } else { "" }
         );
     }
     if let Some(path) = &args.config
@@ -126,17 +147,22 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
     }
     // Handlers before the first socket: a signal that comes as soon as the port answers is not lost.
     let stop = stop_requests()?;
+    reopen_log_on_hangup()?;
     // Every bind first: a busy port is an error, and "listening on" is only said when true.
     let bound = relay_driver::bind(&plan.driver).await.map_err(|e| UsageError::new(e.to_string()))?;
-    if !opts.quiet {
-        eprintln!(
-            "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}",
-            plan.listening.join(", "),
-            plan.driver.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
-            plan.driver.ports.0,
-            plan.driver.ports.1,
-            fds.limit
-        );
+    // After the bind: a pidfile names a process that serves (or none, when the bind failed).
+    let _pidfile = conf.pidfile.as_deref().map(PidFile::write).transpose()?;
+    let start_line = format!(
+        "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}",
+        plan.listening.join(", "),
+        plan.driver.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
+        plan.driver.ports.0,
+        plan.driver.ports.1,
+        fds.limit
+    );
+    log_file::line(&start_line);
+    if !opts.quiet && log_file::stderr_wanted() {
+        eprintln!("{start_line}");
     }
     let started = Instant::now();
     let (stats, tcp_connections) = relay_driver::run(plan.core, plan.driver.clone(), bound, stop)
@@ -148,6 +174,11 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
         packets = report.packets_to_peers + report.packets_from_peers + report.packets_internal,
         "natkit relay stopped"
     );
+    log_file::line(&format!(
+        "natkit relay: stopped after {} s; {} allocations created",
+        started.elapsed().as_secs(),
+        report.allocations_created
+    ));
     output::emit(&report, opts)?;
     Ok(Status::Ok)
 }
@@ -172,6 +203,46 @@ fn stop_requests() -> anyhow::Result<tokio::sync::mpsc::Receiver<Stop>> {
         }
     });
     Ok(rx)
+}
+
+/// SIGHUP reopens the log file by name (logrotate renamed it), as coturn
+/// does; without a log file it is ignored rather than ending the relay.
+fn reopen_log_on_hangup() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match log_file::reopen() {
+                Ok(Some(path)) => tracing::info!("SIGHUP: log file {} reopened", path.display()),
+                Ok(None) => tracing::info!("SIGHUP: no log-file to reopen"),
+                // Lines keep going to the old file descriptor; say so where it can be seen.
+                Err(e) => tracing::error!("SIGHUP: cannot reopen the log file: {e}; still writing to the old one"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// coturn's `pidfile`: this process's id, written at start, removed when the
+/// relay ends (Drop, on every way out of `run`).
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &Path) -> Result<PidFile, UsageError> {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|e| {
+            UsageError::new(format!(
+                "cannot write pidfile {}: {e}; fix the path or its permissions, or remove pidfile",
+                path.display()
+            ))
+        })?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 const DEFAULT_USER_QUOTA: u32 = 100;
@@ -526,14 +597,13 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         source_quota: args.source_quota,
         max_permissions: args.max_permissions,
         max_lifetime: Duration::from_secs(args.max_lifetime),
-        nonce_lifetime: Duration::from_secs(args.nonce_lifetime),
+        nonce_lifetime: Duration::from_secs(args.nonce_lifetime.or(conf.stale_nonce).unwrap_or(600)),
         rfc5780,
         external_ip,
-        alternate_server: args
-            .alternate_server
-            .as_deref()
-            .map(|a| parse_addr(a, 3478, "--alternate-server"))
-            .transpose()?,
+        alternate_server: match args.alternate_server.as_deref() {
+            Some(a) => Some(parse_addr(a, 3478, "--alternate-server")?),
+            None => conf.alternate_servers.first().copied(),
+        },
         throttle,
         unauth: UnauthLimitConfig {
             burst_bytes: args.unauth_burst,

@@ -1,12 +1,13 @@
 //! The common options of a coturn `turnserver.conf`, so an operator moving
 //! from coturn keeps their file (`natkit relay --config FILE`). Options natkit
-//! does not know are collected and reported in one warning, never silently
-//! dropped.
+//! does not implement are collected and reported in one warning with the
+//! reason for each ([`not_implemented_reason`]), never silently dropped;
+//! `daemon` is refused (natkit runs in the foreground under systemd).
 //!
 //! Format: one option per line, `name=value`, `name value` or a bare `name`
 //! for flags; `#` starts a comment; values may be quoted.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::turn::server::peer_policy::{Cidr, range_to_cidrs};
@@ -41,12 +42,58 @@ pub struct CoturnConf {
     pub allow_loopback_peers: bool,
     /// `no-multicast-peers`: coturn relays to multicast peers without it; natkit never does unless allowed.
     pub no_multicast_peers: bool,
+    /// `log-file`: the log goes there (reopened on SIGHUP); None also for `log-file=stdout`.
+    pub log_file: Option<PathBuf>,
+    /// `no-stdout-log`: with a log file, nothing on stderr.
+    pub no_stdout_log: bool,
+    /// `pidfile`: written at start, removed at exit.
+    pub pidfile: Option<PathBuf>,
+    /// `stale-nonce[=SECS]`: natkit's `--nonce-lifetime` (coturn's default value is 600).
+    pub stale_nonce: Option<u64>,
+    /// `alternate-server` (repeatable in coturn): natkit's `--alternate-server` takes the first.
+    pub alternate_servers: Vec<SocketAddr>,
     /// Options natkit does not implement, in file order, each once.
     pub unknown: Vec<String>,
 }
 
-/// Options that only make sense in coturn and are accepted without effect.
-const IGNORED: &[&str] = &["no-cli", "no-dtls", "simple-log", "no-stdout-log", "log-file", "pidfile"];
+/// Options whose effect is already natkit's behaviour: accepted without a word.
+/// `simple-log`: natkit always logs to the exact file name (coturn otherwise
+/// adds the date and pid to it). `no-cli`, `no-dtls`: natkit has no telnet CLI
+/// and no DTLS listener to turn off.
+const ALREADY_SO: &[&str] = &["no-cli", "no-dtls", "simple-log"];
+
+/// Why natkit does not implement a coturn option (said once at start).
+pub fn not_implemented_reason(option: &str) -> &'static str {
+    match option {
+        "mobility" => "MOBILITY-TICKET (RFC 8016) is not implemented",
+        "syslog" => "natkit logs to stderr (journald under systemd) or log-file",
+        "no-tls" | "no-tcp" | "no-udp" | "no-tcp-relay" | "no-udp-relay" => {
+            "listeners are chosen with --listen/--tls-listen instead"
+        }
+        "dh-file" | "cipher-list" | "ec-curve-name" | "no-tlsv1" | "no-tlsv1_1" | "no-tlsv1_2" | "dh2066" => {
+            "TLS is rustls with its safe defaults (TLS 1.2 and 1.3 only); nothing to tune"
+        }
+        "cli-ip" | "cli-port" | "cli-password" | "cli-max-output-sessions" => "natkit has no telnet CLI; use --metrics",
+        "web-admin" | "web-admin-ip" | "web-admin-port" | "web-admin-listen-on-workers" => {
+            "natkit has no web admin; use --metrics"
+        }
+        "prometheus" | "prometheus-port" => "use --metrics ADDR (Prometheus text)",
+        "userdb" | "db" | "redis-userdb" | "psql-userdb" | "mysql-userdb" | "mongo-userdb" | "redis-statsdb" => {
+            "users come from --user, user= lines or the REST --secret"
+        }
+        "oauth" | "server-name" => "third-party authorization (RFC 7635) is not implemented",
+        "max-bps" | "bps-capacity" => "bandwidth caps are not implemented",
+        "channel-lifetime" | "permission-lifetime" | "max-allocate-lifetime" => {
+            "lifetimes are RFC 8656's (permission 300 s, channel 600 s); the allocation cap is --max-lifetime"
+        }
+        "relay-threads" | "general-threads" => "use --workers N",
+        "proc-user" | "proc-group" => "the unit file's DynamicUser/User= sets the user",
+        "aux-server" | "udp-self-balance" => "use --alternate-server and a load balancer",
+        "check-origin-consistency" => "ORIGIN is not checked",
+        "secure-stun" => "Binding stays unauthenticated (bounded by --unauth-burst/--unauth-rate)",
+        _ => "not a coturn option natkit knows",
+    }
+}
 
 pub fn parse(text: &str) -> Result<CoturnConf, String> {
     let mut c = CoturnConf::default();
@@ -98,15 +145,45 @@ pub fn parse(text: &str) -> Result<CoturnConf, String> {
             "total-quota" => c.total_quota = Some(value.parse().map_err(|_| at("expected a number (0: unlimited)"))?),
             "allow-loopback-peers" => c.allow_loopback_peers = true,
             "no-multicast-peers" => c.no_multicast_peers = true,
-            n if IGNORED.contains(&n) => {}
-            n => {
-                if !c.unknown.iter().any(|u| u == n) {
-                    c.unknown.push(n.to_string());
+            "log-file" => match need()?.as_str() {
+                // coturn's special names: stdout is natkit's stderr default; syslog is not implemented.
+                "stdout" | "-" => {}
+                "syslog" => push_unknown(&mut c.unknown, "syslog"),
+                path => c.log_file = Some(PathBuf::from(path)),
+            },
+            "no-stdout-log" => c.no_stdout_log = true,
+            "pidfile" => c.pidfile = Some(PathBuf::from(need()?)),
+            // coturn: a bare `stale-nonce` means 600 s.
+            "stale-nonce" => {
+                let secs = if value.is_empty() { 600 } else { value.parse().map_err(|_| at("expected seconds"))? };
+                if !(1..=86_400).contains(&secs) {
+                    return Err(at("expected seconds from 1 to 86400"));
                 }
+                c.stale_nonce = Some(secs);
             }
+            "alternate-server" => {
+                let a = need()?;
+                let addr = a
+                    .parse::<SocketAddr>()
+                    .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 3478)))
+                    .map_err(|_| at("expected IP or IP:PORT"))?;
+                c.alternate_servers.push(addr);
+            }
+            "daemon" => {
+                return Err(at("natkit relay does not fork into the background; run it under systemd with \
+                     deploy/natkit-relay.service (or your supervisor) and remove this line"));
+            }
+            n if ALREADY_SO.contains(&n) => {}
+            n => push_unknown(&mut c.unknown, n),
         }
     }
     Ok(c)
+}
+
+fn push_unknown(unknown: &mut Vec<String>, name: &str) {
+    if !unknown.iter().any(|u| u == name) {
+        unknown.push(name.to_string());
+    }
 }
 
 /// A default natkit does not share with coturn, for an option a
@@ -188,7 +265,7 @@ mod tests {
              user=alice:pw\nlt-cred-mech\nuse-auth-secret\nstatic-auth-secret=s3cret\n\
              cert=/etc/c.pem\npkey=/etc/k.pem\nmin-port=50000\nmax-port=50100\nfingerprint\nno-cli\nverbose\n\
              denied-peer-ip=10.0.0.0-10.255.255.255\nallowed-peer-ip=10.1.2.3  # trailing comment\n\
-             mobility\nstale-nonce=600\nmobility\n",
+             mobility\nstale-nonce=300\nmobility\nsyslog\n",
         )
         .unwrap();
         assert_eq!(c.listening_ips, vec!["127.0.0.1".parse::<IpAddr>().unwrap(), "127.0.0.2".parse().unwrap()]);
@@ -204,7 +281,31 @@ mod tests {
         assert_eq!((c.min_port, c.max_port), (Some(50000), Some(50100)));
         assert_eq!(c.denied_peers, vec!["10.0.0.0/8".parse().unwrap()]);
         assert_eq!(c.allowed_peers, vec!["10.1.2.3/32".parse().unwrap()]);
-        assert_eq!(c.unknown, vec!["mobility", "stale-nonce"]);
+        assert_eq!(c.unknown, vec!["mobility", "syslog"]);
+        assert_eq!(c.stale_nonce, Some(300));
+        assert!(not_implemented_reason("mobility").contains("RFC 8016"));
+    }
+
+    #[test]
+    fn logging_pidfile_nonce_and_alternate_options_are_read_and_daemon_is_refused() {
+        let c = parse(
+            "log-file=/var/log/turn.log\nsimple-log\nno-stdout-log\npidfile=\"/run/turn.pid\"\nstale-nonce\n\
+             alternate-server=203.0.113.5\nalternate-server=[2001:db8::5]:3479\n",
+        )
+        .unwrap();
+        assert_eq!(c.log_file, Some(PathBuf::from("/var/log/turn.log")));
+        assert!(c.no_stdout_log && c.unknown.is_empty(), "{:?}", c.unknown);
+        assert_eq!(c.pidfile, Some(PathBuf::from("/run/turn.pid")));
+        assert_eq!(c.stale_nonce, Some(600), "bare stale-nonce is coturn's 600 s");
+        assert_eq!(
+            c.alternate_servers,
+            vec!["203.0.113.5:3478".parse::<SocketAddr>().unwrap(), "[2001:db8::5]:3479".parse().unwrap()]
+        );
+        assert_eq!(parse("log-file=stdout\n").unwrap().log_file, None);
+        assert_eq!(parse("log-file=syslog\n").unwrap().unknown, vec!["syslog"]);
+        let e = parse("realm=x\ndaemon\n").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("deploy/natkit-relay.service"), "{e}");
+        assert!(parse("stale-nonce=0").is_err() && parse("alternate-server=nowhere").is_err());
     }
 
     #[test]

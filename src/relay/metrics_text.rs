@@ -66,6 +66,13 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
     metric(&mut o, "binding_requests_total", "counter", "STUN Binding requests answered.", &[("", s.binding_requests)]);
     metric(
         &mut o,
+        "binding_response_port_total",
+        "counter",
+        "Binding answers sent to the port a RESPONSE-PORT named (RFC 5780 7.5).",
+        &[("", s.binding_response_port)],
+    );
+    metric(
+        &mut o,
         "packets_relayed_total",
         "counter",
         "Data packets relayed, by direction.",

@@ -3,8 +3,10 @@
 //! reading a coturn `turnserver.conf` into natkit's settings (used by the
 //! command when it builds its arguments) and rendering the core's and the
 //! driver's counters as Prometheus text (used by the driver's `--metrics`
-//! endpoint). Neither touches a socket, so neither belongs in `net/`, and
-//! neither is TURN, so neither belongs in `turn/`.
+//! endpoint), and the log file coturn's `log-file` names, reopened on SIGHUP
+//! (`log_file`). None touches a socket, so none belongs in `net/`, and
+//! none is TURN, so none belongs in `turn/`.
 
 pub mod coturn_conf;
+pub mod log_file;
 pub mod metrics_text;

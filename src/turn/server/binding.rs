@@ -1,8 +1,22 @@
 //! The STUN Binding responder: RFC 8489 §7.3 (XOR-MAPPED-ADDRESS), the
 //! RFC 5780 §6 behaviour-discovery responder (OTHER-ADDRESS,
-//! RESPONSE-ORIGIN, CHANGE-REQUEST answered from another socket) and
+//! RESPONSE-ORIGIN, CHANGE-REQUEST answered from another socket,
+//! RESPONSE-PORT of §7.5 answered to another port of the client's IP) and
 //! RFC 3489 §11.2.1 classic clients (no magic cookie; answered the way
 //! coturn answers them, see [`super::classic`]).
+//!
+//! RESPONSE-PORT sends an unsigned answer to a port the request names,
+//! which is a reflection tool if left open. It is honoured the way coturn
+//! 4.6 honours it (`handle_turn_binding`): only over UDP, only when the RFC
+//! 5780 responder is on (an alternate address is configured; otherwise the
+//! attribute is ignored and the answer goes to the source, which tells the
+//! client "not supported"), never together with PADDING, and only ever to
+//! the source's own IP. coturn has no floor on the port; natkit follows it
+//! (a NAT maps to any port, and the lifetime test needs its mapped port)
+//! except port 0, which no socket can send to (400). The answer counts
+//! against the source IP's unauthenticated budget like every unsigned answer
+//! ([`super::unauth_limit`]), and the source IP is the destination IP, so a
+//! spoofer reaches nothing it could not already reach by spoofing.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -47,6 +61,23 @@ impl Server {
         let change = msg.attributes().iter().find_map(|a| a.as_change_request().ok()).map(|c| {
             (c.flags().contains(ChangeRequestFlags::ChangeIp), c.flags().contains(ChangeRequestFlags::ChangePort))
         });
+        let response_port = msg.attributes().iter().find_map(|a| a.as_response_port().ok()).map(|p| p.as_u16());
+        if response_port.is_some() {
+            let txid = *msg.transaction_id().as_bytes();
+            // coturn answers 400 to both cases; RFC 5780 §7.5 and §7.6 forbid the pair.
+            let why = if from.transport != Transport::Udp {
+                Some("RESPONSE-PORT applies only to UDP")
+            } else if msg.attributes().iter().any(|a| a.is_padding()) {
+                Some("RESPONSE-PORT and PADDING cannot be used together")
+            } else if response_port == Some(0) {
+                Some("RESPONSE-PORT 0 is not a port")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return self.error_with_reason(1, txid, ErrorCode::BadRequest, why, None, vec![]);
+            }
+        }
         let mut attrs: Vec<StunAttribute> = vec![XorMappedAddress::from(from.remote).into()];
         match (self.cfg.rfc5780, from.transport) {
             (Some(r), Transport::Udp) => {
@@ -56,7 +87,15 @@ impl Server {
                     let origin = SocketAddr::new(r.ips[si], r.ports[sj]);
                     attrs.push(OtherAddress::from(SocketAddr::new(r.ips[1 - i], r.ports[1 - j])).into());
                     attrs.push(ResponseOrigin::from(origin).into());
-                    self.reply_target = Some(Target::Client(FiveTuple { local: origin, ..from }));
+                    // §7.5: the answer goes to the source IP at the port asked for.
+                    let remote = match response_port {
+                        Some(port) => {
+                            self.stats.binding_response_port += 1;
+                            SocketAddr::new(from.remote.ip(), port)
+                        }
+                        None => from.remote,
+                    };
+                    self.reply_target = Some(Target::Client(FiveTuple { local: origin, remote, ..from }));
                 } else {
                     attrs.push(ResponseOrigin::from(from.local).into());
                 }

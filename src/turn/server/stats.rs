@@ -14,6 +14,8 @@ pub struct Stats {
     pub binding_requests: u64,
     /// Of which RFC 3489 (no magic cookie).
     pub classic_binding_requests: u64,
+    /// Of which answered to another port of the client's IP (RFC 5780 §7.5 RESPONSE-PORT).
+    pub binding_response_port: u64,
     pub allocations_created: u64,
     pub allocations_deleted: u64,
     pub allocations_expired: u64,

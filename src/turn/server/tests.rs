@@ -281,6 +281,63 @@ fn rfc5780_answers_change_request_from_the_other_socket() {
 }
 
 #[test]
+fn rfc5780_response_port_answers_the_clients_ip_at_that_port_from_the_same_socket() {
+    use crate::stun::message::{binding_request_to_port, new_transaction_id};
+    let mut cfg = config();
+    let ips = ["198.51.100.1".parse().unwrap(), "198.51.100.2".parse().unwrap()];
+    cfg.rfc5780 = Some(Rfc5780 { ips, ports: [3478, 3479] });
+    cfg.unauth = unauth_limit::UnauthLimitConfig { burst_bytes: 1000, bytes_per_sec: 1, max_sources: 10 };
+    let mut h = Harness::new(cfg);
+    let c = udp_client(4000);
+    let (target, out) = h.send(c, &binding_request_to_port(new_transaction_id(), 40123)).expect("an answer");
+    let to: SocketAddr = "203.0.113.10:40123".parse().unwrap();
+    assert_eq!(target, Target::Client(FiveTuple { remote: to, ..c }), "same socket, the client's IP, the asked port");
+    let m = decode(&out).unwrap();
+    assert_eq!(m.class(), MessageClass::SuccessResponse);
+    let mapped = m.attributes().iter().find_map(|a| a.as_xor_mapped_address().ok()).unwrap();
+    assert_eq!(*mapped.socket_address(), c.remote, "the mapping is the asker's, not the port's");
+    let origin = m.attributes().iter().find_map(|a| a.as_response_origin().ok()).unwrap();
+    assert_eq!(*origin.socket_address(), c.local);
+    let other = m.attributes().iter().find_map(|a| a.as_other_address().ok()).unwrap();
+    assert_eq!(*other.socket_address(), "198.51.100.2:3479".parse().unwrap());
+    assert_eq!(h.server.stats().binding_response_port, 1);
+
+    // Port 0, PADDING beside it and TCP are refused with 400 (as coturn does), to the source.
+    let zero = h.request(c, &binding_request_to_port(new_transaction_id(), 0));
+    assert_eq!(error_code(&zero), Some(400));
+    let padded = encode(
+        &StunMessageBuilder::new(BINDING, MessageClass::Request)
+            .with_attribute(stun_rs::attributes::discovery::ResponsePort::from(40123))
+            .with_attribute(stun_rs::attributes::discovery::Padding::new("pad").unwrap())
+            .build(),
+    );
+    assert_eq!(error_code(&h.request(c, &padded)), Some(400));
+    let tcp = FiveTuple { transport: Transport::Tcp, ..c };
+    assert_eq!(error_code(&h.request(tcp, &binding_request_to_port(new_transaction_id(), 40123))), Some(400));
+
+    // Unsigned answers to another port still spend the source's unauthenticated budget.
+    let mut answered = 0;
+    for _ in 0..100 {
+        if h.send(c, &binding_request_to_port(new_transaction_id(), 40123)).is_some() {
+            answered += 1;
+        }
+    }
+    assert!(answered < 20, "{answered} answers from a 1000-byte budget");
+    assert!(h.server.stats().unauth_rate_limited > 0);
+}
+
+#[test]
+fn response_port_without_rfc5780_is_ignored_and_answered_to_the_source() {
+    let mut h = Harness::new(config());
+    let c = udp_client(4000);
+    let req = crate::stun::message::binding_request_to_port(crate::stun::message::new_transaction_id(), 40123);
+    let (target, out) = h.send(c, &req).expect("an answer");
+    assert_eq!(target, Target::Client(c), "no alternate address: RESPONSE-PORT ignored, as coturn does");
+    assert_eq!(decode(&out).unwrap().class(), MessageClass::SuccessResponse);
+    assert_eq!(h.server.stats().binding_response_port, 0);
+}
+
+#[test]
 fn allocate_challenges_then_succeeds_with_sha1_or_sha256_integrity() {
     let mut h = Harness::new(config());
     let (_, relayed, _) = allocate(&mut h, udp_client(4000), &creds("alice", "wonderland"));
