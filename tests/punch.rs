@@ -824,3 +824,27 @@ fn a_dual_stack_pair_with_symmetric_v4_nats_goes_direct_over_firewalled_ipv6() {
         }
     }
 }
+
+/// IPv6 on one side only: a offers v6 candidates (and asks the v6 STUN server), b has none. The v6
+/// pairs cannot form, the v4 ones work as before: direct over IPv4, `family` says so.
+#[test]
+fn ipv6_on_one_side_only_leaves_the_ipv4_path() {
+    use common::lab::V6Kind;
+    let lab = Lab::builder().nat("a", NatKind::FullCone).v6("a", V6Kind::Firewall).nat("b", NatKind::FullCone).build();
+    let listen = ["--listen", "203.0.113.1:3478", "--listen", "203.0.113.2:3478", "--listen", "[2001:db8::10]:3478"];
+    let ready = [("203.0.113.1", 3478), ("203.0.113.2", 3478), ("[2001:db8::10]", 3478)];
+    let w = with_servers(lab, &listen, &ready);
+    let flags = [STUN_ARGS, &["--stun", "[2001:db8::10]:3478"], TURN_ARGS].concat();
+    let (sr, rr) = transfer_servers(&w, "a", "b", "v6-one-side", 256 * 1024, &flags);
+    for r in [&sr, &rr] {
+        assert_direct_between_public_addresses(r);
+        assert_eq!(r["local"]["family"], "ipv4", "{r:#}");
+        assert_eq!(r["remote"]["family"], "ipv4", "{r:#}");
+    }
+    let a_offers_v6 = sr["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .any(|c| c.as_str().is_some_and(|c| c.contains(" 2001:db8:")));
+    assert!(a_offers_v6, "{sr:#}");
+}
