@@ -784,3 +784,67 @@ fn a_transfer_falls_back_to_the_relay_when_re_punching_cannot_work() {
         "a's fallback target {to} is not b's relayed candidate: {rr:#}"
     );
 }
+
+// ---- IPv6 beside IPv4 (issue #16): a dual-stack pair whose v4 NATs are both symmetric ----
+
+/// Issue #16's IPv6 case: both v4 NATs symmetric (relay-only over v4), v6 behind stateful
+/// firewalls only. Each peer gathers v4 and v6 candidates on its one dual-stack socket (STUN over
+/// both families from the same `natkit relay`, TURN offered too); ICE checks both, the v6 host pair
+/// opens both firewalls by simultaneous open and wins on priority (RFC 8421), and the file moves
+/// direct over IPv6, SHA-256 intact, in both directions (each side gets both ICE roles). The v4
+/// observation is not spoiled by the v6 answers: both still report their v4 mapping varies.
+#[test]
+fn a_dual_stack_pair_with_symmetric_v4_nats_goes_direct_over_firewalled_ipv6() {
+    use common::lab::V6Kind;
+    let lab = Lab::builder()
+        .nat("a", NatKind::Symmetric)
+        .v6("a", V6Kind::Firewall)
+        .nat("b", NatKind::Symmetric)
+        .v6("b", V6Kind::Firewall)
+        .build();
+    let listen = ["--listen", "203.0.113.1:3478", "--listen", "203.0.113.2:3478", "--listen", "[2001:db8::10]:3478"];
+    let ready = [("203.0.113.1", 3478), ("203.0.113.2", 3478), ("[2001:db8::10]", 3478)];
+    let w = with_servers(lab, &listen, &ready);
+    let v6_stun = ["--stun", "[2001:db8::10]:3478"];
+    for (from, to) in [("a", "b"), ("b", "a")] {
+        let flags = [STUN_ARGS, &v6_stun, TURN_ARGS].concat();
+        let (sr, rr) = transfer_servers(&w, from, to, &format!("v6-{from}-to-{to}"), 1024 * 1024, &flags);
+        for (r, me, peer) in [(&sr, from, to), (&rr, to, from)] {
+            assert_eq!(r["path"], "direct", "{r:#}");
+            assert_eq!(r["mapping_varies"], true, "the v4 NAT is still seen as symmetric: {r:#}");
+            for (end, who) in [(&r["local"], me), (&r["remote"], peer)] {
+                assert_eq!(end["family"], "ipv6", "{r:#}");
+                assert_eq!(end["type"], "host", "a firewalled v6 address is a host candidate: {r:#}");
+                let addr: std::net::SocketAddr = end["address"].as_str().expect("address").parse().expect("addr");
+                assert_eq!(Some(addr.ip()), w.lab.client_ip6(who).map(std::net::IpAddr::V6), "{r:#}");
+            }
+            let ours = r["candidates"].as_array().expect("candidates");
+            assert!(ours.iter().any(|c| c.as_str().is_some_and(|c| c.contains(" 2001:db8:"))), "{r:#}");
+            assert!(ours.iter().any(|c| c.as_str().is_some_and(|c| c.contains(" 203.0.113."))), "v4 too: {r:#}");
+        }
+    }
+}
+
+/// IPv6 on one side only: a offers v6 candidates (and asks the v6 STUN server), b has none. The v6
+/// pairs cannot form, the v4 ones work as before: direct over IPv4, `family` says so.
+#[test]
+fn ipv6_on_one_side_only_leaves_the_ipv4_path() {
+    use common::lab::V6Kind;
+    let lab = Lab::builder().nat("a", NatKind::FullCone).v6("a", V6Kind::Firewall).nat("b", NatKind::FullCone).build();
+    let listen = ["--listen", "203.0.113.1:3478", "--listen", "203.0.113.2:3478", "--listen", "[2001:db8::10]:3478"];
+    let ready = [("203.0.113.1", 3478), ("203.0.113.2", 3478), ("[2001:db8::10]", 3478)];
+    let w = with_servers(lab, &listen, &ready);
+    let flags = [STUN_ARGS, &["--stun", "[2001:db8::10]:3478"], TURN_ARGS].concat();
+    let (sr, rr) = transfer_servers(&w, "a", "b", "v6-one-side", 256 * 1024, &flags);
+    for r in [&sr, &rr] {
+        assert_direct_between_public_addresses(r);
+        assert_eq!(r["local"]["family"], "ipv4", "{r:#}");
+        assert_eq!(r["remote"]["family"], "ipv4", "{r:#}");
+    }
+    let a_offers_v6 = sr["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .any(|c| c.as_str().is_some_and(|c| c.contains(" 2001:db8:")));
+    assert!(a_offers_v6, "{sr:#}");
+}

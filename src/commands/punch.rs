@@ -44,7 +44,13 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions, mappings: &Mappings) 
         return usage(format!("bad --room '{}': {p}", args.room));
     }
     crate::signal::client::normalize_url(&args.signal).map_err(|e| UsageError::new(e.to_string()))?;
-    let servers = ice_servers::resolve(&args.servers, Family::V4, "punch").await?;
+    // Names resolve to IPv4 (the family the NAT observations are about); an IPv6 server given as
+    // an IPv6 literal (`--stun [2001:db8::10]:3478`) is taken as it is, for IPv6 candidates. With
+    // such a literal among the servers, names resolve to either family.
+    let servers = match ice_servers::resolve(&args.servers, Family::V4, "punch").await {
+        Ok(s) => s,
+        Err(_) => ice_servers::resolve(&args.servers, Family::Any, "punch").await?,
+    };
     let mode = match (&args.send, &args.recv, args.stdio) {
         (Some(p), _, _) => {
             if !p.is_file() {

@@ -4,6 +4,7 @@
 pub mod birthday;
 pub mod birthday_driver;
 pub mod consent;
+pub mod dual_stack;
 pub mod ice_driver;
 pub mod mux;
 pub mod observation;

@@ -38,6 +38,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::punch::birthday::is_birthday;
+use crate::punch::dual_stack::unmap;
 use crate::punch::relay_link::RelayLink;
 use crate::stun::message::looks_like_stun;
 
@@ -77,6 +78,8 @@ pub struct MuxSocket {
     /// Relay fallback: the peer QUIC knows here is followed to wherever its QUIC comes from through
     /// our TURN relay (its new public address, unknown in advance).
     follow_relayed: std::sync::Mutex<Option<SocketAddr>>,
+    /// The socket is IPv6 (dual-stack): quinn then names IPv4 peers as IPv4-mapped IPv6.
+    v6: bool,
 }
 
 /// The peer's address as QUIC knows it, and where the peer is now.
@@ -112,7 +115,9 @@ impl MuxSocket {
     pub fn new(socket: Arc<UdpSocket>, relay: Option<Arc<RelayLink>>) -> (Arc<Self>, Diverted) {
         let (stun, stun_rx) = mpsc::unbounded_channel();
         let (birthday, birthday_rx) = mpsc::unbounded_channel();
+        let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
         let mux = MuxSocket {
+            v6,
             socket,
             stun,
             birthday,
@@ -146,6 +151,15 @@ impl MuxSocket {
     /// Where the peer QUIC knows is now sent to (None: nowhere else).
     pub fn redirected_to(&self) -> Option<SocketAddr> {
         self.redirection().0.map(|(_, now_at)| now_at)
+    }
+
+    /// The address quinn knows a peer by: quinn maps IPv4 peers to IPv4-mapped IPv6 on an IPv6
+    /// socket (its `ensure_ipv6`), so what comes from them must be shown to it the same way.
+    fn for_quinn(&self, addr: SocketAddr) -> SocketAddr {
+        match addr {
+            SocketAddr::V4(v4) if self.v6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+            a => a,
+        }
     }
 
     fn redirection(&self) -> Redirect {
@@ -204,7 +218,9 @@ impl AsyncUdpSocket for MuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let to = self.redirection().outgoing(transmit.destination);
+        // quinn on a dual-stack socket names IPv4 peers as ::ffff:a.b.c.d; the mux, ICE and TURN
+        // speak plain IPv4 (see punch::dual_stack).
+        let to = self.redirection().outgoing(unmap(transmit.destination));
         if let Some(relay) = self.relay.as_ref().filter(|r| r.is_routed(to)) {
             let seg = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
             for chunk in transmit.contents.chunks(seg) {
@@ -238,7 +254,8 @@ impl AsyncUdpSocket for MuxSocket {
                 // ICMP errors from an earlier send: not quinn's concern, the checks time out on their own.
                 Poll::Ready(Err(e)) if is_transient(&e) => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(from)) => from,
+                // A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d (see punch::dual_stack).
+                Poll::Ready(Ok(from)) => unmap(from),
             };
             let filled = rb.filled();
             let len = filled.len();
@@ -262,7 +279,7 @@ impl AsyncUdpSocket for MuxSocket {
                     self.redirect(known, inner.peer);
                 }
                 first[..n].copy_from_slice(&inner.data);
-                let addr = self.redirection().incoming(inner.peer);
+                let addr = self.for_quinn(self.redirection().incoming(inner.peer));
                 meta[0] = RecvMeta { addr, len: n, stride: n, ecn: None, dst_ip: None };
                 return Poll::Ready(Ok(1));
             }
@@ -275,7 +292,7 @@ impl AsyncUdpSocket for MuxSocket {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let addr = self.redirection().incoming(from);
+            let addr = self.for_quinn(self.redirection().incoming(from));
             meta[0] = RecvMeta { addr, len, stride: len, ecn: None, dst_ip: None };
             return Poll::Ready(Ok(1));
         }
@@ -325,6 +342,44 @@ mod tests {
         assert_eq!(r.outgoing(old), new);
         assert_eq!(r.incoming(new), old);
         assert_eq!((r.outgoing(other), r.incoming(other), r.incoming(old)), (other, other, old));
+    }
+
+    /// quinn names an IPv4 peer ::ffff:a.b.c.d on a dual-stack socket; the mux must show it what
+    /// comes back under that name, or the handshake never completes.
+    #[tokio::test]
+    async fn quic_over_ipv4_on_dual_stack_sockets() {
+        let a = quic::Identity::generate().expect("a");
+        let b = quic::Identity::generate().expect("b");
+        let ep = |server: Option<quinn::ServerConfig>| {
+            let sock = Arc::new(crate::punch::dual_stack::bind().expect("bind"));
+            let port = sock.local_addr().expect("addr").port();
+            let (mux, _d) = MuxSocket::new(sock, None);
+            let e = quinn::Endpoint::new_with_abstract_socket(
+                endpoint_config(),
+                server,
+                mux,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .expect("endpoint");
+            (e, port, _d)
+        };
+        let (server, port, _ds) = ep(Some(quic::server_config(&b, &a.fingerprint).expect("cfg")));
+        let (client, _, _dc) = ep(None);
+        let srv =
+            tokio::spawn(async move { server.accept().await.expect("incoming").await.map(|c| c.remote_address()) });
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        let conn = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client
+                .connect_with(quic::client_config(&a, &b.fingerprint).expect("cfg"), to, quic::SERVER_NAME)
+                .expect("connect"),
+        )
+        .await
+        .expect("handshake within 10 s")
+        .expect("handshake");
+        assert_eq!(crate::punch::dual_stack::unmap(conn.remote_address()), to);
+        let seen = srv.await.expect("server task").expect("server handshake");
+        assert!(crate::punch::dual_stack::unmap(seen).ip().is_loopback());
     }
 
     #[tokio::test]

@@ -38,6 +38,10 @@ pub struct Knowledge {
     /// toward it work whatever the NATs' mapping, so neither the birthday method nor an early
     /// relay is needed.
     pub port_mapped: bool,
+    /// Both sides offer an IPv6 candidate: a v6 path often needs no NAT traversal at all (only
+    /// simultaneous open through stateful firewalls), so two hard v4 NATs no longer mean that no
+    /// direct path can exist.
+    pub both_v6: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +54,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(k: &Knowledge, start: Instant) -> Plan {
-        let both_hard = k.ours_varies == Some(true) && k.theirs_varies == Some(true) && !k.port_mapped;
+        let both_hard = k.ours_varies == Some(true) && k.theirs_varies == Some(true) && !k.port_mapped && !k.both_v6;
         let birthday = if k.relay_only || !k.birthday_allowed || k.port_mapped {
             None
         } else {
@@ -91,6 +95,7 @@ mod tests {
             relay_only: false,
             birthday_allowed: true,
             port_mapped: false,
+            both_v6: false,
         }
     }
 
@@ -135,6 +140,13 @@ mod tests {
         assert_eq!(Plan::new(&only, t0), Plan { birthday: None, relay_at: Some(t0) });
         let no_birthday = Knowledge { birthday_allowed: false, ..k(Some(false), Some(true)) };
         assert_eq!(Plan::new(&no_birthday, t0).relay_at, Some(t0 + DIRECT_WINDOW));
+    }
+
+    #[test]
+    fn both_hard_v4_nats_with_ipv6_on_both_sides_check_directly_first() {
+        let t0 = Instant::now();
+        let p = Plan::new(&Knowledge { both_v6: true, ..k(Some(true), Some(true)) }, t0);
+        assert_eq!(p, Plan { birthday: None, relay_at: Some(t0 + DIRECT_WINDOW) });
     }
 
     #[test]

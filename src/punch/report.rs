@@ -57,14 +57,41 @@ impl std::fmt::Display for CandidateType {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One end of the path in use. In JSON also `family` ("ipv4"/"ipv6"), taken from the address so
+/// it can never disagree with it.
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     pub address: SocketAddr,
-    #[serde(rename = "type")]
     pub kind: CandidateType,
     /// This address is a router's port mapping (ours: see `port_mapping`; the peer's: its
     /// description said so); offered as `srflx`.
     pub port_mapped: bool,
+}
+
+/// The address family of an endpoint, as the JSON names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(addr: SocketAddr) -> Self {
+        if addr.is_ipv6() { Family::Ipv6 } else { Family::Ipv4 }
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Endpoint", 4)?;
+        st.serialize_field("address", &self.address)?;
+        st.serialize_field("type", &self.kind)?;
+        st.serialize_field("port_mapped", &self.port_mapped)?;
+        st.serialize_field("family", &Family::of(self.address))?;
+        st.end()
+    }
 }
 
 /// The port mapping punch asked its router for (null with --no-port-mapping or --relay-only).

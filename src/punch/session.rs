@@ -24,6 +24,7 @@ use crate::output::{self, OutputOptions};
 use crate::punch::birthday::{Birthday, Credentials as BirthdayCredentials, Limits};
 use crate::punch::birthday_driver::{self, BirthdayResult};
 use crate::punch::consent::ConsentConfig;
+use crate::punch::dual_stack;
 use crate::punch::ice_driver::{self, IceEvent};
 use crate::punch::mux::{Diverted, MuxSocket};
 use crate::punch::observation;
@@ -129,8 +130,9 @@ pub async fn run(
         anyhow::bail!("--relay-only needs a TURN server: pass --turn, or run natkit signal with --turn");
     }
 
-    // One socket for everything: gathering, checks, TURN, QUIC.
-    let socket = Arc::new(udp::bind("0.0.0.0:0".parse().context("bind address")?).context("binding the UDP socket")?);
+    // One socket for everything: gathering, checks, TURN, QUIC; both address families (see
+    // punch::dual_stack for why one dual-stack socket rather than one per family).
+    let socket = Arc::new(dual_stack::bind().context("binding the UDP socket")?);
     let port = socket.local_addr()?.port();
     let mut local_candidates: Vec<Candidate> = Vec::new();
     // The router on the way to our servers maps the socket's port while the STUN servers answer
@@ -147,10 +149,12 @@ pub async fn run(
     };
     // A person at a terminal sees each wait longer than a moment (gathering, checks, birthday, relay).
     let status = output::ClearingStatus::new(output::shows_status(opts), "gathering candidates (STUN, port mapping)");
-    let mut reflexive = if relay_only {
+    // IPv4 first: whether the mapping varies (and so the birthday method) is an IPv4 NAT matter.
+    let (stun4, stun6): (Vec<SocketAddr>, Vec<SocketAddr>) = stun_servers.iter().partition(|s| s.is_ipv4());
+    let mut reflexive = if relay_only || stun4.is_empty() {
         Vec::new()
     } else {
-        gather::server_reflexive(&socket, &stun_servers, Duration::from_secs(2)).await
+        gather::server_reflexive(&socket, &stun4, Duration::from_secs(2)).await
     };
     // Every answer came from one IP (the one-server deployment): the signal server's own address
     // answers STUN too (`natkit signal`), a second observation point (see punch::observation).
@@ -161,6 +165,19 @@ pub async fn run(
         tracing::info!("one STUN server IP only: asking the signal server's address {at} (UDP) too");
         reflexive.extend(gather::server_reflexive(&socket, &[at], SIGNAL_STUN_WAIT).await);
     }
+    // IPv6 host candidates (only global-ish ones: a peer cannot reach our ::1 or fe80::), and the
+    // v6 STUN servers asked only when we have one: without a v6 address there is no v6 path to
+    // learn about, and no time is spent finding that out.
+    let host6: Vec<IpAddr> = if relay_only || !args.host_ips.is_empty() {
+        Vec::new()
+    } else {
+        gather::host_ips(&gather::interface_ips(), true).into_iter().filter(|ip| !ip.is_loopback()).collect()
+    };
+    let reflexive6 = if host6.is_empty() || stun6.is_empty() {
+        Vec::new()
+    } else {
+        gather::server_reflexive(&socket, &stun6, Duration::from_secs(2)).await
+    };
     // Our port-mapped address, and the renewal that keeps it while this session lives. A mapping
     // that is not there by now is trickled when it comes (`join_some(&mut map_task)` below).
     let mut port_mapped: Option<SocketAddr> = None;
@@ -183,7 +200,9 @@ pub async fn run(
     }
     if !relay_only {
         let ips = if args.host_ips.is_empty() {
-            gather::host_ips(&gather::interface_ips(), false)
+            let mut v = gather::host_ips(&gather::interface_ips(), false);
+            v.extend(host6.iter().copied());
+            v
         } else {
             args.host_ips.clone()
         };
@@ -191,8 +210,8 @@ pub async fn run(
             local_candidates.push(Candidate::host(SocketAddr::new(*ip, port), "udp").context("host candidate")?);
         }
         (report.mapping_varies, report.mapping_evidence) = observation::mapping_varies(&reflexive);
-        for r in &reflexive {
-            let base = SocketAddr::new(udp::local_ip_towards(r.server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
+        for r in reflexive.iter().chain(&reflexive6) {
+            let base = SocketAddr::new(udp::local_ip_towards(r.server).unwrap_or(unspecified(r.server)), port);
             if local_candidates.iter().any(|c| c.addr() == r.mapped) {
                 continue; // not behind a NAT toward this server: the host candidate covers it
             }
@@ -262,11 +281,17 @@ pub async fn run(
     let knowledge = Knowledge {
         ours_varies: report.mapping_varies,
         theirs_varies: theirs.mapping_varies,
-        their_srflx: remote_candidates.iter().find(|c| c.kind() == CandidateKind::ServerReflexive).map(|c| c.addr()),
+        // The birthday method works on IPv4 NATs: their v4 mapping.
+        their_srflx: remote_candidates
+            .iter()
+            .find(|c| c.kind() == CandidateKind::ServerReflexive && c.addr().is_ipv4())
+            .map(|c| c.addr()),
         relay_available: relay.is_some() || theirs.relay || remote_candidates.iter().any(is_relayed),
         relay_only,
         birthday_allowed: !args.no_birthday,
         port_mapped: port_mapped.is_some() || theirs.port_mapped.is_some(),
+        both_v6: local_candidates.iter().any(|c| c.addr().is_ipv6() && !is_relayed(c))
+            && remote_candidates.iter().any(|c| c.addr().is_ipv6() && !is_relayed(c)),
     };
     let mut plan = Plan::new(&knowledge, Instant::now());
     tracing::info!(?plan, "plan");
@@ -425,7 +450,7 @@ pub async fn run(
             },
             i = accept_some(role == Role::Answerer, &endpoint) => {
                 let conn = handshake(i, deadline).await?;
-                let remote = conn.remote_address();
+                let remote = dual_stack::unmap(conn.remote_address());
                 report.remote = Some(endpoint_of(remote, &remote_candidates));
                 // The prober's own verdict travels a longer way than the QUIC it let in: wait for it
                 // a moment, so the report says how this path was found.
@@ -450,7 +475,7 @@ pub async fn run(
             },
             i = accept_some(role == Role::Answerer, side_endpoint.as_ref().unwrap_or(&endpoint)), if side_endpoint.is_some() => {
                 let conn = handshake(i, deadline).await?;
-                let remote = conn.remote_address();
+                let remote = dual_stack::unmap(conn.remote_address());
                 report.remote = Some(endpoint_of(remote, &remote_candidates));
                 report.local = Some(birthday_local(birthday_found.and_then(|b| b.0), remote, &local_candidates));
                 break conn;
@@ -467,7 +492,7 @@ pub async fn run(
         Some(if relayed(&report.local) || relayed(&report.remote) { PathKind::Relay } else { PathKind::Direct });
     report.checks = ice.checks();
     mark_port_mapped(report, theirs.port_mapped, port_mapped, &ice);
-    tracing::info!(remote = %conn.remote_address(), "QUIC connected");
+    tracing::info!(remote = %dual_stack::unmap(conn.remote_address()), "QUIC connected");
 
     let pb = output::progress(opts, 0, "transfer");
     let work = async {
@@ -481,13 +506,19 @@ pub async fn run(
     tokio::pin!(work);
     // While the data moves, the path is watched and repaired (see `PathWatch`).
     let mut watch = PathWatch {
-        quic_remote: conn.remote_address(),
-        path_remote: conn.remote_address(),
+        quic_remote: dual_stack::unmap(conn.remote_address()),
+        path_remote: dual_stack::unmap(conn.remote_address()),
         lost: false,
         fresh_remotes: Vec::new(),
         fallback_at: None,
         awaiting_relayed: false,
-        our_mapped: local_candidates.iter().find(|c| c.kind() == CandidateKind::ServerReflexive).map(|c| c.addr()),
+        our_mapped: local_candidates
+            .iter()
+            .find(|c| {
+                c.kind() == CandidateKind::ServerReflexive
+                    && c.addr().is_ipv6() == dual_stack::unmap(conn.remote_address()).is_ipv6()
+            })
+            .map(|c| c.addr()),
         pending: None,
         regather_at: None,
     };
@@ -505,7 +536,7 @@ pub async fn run(
                         "the path to {remote} has not answered consent checks for {:.1} s: asking for our mapping again",
                         silent_for.as_secs_f64()
                     );
-                    ice.regather(stun_servers.clone());
+                    ice.regather(dual_stack::same_family(&stun_servers, watch.path_remote));
                     watch.regather_at = Some(Instant::now() + REGATHER_EVERY);
                 }
                 // The old pair answers again, or the agent nominated a new one to the same peer (the pair
@@ -594,7 +625,7 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 // quinn moved to a new, validated peer address (RFC 9000 §9): follow it.
-                let now_remote = conn.remote_address();
+                let now_remote = dual_stack::unmap(conn.remote_address());
                 if now_remote != watch.quic_remote {
                     tracing::warn!("the peer moved from {} to {now_remote}: QUIC migrated", watch.quic_remote);
                     report.path_changes.push(PathChange { at_ms: ms_since(joined), from: Some(watch.quic_remote), to: now_remote, why: PathChangeReason::PeerMoved });
@@ -628,7 +659,7 @@ pub async fn run(
                     watch.path_remote = to;
                 }
                 if watch.regather_at.is_some_and(|t| Instant::now() >= t) {
-                    ice.regather(stun_servers.clone());
+                    ice.regather(dual_stack::same_family(&stun_servers, watch.path_remote));
                     watch.regather_at = Some(Instant::now() + REGATHER_EVERY);
                 }
             }
@@ -705,6 +736,11 @@ async fn handshake(
 ) -> anyhow::Result<quinn::Connection> {
     let Some(incoming) = incoming else { anyhow::bail!("the QUIC endpoint closed") };
     Ok(tokio::time::timeout_at(deadline, incoming).await.context("QUIC handshake timed out")??)
+}
+
+/// The unspecified address of `addr`'s family (a candidate base when the route is unknown).
+fn unspecified(addr: SocketAddr) -> IpAddr {
+    if addr.is_ipv6() { IpAddr::from([0u16; 8]) } else { IpAddr::from([0, 0, 0, 0]) }
 }
 
 async fn sleep_until_some(at: Option<Instant>) {
