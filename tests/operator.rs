@@ -166,17 +166,21 @@ fn signal_metrics_pass_promtool_and_name_no_room_or_peer() {
         use tokio_tungstenite::tungstenite::Message;
         let (mut a, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("a");
         let (mut b, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("b");
+        // Joined one after the other (a's `created` first), so b's `created` names a's id.
+        let mut ids = Vec::new();
         for ws in [&mut a, &mut b] {
             ws.send(Message::Text(r#"{"type":"join","room":"room-alice"}"#.into())).await.expect("join");
+            let id = loop {
+                let frame = ws.next().await.expect("frame").expect("frame");
+                let v: serde_json::Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
+                if v["type"] == "created" {
+                    break v["id"].as_str().expect("own id").to_string();
+                }
+            };
+            ids.push(id);
         }
-        // b's `created` names a's id: send a an offer from b, and something refused.
-        let id_a = loop {
-            let frame = b.next().await.expect("frame").expect("frame");
-            let v: serde_json::Value = serde_json::from_str(frame.to_text().expect("text")).expect("json");
-            if v["type"] == "created" {
-                break v["peers"][0].as_str().expect("peer id").to_string();
-            }
-        };
+        let id_a = ids[0].clone();
+        // An offer from b to a, and something refused.
         b.send(Message::Text(format!(r#"{{"type":"offer","to":"{id_a}","sdp":"v=0"}}"#).into())).await.expect("offer");
         b.send(Message::Text("not json".into())).await.expect("garbage");
         loop {
