@@ -92,26 +92,6 @@ fn get_metrics(addr: &str) -> String {
     text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).expect("a body")
 }
 
-/// `promtool check metrics` on `text`: lint problems are a failure.
-fn promtool_accepts(what: &str, text: &str) {
-    let promtool = common::tools::require("promtool", "prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feeding promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    assert!(
-        out.status.success(),
-        "promtool check metrics on {what}:\n{}{}\n--- metrics ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Every label value on every sample line of `text`.
 fn label_values(text: &str) -> Vec<String> {
     text.lines()
@@ -147,7 +127,7 @@ fn relay_metrics_pass_promtool_and_name_no_user_or_peer() {
         assert_eq!(out.status.code(), Some(0), "turn-alloc over {transport}: {}", String::from_utf8_lossy(&out.stdout));
     }
     let text = get_metrics(&maddr);
-    promtool_accepts("natkit relay", &text);
+    common::promtool::accepts("natkit relay", &text);
     for value in label_values(&text) {
         assert!(
             !value.contains("alice") && !value.contains("127.0.0.1") && !value.chars().any(|c| c == ':'),
@@ -191,7 +171,7 @@ fn signal_metrics_pass_promtool_and_name_no_room_or_peer() {
         }
     });
     let text = get_metrics(&maddr);
-    promtool_accepts("natkit signal", &text);
+    common::promtool::accepts("natkit signal", &text);
     for value in label_values(&text) {
         assert!(
             !value.contains("room-alice") && !value.contains("127.0.0.1"),

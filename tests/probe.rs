@@ -72,26 +72,6 @@ fn sample(text: &str, name: &str) -> f64 {
         .expect("a number")
 }
 
-/// `promtool check metrics` on `text`: lint problems are a failure (copied from tests/operator.rs).
-fn promtool_accepts(what: &str, text: &str) {
-    let promtool = common::tools::require("promtool", "prometheus");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feeding promtool");
-    let out = child.wait_with_output().expect("promtool output");
-    assert!(
-        out.status.success(),
-        "promtool check metrics on {what}:\n{}{}\n--- metrics ---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn is_rfc3339_utc(s: &str) -> bool {
     let b = s.as_bytes();
     s.len() >= 20
@@ -153,7 +133,7 @@ fn probe_reports_every_run_serves_metrics_and_sees_the_relay_die() {
     assert_eq!(sample(&text, "natkit_probe_loss_ratio"), 0.0, "{text}");
     assert_eq!(sample(&text, "natkit_probe_warnings"), 0.0, "{text}");
     assert!(!text.contains("alice") && !text.contains(&relay.addr()), "no user or server in labels: {text}");
-    promtool_accepts("the probe's /metrics", &text);
+    common::promtool::accepts("the probe's /metrics", &text);
 
     relay.stop();
     // The run in flight when the relay stopped may still pass; a later one fails. Bounded:
@@ -173,7 +153,7 @@ fn probe_reports_every_run_serves_metrics_and_sees_the_relay_die() {
     assert_eq!(sample(&text, "natkit_probe_success"), 0.0, "{text}");
     assert!(sample(&text, "natkit_probe_failures_total") >= 1.0, "{text}");
     assert!(!text.contains("natkit_probe_rtt_seconds"), "no RTT kept from a passing run: {text}");
-    promtool_accepts("the probe's /metrics after a failed run", &text);
+    common::promtool::accepts("the probe's /metrics after a failed run", &text);
 
     let out = common::bounded::stop_with(child, libc::SIGINT);
     assert_eq!(

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod coturn;
 pub mod lab;
 pub mod miniupnpd;
+pub mod promtool;
 pub mod redis;
 pub mod relay;
 pub mod signal;
