@@ -609,3 +609,55 @@ fn connections_that_stall_after_their_headers_are_closed_at_the_idle_timeout() {
         assert_eq!(offer.once("from", &frame), &json!(id_a));
     });
 }
+
+/// A STUN Binding request (RFC 8489 §5) with a fixed transaction id, header only.
+fn binding_request(txid: [u8; 12]) -> Vec<u8> {
+    let mut m = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    m.extend_from_slice(&txid);
+    m
+}
+
+#[test]
+fn the_stun_port_drops_and_counts_a_flood_of_garbage_and_still_answers_bindings() {
+    const GARBAGE: u64 = 2_000;
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let server = SignalServer::start(&["--metrics", &metrics_addr]);
+    let _log = LogOnPanic(&server);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.connect(("127.0.0.1", server.port)).expect("connect udp");
+    udp.set_read_timeout(Some(std::time::Duration::from_millis(300))).expect("timeout");
+    // Random bytes, truncated headers, a Binding *response* and an Allocate: none is answered.
+    let mut allocate = binding_request([7; 12]);
+    allocate[1] = 0x03;
+    let mut response = binding_request([8; 12]);
+    response[0] = 0x01;
+    for i in 0..GARBAGE {
+        let junk: Vec<u8> = match i % 4 {
+            0 => (0..(i % 600) as usize).map(|k| (k as u8).wrapping_mul(31).wrapping_add(i as u8)).collect(),
+            1 => binding_request([9; 12])[..(i % 20) as usize].to_vec(),
+            2 => response.clone(),
+            _ => allocate.clone(),
+        };
+        let _ = udp.send(&junk);
+        // Paced so the kernel's socket buffer does not drop any: every datagram reaches the server.
+        if i % 50 == 49 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    let mut buf = [0u8; 1500];
+    assert!(udp.recv(&mut buf).is_err(), "nothing of the flood is answered");
+    // The server is still there for a real request, and says who we are.
+    udp.send(&binding_request([1; 12])).expect("binding");
+    udp.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("timeout");
+    let n = udp.recv(&mut buf).expect("a Binding success response after the flood");
+    assert_eq!(&buf[..2], &[0x01, 0x01], "a Binding success response");
+    assert_eq!(&buf[8..20], &[1; 12], "the transaction id echoed");
+    assert!(n >= 20 + 12, "with an XOR-MAPPED-ADDRESS");
+    rt().block_on(async {
+        let m = metric_reaches(&metrics_addr, "natkit_signal_stun_dropped_total", GARBAGE).await;
+        // Each counted once; a loaded machine's kernel may still lose a few before the server reads them.
+        let dropped = metric(&m, "natkit_signal_stun_dropped_total");
+        assert!((GARBAGE * 9 / 10..=GARBAGE).contains(&dropped), "{dropped} of {GARBAGE} counted: {m}");
+        assert_eq!(metric(&m, "natkit_signal_stun_answered_total"), 1, "{m}");
+    });
+}
