@@ -195,18 +195,7 @@ pub async fn audit(args: &TurnAllocArgs) -> anyhow::Result<TurnAllocReport> {
         timeout: Duration::from_secs_f64(args.timeout),
         credentials,
         tls,
-        report: TurnAllocReport {
-            ok: false,
-            server: args.server.clone(),
-            address: None,
-            transport,
-            relayed: None,
-            mapped: None,
-            lifetime_s: None,
-            steps: Vec::new(),
-            stats: None,
-            warnings: Vec::new(),
-        },
+        report: TurnAllocReport::not_run(args, transport),
         spec,
         bad_input: None,
     };
@@ -218,6 +207,24 @@ pub async fn audit(args: &TurnAllocArgs) -> anyhow::Result<TurnAllocReport> {
     list_steps_not_run(&mut ctx.report, args);
     ctx.report.ok = finished && ctx.report.steps.iter().all(|s| s.ok);
     Ok(ctx.report)
+}
+
+impl TurnAllocReport {
+    /// A report before any step ran: not ok, nothing learned yet.
+    fn not_run(args: &TurnAllocArgs, transport: Transport) -> Self {
+        TurnAllocReport {
+            ok: false,
+            server: args.server.clone(),
+            address: None,
+            transport,
+            relayed: None,
+            mapped: None,
+            lifetime_s: None,
+            steps: Vec::new(),
+            stats: None,
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// The transport to the server: `--transport`, else the URI's, else UDP.
@@ -285,24 +292,14 @@ async fn audit_run(args: &TurnAllocArgs, info: probe::RunInfo) -> anyhow::Result
                 .ok()
                 .and_then(|spec| transport_for(args, &spec).ok())
                 .unwrap_or(Transport::Udp);
-            let mut report = TurnAllocReport {
+            let mut report = TurnAllocReport::not_run(args, transport);
+            report.steps.push(Step {
+                name: StepName::Resolve,
                 ok: false,
-                server: args.server.clone(),
-                address: None,
-                transport,
-                relayed: None,
-                mapped: None,
-                lifetime_s: None,
-                steps: vec![Step {
-                    name: StepName::Resolve,
-                    ok: false,
-                    skipped: false,
-                    ms: 0.0,
-                    detail: format!("{e:#}"),
-                }],
-                stats: None,
-                warnings: Vec::new(),
-            };
+                skipped: false,
+                ms: 0.0,
+                detail: format!("{e:#}"),
+            });
             list_steps_not_run(&mut report, args);
             Ok(report)
         }
