@@ -9,6 +9,10 @@
 //! `rooms::LocalDelivery`, which the hub implements. Outboxes are bounded: a
 //! client that stops reading is disconnected rather than allowed to grow the
 //! server's memory.
+//!
+//! A `/ws` connection's outbox is its socket (`ws_out`): a delivery is framed
+//! and written there by the delivering task, with no hop through the
+//! recipient's task. socket.io connections keep a channel to their writer task.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,6 +25,7 @@ use crate::signal::metrics::Metrics;
 use crate::signal::protocol::{ClientMessage, IceServer, MessageKind, PeerId, Refusal, RoomId, ServerMessage};
 use crate::signal::redis::Backplane;
 use crate::signal::rooms::{Delivery, LocalDelivery, Rooms};
+use crate::signal::ws_out::{Pushed, WsOut, text_frame};
 
 /// Messages queued for one client before it counts as not reading.
 pub const OUTBOX_CAPACITY: usize = 512;
@@ -31,8 +36,16 @@ pub enum Backend {
     Redis(Arc<Backplane>),
 }
 
+/// Where a connection's messages go.
+enum Outbox {
+    /// To the connection's own task (socket.io).
+    Queue(mpsc::Sender<ServerMessage>),
+    /// Straight into its WebSocket (`/ws`).
+    Direct(Arc<WsOut>),
+}
+
 pub struct Hub {
-    outboxes: Mutex<HashMap<PeerId, mpsc::Sender<ServerMessage>>>,
+    outboxes: Mutex<HashMap<PeerId, Outbox>>,
     backend: Backend,
     pub metrics: Arc<Metrics>,
 }
@@ -54,8 +67,13 @@ impl Hub {
     /// Registers a connection; the receiver yields what it must send.
     pub fn attach(&self, peer: &PeerId) -> mpsc::Receiver<ServerMessage> {
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
-        lock(&self.outboxes).insert(peer.clone(), tx);
+        lock(&self.outboxes).insert(peer.clone(), Outbox::Queue(tx));
         rx
+    }
+
+    /// Registers a `/ws` connection whose messages are written straight into its socket.
+    pub fn attach_direct(&self, peer: &PeerId, out: Arc<WsOut>) {
+        lock(&self.outboxes).insert(peer.clone(), Outbox::Direct(out));
     }
 
     /// Handles one accepted message from `from`.
@@ -126,23 +144,51 @@ impl Hub {
 
     /// Queues one message for a local connection; a full outbox disconnects it.
     pub fn deliver(&self, d: Delivery) -> bool {
-        let mut outboxes = lock(&self.outboxes);
-        let Some(tx) = outboxes.get(&d.to) else { return false };
         let kind = d.msg.kind();
-        match tx.try_send(d.msg) {
-            Ok(()) => {
+        let direct = {
+            let mut outboxes = lock(&self.outboxes);
+            match outboxes.get(&d.to) {
+                None => return false,
+                Some(Outbox::Direct(out)) => out.clone(),
+                Some(Outbox::Queue(tx)) => {
+                    return match tx.try_send(d.msg) {
+                        Ok(()) => {
+                            self.metrics.sent(kind);
+                            true
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            // Dropping the only sender ends the connection's writer, which closes it.
+                            self.slow(&d.to);
+                            outboxes.remove(&d.to);
+                            false
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    };
+                }
+            }
+        };
+        // Framed and written outside the lock: other deliveries go on meanwhile.
+        match direct.push(&text_frame(d.msg.to_json().as_bytes())) {
+            Pushed::Written | Pushed::Queued => {
                 self.metrics.sent(kind);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Dropping the only sender ends the connection's writer, which closes it.
-                tracing::warn!(peer = %d.to, "client is not reading its messages; disconnecting it");
-                self.metrics.dropped_slow.fetch_add(1, Relaxed);
-                outboxes.remove(&d.to);
+            Pushed::Full => {
+                // The connection's task sees it closed and ends it.
+                self.slow(&d.to);
+                let mut outboxes = lock(&self.outboxes);
+                if matches!(outboxes.get(&d.to), Some(Outbox::Direct(o)) if Arc::ptr_eq(o, &direct)) {
+                    outboxes.remove(&d.to);
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Pushed::Closed => false,
         }
+    }
+
+    fn slow(&self, peer: &PeerId) {
+        tracing::warn!(peer = %peer, "client is not reading its messages; disconnecting it");
+        self.metrics.dropped_slow.fetch_add(1, Relaxed);
     }
 
     pub fn is_local(&self, peer: &PeerId) -> bool {

@@ -16,3 +16,4 @@ pub mod rooms;
 pub mod server;
 pub mod socketio;
 pub mod stun_udp;
+pub mod ws_out;

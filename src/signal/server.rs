@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{Request, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -38,12 +37,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::error::UsageError;
 use crate::net::conn_limit::{ConnLimiter, ConnRefusal, accept_with_backoff};
 use crate::signal::app::App;
 use crate::signal::conn_io::ConnIo;
-use crate::signal::hub::{Backend, Hub};
+use crate::signal::hub::{Backend, Hub, OUTBOX_CAPACITY};
 use crate::signal::ice::IceConfig;
 use crate::signal::limits::{Gate, Limits, Verdict};
 use crate::signal::metrics::{Metrics, Transport};
@@ -51,6 +55,7 @@ use crate::signal::origin::{OriginPolicy, OriginVerdict};
 use crate::signal::protocol::{ErrorCode, PeerId, ServerMessage};
 use crate::signal::redis::{Backplane, Presence};
 use crate::signal::rooms::Rooms;
+use crate::signal::ws_out::{Duplex, SharedWriter, WsOut};
 
 /// The video-chat page, embedded: no build step, no CDN.
 pub const PAGE_HTML: &str = include_str!("page/index.html");
@@ -353,25 +358,63 @@ async fn ice_servers(
         .into_response()
 }
 
+/// The RFC 6455 §4.2 opening handshake, checked as axum's `WebSocketUpgrade`
+/// does (same refusals); done here so the upgraded socket stays ours: its write
+/// side is shared with the tasks that deliver to it (`ws_out`).
 async fn ws_upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    ws: WebSocketUpgrade,
+    req: axum::extract::Request,
 ) -> Response {
-    let cap = app.limits.hard_frame_cap();
-    // tungstenite's default read buffer is 128 KiB, allocated and filled per
-    // connection: 10,000 idle members cost 1.4 GiB. Signaling messages are a
-    // few KiB; the buffer grows for a larger frame (up to `cap`) and a write
-    // goes out at once instead of waiting in a second buffer.
-    ws.read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(0)
-        .max_message_size(cap)
-        .max_frame_size(cap)
-        .on_upgrade(move |socket| serve_ws(app, socket, remote))
+    use axum::http::{Method, StatusCode};
+    let (mut parts, _body) = req.into_parts();
+    let has =
+        |name: header::HeaderName, token: &str| {
+            parts.headers.get_all(name).iter().any(|v| {
+                v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            })
+        };
+    let refused = if parts.method != Method::GET {
+        Some((StatusCode::METHOD_NOT_ALLOWED, "Request method must be `GET`"))
+    } else if !has(header::CONNECTION, "upgrade") {
+        Some((StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'"))
+    } else if !parts.headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+        Some((StatusCode::BAD_REQUEST, "`Upgrade` header did not include 'websocket'"))
+    } else if !parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13") {
+        Some((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` header did not include '13'"))
+    } else {
+        None
+    };
+    if let Some(r) = refused {
+        return r.into_response();
+    }
+    let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "`Sec-WebSocket-Key` header missing").into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket request couldn't be upgraded since no upgrade state was present",
+        )
+            .into_response();
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => serve_ws(app, upgraded, remote).await,
+            Err(e) => tracing::debug!(%remote, "WebSocket upgrade failed: {e}"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [(header::CONNECTION, "upgrade"), (header::UPGRADE, "websocket")],
+        [(header::SEC_WEBSOCKET_ACCEPT, accept)],
+    )
+        .into_response()
 }
 
 fn text(msg: &ServerMessage) -> Message {
-    Message::Text(msg.to_json().into())
+    Message::text(msg.to_json())
 }
 
 /// A connection over a cap: a canned 503 (the `/ws` error object as body),
@@ -404,16 +447,28 @@ fn refuse(tcp: TcpStream, remote: SocketAddr, limit: &str, lingering: &Arc<Semap
 }
 
 /// One `/ws` connection from upgrade to close.
-async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
-    // Not split: a split socket puts a lock (BiLock) on every read and write;
-    // the select! branches below take the socket one at a time instead.
-    let mut socket = socket;
+async fn serve_ws(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, remote: SocketAddr) {
+    let cap = app.limits.hard_frame_cap();
+    // tungstenite's default read buffer is 128 KiB, allocated and filled per
+    // connection: 10,000 idle members cost 1.4 GiB. Signaling messages are a
+    // few KiB; the buffer grows for a larger frame (up to `cap`) and a write
+    // goes out at once instead of waiting in a second buffer.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(cap))
+        .max_frame_size(Some(cap));
+    let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+    // The write side is shared: deliveries to this peer are written by the delivering task.
+    let out = WsOut::new(write, OUTBOX_CAPACITY);
+    let io = Duplex { read, write: SharedWriter(out.clone()) };
+    let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let metrics = app.hub.metrics.clone();
     metrics.opened(Transport::WebSocket);
     let peer = PeerId::random();
     tracing::debug!(%remote, %peer, "connected");
     let ice = app.ice.for_client(remote.ip(), SystemTime::now());
-    let mut outbox = app.hub.attach(&peer);
+    app.hub.attach_direct(&peer, out.clone());
     let mut gate = Gate::new(app.limits, Instant::now());
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + app.ping_interval, app.ping_interval);
     let dead_after = app.ping_interval * 2;
@@ -435,7 +490,7 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
                 let verdict = match frame {
                     Message::Text(t) => gate.on_text(t.as_str(), now),
                     Message::Binary(b) => gate.on_binary(b.len(), now),
-                    Message::Ping(_) | Message::Pong(_) => continue,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     Message::Close(_) => break "closed by client",
                 };
                 let verdict = match verdict {
@@ -455,7 +510,7 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
                 if close {
                     metrics.closed_for_abuse.fetch_add(1, Relaxed);
                     tracing::warn!(%peer, %remote, "closing: too many refused messages ({})", r.message);
-                    let bye = CloseFrame { code: 1008, reason: "too many refused messages".into() };
+                    let bye = CloseFrame { code: CloseCode::Policy, reason: "too many refused messages".into() };
                     let _ = send(&mut socket, Message::Close(Some(bye))).await;
                     break "too many refused messages";
                 }
@@ -463,10 +518,10 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
                     break "write failed";
                 }
             }
-            out = outbox.recv() => {
-                let Some(msg) = out else { break "not reading its messages" };
-                if send(&mut socket, text(&msg)).await.is_err() {
-                    break "write failed";
+            () = out.wanted() => {
+                // Deliveries the socket did not take at once (or the hub found this client not reading).
+                if drain(&out).await.is_err() {
+                    break "not reading its messages";
                 }
             }
             _ = ping.tick() => {
@@ -481,6 +536,7 @@ async fn serve_ws(app: Arc<App>, socket: WebSocket, remote: SocketAddr) {
         }
     };
     tracing::debug!(%peer, %remote, "disconnected: {why}");
+    out.close();
     app.hub.disconnect(&peer).await;
     metrics.closed(Transport::WebSocket);
 }
@@ -502,6 +558,14 @@ where
         t.as_mut().poll(cx).map(|()| Err(()))
     })
     .await
+}
+
+/// Writes out what deliveries left pending, with the same [`SEND_TIMEOUT`] as [`send`].
+async fn drain(out: &WsOut) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_TIMEOUT, std::future::poll_fn(|cx| out.poll_drain(cx))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// The rustls server config: a certificate made now, or one from files.
