@@ -1,0 +1,97 @@
+//! `/ws` deliveries are written straight into the recipient's socket by the
+//! delivering task (`signal::ws_out`, issue 18). What that must not break,
+//! against the real binary: a member that stops reading is still cut off (and
+//! its peer still served), and a burst of relayed frames arrives whole and in
+//! order.
+
+mod common;
+#[path = "common/raw_clients.rs"]
+mod raw_clients;
+
+use common::signal::{SignalServer, rt};
+use raw_clients::RawWs;
+use serde_json::{Value, json};
+
+const SLOW: &str = r#"natkit_signal_connections_dropped_total{reason="slow_consumer"}"#;
+
+fn metric(addr: &str, sample: &str) -> u64 {
+    let (status, text) = common::signal::http_get(addr, "/metrics");
+    assert!(status.contains("200"), "GET /metrics: {status}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
+}
+
+#[test]
+fn a_member_that_never_reads_is_cut_off_and_its_peer_is_still_served() {
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let server = SignalServer::start(&["--metrics", &metrics_addr, "--max-rate", "1000000"]);
+    rt().block_on(async {
+        let mut a = RawWs::connect(&server.ws_url(), None).await.expect("a connects");
+        let mut b = RawWs::connect(&server.ws_url(), None).await.expect("b connects");
+        let a_id = a.join("slow").await;
+        let b_id = b.join("slow").await;
+        let _ = a.recv_type("joined").await;
+        // b never reads again. 60 kB offers fill the kernel's buffers (a few MB on
+        // loopback), then the 512 frames the server keeps for a client; the next is refused.
+        let sdp = "v".repeat(60_000);
+        let mut sent = 0;
+        while sent < 2_000 && metric(&metrics_addr, SLOW) == 0 {
+            for _ in 0..100 {
+                a.send(json!({"type":"offer","to":b_id,"sdp":sdp}).to_string()).await;
+            }
+            sent += 100;
+        }
+        let mut cut = metric(&metrics_addr, SLOW);
+        for _ in 0..50 {
+            if cut == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            cut = metric(&metrics_addr, SLOW);
+        }
+        assert_eq!(cut, 1, "b was not cut off after {sent} offers of 60 kB; log:\n{}", server.log_text());
+        // a hears that b left, and a new member reaches a.
+        let (exit, text) = a.recv_type("exit").await;
+        assert_eq!(exit.once("from", &text), &Value::from(b_id.clone()));
+        let mut c = RawWs::connect(&server.ws_url(), None).await.expect("c connects");
+        let c_id = c.join("slow").await;
+        c.send(json!({"type":"offer","to":a_id,"sdp":"hello"}).to_string()).await;
+        let (offer, text) = a.recv_type("offer").await;
+        assert_eq!(offer.once("from", &text), &Value::from(c_id));
+        assert_eq!(offer.once("sdp", &text), &Value::from("hello"));
+    });
+}
+
+#[test]
+fn a_burst_of_relayed_frames_arrives_whole_and_in_order() {
+    let server = SignalServer::start(&["--max-rate", "1000000", "--max-frame", "262144"]);
+    rt().block_on(async {
+        let mut a = RawWs::connect(&server.ws_url(), None).await.expect("a connects");
+        let mut b = RawWs::connect(&server.ws_url(), None).await.expect("b connects");
+        let a_id = a.join("order").await;
+        let b_id = b.join("order").await;
+        let _ = a.recv_type("joined").await;
+        const N: usize = 3_000;
+        let send = async {
+            for i in 0..N {
+                // Sizes vary across the 7-bit, 16-bit and 64-bit length forms of RFC 6455 §5.2.
+                let sdp = format!("{i} {}", "s".repeat([10, 200, 70_000][i % 3]));
+                a.send(json!({"type":"offer","to":b_id,"sdp":sdp}).to_string()).await;
+            }
+        };
+        let recv = async {
+            for i in 0..N {
+                let (offer, text) = b.recv_type("offer").await;
+                offer.assert_no_duplicates(&text);
+                assert_eq!(offer.once("from", &text), &Value::from(a_id.clone()));
+                let sdp = offer.once("sdp", &text).as_str().expect("sdp is a string").to_string();
+                let (n, pad) = sdp.split_once(' ').expect("numbered sdp");
+                assert_eq!(n.parse::<usize>().expect("a number"), i, "frames out of order");
+                assert_eq!(pad.len(), [10, 200, 70_000][i % 3]);
+            }
+        };
+        tokio::join!(send, recv);
+    });
+}
