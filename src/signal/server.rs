@@ -378,9 +378,9 @@ async fn ws_upgrade(
         Some((StatusCode::METHOD_NOT_ALLOWED, "Request method must be `GET`"))
     } else if !has(header::CONNECTION, "upgrade") {
         Some((StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'"))
-    } else if !parts.headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
+    } else if parts.headers.get(header::UPGRADE).is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
         Some((StatusCode::BAD_REQUEST, "`Upgrade` header did not include 'websocket'"))
-    } else if !parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13") {
+    } else if parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
         Some((StatusCode::BAD_REQUEST, "`Sec-WebSocket-Version` header did not include '13'"))
     } else {
         None
