@@ -178,6 +178,19 @@ impl Gatherer {
         r.channels_at.get_or_insert(now + CHANNEL_REFRESH);
     }
 
+    /// The channel bound to `peer`, once the server confirmed it (punch frames GSO batches to it).
+    pub fn bound_channel(&self, peer: SocketAddr) -> Option<u16> {
+        let r = self.relay.as_ref()?;
+        r.channels.get(&peer).filter(|c| c.bound).map(|c| c.number)
+    }
+
+    /// Every bound channel and its peer, into `out` (at most its length; returns how many).
+    pub fn bound_channels(&self, out: &mut [(u16, SocketAddr)]) -> usize {
+        let Some(r) = self.relay.as_ref() else { return 0 };
+        let bound = r.channels.iter().filter(|(_, c)| c.bound).map(|(p, c)| (c.number, *p));
+        out.iter_mut().zip(bound).map(|(slot, b)| *slot = b).count()
+    }
+
     /// Sends `data` to `peer` through the TURN allocation: over its channel when bound, else in a
     /// Send indication, making a permission first if needed.
     pub fn send_relayed(&mut self, peer: SocketAddr, data: &[u8], now: Instant) {

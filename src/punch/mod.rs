@@ -1,6 +1,7 @@
 //! `punch` pieces: the socket shared by ICE, TURN and QUIC, the ICE agent driver,
 //! the TURN relay link, QUIC authenticated by exchanged fingerprints, and what runs over it.
 
+pub mod batch;
 pub mod birthday;
 pub mod birthday_driver;
 pub mod consent;

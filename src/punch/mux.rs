@@ -15,6 +15,13 @@
 //! where it arrived; QUIC to a peer routed through the relay is wrapped on
 //! the way out.
 //!
+//! Reads and writes go through quinn-udp's `UdpSocketState`, as quinn's own socket does: a QUIC
+//! batch leaves in one GSO `sendmsg`, reads take up to 32 datagrams per `recvmmsg` and GRO hands
+//! over runs of same-sized datagrams from one address in one buffer, with ECN both ways. Every
+//! segment of such a buffer is demultiplexed on its own (`punch::batch`): a STUN check that the
+//! kernel coalesced among QUIC packets still reaches the agent. Through the relay, a batch is
+//! framed as ChannelData in one buffer and sent to the TURN server with GSO too.
+//!
 //! A peer that moved ([`MuxSocket::redirect`]): quinn's client never follows a server to a new
 //! address (RFC 9000 §9 lets only clients migrate), so when ICE has proved the QUIC server's new
 //! address (its NAT forgot and it re-punched; or its relayed address when the path falls back to the
@@ -28,19 +35,20 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 
-use quinn::udp::{RecvMeta, Transmit};
+use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
-use tokio::io::ReadBuf;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::punch::batch::{self, Kind, Packer};
 use crate::punch::birthday::is_birthday;
 use crate::punch::dual_stack::unmap;
 use crate::punch::relay_link::RelayLink;
-use crate::stun::message::looks_like_stun;
+use crate::turn::channel_data;
 
 /// An endpoint config for a socket shared with STUN: no fixed-bit greasing,
 /// so every QUIC packet starts with 0x40–0x7F or ≥ 0xC0.
@@ -69,6 +77,9 @@ pub struct Diverted {
 
 pub struct MuxSocket {
     socket: Arc<UdpSocket>,
+    /// quinn-udp's view of the socket: GSO sends, GRO and recvmmsg reads, ECN both ways. None
+    /// where it could not be set up: then one datagram per system call, as plain sockets do.
+    state: Option<UdpSocketState>,
     stun: mpsc::UnboundedSender<StunDatagram>,
     birthday: mpsc::UnboundedSender<StunDatagram>,
     relay: Option<Arc<RelayLink>>,
@@ -80,6 +91,10 @@ pub struct MuxSocket {
     follow_relayed: std::sync::Mutex<Option<SocketAddr>>,
     /// The socket is IPv6 (dual-stack): quinn then names IPv4 peers as IPv4-mapped IPv6.
     v6: bool,
+    /// Where a GSO batch for the relay is framed as ChannelData (reused: no allocation per batch).
+    framed: std::sync::Mutex<Vec<u8>>,
+    /// A send error other than a full buffer was logged (once: UDP errors are not fatal).
+    send_error_logged: AtomicBool,
 }
 
 /// The peer's address as QUIC knows it, and where the peer is now.
@@ -116,8 +131,18 @@ impl MuxSocket {
         let (stun, stun_rx) = mpsc::unbounded_channel();
         let (birthday, birthday_rx) = mpsc::unbounded_channel();
         let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        let state = match UdpSocketState::new((&*socket).into()) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::warn!("no GSO/GRO on the punch socket ({e}): one datagram per system call");
+                None
+            }
+        };
         let mux = MuxSocket {
             v6,
+            state,
+            framed: std::sync::Mutex::new(Vec::new()),
+            send_error_logged: AtomicBool::new(false),
             socket,
             stun,
             birthday,
@@ -166,17 +191,189 @@ impl MuxSocket {
         self.redirect.lock().map(|r| *r).unwrap_or_default()
     }
 
-    /// A pending ICMP error (from an old check to a dead candidate) surfaces on
-    /// the next send; quinn would take it as fatal, so it is absorbed here and
-    /// the datagram sent again (QUIC recovers from the odd loss anyway).
-    fn send_one(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
-        match self.socket.try_send_to(bytes, to) {
-            Err(e) if is_transient(&e) => match self.socket.try_send_to(bytes, to) {
-                Err(e) if is_transient(&e) => Ok(()),
-                r => r.map(|_| ()),
-            },
-            r => r.map(|_| ()),
+    /// Sends one transmit (a GSO batch when `segment_size` is set). A pending ICMP error (from an
+    /// old check to a dead candidate) surfaces on the next send and eats it; quinn would take it as
+    /// fatal, so it is absorbed here and the batch sent again. Other errors are logged once and the
+    /// batch is lost, as the network could lose it (quinn's own socket does the same); only a full
+    /// buffer is returned, so quinn waits for the socket to drain.
+    fn send_transmit(&self, t: &Transmit) -> io::Result<()> {
+        for _ in 0..2 {
+            let r = match &self.state {
+                Some(state) => self.socket.try_io(Interest::WRITABLE, || state.try_send((&*self.socket).into(), t)),
+                None => self.send_plain(t),
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                Err(e) if is_transient(&e) => continue,
+                // An MTU probe larger than the interface: quinn's path MTU discovery learns from the loss.
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => return Ok(()),
+                Err(e) => {
+                    if !self.send_error_logged.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("sending to {} failed: {e} (logged once; QUIC retransmits)", t.destination);
+                    }
+                    return Ok(());
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Without quinn-udp: each datagram of the batch on its own.
+    fn send_plain(&self, t: &Transmit) -> io::Result<()> {
+        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        for chunk in t.contents.chunks(seg) {
+            self.socket.try_send_to(chunk, t.destination)?;
+        }
+        Ok(())
+    }
+
+    /// QUIC for a peer behind our TURN relay: over its channel, the whole batch framed as
+    /// ChannelData and sent to the server with GSO; before the channel is bound, one Send
+    /// indication per datagram (the first few packets only).
+    fn send_relayed(&self, relay: &RelayLink, to: SocketAddr, t: &Transmit) -> io::Result<()> {
+        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        let Some(channel) = relay.bound_channel(to) else {
+            for chunk in t.contents.chunks(seg) {
+                relay.send(to, chunk);
+            }
+            return Ok(());
+        };
+        let mut framed = self.framed.lock().unwrap_or_else(|e| e.into_inner());
+        let stride = batch::frame_channel_data(&mut framed, channel, t.contents, seg);
+        let out = Transmit {
+            destination: self.for_quinn(relay.server()),
+            // The relay does not carry our ECN marks to the peer.
+            ecn: None,
+            contents: &framed,
+            segment_size: (t.contents.len() > seg).then_some(stride),
+            src_ip: None,
+        };
+        self.send_transmit(&out)
+    }
+
+    /// One read: up to `bufs.len()` datagrams (GRO batches) with quinn-udp, else one.
+    fn poll_read(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.socket.poll_recv_ready(cx))?;
+            let r = match &self.state {
+                Some(state) => {
+                    self.socket.try_io(Interest::READABLE, || state.recv((&*self.socket).into(), bufs, meta))
+                }
+                None => self.read_plain(bufs, meta),
+            };
+            match r {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // ICMP errors from an earlier send: not quinn's concern, the checks time out on their own.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn read_plain(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        let (Some(first), Some(m)) = (bufs.first_mut(), meta.first_mut()) else { return Ok(0) };
+        let (len, addr) = self.socket.try_recv_from(first)?;
+        *m = RecvMeta { addr, len, stride: len, ecn: None, dst_ip: None };
+        Ok(1)
+    }
+
+    /// Sorts one received buffer (one datagram, or a GRO batch from one address): STUN to the ICE
+    /// side, QUIC packed to the front of `buf` for quinn. Returns quinn's meta for what is left.
+    fn demux(&self, buf: &mut [u8], m: RecvMeta) -> Option<RecvMeta> {
+        // A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d (see punch::dual_stack).
+        let from = unmap(m.addr);
+        if let Some(relay) = self.relay.as_ref().filter(|r| r.server() == from) {
+            return self.demux_relayed(relay, buf, m);
+        }
+        let mut packed = Packer::default();
+        for (a, b) in batch::segments(m.len, m.stride) {
+            match batch::classify(&buf[a..b]) {
+                Kind::Stun => self.divert(from, None, &buf[a..b]),
+                Kind::Quic if packed.push_within(buf, a, b) => {}
+                _ => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if packed.is_empty() {
+            return None;
+        }
+        let addr = self.for_quinn(self.redirection().incoming(from));
+        Some(RecvMeta { addr, len: packed.len(), stride: packed.stride(), ecn: m.ecn, dst_ip: None })
+    }
+
+    /// A buffer from our TURN server: ChannelData from peers (unwrapped in place, one lock for the
+    /// channel table per buffer), and the server's own STUN (answers, Data indications) for the link.
+    fn demux_relayed(&self, relay: &RelayLink, buf: &mut [u8], m: RecvMeta) -> Option<RecvMeta> {
+        let mut channels = [(0u16, SocketAddr::from(([0, 0, 0, 0], 0))); 4];
+        let bound = relay.bound_channels(&mut channels);
+        let channels = &channels[..bound];
+        let mut packed = Packer::default();
+        let mut peer: Option<SocketAddr> = None;
+        for (a, b) in batch::segments(m.len, m.stride) {
+            let on_channel = channel_data::parse(&buf[a..b]).and_then(|(number, data)| {
+                let p = channels.iter().find(|(n, _)| *n == number)?.1;
+                Some((p, a + channel_data::HEADER, a + channel_data::HEADER + data.len()))
+            });
+            let kept = match on_channel {
+                Some((p, from, to)) => match batch::classify(&buf[from..to]) {
+                    Kind::Quic if peer.is_none_or(|q| q == p) => {
+                        peer = Some(p);
+                        packed.push_within(buf, from, to)
+                    }
+                    Kind::Stun => {
+                        let relayed = relay.relayed();
+                        let _ = self.stun.send(StunDatagram { from: p, to: relayed, bytes: buf[from..to].to_vec() });
+                        true
+                    }
+                    _ => false,
+                },
+                // The server's own messages, a Data indication, or a channel bound since the table was read.
+                None => match relay.input(&buf[a..b]) {
+                    None => true,
+                    Some(inner) => match batch::classify(&inner.data) {
+                        Kind::Stun => {
+                            let _ = self.stun.send(StunDatagram {
+                                from: inner.peer,
+                                to: Some(inner.relayed),
+                                bytes: inner.data,
+                            });
+                            true
+                        }
+                        Kind::Quic if peer.is_none_or(|q| q == inner.peer) => {
+                            peer = Some(inner.peer);
+                            packed.push_bytes(buf, &inner.data)
+                        }
+                        _ => false,
+                    },
+                },
+            };
+            if !kept {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let peer = peer.filter(|_| !packed.is_empty())?;
+        // QUIC through the relay: answers go back the same way.
+        relay.route(peer);
+        if let Some(known) = self.follow_relayed.lock().ok().and_then(|f| *f)
+            && self.redirection().outgoing(known) != peer
+        {
+            self.redirect(known, peer);
+        }
+        let addr = self.for_quinn(self.redirection().incoming(peer));
+        Some(RecvMeta { addr, len: packed.len(), stride: packed.stride(), ecn: None, dst_ip: None })
+    }
+
+    fn divert(&self, from: SocketAddr, to: Option<SocketAddr>, bytes: &[u8]) {
+        let d = StunDatagram { from, to, bytes: bytes.to_vec() };
+        let _ = if is_birthday(bytes) { self.birthday.send(d) } else { self.stun.send(d) };
     }
 }
 
@@ -222,22 +419,17 @@ impl AsyncUdpSocket for MuxSocket {
         // speak plain IPv4 (see punch::dual_stack).
         let to = self.redirection().outgoing(unmap(transmit.destination));
         if let Some(relay) = self.relay.as_ref().filter(|r| r.is_routed(to)) {
-            let seg = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
-            for chunk in transmit.contents.chunks(seg) {
-                relay.send(to, chunk);
-            }
-            return Ok(());
+            return self.send_relayed(relay, to, transmit);
         }
-        match transmit.segment_size {
-            // We announce one segment per transmit, so quinn never batches; be safe anyway.
-            Some(seg) if seg < transmit.contents.len() => {
-                for chunk in transmit.contents.chunks(seg) {
-                    self.send_one(chunk, to)?;
-                }
-                Ok(())
-            }
-            _ => self.send_one(transmit.contents, to),
-        }
+        let out = Transmit {
+            destination: self.for_quinn(to),
+            ecn: transmit.ecn,
+            contents: transmit.contents,
+            segment_size: transmit.segment_size,
+            // We never tell quinn which address a datagram came to, so it never picks a source.
+            src_ip: None,
+        };
+        self.send_transmit(&out)
     }
 
     fn poll_recv(
@@ -246,56 +438,35 @@ impl AsyncUdpSocket for MuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let Some(first) = bufs.first_mut() else { return Poll::Ready(Ok(0)) };
         loop {
-            let mut rb = ReadBuf::new(first);
-            let from = match self.socket.poll_recv_from(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
-                // ICMP errors from an earlier send: not quinn's concern, the checks time out on their own.
-                Poll::Ready(Err(e)) if is_transient(&e) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                // A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d (see punch::dual_stack).
-                Poll::Ready(Ok(from)) => unmap(from),
-            };
-            let filled = rb.filled();
-            let len = filled.len();
-            if let Some(relay) = self.relay.as_ref().filter(|r| r.server() == from) {
-                let Some(inner) = relay.input(filled) else { continue };
-                if looks_like_stun(&inner.data) {
-                    let _ =
-                        self.stun.send(StunDatagram { from: inner.peer, to: Some(inner.relayed), bytes: inner.data });
-                    continue;
+            let n = ready!(self.poll_read(cx, bufs, meta))?;
+            // What is left for quinn moves down to the first free slot.
+            let mut out = 0;
+            for i in 0..n.min(bufs.len()).min(meta.len()) {
+                let Some(kept) = self.demux(&mut bufs[i][..meta[i].len], meta[i]) else { continue };
+                if out != i {
+                    let (front, back) = bufs.split_at_mut(i);
+                    front[out][..kept.len].copy_from_slice(&back[0][..kept.len]);
                 }
-                let n = inner.data.len();
-                if n == 0 || inner.data[0] < 0x40 || n > first.len() {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                // QUIC through the relay: answers go back the same way.
-                relay.route(inner.peer);
-                if let Some(known) = self.follow_relayed.lock().ok().and_then(|f| *f)
-                    && self.redirection().outgoing(known) != inner.peer
-                {
-                    self.redirect(known, inner.peer);
-                }
-                first[..n].copy_from_slice(&inner.data);
-                let addr = self.for_quinn(self.redirection().incoming(inner.peer));
-                meta[0] = RecvMeta { addr, len: n, stride: n, ecn: None, dst_ip: None };
-                return Poll::Ready(Ok(1));
+                meta[out] = kept;
+                out += 1;
             }
-            if looks_like_stun(filled) {
-                let d = StunDatagram { from, to: None, bytes: filled.to_vec() };
-                let _ = if is_birthday(filled) { self.birthday.send(d) } else { self.stun.send(d) };
-                continue;
+            if out > 0 {
+                return Poll::Ready(Ok(out));
             }
-            if len == 0 || filled[0] < 0x40 {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let addr = self.for_quinn(self.redirection().incoming(from));
-            meta[0] = RecvMeta { addr, len, stride: len, ecn: None, dst_ip: None };
-            return Poll::Ready(Ok(1));
         }
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.state.as_ref().map_or(1, |s| s.max_gso_segments())
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.state.as_ref().map_or(1, |s| s.gro_segments())
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.state.as_ref().is_none_or(|s| s.may_fragment())
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

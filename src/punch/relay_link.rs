@@ -101,6 +101,17 @@ impl RelayLink {
         self.flush(&mut g);
     }
 
+    /// The channel bound to `peer`: QUIC batches to it are framed by the mux and sent with GSO
+    /// in one system call (`punch::batch`); None while the binding is on its way (then [`Self::send`]).
+    pub fn bound_channel(&self, peer: SocketAddr) -> Option<u16> {
+        self.lock().bound_channel(peer)
+    }
+
+    /// The bound channels, for the mux to unwrap a batch of ChannelData under one lock.
+    pub fn bound_channels(&self, out: &mut [(u16, SocketAddr)]) -> usize {
+        self.lock().bound_channels(out)
+    }
+
     /// Sends `data` to `peer` through the relay.
     pub fn send(&self, peer: SocketAddr, data: &[u8]) {
         let mut g = self.lock();
