@@ -31,6 +31,7 @@ TEST_PACKAGES=(
   chromium chromium-driver   # browser interop tests
   firefox-esr       # browser interop tests (its WebDriver, geckodriver, comes from crates.io below)
   iperf3 jq         # bench-punch: anchor and JSON
+  linux-perf        # bench-punch: CPU per byte (perf stat task-clock) and PERF_RECORD profiles
   procps psmisc     # ps/pkill used by benches
   stun-client       # Debian's classic RFC 3489 client (stun), tried against natkit relay
   stun-server       # Debian's classic RFC 3489 server (stund): nat-type's CHANGED-ADDRESS path
