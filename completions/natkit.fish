@@ -108,6 +108,8 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb-timeout -
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb-max-pending -d 'Requests waiting for a user database lookup, in total (dropped beyond)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb-max-pending-per-ip -d 'Requests waiting for a user database lookup per source IP (dropped beyond)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics-max-connections -d 'Connections the --metrics endpoint holds at once (an eighth of them per source address; refused beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics-header-timeout -d 'Seconds a --metrics client has to send its whole request head before it is closed' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l config -d 'Read options from a coturn turnserver.conf (flags given here win)' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l workers -d 'Worker threads, each with its own SO_REUSEPORT socket per UDP listen address [default: half the CPU count, 1 to 8]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-loopback-peers -d 'Let clients relay to loopback addresses (127.0.0.0/8, ::1)'

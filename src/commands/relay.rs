@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::cli::RelayArgs;
 use crate::error::{Status, UsageError, usage};
 use crate::net::conn_limit::raise_nofile_limit;
+use crate::net::metrics_http::MetricsLimits;
 use crate::net::relay_driver::{self, ConnLimits, DriverConfig, Stop};
 use crate::output::{self, OutputOptions, Render};
 use crate::relay::coturn_conf::{self, CoturnConf, NatkitChoices};
@@ -641,6 +642,10 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         ports,
         workers,
         metrics,
+        metrics_limits: MetricsLimits::with_cap(
+            args.metrics_max_connections as usize,
+            Duration::from_secs(args.metrics_header_timeout),
+        ),
         limits,
         drain_timeout: Duration::from_secs(args.drain_timeout),
         userdb,

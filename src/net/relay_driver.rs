@@ -45,6 +45,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::net::conn_limit::{ConnLimiter, ConnPermit, ConnRefusal, accept_with_backoff};
+use crate::net::metrics_http::{self, MetricsLimits, Paths};
 use crate::net::mmsg::{BATCH, RecvBatch, send_many};
 use crate::net::stream::take_frame;
 use crate::net::transport::Transport;
@@ -69,6 +70,8 @@ pub struct DriverConfig {
     pub ports: (u16, u16),
     pub workers: usize,
     pub metrics: Option<SocketAddr>,
+    /// Connections and header time the `--metrics` endpoint allows.
+    pub metrics_limits: MetricsLimits,
     pub limits: ConnLimits,
     /// Longest drain after [`Stop::Drain`] before the remaining allocations are ended.
     pub drain_timeout: Duration,
@@ -496,7 +499,7 @@ pub async fn run(
         tasks.spawn(userdb_redis::serve(db, userdb_rx, Arc::new(answer)));
     }
     if let Some(l) = metrics {
-        tasks.spawn(serve_metrics(shared.clone(), l));
+        tasks.spawn(serve_metrics(shared.clone(), l, cfg.metrics_limits));
     }
 
     if let Some(Stop::Drain) = requests.recv().await {
@@ -998,30 +1001,14 @@ async fn sweeper(shared: Arc<Shared>) {
     }
 }
 
-async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            // Read (and ignore) the request head; any GET gets the metrics.
-            let mut head = [0u8; 2048];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                use tokio::io::AsyncReadExt;
-                let _ = stream.read(&mut head).await;
-            })
-            .await;
-            let body = {
-                let core = shared.lock();
-                crate::relay::metrics_text::render(&core, &shared.counters_snapshot())
-            };
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+/// `--metrics`: the whole request head is read before the answer, within
+/// bounded time and size, with a cap on connections ([`metrics_http`]).
+async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener, limits: MetricsLimits) {
+    metrics_http::serve(listener, limits, Paths::Any, "relay", move || {
+        let core = shared.lock();
+        crate::relay::metrics_text::render(&core, &shared.counters_snapshot())
+    })
+    .await
 }
 
 impl Shared {
