@@ -155,8 +155,16 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
     let bound = relay_driver::bind(&plan.driver).await.map_err(|e| UsageError::new(e.to_string()))?;
     // After the bind: a pidfile names a process that serves (or none, when the bind failed).
     let _pidfile = conf.pidfile.as_deref().map(PidFile::write).transpose()?;
+    let userdb = match (&plan.driver.userdb, &plan.core.userdb) {
+        (Some(d), Some(c)) => format!(
+            "; users also from {} (cached {} s)",
+            crate::relay::userdb_redis::redacted(&d.url),
+            c.cache_ttl.as_secs()
+        ),
+        _ => String::new(),
+    };
     let start_line = format!(
-        "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}",
+        "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}{userdb}",
         plan.listening.join(", "),
         plan.driver.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
         plan.driver.ports.0,
