@@ -108,6 +108,11 @@ fn turnadmin_users_allocate_next_to_flag_users_and_a_user_added_later_works_with
     assert_eq!(try_allocate(&relay, "nobody", "x"), (MessageClass::ErrorResponse, Some(401)));
     add_user(redis.port, "bob", "builder");
     assert!(allocates(&relay, "bob", "builder"), "a user added while the relay runs, without a restart");
+    add_user(redis.port, "frank", "overtcp");
+    assert!(
+        turn_alloc_ok(&relay, &["--transport", "tcp", "-u", "frank", "-p", "overtcp"]),
+        "a lookup for a request over TCP"
+    );
     let text = get_metrics(&maddr);
     common::promtool::accepts("natkit relay with --userdb", &text);
     assert!(metric(&text, "natkit_relay_userdb_lookups_total") >= 3, "{text}");

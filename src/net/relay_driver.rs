@@ -450,7 +450,7 @@ pub async fn run(
     let udp: HashMap<SocketAddr, Arc<UdpSocket>> =
         udp_sockets.iter().map(|(a, socks)| (*a, socks[0].clone())).collect();
     let userdb = match &cfg.userdb {
-        Some(c) => Some(Arc::new(RedisUserDb::new(c).map_err(|e| StartError::UserDb(e))?)),
+        Some(c) => Some(Arc::new(RedisUserDb::new(c).map_err(StartError::UserDb)?)),
         None => None,
     };
     let (userdb_tx, userdb_rx) = mpsc::unbounded_channel();

@@ -269,6 +269,7 @@ impl Server {
 
     /// A TCP or TLS client went away: its allocation goes with it (RFC 8656 §7).
     pub fn client_closed(&mut self, client: FiveTuple) {
+        self.forget_parked(client);
         if let Some(relay) = self.allocs.relay_of_client(&client)
             && self.allocs.remove(relay).is_some()
         {

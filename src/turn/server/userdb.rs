@@ -253,6 +253,21 @@ impl UserDb {
         parked
     }
 
+    /// Drops the requests `client` has parked (its TCP/TLS connection closed:
+    /// an Allocate run later would make an allocation nobody can use).
+    fn forget(&mut self, client: FiveTuple) {
+        let mut gone = Vec::new();
+        for waiting in self.pending.values_mut() {
+            let (from_client, keep): (Vec<Parked>, Vec<Parked>) = waiting.drain(..).partition(|p| p.from == client);
+            *waiting = keep;
+            gone.extend(from_client);
+        }
+        self.pending.retain(|_, w| !w.is_empty());
+        for p in &gone {
+            self.unpark(p);
+        }
+    }
+
     /// Forgets expired cache entries and parked requests whose lookup never came back.
     fn sweep(&mut self, now: Instant) {
         self.cache.retain(|_, (_, exp)| now < *exp);
@@ -313,6 +328,14 @@ impl Server {
             db.answering = None;
         }
         out
+    }
+
+    pub(super) fn forget_parked(&mut self, client: FiveTuple) {
+        if let Some(db) = self.userdb.as_mut()
+            && db.pending_count > 0
+        {
+            db.forget(client);
+        }
     }
 
     pub(super) fn sweep_userdb(&mut self, now: Instant) {
@@ -477,6 +500,20 @@ mod tests {
         assert_eq!(db.known("carol", t0 + Duration::from_millis(500)), Some(UserDbAnswer::Unavailable));
         assert_eq!(db.known("alice", t0 + Duration::from_millis(500)), Some(found));
         assert_eq!(db.known("carol", t0 + DOWN_FOR), None, "then a lookup is tried again");
+    }
+
+    #[test]
+    fn a_closed_connection_takes_its_parked_requests_with_it() {
+        let t0 = Instant::now();
+        let mut db = UserDb::new(cfg());
+        let tcp = FiveTuple { transport: Transport::Tcp, ..ft("198.51.100.1", 1) };
+        db.park(lookup("bob"), tcp, b"x", t0);
+        db.park(lookup("bob"), ft("198.51.100.2", 1), b"y", t0);
+        db.forget(tcp);
+        assert_eq!(db.pending(), 1);
+        let parked = db.answer("bob", &UserDbAnswer::Found(UserRecord::default()), t0);
+        assert_eq!(parked.len(), 1);
+        assert_eq!(parked[0].packet, b"y");
     }
 
     #[test]
