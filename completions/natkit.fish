@@ -101,7 +101,15 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-user-rate -
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l auth-max-backoff -d 'Longest lock of an address or username after failed logins, in seconds' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l unauth-burst -d 'Bytes of unauthenticated answers (Binding, 401 challenges, unsigned errors) one source address may get at once over UDP' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l unauth-rate -d 'Bytes per second of unauthenticated answers one source address gets over UDP after the burst' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb -d 'Users and REST secrets from coturn\'s Redis user database (as `turnadmin -a`/`-s` write them), next to --user/--secret: redis://[:PASS@]HOST:PORT[/DB], or coturn\'s "ip=H port=N dbname=N password=P" [default: the config file\'s redis-userdb]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb-cache -d 'Seconds an answer of the user database (user found or not) is cached; a user added or deleted with turnadmin is seen after at most this long' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb-cache-size -d 'Usernames the user database cache holds at most' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb-timeout -d 'Milliseconds to wait for the user database (connection or lookup) before answering 500 [default: 1000, or the config file\'s connect_timeout]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb-max-pending -d 'Requests waiting for a user database lookup, in total (dropped beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l userdb-max-pending-per-ip -d 'Requests waiting for a user database lookup per source IP (dropped beyond)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics -d 'Serve Prometheus metrics over HTTP on this address' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics-max-connections -d 'Connections the --metrics endpoint holds at once (an eighth of them per source address; refused beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l metrics-header-timeout -d 'Seconds a --metrics client has to send its whole request head before it is closed' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l config -d 'Read options from a coturn turnserver.conf (flags given here win)' -r -F
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l workers -d 'Worker threads, each with its own SO_REUSEPORT socket per UDP listen address [default: half the CPU count, 1 to 8]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l allow-loopback-peers -d 'Let clients relay to loopback addresses (127.0.0.0/8, ::1)'

@@ -168,9 +168,45 @@ pub struct RelayArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=1_073_741_824))]
     pub unauth_rate: u32,
 
+    /// Users and REST secrets from coturn's Redis user database (as `turnadmin -a`/`-s` write them), next to
+    /// --user/--secret: redis://[:PASS@]HOST:PORT[/DB], or coturn's "ip=H port=N dbname=N password=P"
+    /// [default: the config file's redis-userdb]
+    #[arg(long, value_name = "URL", env = "NATKIT_RELAY_USERDB", hide_env_values = true)]
+    pub userdb: Option<String>,
+
+    /// Seconds an answer of the user database (user found or not) is cached; a user added or deleted with
+    /// turnadmin is seen after at most this long
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub userdb_cache: u64,
+
+    /// Usernames the user database cache holds at most
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=100_000_000))]
+    pub userdb_cache_size: u32,
+
+    /// Milliseconds to wait for the user database (connection or lookup) before answering 500
+    /// [default: 1000, or the config file's connect_timeout]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub userdb_timeout: Option<u64>,
+
+    /// Requests waiting for a user database lookup, in total (dropped beyond)
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub userdb_max_pending: u32,
+
+    /// Requests waiting for a user database lookup per source IP (dropped beyond)
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub userdb_max_pending_per_ip: u32,
+
     /// Serve Prometheus metrics over HTTP on this address
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+
+    /// Connections the --metrics endpoint holds at once (an eighth of them per source address; refused beyond)
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub metrics_max_connections: u32,
+
+    /// Seconds a --metrics client has to send its whole request head before it is closed
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub metrics_header_timeout: u64,
 
     /// Read options from a coturn turnserver.conf (flags given here win)
     #[arg(long, value_name = "FILE")]

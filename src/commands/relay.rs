@@ -18,14 +18,17 @@ use serde::Serialize;
 use crate::cli::RelayArgs;
 use crate::error::{Status, UsageError, usage};
 use crate::net::conn_limit::raise_nofile_limit;
+use crate::net::metrics_http::MetricsLimits;
 use crate::net::relay_driver::{self, ConnLimits, DriverConfig, Stop};
 use crate::output::{self, OutputOptions, Render};
 use crate::relay::coturn_conf::{self, CoturnConf, NatkitChoices};
 use crate::relay::log_file;
+use crate::relay::userdb_redis::{RedisUserDbConfig, parse_target};
 use crate::turn::server::auth::AuthFailure;
 use crate::turn::server::peer_policy::{Cidr, PeerPolicyConfig, Refusal};
 use crate::turn::server::throttle::ThrottleConfig;
 use crate::turn::server::unauth_limit::UnauthLimitConfig;
+use crate::turn::server::userdb::UserDbConfig;
 use crate::turn::server::{Rfc5780, ServerConfig, Stats};
 
 /// What the relay did, printed when it stops.
@@ -142,7 +145,7 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
     {
         tracing::warn!("{w}");
     }
-    if plan.core.users.is_empty() && plan.core.secret.is_none() && !opts.quiet {
+    if plan.core.users.is_empty() && plan.core.secret.is_none() && plan.core.userdb.is_none() && !opts.quiet {
         tracing::warn!("no --user and no --secret: STUN is answered, every TURN allocation is refused (401)");
     }
     // Handlers before the first socket: a signal that comes as soon as the port answers is not lost.
@@ -152,8 +155,16 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
     let bound = relay_driver::bind(&plan.driver).await.map_err(|e| UsageError::new(e.to_string()))?;
     // After the bind: a pidfile names a process that serves (or none, when the bind failed).
     let _pidfile = conf.pidfile.as_deref().map(PidFile::write).transpose()?;
+    let userdb = match (&plan.driver.userdb, &plan.core.userdb) {
+        (Some(d), Some(c)) => format!(
+            "; users also from {} (cached {} s)",
+            crate::relay::userdb_redis::redacted(&d.url),
+            c.cache_ttl.as_secs()
+        ),
+        _ => String::new(),
+    };
     let start_line = format!(
-        "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}",
+        "natkit relay: listening on {}; relaying from {} ports {}-{}; file descriptors {}{userdb}",
         plan.listening.join(", "),
         plan.driver.relay_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" and "),
         plan.driver.ports.0,
@@ -612,6 +623,7 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         },
         ..ServerConfig::default()
     };
+    let (core, userdb) = userdb_plan(args, conf, core)?;
     let mut listening: Vec<String> = Vec::new();
     for a in &listen {
         listening.push(format!("udp+tcp {a}"));
@@ -638,8 +650,36 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
         ports,
         workers,
         metrics,
+        metrics_limits: MetricsLimits::with_cap(
+            args.metrics_max_connections as usize,
+            Duration::from_secs(args.metrics_header_timeout),
+        ),
         limits,
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        userdb,
     };
     Ok(Plan { core, driver, listening })
+}
+
+/// `--userdb` (or the file's `redis-userdb`): the core's cache and parking
+/// limits and the driver's Redis address and timeout.
+fn userdb_plan(
+    args: &RelayArgs,
+    conf: &CoturnConf,
+    mut core: ServerConfig,
+) -> Result<(ServerConfig, Option<RedisUserDbConfig>), UsageError> {
+    let Some(raw) = args.userdb.as_deref().or(conf.redis_userdb.as_deref()) else {
+        return Ok((core, None));
+    };
+    let (url, conf_timeout) = parse_target(raw).map_err(|e| UsageError::new(format!("bad --userdb: {e}")))?;
+    let timeout = args.userdb_timeout.map(Duration::from_millis).or(conf_timeout).unwrap_or(Duration::from_secs(1));
+    core.userdb = Some(UserDbConfig {
+        cache_ttl: Duration::from_secs(args.userdb_cache),
+        max_cached: args.userdb_cache_size as usize,
+        max_pending: args.userdb_max_pending as usize,
+        max_pending_per_source: args.userdb_max_pending_per_ip as usize,
+        // Past the driver's own timeout with room to spare: only a lost answer gets here.
+        pending_timeout: timeout * 2 + Duration::from_secs(1),
+    });
+    Ok((core, Some(RedisUserDbConfig { url, timeout })))
 }

@@ -3,6 +3,7 @@
 
 pub mod address_class;
 pub mod conn_limit;
+pub mod metrics_http;
 pub mod mmsg;
 pub mod port_holder;
 pub mod relay_driver;

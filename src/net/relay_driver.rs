@@ -45,13 +45,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::net::conn_limit::{ConnLimiter, ConnPermit, ConnRefusal, accept_with_backoff};
+use crate::net::metrics_http::{self, MetricsLimits, Paths};
 use crate::net::mmsg::{BATCH, RecvBatch, send_many};
 use crate::net::stream::take_frame;
 use crate::net::transport::Transport;
 use crate::relay::metrics_text::DriverSnapshot;
+use crate::relay::userdb_redis::{self, RedisUserDb, RedisUserDbConfig};
 use crate::turn::channel_data::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{
-    Family, FiveTuple, RelayId, RelayOpenError, RelayPorts, Server, ServerConfig, Stats, Target,
+    Family, FiveTuple, RelayId, RelayOpenError, RelayPorts, Server, ServerConfig, Stats, Target, userdb::Lookup,
 };
 
 /// Where to listen and relay.
@@ -68,9 +70,13 @@ pub struct DriverConfig {
     pub ports: (u16, u16),
     pub workers: usize,
     pub metrics: Option<SocketAddr>,
+    /// Connections and header time the `--metrics` endpoint allows.
+    pub metrics_limits: MetricsLimits,
     pub limits: ConnLimits,
     /// Longest drain after [`Stop::Drain`] before the remaining allocations are ended.
     pub drain_timeout: Duration,
+    /// The shared user database (`--userdb`): the core's lookups are carried out there.
+    pub userdb: Option<RedisUserDbConfig>,
 }
 
 /// What the operator asked for (the command maps signals to these).
@@ -143,6 +149,8 @@ pub enum StartError {
     PortHeld { addr: SocketAddr, holder: String },
     #[error("cannot serve metrics on {addr}: {source}{holder} (try another --metrics)")]
     Metrics { addr: SocketAddr, source: io::Error, holder: String },
+    #[error("{0}")]
+    UserDb(String),
 }
 
 impl StartError {
@@ -370,6 +378,8 @@ struct Shared {
     limits: ConnLimits,
     /// Set once a refusal of each kind ([`ConnRefusal`]) has been logged: one line per kind, then counts.
     refusal_logged: [AtomicBool; 2],
+    /// Where the core's user database lookups go (`--userdb`).
+    userdb: Option<mpsc::UnboundedSender<Lookup>>,
 }
 
 /// Largest datagram handled; bigger ones are truncated by the kernel and dropped by the core.
@@ -408,6 +418,15 @@ impl Shared {
         }
     }
 
+    /// Hands the core's user database lookups to the Redis task (the core bounds how many are in flight).
+    fn forward_lookups(&self, core: &mut Server) {
+        if let Some(tx) = &self.userdb {
+            while let Some(l) = core.poll_userdb_lookup() {
+                let _ = tx.send(l);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Server> {
         // A panic inside the core would poison the lock; the state is still usable, keep serving.
         self.core.lock().unwrap_or_else(|p| p.into_inner())
@@ -430,6 +449,11 @@ pub async fn run(
 
     let udp: HashMap<SocketAddr, Arc<UdpSocket>> =
         udp_sockets.iter().map(|(a, socks)| (*a, socks[0].clone())).collect();
+    let userdb = match &cfg.userdb {
+        Some(c) => Some(Arc::new(RedisUserDb::new(c).map_err(StartError::UserDb)?)),
+        None => None,
+    };
+    let (userdb_tx, userdb_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
         udp,
@@ -439,6 +463,7 @@ pub async fn run(
         limiter: ConnLimiter::new(cfg.limits.max_connections, cfg.limits.max_per_ip),
         limits: cfg.limits,
         refusal_logged: Default::default(),
+        userdb: userdb.is_some().then_some(userdb_tx),
     });
 
     // Worker i serves socket i of every UDP listen address.
@@ -458,8 +483,23 @@ pub async fn run(
         tasks.spawn(accept_loop(shared.clone(), addr, listener, tls));
     }
     tasks.spawn(sweeper(shared.clone()));
+    if let Some(db) = userdb {
+        let s = shared.clone();
+        let answer = move |l: Lookup, a| {
+            let out = {
+                let mut core = s.lock();
+                let out = core.handle_userdb_answer(&l, a, Instant::now());
+                s.forward_lookups(&mut core);
+                out
+            };
+            for (target, payload) in out {
+                s.deliver(target, &payload);
+            }
+        };
+        tasks.spawn(userdb_redis::serve(db, userdb_rx, Arc::new(answer)));
+    }
     if let Some(l) = metrics {
-        tasks.spawn(serve_metrics(shared.clone(), l));
+        tasks.spawn(serve_metrics(shared.clone(), l, cfg.metrics_limits));
     }
 
     if let Some(Stop::Drain) = requests.recv().await {
@@ -639,6 +679,7 @@ impl UdpWorker {
                     }
                 }
             }
+            self.shared.forward_lookups(&mut core);
             drop(core);
             if n < BATCH {
                 // A short batch: the socket is empty, the edge is consumed.
@@ -868,7 +909,9 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
             deadline = tokio::time::Instant::now() + shared.limits.idle;
             let t = {
                 let mut core = shared.lock();
-                core.handle_client(ft, &frame, Instant::now()).map(|t| (t.target, t.payload.to_vec()))
+                let t = core.handle_client(ft, &frame, Instant::now()).map(|t| (t.target, t.payload.to_vec()));
+                shared.forward_lookups(&mut core);
+                t
             };
             if let Some((target, payload)) = t {
                 match target {
@@ -958,30 +1001,14 @@ async fn sweeper(shared: Arc<Shared>) {
     }
 }
 
-async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            // Read (and ignore) the request head; any GET gets the metrics.
-            let mut head = [0u8; 2048];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                use tokio::io::AsyncReadExt;
-                let _ = stream.read(&mut head).await;
-            })
-            .await;
-            let body = {
-                let core = shared.lock();
-                crate::relay::metrics_text::render(&core, &shared.counters_snapshot())
-            };
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+/// `--metrics`: the whole request head is read before the answer, within
+/// bounded time and size, with a cap on connections ([`metrics_http`]).
+async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener, limits: MetricsLimits) {
+    metrics_http::serve(listener, limits, Paths::Any, "relay", move || {
+        let core = shared.lock();
+        crate::relay::metrics_text::render(&core, &shared.counters_snapshot())
+    })
+    .await
 }
 
 impl Shared {

@@ -52,6 +52,8 @@ pub struct CoturnConf {
     pub stale_nonce: Option<u64>,
     /// `alternate-server` (repeatable in coturn): natkit's `--alternate-server` takes the first.
     pub alternate_servers: Vec<SocketAddr>,
+    /// `redis-userdb`: coturn's connection string (`ip=.. dbname=.. password=.. port=..`), natkit's `--userdb`.
+    pub redis_userdb: Option<String>,
     /// Options natkit does not implement, in file order, each once.
     pub unknown: Vec<String>,
 }
@@ -78,9 +80,10 @@ pub fn not_implemented_reason(option: &str) -> &'static str {
             "natkit has no web admin; use --metrics"
         }
         "prometheus" | "prometheus-port" => "use --metrics ADDR (Prometheus text)",
-        "userdb" | "db" | "redis-userdb" | "psql-userdb" | "mysql-userdb" | "mongo-userdb" | "redis-statsdb" => {
-            "users come from --user, user= lines or the REST --secret"
+        "userdb" | "db" | "psql-userdb" | "mysql-userdb" | "mongo-userdb" => {
+            "of coturn's user databases natkit reads Redis (redis-userdb, --userdb); move the users with turnadmin"
         }
+        "redis-statsdb" => "allocation status is not written to Redis; use --metrics",
         "oauth" | "server-name" => "third-party authorization (RFC 7635) is not implemented",
         "max-bps" | "bps-capacity" => "bandwidth caps are not implemented",
         "channel-lifetime" | "permission-lifetime" | "max-allocate-lifetime" => {
@@ -153,6 +156,7 @@ pub fn parse(text: &str) -> Result<CoturnConf, String> {
             },
             "no-stdout-log" => c.no_stdout_log = true,
             "pidfile" => c.pidfile = Some(PathBuf::from(need()?)),
+            "redis-userdb" => c.redis_userdb = Some(need()?),
             // coturn: a bare `stale-nonce` means 600 s.
             "stale-nonce" => {
                 let secs = if value.is_empty() { 600 } else { value.parse().map_err(|_| at("expected seconds"))? };
@@ -254,6 +258,16 @@ impl CoturnConf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_userdb_is_read_and_other_user_databases_are_explained() {
+        let c =
+            parse("redis-userdb=\"ip=127.0.0.1 dbname=2 password=pw port=6380 connect_timeout=5\"\npsql-userdb=x\n")
+                .unwrap();
+        assert_eq!(c.redis_userdb.as_deref(), Some("ip=127.0.0.1 dbname=2 password=pw port=6380 connect_timeout=5"));
+        assert_eq!(c.unknown, vec!["psql-userdb"]);
+        assert!(not_implemented_reason("psql-userdb").contains("turnadmin"));
+    }
 
     #[test]
     fn reads_the_common_options() {

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use crate::turn::server::auth::AuthFailure;
 use crate::turn::server::peer_policy::Refusal;
 use crate::turn::server::throttle::Offender;
+use crate::turn::server::userdb::UserDbStats;
 use crate::turn::server::{ErrorCode, Server};
 
 /// Counters the driver keeps (connections, send errors).
@@ -196,5 +197,49 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         "Pauses of accept because the process ran out of file descriptors (EMFILE/ENFILE).",
         &[("", driver.accept_paused)],
     );
+    if let Some(u) = core.userdb_stats() {
+        userdb(&mut o, u, core.userdb_pending());
+    }
     o
+}
+
+/// The shared user database (`--userdb`); absent without one.
+fn userdb(o: &mut String, u: &UserDbStats, pending: usize) {
+    metric(o, "userdb_lookups_total", "counter", "Lookups sent to the user database.", &[("", u.lookups)]);
+    metric(
+        o,
+        "userdb_cache_hits_total",
+        "counter",
+        "Credential checks answered from the user cache.",
+        &[("", u.cache_hits)],
+    );
+    metric(
+        o,
+        "userdb_cache_misses_total",
+        "counter",
+        "Credential checks the user cache could not answer.",
+        &[("", u.cache_misses)],
+    );
+    metric(
+        o,
+        "userdb_errors_total",
+        "counter",
+        "Lookups that failed: the user database was down, slow or refused.",
+        &[("", u.errors)],
+    );
+    metric(
+        o,
+        "userdb_unavailable_total",
+        "counter",
+        "Requests answered 500 because the user database could not be asked.",
+        &[("", u.unavailable_answers)],
+    );
+    metric(
+        o,
+        "userdb_pending_dropped_total",
+        "counter",
+        "Requests dropped while waiting for a lookup (too many waiting, in total or from one address, or too long).",
+        &[("", u.pending_dropped)],
+    );
+    metric(o, "userdb_pending", "gauge", "Requests waiting for a user database lookup now.", &[("", pending as u64)]);
 }

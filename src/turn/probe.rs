@@ -20,9 +20,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::http::header;
-use axum::routing::get;
+use crate::net::metrics_http::{self, MetricsLimits, Paths};
 
 /// What the probe keeps of one run: only values with a fixed label set.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,19 +235,15 @@ where
     }
 }
 
-/// Serves `GET /metrics` from `state` until the task is dropped. axum (hyper) bounds
-/// the request head; one render per scrape, under the lock for microseconds.
+/// Serves `GET /metrics` from `state` until the task is dropped: the whole
+/// request head is read first, within a header timeout, with a cap on
+/// connections ([`metrics_http`]); one render per scrape, under the lock for
+/// microseconds.
 pub async fn serve_metrics(listener: tokio::net::TcpListener, state: SharedState) {
-    let router = Router::new().route(
-        "/metrics",
-        get(move || {
-            let text = state.lock().unwrap_or_else(PoisonError::into_inner).render();
-            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
-        }),
-    );
-    if let Err(e) = axum::serve(listener, router).await {
-        tracing::warn!("probe metrics endpoint stopped: {e}");
-    }
+    metrics_http::serve(listener, MetricsLimits::default(), Paths::Only("/metrics"), "turn-alloc", move || {
+        state.lock().unwrap_or_else(PoisonError::into_inner).render()
+    })
+    .await
 }
 
 /// A sample value as Prometheus reads it (integers without a fraction).

@@ -11,6 +11,7 @@ use super::allocation::MAX_LIFETIME;
 use super::peer_policy::PeerPolicyConfig;
 use super::throttle::ThrottleConfig;
 use super::unauth_limit::UnauthLimitConfig;
+use super::userdb::UserDbConfig;
 
 /// The RFC 5780 responder: two IPs and two ports; a request that arrives on
 /// (ip i, port j) names (ip 1-i, port 1-j) in OTHER-ADDRESS, and CHANGE-REQUEST
@@ -73,6 +74,8 @@ pub struct ServerConfig {
     pub throttle: ThrottleConfig,
     /// Bytes of unauthenticated answers per source IP over UDP (amplification).
     pub unauth: UnauthLimitConfig,
+    /// Users and REST secrets from a shared database (`--userdb`), looked up through the driver.
+    pub userdb: Option<UserDbConfig>,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             alternate_server: None,
             throttle: ThrottleConfig::default(),
             unauth: UnauthLimitConfig::default(),
+            userdb: None,
         }
     }
 }

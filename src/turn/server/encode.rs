@@ -4,16 +4,11 @@
 //! FINGERPRINT (§14.7) when the request had one, and SOFTWARE only in
 //! success answers.
 
-use stun_rs::attributes::stun::{
-    ErrorCode as ErrorCodeAttr, Fingerprint, MessageIntegrity, MessageIntegritySha256, Software,
-};
-use stun_rs::{
-    Algorithm, AlgorithmId, HMACKey, MessageClass, MessageEncoderBuilder, MessageMethod, StunAttribute,
-    StunMessageBuilder, TransactionId,
-};
+use stun_rs::attributes::stun::{ErrorCode as ErrorCodeAttr, Software};
+use stun_rs::{MessageClass, MessageEncoderBuilder, MessageMethod, StunAttribute, StunMessageBuilder, TransactionId};
 
-use super::Server;
-use super::auth::{IntegrityKind, UserKey};
+use super::auth::{IntegrityKind, MESSAGE_INTEGRITY, MESSAGE_INTEGRITY_SHA256, UserKey};
+use super::{Server, fingerprint};
 use crate::stun::message::HEADER_LEN;
 
 /// The STUN/TURN error codes this server answers with (RFC 8489 §14.8, RFC 8656 §19).
@@ -32,10 +27,12 @@ pub enum ErrorCode {
     PeerAddressFamilyMismatch,
     AllocationQuotaReached,
     InsufficientCapacity,
+    /// 500: the user database cannot be asked (temporary; the client tries again).
+    ServerError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::TryAlternate,
         ErrorCode::BadRequest,
         ErrorCode::Unauthenticated,
@@ -49,6 +46,7 @@ impl ErrorCode {
         ErrorCode::PeerAddressFamilyMismatch,
         ErrorCode::AllocationQuotaReached,
         ErrorCode::InsufficientCapacity,
+        ErrorCode::ServerError,
     ];
 
     pub fn code(self) -> u16 {
@@ -66,6 +64,7 @@ impl ErrorCode {
             ErrorCode::PeerAddressFamilyMismatch => 443,
             ErrorCode::AllocationQuotaReached => 486,
             ErrorCode::InsufficientCapacity => 508,
+            ErrorCode::ServerError => 500,
         }
     }
 
@@ -84,6 +83,7 @@ impl ErrorCode {
             ErrorCode::PeerAddressFamilyMismatch => "Peer Address Family Mismatch",
             ErrorCode::AllocationQuotaReached => "Allocation Quota Reached",
             ErrorCode::InsufficientCapacity => "Insufficient Capacity",
+            ErrorCode::ServerError => "Server Error",
         }
     }
 
@@ -152,33 +152,70 @@ impl Server {
             b = b.with_attribute(s);
         }
         self.reply_signed = signed.is_some();
-        if let Some((user, kind)) = signed {
-            match HMACKey::new_long_term(
-                &user.username,
-                self.auth.realm(),
-                &user.password,
-                Algorithm::from(AlgorithmId::MD5),
-            ) {
-                Ok(key) => {
-                    b = match kind {
-                        IntegrityKind::Sha1 => b.with_attribute(MessageIntegrity::new(key)),
-                        IntegrityKind::Sha256 => b.with_attribute(MessageIntegritySha256::new(key)),
-                    }
-                }
-                Err(e) => tracing::debug!("cannot sign the answer for {}: {e:?}", user.username),
-            }
-        }
-        if std::mem::take(&mut self.reply_fingerprint) {
-            b = b.with_attribute(Fingerprint::default());
-        }
+        let fingerprint = std::mem::take(&mut self.reply_fingerprint);
         let encoder = MessageEncoderBuilder::default().build();
-        match encoder.encode(&mut self.scratch, &b.build()) {
-            Ok(n) if n >= HEADER_LEN => Some(n),
-            Ok(_) => None,
+        let n = match encoder.encode(&mut self.scratch, &b.build()) {
+            Ok(n) if n >= HEADER_LEN => n,
+            Ok(_) => return None,
             Err(e) => {
                 tracing::warn!("encoding an answer failed: {e:?}");
-                None
+                return None;
             }
-        }
+        };
+        // Integrity and FINGERPRINT by hand, with the key itself: a user from
+        // the user database is known only by its key (MD5(user:realm:pass)),
+        // which stun-rs cannot take.
+        let n = match signed {
+            Some((user, kind)) => append_integrity(&mut self.scratch, n, &user.key, kind)?,
+            None => n,
+        };
+        if fingerprint { append_fingerprint(&mut self.scratch, n) } else { Some(n) }
     }
+}
+
+/// Appends MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 (RFC 8489 §14.5,
+/// §14.6) to the message in `buf[..n]`: the HMAC covers the message with its
+/// header length already counting the attribute.
+fn append_integrity(buf: &mut [u8], n: usize, key: &[u8], kind: IntegrityKind) -> Option<usize> {
+    use hmac::{Hmac, Mac};
+    let (attr, len) = match kind {
+        IntegrityKind::Sha1 => (MESSAGE_INTEGRITY, 20),
+        IntegrityKind::Sha256 => (MESSAGE_INTEGRITY_SHA256, 32),
+    };
+    let end = n + 4 + len;
+    if end > buf.len() {
+        return None;
+    }
+    let body = (end - HEADER_LEN) as u16;
+    buf[2..4].copy_from_slice(&body.to_be_bytes());
+    let mac: Vec<u8> = match kind {
+        IntegrityKind::Sha1 => {
+            let mut m = <Hmac<sha1::Sha1> as Mac>::new_from_slice(key).ok()?;
+            m.update(&buf[..n]);
+            m.finalize().into_bytes().to_vec()
+        }
+        IntegrityKind::Sha256 => {
+            let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).ok()?;
+            m.update(&buf[..n]);
+            m.finalize().into_bytes().to_vec()
+        }
+    };
+    buf[n..n + 2].copy_from_slice(&attr.to_be_bytes());
+    buf[n + 2..n + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    buf[n + 4..end].copy_from_slice(&mac);
+    Some(end)
+}
+
+/// Appends FINGERPRINT (RFC 8489 §14.7) to the message in `buf[..n]`.
+fn append_fingerprint(buf: &mut [u8], n: usize) -> Option<usize> {
+    let end = n + 8;
+    if end > buf.len() {
+        return None;
+    }
+    buf[2..4].copy_from_slice(&((end - HEADER_LEN) as u16).to_be_bytes());
+    let crc = fingerprint::crc32(&buf[..n]) ^ fingerprint::XOR;
+    buf[n..n + 2].copy_from_slice(&fingerprint::FINGERPRINT.to_be_bytes());
+    buf[n + 2..n + 4].copy_from_slice(&4u16.to_be_bytes());
+    buf[n + 4..end].copy_from_slice(&crc.to_be_bytes());
+    Some(end)
 }

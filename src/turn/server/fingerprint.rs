@@ -9,7 +9,7 @@
 use crate::stun::message::{HEADER_LEN, attributes};
 
 pub const FINGERPRINT: u16 = 0x8028;
-const XOR: u32 = 0x5354_554e;
+pub(super) const XOR: u32 = 0x5354_554e;
 
 /// What the message's FINGERPRINT says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,11 @@ fn crc32_update(mut crc: u32, data: &[u8]) -> u32 {
         crc = TABLE[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
     }
     crc
+}
+
+/// CRC-32 (ISO-HDLC) of `bytes`, the checksum FINGERPRINT carries (before the XOR).
+pub(super) fn crc32(bytes: &[u8]) -> u32 {
+    !crc32_update(0xFFFF_FFFF, bytes)
 }
 
 /// Checks FINGERPRINT in a message whose header passed `looks_like_stun`.

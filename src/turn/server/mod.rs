@@ -9,7 +9,8 @@
 //!   credential check (RFC 8656 §7, §9, §11.2; RFC 8489 §9.2.4);
 //! - [`binding`]: the Binding, RFC 5780 and RFC 3489 responder;
 //! - [`encode`]: answers and error codes (RFC 8489 §14.8);
-//! - [`config`]: what the core is told at start.
+//! - [`config`]: what the core is told at start;
+//! - [`userdb`]: users from a shared database, cached, looked up as an effect.
 //!
 //! The driver owns every socket. It feeds the core what arrived — from a
 //! client on a listener ([`Server::handle_client`]) or from a peer on a
@@ -38,6 +39,7 @@ mod requests;
 pub mod stats;
 pub mod throttle;
 pub mod unauth_limit;
+pub mod userdb;
 pub mod wire;
 
 use std::fmt;
@@ -56,6 +58,7 @@ use peer_policy::{PeerPolicy, Refusal};
 pub use stats::Stats;
 use throttle::AuthThrottle;
 use unauth_limit::UnauthLimit;
+use userdb::UserDb;
 use wire::Class;
 
 /// A relayed socket, named by the driver that opened it.
@@ -155,6 +158,8 @@ pub struct Server {
     /// Set by `encode` when the answer carries MESSAGE-INTEGRITY (the client proved its key).
     reply_signed: bool,
     stats: Stats,
+    /// Users from a shared database (`--userdb`), when configured.
+    userdb: Option<UserDb>,
 }
 
 impl Server {
@@ -167,6 +172,7 @@ impl Server {
         let policy = PeerPolicy::new(cfg.policy.clone());
         let throttle = AuthThrottle::new(cfg.throttle);
         let unauth = UnauthLimit::new(cfg.unauth);
+        let userdb = cfg.userdb.map(UserDb::new);
         Server {
             cfg,
             auth,
@@ -186,6 +192,7 @@ impl Server {
             draining: false,
             reply_signed: false,
             stats: Stats::default(),
+            userdb,
         }
     }
 
@@ -257,10 +264,12 @@ impl Server {
         self.limiter.sweep(now);
         self.throttle.sweep(now);
         self.unauth.sweep(now);
+        self.sweep_userdb(now);
     }
 
     /// A TCP or TLS client went away: its allocation goes with it (RFC 8656 §7).
     pub fn client_closed(&mut self, client: FiveTuple) {
+        self.forget_parked(client);
         if let Some(relay) = self.allocs.relay_of_client(&client)
             && self.allocs.remove(relay).is_some()
         {

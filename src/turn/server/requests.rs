@@ -17,6 +17,7 @@ use super::auth::{self, AuthFailure, IntegrityKind, UserKey};
 use super::channels::BindError;
 use super::nonce::NonceCheck;
 use super::peer_policy::{Refusal, Verdict};
+use super::userdb::Checked;
 use super::{ErrorCode, Family, FiveTuple, RelayId, RelayOpenError, Server, wire};
 
 /// The outcome of authenticating a request.
@@ -107,10 +108,14 @@ impl Server {
         let result = if realm != self.auth.realm() {
             Err(AuthFailure::WrongRealm)
         } else {
-            self.auth.key_for(&username, self.wall(now)).and_then(|k| match auth::verify_integrity(packet, &k.key) {
-                Some(kind) => Ok((k, kind)),
-                None => Err(AuthFailure::BadIntegrity),
-            })
+            match self.check_credentials(from, packet, &username, now) {
+                Checked::Done(r) => r,
+                // Waits for the user database; run again when it answers.
+                Checked::Parked => return Authed::Reply(None),
+                Checked::Unavailable => {
+                    return Authed::Reply(self.error(method, txid, ErrorCode::ServerError, None, vec![]));
+                }
+            }
         };
         match result {
             Ok((k, kind)) => {
