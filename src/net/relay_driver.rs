@@ -1116,6 +1116,24 @@ mod tests {
     }
 
     #[test]
+    fn rounds_land_in_the_bucket_of_their_datagram_count_and_empty_rounds_only_add_calls() {
+        let c = UdpIoCounters::default();
+        for n in [1, 2, 3, 32, 33, 500, 0] {
+            c.add_round(&RoundCount { datagrams_in: n, datagrams_out: n, recvmmsg_calls: 1, sendmmsg_calls: 1 });
+        }
+        let s = c.snapshot();
+        // Buckets 1, 2, 4, 8, 16, 32, 64, 128, more: 3 goes to 4, 33 to 64, 500 past 128.
+        assert_eq!(s.rounds, [1, 1, 1, 0, 0, 1, 1, 0, 1]);
+        assert_eq!((s.datagrams_in, s.datagrams_out), (571, 571));
+        assert_eq!((s.recvmmsg_calls, s.sendmmsg_calls), (7, 7), "a round that found nothing still made its calls");
+        let text = crate::relay::metrics_text::render_udp_io_for_test(&s);
+        assert!(text.contains("natkit_relay_udp_round_datagrams_bucket{le=\"4\"} 3\n"), "cumulative: {text}");
+        assert!(text.contains("natkit_relay_udp_round_datagrams_bucket{le=\"+Inf\"} 6\n"));
+        assert!(text.contains("natkit_relay_udp_round_datagrams_count 6\n"));
+        assert!(text.contains("natkit_relay_udp_round_datagrams_sum 571\n"));
+    }
+
+    #[test]
     fn a_round_goes_out_in_one_run_per_socket_in_order_per_destination() {
         let l = "127.0.0.1:3478";
         let mut pending = vec![

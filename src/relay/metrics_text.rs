@@ -220,6 +220,14 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
     o
 }
 
+/// The UDP batching metrics alone (for the driver's tests).
+#[cfg(test)]
+pub(crate) fn render_udp_io_for_test(u: &UdpIoSnapshot) -> String {
+    let mut o = String::new();
+    render_udp_io(&mut o, u);
+    o
+}
+
 fn render_udp_io(o: &mut String, u: &UdpIoSnapshot) {
     let name = "natkit_relay_udp_round_datagrams";
     let _ = writeln!(o, "# HELP {name} Datagrams received per UDP worker round (one wake-up), as a histogram.");
