@@ -82,10 +82,19 @@ impl RecvBatch {
     }
 }
 
+/// What one [`send_many`] did: datagrams the kernel refused, and sendmmsg
+/// calls made (for the driver's counters).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub failed: usize,
+    pub calls: usize,
+}
+
 /// Sends `msgs` (destination, bytes) on one socket with as few sendmmsg
-/// calls as the kernel allows, without blocking; returns how many it refused.
-pub fn send_many<'a>(fd: RawFd, msgs: impl IntoIterator<Item = (SocketAddr, &'a [u8])>) -> usize {
+/// calls as the kernel allows, without blocking.
+pub fn send_many<'a>(fd: RawFd, msgs: impl IntoIterator<Item = (SocketAddr, &'a [u8])>) -> Sent {
     let mut failed = 0;
+    let mut calls = 0;
     let mut msgs = msgs.into_iter().peekable();
     while msgs.peek().is_some() {
         let chunk = msgs.by_ref().take(BATCH);
@@ -111,6 +120,7 @@ pub fn send_many<'a>(fd: RawFd, msgs: impl IntoIterator<Item = (SocketAddr, &'a 
             let r = unsafe {
                 libc::sendmmsg(fd, hdrs[sent..n].as_mut_ptr(), (n - sent) as libc::c_uint, libc::MSG_DONTWAIT)
             };
+            calls += 1;
             if r <= 0 {
                 // Skip the datagram the kernel refused (full queue, pending ICMP error) and go on.
                 failed += 1;
@@ -120,7 +130,7 @@ pub fn send_many<'a>(fd: RawFd, msgs: impl IntoIterator<Item = (SocketAddr, &'a 
             }
         }
     }
-    failed
+    Sent { failed, calls }
 }
 
 fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -173,7 +183,7 @@ mod tests {
         let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = b.local_addr().unwrap();
         let payloads: Vec<[u8; 10]> = (0..5u8).map(|i| [i; 10]).collect();
-        assert_eq!(send_many(a.as_raw_fd(), payloads.iter().map(|p| (to, &p[..]))), 0);
+        assert_eq!(send_many(a.as_raw_fd(), payloads.iter().map(|p| (to, &p[..]))), Sent { failed: 0, calls: 1 });
         std::thread::sleep(std::time::Duration::from_millis(50));
         let mut inb = RecvBatch::new(2048, 4, 3);
         let n = inb.recv(b.as_raw_fd()).unwrap();

@@ -46,10 +46,10 @@ use tokio::task::JoinSet;
 
 use crate::net::conn_limit::{ConnLimiter, ConnPermit, ConnRefusal, accept_with_backoff};
 use crate::net::metrics_http::{self, MetricsLimits, Paths};
-use crate::net::mmsg::{BATCH, RecvBatch, send_many};
+use crate::net::mmsg::{BATCH, RecvBatch, Sent, send_many};
 use crate::net::stream::take_frame;
 use crate::net::transport::Transport;
-use crate::relay::metrics_text::DriverSnapshot;
+use crate::relay::metrics_text::{DriverSnapshot, ROUND_BUCKETS, UdpIoSnapshot};
 use crate::relay::userdb_redis::{self, RedisUserDb, RedisUserDbConfig};
 use crate::turn::channel_data::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{
@@ -248,6 +248,51 @@ pub struct DriverCounters {
     /// Connections open now, TCP and TLS.
     pub open_tcp: AtomicU64,
     pub open_tls: AtomicU64,
+    pub udp: UdpIoCounters,
+}
+
+/// The UDP workers' batching ([`UdpIoSnapshot`]): each worker adds its
+/// round's figures once per round, not per datagram.
+#[derive(Debug, Default)]
+pub struct UdpIoCounters {
+    rounds: [AtomicU64; ROUND_BUCKETS.len() + 1],
+    datagrams_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    recvmmsg_calls: AtomicU64,
+    sendmmsg_calls: AtomicU64,
+}
+
+impl UdpIoCounters {
+    fn add_round(&self, r: &RoundCount) {
+        if r.datagrams_in > 0 {
+            let bucket = ROUND_BUCKETS.iter().position(|&le| r.datagrams_in <= le).unwrap_or(ROUND_BUCKETS.len());
+            self.rounds[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.datagrams_in.fetch_add(r.datagrams_in, Ordering::Relaxed);
+        self.datagrams_out.fetch_add(r.datagrams_out, Ordering::Relaxed);
+        self.recvmmsg_calls.fetch_add(r.recvmmsg_calls, Ordering::Relaxed);
+        self.sendmmsg_calls.fetch_add(r.sendmmsg_calls, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> UdpIoSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        UdpIoSnapshot {
+            rounds: std::array::from_fn(|i| load(&self.rounds[i])),
+            datagrams_in: load(&self.datagrams_in),
+            datagrams_out: load(&self.datagrams_out),
+            recvmmsg_calls: load(&self.recvmmsg_calls),
+            sendmmsg_calls: load(&self.sendmmsg_calls),
+        }
+    }
+}
+
+/// One worker round's figures, kept in the worker and published at its end.
+#[derive(Debug, Default)]
+struct RoundCount {
+    datagrams_in: u64,
+    datagrams_out: u64,
+    recvmmsg_calls: u64,
+    sendmmsg_calls: u64,
 }
 
 /// Relayed sockets, shared by the core (open/close) and the data path (send).
@@ -576,6 +621,7 @@ struct UdpWorker {
     pending: Vec<(Target, usize, usize)>,
     out: Vec<u8>,
     used: usize,
+    round: RoundCount,
 }
 
 /// Largest answer the core makes: a Data indication around a full datagram.
@@ -630,6 +676,7 @@ impl UdpWorker {
                 self.drain(source.1.as_raw_fd(), source.0);
             }
             self.flush();
+            self.shared.counters.udp.add_round(&std::mem::take(&mut self.round));
         }
     }
 
@@ -645,6 +692,7 @@ impl UdpWorker {
                 Source::Listener(_) => &mut self.client_in,
                 Source::Relay(_) => &mut self.peer_in,
             };
+            self.round.recvmmsg_calls += 1;
             let n = match batch.recv(fd) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -659,6 +707,7 @@ impl UdpWorker {
                     continue;
                 }
             };
+            self.round.datagrams_in += n as u64;
             let now = Instant::now();
             let mut core = self.shared.lock();
             for i in 0..n {
@@ -706,7 +755,9 @@ impl UdpWorker {
             }
             if let Some(s) = self.shared.socket_for(&target) {
                 let msgs = run.iter().map(|(t, st, l)| (dest_of(t), &out[*st..*st + *l]));
-                let failed = send_many(s.as_raw_fd(), msgs);
+                let Sent { failed, calls } = send_many(s.as_raw_fd(), msgs);
+                self.round.sendmmsg_calls += calls as u64;
+                self.round.datagrams_out += (run.len() - failed) as u64;
                 if failed > 0 {
                     self.shared.counters.send_errors.fetch_add(failed as u64, Ordering::Relaxed);
                 }
@@ -792,6 +843,7 @@ fn start_workers(
             pending: Vec::with_capacity(4 * BATCH),
             out: vec![0u8; OUT_BYTES],
             used: 0,
+            round: RoundCount::default(),
         };
         let stop = stop.clone();
         threads.push(std::thread::Builder::new().name(format!("relay-udp-{i}")).spawn(move || {
@@ -1025,6 +1077,7 @@ impl Shared {
             refused_per_ip: load(&c.refused_per_ip),
             closed: ConnClose::ALL.map(|r| (r.label(), load(&c.closed[r as usize]))),
             accept_paused: load(&c.accept_paused),
+            udp: c.udp.snapshot(),
         }
     }
 
@@ -1087,6 +1140,24 @@ mod tests {
         assert_eq!(ports.open(Family::V6), Err(RelayOpenError::FamilyNotServed));
         ports.close(a);
         assert_eq!(ports.open(Family::V4).unwrap().1, addr_a, "a closed port is free again");
+    }
+
+    #[test]
+    fn rounds_land_in_the_bucket_of_their_datagram_count_and_empty_rounds_only_add_calls() {
+        let c = UdpIoCounters::default();
+        for n in [1, 2, 3, 32, 33, 500, 0] {
+            c.add_round(&RoundCount { datagrams_in: n, datagrams_out: n, recvmmsg_calls: 1, sendmmsg_calls: 1 });
+        }
+        let s = c.snapshot();
+        // Buckets 1, 2, 4, 8, 16, 32, 64, 128, more: 3 goes to 4, 33 to 64, 500 past 128.
+        assert_eq!(s.rounds, [1, 1, 1, 0, 0, 1, 1, 0, 1]);
+        assert_eq!((s.datagrams_in, s.datagrams_out), (571, 571));
+        assert_eq!((s.recvmmsg_calls, s.sendmmsg_calls), (7, 7), "a round that found nothing still made its calls");
+        let text = crate::relay::metrics_text::render_udp_io_for_test(&s);
+        assert!(text.contains("natkit_relay_udp_round_datagrams_bucket{le=\"4\"} 3\n"), "cumulative: {text}");
+        assert!(text.contains("natkit_relay_udp_round_datagrams_bucket{le=\"+Inf\"} 6\n"));
+        assert!(text.contains("natkit_relay_udp_round_datagrams_count 6\n"));
+        assert!(text.contains("natkit_relay_udp_round_datagrams_sum 571\n"));
     }
 
     #[test]

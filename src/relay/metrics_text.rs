@@ -25,6 +25,26 @@ pub struct DriverSnapshot {
     pub closed: [(&'static str, u64); 3],
     /// Pauses of accept on running out of file descriptors.
     pub accept_paused: u64,
+    /// What the UDP workers' system calls carried.
+    pub udp: UdpIoSnapshot,
+}
+
+/// Upper bounds of the datagrams-per-round histogram's buckets (+Inf after).
+pub const ROUND_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+/// The UDP workers' batching: how many datagrams a wake-up (a round) finds
+/// and how many each recvmmsg/sendmmsg call carries. On a quiet relay every
+/// datagram costs a wake-up and two system calls; these show how far from
+/// that a busy one is (and whether a change to batching did anything).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UdpIoSnapshot {
+    /// Rounds (wake-ups that found datagrams) by datagrams received, per
+    /// bucket of [`ROUND_BUCKETS`] and a last one for more; not cumulative.
+    pub rounds: [u64; ROUND_BUCKETS.len() + 1],
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub recvmmsg_calls: u64,
+    pub sendmmsg_calls: u64,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
@@ -200,6 +220,7 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
     if let Some(u) = core.userdb_stats() {
         userdb(&mut o, u, core.userdb_pending());
     }
+    render_udp_io(&mut o, &driver.udp);
     o
 }
 
@@ -242,4 +263,41 @@ fn userdb(o: &mut String, u: &UserDbStats, pending: usize) {
         &[("", u.pending_dropped)],
     );
     metric(o, "userdb_pending", "gauge", "Requests waiting for a user database lookup now.", &[("", pending as u64)]);
+}
+
+/// The UDP batching metrics alone (for the driver's tests).
+#[cfg(test)]
+pub(crate) fn render_udp_io_for_test(u: &UdpIoSnapshot) -> String {
+    let mut o = String::new();
+    render_udp_io(&mut o, u);
+    o
+}
+
+fn render_udp_io(o: &mut String, u: &UdpIoSnapshot) {
+    let name = "natkit_relay_udp_round_datagrams";
+    let _ = writeln!(o, "# HELP {name} Datagrams received per UDP worker round (one wake-up), as a histogram.");
+    let _ = writeln!(o, "# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, le) in ROUND_BUCKETS.iter().enumerate() {
+        cumulative += u.rounds[i];
+        let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    cumulative += u.rounds[ROUND_BUCKETS.len()];
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(o, "{name}_sum {}", u.datagrams_in);
+    let _ = writeln!(o, "{name}_count {cumulative}");
+    metric(
+        o,
+        "udp_datagrams_total",
+        "counter",
+        "UDP datagrams through the workers' batched calls, by direction (in: recvmmsg, out: sendmmsg).",
+        &[("direction=\"in\"", u.datagrams_in), ("direction=\"out\"", u.datagrams_out)],
+    );
+    metric(
+        o,
+        "udp_syscalls_total",
+        "counter",
+        "recvmmsg and sendmmsg calls of the UDP workers.",
+        &[("call=\"recvmmsg\"", u.recvmmsg_calls), ("call=\"sendmmsg\"", u.sendmmsg_calls)],
+    );
 }
