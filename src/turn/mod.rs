@@ -6,4 +6,5 @@ pub mod channel_data;
 pub mod client;
 pub mod credentials;
 pub mod probe;
+pub mod rfc6062;
 pub mod server;

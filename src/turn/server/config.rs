@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::allocation::MAX_LIFETIME;
 use super::peer_policy::PeerPolicyConfig;
+use super::tcp_relay::TcpRelayConfig;
 use super::throttle::ThrottleConfig;
 use super::unauth_limit::UnauthLimitConfig;
 
@@ -73,6 +74,8 @@ pub struct ServerConfig {
     pub throttle: ThrottleConfig,
     /// Bytes of unauthenticated answers per source IP over UDP (amplification).
     pub unauth: UnauthLimitConfig,
+    /// TCP allocations (RFC 6062): connections per allocation, ConnectionBind timeout.
+    pub tcp: TcpRelayConfig,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             alternate_server: None,
             throttle: ThrottleConfig::default(),
             unauth: UnauthLimitConfig::default(),
+            tcp: TcpRelayConfig::default(),
         }
     }
 }

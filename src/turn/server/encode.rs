@@ -32,10 +32,13 @@ pub enum ErrorCode {
     PeerAddressFamilyMismatch,
     AllocationQuotaReached,
     InsufficientCapacity,
+    /// RFC 6062 §6.3.
+    ConnectionAlreadyExists,
+    ConnectionTimeoutOrFailure,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::TryAlternate,
         ErrorCode::BadRequest,
         ErrorCode::Unauthenticated,
@@ -49,6 +52,8 @@ impl ErrorCode {
         ErrorCode::PeerAddressFamilyMismatch,
         ErrorCode::AllocationQuotaReached,
         ErrorCode::InsufficientCapacity,
+        ErrorCode::ConnectionAlreadyExists,
+        ErrorCode::ConnectionTimeoutOrFailure,
     ];
 
     pub fn code(self) -> u16 {
@@ -66,6 +71,8 @@ impl ErrorCode {
             ErrorCode::PeerAddressFamilyMismatch => 443,
             ErrorCode::AllocationQuotaReached => 486,
             ErrorCode::InsufficientCapacity => 508,
+            ErrorCode::ConnectionAlreadyExists => 446,
+            ErrorCode::ConnectionTimeoutOrFailure => 447,
         }
     }
 
@@ -84,6 +91,8 @@ impl ErrorCode {
             ErrorCode::PeerAddressFamilyMismatch => "Peer Address Family Mismatch",
             ErrorCode::AllocationQuotaReached => "Allocation Quota Reached",
             ErrorCode::InsufficientCapacity => "Insufficient Capacity",
+            ErrorCode::ConnectionAlreadyExists => "Connection Already Exists",
+            ErrorCode::ConnectionTimeoutOrFailure => "Connection Timeout or Failure",
         }
     }
 

@@ -9,6 +9,7 @@
 //!   credential check (RFC 8656 §7, §9, §11.2; RFC 8489 §9.2.4);
 //! - [`binding`]: the Binding, RFC 5780 and RFC 3489 responder;
 //! - [`encode`]: answers and error codes (RFC 8489 §14.8);
+//! - [`tcp_relay`]: TCP allocations, Connect, ConnectionBind (RFC 6062);
 //! - [`config`]: what the core is told at start.
 //!
 //! The driver owns every socket. It feeds the core what arrived — from a
@@ -36,6 +37,7 @@ pub mod peer_policy;
 pub mod permissions;
 mod requests;
 pub mod stats;
+pub mod tcp_relay;
 pub mod throttle;
 pub mod unauth_limit;
 pub mod wire;
@@ -121,6 +123,11 @@ pub enum RelayOpenError {
 /// The driver's side of relayed sockets: the core asks, the driver binds.
 pub trait RelayPorts: Send {
     fn open(&mut self, family: Family) -> Result<(RelayId, SocketAddr), RelayOpenError>;
+    /// A relayed TCP address (RFC 6062 §5.1): the driver listens there for
+    /// peers and connects to peers from there. Drivers without TCP relaying refuse.
+    fn open_tcp(&mut self, _family: Family) -> Result<(RelayId, SocketAddr), RelayOpenError> {
+        Err(RelayOpenError::Io("TCP relaying is not available here".into()))
+    }
     fn close(&mut self, relay: RelayId);
 }
 
@@ -155,6 +162,8 @@ pub struct Server {
     /// Set by `encode` when the answer carries MESSAGE-INTEGRITY (the client proved its key).
     reply_signed: bool,
     stats: Stats,
+    /// TCP allocations and their peer connections (RFC 6062).
+    tcp: tcp_relay::TcpRelay,
 }
 
 impl Server {
@@ -167,6 +176,7 @@ impl Server {
         let policy = PeerPolicy::new(cfg.policy.clone());
         let throttle = AuthThrottle::new(cfg.throttle);
         let unauth = UnauthLimit::new(cfg.unauth);
+        let tcp = tcp_relay::TcpRelay::new(cfg.tcp);
         Server {
             cfg,
             auth,
@@ -186,6 +196,7 @@ impl Server {
             draining: false,
             reply_signed: false,
             stats: Stats::default(),
+            tcp,
         }
     }
 
@@ -257,6 +268,7 @@ impl Server {
         self.limiter.sweep(now);
         self.throttle.sweep(now);
         self.unauth.sweep(now);
+        self.tcp_sweep(now);
     }
 
     /// A TCP or TLS client went away: its allocation goes with it (RFC 8656 §7).
