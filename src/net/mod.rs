@@ -6,6 +6,7 @@ pub mod conn_limit;
 pub mod mmsg;
 pub mod port_holder;
 pub mod relay_driver;
+pub mod relay_tcp;
 pub mod server;
 pub mod stream;
 pub mod tls;

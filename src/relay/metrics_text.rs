@@ -24,9 +24,11 @@ pub struct DriverSnapshot {
     pub closed: [(&'static str, u64); 3],
     /// Pauses of accept on running out of file descriptors.
     pub accept_paused: u64,
+    /// TCP relaying (RFC 6062).
+    pub tcp: crate::net::relay_tcp::TcpSnapshot,
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+pub(crate) fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP natkit_relay_{name} {help}");
     let _ = writeln!(out, "# TYPE natkit_relay_{name} {kind}");
     for (labels, v) in samples {
@@ -196,5 +198,6 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         "Pauses of accept because the process ran out of file descriptors (EMFILE/ENFILE).",
         &[("", driver.accept_paused)],
     );
+    crate::net::relay_tcp::render_metrics(core, &driver.tcp, &mut o);
     o
 }
