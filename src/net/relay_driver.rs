@@ -397,7 +397,9 @@ impl RelayPorts for Ports {
                         break;
                     }
                 }
-                Err(e) => return Err(RelayOpenError::Io(format!("cannot listen on a relayed TCP address {addr}: {e}"))),
+                Err(e) => {
+                    return Err(RelayOpenError::Io(format!("cannot listen on a relayed TCP address {addr}: {e}")));
+                }
             }
         }
         Err(RelayOpenError::NoPorts)

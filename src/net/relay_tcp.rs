@@ -352,7 +352,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
 pub fn render_metrics(core: &Server, t: &TcpSnapshot, out: &mut String) {
     use crate::relay::metrics_text::metric;
     let s = core.tcp_stats();
-    metric(out, "tcp_allocations", "gauge", "Allocations relaying TCP (RFC 6062) alive now.", &[("", core.tcp_allocations() as u64)]);
+    metric(
+        out,
+        "tcp_allocations",
+        "gauge",
+        "Allocations relaying TCP (RFC 6062) alive now.",
+        &[("", core.tcp_allocations() as u64)],
+    );
     metric(
         out,
         "tcp_peer_connections",
