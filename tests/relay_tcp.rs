@@ -336,3 +336,66 @@ fn a_peer_without_a_permission_gets_nothing_and_the_client_hears_nothing() {
     let attempt = decode(&read_msg(&mut c.s).expect("a ConnectionAttempt")).unwrap();
     assert_eq!(attempt.method().as_u16(), rfc6062::CONNECTION_ATTEMPT);
 }
+
+/// `natkit turn-alloc --peer-transport tcp` against a server on loopback; returns its JSON.
+fn turn_alloc_tcp(server: &str, peer: SocketAddr) -> serde_json::Value {
+    let out = common::natkit(&[
+        "turn-alloc",
+        server,
+        "--transport",
+        "tcp",
+        "-u",
+        "alice",
+        "-p",
+        "wonderland",
+        "--peer",
+        &peer.to_string(),
+        "--peer-transport",
+        "tcp",
+        "--packets",
+        "20",
+        "--rate",
+        "200",
+        "--json",
+    ]);
+    common::json_of(&out)
+}
+
+fn assert_tcp_step_echoed(j: &serde_json::Value, what: &str) {
+    let t = &j["tcp_relay"];
+    assert_eq!(t["ok"], true, "{what}: {j:#}");
+    assert_eq!(t["messages_sent"], 20, "{what}: {t:#}");
+    assert_eq!(t["messages_echoed"], 20, "{what}: {t:#}");
+    assert_eq!(t["bytes_echoed"], 20 * 172, "{what}: {t:#}");
+    assert!(t["connection_id"].is_u64(), "{what}: {t:#}");
+    assert!(t["rtt_ms"]["avg"].is_f64(), "{what}: {t:#}");
+    let step = j["steps"].as_array().unwrap().iter().find(|s| s["name"] == "tcp-relay").expect("a tcp-relay step");
+    assert_eq!(step["ok"], true, "{what}: {step:#}");
+    assert_eq!(j["ok"], true, "{what}: every step passed: {j:#}");
+}
+
+#[test]
+fn turn_alloc_peer_transport_tcp_relays_to_a_tcp_echo_peer_through_natkit_relay() {
+    let relay = Relay::start(&[USER, &["--allow-loopback-peers"]].concat());
+    let peer = EchoPeer::start();
+    assert_tcp_step_echoed(&turn_alloc_tcp(&relay.addr(), peer.addr), "natkit relay");
+}
+
+#[test]
+fn turn_alloc_peer_transport_tcp_relays_to_a_tcp_echo_peer_through_coturn() {
+    let coturn = Coturn::start(CoturnConfig {
+        args: ["--user=alice:wonderland", "--realm=lab", "--lt-cred-mech", "--allow-loopback-peers"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let peer = EchoPeer::start();
+    assert_tcp_step_echoed(&turn_alloc_tcp(&coturn.addr(), peer.addr), "coturn");
+}
+
+#[test]
+fn turn_alloc_peer_transport_tcp_over_udp_is_bad_input() {
+    let out = common::natkit(&["turn-alloc", "127.0.0.1:9", "--peer", "127.0.0.1:7", "--peer-transport", "tcp"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--transport tcp"));
+}
