@@ -123,6 +123,8 @@ complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s p -l passwo
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l secret -d 'TURN REST API shared secret (coturn use-auth-secret / static-auth-secret): natkit makes the credentials' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l realm -d 'The realm you expect; a server announcing another one fails the check' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l peer -d 'Test data through the relay to this UDP echo peer instead of to a second allocation' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l peer-transport -d 'tcp: add a TCP relaying step (RFC 6062): a TCP allocation, Connect to --peer (a TCP echo peer), bytes through the relay and back; needs --transport tcp or tls. The UDP steps then use a second allocation as their peer' -r -f -a "udp\t''
+tcp\t''"
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l packets -d 'Packets sent through the relay for the quality test' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l rate -d 'Packets per second for the quality test (50 is like an audio stream)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l size -d 'Payload bytes per test packet' -r
