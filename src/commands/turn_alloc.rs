@@ -1318,6 +1318,7 @@ mod tests {
             ],
             stats: Some(Stats { sent: 4, received: 3, loss_pct: 25.0, rtt_ms: None, jitter_ms: Some(1.0) }),
             warnings: vec!["open".into()],
+            tcp_relay: None,
         };
         let o = report.outcome();
         assert_eq!(o.failed_step.as_ref().map(|f| f.name), Some("channel-data"));

@@ -269,7 +269,7 @@ impl Server {
         if let Err(refused) = self.check_peers(from, relay, &[peer], "Connect") {
             return self.error_with_reason(method, txid, refused.code(), refused.reason(), signed, vec![]);
         }
-        let Some(a) = self.allocs.get(relay) else { return None };
+        let a = self.allocs.get(relay)?;
         let local = a.bound;
         if !a.permissions.allows(peer.ip(), now) {
             self.tcp.stats.no_permission += 1;
