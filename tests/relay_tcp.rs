@@ -399,3 +399,48 @@ fn turn_alloc_peer_transport_tcp_over_udp_is_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--transport tcp"));
 }
+
+#[test]
+fn turn_alloc_peer_transport_tcp_works_over_a_tls_control_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = common::coturn::self_signed_cert(dir.path());
+    let tls = format!("127.0.0.1:{}", free_port());
+    let relay = Relay::start(
+        &[
+            USER,
+            &[
+                "--allow-loopback-peers",
+                "--tls-listen",
+                &tls,
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let peer = EchoPeer::start();
+    let out = common::natkit(&[
+        "turn-alloc",
+        &tls,
+        "--transport",
+        "tls",
+        "--insecure",
+        "-u",
+        "alice",
+        "-p",
+        "wonderland",
+        "--peer",
+        &peer.addr.to_string(),
+        "--peer-transport",
+        "tcp",
+        "--packets",
+        "20",
+        "--json",
+    ]);
+    let j = common::json_of(&out);
+    assert_eq!(j["transport"], "tls", "{j:#}");
+    assert_tcp_step_echoed(&j, "natkit relay over TLS");
+    drop(relay);
+}
