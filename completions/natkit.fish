@@ -91,6 +91,8 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l idle-timeout -d 
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l user-quota -d 'Allocations per username (486 beyond), 0 for unlimited [default: 100, or the config file\'s user-quota]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l source-quota -d 'Allocations per client IP address, whatever the username (486 beyond; 0: no limit)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-permissions -d 'Permissions per allocation (508 beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-tcp-connections -d 'TCP peer connections per TCP allocation (RFC 6062 Connect and inbound peers; 508 beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l tcp-bind-timeout -d 'Seconds a TCP peer connection waits for the client\'s ConnectionBind before it is closed (RFC 6062: 30)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-lifetime -d 'Longest allocation lifetime granted, in seconds' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l nonce-lifetime -d 'Seconds a nonce stays valid before 438 Stale Nonce [default: 600, or the config file\'s stale-nonce]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l drain-timeout -d 'On SIGTERM, the longest drain (no new allocations, existing ones go on) before the rest are ended' -r
@@ -129,6 +131,8 @@ complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s p -l passwo
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l secret -d 'TURN REST API shared secret (coturn use-auth-secret / static-auth-secret): natkit makes the credentials' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l realm -d 'The realm you expect; a server announcing another one fails the check' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l peer -d 'Test data through the relay to this UDP echo peer instead of to a second allocation' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l peer-transport -d 'tcp: add a TCP relaying step (RFC 6062): a TCP allocation, Connect to --peer (a TCP echo peer), bytes through the relay and back; needs --transport tcp or tls. The UDP steps then use a second allocation as their peer' -r -f -a "udp\t''
+tcp\t''"
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l packets -d 'Packets sent through the relay for the quality test' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l rate -d 'Packets per second for the quality test (50 is like an audio stream)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l size -d 'Payload bytes per test packet' -r

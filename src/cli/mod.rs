@@ -23,7 +23,7 @@ pub use punch::PunchArgs;
 pub use relay::RelayArgs;
 pub use signal::SignalArgs;
 pub use stun_probe::{StunProbeArgs, TransportChoice};
-pub use turn_alloc::{TurnAllocArgs, TurnTransportChoice};
+pub use turn_alloc::{PeerTransportChoice, TurnAllocArgs, TurnTransportChoice};
 
 /// The exit-code table, shown at the end of every `--help`; the same table is in README.
 macro_rules! exit_codes {

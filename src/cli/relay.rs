@@ -127,6 +127,14 @@ pub struct RelayArgs {
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub max_permissions: usize,
 
+    /// TCP peer connections per TCP allocation (RFC 6062 Connect and inbound peers; 508 beyond)
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_tcp_connections: u64,
+
+    /// Seconds a TCP peer connection waits for the client's ConnectionBind before it is closed (RFC 6062: 30)
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tcp_bind_timeout: u64,
+
     /// Longest allocation lifetime granted, in seconds
     #[arg(long, value_name = "SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(600..=86400))]
     pub max_lifetime: u64,

@@ -12,7 +12,14 @@ pub enum TurnTransportChoice {
     Tls,
 }
 
-#[derive(Debug, Args)]
+/// What the data test's peer speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerTransportChoice {
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Args)]
 #[command(about = "Prove a TURN server relays, step by step, and audit its safety")]
 pub struct TurnAllocArgs {
     /// TURN server: HOST[:PORT], or a turn:/turns: URI (RFC 7065, `?transport=tcp`)
@@ -42,6 +49,12 @@ pub struct TurnAllocArgs {
     /// Test data through the relay to this UDP echo peer instead of to a second allocation
     #[arg(long, value_name = "ADDR")]
     pub peer: Option<String>,
+
+    /// tcp: add a TCP relaying step (RFC 6062): a TCP allocation, Connect to --peer (a TCP echo
+    /// peer), bytes through the relay and back; needs --transport tcp or tls. The UDP steps then
+    /// use a second allocation as their peer
+    #[arg(long, value_enum, default_value = "udp", value_name = "PROTO")]
+    pub peer_transport: PeerTransportChoice,
 
     /// Packets sent through the relay for the quality test
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100_000))]

@@ -621,6 +621,10 @@ fn plan(args: &RelayArgs, conf: &CoturnConf) -> anyhow::Result<Plan> {
             bytes_per_sec: args.unauth_rate,
             ..UnauthLimitConfig::default()
         },
+        tcp: crate::turn::server::tcp_relay::TcpRelayConfig {
+            max_per_allocation: args.max_tcp_connections as usize,
+            bind_timeout: Duration::from_secs(args.tcp_bind_timeout),
+        },
         ..ServerConfig::default()
     };
     let (core, userdb) = userdb_plan(args, conf, core)?;

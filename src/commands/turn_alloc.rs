@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::cli::PeerTransportChoice;
 use crate::cli::{TurnAllocArgs, TurnTransportChoice};
 use crate::error::{Status, UsageError, usage};
 use crate::net::address_class::AddressClass;
@@ -46,10 +47,12 @@ pub enum StepName {
     Audit,
     Refresh,
     Deallocate,
+    /// RFC 6062 TCP relaying to a TCP echo peer (`--peer-transport tcp`).
+    TcpRelay,
 }
 
 impl StepName {
-    const ALL: [StepName; 14] = [
+    const ALL: [StepName; 15] = [
         StepName::Resolve,
         StepName::Connect,
         StepName::Binding,
@@ -64,6 +67,7 @@ impl StepName {
         StepName::Audit,
         StepName::Refresh,
         StepName::Deallocate,
+        StepName::TcpRelay,
     ];
 
     fn label(self) -> String {
@@ -87,6 +91,7 @@ impl StepName {
             StepName::Audit => "audit",
             StepName::Refresh => "refresh",
             StepName::Deallocate => "deallocate",
+            StepName::TcpRelay => "tcp-relay",
         }
     }
 }
@@ -131,6 +136,9 @@ pub struct TurnAllocReport {
     pub steps: Vec<Step>,
     pub stats: Option<Stats>,
     pub warnings: Vec<String>,
+    /// `--peer-transport tcp`: the RFC 6062 step's findings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_relay: Option<crate::turn::audit_tcp::TcpRelayReport>,
 }
 
 /// Ends the run at the failed step.
@@ -184,6 +192,24 @@ pub async fn audit(args: &TurnAllocArgs) -> anyhow::Result<TurnAllocReport> {
         p.parse::<SocketAddr>()
             .map_err(|_| UsageError::new(format!("bad --peer '{p}': expected IP:PORT of a UDP echo peer")))?;
     }
+    // --peer-transport tcp: --peer is a TCP echo peer for the RFC 6062 step; the UDP steps use
+    // a second allocation as their peer.
+    let udp_args;
+    let (args, tcp_peer) = match args.peer_transport {
+        PeerTransportChoice::Udp => (args, None),
+        PeerTransportChoice::Tcp => {
+            if transport == Transport::Udp {
+                return usage(
+                    "--peer-transport tcp needs --transport tcp or tls: RFC 6062 relays TCP only for a TCP or TLS client",
+                );
+            }
+            let Some(peer) = args.peer.as_deref().and_then(|p| p.parse::<SocketAddr>().ok()) else {
+                return usage("--peer-transport tcp needs --peer IP:PORT of a TCP echo peer");
+            };
+            udp_args = TurnAllocArgs { peer: None, ..args.clone() };
+            (&udp_args, Some(peer))
+        }
+    };
     let tls = if transport == Transport::Tls {
         Some(TlsClient::new(&TlsOptions { insecure: args.insecure, ca: args.ca.clone() })?)
     } else {
@@ -199,7 +225,28 @@ pub async fn audit(args: &TurnAllocArgs) -> anyhow::Result<TurnAllocReport> {
         spec,
         bad_input: None,
     };
-    let finished = ctx.run_steps().await.is_ok();
+    let mut finished = ctx.run_steps().await.is_ok();
+    if finished && let (Some(peer), Some(server)) = (tcp_peer, ctx.report.address) {
+        let t = Instant::now();
+        let cfg = crate::turn::audit_tcp::TcpAuditConfig {
+            server,
+            host: &ctx.spec.host,
+            tls: ctx.tls.as_ref(),
+            credentials: ctx.credentials.clone(),
+            peer,
+            messages: args.packets.clamp(1, 1000),
+            size: args.size as usize,
+            timeout: ctx.timeout,
+        };
+        let r = crate::turn::audit_tcp::run(&cfg).await;
+        let mut detail = r.detail.clone();
+        if let Some(rtt) = r.rtt_ms {
+            detail.push_str(&format!(", RTT min/avg/max {:.2}/{:.2}/{:.2} ms", rtt.min, rtt.avg, rtt.max));
+        }
+        ctx.report.steps.push(Step { name: StepName::TcpRelay, ok: r.ok, skipped: false, ms: ms_since(t), detail });
+        finished = r.ok;
+        ctx.report.tcp_relay = Some(r);
+    }
     // A server name that does not exist is bad input, like everywhere else: exit 2, no step table.
     if let Some(e) = ctx.bad_input {
         return Err(e.into());
@@ -223,6 +270,7 @@ impl TurnAllocReport {
             steps: Vec::new(),
             stats: None,
             warnings: Vec::new(),
+            tcp_relay: None,
         }
     }
 }
@@ -245,7 +293,8 @@ fn transport_for(args: &TurnAllocArgs, spec: &ServerSpec) -> anyhow::Result<Tran
 fn list_steps_not_run(report: &mut TurnAllocReport, args: &TurnAllocArgs) {
     for name in StepName::ALL {
         let ran = report.steps.iter().any(|s| s.name == name);
-        let not_applicable = name == StepName::AllocatePeer && args.peer.is_some();
+        let not_applicable = (name == StepName::AllocatePeer && args.peer.is_some())
+            || (name == StepName::TcpRelay && args.peer_transport != PeerTransportChoice::Tcp);
         if !ran && !not_applicable {
             report.steps.push(Step { name, ok: false, skipped: true, ms: 0.0, detail: "not run".into() });
         }
@@ -1269,6 +1318,7 @@ mod tests {
             ],
             stats: Some(Stats { sent: 4, received: 3, loss_pct: 25.0, rtt_ms: None, jitter_ms: Some(1.0) }),
             warnings: vec!["open".into()],
+            tcp_relay: None,
         };
         let o = report.outcome();
         assert_eq!(o.failed_step.as_ref().map(|f| f.name), Some("channel-data"));

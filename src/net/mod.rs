@@ -7,6 +7,7 @@ pub mod metrics_http;
 pub mod mmsg;
 pub mod port_holder;
 pub mod relay_driver;
+pub mod relay_tcp;
 pub mod server;
 pub mod stream;
 pub mod tls;

@@ -29,6 +29,10 @@
 //! allocation, its next message does not come in time ([`ConnLimits`]): a
 //! flood of idle connections costs a bounded number of descriptors for a
 //! bounded time, and never the UDP service.
+//!
+//! TCP allocations (RFC 6062) have a relayed TCP listener instead of a UDP
+//! socket, opened by [`Ports::open_tcp`]; their peer connections, the
+//! ConnectionBind hand-over and the byte copy are in [`crate::net::relay_tcp`].
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -47,13 +51,15 @@ use tokio::task::JoinSet;
 use crate::net::conn_limit::{ConnLimiter, ConnPermit, ConnRefusal, accept_with_backoff};
 use crate::net::metrics_http::{self, MetricsLimits, Paths};
 use crate::net::mmsg::{BATCH, RecvBatch, Sent, send_many};
+use crate::net::relay_tcp::{self, CoreAccess, Inbound, TcpCounters, TcpDriver};
 use crate::net::stream::take_frame;
 use crate::net::transport::Transport;
 use crate::relay::metrics_text::{DriverSnapshot, ROUND_BUCKETS, UdpIoSnapshot};
 use crate::relay::userdb_redis::{self, RedisUserDb, RedisUserDbConfig};
 use crate::turn::channel_data::{PEER_HEADROOM, PEER_TAILROOM};
 use crate::turn::server::{
-    Family, FiveTuple, RelayId, RelayOpenError, RelayPorts, Server, ServerConfig, Stats, Target, userdb::Lookup,
+    Family, FiveTuple, RelayId, RelayOpenError, RelayPorts, Server, ServerConfig, Stats, Target, Transmit,
+    userdb::Lookup,
 };
 
 /// Where to listen and relay.
@@ -303,6 +309,11 @@ struct Registry {
     /// a worker (allocations of TCP and TLS clients).
     workers: OnceLock<Vec<mio::Registry>>,
     next_worker: AtomicUsize,
+    /// Where relayed TCP listeners hand their peers (set once the driver runs).
+    tcp_inbound: OnceLock<mpsc::Sender<Inbound>>,
+    tcp_counters: OnceLock<Arc<TcpCounters>>,
+    /// The accept task of each relayed TCP listener, aborted when its allocation closes.
+    tcp_accept: Mutex<HashMap<RelayId, tokio::task::AbortHandle>>,
 }
 
 /// The relayed sockets' side of [`RelayPorts`]. Its `open` runs inside the
@@ -401,9 +412,59 @@ impl RelayPorts for Ports {
         Ok((id, addr))
     }
 
+    fn open_tcp(&mut self, family: Family) -> Result<(RelayId, SocketAddr), RelayOpenError> {
+        let ip = self
+            .ips
+            .iter()
+            .copied()
+            .find(|ip| (family == Family::V4) == ip.is_ipv4())
+            .ok_or(RelayOpenError::FamilyNotServed)?;
+        let (Some(to), Some(counters), Ok(rt)) =
+            (self.registry.tcp_inbound.get(), self.registry.tcp_counters.get(), tokio::runtime::Handle::try_current())
+        else {
+            return Err(RelayOpenError::Io("TCP relaying is not running".into()));
+        };
+        let (lo, hi) = self.range;
+        let span = (hi - lo) as u32 + 1;
+        let start = rand::random::<u32>() % span;
+        let mut failures = 0;
+        for i in 0..span {
+            let addr = SocketAddr::new(ip, lo + ((start + i) % span) as u16);
+            if self.taken.contains(&addr) {
+                continue;
+            }
+            match relay_tcp::bind_relayed_listener(addr) {
+                Ok(listener) => {
+                    self.next_id += 1;
+                    let id = RelayId(self.next_id);
+                    self.bound.insert(id, addr);
+                    self.taken.insert(addr);
+                    let task = rt.spawn(relay_tcp::accept_peers(id, listener, to.clone(), counters.clone()));
+                    if let Ok(mut m) = self.registry.tcp_accept.lock() {
+                        m.insert(id, task.abort_handle());
+                    }
+                    return Ok((id, addr));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    failures += 1;
+                    if failures >= MAX_BIND_FAILURES {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    return Err(RelayOpenError::Io(format!("cannot listen on a relayed TCP address {addr}: {e}")));
+                }
+            }
+        }
+        Err(RelayOpenError::NoPorts)
+    }
+
     fn close(&mut self, relay: RelayId) {
         if let Some(addr) = self.bound.remove(&relay) {
             self.taken.remove(&addr);
+        }
+        if let Some(task) = self.registry.tcp_accept.lock().ok().and_then(|mut m| m.remove(&relay)) {
+            task.abort();
         }
         // Closing the socket (when the last Arc goes) also takes it out of its worker's epoll set.
         let _ = self.registry.sockets.write().ok().and_then(|mut m| m.remove(&relay));
@@ -425,6 +486,22 @@ struct Shared {
     refusal_logged: [AtomicBool; 2],
     /// Where the core's user database lookups go (`--userdb`).
     userdb: Option<mpsc::UnboundedSender<Lookup>>,
+    /// TCP allocations' peer connections (RFC 6062).
+    tcp: TcpDriver,
+}
+
+impl CoreAccess for Shared {
+    fn core(&self) -> std::sync::MutexGuard<'_, Server> {
+        self.lock()
+    }
+
+    fn send(&self, t: &Transmit<'_>) {
+        self.deliver(t.target, t.payload);
+    }
+
+    fn tcp(&self) -> &TcpDriver {
+        &self.tcp
+    }
 }
 
 /// Largest datagram handled; bigger ones are truncated by the kernel and dropped by the core.
@@ -509,7 +586,11 @@ pub async fn run(
         limits: cfg.limits,
         refusal_logged: Default::default(),
         userdb: userdb.is_some().then_some(userdb_tx),
+        tcp: TcpDriver::new(cfg.limits.max_connections, cfg.limits.max_per_ip),
     });
+    let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(1024);
+    let _ = registry.tcp_inbound.set(inbound_tx);
+    let _ = registry.tcp_counters.set(shared.tcp.counters.clone());
 
     // Worker i serves socket i of every UDP listen address.
     let mut per_worker: Vec<Vec<(SocketAddr, Arc<UdpSocket>)>> = vec![Vec::new(); workers];
@@ -543,6 +624,7 @@ pub async fn run(
         };
         tasks.spawn(userdb_redis::serve(db, userdb_rx, Arc::new(answer)));
     }
+    tasks.spawn(relay_tcp::inbound(shared.clone(), inbound_rx));
     if let Some(l) = metrics {
         tasks.spawn(serve_metrics(shared.clone(), l, cfg.metrics_limits));
     }
@@ -935,14 +1017,18 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
     if let Ok(mut m) = shared.conns.lock() {
         m.insert((ft.local, ft.remote), tx.clone());
     }
+    // Returns the write half, so a connection bound by ConnectionBind (RFC
+    // 6062) can be put back together and spliced with its peer connection.
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
             if wr.write_all(&frame).await.is_err() {
                 break;
             }
         }
-        let _ = wr.shutdown().await;
+        wr
     });
+    // Set when ConnectionBind made this a data connection.
+    let mut bound = None;
     let mut pending: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut seen_message = false;
@@ -959,11 +1045,11 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
             };
             seen_message = true;
             deadline = tokio::time::Instant::now() + shared.limits.idle;
-            let t = {
+            let (t, effects) = {
                 let mut core = shared.lock();
                 let t = core.handle_client(ft, &frame, Instant::now()).map(|t| (t.target, t.payload.to_vec()));
                 shared.forward_lookups(&mut core);
-                t
+                (t, std::iter::from_fn(|| core.poll_tcp_effect()).collect::<Vec<_>>())
             };
             if let Some((target, payload)) = t {
                 match target {
@@ -974,6 +1060,12 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
                     }
                     _ => shared.deliver(target, &payload),
                 }
+            }
+            if !effects.is_empty()
+                && let Some(id) = relay_tcp::apply(&shared, effects, Some(ft))
+            {
+                bound = Some(id);
+                break 'conn;
             }
         }
         match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
@@ -1002,7 +1094,14 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
         m.remove(&(ft.local, ft.remote));
     }
     drop(tx);
-    let _ = writer.await;
+    let Ok(mut wr) = writer.await else { return };
+    match bound {
+        // The ConnectionBind answer is written; from here on raw bytes.
+        Some(id) => relay_tcp::splice(&shared, id, rd.unsplit(wr), pending).await,
+        None => {
+            let _ = wr.shutdown().await;
+        }
+    }
 }
 
 /// Draining: no new allocation is granted while the existing ones relay and
@@ -1049,7 +1148,12 @@ async fn sweeper(shared: Arc<Shared>) {
             Some(t) => tokio::time::sleep_until(t.into()).await,
             None => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
         }
-        shared.lock().handle_timeout(Instant::now());
+        let effects = {
+            let mut core = shared.lock();
+            core.handle_timeout(Instant::now());
+            std::iter::from_fn(|| core.poll_tcp_effect()).collect::<Vec<_>>()
+        };
+        relay_tcp::apply(&shared, effects, None);
     }
 }
 
@@ -1078,6 +1182,7 @@ impl Shared {
             closed: ConnClose::ALL.map(|r| (r.label(), load(&c.closed[r as usize]))),
             accept_paused: load(&c.accept_paused),
             udp: c.udp.snapshot(),
+            tcp: self.tcp.snapshot(),
         }
     }
 

@@ -25,6 +25,8 @@ pub struct DriverSnapshot {
     pub closed: [(&'static str, u64); 3],
     /// Pauses of accept on running out of file descriptors.
     pub accept_paused: u64,
+    /// TCP relaying (RFC 6062).
+    pub tcp: crate::net::relay_tcp::TcpSnapshot,
     /// What the UDP workers' system calls carried.
     pub udp: UdpIoSnapshot,
 }
@@ -47,7 +49,7 @@ pub struct UdpIoSnapshot {
     pub sendmmsg_calls: u64,
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+pub(crate) fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP natkit_relay_{name} {help}");
     let _ = writeln!(out, "# TYPE natkit_relay_{name} {kind}");
     for (labels, v) in samples {
@@ -221,6 +223,7 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         userdb(&mut o, u, core.userdb_pending());
     }
     render_udp_io(&mut o, &driver.udp);
+    crate::net::relay_tcp::render_metrics(core, &driver.tcp, &mut o);
     o
 }
 

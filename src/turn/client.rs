@@ -26,6 +26,8 @@ use crate::stun::message::{decode, encode, new_transaction_id};
 use crate::stun::transaction::{ClientTransaction, Outcome, Reliability};
 use crate::turn::channel_data;
 use crate::turn::credentials::Credentials;
+use crate::turn::rfc6062;
+use crate::turn::server::auth::IntegrityKind;
 
 /// A request the client can make.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,19 @@ pub enum Request {
         channel: u16,
         peer: SocketAddr,
     },
+    /// RFC 6062 §4.1: an allocation relaying TCP (over a TCP or TLS connection only).
+    AllocateTcp {
+        lifetime: Option<u32>,
+    },
+    /// RFC 6062 §4.3: a TCP connection from the relayed address to `peer`; the
+    /// success carries [`Success::connection_id`].
+    Connect {
+        peer: SocketAddr,
+    },
+    /// RFC 6062 §4.4: sent on a new connection, which then carries that peer connection's bytes raw.
+    ConnectionBind {
+        connection_id: u32,
+    },
 }
 
 impl Request {
@@ -59,6 +74,9 @@ impl Request {
             Request::Refresh { .. } => REFRESH,
             Request::CreatePermission { .. } => CREATE_PERMMISSION,
             Request::ChannelBind { .. } => CHANNEL_BIND,
+            Request::AllocateTcp { .. } => ALLOCATE,
+            Request::Connect { .. } => MessageMethod::try_from(rfc6062::CONNECT).unwrap_or(BINDING),
+            Request::ConnectionBind { .. } => MessageMethod::try_from(rfc6062::CONNECTION_BIND).unwrap_or(BINDING),
         }
     }
 }
@@ -84,6 +102,8 @@ pub struct Success {
     pub software: Option<String>,
     /// None: the response had no MESSAGE-INTEGRITY (or we had no key to check it).
     pub integrity_ok: Option<bool>,
+    /// CONNECTION-ID of a Connect success (RFC 6062 §6.2).
+    pub connection_id: Option<u32>,
 }
 
 /// Why a request failed.
@@ -209,6 +229,14 @@ impl TurnClient {
         self.nonce = Some(nonce);
     }
 
+    /// Takes the realm (and so the key) another client learned: a data connection of
+    /// RFC 6062 signs its first ConnectionBind with the control connection's realm and
+    /// nonce, since coturn closes a data connection whose first request is challenged.
+    pub fn set_realm(&mut self, realm: String) {
+        self.realm = Some(realm);
+        self.refresh_key();
+    }
+
     /// Starts a request; its result arrives as [`Event::Response`] with this id.
     pub fn request(&mut self, request: Request, auth: Auth, now: Instant) -> RequestId {
         let id = RequestId(self.next_id);
@@ -257,6 +285,27 @@ impl TurnClient {
             }
             Request::ChannelBind { channel, peer } => {
                 b = b.with_attribute(ChannelNumber::new(*channel)).with_attribute(XorPeerAddress::from(*peer));
+            }
+            Request::AllocateTcp { lifetime } => {
+                b = b.with_attribute(tcp_transport()?);
+                if let Some(l) = lifetime {
+                    b = b.with_attribute(LifeTime::new(*l));
+                }
+            }
+            Request::Connect { peer } => b = b.with_attribute(XorPeerAddress::from(*peer)),
+            Request::ConnectionBind { connection_id } => {
+                // stun-rs cannot encode CONNECTION-ID: appended and signed by hand (rfc6062).
+                if sign && let (Some(c), Some(realm), Some(nonce)) = (&self.cfg.credentials, &self.realm, &self.nonce) {
+                    b = b
+                        .with_attribute(UserName::new(&c.username).map_err(|e| format!("username: {e:?}"))?)
+                        .with_attribute(Realm::new(realm).map_err(|e| format!("realm: {e:?}"))?)
+                        .with_attribute(Nonce::new(nonce).map_err(|e| format!("nonce: {e:?}"))?);
+                }
+                let mut m = encode(&b.build());
+                rfc6062::append_connection_id(&mut m, *connection_id);
+                let key = self.key.as_ref().filter(|_| sign && self.nonce.is_some());
+                rfc6062::finish(&mut m, key.map(|k| (k.as_bytes(), IntegrityKind::Sha1)), true);
+                return Ok(m);
             }
         }
         if sign
@@ -405,6 +454,7 @@ impl TurnClient {
                 has_integrity = true;
             }
         }
+        ok.connection_id = rfc6062::connection_id(bytes);
         if let Some(r) = realm {
             self.realm = Some(r);
         }
@@ -453,6 +503,16 @@ impl TurnClient {
             self.key = HMACKey::new_long_term(&c.username, realm, &c.password, Algorithm::from(AlgorithmId::MD5)).ok();
         }
     }
+}
+
+/// REQUESTED-TRANSPORT = TCP (6) as a stun-rs attribute: stun-rs names only
+/// UDP, but decodes any value, so the attribute is taken from a decoded message.
+fn tcp_transport() -> Result<stun_rs::StunAttribute, String> {
+    let mut raw = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+    raw.extend_from_slice(&[0; 12]);
+    raw.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, rfc6062::PROTOCOL_TCP, 0, 0, 0]);
+    let msg = decode(&raw).map_err(|e| format!("REQUESTED-TRANSPORT: {e}"))?;
+    msg.attributes().first().cloned().ok_or_else(|| "REQUESTED-TRANSPORT: not decoded".into())
 }
 
 /// Checks MESSAGE-INTEGRITY of a received message with our long-term key.

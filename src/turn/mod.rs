@@ -2,8 +2,10 @@
 //! shared by the server (`relay`), the clients (`turn-alloc`, `punch`,
 //! `call`) and the signaling server (`--turn-secret`).
 
+pub mod audit_tcp;
 pub mod channel_data;
 pub mod client;
 pub mod credentials;
 pub mod probe;
+pub mod rfc6062;
 pub mod server;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::allocation::MAX_LIFETIME;
 use super::peer_policy::PeerPolicyConfig;
+use super::tcp_relay::TcpRelayConfig;
 use super::throttle::ThrottleConfig;
 use super::unauth_limit::UnauthLimitConfig;
 use super::userdb::UserDbConfig;
@@ -76,6 +77,8 @@ pub struct ServerConfig {
     pub unauth: UnauthLimitConfig,
     /// Users and REST secrets from a shared database (`--userdb`), looked up through the driver.
     pub userdb: Option<UserDbConfig>,
+    /// TCP allocations (RFC 6062): connections per allocation, ConnectionBind timeout.
+    pub tcp: TcpRelayConfig,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             throttle: ThrottleConfig::default(),
             unauth: UnauthLimitConfig::default(),
             userdb: None,
+            tcp: TcpRelayConfig::default(),
         }
     }
 }

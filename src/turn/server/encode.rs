@@ -29,10 +29,13 @@ pub enum ErrorCode {
     InsufficientCapacity,
     /// 500: the user database cannot be asked (temporary; the client tries again).
     ServerError,
+    /// RFC 6062 §6.3.
+    ConnectionAlreadyExists,
+    ConnectionTimeoutOrFailure,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::TryAlternate,
         ErrorCode::BadRequest,
         ErrorCode::Unauthenticated,
@@ -47,6 +50,8 @@ impl ErrorCode {
         ErrorCode::AllocationQuotaReached,
         ErrorCode::InsufficientCapacity,
         ErrorCode::ServerError,
+        ErrorCode::ConnectionAlreadyExists,
+        ErrorCode::ConnectionTimeoutOrFailure,
     ];
 
     pub fn code(self) -> u16 {
@@ -65,6 +70,8 @@ impl ErrorCode {
             ErrorCode::AllocationQuotaReached => 486,
             ErrorCode::InsufficientCapacity => 508,
             ErrorCode::ServerError => 500,
+            ErrorCode::ConnectionAlreadyExists => 446,
+            ErrorCode::ConnectionTimeoutOrFailure => 447,
         }
     }
 
@@ -84,6 +91,8 @@ impl ErrorCode {
             ErrorCode::AllocationQuotaReached => "Allocation Quota Reached",
             ErrorCode::InsufficientCapacity => "Insufficient Capacity",
             ErrorCode::ServerError => "Server Error",
+            ErrorCode::ConnectionAlreadyExists => "Connection Already Exists",
+            ErrorCode::ConnectionTimeoutOrFailure => "Connection Timeout or Failure",
         }
     }
 

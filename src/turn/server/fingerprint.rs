@@ -48,6 +48,12 @@ pub(super) fn crc32(bytes: &[u8]) -> u32 {
     !crc32_update(0xFFFF_FFFF, bytes)
 }
 
+/// The FINGERPRINT value of `bytes` (the message up to the attribute, its
+/// header length already counting it), for a message encoded by hand.
+pub fn compute(bytes: &[u8]) -> u32 {
+    !crc32_update(0xFFFF_FFFF, bytes) ^ XOR
+}
+
 /// Checks FINGERPRINT in a message whose header passed `looks_like_stun`.
 pub fn check(bytes: &[u8]) -> FingerprintCheck {
     let end = HEADER_LEN + u16::from_be_bytes([bytes[2], bytes[3]]) as usize;

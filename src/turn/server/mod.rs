@@ -9,6 +9,7 @@
 //!   credential check (RFC 8656 §7, §9, §11.2; RFC 8489 §9.2.4);
 //! - [`binding`]: the Binding, RFC 5780 and RFC 3489 responder;
 //! - [`encode`]: answers and error codes (RFC 8489 §14.8);
+//! - [`tcp_relay`]: TCP allocations, Connect, ConnectionBind (RFC 6062);
 //! - [`config`]: what the core is told at start;
 //! - [`userdb`]: users from a shared database, cached, looked up as an effect.
 //!
@@ -37,6 +38,7 @@ pub mod peer_policy;
 pub mod permissions;
 mod requests;
 pub mod stats;
+pub mod tcp_relay;
 pub mod throttle;
 pub mod unauth_limit;
 pub mod userdb;
@@ -124,6 +126,11 @@ pub enum RelayOpenError {
 /// The driver's side of relayed sockets: the core asks, the driver binds.
 pub trait RelayPorts: Send {
     fn open(&mut self, family: Family) -> Result<(RelayId, SocketAddr), RelayOpenError>;
+    /// A relayed TCP address (RFC 6062 §5.1): the driver listens there for
+    /// peers and connects to peers from there. Drivers without TCP relaying refuse.
+    fn open_tcp(&mut self, _family: Family) -> Result<(RelayId, SocketAddr), RelayOpenError> {
+        Err(RelayOpenError::Io("TCP relaying is not available here".into()))
+    }
     fn close(&mut self, relay: RelayId);
 }
 
@@ -160,6 +167,8 @@ pub struct Server {
     stats: Stats,
     /// Users from a shared database (`--userdb`), when configured.
     userdb: Option<UserDb>,
+    /// TCP allocations and their peer connections (RFC 6062).
+    tcp: tcp_relay::TcpRelay,
 }
 
 impl Server {
@@ -173,6 +182,7 @@ impl Server {
         let throttle = AuthThrottle::new(cfg.throttle);
         let unauth = UnauthLimit::new(cfg.unauth);
         let userdb = cfg.userdb.map(UserDb::new);
+        let tcp = tcp_relay::TcpRelay::new(cfg.tcp);
         Server {
             cfg,
             auth,
@@ -193,6 +203,7 @@ impl Server {
             reply_signed: false,
             stats: Stats::default(),
             userdb,
+            tcp,
         }
     }
 
@@ -265,6 +276,7 @@ impl Server {
         self.throttle.sweep(now);
         self.unauth.sweep(now);
         self.sweep_userdb(now);
+        self.tcp_sweep(now);
     }
 
     /// A TCP or TLS client went away: its allocation goes with it (RFC 8656 §7).

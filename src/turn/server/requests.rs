@@ -19,6 +19,8 @@ use super::nonce::NonceCheck;
 use super::peer_policy::{Refusal, Verdict};
 use super::userdb::Checked;
 use super::{ErrorCode, Family, FiveTuple, RelayId, RelayOpenError, Server, wire};
+use crate::net::transport::Transport;
+use crate::turn::rfc6062;
 
 /// The outcome of authenticating a request.
 pub(super) enum Authed {
@@ -37,14 +39,14 @@ pub(super) enum PeerRefused {
 }
 
 impl PeerRefused {
-    fn code(self) -> ErrorCode {
+    pub(super) fn code(self) -> ErrorCode {
         match self {
             PeerRefused::FamilyMismatch => ErrorCode::PeerAddressFamilyMismatch,
             PeerRefused::Policy(_) => ErrorCode::Forbidden,
         }
     }
 
-    fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> &'static str {
         match self {
             PeerRefused::FamilyMismatch => ErrorCode::PeerAddressFamilyMismatch.reason(),
             PeerRefused::Policy(why) => why.reason(),
@@ -72,6 +74,8 @@ impl Server {
             m if m == REFRESH => self.refresh(from, packet, &msg, now),
             m if m == CREATE_PERMMISSION => self.create_permission(from, packet, &msg, now),
             m if m == CHANNEL_BIND => self.channel_bind(from, packet, &msg, now),
+            m if m.as_u16() == rfc6062::CONNECT => self.connect(from, packet, &msg, now),
+            m if m.as_u16() == rfc6062::CONNECTION_BIND => self.connection_bind(from, packet, &msg, now),
             _ => self.error(method, txid, ErrorCode::BadRequest, None, vec![]),
         }
     }
@@ -220,9 +224,16 @@ impl Server {
         let Some(transport) = msg.attributes().iter().find_map(|a| a.as_requested_trasport().ok()) else {
             return self.error(method, txid, ErrorCode::BadRequest, signed, vec![]);
         };
-        if transport.protocol() != stun_rs::protocols::UDP {
-            return self.error(method, txid, ErrorCode::UnsupportedTransportProtocol, signed, vec![]);
-        }
+        // RFC 6062 §5.1: TCP relaying only for a TCP or TLS control connection (400 otherwise).
+        let relay_tcp = match transport.protocol().as_u8() {
+            p if p == stun_rs::protocols::UDP.as_u8() => false,
+            rfc6062::PROTOCOL_TCP if from.transport != Transport::Udp => true,
+            rfc6062::PROTOCOL_TCP => {
+                let reason = "Bad Request: TCP relaying needs a TCP or TLS connection to the server";
+                return self.error_with_reason(method, txid, ErrorCode::BadRequest, reason, signed, vec![]);
+            }
+            _ => return self.error(method, txid, ErrorCode::UnsupportedTransportProtocol, signed, vec![]),
+        };
         let family = match msg.attributes().iter().find_map(|a| a.as_requested_address_family().ok()) {
             Some(f) if f.family() == AddressFamily::IPv6 => Family::V6,
             _ => Family::V4,
@@ -251,7 +262,8 @@ impl Server {
         }
         let requested = msg.attributes().iter().find_map(|a| a.as_life_time().ok()).map(|l| l.as_u32());
         let lifetime = granted_lifetime(requested.filter(|s| *s > 0), self.cfg.max_lifetime);
-        let (relay, bound) = match self.ports.open(family) {
+        let opened = if relay_tcp { self.ports.open_tcp(family) } else { self.ports.open(family) };
+        let (relay, bound) = match opened {
             Ok(r) => r,
             Err(RelayOpenError::FamilyNotServed) => {
                 return self.error(method, txid, ErrorCode::AddressFamilyNotSupported, signed, vec![]);
@@ -285,6 +297,9 @@ impl Server {
             transaction: txid,
         });
         self.stats.allocations_created += 1;
+        if relay_tcp {
+            self.tcp.allocated(relay);
+        }
         reply
     }
 

@@ -504,6 +504,10 @@ fn allocate_checks_transport_and_family() {
     raw.extend_from_slice(&[0x00, 0x19, 0, 4, 6, 0, 0, 0]);
     let tcp = decode(&raw).unwrap().attributes()[0].clone();
     let m = h.request(client, &build(ALLOCATE, vec![tcp], Some((&c, &nonce))));
+    assert_eq!(error_code(&m), Some(400), "RFC 6062 §5.1: TCP relaying over a UDP control connection is 400");
+    raw[24] = 99;
+    let other = decode(&raw).unwrap().attributes()[0].clone();
+    let m = h.request(client, &build(ALLOCATE, vec![other], Some((&c, &nonce))));
     assert_eq!(error_code(&m), Some(442));
     let v6 = RequestedAddressFamily::new(AddressFamily::IPv6).into();
     let m = h.request(client, &build(ALLOCATE, vec![udp_transport(), v6], Some((&c, &nonce))));

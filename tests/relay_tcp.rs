@@ -1,0 +1,446 @@
+//! RFC 6062 TCP allocations in `natkit relay`, against coturn's own client
+//! (`turnutils_uclient -T`, also run against coturn to show the test is
+//! right), and with a small hand-written TCP client for the refusals and the
+//! attacks: a loopback peer refused with the policy's 403 reason, an unknown
+//! CONNECTION-ID refused, a connection that is never bound closed at the
+//! timeout and counted, many Connects stopped by the per-allocation cap, and
+//! a peer without a permission that gets nothing. All on loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::coturn::{Coturn, CoturnConfig};
+use common::relay::Relay;
+use common::{free_port, tools};
+use natkit::stun::message::{decode, encode, new_transaction_id};
+use natkit::turn::rfc6062;
+use natkit::turn::server::auth::IntegrityKind;
+use stun_rs::attributes::stun::{Nonce, Realm, UserName};
+use stun_rs::attributes::turn::{RequestedTrasport, XorPeerAddress};
+use stun_rs::methods::{ALLOCATE, CREATE_PERMMISSION};
+use stun_rs::{MessageClass, MessageMethod, StunAttribute, StunMessage, StunMessageBuilder, TransactionId};
+
+const USER: &[&str] = &["--user", "alice:wonderland", "--realm", "lab", "--ports", "46000-47999"];
+
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let i = text.rfind(key)? + key.len();
+    let digits: String = text[i..].trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// `turnutils_uclient -T` (TCP relaying, client to client: each of the `-m`
+/// clients makes two TCP allocations and connects one to the other's
+/// relayed address); returns (sent, received, lost, output).
+fn uclient_tcp(port: u16, clients: u32, messages: u32) -> (u64, u64, u64, String) {
+    let bin = tools::require("turnutils_uclient", "coturn");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(bin)
+        .args(["-T", "-u", "alice", "-w", "wonderland", "-p", &port.to_string()])
+        .args(["-m", &clients.to_string(), "-n", &messages.to_string(), "-l", "170", "-z", "5"])
+        .arg("127.0.0.1")
+        .output()
+        .expect("running turnutils_uclient");
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let parse = |k| number_after(&output, k).unwrap_or_else(|| panic!("no '{k}' in uclient output:\n{output}"));
+    (parse("tot_send_msgs="), parse("tot_recv_msgs="), parse("Total lost packets"), output)
+}
+
+fn metrics(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until `series` on the metrics page reaches `at_least`; returns its last value.
+fn wait_metric(addr: &str, series: &str, at_least: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = sample(&metrics(addr), series);
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn uclient_tcp_relaying_through_natkit_relay_echoes_every_message() {
+    let mport = free_port();
+    let maddr = format!("127.0.0.1:{mport}");
+    let relay = Relay::start(&[USER, &["--allow-loopback-peers", "--metrics", &maddr]].concat());
+    let (sent, received, lost, output) = uclient_tcp(relay.port, 2, 30);
+    assert!(sent >= 2 * 30, "only {sent} messages sent\n{output}");
+    assert_eq!(received, sent, "not every message came back\n{output}");
+    assert_eq!(lost, 0, "{output}");
+    let m = metrics(&maddr);
+    // Each pair of allocations: one Connect, one inbound peer (the other allocation's relayed
+    // address), both ends bound by a data connection.
+    let connects = sample(&m, "natkit_relay_tcp_peer_connections_total{outcome=\"connect\"}");
+    assert!(connects >= 1, "{m}");
+    assert_eq!(sample(&m, "natkit_relay_tcp_peer_connections_total{outcome=\"inbound\"}"), connects, "{m}");
+    assert_eq!(sample(&m, "natkit_relay_tcp_peer_connections_total{outcome=\"bound\"}"), 2 * connects, "{m}");
+    let to_peer = sample(&m, "natkit_relay_tcp_bytes_relayed_total{direction=\"to_peer\"}");
+    assert!(to_peer >= sent * 170, "bytes to peers counted: {to_peer} for {sent} messages of 170 bytes");
+}
+
+#[test]
+fn uclient_tcp_relaying_through_coturn_echoes_every_message() {
+    // The same test against coturn's own server: the test itself is right.
+    let coturn = Coturn::start(CoturnConfig {
+        args: ["--user=alice:wonderland", "--realm=lab", "--lt-cred-mech", "--allow-loopback-peers"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let (sent, received, lost, output) = uclient_tcp(coturn.port, 2, 30);
+    assert!(sent >= 2 * 30, "only {sent} messages sent\n{output}");
+    assert_eq!(received, sent, "{output}");
+    assert_eq!(lost, 0, "{output}");
+}
+
+/// A hand-written TURN client over one TCP connection, enough for the refusals.
+struct Ctl {
+    s: TcpStream,
+    nonce: String,
+}
+
+/// A request, signed by hand when `nonce` is given (stun-rs encodes neither
+/// REQUESTED-TRANSPORT=TCP nor CONNECTION-ID).
+fn request(method: u16, attrs: Vec<StunAttribute>, tcp: bool, conn: Option<u32>, nonce: Option<&str>) -> Vec<u8> {
+    let mut b = StunMessageBuilder::new(MessageMethod::try_from(method).unwrap(), MessageClass::Request)
+        .with_transaction_id(TransactionId::from(new_transaction_id()));
+    for a in attrs {
+        b = b.with_attribute(a);
+    }
+    if let Some(n) = nonce {
+        b = b
+            .with_attribute(UserName::new("alice").unwrap())
+            .with_attribute(Realm::new("lab").unwrap())
+            .with_attribute(Nonce::new(n).unwrap());
+    }
+    let mut m = encode(&b.build());
+    if tcp {
+        assert!(rfc6062::set_requested_transport_tcp(&mut m));
+    }
+    if let Some(id) = conn {
+        rfc6062::append_connection_id(&mut m, id);
+    }
+    let key = natkit::turn::credentials::long_term_key("alice", "lab", "wonderland");
+    rfc6062::finish(&mut m, nonce.map(|_| (&key[..], IntegrityKind::Sha1)), true);
+    m
+}
+
+fn read_msg(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = [0u8; 20];
+    s.read_exact(&mut head)?;
+    let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+    let mut m = head.to_vec();
+    m.resize(20 + len, 0);
+    s.read_exact(&mut m[20..])?;
+    Ok(m)
+}
+
+fn code(m: &StunMessage) -> Option<u16> {
+    m.attributes().iter().find_map(|a| a.as_error_code().ok()).map(|e| e.error_code().error_code())
+}
+
+fn reason(m: &StunMessage) -> String {
+    m.attributes()
+        .iter()
+        .find_map(|a| a.as_error_code().ok())
+        .map(|e| e.error_code().reason().to_string())
+        .unwrap_or_default()
+}
+
+fn peer_attr(p: SocketAddr) -> StunAttribute {
+    XorPeerAddress::from(p).into()
+}
+
+impl Ctl {
+    fn connect(relay: &str) -> Ctl {
+        let s = TcpStream::connect(relay).expect("connecting to the relay");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Ctl { s, nonce: String::new() }
+    }
+
+    fn ask(&mut self, bytes: &[u8]) -> (Vec<u8>, StunMessage) {
+        self.s.write_all(bytes).unwrap();
+        let raw = read_msg(&mut self.s).expect("an answer within 10 s");
+        let m = decode(&raw).expect("the answer decodes");
+        (raw, m)
+    }
+
+    /// A TCP allocation (401 first); returns the relayed address.
+    fn allocate_tcp(&mut self) -> SocketAddr {
+        let t: StunAttribute = RequestedTrasport::new(stun_rs::protocols::UDP).into();
+        let (_, challenge) = self.ask(&request(ALLOCATE.as_u16(), vec![t.clone()], true, None, None));
+        assert_eq!(code(&challenge), Some(401));
+        self.nonce = challenge.attributes().iter().find_map(|a| a.as_nonce().ok()).unwrap().as_str().to_string();
+        let (_, ok) = self.ask(&request(ALLOCATE.as_u16(), vec![t], true, None, Some(&self.nonce.clone())));
+        assert_eq!(ok.class(), MessageClass::SuccessResponse, "TCP Allocate refused: {:?} {}", code(&ok), reason(&ok));
+        *ok.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()).unwrap().socket_address()
+    }
+
+    fn permit(&mut self, peer: SocketAddr) {
+        let (_, m) = self.ask(&request(
+            CREATE_PERMMISSION.as_u16(),
+            vec![peer_attr(peer)],
+            false,
+            None,
+            Some(&self.nonce.clone()),
+        ));
+        assert_eq!(m.class(), MessageClass::SuccessResponse, "{:?}", code(&m));
+    }
+
+    fn connect_to(&mut self, peer: SocketAddr) -> (Vec<u8>, StunMessage) {
+        self.ask(&request(rfc6062::CONNECT, vec![peer_attr(peer)], false, None, Some(&self.nonce.clone())))
+    }
+}
+
+/// A TCP echo peer on loopback: echoes every connection; counts the connections that ended.
+struct EchoPeer {
+    addr: SocketAddr,
+    ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EchoPeer {
+    fn start() -> EchoPeer {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let e = ended.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let e = e.clone();
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    e.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        });
+        EchoPeer { addr, ended }
+    }
+}
+
+#[test]
+fn connect_to_a_loopback_peer_is_refused_with_the_policys_reason() {
+    let relay = Relay::start(USER);
+    let mut c = Ctl::connect(&relay.addr());
+    c.allocate_tcp();
+    let (_, m) = c.connect_to("127.0.0.1:9".parse().unwrap());
+    assert_eq!(code(&m), Some(403));
+    assert!(reason(&m).to_lowercase().contains("loopback"), "the 403 says why: {}", reason(&m));
+    // Without a permission a permitted kind of peer is refused too, and says what to do.
+    let (_, m) = c.connect_to("203.0.113.9:80".parse().unwrap());
+    assert_eq!(code(&m), Some(403));
+    assert!(reason(&m).contains("CreatePermission"), "{}", reason(&m));
+}
+
+#[test]
+fn connection_bind_with_an_unknown_id_is_400() {
+    let relay = Relay::start(USER);
+    let mut data = Ctl::connect(&relay.addr());
+    let (_, challenge) = data.ask(&request(rfc6062::CONNECTION_BIND, vec![], false, Some(0x1234_5678), None));
+    assert_eq!(code(&challenge), Some(401));
+    let nonce = challenge.attributes().iter().find_map(|a| a.as_nonce().ok()).unwrap().as_str().to_string();
+    let (_, m) = data.ask(&request(rfc6062::CONNECTION_BIND, vec![], false, Some(0x1234_5678), Some(&nonce)));
+    assert_eq!(code(&m), Some(400), "{}", reason(&m));
+}
+
+#[test]
+fn a_connection_that_is_never_bound_is_closed_at_the_timeout_and_counted() {
+    let mport = free_port();
+    let maddr = format!("127.0.0.1:{mport}");
+    let relay =
+        Relay::start(&[USER, &["--allow-loopback-peers", "--tcp-bind-timeout", "2", "--metrics", &maddr]].concat());
+    let peer = EchoPeer::start();
+    let mut c = Ctl::connect(&relay.addr());
+    c.allocate_tcp();
+    c.permit(peer.addr);
+    let (raw, m) = c.connect_to(peer.addr);
+    assert_eq!(m.class(), MessageClass::SuccessResponse, "{:?} {}", code(&m), reason(&m));
+    assert!(rfc6062::connection_id(&raw).is_some(), "the answer names the connection");
+    // Nobody binds it: the relay closes the peer connection (the echo peer sees EOF) and counts it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while peer.ended.load(std::sync::atomic::Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(peer.ended.load(std::sync::atomic::Ordering::SeqCst), 1, "the peer connection was closed");
+    let n = wait_metric(
+        &maddr,
+        "natkit_relay_tcp_peer_connections_total{outcome=\"bind_timeout\"}",
+        1,
+        Duration::from_secs(5),
+    );
+    assert_eq!(n, 1);
+    assert_eq!(sample(&metrics(&maddr), "natkit_relay_tcp_peer_connections"), 0);
+}
+
+#[test]
+fn many_connects_from_one_allocation_hit_the_cap() {
+    let relay = Relay::start(&[USER, &["--allow-loopback-peers", "--max-tcp-connections", "3"]].concat());
+    let peers: Vec<EchoPeer> = (0..4).map(|_| EchoPeer::start()).collect();
+    let mut c = Ctl::connect(&relay.addr());
+    c.allocate_tcp();
+    c.permit(peers[0].addr);
+    let mut codes = Vec::new();
+    for p in &peers {
+        let (_, m) = c.connect_to(p.addr);
+        codes.push(code(&m));
+    }
+    assert_eq!(codes, vec![None, None, None, Some(508)], "three connections, the fourth refused");
+}
+
+#[test]
+fn a_peer_without_a_permission_gets_nothing_and_the_client_hears_nothing() {
+    let mport = free_port();
+    let maddr = format!("127.0.0.1:{mport}");
+    let relay = Relay::start(&[USER, &["--allow-loopback-peers", "--metrics", &maddr]].concat());
+    let mut c = Ctl::connect(&relay.addr());
+    let relayed = c.allocate_tcp();
+    let mut intruder = TcpStream::connect(relayed).expect("the relayed address listens");
+    intruder.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = intruder.write_all(b"hello?");
+    let mut buf = [0u8; 64];
+    let got = intruder.read(&mut buf).unwrap_or(0);
+    assert_eq!(got, 0, "closed without a byte");
+    c.s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    assert!(read_msg(&mut c.s).is_err(), "no ConnectionAttempt for a peer without a permission");
+    assert_eq!(sample(&metrics(&maddr), "natkit_relay_tcp_peer_connections_total{outcome=\"inbound_refused\"}"), 1);
+    // With a permission the same peer is announced.
+    c.permit(relayed);
+    c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _second = TcpStream::connect(relayed).unwrap();
+    let attempt = decode(&read_msg(&mut c.s).expect("a ConnectionAttempt")).unwrap();
+    assert_eq!(attempt.method().as_u16(), rfc6062::CONNECTION_ATTEMPT);
+}
+
+/// `natkit turn-alloc --peer-transport tcp` against a server on loopback; returns its JSON.
+fn turn_alloc_tcp(server: &str, peer: SocketAddr) -> serde_json::Value {
+    let out = common::natkit(&[
+        "turn-alloc",
+        server,
+        "--transport",
+        "tcp",
+        "-u",
+        "alice",
+        "-p",
+        "wonderland",
+        "--peer",
+        &peer.to_string(),
+        "--peer-transport",
+        "tcp",
+        "--packets",
+        "20",
+        "--rate",
+        "200",
+        "--json",
+    ]);
+    common::json_of(&out)
+}
+
+fn assert_tcp_step_echoed(j: &serde_json::Value, what: &str) {
+    let t = &j["tcp_relay"];
+    assert_eq!(t["ok"], true, "{what}: {j:#}");
+    assert_eq!(t["messages_sent"], 20, "{what}: {t:#}");
+    assert_eq!(t["messages_echoed"], 20, "{what}: {t:#}");
+    assert_eq!(t["bytes_echoed"], 20 * 172, "{what}: {t:#}");
+    assert!(t["connection_id"].is_u64(), "{what}: {t:#}");
+    assert!(t["rtt_ms"]["avg"].is_f64(), "{what}: {t:#}");
+    let step = j["steps"].as_array().unwrap().iter().find(|s| s["name"] == "tcp-relay").expect("a tcp-relay step");
+    assert_eq!(step["ok"], true, "{what}: {step:#}");
+    assert_eq!(j["ok"], true, "{what}: every step passed: {j:#}");
+}
+
+#[test]
+fn turn_alloc_peer_transport_tcp_relays_to_a_tcp_echo_peer_through_natkit_relay() {
+    let relay = Relay::start(&[USER, &["--allow-loopback-peers"]].concat());
+    let peer = EchoPeer::start();
+    assert_tcp_step_echoed(&turn_alloc_tcp(&relay.addr(), peer.addr), "natkit relay");
+}
+
+#[test]
+fn turn_alloc_peer_transport_tcp_relays_to_a_tcp_echo_peer_through_coturn() {
+    let coturn = Coturn::start(CoturnConfig {
+        args: ["--user=alice:wonderland", "--realm=lab", "--lt-cred-mech", "--allow-loopback-peers"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let peer = EchoPeer::start();
+    assert_tcp_step_echoed(&turn_alloc_tcp(&coturn.addr(), peer.addr), "coturn");
+}
+
+#[test]
+fn turn_alloc_peer_transport_tcp_over_udp_is_bad_input() {
+    let out = common::natkit(&["turn-alloc", "127.0.0.1:9", "--peer", "127.0.0.1:7", "--peer-transport", "tcp"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--transport tcp"));
+}
+
+#[test]
+fn turn_alloc_peer_transport_tcp_works_over_a_tls_control_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = common::coturn::self_signed_cert(dir.path());
+    let tls = format!("127.0.0.1:{}", free_port());
+    let relay = Relay::start(
+        &[
+            USER,
+            &[
+                "--allow-loopback-peers",
+                "--tls-listen",
+                &tls,
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let peer = EchoPeer::start();
+    let out = common::natkit(&[
+        "turn-alloc",
+        &tls,
+        "--transport",
+        "tls",
+        "--insecure",
+        "-u",
+        "alice",
+        "-p",
+        "wonderland",
+        "--peer",
+        &peer.addr.to_string(),
+        "--peer-transport",
+        "tcp",
+        "--packets",
+        "20",
+        "--json",
+    ]);
+    let j = common::json_of(&out);
+    assert_eq!(j["transport"], "tls", "{j:#}");
+    assert_tcp_step_echoed(&j, "natkit relay over TLS");
+    drop(relay);
+}
