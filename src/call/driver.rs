@@ -12,7 +12,7 @@ use tokio::time::sleep_until;
 use super::peer::{CallPeer, PeerEvent};
 use super::report::{CallReport, IceFacts, Outcome, Recording, no_pair_diagnosis};
 use super::source::{AudioSource, VideoSource};
-use crate::ice::servers::{self, GatherEvent, Gatherer};
+use crate::ice::server_candidates::{self, GatherEvent, Gatherer};
 use crate::signal::client::{ClientOptions, SignalClient, SignalSender};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
 use crate::turn::credentials::Credentials;
@@ -177,7 +177,7 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
     // Without --stun/--turn, use what the signaling server hands out (as the page does).
     let (mut stun, mut turn) = (opts.stun.clone(), opts.turn.clone());
     if stun.is_empty() && turn.is_none() {
-        (stun, turn) = servers::from_signal(&membership.ice_servers, bound).await;
+        (stun, turn) = server_candidates::from_signal(&membership.ice_servers, bound).await;
     }
     if opts.relay_only {
         stun.clear();

@@ -18,7 +18,7 @@ use crate::nat::lifetime::{LifetimeConfig, LifetimeResult, LifetimeSearch};
 use crate::nat::p2p::{P2p, Verdicts};
 use crate::nat::port_allocation::{PortPattern, PortSample, pattern};
 use crate::nat::watch::{Change, Field, Snapshot};
-use crate::net::server::{Family, Host, ServerSpec};
+use crate::net::server_spec::{Family, Host, ServerSpec};
 use crate::net::transport::Transport;
 use crate::net::udp::{self, MultiSocketCore, Unreachable};
 use crate::output::{self, OutputOptions, Render};

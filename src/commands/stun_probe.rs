@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::cli::{StunProbeArgs, TransportChoice};
 use crate::error::{Status, UsageError, usage};
 use crate::net::address_class::AddressClass;
-use crate::net::server::{Family, ServerSpec};
+use crate::net::server_spec::{Family, ServerSpec};
 use crate::net::stream::{self, StreamEnd};
 use crate::net::tls::{CertVerdict, TlsClient, TlsOptions};
 use crate::net::transport::Transport;

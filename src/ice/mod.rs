@@ -6,4 +6,5 @@
 pub mod checks;
 pub mod description;
 pub mod gather;
-pub mod servers;
+pub mod server_candidates;
+pub mod server_list;

@@ -6,7 +6,7 @@ pub mod conn_limit;
 pub mod mmsg;
 pub mod port_holder;
 pub mod relay_driver;
-pub mod server;
+pub mod server_spec;
 pub mod stream;
 pub mod tls;
 pub mod transport;

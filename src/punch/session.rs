@@ -13,11 +13,11 @@ use anyhow::Context;
 use is::{Candidate, CandidateKind, IceAgent, IceCreds};
 
 use crate::cli::PunchArgs;
-use crate::commands::ice_servers::IceServers;
 use crate::ice;
 use crate::ice::checks::{CheckOutcome, CheckRecord};
 use crate::ice::description::{Description, VERSION};
 use crate::ice::gather;
+use crate::ice::server_list::IceServers;
 use crate::net::tls::TlsOptions;
 use crate::net::udp;
 use crate::output::{self, OutputOptions};
@@ -114,7 +114,7 @@ pub async fn run(
     let IceServers { stun: mut stun_servers, mut turn } = servers;
     if stun_servers.is_empty() || turn.is_none() {
         let (signal_stun, signal_turn) =
-            ice::servers::from_signal(&membership.ice_servers, SocketAddr::from(([0, 0, 0, 0], 0))).await;
+            ice::server_candidates::from_signal(&membership.ice_servers, SocketAddr::from(([0, 0, 0, 0], 0))).await;
         if stun_servers.is_empty() {
             stun_servers = signal_stun;
         }

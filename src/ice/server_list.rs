@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::cli::IceServerArgs;
 use crate::error::usage;
-use crate::net::server::{Family, ServerSpec};
+use crate::net::server_spec::{Family, ServerSpec};
 use crate::net::transport::Transport;
 use crate::turn::credentials::{Credentials, rest_credentials};
 

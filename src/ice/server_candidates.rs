@@ -353,7 +353,7 @@ pub async fn from_signal(
     ice: &[crate::signal::protocol::IceServer],
     bound: SocketAddr,
 ) -> (Vec<SocketAddr>, Option<(SocketAddr, Credentials)>) {
-    use crate::net::server::{Family, Scheme, ServerSpec};
+    use crate::net::server_spec::{Family, Scheme, ServerSpec};
     use crate::net::transport::Transport;
     let family = if bound.is_ipv4() { Family::V4 } else { Family::V6 };
     let (mut stun, mut turn) = (Vec::new(), None);
