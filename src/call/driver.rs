@@ -12,7 +12,9 @@ use tokio::time::sleep_until;
 use super::peer::{CallPeer, PeerEvent};
 use super::report::{CallReport, IceFacts, Outcome, Recording, no_pair_diagnosis};
 use super::source::{AudioSource, VideoSource};
-use crate::ice::server_candidates::{self, GatherEvent, Gatherer};
+use crate::ice::server_candidates::{GatherEvent, Gatherer};
+use crate::ice::server_list;
+use crate::net::server_spec::Family;
 use crate::signal::client::{ClientOptions, SignalClient, SignalSender};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
 use crate::turn::credentials::Credentials;
@@ -177,7 +179,9 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
     // Without --stun/--turn, use what the signaling server hands out (as the page does).
     let (mut stun, mut turn) = (opts.stun.clone(), opts.turn.clone());
     if stun.is_empty() && turn.is_none() {
-        (stun, turn) = server_candidates::from_signal(&membership.ice_servers, bound).await;
+        let family = if bound.is_ipv4() { Family::V4 } else { Family::V6 };
+        let from_signal = server_list::from_signal(&membership.ice_servers, family).await;
+        (stun, turn) = (from_signal.stun, from_signal.turn);
     }
     if opts.relay_only {
         stun.clear();
