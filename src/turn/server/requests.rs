@@ -54,7 +54,8 @@ impl PeerRefused {
 impl Server {
     /// Answers a request into scratch; returns the length, or None to stay silent.
     pub(super) fn request(&mut self, from: FiveTuple, packet: &[u8], method: u16, now: Instant) -> Option<usize> {
-        let txid = wire::transaction_id(packet);
+        // The caller checked the header (`looks_like_stun`), so this is never None.
+        let txid = crate::stun::message::transaction_id(packet)?;
         let msg = match crate::stun::message::decode(packet) {
             Ok(m) => m,
             Err(e) => {
