@@ -17,7 +17,7 @@ use super::auth::{self, AuthFailure, IntegrityKind, UserKey};
 use super::channels::BindError;
 use super::nonce::NonceCheck;
 use super::peer_policy::{Refusal, Verdict};
-use super::{ErrorCode, Family, FiveTuple, RelayId, RelayOpenError, Server, wire};
+use super::{ErrorCode, Family, FiveTuple, RelayId, RelayOpenError, Server};
 
 /// The outcome of authenticating a request.
 pub(super) enum Authed {
