@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::time::sleep_until;
 
 use super::peer::{CallPeer, PeerEvent};
-use super::report::{CallReport, IceFacts, Outcome, Recording, no_pair_diagnosis};
+use super::report::{CallReport, IceFacts, Outcome, Recording, Role, no_pair_diagnosis};
 use super::source::{AudioSource, VideoSource};
 use crate::ice::server_candidates::{GatherEvent, Gatherer};
 use crate::ice::server_list;
@@ -47,12 +47,6 @@ pub struct Sources {
 
 /// How long ICE may stay disconnected before the call is declared lost.
 const LOST_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Offerer,
-    Answerer,
-}
 
 /// Host candidate addresses for a socket bound to `local`: the bound IP if it is specific,
 /// otherwise every up interface of the same family (loopback only when nothing else exists).
@@ -386,10 +380,7 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
 
 fn fill_report(report: &mut CallReport, s: &Session, now: Instant) {
     report.peer = s.remote.as_ref().map(|p| p.to_string());
-    report.role = s.role.map(|r| match r {
-        Role::Offerer => "offerer".to_string(),
-        Role::Answerer => "answerer".to_string(),
-    });
+    report.role = s.role;
     if let Some(p) = s.peer.path() {
         report.path = Some(p);
     }

@@ -111,7 +111,7 @@ impl MultiSocketCore for Discovery {
         Discovery::handle_input(self, socket, from, bytes, now)
     }
     fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, now: Instant) {
-        Discovery::handle_unreachable(self, socket, destination, why.to_string(), now)
+        Discovery::handle_unreachable(self, socket, destination, why, now)
     }
     fn is_done(&self) -> bool {
         Discovery::is_done(self)
@@ -613,7 +613,7 @@ fn build_report(
         rtt_ms: f.rtt.map(|r| r.as_secs_f64() * 1000.0),
         duration_ms: duration.as_secs_f64() * 1000.0,
         meaning: f.nat_type.map(|t| t.meaning().to_string()),
-        notes: f.notes,
+        notes: f.notes.iter().map(ToString::to_string).collect(),
         tests: f.exchanges,
         port_mapping: None,
         cgnat: None,
@@ -680,7 +680,7 @@ fn describe_result(r: &Option<ExchangeResult>) -> String {
         Some(ExchangeResult::Error { from, code, reason, .. }) => format!("error {code} {reason} from {from}"),
         Some(ExchangeResult::Hairpinned { from, .. }) => format!("came back to socket 0 from {from}"),
         Some(ExchangeResult::Timeout { after_ms }) => format!("no answer ({})", output::ms(*after_ms)),
-        Some(ExchangeResult::Unreachable { error, .. }) => error.clone(),
+        Some(ExchangeResult::Unreachable { error, .. }) => error.to_string(),
         Some(ExchangeResult::Skipped { reason }) => format!("skipped: {reason}"),
     }
 }

@@ -37,6 +37,13 @@ impl std::fmt::Display for Unreachable {
     }
 }
 
+/// In JSON, the sentence (`"error": "port unreachable (ICMP)"`).
+impl serde::Serialize for Unreachable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl Unreachable {
     fn from_errno(e: i32) -> Self {
         match e {

@@ -103,7 +103,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let joined = Instant::now();
-    let role = if membership.peers.is_empty() { Role::Answerer } else { Role::Offerer };
+    let role = Role::on_joining(!membership.peers.is_empty());
     report.role = Some(role);
     tracing::info!(id = %membership.id.as_str(), ?role, "joined room {}", room.as_str());
 
