@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::nat::classify::{Filtering, Mapping, NatType, Translation, classify};
 use crate::nat::notes::{FilteringTest, Note, SkipReason};
 use crate::nat::port_allocation::PortSample;
-use crate::net::udp::Unreachable;
+use crate::net::udp::{MultiSocketCore, Unreachable};
 use crate::stun::message::{BindingResponse, ChangeFlags, binding_request_with, is_request, new_transaction_id};
 use crate::stun::transaction::{ClientTransaction, Outcome, Reliability, Retransmit};
 
@@ -665,6 +665,28 @@ pub struct Findings {
     /// Why something is unknown (sentences: [`Note`]'s `Display`).
     pub notes: Vec<Note>,
     pub exchanges: Vec<Exchange>,
+}
+
+/// The core as the multi-socket UDP driver sees it.
+impl MultiSocketCore for Discovery {
+    fn poll_transmit(&mut self, now: Instant) -> Option<(usize, SocketAddr, Vec<u8>)> {
+        Discovery::poll_transmit(self, now).map(|t| (t.socket, t.destination, t.bytes))
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Discovery::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Discovery::handle_timeout(self, now)
+    }
+    fn handle_input(&mut self, socket: usize, from: SocketAddr, bytes: &[u8], now: Instant) {
+        Discovery::handle_input(self, socket, from, bytes, now)
+    }
+    fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, now: Instant) {
+        Discovery::handle_unreachable(self, socket, destination, why, now)
+    }
+    fn is_done(&self) -> bool {
+        Discovery::is_done(self)
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod address_class;
 pub mod conn_limit;
 pub mod mmsg;
+pub mod nat_discovery;
 pub mod port_holder;
 pub mod relay_driver;
 pub mod server_spec;
