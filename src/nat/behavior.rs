@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::nat::classify::{Filtering, Mapping, NatType, Translation, classify};
 use crate::nat::notes::{FilteringTest, Note, SkipReason};
 use crate::nat::port_allocation::PortSample;
-use crate::net::udp::{MultiSocketCore, Unreachable};
+use crate::net::datagram::{MultiSocketCore, Transmit, Unreachable};
 use crate::stun::message::{BindingResponse, ChangeFlags, binding_request_with, is_request, new_transaction_id};
 use crate::stun::transaction::{ClientTransaction, Outcome, Reliability, Retransmit};
 
@@ -188,14 +188,6 @@ pub struct Discovery {
     hairpin_started: bool,
 }
 
-/// A datagram to send from logical socket `socket`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub socket: usize,
-    pub destination: SocketAddr,
-    pub bytes: Vec<u8>,
-}
-
 impl Discovery {
     /// `locals[i]`: the local address of socket `i` as the server would see it
     /// without a NAT (a concrete IP, not 0.0.0.0); `cfg.servers` must not be empty.
@@ -269,7 +261,7 @@ impl Discovery {
                     t.ex.sent_at_ms = Some(now.saturating_duration_since(start).as_secs_f64() * 1000.0);
                 }
                 t.ex.sends = t.tx.sends();
-                return Some(Transmit { socket: t.ex.socket, destination: t.ex.destination, bytes });
+                return Some(Transmit { socket: t.ex.socket, destination: t.ex.destination, payload: bytes });
             }
         }
         None
@@ -669,8 +661,8 @@ pub struct Findings {
 
 /// The core as the multi-socket UDP driver sees it.
 impl MultiSocketCore for Discovery {
-    fn poll_transmit(&mut self, now: Instant) -> Option<(usize, SocketAddr, Vec<u8>)> {
-        Discovery::poll_transmit(self, now).map(|t| (t.socket, t.destination, t.bytes))
+    fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        Discovery::poll_transmit(self, now)
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Discovery::poll_timeout(self)
@@ -813,7 +805,7 @@ mod tests {
                 match (self.hairpin || !self.nat(), target) {
                     (true, Some(s)) => {
                         let from = sa(self.public_ip, port);
-                        self.schedule(now + self.one_way, Delivery::Datagram(s, from, t.bytes));
+                        self.schedule(now + self.one_way, Delivery::Datagram(s, from, t.payload));
                     }
                     _ => self.schedule(now + self.one_way, Delivery::Unreachable(t.socket, dest)),
                 }
@@ -824,7 +816,7 @@ mod tests {
             if !self.server_ips.contains(&dest.ip()) || !(dest.port() == S_PORT || dest.port() == ALT_PORT) {
                 return;
             }
-            let flags = change_flags(&t.bytes).expect("our own request decodes");
+            let flags = change_flags(&t.payload).expect("our own request decodes");
             let (mut src_ip, mut src_port) = (dest.ip(), dest.port());
             if self.rfc5780 {
                 if flags.change_ip {
@@ -835,7 +827,7 @@ mod tests {
                 }
             }
             let from = sa(src_ip, src_port);
-            let id = transaction_id(&t.bytes).expect("id");
+            let id = transaction_id(&t.payload).expect("id");
             let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
                 .with_transaction_id(TransactionId::from(id))
                 .with_attribute(XorMappedAddress::from(mapped))

@@ -3,6 +3,7 @@
 
 pub mod address_class;
 pub mod conn_limit;
+pub mod datagram;
 pub mod mmsg;
 pub mod nat_discovery;
 pub mod port_holder;

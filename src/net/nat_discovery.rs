@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use crate::error::UsageError;
 use crate::nat::behavior::{Config, Discovery, Timing};
 use crate::nat::lifetime::{LifetimeConfig, LifetimeResult, LifetimeSearch};
+use crate::net::datagram::{MultiSocketCore, Transmit, Unreachable};
 use crate::net::server_spec::{Family, Host, ServerSpec};
 use crate::net::transport::Transport;
-use crate::net::udp::{self, MultiSocketCore, Unreachable};
+use crate::net::udp;
 use crate::output::{self, OutputOptions};
 
 /// A server's first address of each family (a name may have both, A and AAAA).
@@ -121,14 +122,14 @@ pub async fn measure_lifetime(
     Ok(core.search.result())
 }
 
-/// The lifetime core plus the progress bar it moves.
+/// The lifetime core plus the progress bar it moves; everything else goes to the core.
 struct LifetimeDriver {
     search: LifetimeSearch,
     pb: indicatif::ProgressBar,
 }
 
 impl MultiSocketCore for LifetimeDriver {
-    fn poll_transmit(&mut self, now: Instant) -> Option<(usize, SocketAddr, Vec<u8>)> {
+    fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         self.search.poll_transmit(now)
     }
     fn poll_timeout(&self) -> Option<Instant> {
@@ -140,11 +141,11 @@ impl MultiSocketCore for LifetimeDriver {
         self.search.handle_timeout(now);
         self.pb.set_position(self.search.progress(now).0.as_secs());
     }
-    fn handle_input(&mut self, socket: usize, _from: SocketAddr, bytes: &[u8], now: Instant) {
-        self.search.handle_input(socket, bytes, now)
+    fn handle_input(&mut self, socket: usize, from: SocketAddr, bytes: &[u8], now: Instant) {
+        MultiSocketCore::handle_input(&mut self.search, socket, from, bytes, now)
     }
-    fn handle_unreachable(&mut self, _socket: usize, _destination: SocketAddr, _why: Unreachable, _now: Instant) {
-        // A probe whose answer never comes is counted dead by its silence wait.
+    fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, now: Instant) {
+        self.search.handle_unreachable(socket, destination, why, now)
     }
     fn is_done(&self) -> bool {
         self.search.is_done()
