@@ -1008,7 +1008,7 @@ mod tests {
         assert_eq!(f.filtering, None);
         assert!(f.public.is_some());
         assert!(f.notes.iter().any(|n| matches!(n, Note::NoFilteringWithoutRfc5780 { .. })), "{:?}", f.notes);
-        assert!(f.notes.iter().any(|n| *n == Note::OneServerOnly), "{:?}", f.notes);
+        assert!(f.notes.contains(&Note::OneServerOnly), "{:?}", f.notes);
     }
 
     #[test]
