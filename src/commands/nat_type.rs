@@ -4,7 +4,6 @@
 //! report ([`crate::nat::report`]); `--every` repeats it and prints what changed.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,9 +18,8 @@ use crate::nat::lifetime::LifetimeResult;
 use crate::nat::p2p::Verdicts;
 use crate::nat::report::NatTypeReport;
 use crate::nat::watch::{Change, Snapshot};
-use crate::net::nat_discovery::{Both, FamilyRun, measure_lifetime, resolve_both};
-use crate::net::server_spec::{Family, ServerSpec};
-use crate::net::transport::Transport;
+use crate::net::nat_discovery::{FamilyRun, measure_lifetime, resolve_servers};
+use crate::net::server_spec::Family;
 use crate::net::udp;
 use crate::output::{self, OutputOptions};
 use crate::portmap::{Leases, PortMapper, PortMappingReport};
@@ -173,30 +171,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
         Some(_) => Family::V6,
         None => Family::Any,
     };
-    let mut specs = Vec::with_capacity(inputs.len());
-    for input in &inputs {
-        let spec = ServerSpec::parse(input)?;
-        if matches!(spec.transport, Some(Transport::Tcp | Transport::Tls)) {
-            return usage(format!(
-                "server '{input}' asks for TCP or TLS; NAT behaviour discovery runs over UDP (give HOST[:PORT] or stun:HOST)"
-            ));
-        }
-        specs.push(spec);
-    }
-    // All names at once (the built-in list is three), each to both families: one DNS wait.
-    let resolved = futures::future::join_all(specs.iter().map(|s| resolve_both(s, family))).await;
-    let (mut v4, mut v6): (Vec<Named>, Vec<Named>) = (Vec::new(), Vec::new());
-    for (input, r) in inputs.iter().zip(resolved) {
-        match r {
-            Ok(Both { v4: a, v6: b }) => {
-                v4.extend(a.map(|a| (input.clone(), a)));
-                v6.extend(b.map(|b| (input.clone(), b)));
-            }
-            // A name the user typed that does not resolve is bad input; the built-in list may be offline.
-            Err(e) if !builtin => return Err(e.into()),
-            Err(e) => tracing::info!("skipping built-in server {input}: {e}"),
-        }
-    }
+    let (v4, v6) = resolve_servers(&inputs, builtin, family).await?;
     // The top-level report is IPv4 (as it always was) unless --local or the servers leave only IPv6.
     let main_is_v6 = match local {
         Some(l) => l.is_ipv6(),
@@ -318,9 +293,6 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     }
     Ok(report)
 }
-
-/// A server as given and one address it resolved to.
-type Named = (String, SocketAddr);
 
 /// What to do about IPv6 beside the main run.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,43 @@ use crate::net::transport::Transport;
 use crate::net::udp;
 use crate::output::{self, OutputOptions};
 
+/// A server as given and one address it resolved to.
+pub type Named = (String, SocketAddr);
+
+/// Parses every server and resolves them all at once (the built-in list is three), each to both
+/// families: one DNS wait. A server that asks for TCP or TLS, or a name the user typed that does
+/// not resolve, is bad input; a built-in server that does not resolve is skipped (it may be
+/// offline). Returns the IPv4 and the IPv6 addresses, in the order given.
+pub async fn resolve_servers(
+    inputs: &[String],
+    builtin: bool,
+    family: Family,
+) -> Result<(Vec<Named>, Vec<Named>), UsageError> {
+    let mut specs = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let spec = ServerSpec::parse(input)?;
+        if matches!(spec.transport, Some(Transport::Tcp | Transport::Tls)) {
+            return Err(UsageError::new(format!(
+                "server '{input}' asks for TCP or TLS; NAT behaviour discovery runs over UDP (give HOST[:PORT] or stun:HOST)"
+            )));
+        }
+        specs.push(spec);
+    }
+    let resolved = futures::future::join_all(specs.iter().map(|s| resolve_both(s, family))).await;
+    let (mut v4, mut v6): (Vec<Named>, Vec<Named>) = (Vec::new(), Vec::new());
+    for (input, r) in inputs.iter().zip(resolved) {
+        match r {
+            Ok(Both { v4: a, v6: b }) => {
+                v4.extend(a.map(|a| (input.clone(), a)));
+                v6.extend(b.map(|b| (input.clone(), b)));
+            }
+            Err(e) if !builtin => return Err(e),
+            Err(e) => tracing::info!("skipping built-in server {input}: {e}"),
+        }
+    }
+    Ok((v4, v6))
+}
+
 /// A server's first address of each family (a name may have both, A and AAAA).
 pub struct Both {
     pub v4: Option<SocketAddr>,
