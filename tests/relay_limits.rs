@@ -272,7 +272,7 @@ fn a_flood_of_half_open_tcp_connections_under_1024_descriptors_leaves_udp_and_ne
 /// A TLS client of `port` that trusts anything (the test's self-signed certificate).
 async fn tls_connect(port: u16) -> natkit::net::stream::StreamConn {
     let tls = natkit::net::tls::TlsClient::new(&natkit::net::tls::TlsOptions { insecure: true, ca: None }).unwrap();
-    let host = natkit::net::server::Host::Ip("127.0.0.1".parse().unwrap());
+    let host = natkit::net::server_spec::Host::Ip("127.0.0.1".parse().unwrap());
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     natkit::net::stream::connect(addr, None, &host, Some(&tls), Duration::from_secs(5)).await.expect("TLS handshake")
 }

@@ -10,9 +10,11 @@ use tokio::net::UdpSocket;
 use tokio::time::sleep_until;
 
 use super::peer::{CallPeer, PeerEvent};
-use super::report::{CallReport, IceFacts, Outcome, Recording, no_pair_diagnosis};
+use super::report::{CallReport, IceFacts, Outcome, Recording, Role, no_pair_diagnosis};
 use super::source::{AudioSource, VideoSource};
-use crate::ice::servers::{self, GatherEvent, Gatherer};
+use crate::ice::server_candidates::{GatherEvent, Gatherer};
+use crate::ice::server_list;
+use crate::net::server_spec::Family;
 use crate::signal::client::{ClientOptions, SignalClient, SignalSender};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
 use crate::turn::credentials::Credentials;
@@ -45,12 +47,6 @@ pub struct Sources {
 
 /// How long ICE may stay disconnected before the call is declared lost.
 const LOST_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Offerer,
-    Answerer,
-}
 
 /// Host candidate addresses for a socket bound to `local`: the bound IP if it is specific,
 /// otherwise every up interface of the same family (loopback only when nothing else exists).
@@ -177,7 +173,9 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
     // Without --stun/--turn, use what the signaling server hands out (as the page does).
     let (mut stun, mut turn) = (opts.stun.clone(), opts.turn.clone());
     if stun.is_empty() && turn.is_none() {
-        (stun, turn) = servers::from_signal(&membership.ice_servers, bound).await;
+        let family = if bound.is_ipv4() { Family::V4 } else { Family::V6 };
+        let from_signal = server_list::from_signal(&membership.ice_servers, family).await;
+        (stun, turn) = (from_signal.stun, from_signal.turn);
     }
     if opts.relay_only {
         stun.clear();
@@ -382,10 +380,7 @@ async fn run_inner(opts: &CallOptions, sources: Sources, report: &mut CallReport
 
 fn fill_report(report: &mut CallReport, s: &Session, now: Instant) {
     report.peer = s.remote.as_ref().map(|p| p.to_string());
-    report.role = s.role.map(|r| match r {
-        Role::Offerer => "offerer".to_string(),
-        Role::Answerer => "answerer".to_string(),
-    });
+    report.role = s.role;
     if let Some(p) = s.peer.path() {
         report.path = Some(p);
     }

@@ -18,7 +18,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::stats::{MediaEgressStats, MediaIngressStats, PeerStats};
-use str0m::{Candidate, CandidateKind, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use super::report::{CallPath, CandidateType, DirectionStats, MediaStats, PathEnd};
 use super::sink::{AudioSink, VideoSink};
@@ -99,15 +99,6 @@ pub struct CallPeer {
     last_now: Instant,
 }
 
-fn candidate_type(k: CandidateKind) -> CandidateType {
-    match k {
-        CandidateKind::Host => CandidateType::Host,
-        CandidateKind::ServerReflexive => CandidateType::Srflx,
-        CandidateKind::PeerReflexive => CandidateType::Prflx,
-        CandidateKind::Relayed => CandidateType::Relay,
-    }
-}
-
 impl CallPeer {
     /// A peer sending `video`/`audio` (either may be `None`), recording into `record_dir`.
     pub fn new(
@@ -152,7 +143,7 @@ impl CallPeer {
     /// Adds one of our candidates; returns its SDP `candidate:` line to trickle, or `None`
     /// if ICE found it redundant.
     pub fn add_local_candidate(&mut self, now: Instant, c: Candidate) -> Option<String> {
-        let kind = candidate_type(c.kind());
+        let kind = CandidateType::from(c.kind());
         let addr = c.addr();
         let line = self.rtc.add_local_candidate(c).map(|c| c.to_sdp_string());
         if line.is_some() {
@@ -170,7 +161,7 @@ impl CallPeer {
             return Ok(());
         }
         let c = Candidate::from_sdp_string(line).map_err(|e| PeerError::BadSdp(format!("candidate '{line}': {e}")))?;
-        self.remote_types.insert(c.addr(), candidate_type(c.kind()));
+        self.remote_types.insert(c.addr(), CandidateType::from(c.kind()));
         self.rtc.add_remote_candidate(c);
         self.drain(now);
         Ok(())
@@ -219,7 +210,7 @@ impl CallPeer {
     fn note_sdp_candidates(&mut self, sdp: &str) {
         for line in sdp.lines().filter_map(|l| l.trim().strip_prefix("a=")).filter(|l| l.starts_with("candidate:")) {
             if let Ok(c) = Candidate::from_sdp_string(line) {
-                self.remote_types.entry(c.addr()).or_insert(candidate_type(c.kind()));
+                self.remote_types.entry(c.addr()).or_insert(CandidateType::from(c.kind()));
             }
         }
     }

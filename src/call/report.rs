@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+pub use crate::ice::candidate_type::CandidateType;
+pub use crate::ice::role::Role;
 use crate::output::{self, Render};
 
 /// How the call ended.
@@ -32,27 +34,6 @@ impl std::fmt::Display for Outcome {
             Outcome::PeerLeft => "peer left",
             Outcome::Failed => "failed",
             Outcome::Interrupted => "interrupted",
-        })
-    }
-}
-
-/// ICE candidate type (RFC 8445 §5.1.1.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CandidateType {
-    Host,
-    Srflx,
-    Prflx,
-    Relay,
-}
-
-impl std::fmt::Display for CandidateType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CandidateType::Host => "host",
-            CandidateType::Srflx => "srflx",
-            CandidateType::Prflx => "prflx",
-            CandidateType::Relay => "relay",
         })
     }
 }
@@ -116,7 +97,7 @@ pub struct CallReport {
     pub id: Option<String>,
     pub peer: Option<String>,
     /// `offerer` (we joined second) or `answerer`.
-    pub role: Option<String>,
+    pub role: Option<Role>,
     pub outcome: Outcome,
     pub path: Option<CallPath>,
     /// From the offer (sent or received) to ICE and DTLS connected.
@@ -235,7 +216,7 @@ impl Render for CallReport {
         // Facts first, one per row, so an address never shares a line with a sentence.
         let mut facts = output::Grid::key_value();
         facts.row(vec!["room".into(), self.room.clone()]);
-        facts.row(vec!["role".into(), self.role.clone().unwrap_or_else(|| "-".into())]);
+        facts.row(vec!["role".into(), output::cell(&self.role)]);
         facts.row(vec!["outcome".into(), self.outcome.to_string()]);
         if let Some(p) = &self.path {
             facts.row(vec!["path".into(), format!("{} ↔ {}", end(&p.local), end(&p.remote))]);

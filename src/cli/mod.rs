@@ -1,4 +1,5 @@
-//! Command-line definitions (clap derive) and nothing else.
+//! Command-line definitions (clap derive), and the parsers of the values they share
+//! (`listen`: a server's listen addresses; `local`: the `--local` of the probes).
 //!
 //! One file per subcommand holds its arguments; man pages and shell
 //! completions are generated from these same definitions (`cargo run --example gen-docs`).
@@ -9,6 +10,7 @@ mod call;
 pub mod docs;
 mod ice_servers;
 pub mod listen;
+pub mod local;
 mod nat_type;
 mod punch;
 mod relay;

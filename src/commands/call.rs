@@ -7,7 +7,7 @@ use crate::call::report::Outcome;
 use crate::call::source::{AudioSource, PatternSettings, SendChoice, VideoSource};
 use crate::cli::CallArgs;
 use crate::error::{Status, UsageError, usage};
-use crate::net::server::Family;
+use crate::net::server_spec::Family;
 use crate::net::tls::TlsOptions;
 use crate::output::{self, OutputOptions};
 use crate::signal::client::{ClientOptions, normalize_url};
@@ -63,7 +63,7 @@ pub async fn run(args: CallArgs, opts: &OutputOptions) -> anyhow::Result<Status>
         SendChoice::None => Sources { video: None, audio: None },
     };
     let family = if args.bind.is_ipv4() { Family::V4 } else { Family::V6 };
-    let servers = super::ice_servers::resolve(&args.servers, family, "call").await?;
+    let servers = crate::ice::server_list::resolve(&args.servers, family, "call").await?;
     let call_opts = CallOptions {
         signal_url: args.signal.clone(),
         client: ClientOptions { tls: TlsOptions { insecure: args.insecure, ca: args.ca.clone() } },

@@ -6,7 +6,6 @@ use crate::error::Status;
 use crate::output::{Format, OutputOptions};
 
 pub mod call;
-pub mod ice_servers;
 pub mod nat_type;
 pub mod punch;
 pub mod relay;

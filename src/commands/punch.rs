@@ -2,9 +2,9 @@
 //! renders its report (`crate::punch::report`).
 
 use crate::cli::PunchArgs;
-use crate::commands::ice_servers;
 use crate::error::{Status, UsageError, usage};
-use crate::net::server::Family;
+use crate::ice::server_list;
+use crate::net::server_spec::Family;
 use crate::output::{self, OutputOptions};
 use crate::punch::port_mapping::Mappings;
 use crate::punch::report::PunchReport;
@@ -47,9 +47,9 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions, mappings: &Mappings) 
     // Names resolve to IPv4 (the family the NAT observations are about); an IPv6 server given as
     // an IPv6 literal (`--stun [2001:db8::10]:3478`) is taken as it is, for IPv6 candidates. With
     // such a literal among the servers, names resolve to either family.
-    let servers = match ice_servers::resolve(&args.servers, Family::V4, "punch").await {
+    let servers = match server_list::resolve(&args.servers, Family::V4, "punch").await {
         Ok(s) => s,
-        Err(_) => ice_servers::resolve(&args.servers, Family::Any, "punch").await?,
+        Err(_) => server_list::resolve(&args.servers, Family::Any, "punch").await?,
     };
     let mode = match (&args.send, &args.recv, args.stdio) {
         (Some(p), _, _) => {

@@ -18,7 +18,7 @@ use crate::cli::PeerTransportChoice;
 use crate::cli::{TurnAllocArgs, TurnTransportChoice};
 use crate::error::{Status, UsageError, usage};
 use crate::net::address_class::AddressClass;
-use crate::net::server::{Family, Host, ResolveError, ServerSpec};
+use crate::net::server_spec::{Family, Host, ResolveError, ServerSpec};
 use crate::net::stream;
 use crate::net::tls::{CertVerdict, TlsClient, TlsOptions};
 use crate::net::transport::Transport;

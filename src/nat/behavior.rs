@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::nat::classify::{Filtering, Mapping, NatType, Translation, classify};
+use crate::nat::notes::{FilteringTest, Note, SkipReason};
 use crate::nat::port_allocation::PortSample;
+use crate::net::datagram::{MultiSocketCore, Transmit, Unreachable};
 use crate::stun::message::{BindingResponse, ChangeFlags, binding_request_with, is_request, new_transaction_id};
 use crate::stun::transaction::{ClientTransaction, Outcome, Reliability, Retransmit};
 
@@ -140,9 +142,9 @@ pub enum ExchangeResult {
     /// Nothing came back in time.
     Timeout { after_ms: f64 },
     /// The kernel reported an ICMP error for this destination.
-    Unreachable { error: String, at_ms: f64 },
+    Unreachable { error: Unreachable, at_ms: f64 },
     /// Made unnecessary by another test's answer (e.g. mapping-3 after mapping-2 matched mapping-1).
-    Skipped { reason: String },
+    Skipped { reason: SkipReason },
 }
 
 /// One STUN exchange: what was sent, where, and what came back when.
@@ -184,14 +186,6 @@ pub struct Discovery {
     last_answer: Option<Instant>,
     phase_two_started: bool,
     hairpin_started: bool,
-}
-
-/// A datagram to send from logical socket `socket`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub socket: usize,
-    pub destination: SocketAddr,
-    pub bytes: Vec<u8>,
 }
 
 impl Discovery {
@@ -267,7 +261,7 @@ impl Discovery {
                     t.ex.sent_at_ms = Some(now.saturating_duration_since(start).as_secs_f64() * 1000.0);
                 }
                 t.ex.sends = t.tx.sends();
-                return Some(Transmit { socket: t.ex.socket, destination: t.ex.destination, bytes });
+                return Some(Transmit { socket: t.ex.socket, destination: t.ex.destination, payload: bytes });
             }
         }
         None
@@ -366,13 +360,13 @@ impl Discovery {
     }
 
     /// The kernel reported an ICMP error for datagrams from `socket` to `destination`.
-    pub fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, error: String, now: Instant) {
+    pub fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, error: Unreachable, now: Instant) {
         let at_ms = self.ms_since_start(now);
         for t in self.tests.iter_mut().filter(|t| t.ex.result.is_none()) {
             if t.ex.socket == socket && t.ex.destination == destination && t.tx.sends() > 0 {
                 t.tx.abort(now);
                 t.ex.sends = t.tx.sends();
-                t.ex.result = Some(ExchangeResult::Unreachable { error: error.clone(), at_ms });
+                t.ex.result = Some(ExchangeResult::Unreachable { error, at_ms });
             }
         }
         self.advance(now);
@@ -385,11 +379,11 @@ impl Discovery {
             .and_then(|t| t.ex.result.as_ref())
     }
 
-    fn skip(&mut self, kind: TestKind, reason: &str, now: Instant) {
+    fn skip(&mut self, kind: TestKind, reason: SkipReason, now: Instant) {
         for t in self.tests.iter_mut().filter(|t| t.ex.test == kind && t.ex.result.is_none()) {
             t.tx.abort(now);
             t.ex.sends = t.tx.sends();
-            t.ex.result = Some(ExchangeResult::Skipped { reason: reason.to_string() });
+            t.ex.result = Some(ExchangeResult::Skipped { reason });
         }
     }
 
@@ -410,9 +404,8 @@ impl Discovery {
                     self.add(TestKind::MappingIII, PRIMARY, other, ChangeFlags::default(), later, false, now);
                 }
                 None => {
-                    let why = "the primary server sent no OTHER-ADDRESS: it does not support RFC 5780";
-                    self.skip(TestKind::FilteringII, why, now);
-                    self.skip(TestKind::FilteringIII, why, now);
+                    self.skip(TestKind::FilteringII, SkipReason::NoOtherAddress, now);
+                    self.skip(TestKind::FilteringIII, SkipReason::NoOtherAddress, now);
                 }
                 _ => {}
             }
@@ -422,18 +415,17 @@ impl Discovery {
             }
         } else if first.is_some() {
             // No usable first answer: nothing learned from the rest would mean anything.
-            let why = "mapping-1 to the primary server got no answer";
             for k in [TestKind::FilteringI, TestKind::FilteringII, TestKind::FilteringIII, TestKind::PortSample] {
-                self.skip(k, why, now);
+                self.skip(k, SkipReason::PrimaryUnanswered, now);
             }
         }
         let m1 = mapped_of(self.result_of(TestKind::MappingI, Some(primary)));
         let m2 = mapped_of(self.result_of(TestKind::MappingII, None));
         if m1.is_some() && m1 == m2 {
-            self.skip(TestKind::MappingIII, "mapping-2 matched mapping-1: endpoint-independent mapping", now);
+            self.skip(TestKind::MappingIII, SkipReason::MappingIIMatched, now);
         }
         if self.result_of(TestKind::FilteringII, None).is_some_and(|r| matches!(r, ExchangeResult::Answered { .. })) {
-            self.skip(TestKind::FilteringIII, "filtering-2 was answered: endpoint-independent filtering", now);
+            self.skip(TestKind::FilteringIII, SkipReason::FilteringIIAnswered, now);
         }
     }
 
@@ -459,24 +451,17 @@ impl Discovery {
         let (other_address, rfc3489) = match first {
             Some(ExchangeResult::Answered { other_address: Some(o), .. }) => (Some(*o), false),
             Some(ExchangeResult::Answered { changed_address: Some(c), .. }) => {
-                notes.push(format!(
-                    "{} gave CHANGED-ADDRESS {c} (RFC 3489) but no OTHER-ADDRESS (RFC 5780): a classic server \
-                     such as stund; it was used as the alternate address for the mapping and filtering tests",
-                    primary.map(|p| p.to_string()).unwrap_or_default()
-                ));
+                notes.push(Note::ClassicServer { primary, changed: *c });
                 (Some(*c), true)
             }
             _ => (None, false),
         };
         let reach = match first {
             Some(ExchangeResult::Answered { .. }) => Reach::Answered,
-            Some(ExchangeResult::Unreachable { error, .. }) => Reach::Unreachable(error.clone()),
+            Some(ExchangeResult::Unreachable { error, .. }) => Reach::Unreachable(*error),
             Some(ExchangeResult::Error { code, reason, .. }) => Reach::Refused(*code, reason.clone()),
             _ if other_answer.is_some() => {
-                notes.push(format!(
-                    "the primary server {} did not answer, others did: only the mapping comparison could run",
-                    primary.map(|p| p.to_string()).unwrap_or_default()
-                ));
+                notes.push(Note::PrimarySilentOthersAnswered { primary });
                 Reach::Answered
             }
             _ => Reach::Silent,
@@ -495,14 +480,11 @@ impl Discovery {
                 (Some(_), Some(b), Some(c)) if b == c => Some(Mapping::AddressDependent),
                 (Some(_), Some(_), Some(_)) => Some(Mapping::AddressAndPortDependent),
                 (Some(_), None, _) => {
-                    notes.push("mapping-2 (to the alternate address) got no answer: mapping is unknown".into());
+                    notes.push(Note::MappingIIUnanswered);
                     None
                 }
                 (Some(_), Some(_), None) => {
-                    notes.push(
-                        "mapping-3 (to the alternate port) got no answer: mapping varies with the address at least"
-                            .into(),
-                    );
+                    notes.push(Note::MappingIIIUnanswered);
                     Some(Mapping::AddressDependent)
                 }
                 _ => None,
@@ -513,12 +495,7 @@ impl Discovery {
 
         let filtering = if other_address.is_some() { self.filtering(primary, &mut notes) } else { None };
         if public.is_some() && other_address.is_none() {
-            notes.push(format!(
-                "{} does not support RFC 5780 (no OTHER-ADDRESS in its answer), so the filtering tests cannot run: \
-                 filtering is unknown. Use an RFC 5780 server (coturn with two --listening-ip and --alt-listening-port) \
-                 for the full picture",
-                primary.map(|p| p.to_string()).unwrap_or_default()
-            ));
+            notes.push(Note::NoFilteringWithoutRfc5780 { primary });
         }
 
         let hairpinning = match self.result_of(TestKind::Hairpin, None) {
@@ -544,24 +521,17 @@ impl Discovery {
         let nat_type = match &reach {
             Reach::Silent => Some(NatType::UdpBlocked),
             Reach::Answered => classify(translation, mapping, filtering),
-            Reach::Unreachable(e) => {
-                notes.push(format!(
-                    "{} answered with an ICMP error ({e}): UDP reaches it but nothing listens there; check the port",
-                    primary.map(|p| p.to_string()).unwrap_or_default()
-                ));
+            Reach::Unreachable(error) => {
+                notes.push(Note::PrimaryUnreachable { primary, error: *error });
                 None
             }
             Reach::Refused(code, reason) => {
-                notes.push(format!("the server answered the Binding request with error {code} {reason}"));
+                notes.push(Note::BindingRefused { code: *code, reason: reason.clone() });
                 None
             }
         };
         if reach == Reach::Silent {
-            notes.push(format!(
-                "no answer over UDP from {} within {:.1} s: UDP is blocked on the way, or the server is down",
-                primary.map(|p| p.to_string()).unwrap_or_default(),
-                self.cfg.timeout.as_secs_f64()
-            ));
+            notes.push(Note::UdpSilent { primary, waited: self.cfg.timeout });
         }
         Findings {
             nat_type,
@@ -581,7 +551,7 @@ impl Discovery {
     }
 
     /// Without RFC 5780: mapped addresses of mapping-1 to each server, compared.
-    fn mapping_across_servers(&self, public: Option<SocketAddr>, notes: &mut Vec<String>) -> Option<Mapping> {
+    fn mapping_across_servers(&self, public: Option<SocketAddr>, notes: &mut Vec<Note>) -> Option<Mapping> {
         let seen: Vec<(SocketAddr, SocketAddr)> = self
             .tests
             .iter()
@@ -590,11 +560,7 @@ impl Discovery {
             .collect();
         public?;
         if seen.len() < 2 {
-            notes.push(
-                "only one server answered and it does not support RFC 5780: learned the public address only. \
-                 Give a second --server (a different IP) to learn the mapping, or an RFC 5780 server for everything"
-                    .into(),
-            );
+            notes.push(Note::OneServerOnly);
             return None;
         }
         if seen.iter().all(|(_, m)| *m == seen[0].1) {
@@ -607,20 +573,16 @@ impl Discovery {
         if port_matters {
             return Some(Mapping::AddressAndPortDependent);
         }
-        notes.push(
-            "the mapped address differs between servers at different IPs: mapping depends on the address at least \
-             (telling address-dependent from address-and-port-dependent needs two ports of one IP)"
-                .into(),
-        );
+        notes.push(Note::MappingVariesByAddress);
         Some(Mapping::AddressDependent)
     }
 
     /// RFC 5780 §4.4 from the filtering socket's three tests.
-    fn filtering(&self, primary: Option<SocketAddr>, notes: &mut Vec<String>) -> Option<Filtering> {
+    fn filtering(&self, primary: Option<SocketAddr>, notes: &mut Vec<Note>) -> Option<Filtering> {
         let primary = primary?;
         let one = self.result_of(TestKind::FilteringI, None);
         if !matches!(one, Some(ExchangeResult::Answered { .. })) {
-            notes.push("filtering-1 got no answer (loss?): filtering is unknown; run again".into());
+            notes.push(Note::FilteringIUnanswered);
             return None;
         }
         let two = self.result_of(TestKind::FilteringII, None);
@@ -630,14 +592,13 @@ impl Discovery {
                 if from.ip() != primary.ip() && from.port() != primary.port() {
                     return Some(Filtering::EndpointIndependent);
                 }
-                notes.push(format!(
-                    "the server ignored CHANGE-REQUEST (the change-ip-and-port answer came from {from}): filtering is unknown"
-                ));
+                notes.push(Note::ChangeRequestIgnored { test: FilteringTest::II, from: *from });
                 return None;
             }
             Some(ExchangeResult::Timeout { .. }) => {}
             Some(other) => {
-                notes.push(format!("filtering-2 ended unexpectedly ({other:?}): filtering is unknown"));
+                let outcome = format!("{other:?}");
+                notes.push(Note::FilteringEndedUnexpectedly { test: FilteringTest::II, outcome });
                 return None;
             }
             None => return None,
@@ -647,15 +608,14 @@ impl Discovery {
                 if from.ip() == primary.ip() && from.port() != primary.port() {
                     Some(Filtering::AddressDependent)
                 } else {
-                    notes.push(format!(
-                        "the server ignored CHANGE-REQUEST (the change-port answer came from {from}): filtering is unknown"
-                    ));
+                    notes.push(Note::ChangeRequestIgnored { test: FilteringTest::III, from: *from });
                     None
                 }
             }
             Some(ExchangeResult::Timeout { .. }) => Some(Filtering::AddressAndPortDependent),
             Some(other) => {
-                notes.push(format!("filtering-3 ended unexpectedly ({other:?}): filtering is unknown"));
+                let outcome = format!("{other:?}");
+                notes.push(Note::FilteringEndedUnexpectedly { test: FilteringTest::III, outcome });
                 None
             }
             None => None,
@@ -667,7 +627,7 @@ impl Discovery {
 enum Reach {
     Answered,
     Silent,
-    Unreachable(String),
+    Unreachable(Unreachable),
     Refused(u16, String),
 }
 
@@ -694,9 +654,31 @@ pub struct Findings {
     /// The alternate address came from an RFC 3489 CHANGED-ADDRESS (a classic server).
     pub rfc3489: bool,
     pub rtt: Option<Duration>,
-    /// Why something is unknown, in sentences.
-    pub notes: Vec<String>,
+    /// Why something is unknown (sentences: [`Note`]'s `Display`).
+    pub notes: Vec<Note>,
     pub exchanges: Vec<Exchange>,
+}
+
+/// The core as the multi-socket UDP driver sees it.
+impl MultiSocketCore for Discovery {
+    fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        Discovery::poll_transmit(self, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Discovery::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Discovery::handle_timeout(self, now)
+    }
+    fn handle_input(&mut self, socket: usize, from: SocketAddr, bytes: &[u8], now: Instant) {
+        Discovery::handle_input(self, socket, from, bytes, now)
+    }
+    fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, now: Instant) {
+        Discovery::handle_unreachable(self, socket, destination, why, now)
+    }
+    fn is_done(&self) -> bool {
+        Discovery::is_done(self)
+    }
 }
 
 #[cfg(test)]
@@ -823,7 +805,7 @@ mod tests {
                 match (self.hairpin || !self.nat(), target) {
                     (true, Some(s)) => {
                         let from = sa(self.public_ip, port);
-                        self.schedule(now + self.one_way, Delivery::Datagram(s, from, t.bytes));
+                        self.schedule(now + self.one_way, Delivery::Datagram(s, from, t.payload));
                     }
                     _ => self.schedule(now + self.one_way, Delivery::Unreachable(t.socket, dest)),
                 }
@@ -834,7 +816,7 @@ mod tests {
             if !self.server_ips.contains(&dest.ip()) || !(dest.port() == S_PORT || dest.port() == ALT_PORT) {
                 return;
             }
-            let flags = change_flags(&t.bytes).expect("our own request decodes");
+            let flags = change_flags(&t.payload).expect("our own request decodes");
             let (mut src_ip, mut src_port) = (dest.ip(), dest.port());
             if self.rfc5780 {
                 if flags.change_ip {
@@ -845,7 +827,7 @@ mod tests {
                 }
             }
             let from = sa(src_ip, src_port);
-            let id = transaction_id(&t.bytes).expect("id");
+            let id = transaction_id(&t.payload).expect("id");
             let mut b = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
                 .with_transaction_id(TransactionId::from(id))
                 .with_attribute(XorMappedAddress::from(mapped))
@@ -892,7 +874,7 @@ mod tests {
                 }
                 match entry.remove() {
                     Delivery::Datagram(s, from, bytes) => d.handle_input(s, from, &bytes, now),
-                    Delivery::Unreachable(s, dest) => d.handle_unreachable(s, dest, "port unreachable".into(), now),
+                    Delivery::Unreachable(s, dest) => d.handle_unreachable(s, dest, Unreachable::Port, now),
                 }
             }
             d.handle_timeout(now);
@@ -979,7 +961,7 @@ mod tests {
         assert_eq!(f.mapping, None);
         assert_eq!(f.hairpinning, None);
         assert_eq!(took, Duration::from_secs(2));
-        assert!(f.notes.iter().any(|n| n.contains("no answer over UDP")), "{:?}", f.notes);
+        assert!(f.notes.iter().any(|n| matches!(n, Note::UdpSilent { .. })), "{:?}", f.notes);
     }
 
     #[test]
@@ -1025,8 +1007,8 @@ mod tests {
         assert_eq!(f.mapping, None);
         assert_eq!(f.filtering, None);
         assert!(f.public.is_some());
-        assert!(f.notes.iter().any(|n| n.contains("does not support RFC 5780")), "{:?}", f.notes);
-        assert!(f.notes.iter().any(|n| n.contains("second --server")), "{:?}", f.notes);
+        assert!(f.notes.iter().any(|n| matches!(n, Note::NoFilteringWithoutRfc5780 { .. })), "{:?}", f.notes);
+        assert!(f.notes.contains(&Note::OneServerOnly), "{:?}", f.notes);
     }
 
     #[test]
@@ -1056,7 +1038,7 @@ mod tests {
         let (f, _) = run(&mut net, config(servers, 0));
         assert_ne!(f.nat_type, Some(NatType::UdpBlocked));
         assert_eq!(f.mapping, Some(Mapping::AddressDependent));
-        assert!(f.notes.iter().any(|n| n.contains("did not answer")), "{:?}", f.notes);
+        assert!(f.notes.iter().any(|n| matches!(n, Note::PrimarySilentOthersAnswered { .. })), "{:?}", f.notes);
     }
 
     #[test]
@@ -1064,11 +1046,11 @@ mod tests {
         let t0 = Instant::now();
         let mut d = Discovery::new(config(vec![server()], 0), Net::new(Kind::Open).locals(3), t0);
         while d.poll_transmit(t0).is_some() {}
-        d.handle_unreachable(PRIMARY, server(), "port unreachable (ICMP)".into(), t0);
-        d.handle_unreachable(FILTERING, server(), "port unreachable (ICMP)".into(), t0);
+        d.handle_unreachable(PRIMARY, server(), Unreachable::Port, t0);
+        d.handle_unreachable(FILTERING, server(), Unreachable::Port, t0);
         assert!(d.is_done());
         let f = d.findings();
         assert_eq!(f.nat_type, None);
-        assert!(f.notes.iter().any(|n| n.contains("nothing listens")), "{:?}", f.notes);
+        assert!(f.notes.iter().any(|n| matches!(n, Note::PrimaryUnreachable { .. })), "{:?}", f.notes);
     }
 }

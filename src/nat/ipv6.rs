@@ -94,7 +94,7 @@ impl Ipv6Report {
                 rfc3489: f.rfc3489,
             }),
             tests: f.exchanges,
-            notes: f.notes,
+            notes: f.notes.iter().map(ToString::to_string).collect(),
         }
     }
 

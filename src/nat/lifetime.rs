@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::nat::behavior::Timing;
+use crate::net::datagram::{MultiSocketCore, Transmit, Unreachable};
 use crate::stun::message::{BindingResponse, binding_request, binding_request_to_port, new_transaction_id};
 use crate::stun::transaction::{ClientTransaction, Outcome, Reliability, Retransmit};
 
@@ -166,19 +167,19 @@ impl LifetimeSearch {
         (now.saturating_duration_since(self.start), self.cfg.timeout)
     }
 
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<(usize, SocketAddr, Vec<u8>)> {
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         let server = self.cfg.server;
         for p in &mut self.probes {
             match &mut p.state {
                 State::Binding(tx) => {
                     if let Some(b) = tx.poll_transmit(now) {
-                        return Some((p.socket, server, b.to_vec()));
+                        return Some(Transmit { socket: p.socket, destination: server, payload: b.to_vec() });
                     }
                 }
                 State::Asking { tx, first_send } => {
                     if let Some(b) = tx.poll_transmit(now) {
                         first_send.get_or_insert(now);
-                        return Some((ASKER, server, b.to_vec()));
+                        return Some(Transmit { socket: ASKER, destination: server, payload: b.to_vec() });
                     }
                 }
                 _ => {}
@@ -350,6 +351,28 @@ impl LifetimeSearch {
     }
 }
 
+/// The search as the multi-socket UDP driver sees it.
+impl MultiSocketCore for LifetimeSearch {
+    fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        LifetimeSearch::poll_transmit(self, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        LifetimeSearch::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        LifetimeSearch::handle_timeout(self, now)
+    }
+    fn handle_input(&mut self, socket: usize, _from: SocketAddr, bytes: &[u8], now: Instant) {
+        LifetimeSearch::handle_input(self, socket, bytes, now)
+    }
+    fn handle_unreachable(&mut self, _socket: usize, _destination: SocketAddr, _why: Unreachable, _now: Instant) {
+        // A probe whose answer never comes is counted dead by its silence wait.
+    }
+    fn is_done(&self) -> bool {
+        LifetimeSearch::is_done(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,7 +394,7 @@ mod tests {
         let mut last_out: HashMap<u16, Instant> = HashMap::new();
         let mut inbox: Vec<(usize, Vec<u8>)> = Vec::new();
         for _ in 0..100_000 {
-            while let Some((socket, _dest, bytes)) = s.poll_transmit(now) {
+            while let Some(Transmit { socket, payload: bytes, .. }) = s.poll_transmit(now) {
                 let port = 50000 + socket as u16;
                 last_out.insert(port, now);
                 let id = transaction_id(&bytes).expect("id");

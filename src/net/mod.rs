@@ -3,12 +3,14 @@
 
 pub mod address_class;
 pub mod conn_limit;
+pub mod datagram;
 pub mod metrics_http;
 pub mod mmsg;
+pub mod nat_discovery;
 pub mod port_holder;
 pub mod relay_driver;
 pub mod relay_tcp;
-pub mod server;
+pub mod server_spec;
 pub mod stream;
 pub mod tls;
 pub mod transport;

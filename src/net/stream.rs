@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
-use crate::net::server::Host;
+use crate::net::server_spec::Host;
 use crate::net::tls::TlsClient;
 use crate::stun::message::{HEADER_LEN, framed_len};
 use crate::stun::transaction::{ClientTransaction, Outcome};

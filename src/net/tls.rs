@@ -149,10 +149,10 @@ fn load_ca(roots: &mut RootCertStore, path: &Path) -> Result<(), UsageError> {
 }
 
 /// The TLS server name for a host: a DNS name or an IP address.
-pub fn server_name(host: &crate::net::server::Host) -> Result<ServerName<'static>, UsageError> {
+pub fn server_name(host: &crate::net::server_spec::Host) -> Result<ServerName<'static>, UsageError> {
     match host {
-        crate::net::server::Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
-        crate::net::server::Host::Name(n) => ServerName::try_from(n.clone())
+        crate::net::server_spec::Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+        crate::net::server_spec::Host::Name(n) => ServerName::try_from(n.clone())
             .map_err(|_| UsageError::new(format!("'{n}' is not a valid TLS server name"))),
     }
 }

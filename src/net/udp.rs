@@ -1,4 +1,5 @@
-//! UDP driver for STUN client transactions.
+//! UDP drivers: STUN client transactions over one socket ([`run_transactions`]), and any
+//! multi-socket sans-IO core over several ([`drive`], the contract in [`crate::net::datagram`]).
 //!
 //! Many transactions share one socket, so every server sees the same local
 //! port: that is what makes "the mapped address varies by destination"
@@ -15,38 +16,8 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+pub use crate::net::datagram::{MultiSocketCore, Transmit, Unreachable};
 use crate::stun::transaction::{ClientTransaction, Outcome};
-
-/// An ICMP error the kernel reported for one destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unreachable {
-    Port,
-    Host,
-    Network,
-    Other(i32),
-}
-
-impl std::fmt::Display for Unreachable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unreachable::Port => f.write_str("port unreachable (ICMP)"),
-            Unreachable::Host => f.write_str("host unreachable (ICMP)"),
-            Unreachable::Network => f.write_str("network unreachable"),
-            Unreachable::Other(e) => write!(f, "{}", io::Error::from_raw_os_error(*e)),
-        }
-    }
-}
-
-impl Unreachable {
-    fn from_errno(e: i32) -> Self {
-        match e {
-            libc::ECONNREFUSED => Unreachable::Port,
-            libc::EHOSTUNREACH => Unreachable::Host,
-            libc::ENETUNREACH => Unreachable::Network,
-            other => Unreachable::Other(other),
-        }
-    }
-}
 
 /// How one transaction driven over UDP ended.
 #[derive(Debug, Clone)]
@@ -328,20 +299,6 @@ pub async fn run_transactions(
     (ends, strays)
 }
 
-/// A sans-IO core that talks over several UDP sockets at once (socket `i` is
-/// `sockets[i]` in [`drive`]). Responses are told apart by the socket they
-/// arrive on, which is what NAT behaviour tests need.
-pub trait MultiSocketCore {
-    /// The next datagram due now: (socket, destination, bytes).
-    fn poll_transmit(&mut self, now: Instant) -> Option<(usize, SocketAddr, Vec<u8>)>;
-    fn poll_timeout(&self) -> Option<Instant>;
-    fn handle_timeout(&mut self, now: Instant);
-    fn handle_input(&mut self, socket: usize, from: SocketAddr, bytes: &[u8], now: Instant);
-    /// The kernel reported an ICMP error (or a send failed) for `destination`.
-    fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, now: Instant);
-    fn is_done(&self) -> bool;
-}
-
 /// Drives `core` over `sockets` until it is done: sends what it asks, wakes it
 /// at its timeouts, feeds it datagrams and ICMP errors per socket.
 pub async fn drive(sockets: &[UdpSocket], core: &mut impl MultiSocketCore) {
@@ -367,7 +324,7 @@ pub async fn drive(sockets: &[UdpSocket], core: &mut impl MultiSocketCore) {
                 }
             }
         }
-        while let Some((i, dest, bytes)) = core.poll_transmit(now) {
+        while let Some(Transmit { socket: i, destination: dest, payload: bytes }) = core.poll_transmit(now) {
             let Some(sock) = sockets.get(i) else {
                 core.handle_unreachable(i, dest, Unreachable::Other(libc::EBADF), now);
                 continue;

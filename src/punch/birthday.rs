@@ -31,6 +31,7 @@ use stun_rs::attributes::stun::{Fingerprint, MessageIntegrity, UserName, XorMapp
 use stun_rs::methods::BINDING;
 use stun_rs::{DecoderContextBuilder, HMACKey, MessageClass, MessageDecoderBuilder, StunMessageBuilder, TransactionId};
 
+use crate::net::datagram::Transmit;
 use crate::stun::message::{encode, transaction_id};
 
 /// The first bytes of every birthday transaction id.
@@ -93,14 +94,6 @@ pub enum Outcome {
     GaveUp {
         probes: u32,
     },
-}
-
-/// A datagram to send from socket `socket` (the opener's index; the prober has only 0).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    pub socket: usize,
-    pub to: SocketAddr,
-    pub bytes: Vec<u8>,
 }
 
 /// Whether a datagram belongs to the birthday method (by its transaction id).
@@ -176,7 +169,11 @@ impl Birthday {
                 while now >= self.next_send && self.probes < self.limits.probes {
                     let Some(port) = self.fresh_port() else { break };
                     let bytes = self.request();
-                    self.out.push_back(Transmit { socket: 0, to: SocketAddr::new(peer_ip, port), bytes });
+                    self.out.push_back(Transmit {
+                        socket: 0,
+                        destination: SocketAddr::new(peer_ip, port),
+                        payload: bytes,
+                    });
                     self.probes += 1;
                     self.next_send += self.limits.interval;
                 }
@@ -189,7 +186,7 @@ impl Birthday {
                 if now >= self.next_send {
                     for socket in 0..sockets {
                         let bytes = self.request();
-                        self.out.push_back(Transmit { socket, to: peer, bytes });
+                        self.out.push_back(Transmit { socket, destination: peer, payload: bytes });
                     }
                     self.next_send = now + self.limits.reopen;
                 }
@@ -227,7 +224,7 @@ impl Birthday {
             }
             // Answer on the socket it came to: that is the path being proved.
             let Some(id) = transaction_id(bytes) else { return false };
-            self.out.push_back(Transmit { socket, to: from, bytes: self.response(id, from) });
+            self.out.push_back(Transmit { socket, destination: from, payload: self.response(id, from) });
         }
         // Either way the path works both ways now: a request arrived through the peer's
         // mapping and our filter, and our answer leaves through the hole the probe opened (or
@@ -318,18 +315,18 @@ mod tests {
         let mut now = t0;
         loop {
             while let Some(t) = hard.poll_transmit(now) {
-                let key = (t.socket, t.to);
+                let key = (t.socket, t.destination);
                 let port = *mapping.entry(key).or_insert_with(|| nat_rng.random_range(1024..=u16::MAX));
-                inbound.insert((port, t.to), t.socket);
+                inbound.insert((port, t.destination), t.socket);
                 let from = SocketAddr::new(hard_ip, port);
                 if easy_sent_to.contains(&from) {
-                    easy.handle_input(0, from, &t.bytes, now);
+                    easy.handle_input(0, from, &t.payload, now);
                 }
             }
             while let Some(t) = easy.poll_transmit(now) {
-                easy_sent_to.insert(t.to);
-                if let Some(&socket) = inbound.get(&(t.to.port(), easy_pub)) {
-                    hard.handle_input(socket, easy_pub, &t.bytes, now);
+                easy_sent_to.insert(t.destination);
+                if let Some(&socket) = inbound.get(&(t.destination.port(), easy_pub)) {
+                    hard.handle_input(socket, easy_pub, &t.payload, now);
                 }
             }
             match (easy.outcome().cloned(), hard.outcome().cloned()) {
@@ -393,12 +390,12 @@ mod tests {
             2,
             t0,
         );
-        let forged = forger.poll_transmit(t0).expect("a probe").bytes;
+        let forged = forger.poll_transmit(t0).expect("a probe").payload;
         assert!(!hard.handle_input(0, easy_pub, &forged, t0));
         // The right signature from an address that is not the peer's.
         let mut prober =
             Birthday::new(Side::Prober { peer_ip: HARD_IP.parse().unwrap() }, creds(true), Limits::default(), 3, t0);
-        let good = prober.poll_transmit(t0).expect("a probe").bytes;
+        let good = prober.poll_transmit(t0).expect("a probe").payload;
         assert!(!hard.handle_input(0, "198.51.100.7:40000".parse().unwrap(), &good, t0));
         assert!(hard.outcome().is_none());
         assert!(hard.handle_input(1, easy_pub, &good, t0));

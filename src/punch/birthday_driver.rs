@@ -93,7 +93,7 @@ async fn drive(
         while let Some(t) = core.poll_transmit(now) {
             if let Some(s) = sockets.get(t.socket) {
                 // Never wait on a full buffer: a dropped probe is one more of thousands.
-                let _ = s.try_send_to(&t.bytes, t.to);
+                let _ = s.try_send_to(&t.payload, t.destination);
             }
         }
         if let Some(outcome) = core.outcome().cloned() {

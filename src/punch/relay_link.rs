@@ -15,7 +15,7 @@ use is::Candidate;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::ice::servers::{GatherEvent, Gatherer, Relayed};
+use crate::ice::server_candidates::{GatherEvent, Gatherer, Relayed};
 use crate::turn::credentials::Credentials;
 
 pub struct RelayLink {

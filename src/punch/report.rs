@@ -3,10 +3,12 @@
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 
-use is::{Candidate, CandidateKind};
+use is::Candidate;
 use serde::Serialize;
 
+pub use crate::ice::candidate_type::CandidateType;
 use crate::ice::checks::{CheckOutcome, CheckRecord};
+pub use crate::ice::role::Role;
 use crate::output::{self, Render};
 use crate::punch::birthday::Side;
 
@@ -15,46 +17,6 @@ use crate::punch::birthday::Side;
 pub enum PathKind {
     Direct,
     Relay,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Joined second: offers, controls ICE, is the QUIC client.
-    Offerer,
-    Answerer,
-}
-
-/// A candidate type as SDP names it (RFC 8445 §5.1.1, RFC 8839 §5.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CandidateType {
-    Host,
-    Srflx,
-    Prflx,
-    Relay,
-}
-
-impl From<CandidateKind> for CandidateType {
-    fn from(k: CandidateKind) -> Self {
-        match k {
-            CandidateKind::Host => CandidateType::Host,
-            CandidateKind::ServerReflexive => CandidateType::Srflx,
-            CandidateKind::PeerReflexive => CandidateType::Prflx,
-            CandidateKind::Relayed => CandidateType::Relay,
-        }
-    }
-}
-
-impl std::fmt::Display for CandidateType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CandidateType::Host => "host",
-            CandidateType::Srflx => "srflx",
-            CandidateType::Prflx => "prflx",
-            CandidateType::Relay => "relay",
-        })
-    }
 }
 
 /// One end of the path in use. In JSON also `family` ("ipv4"/"ipv6"), taken from the address so

@@ -13,11 +13,11 @@ use anyhow::Context;
 use is::{Candidate, CandidateKind, IceAgent, IceCreds};
 
 use crate::cli::PunchArgs;
-use crate::commands::ice_servers::IceServers;
-use crate::ice;
 use crate::ice::checks::{CheckOutcome, CheckRecord};
 use crate::ice::description::{Description, VERSION};
 use crate::ice::gather;
+use crate::ice::server_list::{self, IceServers};
+use crate::net::server_spec::Family;
 use crate::net::tls::TlsOptions;
 use crate::net::udp;
 use crate::output::{self, OutputOptions};
@@ -103,7 +103,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let joined = Instant::now();
-    let role = if membership.peers.is_empty() { Role::Answerer } else { Role::Offerer };
+    let role = Role::on_joining(!membership.peers.is_empty());
     report.role = Some(role);
     tracing::info!(id = %membership.id.as_str(), ?role, "joined room {}", room.as_str());
 
@@ -113,8 +113,8 @@ pub async fn run(
     // symmetric pair waits for the relay instead of punching).
     let IceServers { stun: mut stun_servers, mut turn } = servers;
     if stun_servers.is_empty() || turn.is_none() {
-        let (signal_stun, signal_turn) =
-            ice::servers::from_signal(&membership.ice_servers, SocketAddr::from(([0, 0, 0, 0], 0))).await;
+        let IceServers { stun: signal_stun, turn: signal_turn } =
+            server_list::from_signal(&membership.ice_servers, Family::V4).await;
         if stun_servers.is_empty() {
             stun_servers = signal_stun;
         }

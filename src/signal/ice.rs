@@ -23,7 +23,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::error::UsageError;
-use crate::net::server::{Scheme, ServerSpec};
+use crate::net::server_spec::{Scheme, ServerSpec};
 use crate::signal::protocol::IceServer;
 use crate::turn::credentials::rest_credentials;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::net::server::Host;
+use crate::net::server_spec::Host;
 use crate::net::stream::{self, StreamConn};
 use crate::net::tls::TlsClient;
 use crate::net::turn_session::{Link, TurnSession};

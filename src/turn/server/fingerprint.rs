@@ -51,7 +51,7 @@ pub(super) fn crc32(bytes: &[u8]) -> u32 {
 /// The FINGERPRINT value of `bytes` (the message up to the attribute, its
 /// header length already counting it), for a message encoded by hand.
 pub fn compute(bytes: &[u8]) -> u32 {
-    !crc32_update(0xFFFF_FFFF, bytes) ^ XOR
+    crc32(bytes) ^ XOR
 }
 
 /// Checks FINGERPRINT in a message whose header passed `looks_like_stun`.

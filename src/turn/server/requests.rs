@@ -18,7 +18,7 @@ use super::channels::BindError;
 use super::nonce::NonceCheck;
 use super::peer_policy::{Refusal, Verdict};
 use super::userdb::Checked;
-use super::{ErrorCode, Family, FiveTuple, RelayId, RelayOpenError, Server, wire};
+use super::{ErrorCode, Family, FiveTuple, RelayId, RelayOpenError, Server};
 use crate::net::transport::Transport;
 use crate::turn::rfc6062;
 
@@ -57,7 +57,8 @@ impl PeerRefused {
 impl Server {
     /// Answers a request into scratch; returns the length, or None to stay silent.
     pub(super) fn request(&mut self, from: FiveTuple, packet: &[u8], method: u16, now: Instant) -> Option<usize> {
-        let txid = wire::transaction_id(packet);
+        // The caller checked the header (`looks_like_stun`), so this is never None.
+        let txid = crate::stun::message::transaction_id(packet)?;
         let msg = match crate::stun::message::decode(packet) {
             Ok(m) => m,
             Err(e) => {

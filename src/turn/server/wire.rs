@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::stun::message::{HEADER_LEN, MAGIC_COOKIE, attributes};
+use crate::stun::message::{HEADER_LEN, MAGIC_COOKIE, attributes, transaction_id};
 
 pub const XOR_PEER_ADDRESS: u16 = 0x0012;
 pub const DATA: u16 = 0x0013;
@@ -42,12 +42,6 @@ fn message_type(method: u16, class: Class) -> u16 {
         Class::Error => 3,
     };
     (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2) | ((c & 1) << 4) | ((c & 2) << 7)
-}
-
-pub fn transaction_id(bytes: &[u8]) -> [u8; 12] {
-    let mut id = [0u8; 12];
-    id.copy_from_slice(&bytes[8..HEADER_LEN]);
-    id
 }
 
 /// Decodes an XOR-ed address value (XOR-PEER-ADDRESS and friends).
@@ -101,7 +95,7 @@ fn put_xor_address(out: &mut [u8], addr: SocketAddr, txid: &[u8; 12]) -> usize {
 
 /// XOR-PEER-ADDRESS and DATA of a Send indication, borrowed from the packet.
 pub fn send_indication(bytes: &[u8]) -> Option<(SocketAddr, &[u8])> {
-    let txid = transaction_id(bytes);
+    let txid = transaction_id(bytes)?;
     let mut peer = None;
     let mut data = None;
     for (_, t, v) in attributes(bytes) {
@@ -173,5 +167,15 @@ mod tests {
             assert_eq!(send_indication(&buf[..n]), Some((peer, &b"hello"[..])));
         }
         assert_eq!(data_indication(&mut buf[..30], "203.0.113.4:5000".parse().unwrap(), b"hello", [3; 12]), None);
+    }
+
+    #[test]
+    fn a_send_indication_shorter_than_a_header_is_refused_not_a_panic() {
+        let mut buf = [0u8; 256];
+        let n = data_indication(&mut buf, "203.0.113.4:5000".parse().unwrap(), b"hello", [3; 12]).unwrap();
+        for len in [0, 8, HEADER_LEN - 1] {
+            assert_eq!(send_indication(&buf[..len]), None, "{len} bytes");
+        }
+        assert!(send_indication(&buf[..n]).is_some());
     }
 }

@@ -359,43 +359,6 @@ impl Gatherer {
     }
 }
 
-/// UDP STUN servers and the first UDP TURN server with credentials from the `created`
-/// message's `ice_servers` (RTCIceServer dictionaries, as the page passes them to
-/// RTCPeerConnection). Unusable entries are skipped, logged.
-pub async fn from_signal(
-    ice: &[crate::signal::protocol::IceServer],
-    bound: SocketAddr,
-) -> (Vec<SocketAddr>, Option<(SocketAddr, Credentials)>) {
-    use crate::net::server::{Family, Scheme, ServerSpec};
-    use crate::net::transport::Transport;
-    let family = if bound.is_ipv4() { Family::V4 } else { Family::V6 };
-    let (mut stun, mut turn) = (Vec::new(), None);
-    for server in ice {
-        for url in &server.urls {
-            let Ok(spec) = ServerSpec::parse(url) else { continue };
-            if matches!(spec.transport, Some(t) if t != Transport::Udp) {
-                continue;
-            }
-            let addr = match spec.resolve(Transport::Udp, family).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("ice server {url} from the signaling server: {e}");
-                    continue;
-                }
-            };
-            match (spec.scheme, &server.username, &server.credential) {
-                (Some(Scheme::Stun), _, _) => stun.push(addr),
-                (Some(Scheme::Turn), Some(u), Some(p)) if turn.is_none() => {
-                    turn = Some((addr, Credentials { username: u.clone(), password: p.clone() }));
-                }
-                _ => {}
-            }
-        }
-    }
-    tracing::info!("from the signaling server: {} STUN, {} TURN", stun.len(), usize::from(turn.is_some()));
-    (stun, turn)
-}
-
 #[cfg(test)]
 mod tests {
     //! The gatherer against natkit's own STUN/TURN server core, in memory on a fake clock.
