@@ -566,7 +566,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__turn__subcmd__alloc)
-            opts="-u -p -4 -6 -v -q -h -V --transport --user --password --secret --realm --peer --peer-transport --packets --rate --size --lifetime --nonce-wait --insecure --ca --timeout --ipv4 --ipv6 --every --metrics --json --verbose --quiet --wide --help --version"
+            opts="-u -p -4 -6 -v -q -h -V --transport --user --password --secret --realm --peer --peer-transport --packets --rate --size --lifetime --nonce-wait --insecure --ca --timeout --ipv4 --ipv6 --every --metrics --metrics-max-connections --metrics-header-timeout --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -641,6 +641,14 @@ _natkit() {
                     return 0
                     ;;
                 --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-header-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -142,6 +142,8 @@ complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l ca -d 'Trus
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l timeout -d 'Seconds to wait for each answer' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l every -d 'Run the audit again and again, a run every SECS (counted from the previous start; never overlapping), until Ctrl-C: one line per run, or JSON Lines with --json' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l metrics -d 'With --every: serve the last run\'s results as Prometheus metrics at http://ADDR/metrics' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l metrics-max-connections -d 'Connections the --metrics endpoint holds at once (an eighth of them per source address; refused beyond)' -r
+complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l metrics-header-timeout -d 'Seconds a --metrics client has to send its whole request head before it is closed' -r
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -l insecure -d 'Accept any TLS certificate (the audit still reports a bad one)'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s 4 -l ipv4 -d 'Use only IPv4 addresses of the server'
 complete -c natkit -n "__fish_natkit_using_subcommand turn-alloc" -s 6 -l ipv6 -d 'Use only IPv6 addresses of the server'

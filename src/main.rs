@@ -10,7 +10,7 @@ fn main() -> ExitCode {
     match natkit::commands::run(cli) {
         Ok(status) => status.into(),
         Err(err) => {
-            eprintln!("natkit: {err:#}");
+            natkit::output::failure(&err);
             natkit::error::exit_code_for(&err)
         }
     }

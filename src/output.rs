@@ -272,6 +272,21 @@ pub fn say(out: &mut dyn Write, text: &str) -> std::io::Result<()> {
     }
 }
 
+/// A line for the person at the terminal (start-up lines of the servers,
+/// where they listen): stderr, so stdout keeps only the result; nothing with
+/// `--quiet`.
+pub fn notice(opts: &OutputOptions, line: &str) {
+    if !opts.quiet {
+        eprintln!("{line}");
+    }
+}
+
+/// The last word of a failed run, on stderr: what failed and why, with the
+/// whole chain of causes on one line.
+pub fn failure(err: &anyhow::Error) {
+    eprintln!("natkit: {err:#}");
+}
+
 /// A byte count for people: `812 B`, `4.0 KiB`, `12.3 MiB`, `1.20 GiB`.
 pub fn bytes(n: u64) -> String {
     const KIB: f64 = 1024.0;

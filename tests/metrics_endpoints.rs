@@ -132,3 +132,55 @@ fn probe_metrics_read_the_whole_head_close_idle_clients_and_cap_connections() {
     idle_connection_is_closed_without_an_answer(&maddr);
     crowd_of_idle_connections_does_not_stop_a_scrape(&maddr, "probe_");
 }
+
+/// The probe's limits are flags: with `--metrics-max-connections 8` one
+/// address holds one connection, so a second from it is closed unanswered
+/// while the first idles; once the first is gone, a scrape is answered.
+#[test]
+fn probe_metrics_limits_are_flags() {
+    let relay = Relay::start(&["--realm", "lab", "--user", "alice:pw"]);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .args(["turn-alloc", &relay.addr(), "-u", "alice", "-p", "pw", "--realm", "lab", "--packets", "5"])
+        .args(["--every", "60", "--metrics", &maddr, "--metrics-max-connections", "8"])
+        .args(["--metrics-header-timeout", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting turn-alloc --every");
+    let _probe = Probe(child);
+    wait_listening(&maddr);
+    let first = TcpStream::connect(&maddr).unwrap();
+    let mut second = TcpStream::connect(&maddr).unwrap();
+    second.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let _ = second.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = [0u8; 64];
+    match second.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!("a second connection from one address was served: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => panic!("a second connection from one address was neither served nor closed: {e}"),
+    }
+    drop(first);
+    // The slot is given back when the server sees the close; ask until it has.
+    let mut answered = String::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(&maddr).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        answered = read_all(&mut s);
+        if answered.starts_with("HTTP/1.1 200 OK") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answered.contains("probe_"), "no scrape answered after the idle connection closed: {answered:?}");
+    assert!(
+        !Command::new(env!("CARGO_BIN_EXE_natkit"))
+            .args(["turn-alloc", "127.0.0.1:3478", "-u", "a", "-p", "b", "--metrics-max-connections", "8"])
+            .output()
+            .unwrap()
+            .status
+            .success(),
+        "--metrics-max-connections without --metrics must be refused"
+    );
+}

@@ -104,4 +104,14 @@ pub struct TurnAllocArgs {
     /// With --every: serve the last run's results as Prometheus metrics at http://ADDR/metrics
     #[arg(long, value_name = "ADDR", requires = "every")]
     pub metrics: Option<SocketAddr>,
+
+    /// Connections the --metrics endpoint holds at once (an eighth of them per source address; refused beyond)
+    #[arg(long, value_name = "N", default_value_t = 64, requires = "metrics",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub metrics_max_connections: u32,
+
+    /// Seconds a --metrics client has to send its whole request head before it is closed
+    #[arg(long, value_name = "SECS", default_value_t = 5, requires = "metrics",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub metrics_header_timeout: u64,
 }

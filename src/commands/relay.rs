@@ -172,8 +172,8 @@ pub async fn run(args: RelayArgs, opts: &OutputOptions) -> anyhow::Result<Status
         fds.limit
     );
     log_file::line(&start_line);
-    if !opts.quiet && log_file::stderr_wanted() {
-        eprintln!("{start_line}");
+    if log_file::stderr_wanted() {
+        output::notice(opts, &start_line);
     }
     let started = Instant::now();
     let (stats, tcp_connections) = relay_driver::run(plan.core, plan.driver.clone(), bound, stop)

@@ -170,19 +170,23 @@ pub async fn run(args: SignalArgs, opts: &OutputOptions) -> anyhow::Result<Statu
     let (http, ws) = if server.is_tls() { ("https", "wss") } else { ("http", "ws") };
     let page_url = format!("{http}://{listen}/");
     let ws_url = format!("{ws}://{listen}/ws");
-    if !opts.quiet {
-        eprintln!("natkit signal: page {page_url}  protocol {ws_url}  socket.io {http}://{listen}/socket.io/");
-        eprintln!(
+    output::notice(
+        opts,
+        &format!("natkit signal: page {page_url}  protocol {ws_url}  socket.io {http}://{listen}/socket.io/"),
+    );
+    output::notice(
+        opts,
+        &format!(
             "natkit signal: file-descriptor limit {fd_limit}; up to {} connections, {} per address; \
              header timeout {} s, idle timeout {} s",
             limits.max_conns,
             limits.conns_per_ip,
             limits.header_timeout.as_secs(),
             limits.idle_timeout.as_secs()
-        );
-        if let Some(m) = server.metrics_addr() {
-            eprintln!("natkit signal: metrics http://{m}/metrics");
-        }
+        ),
+    );
+    if let Some(m) = server.metrics_addr() {
+        output::notice(opts, &format!("natkit signal: metrics http://{m}/metrics"));
     }
     let summary = server.run(shutdown_signal()).await?;
     let report = SignalReport {

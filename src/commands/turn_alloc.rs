@@ -18,6 +18,7 @@ use crate::cli::PeerTransportChoice;
 use crate::cli::{TurnAllocArgs, TurnTransportChoice};
 use crate::error::{Status, UsageError, usage};
 use crate::net::address_class::AddressClass;
+use crate::net::metrics_http::MetricsLimits;
 use crate::net::server_spec::{Family, Host, ResolveError, ServerSpec};
 use crate::net::stream;
 use crate::net::tls::{CertVerdict, TlsClient, TlsOptions};
@@ -312,7 +313,11 @@ async fn watch(args: &TurnAllocArgs, every: Duration, opts: &OutputOptions) -> a
                 UsageError::new(format!("cannot serve --metrics on {addr} (TCP): {e}; pick another address"))
             })?;
             tracing::info!("probe metrics on http://{}/metrics", listener.local_addr().unwrap_or(addr));
-            Some(AbortOnDrop(tokio::spawn(probe::serve_metrics(listener, state.clone()))))
+            let limits = MetricsLimits::with_cap(
+                args.metrics_max_connections as usize,
+                Duration::from_secs(args.metrics_header_timeout),
+            );
+            Some(AbortOnDrop(tokio::spawn(probe::serve_metrics(listener, limits, state.clone()))))
         }
         None => None,
     };

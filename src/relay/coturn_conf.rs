@@ -69,8 +69,9 @@ pub fn not_implemented_reason(option: &str) -> &'static str {
     match option {
         "mobility" => "MOBILITY-TICKET (RFC 8016) is not implemented",
         "syslog" => "natkit logs to stderr (journald under systemd) or log-file",
-        "no-tls" | "no-tcp" | "no-udp" | "no-tcp-relay" | "no-udp-relay" => {
-            "listeners are chosen with --listen/--tls-listen instead"
+        "no-tls" | "no-tcp" | "no-udp" | "no-udp-relay" => "listeners are chosen with --listen/--tls-listen instead",
+        "no-tcp-relay" => {
+            "TCP relaying (RFC 6062) is always offered to TCP/TLS clients; --max-tcp-connections caps it per allocation"
         }
         "dh-file" | "cipher-list" | "ec-curve-name" | "no-tlsv1" | "no-tlsv1_1" | "no-tlsv1_2" | "dh2066" => {
             "TLS is rustls with its safe defaults (TLS 1.2 and 1.3 only); nothing to tune"

@@ -239,8 +239,8 @@ where
 /// request head is read first, within a header timeout, with a cap on
 /// connections ([`metrics_http`]); one render per scrape, under the lock for
 /// microseconds.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, state: SharedState) {
-    metrics_http::serve(listener, MetricsLimits::default(), Paths::Only("/metrics"), "turn-alloc", move || {
+pub async fn serve_metrics(listener: tokio::net::TcpListener, limits: MetricsLimits, state: SharedState) {
+    metrics_http::serve(listener, limits, Paths::Only("/metrics"), "turn-alloc", move || {
         state.lock().unwrap_or_else(PoisonError::into_inner).render()
     })
     .await
