@@ -60,13 +60,18 @@ fn request_in_pieces_is_answered_whole(addr: &str, metric: &str) {
 /// A connection that never sends a request is closed, with no answer, after the header timeout.
 fn idle_connection_is_closed_without_an_answer(addr: &str) {
     let mut s = TcpStream::connect(addr).unwrap();
+    closed_unanswered(&mut s, &format!("{addr}, a connection that sent nothing past its header timeout"));
+}
+
+/// The server closes `s` (within a bounded wait) without sending a byte.
+fn closed_unanswered(s: &mut TcpStream, what: &str) {
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let mut buf = [0u8; 64];
     match s.read(&mut buf) {
         Ok(0) => {}
         Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-        Ok(n) => panic!("{addr} answered a connection that sent nothing: {:?}", String::from_utf8_lossy(&buf[..n])),
-        Err(e) => panic!("{addr} kept an idle connection open past its header timeout: {e}"),
+        Ok(n) => panic!("{what}: answered {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => panic!("{what}: neither answered nor closed: {e}"),
     }
 }
 
@@ -152,15 +157,8 @@ fn probe_metrics_limits_are_flags() {
     wait_listening(&maddr);
     let first = TcpStream::connect(&maddr).unwrap();
     let mut second = TcpStream::connect(&maddr).unwrap();
-    second.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let _ = second.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut buf = [0u8; 64];
-    match second.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-        Ok(n) => panic!("a second connection from one address was served: {:?}", String::from_utf8_lossy(&buf[..n])),
-        Err(e) => panic!("a second connection from one address was neither served nor closed: {e}"),
-    }
+    closed_unanswered(&mut second, "a second connection from one address under --metrics-max-connections 8");
     drop(first);
     // The slot is given back when the server sees the close; ask until it has.
     let mut answered = String::new();

@@ -3,8 +3,8 @@
 //! real `redis-server` on loopback.
 
 mod common;
-#[path = "common/redis_dir.rs"]
-mod redis_dir;
+#[path = "common/redis_outage.rs"]
+mod redis_outage;
 #[path = "common/turn_udp.rs"]
 mod turn_udp;
 
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::relay::Relay;
 use common::{free_port, natkit, tools};
-use redis_dir::DirRedis;
+use redis_outage::OutageRedis;
 use stun_rs::MessageClass;
 use turn_udp::{Client, allocate, code};
 
@@ -99,9 +99,9 @@ fn userdb_relay(url: &str, extra: &[&str]) -> (Relay, String) {
 
 #[test]
 fn turnadmin_users_allocate_next_to_flag_users_and_a_user_added_later_works_without_restart() {
-    let redis = DirRedis::start();
+    let redis = OutageRedis::start();
     add_user(redis.port, "alice", "wonderland");
-    let (relay, maddr) = userdb_relay(&redis.url(), &["--user", "carol:flagpass"]);
+    let (relay, maddr) = userdb_relay(&format!("{}0", redis.url()), &["--user", "carol:flagpass"]);
     assert!(turn_alloc_ok(&relay, &["-u", "alice", "-p", "wonderland"]), "turn-alloc with a turnadmin user");
     assert!(turn_alloc_ok(&relay, &["-u", "carol", "-p", "flagpass"]), "a --user next to the database");
     assert_eq!(try_allocate(&relay, "alice", "wrong"), (MessageClass::ErrorResponse, Some(401)));
@@ -122,10 +122,10 @@ fn turnadmin_users_allocate_next_to_flag_users_and_a_user_added_later_works_with
 
 #[test]
 fn a_rest_secret_written_by_turnadmin_signs_rest_credentials() {
-    let redis = DirRedis::start();
+    let redis = OutageRedis::start();
     turnadmin(redis.port, &["-s", "first-secret"]);
     turnadmin(redis.port, &["-s", "second-secret"]);
-    let (relay, _) = userdb_relay(&redis.url(), &[]);
+    let (relay, _) = userdb_relay(&format!("{}0", redis.url()), &[]);
     assert!(turn_alloc_ok(&relay, &["--secret", "second-secret", "-u", "dave"]), "either of the realm's secrets");
     assert!(turn_alloc_ok(&relay, &["--secret", "first-secret", "-u", "erin"]));
     assert!(!turn_alloc_ok(&relay, &["--secret", "not-in-redis", "-u", "dave"]));
@@ -133,9 +133,9 @@ fn a_rest_secret_written_by_turnadmin_signs_rest_credentials() {
 
 #[test]
 fn a_deleted_user_stops_working_once_the_cache_entry_expires() {
-    let redis = DirRedis::start();
+    let redis = OutageRedis::start();
     add_user(redis.port, "alice", "wonderland");
-    let (relay, _) = userdb_relay(&redis.url(), &["--userdb-cache", "2"]);
+    let (relay, _) = userdb_relay(&format!("{}0", redis.url()), &["--userdb-cache", "2"]);
     assert!(allocates(&relay, "alice", "wonderland"));
     turnadmin(redis.port, &["-d", "-u", "alice"]);
     assert!(
@@ -146,9 +146,10 @@ fn a_deleted_user_stops_working_once_the_cache_entry_expires() {
 
 #[test]
 fn redis_down_keeps_cached_users_refuses_others_with_500_and_counts_then_recovers() {
-    let mut redis = DirRedis::start();
+    let mut redis = OutageRedis::start();
     add_user(redis.port, "alice", "wonderland");
-    let (relay, maddr) = userdb_relay(&redis.url(), &["--userdb-cache", "60", "--userdb-timeout", "500"]);
+    let (relay, maddr) =
+        userdb_relay(&format!("{}0", redis.url()), &["--userdb-cache", "60", "--userdb-timeout", "500"]);
     assert!(allocates(&relay, "alice", "wonderland"), "alice cached while Redis is up");
     redis.stop();
     assert!(allocates(&relay, "alice", "wonderland"), "a cached user keeps working while Redis is down");
@@ -172,9 +173,9 @@ fn redis_down_keeps_cached_users_refuses_others_with_500_and_counts_then_recover
 
 #[test]
 fn a_flood_of_unknown_usernames_costs_redis_a_bounded_number_of_lookups() {
-    let redis = DirRedis::start();
+    let redis = OutageRedis::start();
     add_user(redis.port, "alice", "wonderland");
-    let (relay, maddr) = userdb_relay(&redis.url(), &[]);
+    let (relay, maddr) = userdb_relay(&format!("{}0", redis.url()), &[]);
     let server: SocketAddr = relay.addr().parse().unwrap();
     let before = redis_calls(redis.port, "get");
     // Four sources, 500 distinct unknown usernames each, sent without waiting for answers.

@@ -7,6 +7,10 @@
 //! The port is taken below the kernel's ephemeral range, so that nothing the
 //! OS hands out (another test's `free_port`, a node's outgoing connection)
 //! can take it while the server is down.
+//!
+//! Each start runs in a fresh temporary directory: coturn's `turnadmin` sends
+//! SAVE after every change, which would otherwise leave a dump.rdb in the
+//! test's directory for the next server started there to load.
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +21,7 @@ use crate::common::tools;
 pub struct OutageRedis {
     child: Option<Child>,
     pub port: u16,
+    dir: Option<tempfile::TempDir>,
 }
 
 /// A free port in 20000..32000 (below Linux's default ephemeral range 32768..60999).
@@ -36,7 +41,7 @@ fn port_outside_ephemeral_range() -> u16 {
 
 impl OutageRedis {
     pub fn start() -> OutageRedis {
-        let mut r = OutageRedis { child: None, port: port_outside_ephemeral_range() };
+        let mut r = OutageRedis { child: None, port: port_outside_ephemeral_range(), dir: None };
         r.restart();
         r
     }
@@ -58,11 +63,13 @@ impl OutageRedis {
         }
     }
 
-    /// Starts a fresh (empty) server on the same port and waits until it listens.
+    /// Starts a fresh (empty) server, in a new directory, on the same port and waits until it listens.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop() before restart()");
         let bin = tools::require("redis-server", "redis-server");
+        let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new(bin)
+            .current_dir(dir.path())
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .stdout(Stdio::null())
@@ -70,6 +77,7 @@ impl OutageRedis {
             .spawn()
             .expect("starting redis-server");
         self.child = Some(child);
+        self.dir = Some(dir);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not listen on 127.0.0.1:{}", self.port);
