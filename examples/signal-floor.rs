@@ -164,24 +164,8 @@ mod raw {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An unmasked server text frame (RFC 6455 §5.2).
-    fn frame(payload: &[u8]) -> Vec<u8> {
-        let mut f = Vec::with_capacity(payload.len() + 10);
-        f.push(0x81);
-        match payload.len() {
-            n if n < 126 => f.push(n as u8),
-            n if n < 65536 => {
-                f.push(126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(payload);
-        f
-    }
+    /// An unmasked server text frame (RFC 6455 §5.2): the same bytes natkit writes.
+    use natkit::signal::ws_out::text_frame as frame;
 
     impl Peer {
         /// Writes now if the socket takes it; what it does not take waits for the owner's task.

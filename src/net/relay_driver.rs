@@ -337,6 +337,15 @@ struct Ports {
 const MAX_BIND_FAILURES: u32 = 256;
 
 impl Ports {
+    /// The relay address of `family`, or 440 when the relay serves none.
+    fn relay_ip(&self, family: Family) -> Result<IpAddr, RelayOpenError> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| (family == Family::V4) == ip.is_ipv4())
+            .ok_or(RelayOpenError::FamilyNotServed)
+    }
+
     fn new(registry: Arc<Registry>, ips: Vec<IpAddr>, range: (u16, u16)) -> Ports {
         Ports { registry, ips, range, next_id: 0, bound: HashMap::new(), taken: HashSet::new() }
     }
@@ -381,12 +390,7 @@ impl Ports {
 
 impl RelayPorts for Ports {
     fn open(&mut self, family: Family) -> Result<(RelayId, SocketAddr), RelayOpenError> {
-        let ip = self
-            .ips
-            .iter()
-            .copied()
-            .find(|ip| (family == Family::V4) == ip.is_ipv4())
-            .ok_or(RelayOpenError::FamilyNotServed)?;
+        let ip = self.relay_ip(family)?;
         let (sock, addr) = self.bind_in_range(ip)?;
         let sock = Arc::new(sock);
         self.next_id += 1;
@@ -413,12 +417,7 @@ impl RelayPorts for Ports {
     }
 
     fn open_tcp(&mut self, family: Family) -> Result<(RelayId, SocketAddr), RelayOpenError> {
-        let ip = self
-            .ips
-            .iter()
-            .copied()
-            .find(|ip| (family == Family::V4) == ip.is_ipv4())
-            .ok_or(RelayOpenError::FamilyNotServed)?;
+        let ip = self.relay_ip(family)?;
         let (Some(to), Some(counters), Ok(rt)) =
             (self.registry.tcp_inbound.get(), self.registry.tcp_counters.get(), tokio::runtime::Handle::try_current())
         else {
