@@ -301,10 +301,14 @@ struct RoundCount {
     sendmmsg_calls: u64,
 }
 
+/// A map on the UDP path, hashed with foldhash: the keys are this relay's
+/// own relay ids and listen addresses, never chosen by a client.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Relayed sockets, shared by the core (open/close) and the data path (send).
 #[derive(Default)]
 struct Registry {
-    sockets: RwLock<HashMap<RelayId, Arc<UdpSocket>>>,
+    sockets: RwLock<FastMap<RelayId, Arc<UdpSocket>>>,
     /// The UDP workers' epoll registries, for relayed sockets opened outside
     /// a worker (allocations of TCP and TLS clients).
     workers: OnceLock<Vec<mio::Registry>>,
@@ -475,7 +479,7 @@ type ConnKey = (SocketAddr, SocketAddr);
 struct Shared {
     core: Mutex<Server>,
     /// Listener sockets for sending, by their bound address.
-    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    udp: FastMap<SocketAddr, Arc<UdpSocket>>,
     registry: Arc<Registry>,
     conns: Mutex<HashMap<ConnKey, mpsc::Sender<Vec<u8>>>>,
     counters: DriverCounters,
@@ -568,7 +572,7 @@ pub async fn run(
     let Bound { udp: udp_sockets, tcp, metrics } = bound;
     let workers = cfg.workers.max(1);
 
-    let udp: HashMap<SocketAddr, Arc<UdpSocket>> =
+    let udp: FastMap<SocketAddr, Arc<UdpSocket>> =
         udp_sockets.iter().map(|(a, socks)| (*a, socks[0].clone())).collect();
     let userdb = match &cfg.userdb {
         Some(c) => Some(Arc::new(RedisUserDb::new(c).map_err(StartError::UserDb)?)),
@@ -700,6 +704,10 @@ struct UdpWorker {
     peer_in: RecvBatch,
     /// Answers copied out of the core this round: (target, range in `out`).
     pending: Vec<(Target, usize, usize)>,
+    /// `pending`'s runs by socket at a flush (kept to reuse its memory).
+    runs: Vec<std::ops::Range<usize>>,
+    /// The sockets that were ready this round (kept to reuse its memory).
+    ready: Vec<(Source, Arc<UdpSocket>)>,
     out: Vec<u8>,
     used: usize,
     round: RoundCount,
@@ -739,23 +747,36 @@ impl UdpWorker {
                 }
                 continue;
             }
-            for ev in events.iter() {
-                let source = match ev.token() {
-                    WAKE_TOKEN => continue,
-                    mio::Token(t) if t > LISTENER_TOKEN_BASE - self.listeners.len() && t <= LISTENER_TOKEN_BASE => {
-                        let (addr, sock) = &self.listeners[LISTENER_TOKEN_BASE - t];
-                        (Source::Listener(*addr), sock.clone())
+            // The ready relayed sockets are looked up under one read of the
+            // registry per round (not one per socket). The guard is gone before
+            // the core runs: an Allocate in this round takes the write side.
+            let mut ready = std::mem::take(&mut self.ready);
+            {
+                let sockets = self.shared.registry.sockets.read().unwrap_or_else(|p| p.into_inner());
+                for ev in events.iter() {
+                    match ev.token() {
+                        WAKE_TOKEN => {}
+                        mio::Token(t) if t > LISTENER_TOKEN_BASE - self.listeners.len() && t <= LISTENER_TOKEN_BASE => {
+                            let (addr, sock) = &self.listeners[LISTENER_TOKEN_BASE - t];
+                            ready.push((Source::Listener(*addr), sock.clone()));
+                        }
+                        mio::Token(t) => {
+                            let relay = RelayId(t as u64);
+                            // Absent: closed since the event was queued.
+                            if let Some(sock) = sockets.get(&relay) {
+                                ready.push((Source::Relay(relay), sock.clone()));
+                            }
+                        }
                     }
-                    mio::Token(t) => {
-                        let relay = RelayId(t as u64);
-                        let sock = self.shared.registry.sockets.read().ok().and_then(|m| m.get(&relay).cloned());
-                        // Closed since the event was queued.
-                        let Some(sock) = sock else { continue };
-                        (Source::Relay(relay), sock)
-                    }
-                };
-                self.drain(source.1.as_raw_fd(), source.0);
+                }
             }
+            // One clock read per round: a round lasts microseconds, and every
+            // lifetime the core checks is whole seconds.
+            let now = Instant::now();
+            for (source, sock) in ready.drain(..) {
+                self.drain(sock.as_raw_fd(), source, now);
+            }
+            self.ready = ready;
             self.flush();
             self.shared.counters.udp.add_round(&std::mem::take(&mut self.round));
         }
@@ -763,7 +784,7 @@ impl UdpWorker {
 
     /// Reads `fd` until it is drained (edge-triggered readiness), running
     /// the core on each batch.
-    fn drain(&mut self, fd: RawFd, source: Source) {
+    fn drain(&mut self, fd: RawFd, source: Source, now: Instant) {
         let mut errors = 0;
         loop {
             if self.used + MAX_OUT * BATCH > self.out.len() {
@@ -789,7 +810,6 @@ impl UdpWorker {
                 }
             };
             self.round.datagrams_in += n as u64;
-            let now = Instant::now();
             let mut core = self.shared.lock();
             for i in 0..n {
                 let Some((from, slot, len)) = batch.slot_mut(i) else { continue };
@@ -819,22 +839,30 @@ impl UdpWorker {
     }
 
     /// Sends what the round produced: answers grouped by the socket they
-    /// leave from (order kept within a socket), one sendmmsg per socket.
+    /// leave from (order kept within a socket), one sendmmsg per socket. The
+    /// relayed sockets are looked up under one read of the registry for the
+    /// whole flush; nothing here takes the core or the registry's write side.
     fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
+        runs_by_socket(&mut self.pending, &mut self.runs);
         let out = &self.out;
-        for run in runs_by_socket(&mut self.pending) {
+        let sockets = self.shared.registry.sockets.read().unwrap_or_else(|p| p.into_inner());
+        for run in self.runs.drain(..) {
             let run = &self.pending[run];
             let target = run[0].0;
-            if matches!(target, Target::Client(ft) if ft.transport != Transport::Udp) {
-                for (t, st, l) in run {
-                    self.shared.deliver(*t, &out[*st..*st + *l]);
+            let sock = match target {
+                Target::Client(ft) if ft.transport != Transport::Udp => {
+                    for (t, st, l) in run {
+                        self.shared.deliver(*t, &out[*st..*st + *l]);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if let Some(s) = self.shared.socket_for(&target) {
+                Target::Client(ft) => self.shared.udp.get(&ft.local),
+                Target::Peer { relay, .. } => sockets.get(&relay),
+            };
+            if let Some(s) = sock {
                 let msgs = run.iter().map(|(t, st, l)| (dest_of(t), &out[*st..*st + *l]));
                 let Sent { failed, calls } = send_many(s.as_raw_fd(), msgs);
                 self.round.sendmmsg_calls += calls as u64;
@@ -844,17 +872,20 @@ impl UdpWorker {
                 }
             }
         }
+        drop(sockets);
         self.pending.clear();
         self.used = 0;
     }
 }
 
-/// Orders a round's answers by the socket they leave from (a stable sort,
-/// so each destination sees its datagrams in the order they were made) and
-/// returns the index range of each socket's run: one sendmmsg each.
-fn runs_by_socket(pending: &mut [(Target, usize, usize)]) -> Vec<std::ops::Range<usize>> {
-    pending.sort_by_key(|(t, _, _)| socket_key(t));
-    let mut runs = Vec::new();
+/// Orders a round's answers by the socket they leave from and puts the
+/// index range of each socket's run in `runs`: one sendmmsg each. The sort
+/// is unstable (no allocation) but ties are broken by the answer's offset
+/// in the round's buffer, which grows in the order the answers were made,
+/// so each destination still sees its datagrams in order.
+fn runs_by_socket(pending: &mut [(Target, usize, usize)], runs: &mut Vec<std::ops::Range<usize>>) {
+    runs.clear();
+    pending.sort_unstable_by_key(|(t, start, _)| (socket_key(t), *start));
     let mut i = 0;
     while i < pending.len() {
         let key = socket_key(&pending[i].0);
@@ -865,7 +896,6 @@ fn runs_by_socket(pending: &mut [(Target, usize, usize)]) -> Vec<std::ops::Range
         runs.push(i..j);
         i = j;
     }
-    runs
 }
 
 fn dest_of(t: &Target) -> SocketAddr {
@@ -922,6 +952,8 @@ fn start_workers(
             client_in: RecvBatch::new(MAX_DATAGRAM, 0, 0),
             peer_in: RecvBatch::new(MAX_DATAGRAM, PEER_HEADROOM, PEER_TAILROOM),
             pending: Vec::with_capacity(4 * BATCH),
+            runs: Vec::with_capacity(4 * BATCH),
+            ready: Vec::with_capacity(256),
             out: vec![0u8; OUT_BYTES],
             used: 0,
             round: RoundCount::default(),
@@ -1276,11 +1308,13 @@ mod tests {
             (client(l, "198.51.100.3:1000", Transport::Tcp), 50, 10),
             (client(l, "198.51.100.1:1000", Transport::Udp), 60, 10),
         ];
-        let runs = runs_by_socket(&mut pending);
+        let mut runs = Vec::new();
+        runs_by_socket(&mut pending, &mut runs);
         let starts: Vec<Vec<usize>> = runs.iter().map(|r| pending[r.clone()].iter().map(|p| p.1).collect()).collect();
         // Relay 1, relay 2 (its two datagrams in order), the UDP listener (three
         // datagrams, client 1's two in order), the TCP connection.
         assert_eq!(starts, vec![vec![20], vec![0, 40], vec![10, 30, 60], vec![50]]);
-        assert!(runs_by_socket(&mut []).is_empty());
+        runs_by_socket(&mut [], &mut runs);
+        assert!(runs.is_empty());
     }
 }

@@ -3,6 +3,16 @@
 //! named by a [`RelayId`]), a lifetime, permissions and channels. Indexed by
 //! client 5-tuple, by relay socket and by relayed address, so every packet
 //! finds its allocation with one hash lookup.
+//!
+//! The tables hash with foldhash (seeded at random per process) instead of
+//! std's SipHash: a lookup sits on every relayed packet, and SipHash of a
+//! 5-tuple cost more than the rest of the table work. Flooding a table with
+//! colliding keys (HashDoS) is what SipHash guards against; here nobody can
+//! insert at will: an entry exists only for an authenticated allocation, and
+//! their number is bounded by `--max-allocations`, the per-user and the
+//! per-source quotas; packets with attacker-chosen addresses only look up.
+//! The seed is random, so the attacker cannot pick colliding keys offline
+//! either.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -46,18 +56,21 @@ pub fn granted_lifetime(requested: Option<u32>, max: Duration) -> Duration {
     }
 }
 
+/// A table of this module: std's map with foldhash (see the module doc for why it is safe here).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 pub struct Allocations {
-    by_relay: HashMap<RelayId, Allocation>,
-    by_client: HashMap<FiveTuple, RelayId>,
-    by_relayed: HashMap<SocketAddr, RelayId>,
-    per_user: HashMap<String, u32>,
+    by_relay: Map<RelayId, Allocation>,
+    by_client: Map<FiveTuple, RelayId>,
+    by_relayed: Map<SocketAddr, RelayId>,
+    per_user: Map<String, u32>,
     /// Allocations per client IP (the quota per source address).
-    per_source: HashMap<IpAddr, u32>,
+    per_source: Map<IpAddr, u32>,
     /// Relayed addresses of allocations that ended, and since when (None until the next
     /// sweep stamps it): a channel or permission another allocation still holds to one of
     /// them must not reach whatever process binds that port next.
-    freed: HashMap<SocketAddr, Option<Instant>>,
+    freed: Map<SocketAddr, Option<Instant>>,
 }
 
 /// How long an ended allocation's relayed address stays refused as a peer: the longest a
@@ -140,10 +153,15 @@ impl Allocations {
     /// The allocation whose relayed address is `addr` (compared canonically,
     /// so `::ffff:127.0.0.1:5000` finds `127.0.0.1:5000`).
     pub fn relay_at(&self, addr: SocketAddr) -> Option<RelayId> {
-        self.by_relayed
-            .get(&addr)
-            .or_else(|| self.by_relayed.get(&SocketAddr::new(canonical(addr.ip()), addr.port())))
-            .copied()
+        if let Some(&r) = self.by_relayed.get(&addr) {
+            return Some(r);
+        }
+        // A second lookup only when the canonical form differs (an IPv4-mapped IPv6 address).
+        let c = canonical(addr.ip());
+        if c == addr.ip() {
+            return None;
+        }
+        self.by_relayed.get(&SocketAddr::new(c, addr.port())).copied()
     }
 
     /// Whether `addr` was the relayed address of an allocation that ended recently and is
