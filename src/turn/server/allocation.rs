@@ -206,6 +206,43 @@ impl Allocations {
 mod tests {
     use super::*;
 
+    fn allocation(relay: u64, relayed: &str, client: &str) -> Allocation {
+        let relayed: SocketAddr = relayed.parse().unwrap();
+        Allocation {
+            client: FiveTuple {
+                transport: crate::net::transport::Transport::Udp,
+                local: "198.51.100.1:3478".parse().unwrap(),
+                remote: client.parse().unwrap(),
+            },
+            relay: RelayId(relay),
+            relayed,
+            bound: relayed,
+            user: UserKey { username: "u".into(), password: "p".into(), key: [0; 16] },
+            integrity: IntegrityKind::Sha1,
+            expires: Instant::now() + DEFAULT_LIFETIME,
+            permissions: Permissions::default(),
+            channels: Channels::default(),
+            transaction: [0; 12],
+        }
+    }
+
+    #[test]
+    fn a_relayed_address_is_found_as_itself_or_ipv4_mapped_and_nothing_else() {
+        let mut t = Allocations::default();
+        t.insert(allocation(1, "198.51.100.1:50000", "203.0.113.7:4000"));
+        t.insert(allocation(2, "[2001:db8::1]:50001", "203.0.113.8:4000"));
+        let at = |t: &Allocations, a: &str| t.relay_at(a.parse().unwrap());
+        assert_eq!(at(&t, "198.51.100.1:50000"), Some(RelayId(1)));
+        assert_eq!(at(&t, "[::ffff:198.51.100.1]:50000"), Some(RelayId(1)), "mapped form of the same address");
+        assert_eq!(at(&t, "[2001:db8::1]:50001"), Some(RelayId(2)));
+        assert_eq!(at(&t, "198.51.100.1:50001"), None, "another port");
+        assert_eq!(at(&t, "[::ffff:198.51.100.2]:50000"), None);
+        assert_eq!(at(&t, "[2001:db8::2]:50001"), None);
+        t.remove(RelayId(1));
+        assert_eq!(at(&t, "[::ffff:198.51.100.1]:50000"), None);
+        assert!(t.recently_freed("[::ffff:198.51.100.1]:50000".parse().unwrap()));
+    }
+
     #[test]
     fn lifetimes_are_clamped_as_the_rfc_says() {
         let max = MAX_LIFETIME;
