@@ -27,6 +27,7 @@ use crate::net::turn_session::{Answer, Link, PeerData, TurnSession};
 use crate::output::{self, OutputOptions, Render};
 use crate::stun::message::{BindingResponse, binding_request, new_transaction_id};
 use crate::stun::transaction::{Reliability, Retransmit};
+use crate::turn::audit::quality::{self, JitterOf, Samples, Stats};
 use crate::turn::client::{Auth, ClientConfig, DataPath, Failure, Request, Success, TurnClient};
 use crate::turn::credentials::{Credentials, rest_credentials};
 use crate::turn::probe::{self, ProbeReport};
@@ -107,24 +108,6 @@ pub struct Step {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct RttStats {
-    pub min: f64,
-    pub avg: f64,
-    pub p99: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Stats {
-    pub sent: u32,
-    pub received: u32,
-    pub loss_pct: f64,
-    pub rtt_ms: Option<RttStats>,
-    /// RFC 3550 interarrival jitter of the one-way transit (both allocations are
-    /// ours, so both ends read one clock); with --peer, of the round trips.
-    pub jitter_ms: Option<f64>,
-}
-
 #[derive(Debug, Serialize)]
 pub struct TurnAllocReport {
     pub ok: bool,
@@ -146,7 +129,6 @@ pub struct TurnAllocReport {
 struct Stop;
 
 const CHANNEL: u16 = 0x4000;
-const PROBE_MAGIC: &[u8; 4] = b"NKQ1";
 
 struct Ctx<'a> {
     args: &'a TurnAllocArgs,
@@ -708,21 +690,8 @@ impl Ctx<'_> {
         // quality
         let t = Instant::now();
         let stats = self.quality(&mut a, b.as_mut().map(|(s, _)| s)).await;
-        let detail = match &stats.rtt_ms {
-            Some(r) => format!(
-                "{} of {} packets back ({:.1}% loss), rtt min/avg/p99 {:.2}/{:.2}/{:.2} ms, jitter {:.2} ms",
-                stats.received,
-                stats.sent,
-                stats.loss_pct,
-                r.min,
-                r.avg,
-                r.p99,
-                stats.jitter_ms.unwrap_or(0.0)
-            ),
-            None if stats.sent == 0 => "skipped: --packets 0".into(),
-            None => format!("none of {} packets came back", stats.sent),
-        };
-        let quality_ok = stats.sent == 0 || stats.received > 0;
+        let detail = stats.detail();
+        let quality_ok = stats.passed();
         self.report.stats = Some(stats);
         if !quality_ok {
             return Err(self.fail(StepName::Quality, t, detail));
@@ -1000,6 +969,7 @@ impl Ctx<'_> {
         let grace = self.timeout.min(Duration::from_secs(3));
         let end = t0 + interval * n + grace;
         let sender_done = std::cell::Cell::new(false);
+        let since = |at: Instant, sent: Duration| at.saturating_duration_since(t0 + sent).as_secs_f64() * 1000.0;
 
         let sender = async {
             let mut rtts: Vec<f64> = Vec::new();
@@ -1007,11 +977,11 @@ impl Ctx<'_> {
             for seq in 0..n {
                 let due = t0 + interval * seq;
                 while let Ok(Some(d)) = a.recv_data(due).await {
-                    if let Some((_, sent_at)) = parse_probe(&d.data, t0) {
-                        rtts.push(d.at.saturating_duration_since(sent_at).as_secs_f64() * 1000.0);
+                    if let Some((_, at)) = quality::decode_probe(&d.data) {
+                        rtts.push(since(d.at, at));
                     }
                 }
-                let pkt = make_probe(seq, t0, size);
+                let pkt = quality::encode_probe(seq, t0.elapsed(), size);
                 if a.send_channel_data(CHANNEL, &pkt).await.is_ok() {
                     sent += 1;
                 }
@@ -1019,8 +989,8 @@ impl Ctx<'_> {
             while rtts.len() < sent as usize {
                 match a.recv_data(end).await {
                     Ok(Some(d)) => {
-                        if let Some((_, sent_at)) = parse_probe(&d.data, t0) {
-                            rtts.push(d.at.saturating_duration_since(sent_at).as_secs_f64() * 1000.0);
+                        if let Some((_, at)) = quality::decode_probe(&d.data) {
+                            rtts.push(since(d.at, at));
                         }
                     }
                     _ => break,
@@ -1036,8 +1006,8 @@ impl Ctx<'_> {
                 while !sender_done.get() && Instant::now() < end {
                     let slice = (Instant::now() + Duration::from_millis(20)).min(end);
                     while let Ok(Some(d)) = b.recv_data(slice).await {
-                        if let Some((_, sent_at)) = parse_probe(&d.data, t0) {
-                            transits.push(d.at.saturating_duration_since(sent_at).as_secs_f64() * 1000.0);
+                        if let Some((_, at)) = quality::decode_probe(&d.data) {
+                            transits.push(since(d.at, at));
                             let _ = b.send_channel_data(CHANNEL, &d.data).await;
                         }
                     }
@@ -1046,15 +1016,8 @@ impl Ctx<'_> {
             transits
         };
         let ((sent, rtts), transits) = tokio::join!(sender, echoer);
-        let received = rtts.len() as u32;
-        let jitter_source = if self.args.peer.is_some() { &rtts } else { &transits };
-        Stats {
-            sent,
-            received,
-            loss_pct: if sent == 0 { 0.0 } else { round3(100.0 * (sent - received.min(sent)) as f64 / sent as f64) },
-            rtt_ms: summarize_rtts(&rtts),
-            jitter_ms: rfc3550_jitter(jitter_source).map(round3),
-        }
+        let jitter_of = if self.args.peer.is_some() { JitterOf::RoundTrip } else { JitterOf::Transit };
+        Stats::from_samples(&Samples { sent, rtts, transits }, jitter_of)
     }
 
     /// Asks for permissions to addresses a relay must refuse, and checks whether
@@ -1180,51 +1143,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
-/// A quality probe: magic, sequence number, send time in µs since `t0`, padding.
-fn make_probe(seq: u32, t0: Instant, size: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(size.max(16));
-    p.extend_from_slice(PROBE_MAGIC);
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(t0.elapsed().as_micros() as u64).to_be_bytes());
-    p.resize(size.max(16), 0x5a);
-    p
-}
-
-fn parse_probe(p: &[u8], t0: Instant) -> Option<(u32, Instant)> {
-    if p.len() < 16 || &p[..4] != PROBE_MAGIC {
-        return None;
-    }
-    let seq = u32::from_be_bytes(p[4..8].try_into().ok()?);
-    let us = u64::from_be_bytes(p[8..16].try_into().ok()?);
-    Some((seq, t0 + Duration::from_micros(us)))
-}
-
-fn summarize_rtts(rtts: &[f64]) -> Option<RttStats> {
-    if rtts.is_empty() {
-        return None;
-    }
-    let mut v = rtts.to_vec();
-    v.sort_by(f64::total_cmp);
-    let p99_idx = ((v.len() as f64 * 0.99).ceil() as usize).saturating_sub(1).min(v.len() - 1);
-    Some(RttStats { min: round3(v[0]), avg: round3(v.iter().sum::<f64>() / v.len() as f64), p99: round3(v[p99_idx]) })
-}
-
-/// RFC 3550 §6.4.1: J += (|D| − J) / 16 over successive transit times.
-fn rfc3550_jitter(transits: &[f64]) -> Option<f64> {
-    if transits.len() < 2 {
-        return None;
-    }
-    let mut j = 0.0;
-    for w in transits.windows(2) {
-        j += ((w[1] - w[0]).abs() - j) / 16.0;
-    }
-    Some(j)
-}
-
 /// Globally routable, as far as an audit needs to know (judged where packets really go).
 fn is_public(ip: IpAddr) -> bool {
     AddressClass::of_canonical(ip).is_public()
@@ -1272,32 +1190,6 @@ impl Render for TurnAllocReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_follows_rfc3550() {
-        assert_eq!(rfc3550_jitter(&[1.0]), None);
-        let j = rfc3550_jitter(&[10.0, 12.0, 10.0]).expect("jitter");
-        // J1 = 2/16 = 0.125, J2 = 0.125 + (2 - 0.125)/16
-        assert!((j - (0.125 + 1.875 / 16.0)).abs() < 1e-9);
-    }
-
-    #[test]
-    fn rtt_summary_has_min_avg_p99() {
-        let v: Vec<f64> = (1..=100).map(|i| i as f64).collect();
-        let s = summarize_rtts(&v).expect("stats");
-        assert_eq!((s.min, s.avg, s.p99), (1.0, 50.5, 99.0));
-        assert!(summarize_rtts(&[]).is_none());
-    }
-
-    #[test]
-    fn probes_round_trip_and_junk_is_ignored() {
-        let t0 = Instant::now();
-        let p = make_probe(7, t0, 172);
-        assert_eq!(p.len(), 172);
-        assert_eq!(parse_probe(&p, t0).map(|(s, _)| s), Some(7));
-        assert!(parse_probe(b"short", t0).is_none());
-        assert!(parse_probe(&[0u8; 32], t0).is_none());
-    }
 
     #[test]
     fn step_labels_are_the_json_names() {

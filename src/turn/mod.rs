@@ -2,6 +2,7 @@
 //! shared by the server (`relay`), the clients (`turn-alloc`, `punch`,
 //! `call`) and the signaling server (`--turn-secret`).
 
+pub mod audit;
 pub mod audit_tcp;
 pub mod channel_data;
 pub mod client;
