@@ -117,19 +117,26 @@ async fn bind(conn: &mut StreamConn, mut c: TurnClient, id: u32, timeout: Durati
     }
 }
 
+impl TcpRelayReport {
+    /// A step that stopped at `detail`, before anything was learned.
+    pub fn failed(peer: SocketAddr, detail: String) -> Self {
+        TcpRelayReport {
+            ok: false,
+            peer,
+            relayed: None,
+            connection_id: None,
+            messages_sent: 0,
+            messages_echoed: 0,
+            bytes_echoed: 0,
+            rtt_ms: None,
+            detail,
+        }
+    }
+}
+
 /// Runs the step; never fails as a whole (the report says where it stopped).
 pub async fn run(cfg: &TcpAuditConfig<'_>) -> TcpRelayReport {
-    let mut r = TcpRelayReport {
-        ok: false,
-        peer: cfg.peer,
-        relayed: None,
-        connection_id: None,
-        messages_sent: 0,
-        messages_echoed: 0,
-        bytes_echoed: 0,
-        rtt_ms: None,
-        detail: String::new(),
-    };
+    let mut r = TcpRelayReport::failed(cfg.peer, String::new());
     if let Err(why) = steps(cfg, &mut r).await {
         r.detail = why;
     }
