@@ -11,6 +11,7 @@ use super::report::StepName;
 use crate::net::address_class::AddressClass;
 use crate::net::tls::CertVerdict;
 use crate::net::transport::Transport;
+use crate::stun::error_code::ErrorCode;
 use crate::turn::client::{DataPath, Failure, Success};
 
 /// How the run presents itself to the server: what a 401 can be blamed on.
@@ -66,7 +67,9 @@ impl Context<'_> {
                 }
                 s
             }
-            Failure::Error { code: 401, reason } if step != StepName::AllocateUnauthenticated => {
+            Failure::Error { code: ErrorCode::Unauthenticated, reason }
+                if step != StepName::AllocateUnauthenticated =>
+            {
                 match (self.credentials, self.expected_realm) {
                     (CredentialSource::RestSecret, _) => format!(
                         "401 {reason} after sending REST credentials: the shared secret differs from the server's, or the clocks disagree"
@@ -77,20 +80,24 @@ impl Context<'_> {
                     (_, None) => format!("401 {reason} after sending credentials: wrong user or password"),
                 }
             }
-            Failure::Error { code: 486, reason } => {
+            Failure::Error { code: ErrorCode::AllocationQuotaReached, reason } => {
                 format!("refused with 486 {reason}: allocation quota reached for this user")
             }
-            Failure::Error { code: 508, reason } => {
+            Failure::Error { code: ErrorCode::InsufficientCapacity, reason } => {
                 format!("refused with 508 {reason}: the server has no relay ports left")
             }
-            Failure::Error { code: 437, reason } => {
+            Failure::Error { code: ErrorCode::AllocationMismatch, reason } => {
                 format!("437 {reason}: an allocation already exists for this 5-tuple, or none does")
             }
-            Failure::Error { code: 440, reason } => {
+            Failure::Error { code: ErrorCode::AddressFamilyNotSupported, reason } => {
                 format!("440 {reason}: the server cannot relay this address family")
             }
-            Failure::Error { code: 442, reason } => format!("442 {reason}: the server does not relay UDP"),
-            Failure::Error { code: 403, reason } => format!("403 {reason}: refused by the server's policy"),
+            Failure::Error { code: ErrorCode::UnsupportedTransportProtocol, reason } => {
+                format!("442 {reason}: the server does not relay UDP")
+            }
+            Failure::Error { code: ErrorCode::Forbidden, reason } => {
+                format!("403 {reason}: refused by the server's policy")
+            }
             other => other.to_string(),
         }
     }
@@ -98,7 +105,7 @@ impl Context<'_> {
     /// A failed request about `peer` (CreatePermission, ChannelBind).
     pub fn peer_failure(&self, step: StepName, f: &Failure, peer: SocketAddr) -> String {
         match f {
-            Failure::Error { code: 403, reason } => {
+            Failure::Error { code: ErrorCode::Forbidden, reason } => {
                 let class = AddressClass::of_canonical(peer.ip());
                 let kind = if class.is_public() { "a refused" } else { class.with_article() };
                 format!(
@@ -110,7 +117,7 @@ impl Context<'_> {
                     }
                 )
             }
-            Failure::Error { code: 443, reason } => {
+            Failure::Error { code: ErrorCode::PeerAddressFamilyMismatch, reason } => {
                 format!("443 {reason}: peer {peer} is not of the relayed address's family")
             }
             other => self.failure(step, other),
@@ -236,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_401_after_credentials_blames_what_was_sent() {
-        let err = Failure::Error { code: 401, reason: "Unauthorized".into() };
+        let err = Failure::Error { code: ErrorCode::Unauthenticated, reason: "Unauthorized".into() };
         let rest = ctx(&CredentialSource::RestSecret).failure(StepName::Allocate, &err);
         assert!(rest.contains("shared secret differs"), "{rest}");
         let lt = ctx(&CredentialSource::LongTerm).failure(StepName::Allocate, &err);
@@ -252,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_refused_loopback_peer_is_called_the_safe_default() {
-        let f = Failure::Error { code: 403, reason: "Forbidden".into() };
+        let f = Failure::Error { code: ErrorCode::Forbidden, reason: "Forbidden".into() };
         let peer: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         let s = ctx(&CredentialSource::None).peer_failure(StepName::CreatePermission, &f, peer);
         assert!(s.starts_with("403 Forbidden: the server's policy refuses peer 127.0.0.1:9"), "{s}");

@@ -26,6 +26,7 @@ use crate::net::address_class::AddressClass;
 use crate::net::server_spec::{Host, ResolveError, ServerSpec};
 use crate::net::tls::CertVerdict;
 use crate::net::transport::Transport;
+use crate::stun::error_code::ErrorCode;
 use crate::turn::client::{Auth, Failure, Request, Success};
 use crate::turn::server::Family;
 
@@ -437,7 +438,7 @@ impl Scenario {
                 self.pass(StepName::Binding, d, now);
                 self.next(Stage::AllocateUnauthenticated, now);
             }
-            (Stage::AllocateUnauthenticated, Err(Failure::Error { code: 401, .. })) => {
+            (Stage::AllocateUnauthenticated, Err(Failure::Error { code: ErrorCode::Unauthenticated, .. })) => {
                 let step = StepName::AllocateUnauthenticated;
                 match (reply.realm, reply.has_nonce, &self.plan.expected_realm) {
                     (Some(r), true, Some(want)) if &r != want => self.fail(
@@ -752,7 +753,7 @@ mod tests {
     }
 
     fn error(code: u16) -> Input {
-        reply(Err(Failure::Error { code, reason: "Reason".into() }))
+        reply(Err(Failure::Error { code: ErrorCode::from_code(code), reason: "Reason".into() }))
     }
 
     fn relayed(a: &str) -> Success {
@@ -858,7 +859,7 @@ mod tests {
     fn a_401_without_realm_and_nonce_fails_and_skips_the_steps_after_it() {
         let (actions, r) = run(plan(DataPeer::SecondAllocation, CredentialSource::LongTerm), |a| match a {
             Action::Request { request: Request::Allocate { .. }, .. } => Input::Answered(Ok(Reply {
-                result: Err(Failure::Error { code: 401, reason: "Unauthorized".into() }),
+                result: Err(Failure::Error { code: ErrorCode::Unauthenticated, reason: "Unauthorized".into() }),
                 rtt: Duration::ZERO,
                 auth_retries: 0,
                 realm: None,
