@@ -28,16 +28,18 @@ use crate::stun::transaction::{ClientTransaction, Outcome, Reliability};
 use crate::turn::channel_data;
 use crate::turn::credentials::Credentials;
 use crate::turn::rfc6062;
+use crate::turn::server::Family;
 use crate::turn::server::auth::IntegrityKind;
 
 /// A request the client can make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Binding,
-    /// RFC 8656 §7.1; `ipv6` asks for an IPv6 relayed address (REQUESTED-ADDRESS-FAMILY).
+    /// RFC 8656 §7.1, for a relayed address of `family`: V6 is asked for with
+    /// REQUESTED-ADDRESS-FAMILY; V4 sends none, the RFC's default (§7.2).
     Allocate {
         lifetime: Option<u32>,
-        ipv6: bool,
+        family: Family,
     },
     /// §7.2; lifetime 0 deletes the allocation.
     Refresh {
@@ -270,12 +272,12 @@ impl TurnClient {
             .with_transaction_id(TransactionId::from(tid));
         match request {
             Request::Binding => {}
-            Request::Allocate { lifetime, ipv6 } => {
+            Request::Allocate { lifetime, family } => {
                 b = b.with_attribute(RequestedTrasport::new(stun_rs::protocols::UDP));
                 if let Some(l) = lifetime {
                     b = b.with_attribute(LifeTime::new(*l));
                 }
-                if *ipv6 {
+                if *family == Family::V6 {
                     b = b.with_attribute(RequestedAddressFamily::new(stun_rs::AddressFamily::IPv6));
                 }
             }
@@ -582,7 +584,7 @@ mod tests {
     fn allocate_answers_401_with_credentials_then_succeeds() {
         let t0 = Instant::now();
         let mut c = client(Reliability::reliable_default());
-        let id = c.request(Request::Allocate { lifetime: Some(600), ipv6: false }, Auth::Credentials, t0);
+        let id = c.request(Request::Allocate { lifetime: Some(600), family: Family::V4 }, Auth::Credentials, t0);
         let first = c.poll_transmit(t0).expect("first request");
         assert!(!has_attr(&first, |a| a.is_message_integrity()));
         c.handle_input(&challenge(&first, 401, "nonce-1"), t0);
@@ -620,7 +622,7 @@ mod tests {
     fn anonymous_request_returns_the_401_to_the_caller() {
         let t0 = Instant::now();
         let mut c = client(Reliability::reliable_default());
-        c.request(Request::Allocate { lifetime: None, ipv6: false }, Auth::Anonymous, t0);
+        c.request(Request::Allocate { lifetime: None, family: Family::V4 }, Auth::Anonymous, t0);
         let req = c.poll_transmit(t0).expect("request");
         c.handle_input(&challenge(&req, 401, "n"), t0);
         match c.poll_event() {
@@ -670,7 +672,7 @@ mod tests {
     fn wrong_password_gives_401_after_one_signed_try() {
         let t0 = Instant::now();
         let mut c = client(Reliability::reliable_default());
-        c.request(Request::Allocate { lifetime: None, ipv6: false }, Auth::Credentials, t0);
+        c.request(Request::Allocate { lifetime: None, family: Family::V4 }, Auth::Credentials, t0);
         let first = c.poll_transmit(t0).expect("first");
         c.handle_input(&challenge(&first, 401, "n1"), t0);
         let second = c.poll_transmit(t0).expect("second");

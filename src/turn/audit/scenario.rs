@@ -213,8 +213,7 @@ impl Scenario {
     pub fn poll_action(&self) -> Action {
         let creds = Auth::Credentials;
         let req = |side, request, auth| Action::Request { side, request, auth };
-        let alloc =
-            Request::Allocate { lifetime: Some(self.plan.lifetime), ipv6: self.plan.relay_family == Family::V6 };
+        let alloc = Request::Allocate { lifetime: Some(self.plan.lifetime), family: self.plan.relay_family };
         let (Some(relayed), peer) = (self.relayed, self.data_peer()) else {
             return match self.stage {
                 Stage::Resolve => Action::Resolve,
