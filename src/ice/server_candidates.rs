@@ -17,6 +17,7 @@ use is::Candidate;
 use crate::stun::transaction::{Reliability, Retransmit};
 use crate::turn::client::{Auth, ClientConfig, Event, Request, RequestId, TurnClient};
 use crate::turn::credentials::Credentials;
+use crate::turn::server::Family;
 
 /// What the driver must act on.
 #[derive(Debug)]
@@ -109,7 +110,7 @@ impl Gatherer {
         let relay = turn.map(|(addr, creds)| {
             let mut client = TurnClient::new(config(Some(creds)));
             let id = client.request(
-                Request::Allocate { lifetime: Some(LIFETIME), ipv6: addr.is_ipv6() },
+                Request::Allocate { lifetime: Some(LIFETIME), family: Family::of(&addr) },
                 Auth::Credentials,
                 now,
             );

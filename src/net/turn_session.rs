@@ -1,6 +1,8 @@
 //! Driver for the TURN client core: one allocation's connection to a server
 //! over UDP, TCP or TLS. It owns the socket and the timer; the protocol is in
-//! `turn::client`.
+//! `turn::client`. The loop has the shape of `net::udp::drive` and
+//! `net::stream::run_transaction`: send what `poll_transmit` yields, sleep until
+//! `poll_timeout`, then feed the core `handle_input` or `handle_timeout`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -71,7 +73,7 @@ impl TurnSession {
         TurnSession { link, client, backlog: VecDeque::new(), local, server }
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
+    async fn drive_transmit(&mut self) -> io::Result<()> {
         let now = Instant::now();
         while let Some(b) = self.client.poll_transmit(now) {
             self.link.send(&b).await?;
@@ -79,9 +81,10 @@ impl TurnSession {
         Ok(())
     }
 
-    /// Waits for input or the next timer, at most until `deadline`.
-    async fn pump(&mut self, deadline: Option<Instant>) -> io::Result<()> {
-        self.flush().await?;
+    /// One turn of the loop: transmit, then wait for input or the next timer (at
+    /// most until `deadline`) and hand it to the core.
+    async fn drive_once(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        self.drive_transmit().await?;
         let wake = [self.client.poll_timeout(), deadline].into_iter().flatten().min();
         let sleep = async {
             match wake {
@@ -103,7 +106,7 @@ impl TurnSession {
             while let Some(ev) = self.client.poll_event() {
                 match ev {
                     Event::Response { id: got, result, rtt, auth_retries } if got == id => {
-                        self.flush().await?;
+                        self.drive_transmit().await?;
                         return Ok(Answer { result, rtt, auth_retries });
                     }
                     Event::Response { .. } => {}
@@ -112,18 +115,18 @@ impl TurnSession {
                     }
                 }
             }
-            self.pump(None).await?;
+            self.drive_once(None).await?;
         }
     }
 
     pub async fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> io::Result<()> {
         self.client.send_indication(peer, data);
-        self.flush().await
+        self.drive_transmit().await
     }
 
     pub async fn send_channel_data(&mut self, channel: u16, data: &[u8]) -> io::Result<()> {
         self.client.send_channel_data(channel, data);
-        self.flush().await
+        self.drive_transmit().await
     }
 
     /// The next data from a peer, or None at `deadline`.
@@ -143,7 +146,7 @@ impl TurnSession {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            self.pump(Some(deadline)).await?;
+            self.drive_once(Some(deadline)).await?;
         }
     }
 }

@@ -22,21 +22,24 @@ use stun_rs::{
     StunMessage, StunMessageBuilder, TransactionId,
 };
 
+use crate::stun::error_code::ErrorCode;
 use crate::stun::message::{decode, encode, new_transaction_id};
 use crate::stun::transaction::{ClientTransaction, Outcome, Reliability};
 use crate::turn::channel_data;
 use crate::turn::credentials::Credentials;
 use crate::turn::rfc6062;
+use crate::turn::server::Family;
 use crate::turn::server::auth::IntegrityKind;
 
 /// A request the client can make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Binding,
-    /// RFC 8656 §7.1; `ipv6` asks for an IPv6 relayed address (REQUESTED-ADDRESS-FAMILY).
+    /// RFC 8656 §7.1, for a relayed address of `family`: V6 is asked for with
+    /// REQUESTED-ADDRESS-FAMILY; V4 sends none, the RFC's default (§7.2).
     Allocate {
         lifetime: Option<u32>,
-        ipv6: bool,
+        family: Family,
     },
     /// §7.2; lifetime 0 deletes the allocation.
     Refresh {
@@ -111,7 +114,8 @@ pub struct Success {
 pub enum Failure {
     /// An error response (RFC 8489 §14.8, RFC 8656 §18).
     Error {
-        code: u16,
+        code: ErrorCode,
+        /// The server's reason phrase (it may say more than the code's name).
         reason: String,
     },
     TimedOut {
@@ -268,12 +272,12 @@ impl TurnClient {
             .with_transaction_id(TransactionId::from(tid));
         match request {
             Request::Binding => {}
-            Request::Allocate { lifetime, ipv6 } => {
+            Request::Allocate { lifetime, family } => {
                 b = b.with_attribute(RequestedTrasport::new(stun_rs::protocols::UDP));
                 if let Some(l) = lifetime {
                     b = b.with_attribute(LifeTime::new(*l));
                 }
-                if *ipv6 {
+                if *family == Family::V6 {
                     b = b.with_attribute(RequestedAddressFamily::new(stun_rs::AddressFamily::IPv6));
                 }
             }
@@ -437,7 +441,7 @@ impl TurnClient {
         let mut has_integrity = false;
         for a in msg.attributes() {
             if let Ok(e) = a.as_error_code() {
-                code = Some((e.error_code().error_code(), e.error_code().reason().to_string()));
+                code = Some((ErrorCode::from_code(e.error_code().error_code()), e.error_code().reason().to_string()));
             } else if let Ok(r) = a.as_realm() {
                 realm = Some(r.as_str().to_string());
             } else if let Ok(n) = a.as_nonce() {
@@ -474,7 +478,7 @@ impl TurnClient {
                 };
                 if ok.integrity_ok == Some(false) { Err(Failure::IntegrityFailed) } else { Ok(ok) }
             }
-            (MessageClass::ErrorResponse, Some((401, _)))
+            (MessageClass::ErrorResponse, Some((ErrorCode::Unauthenticated, _)))
                 if p.auth == Auth::Credentials
                     && self.key.is_some()
                     && !p.signed
@@ -484,7 +488,7 @@ impl TurnClient {
                 self.start(p.id, p.request, p.auth, p.auth_retries + 1, now);
                 return;
             }
-            (MessageClass::ErrorResponse, Some((438, _)))
+            (MessageClass::ErrorResponse, Some((ErrorCode::StaleNonce, _)))
                 if p.auth == Auth::Credentials && self.key.is_some() && p.auth_retries < MAX_AUTH_RETRIES =>
             {
                 self.stale_nonces += 1;
@@ -525,7 +529,7 @@ fn verify_integrity(bytes: &[u8], key: &HMACKey) -> bool {
 mod tests {
     use super::*;
     use crate::stun::transaction::Retransmit;
-    use stun_rs::attributes::stun::{ErrorCode, XorMappedAddress};
+    use stun_rs::attributes::stun::{ErrorCode as ErrorCodeAttr, XorMappedAddress};
     use stun_rs::attributes::turn::XorRelayedAddress;
 
     const USER: &str = "alice";
@@ -564,7 +568,7 @@ mod tests {
             req,
             MessageClass::ErrorResponse,
             vec![
-                ErrorCode::new(stun_rs::ErrorCode::new(code, reason).expect("code")).into(),
+                ErrorCodeAttr::new(stun_rs::ErrorCode::new(code, reason).expect("code")).into(),
                 Realm::new(REALM).expect("realm").into(),
                 Nonce::new(nonce).expect("nonce").into(),
             ],
@@ -580,7 +584,7 @@ mod tests {
     fn allocate_answers_401_with_credentials_then_succeeds() {
         let t0 = Instant::now();
         let mut c = client(Reliability::reliable_default());
-        let id = c.request(Request::Allocate { lifetime: Some(600), ipv6: false }, Auth::Credentials, t0);
+        let id = c.request(Request::Allocate { lifetime: Some(600), family: Family::V4 }, Auth::Credentials, t0);
         let first = c.poll_transmit(t0).expect("first request");
         assert!(!has_attr(&first, |a| a.is_message_integrity()));
         c.handle_input(&challenge(&first, 401, "nonce-1"), t0);
@@ -618,15 +622,34 @@ mod tests {
     fn anonymous_request_returns_the_401_to_the_caller() {
         let t0 = Instant::now();
         let mut c = client(Reliability::reliable_default());
-        c.request(Request::Allocate { lifetime: None, ipv6: false }, Auth::Anonymous, t0);
+        c.request(Request::Allocate { lifetime: None, family: Family::V4 }, Auth::Anonymous, t0);
         let req = c.poll_transmit(t0).expect("request");
         c.handle_input(&challenge(&req, 401, "n"), t0);
         match c.poll_event() {
-            Some(Event::Response { result: Err(Failure::Error { code: 401, .. }), .. }) => {}
+            Some(Event::Response { result: Err(Failure::Error { code: ErrorCode::Unauthenticated, .. }), .. }) => {}
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(c.realm(), Some(REALM));
         assert_eq!(c.nonce(), Some("n"));
+    }
+
+    #[test]
+    fn error_codes_are_typed_and_an_unknown_one_is_kept() {
+        let t0 = Instant::now();
+        let mut c = client(Reliability::reliable_default());
+        for (code, want) in [(437, ErrorCode::AllocationMismatch), (499, ErrorCode::Other(499))] {
+            c.request(Request::Refresh { lifetime: 600 }, Auth::Anonymous, t0);
+            let req = c.poll_transmit(t0).expect("request");
+            let e = ErrorCodeAttr::new(stun_rs::ErrorCode::new(code, "Said the server").expect("code"));
+            c.handle_input(&answer(&req, MessageClass::ErrorResponse, vec![e.into()], false), t0);
+            match c.poll_event() {
+                Some(Event::Response { result: Err(f @ Failure::Error { code, .. }), .. }) => {
+                    assert_eq!(code, want);
+                    assert_eq!(f.to_string(), format!("{} Said the server", want.code()), "shown as a number");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -649,13 +672,17 @@ mod tests {
     fn wrong_password_gives_401_after_one_signed_try() {
         let t0 = Instant::now();
         let mut c = client(Reliability::reliable_default());
-        c.request(Request::Allocate { lifetime: None, ipv6: false }, Auth::Credentials, t0);
+        c.request(Request::Allocate { lifetime: None, family: Family::V4 }, Auth::Credentials, t0);
         let first = c.poll_transmit(t0).expect("first");
         c.handle_input(&challenge(&first, 401, "n1"), t0);
         let second = c.poll_transmit(t0).expect("second");
         c.handle_input(&challenge(&second, 401, "n2"), t0);
         match c.poll_event() {
-            Some(Event::Response { result: Err(Failure::Error { code: 401, .. }), auth_retries: 1, .. }) => {}
+            Some(Event::Response {
+                result: Err(Failure::Error { code: ErrorCode::Unauthenticated, .. }),
+                auth_retries: 1,
+                ..
+            }) => {}
             other => panic!("unexpected {other:?}"),
         }
         assert!(c.poll_transmit(t0).is_none(), "no endless retry loop");

@@ -11,95 +11,9 @@ use super::auth::{IntegrityKind, MESSAGE_INTEGRITY, MESSAGE_INTEGRITY_SHA256, Us
 use super::{Server, fingerprint};
 use crate::stun::message::HEADER_LEN;
 
-/// The STUN/TURN error codes this server answers with (RFC 8489 §14.8, RFC 8656 §19).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    TryAlternate,
-    BadRequest,
-    Unauthenticated,
-    Forbidden,
-    UnknownAttribute,
-    AllocationMismatch,
-    StaleNonce,
-    AddressFamilyNotSupported,
-    WrongCredentials,
-    UnsupportedTransportProtocol,
-    PeerAddressFamilyMismatch,
-    AllocationQuotaReached,
-    InsufficientCapacity,
-    /// 500: the user database cannot be asked (temporary; the client tries again).
-    ServerError,
-    /// RFC 6062 §6.3.
-    ConnectionAlreadyExists,
-    ConnectionTimeoutOrFailure,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
-        ErrorCode::TryAlternate,
-        ErrorCode::BadRequest,
-        ErrorCode::Unauthenticated,
-        ErrorCode::Forbidden,
-        ErrorCode::UnknownAttribute,
-        ErrorCode::AllocationMismatch,
-        ErrorCode::StaleNonce,
-        ErrorCode::AddressFamilyNotSupported,
-        ErrorCode::WrongCredentials,
-        ErrorCode::UnsupportedTransportProtocol,
-        ErrorCode::PeerAddressFamilyMismatch,
-        ErrorCode::AllocationQuotaReached,
-        ErrorCode::InsufficientCapacity,
-        ErrorCode::ServerError,
-        ErrorCode::ConnectionAlreadyExists,
-        ErrorCode::ConnectionTimeoutOrFailure,
-    ];
-
-    pub fn code(self) -> u16 {
-        match self {
-            ErrorCode::TryAlternate => 300,
-            ErrorCode::BadRequest => 400,
-            ErrorCode::Unauthenticated => 401,
-            ErrorCode::Forbidden => 403,
-            ErrorCode::UnknownAttribute => 420,
-            ErrorCode::AllocationMismatch => 437,
-            ErrorCode::StaleNonce => 438,
-            ErrorCode::AddressFamilyNotSupported => 440,
-            ErrorCode::WrongCredentials => 441,
-            ErrorCode::UnsupportedTransportProtocol => 442,
-            ErrorCode::PeerAddressFamilyMismatch => 443,
-            ErrorCode::AllocationQuotaReached => 486,
-            ErrorCode::InsufficientCapacity => 508,
-            ErrorCode::ServerError => 500,
-            ErrorCode::ConnectionAlreadyExists => 446,
-            ErrorCode::ConnectionTimeoutOrFailure => 447,
-        }
-    }
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            ErrorCode::TryAlternate => "Try Alternate",
-            ErrorCode::BadRequest => "Bad Request",
-            ErrorCode::Unauthenticated => "Unauthenticated",
-            ErrorCode::Forbidden => "Forbidden",
-            ErrorCode::UnknownAttribute => "Unknown Attribute",
-            ErrorCode::AllocationMismatch => "Allocation Mismatch",
-            ErrorCode::StaleNonce => "Stale Nonce",
-            ErrorCode::AddressFamilyNotSupported => "Address Family not Supported",
-            ErrorCode::WrongCredentials => "Wrong Credentials",
-            ErrorCode::UnsupportedTransportProtocol => "Unsupported Transport Protocol",
-            ErrorCode::PeerAddressFamilyMismatch => "Peer Address Family Mismatch",
-            ErrorCode::AllocationQuotaReached => "Allocation Quota Reached",
-            ErrorCode::InsufficientCapacity => "Insufficient Capacity",
-            ErrorCode::ServerError => "Server Error",
-            ErrorCode::ConnectionAlreadyExists => "Connection Already Exists",
-            ErrorCode::ConnectionTimeoutOrFailure => "Connection Timeout or Failure",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
+/// The error codes this server answers with: the one STUN/TURN error-code type
+/// (RFC 8489 §14.8, RFC 8656 §18), shared with the client core.
+pub use crate::stun::error_code::ErrorCode;
 
 impl Server {
     pub(super) fn success(
@@ -135,7 +49,10 @@ impl Server {
         signed: Option<(&UserKey, IntegrityKind)>,
         mut attrs: Vec<StunAttribute>,
     ) -> Option<usize> {
-        self.stats.errors_sent[code.index()] += 1;
+        // The server sends only codes it knows, each with a counter slot.
+        if let Some(sent) = self.stats.errors_sent.get_mut(code.index()) {
+            *sent += 1;
+        }
         let e = stun_rs::ErrorCode::new(code.code(), reason).ok()?;
         attrs.insert(0, ErrorCodeAttr::from(e).into());
         let method = MessageMethod::try_from(method).ok()?;

@@ -15,6 +15,7 @@ use crate::net::server_spec::Host;
 use crate::net::stream::{self, StreamConn};
 use crate::net::tls::TlsClient;
 use crate::net::turn_session::{Link, TurnSession};
+use crate::stun::error_code::ErrorCode;
 use crate::stun::transaction::Reliability;
 use crate::turn::client::{Auth, ClientConfig, Event, Failure, Request, Success, TurnClient};
 use crate::turn::credentials::Credentials;
@@ -71,14 +72,18 @@ async fn open(cfg: &TcpAuditConfig<'_>) -> Result<StreamConn, String> {
 
 fn failed(what: &str, f: &Failure) -> String {
     match f {
-        Failure::Error { code: 400, .. } if what == "Allocate (TCP)" => {
+        Failure::Error { code: ErrorCode::BadRequest, .. } if what == "Allocate (TCP)" => {
             format!("{what}: {f} (RFC 6062 needs a TCP or TLS connection to the server)")
         }
-        Failure::Error { code: 442, .. } => {
+        Failure::Error { code: ErrorCode::UnsupportedTransportProtocol, .. } => {
             format!("{what}: {f}: the server does not relay TCP (coturn: remove no-tcp-relay)")
         }
-        Failure::Error { code: 403, .. } => format!("{what}: {f}: the server's policy refuses this peer"),
-        Failure::Error { code: 447, .. } => format!("{what}: {f}: the relay could not reach the peer over TCP"),
+        Failure::Error { code: ErrorCode::Forbidden, .. } => {
+            format!("{what}: {f}: the server's policy refuses this peer")
+        }
+        Failure::Error { code: ErrorCode::ConnectionTimeoutOrFailure, .. } => {
+            format!("{what}: {f}: the relay could not reach the peer over TCP")
+        }
         _ => format!("{what}: {f}"),
     }
 }
@@ -117,19 +122,26 @@ async fn bind(conn: &mut StreamConn, mut c: TurnClient, id: u32, timeout: Durati
     }
 }
 
+impl TcpRelayReport {
+    /// A step that stopped at `detail`, before anything was learned.
+    pub fn failed(peer: SocketAddr, detail: String) -> Self {
+        TcpRelayReport {
+            ok: false,
+            peer,
+            relayed: None,
+            connection_id: None,
+            messages_sent: 0,
+            messages_echoed: 0,
+            bytes_echoed: 0,
+            rtt_ms: None,
+            detail,
+        }
+    }
+}
+
 /// Runs the step; never fails as a whole (the report says where it stopped).
 pub async fn run(cfg: &TcpAuditConfig<'_>) -> TcpRelayReport {
-    let mut r = TcpRelayReport {
-        ok: false,
-        peer: cfg.peer,
-        relayed: None,
-        connection_id: None,
-        messages_sent: 0,
-        messages_echoed: 0,
-        bytes_echoed: 0,
-        rtt_ms: None,
-        detail: String::new(),
-    };
+    let mut r = TcpRelayReport::failed(cfg.peer, String::new());
     if let Err(why) = steps(cfg, &mut r).await {
         r.detail = why;
     }

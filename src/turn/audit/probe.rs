@@ -11,7 +11,7 @@
 //!   the user or an address, so the series count cannot grow (coturn#666).
 //! - [`run_every`] and [`serve_metrics`]: the drivers (timer loop, HTTP endpoint).
 //!
-//! The audit itself and its report stay with the command: this module sees a run
+//! The audit itself is the rest of [`crate::turn::audit`]: this module sees a run
 //! only through [`ProbeReport::outcome`].
 
 use std::convert::Infallible;
