@@ -113,20 +113,12 @@ fn spawn_reader(mut file: std::fs::File) -> (mpsc::Receiver<Vec<u8>>, JoinHandle
     let reader = tokio::task::spawn_blocking(move || {
         let mut hash = Sha256::new();
         loop {
-            let mut buf = vec![0u8; CHUNK];
-            let mut filled = 0;
-            while filled < CHUNK {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            // Read into spare capacity: no zeroing of the buffer first.
+            let mut buf = Vec::with_capacity(CHUNK);
+            let filled = (&mut file).take(CHUNK as u64).read_to_end(&mut buf)?;
             if filled == 0 {
                 break;
             }
-            buf.truncate(filled);
             hash.update(&buf);
             // The QUIC side stopped (its error is the one reported).
             if tx.blocking_send(buf).is_err() {
@@ -138,12 +130,15 @@ fn spawn_reader(mut file: std::fs::File) -> (mpsc::Receiver<Vec<u8>>, JoinHandle
     (rx, reader)
 }
 
+/// Bytes written to the file and their SHA-256.
+type Written = (u64, String);
+
 /// Writes what arrives on a blocking thread: each batch of quinn's chunks in vectored writes
 /// (no copy into a user-space buffer first; tokio's file would make two), hashed there too. The
 /// handle gives the bytes written and their SHA-256 once the sending side is dropped.
 fn spawn_writer<B: AsRef<[u8]> + Send + 'static>(
     mut file: std::fs::File,
-) -> (mpsc::Sender<Vec<B>>, JoinHandle<io::Result<(u64, String)>>) {
+) -> (mpsc::Sender<Vec<B>>, JoinHandle<io::Result<Written>>) {
     let (tx, mut rx) = mpsc::channel::<Vec<B>>(QUEUED_CHUNKS);
     let writer = tokio::task::spawn_blocking(move || {
         let mut hash = Sha256::new();
