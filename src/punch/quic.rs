@@ -27,15 +27,56 @@ pub struct Identity {
 
 impl Identity {
     pub fn generate() -> anyhow::Result<Self> {
-        let ck = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
-        let cert = CertificateDer::from(ck.cert.der().to_vec());
-        let key = PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+        let key = RingKey::generate()?;
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+        let cert = CertificateDer::from(params.self_signed(&key)?.der().to_vec());
+        let key = PrivatePkcs8KeyDer::from(key.pkcs8);
         let fingerprint = fingerprint(&cert);
         Ok(Identity { cert, key, fingerprint })
     }
 
     fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+}
+
+/// The throwaway ECDSA P-256 key, made and used with ring (rustls's provider here). rcgen's own
+/// `KeyPair` would use aws-lc (the build enables it for str0m's DTLS), whose random generator
+/// first seeds itself from CPU jitter: 20 ms or so of CPU in every punch process, a tenth of a
+/// 64 MiB transfer's (bench-punch profile, docs/BENCHMARKS.md).
+struct RingKey {
+    pair: ring::signature::EcdsaKeyPair,
+    pkcs8: Vec<u8>,
+    rng: ring::rand::SystemRandom,
+}
+
+impl RingKey {
+    fn generate() -> anyhow::Result<Self> {
+        let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng)
+            .map_err(|_| anyhow::anyhow!("generating an ECDSA P-256 key failed (no system randomness?)"))?;
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng)
+            .map_err(|e| anyhow::anyhow!("the ECDSA P-256 key just made was rejected: {e}"))?;
+        Ok(RingKey { pair, pkcs8: pkcs8.as_ref().to_vec(), rng })
+    }
+}
+
+impl rcgen::PublicKeyData for RingKey {
+    fn der_bytes(&self) -> &[u8] {
+        use ring::signature::KeyPair;
+        self.pair.public_key().as_ref()
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl rcgen::SigningKey for RingKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        // X.509 carries ECDSA signatures ASN.1-encoded, as ECDSA_P256_SHA256_ASN1_SIGNING makes them.
+        self.pair.sign(&self.rng, msg).map(|s| s.as_ref().to_vec()).map_err(|_| rcgen::Error::RingUnspecified)
     }
 }
 

@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::{self, IoSlice, Read, Write};
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -63,8 +67,8 @@ pub async fn send_file(
     path: &Path,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Moved> {
-    let mut file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
-    let size = file.metadata().await?.len();
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().with_context(|| format!("reading the size of {}", path.display()))?.len();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (mut send, mut recv) = conn.open_bi().await.context("opening a QUIC stream")?;
     let started = Instant::now();
@@ -72,25 +76,21 @@ pub async fn send_file(
     header.push(b'\n');
     send.write_all(&header).await?;
     progress.set_length(size);
-    let mut hash = Sha256::new();
+    let (mut chunks, reader) = spawn_reader(file);
     let mut sent = 0u64;
-    loop {
-        // A fresh buffer per chunk, handed to quinn as it is (no copy into its send buffer).
-        let mut buf = Vec::with_capacity(CHUNK);
-        let n = file.read_buf(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hash.update(&buf);
-        send.write_chunk(buf.into()).await?;
-        sent += n as u64;
+    while let Some(chunk) = chunks.recv().await {
+        let n = chunk.len() as u64;
+        // Handed to quinn as it is (no copy into its send buffer).
+        send.write_chunk(chunk.into()).await?;
+        sent += n;
         progress.set_position(sent);
     }
+    let ours =
+        reader.await.context("the file reader stopped")?.with_context(|| format!("reading {}", path.display()))?;
     if sent != size {
         bail!("{} changed size while sending ({size} → {sent} bytes)", path.display());
     }
     send.finish()?;
-    let ours = hex(&hash.finalize());
     let receipt: Receipt =
         serde_json::from_str(&read_line(&mut recv).await.context("waiting for the receiver's receipt")?)
             .context("the receiver's receipt is not JSON")?;
@@ -99,6 +99,78 @@ pub async fn send_file(
         bail!("the receiver got {} bytes with SHA-256 {}, we sent {size} with {ours}", receipt.bytes, receipt.sha256);
     }
     Ok(Moved { bytes: size, sha256: Some(ours), elapsed })
+}
+
+/// Chunks in flight between the file thread and the QUIC task: enough that neither waits on
+/// the other, few enough that memory stays at a few MiB.
+const QUEUED_CHUNKS: usize = 4;
+
+/// Reads `file` on a blocking thread in [`CHUNK`]-sized owned buffers (each read straight into the
+/// buffer that quinn then sends: no copy through tokio's file buffer) and hashes them there, off
+/// the task that feeds quinn. The handle gives the SHA-256 once the file is read.
+fn spawn_reader(mut file: std::fs::File) -> (mpsc::Receiver<Vec<u8>>, JoinHandle<io::Result<String>>) {
+    let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut hash = Sha256::new();
+        loop {
+            // Read into spare capacity: no zeroing of the buffer first.
+            let mut buf = Vec::with_capacity(CHUNK);
+            let filled = (&mut file).take(CHUNK as u64).read_to_end(&mut buf)?;
+            if filled == 0 {
+                break;
+            }
+            hash.update(&buf);
+            // The QUIC side stopped (its error is the one reported).
+            if tx.blocking_send(buf).is_err() {
+                break;
+            }
+        }
+        Ok(hex(&hash.finalize()))
+    });
+    (rx, reader)
+}
+
+/// Bytes written to the file and their SHA-256.
+type Written = (u64, String);
+
+/// Writes what arrives on a blocking thread: each batch of quinn's chunks in vectored writes
+/// (no copy into a user-space buffer first; tokio's file would make two), hashed there too. The
+/// handle gives the bytes written and their SHA-256 once the sending side is dropped.
+fn spawn_writer<B: AsRef<[u8]> + Send + 'static>(
+    mut file: std::fs::File,
+) -> (mpsc::Sender<Vec<B>>, JoinHandle<io::Result<Written>>) {
+    let (tx, mut rx) = mpsc::channel::<Vec<B>>(QUEUED_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut hash = Sha256::new();
+        let mut written = 0u64;
+        while let Some(batch) = rx.blocking_recv() {
+            for b in &batch {
+                hash.update(b.as_ref());
+                written += b.as_ref().len() as u64;
+            }
+            // The kernel takes at most IOV_MAX (1024) slices per call.
+            for group in batch.chunks(1024) {
+                let mut slices: Vec<IoSlice<'_>> = group.iter().map(|b| IoSlice::new(b.as_ref())).collect();
+                write_all_vectored(&mut file, &mut slices)?;
+            }
+        }
+        file.flush()?;
+        Ok((written, hex(&hash.finalize())))
+    });
+    (tx, writer)
+}
+
+/// `Write::write_all_vectored` (not stable yet): writes every slice, whatever the kernel takes per call.
+fn write_all_vectored(w: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "the file took no more bytes")),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Receives one file into `path` and answers with its SHA-256.
@@ -112,25 +184,48 @@ pub async fn recv_file(
     let header: Header =
         serde_json::from_str(&read_line(&mut recv).await?).context("the sender's header is not natkit punch JSON")?;
     progress.set_length(header.size);
-    let file = tokio::fs::File::create(path).await.with_context(|| format!("creating {}", path.display()))?;
-    // quinn hands over what has arrived, often a few packets' worth: collect it into large writes.
-    let mut file = tokio::io::BufWriter::with_capacity(CHUNK, file);
-    let mut hash = Sha256::new();
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let (writer_tx, writer) = spawn_writer(file);
     let mut got = 0u64;
+    // quinn hands over what has arrived, a packet's worth per chunk: up to this many chunks per call
+    // (one lock of the connection), gathered into batches of about CHUNK bytes per file write.
+    let mut slots: [_; 32] = Default::default();
+    let mut batch = Vec::new();
+    let mut batched = 0usize;
+    let mut failed = None;
     while got < header.size {
-        let want = (header.size - got).min(CHUNK as u64) as usize;
-        // What quinn holds, without a copy out of it.
-        let Some(chunk) = recv.read_chunk(want, true).await? else {
-            bail!("the sender stopped after {got} of {} bytes", header.size);
+        let Some(n) = recv.read_chunks(&mut slots).await? else {
+            failed = Some(format!("the sender stopped after {got} of {} bytes", header.size));
+            break;
         };
-        let data = &chunk.bytes;
-        hash.update(data);
-        file.write_all(data).await?;
-        got += data.len() as u64;
+        for chunk in slots[..n].iter_mut() {
+            let chunk = std::mem::take(chunk);
+            got += chunk.len() as u64;
+            batched += chunk.len();
+            batch.push(chunk);
+        }
+        if got > header.size {
+            failed = Some(format!("the sender sent more than the {} bytes it announced", header.size));
+            break;
+        }
         progress.set_position(got);
+        if batched >= CHUNK || got == header.size {
+            batched = 0;
+            // A closed channel: the writer failed; its error is reported below.
+            if writer_tx.send(std::mem::take(&mut batch)).await.is_err() {
+                break;
+            }
+        }
     }
-    file.flush().await?;
-    let digest = hex(&hash.finalize());
+    drop(writer_tx);
+    let (written, digest) =
+        writer.await.context("the file writer stopped")?.with_context(|| format!("writing {}", path.display()))?;
+    if let Some(why) = failed {
+        bail!(why);
+    }
+    if written != header.size {
+        bail!("wrote {written} of {} bytes to {}", header.size, path.display());
+    }
     let mut receipt = serde_json::to_vec(&Receipt { bytes: got, sha256: digest.clone() })?;
     receipt.push(b'\n');
     send.write_all(&receipt).await?;
