@@ -32,6 +32,8 @@ pub struct Knowledge {
     pub their_srflx: Option<SocketAddr>,
     /// Either side has a relayed candidate.
     pub relay_available: bool,
+    /// We have a TURN relay of our own (an allocation asked for; the peer can be let in through it).
+    pub relay_ours: bool,
     pub relay_only: bool,
     pub birthday_allowed: bool,
     /// Either side offers a router's port mapping (reachable from anyone): plain ICE checks
@@ -92,6 +94,7 @@ mod tests {
             theirs_varies: theirs,
             their_srflx: Some("203.0.113.12:40000".parse().unwrap()),
             relay_available: true,
+            relay_ours: true,
             relay_only: false,
             birthday_allowed: true,
             port_mapped: false,
