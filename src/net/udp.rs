@@ -529,10 +529,8 @@ mod tests {
         let refused = io::Error::from_raw_os_error(libc::EPERM);
         s.handle_send_failed(0, first.destination, &refused, t0);
         assert!(s.poll_transmit(t0).is_some(), "the other transaction still sends");
-        let mut now = t0;
         let mut wakes = 0;
-        while let Some(t) = s.poll_timeout() {
-            now = t;
+        while let Some(now) = s.poll_timeout() {
             while s.poll_transmit(now).is_some() {}
             s.handle_timeout(now);
             wakes += 1;

@@ -85,14 +85,14 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn k(ours: Option<bool>, theirs: Option<bool>) -> Knowledge {
+impl Knowledge {
+    /// What the lab's NAT pairs know (a relay on both sides, the peer's srflx 203.0.113.20:41000,
+    /// nothing else), for the plan's and the race's tests.
+    pub(crate) fn lab(ours: Option<bool>, theirs: Option<bool>) -> Knowledge {
         Knowledge {
             ours_varies: ours,
             theirs_varies: theirs,
-            their_srflx: Some("203.0.113.12:40000".parse().unwrap()),
+            their_srflx: Some(SocketAddr::from(([203, 0, 113, 20], 41000))),
             relay_available: true,
             relay_ours: true,
             relay_only: false,
@@ -100,6 +100,15 @@ mod tests {
             port_mapped: false,
             both_v6: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(ours: Option<bool>, theirs: Option<bool>) -> Knowledge {
+        Knowledge::lab(ours, theirs)
     }
 
     #[test]
@@ -119,14 +128,14 @@ mod tests {
         let mut easy = Plan::new(&k(Some(false), Some(true)), t0);
         assert_eq!(
             easy.birthday,
-            Some((Side::Prober { peer_ip: "203.0.113.12".parse().unwrap() }, t0 + BIRTHDAY_GRACE))
+            Some((Side::Prober { peer_ip: "203.0.113.20".parse().unwrap() }, t0 + BIRTHDAY_GRACE))
         );
         assert_eq!(easy.relay_at, None);
         let hard = Plan::new(&k(Some(true), Some(false)), t0);
         assert_eq!(
             hard.birthday,
             Some((
-                Side::Opener { peer: "203.0.113.12:40000".parse().unwrap(), sockets: OPENER_SOCKETS },
+                Side::Opener { peer: "203.0.113.20:41000".parse().unwrap(), sockets: OPENER_SOCKETS },
                 t0 + BIRTHDAY_GRACE
             ))
         );

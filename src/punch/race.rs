@@ -657,17 +657,9 @@ mod tests {
     }
 
     fn knowledge(ours: Option<bool>, theirs: Option<bool>) -> Knowledge {
-        Knowledge {
-            ours_varies: ours,
-            theirs_varies: theirs,
-            their_srflx: Some(a(THEIR_SRFLX)),
-            relay_available: true,
-            relay_ours: true,
-            relay_only: false,
-            birthday_allowed: true,
-            port_mapped: false,
-            both_v6: false,
-        }
+        let k = Knowledge::lab(ours, theirs);
+        assert_eq!(k.their_srflx, Some(a(THEIR_SRFLX)));
+        k
     }
 
     fn ours() -> Vec<Candidate> {

@@ -380,7 +380,7 @@ pub async fn run(
                 }
                 None => relay_events = None,
             },
-            msg = io.signal.recv(), if io.signal_open => io.from_room(msg, &mut race, report),
+            msg = io.signal.recv(), if io.signal_open => io.handle_room(msg, &mut race, report),
             i = accept_some(role == Role::Answerer, &endpoint) => {
                 let conn = handshake(i, tokio_deadline).await?;
                 let remote = dual_stack::unmap(conn.remote_address());
@@ -476,7 +476,7 @@ pub async fn run(
                     race.handle_local_candidate(c, Origin::PortMapping);
                 }
             },
-            msg = io.signal.recv(), if io.signal_open => io.from_room(msg, &mut race, report),
+            msg = io.signal.recv(), if io.signal_open => io.handle_room(msg, &mut race, report),
             _ = tick.tick() => {
                 let now = Instant::now();
                 // quinn moved to a new, validated peer address (RFC 9000 §9): follow it.
@@ -821,7 +821,7 @@ impl Io {
     }
 
     /// A message from the room: a candidate the peer trickled, or the peer leaving.
-    fn from_room(&mut self, msg: Result<ServerMessage, ClientError>, race: &mut Race, report: &mut PunchReport) {
+    fn handle_room(&mut self, msg: Result<ServerMessage, ClientError>, race: &mut Race, report: &mut PunchReport) {
         match msg {
             Ok(ServerMessage::Candidate { from, candidate, .. })
                 if from == self.peer && !candidate.candidate.is_empty() =>
