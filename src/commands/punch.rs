@@ -66,26 +66,7 @@ pub async fn punch(args: &PunchArgs, opts: &OutputOptions, mappings: &Mappings) 
         _ => Mode::Connect,
     };
 
-    let mut report = PunchReport {
-        room: args.room.clone(),
-        role: None,
-        path: None,
-        local: None,
-        remote: None,
-        connect_ms: None,
-        candidates: Vec::new(),
-        remote_candidates: Vec::new(),
-        mapping_varies: None,
-        mapping_evidence: None,
-        checks: Vec::new(),
-        birthday: None,
-        bytes: 0,
-        throughput_mbps: None,
-        sha256: None,
-        error: None,
-        path_changes: Vec::new(),
-        port_mapping: None,
-    };
+    let mut report = PunchReport { room: args.room.clone(), ..PunchReport::default() };
     if let Err(e) = session::run(args, opts, &room, servers, mode, &mut report, mappings).await {
         report.error = Some(format!("{e:#}"));
     }

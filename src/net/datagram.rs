@@ -1,6 +1,6 @@
 //! The contract between the multi-socket sans-IO cores and the one UDP driver that runs them
-//! ([`crate::net::udp::drive`]): the RFC 5780 discovery, the §4.5 lifetime search and the
-//! birthday method all speak it. Like quinn-proto's `Transmit` and str0m's `Output`: a core
+//! ([`crate::net::udp::drive`]): the RFC 5780 discovery, the §4.5 lifetime search, the
+//! birthday method and STUN transaction sets all speak it. Like quinn-proto's `Transmit` and str0m's `Output`: a core
 //! says what to send from which of its sockets and when to wake; the driver owns the sockets,
 //! the clock and the kernel's ICMP reports, and feeds them back in.
 
@@ -57,6 +57,14 @@ impl Unreachable {
     }
 }
 
+/// A datagram another reader of a shared socket set aside for a core (punch's mux reads the
+/// session's one socket and hands the birthday method its probes): see `udp::drive_diverted`.
+pub trait Diverted {
+    /// Where it came from.
+    fn source(&self) -> SocketAddr;
+    fn payload(&self) -> &[u8];
+}
+
 /// A sans-IO core that talks over several UDP sockets at once. Responses are told apart by the
 /// socket they arrive on, which is what NAT behaviour tests need. Every call takes `now`; the
 /// core never reads a clock of its own, so its tests run on a fake one.
@@ -70,5 +78,11 @@ pub trait MultiSocketCore {
     fn handle_input(&mut self, socket: usize, from: SocketAddr, bytes: &[u8], now: Instant);
     /// The kernel reported an ICMP error (or a send failed) for `destination`.
     fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, now: Instant);
+    /// Sending the datagram just polled from socket `socket` to `destination` failed locally
+    /// (not an ICMP report). By default that counts as unreachable, with the send's errno.
+    fn handle_send_failed(&mut self, socket: usize, destination: SocketAddr, error: &io::Error, now: Instant) {
+        let why = Unreachable::Other(error.raw_os_error().unwrap_or(libc::EIO));
+        self.handle_unreachable(socket, destination, why, now)
+    }
     fn is_done(&self) -> bool;
 }

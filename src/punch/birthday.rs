@@ -31,7 +31,7 @@ use stun_rs::attributes::stun::{Fingerprint, MessageIntegrity, UserName, XorMapp
 use stun_rs::methods::BINDING;
 use stun_rs::{DecoderContextBuilder, HMACKey, MessageClass, MessageDecoderBuilder, StunMessageBuilder, TransactionId};
 
-use crate::net::datagram::Transmit;
+use crate::net::datagram::{MultiSocketCore, Transmit, Unreachable};
 use crate::stun::message::{encode, transaction_id};
 
 /// The first bytes of every birthday transaction id.
@@ -278,6 +278,30 @@ impl Birthday {
             b = b.with_attribute(MessageIntegrity::new(key));
         }
         encode(&b.with_attribute(Fingerprint::default()).build())
+    }
+}
+
+/// The birthday method on the one UDP driver (`net::udp::drive`; the prober on
+/// `drive_diverted`, its socket being the session's).
+impl MultiSocketCore for Birthday {
+    fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        Birthday::poll_transmit(self, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Birthday::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Birthday::handle_timeout(self, now)
+    }
+    fn handle_input(&mut self, socket: usize, from: SocketAddr, bytes: &[u8], now: Instant) {
+        Birthday::handle_input(self, socket, from, bytes, now);
+    }
+    fn handle_unreachable(&mut self, socket: usize, destination: SocketAddr, why: Unreachable, _now: Instant) {
+        // A probe toward a port nobody maps: one of thousands, and the rest go on.
+        tracing::trace!(socket, %destination, %why, "birthday probe unreachable");
+    }
+    fn is_done(&self) -> bool {
+        self.outcome.is_some()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod observation;
 pub mod plan;
 pub mod port_mapping;
 pub mod quic;
+pub mod race;
 pub mod relay_link;
 pub mod report;
 pub mod session;

@@ -32,6 +32,8 @@ pub struct Knowledge {
     pub their_srflx: Option<SocketAddr>,
     /// Either side has a relayed candidate.
     pub relay_available: bool,
+    /// We have a TURN relay of our own (an allocation asked for; the peer can be let in through it).
+    pub relay_ours: bool,
     pub relay_only: bool,
     pub birthday_allowed: bool,
     /// Either side offers a router's port mapping (reachable from anyone): plain ICE checks
@@ -83,20 +85,30 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn k(ours: Option<bool>, theirs: Option<bool>) -> Knowledge {
+impl Knowledge {
+    /// What the lab's NAT pairs know (a relay on both sides, the peer's srflx 203.0.113.20:41000,
+    /// nothing else), for the plan's and the race's tests.
+    pub(crate) fn lab(ours: Option<bool>, theirs: Option<bool>) -> Knowledge {
         Knowledge {
             ours_varies: ours,
             theirs_varies: theirs,
-            their_srflx: Some("203.0.113.12:40000".parse().unwrap()),
+            their_srflx: Some(SocketAddr::from(([203, 0, 113, 20], 41000))),
             relay_available: true,
+            relay_ours: true,
             relay_only: false,
             birthday_allowed: true,
             port_mapped: false,
             both_v6: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(ours: Option<bool>, theirs: Option<bool>) -> Knowledge {
+        Knowledge::lab(ours, theirs)
     }
 
     #[test]
@@ -116,14 +128,14 @@ mod tests {
         let mut easy = Plan::new(&k(Some(false), Some(true)), t0);
         assert_eq!(
             easy.birthday,
-            Some((Side::Prober { peer_ip: "203.0.113.12".parse().unwrap() }, t0 + BIRTHDAY_GRACE))
+            Some((Side::Prober { peer_ip: "203.0.113.20".parse().unwrap() }, t0 + BIRTHDAY_GRACE))
         );
         assert_eq!(easy.relay_at, None);
         let hard = Plan::new(&k(Some(true), Some(false)), t0);
         assert_eq!(
             hard.birthday,
             Some((
-                Side::Opener { peer: "203.0.113.12:40000".parse().unwrap(), sockets: OPENER_SOCKETS },
+                Side::Opener { peer: "203.0.113.20:41000".parse().unwrap(), sockets: OPENER_SOCKETS },
                 t0 + BIRTHDAY_GRACE
             ))
         );

@@ -72,7 +72,7 @@ pub struct PortMappingUse {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct PunchReport {
     pub room: String,
     pub role: Option<Role>,
@@ -404,13 +404,7 @@ mod tests {
                 check("10.0.1.2:5000", "10.0.2.2:6000", CheckOutcome::NoResponse, false),
                 check("10.0.1.2:5000", "203.0.113.9:6000", CheckOutcome::NoResponse, true),
             ],
-            birthday: None,
-            bytes: 0,
-            throughput_mbps: None,
-            sha256: None,
-            error: None,
-            path_changes: Vec::new(),
-            port_mapping: None,
+            ..PunchReport::default()
         }
     }
 

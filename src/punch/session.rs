@@ -1,6 +1,8 @@
 //! One `natkit punch` session, the driver around the punch cores: join the room, gather on one
-//! socket, exchange descriptions, then race ICE checks, the birthday method and the relay
-//! (in the order `plan` sets) to a QUIC connection, and move the data over it.
+//! socket, exchange descriptions, then race ICE checks, the birthday method and the relay to a
+//! QUIC connection, and move the data over it. What to try when, and how to repair the path, is
+//! decided by the sans-IO [`Race`] (`punch::race`): this file feeds it what the agent, the room,
+//! the relay and QUIC report, and carries out its actions ([`Io::carry_out`]).
 //!
 //! Roles follow the video-chat page: whoever joins second offers, is ICE controlling, and is
 //! the QUIC client.
@@ -26,55 +28,26 @@ use crate::punch::birthday_driver::{self, BirthdayResult};
 use crate::punch::consent::ConsentConfig;
 use crate::punch::dual_stack;
 use crate::punch::ice_driver::{self, IceEvent};
-use crate::punch::mux::{Diverted, MuxSocket};
+use crate::punch::mux::{Diverted, MuxSocket, StunDatagram};
 use crate::punch::observation;
-use crate::punch::plan::{Knowledge, Plan};
+use crate::punch::plan::Knowledge;
 use crate::punch::port_mapping::{AbortOnDrop, MAP_GRACE, Mappings, Renewal};
+use crate::punch::race::{Action, Chosen, Event, Failure, Origin, Phase, Race};
 use crate::punch::relay_link::{LinkEvent, RelayLink};
 use crate::punch::report::{
-    BirthdayReport, CandidateType, Endpoint, PathChange, PathChangeReason, PathKind, PortMappingUse, PunchReport, Role,
-    endpoint_of,
+    BirthdayReport, CandidateType, Endpoint, PathKind, PortMappingUse, PunchReport, Role, endpoint_of,
 };
 use crate::punch::{quic, transfer};
-use crate::signal::client::{ClientOptions, SignalClient};
+use crate::signal::client::{ClientError, ClientOptions, SignalClient};
 use crate::signal::protocol::{ClientMessage, IceCandidate, PeerId, RoomId, ServerMessage};
 use crate::stun::message::{binding_request, new_transaction_id};
 
-/// How often the transfer checks whether QUIC moved to a new peer address.
+/// How often the transfer checks whether QUIC moved to a new peer address (and whether a
+/// fresh address of the peer has been proved by a check, or its QUIC came through our relay).
 const PATH_TICK: Duration = Duration::from_millis(250);
 /// How long the signal server's address gets to answer STUN (an older signal server, or one behind
 /// a proxy, never does: this is what that costs, once, when only one STUN IP answered).
 const SIGNAL_STUN_WAIT: Duration = Duration::from_millis(1000);
-/// A path lost this long without repair falls back to the TURN relay (see `relay_fallback`).
-const RELAY_FALLBACK_AFTER: Duration = Duration::from_secs(6);
-/// How often a lost path asks the STUN servers for our mapping again.
-const REGATHER_EVERY: Duration = Duration::from_secs(2);
-
-/// What the transfer knows about its path while repairing it.
-struct PathWatch {
-    /// The peer address QUIC sends to (quinn's, after any migration).
-    quic_remote: SocketAddr,
-    /// Where the peer is: `quic_remote`, or where the mux redirects it (the QUIC server moved).
-    path_remote: SocketAddr,
-    /// Consent on the path went unanswered and it has not come back yet.
-    lost: bool,
-    /// The peer's candidates trickled after connecting (a re-punch from a new address).
-    fresh_remotes: Vec<SocketAddr>,
-    /// When a lost path falls back to the relay (None: not lost, or fallen back already).
-    fallback_at: Option<Instant>,
-    /// Waiting for the peer's QUIC through our relay (where it comes from is reported).
-    awaiting_relayed: bool,
-    /// Our public address as a STUN server last saw it.
-    our_mapped: Option<SocketAddr>,
-    /// A new mapping offered to the peer, reported once the path answers again.
-    pending: Option<(Option<SocketAddr>, SocketAddr)>,
-    /// When to ask the STUN servers again while the path stays lost.
-    regather_at: Option<Instant>,
-}
-
-fn ms_since(t: Instant) -> f64 {
-    (t.elapsed().as_secs_f64() * 1e6).round() / 1e3
-}
 
 /// How long an answerer that let QUIC in waits for its birthday attempt's verdict.
 const BIRTHDAY_VERDICT_WAIT: Duration = Duration::from_millis(500);
@@ -272,12 +245,6 @@ pub async fn run(
     let mut agent = IceAgent::new(creds.clone());
     agent.set_controlling(role == Role::Offerer);
     agent.set_remote_credentials(IceCreds { ufrag: theirs.ufrag.clone(), pass: theirs.pwd.clone() });
-    for c in local_candidates.iter().filter(|c| !is_relayed(c)) {
-        agent.add_local_candidate(c.clone());
-    }
-    for c in remote_candidates.iter().filter(|c| !is_relayed(c)) {
-        agent.add_remote_candidate(c.clone());
-    }
     let knowledge = Knowledge {
         ours_varies: report.mapping_varies,
         theirs_varies: theirs.mapping_varies,
@@ -287,14 +254,26 @@ pub async fn run(
             .find(|c| c.kind() == CandidateKind::ServerReflexive && c.addr().is_ipv4())
             .map(|c| c.addr()),
         relay_available: relay.is_some() || theirs.relay || remote_candidates.iter().any(is_relayed),
+        relay_ours: relay.is_some(),
         relay_only,
         birthday_allowed: !args.no_birthday,
         port_mapped: port_mapped.is_some() || theirs.port_mapped.is_some(),
         both_v6: local_candidates.iter().any(|c| c.addr().is_ipv6() && !is_relayed(c))
             && remote_candidates.iter().any(|c| c.addr().is_ipv6() && !is_relayed(c)),
     };
-    let mut plan = Plan::new(&knowledge, Instant::now());
-    tracing::info!(?plan, "plan");
+    let relay_available = knowledge.relay_available;
+    let deadline = Instant::now() + timeout;
+    let mut race = Race::new(role, knowledge, local_candidates, remote_candidates, joined, Instant::now(), deadline);
+    // The agent starts with the direct candidates (the only actions a new race asks for).
+    while let Some(action) = race.poll_action() {
+        match action {
+            Action::AddLocal(c) => {
+                agent.add_local_candidate(c);
+            }
+            Action::AddRemote(c) => agent.add_remote_candidate(c),
+            other => tracing::warn!(?other, "a new race asked for more than candidates"),
+        }
+    }
 
     udp::disable_recverr(&socket).context("configuring the UDP socket")?;
     let server_cfg = || -> anyhow::Result<Option<quinn::ServerConfig>> {
@@ -305,193 +284,148 @@ pub async fn run(
     };
     let (endpoint, diverted, mux) = quic_endpoint(socket.clone(), relay.clone(), server_cfg()?)?;
     let consent = ConsentConfig { lost_after: Duration::from_secs(args.path_lost_after), ..ConsentConfig::default() };
-    let mut ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone(), consent);
-    let mut birthday_inbox = Some(diverted.birthday);
+    let ice = ice_driver::spawn(agent, socket.clone(), diverted.stun, relay.clone(), consent);
+    let mut io = Io {
+        signal,
+        signal_open: true,
+        peer,
+        ice,
+        mux,
+        relay,
+        socket,
+        port,
+        stun_servers,
+        relay_available,
+        birthday_creds: BirthdayCredentials {
+            local_ufrag: creds.ufrag.clone(),
+            local_pwd: creds.pass.clone(),
+            remote_ufrag: theirs.ufrag.clone(),
+            remote_pwd: theirs.pwd.clone(),
+        },
+        birthday_inbox: Some(diverted.birthday),
+        birthday_rx: None,
+    };
     // The opener's winning birthday socket gets an endpoint of its own.
     let mut side_endpoint: Option<quinn::Endpoint> = None;
+    let failed = |f: Failure, io: &Io| failure_error(f, io, &theirs, room, timeout);
 
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut birthday_rx: Option<tokio::sync::oneshot::Receiver<BirthdayResult>> = None;
-    let mut birthday_found: Option<(Option<SocketAddr>, SocketAddr)> = None;
-    let no_path =
-        |ice: &ice_driver::IceHandle| no_path_error(&ice.checks(), &theirs, timeout, knowledge.relay_available);
-    let mut relay_phase = false;
-    let mut signal_open = true;
-    status.set_message(format!(
-        "checking {} candidate pairs with the peer",
-        local_candidates.iter().filter(|c| !is_relayed(c)).count()
-            * remote_candidates.iter().filter(|c| !is_relayed(c)).count()
-    ));
-    let conn = loop {
-        let birthday_at =
-            plan.birthday.as_ref().filter(|_| birthday_rx.is_none() && birthday_inbox.is_some()).map(|b| b.1);
-        tokio::select! {
-            ev = ice.events.recv() => match ev {
-                Some(IceEvent::Nominated { local, remote }) if role == Role::Offerer => {
-                    report.local = Some(endpoint_of(local, &local_candidates));
-                    report.remote = Some(endpoint_of(remote, &remote_candidates));
-                    break connect(&endpoint, &identity, &theirs.fingerprint, remote, deadline).await?;
+    let tokio_deadline = tokio::time::Instant::from_std(deadline);
+    let conn = 'race: loop {
+        while let Some(action) = race.poll_action() {
+            io.carry_out(action, &mut race, report).await?;
+        }
+        while let Some(event) = race.poll_event() {
+            match event {
+                Event::Phase(phase) => status.set_message(phase_message(&phase)),
+                Event::Connect(chosen) => {
+                    let (ep, local, remote) = match chosen {
+                        Chosen::Ice { local, remote } => {
+                            (&endpoint, endpoint_of(local, race.local_candidates()), remote)
+                        }
+                        Chosen::Birthday { socket, remote } => (
+                            side_endpoint.as_ref().filter(|_| socket.is_some()).unwrap_or(&endpoint),
+                            birthday_local(socket, remote, race.local_candidates()),
+                            remote,
+                        ),
+                    };
+                    report.local = Some(local);
+                    report.remote = Some(endpoint_of(remote, race.remote_candidates()));
+                    break 'race connect(ep, &identity, &theirs.fingerprint, remote, tokio_deadline).await?;
                 }
+                other => record(other, &race, report).map_err(|f| failed(f, &io))?,
+            }
+        }
+        tokio::select! {
+            ev = io.ice.events.recv() => match ev {
+                Some(IceEvent::Nominated { local, remote }) => race.handle_nominated(local, remote, Instant::now()),
                 Some(ev) => tracing::debug!(?ev, "ICE"),
-                None => return Err(no_path(&ice)),
+                None => race.handle_ice_closed(),
             },
-            _ = sleep_until_some(birthday_at) => {
-                let Some(((side, _), inbox)) = plan.birthday.clone().zip(birthday_inbox.take()) else { continue };
-                let bcreds = BirthdayCredentials {
-                    local_ufrag: creds.ufrag.clone(),
-                    local_pwd: creds.pass.clone(),
-                    remote_ufrag: theirs.ufrag.clone(),
-                    remote_pwd: theirs.pwd.clone(),
-                };
-                tracing::info!(?side, "no direct pair yet: trying the birthday method");
-                status.set_message("no direct pair yet: the birthday method (many ports at once)");
-                let core = Birthday::new(side.clone(), bcreds, Limits::default(), rand::random(), Instant::now());
-                birthday_rx = Some(birthday_driver::spawn(core, &side, socket.clone(), inbox).await?);
-                report.birthday = Some(BirthdayReport::started(&side));
-            },
-            r = recv_some(&mut birthday_rx) => {
-                birthday_rx = None;
+            r = recv_some(&mut io.birthday_rx) => {
+                io.birthday_rx = None;
                 match r {
                     Ok(BirthdayResult::Found { socket: won, remote, probes }) => {
                         let local = won.as_ref().and_then(|s| s.local_addr().ok());
                         if let Some(b) = report.birthday.as_mut() {
                             b.found(probes);
                         }
-                        birthday_found = Some((local, remote));
-                        let ep = match won {
-                            Some(sock) => {
-                                let (ep, _, _) = quic_endpoint(sock, None, server_cfg()?)?;
-                                side_endpoint = Some(ep.clone());
-                                ep
-                            }
-                            None => endpoint.clone(),
-                        };
-                        if role == Role::Offerer {
-                            report.local = Some(birthday_local(local, remote, &local_candidates));
-                            report.remote = Some(endpoint_of(remote, &remote_candidates));
-                            break connect(&ep, &identity, &theirs.fingerprint, remote, deadline).await?;
+                        if let Some(sock) = won {
+                            let (ep, _, _) = quic_endpoint(sock, None, server_cfg()?)?;
+                            side_endpoint = Some(ep);
                         }
+                        race.handle_birthday_found(local, remote);
                     }
                     Ok(BirthdayResult::GaveUp { probes }) => {
-                        tracing::info!(probes, "the birthday method found no path");
                         if let Some(b) = report.birthday.as_mut() {
                             b.gave_up(probes);
                         }
-                        plan.birthday_gave_up(&knowledge, Instant::now());
+                        race.handle_birthday_gave_up(Instant::now());
                     }
-                    Err(_) => plan.birthday_gave_up(&knowledge, Instant::now()),
+                    Err(_) => race.handle_birthday_gave_up(Instant::now()),
                 }
             },
             done = join_some(&mut map_task) => {
                 map_task = None;
                 if let Some((c, renewal)) = adopt_mapping(done, report, mappings, port) {
-                    trickle_local(&mut signal, &peer, &c, report).await?;
-                    ice.add_local(c.clone());
                     port_mapped = Some(c.addr());
                     _renewal = Some(renewal);
-                    local_candidates.push(c);
+                    race.handle_local_candidate(c, Origin::PortMapping);
                 }
             },
             ev = recv_opt(&mut relay_events) => match ev {
-                Some(LinkEvent::Ready(c)) => {
-                    let line = c.to_sdp_string();
-                    report.candidates.push(line.clone());
-                    let trickle = ClientMessage::candidate(peer.clone(), IceCandidate::new(line, None, None));
-                    signal.send(&trickle).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    if relay_phase {
-                        ice.add_local(c.clone());
-                    }
-                    local_candidates.push(c);
-                }
-                Some(LinkEvent::Failed(why)) if relay_only => anyhow::bail!("{why} (and --relay-only allows nothing else)"),
+                Some(LinkEvent::Ready(c)) => race.handle_local_candidate(c, Origin::Relay),
                 Some(LinkEvent::Failed(why)) => {
-                    tracing::warn!("{why}; going on without a relayed candidate");
+                    race.handle_relay_failed(&why);
                     relay_events = None;
                 }
                 None => relay_events = None,
             },
-            msg = signal.recv(), if signal_open => match msg {
-                Ok(ServerMessage::Candidate { from, candidate, .. }) if from == peer => {
-                    if candidate.candidate.is_empty() {
-                        continue; // end of candidates
-                    }
-                    match Candidate::from_sdp_string(&candidate.candidate) {
-                        Ok(c) => {
-                            report.remote_candidates.push(candidate.candidate.clone());
-                            if relay_phase || !is_relayed(&c) {
-                                ice.add_remote(c.clone());
-                            }
-                            remote_candidates.push(c);
-                        }
-                        Err(e) => tracing::warn!("ignoring the peer's candidate '{}': {e}", candidate.candidate),
-                    }
-                }
-                Ok(ServerMessage::Exit { from, .. }) if from == peer => {
-                    anyhow::bail!("peer {} left room {} before a path was found", peer.as_str(), room.as_str())
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // The path may still come up without the room.
-                    tracing::warn!("signal server: {e}");
-                    signal_open = false;
-                }
-            },
-            _ = sleep_until_some(plan.relay_at) => {
-                plan.relay_at = None;
-                relay_phase = true;
-                tracing::info!("relayed candidates join the checks");
-                status.set_message("checking through the TURN relay too");
-                for c in local_candidates.iter().filter(|c| is_relayed(c)) {
-                    ice.add_local(c.clone());
-                }
-                for c in remote_candidates.iter().filter(|c| is_relayed(c)) {
-                    ice.add_remote(c.clone());
-                }
-            },
+            msg = io.signal.recv(), if io.signal_open => io.handle_room(msg, &mut race, report),
             i = accept_some(role == Role::Answerer, &endpoint) => {
-                let conn = handshake(i, deadline).await?;
+                let conn = handshake(i, tokio_deadline).await?;
                 let remote = dual_stack::unmap(conn.remote_address());
-                report.remote = Some(endpoint_of(remote, &remote_candidates));
+                report.remote = Some(endpoint_of(remote, race.remote_candidates()));
                 // The prober's own verdict travels a longer way than the QUIC it let in: wait for it
                 // a moment, so the report says how this path was found.
-                if let Some(rx) = birthday_rx.take()
+                if let Some(rx) = io.birthday_rx.take()
                     && let Ok(Ok(BirthdayResult::Found { remote: r, probes, .. })) =
                         tokio::time::timeout(BIRTHDAY_VERDICT_WAIT, rx).await
                 {
                     if let Some(b) = report.birthday.as_mut() {
                         b.found(probes);
                     }
-                    birthday_found = Some((None, r));
+                    race.handle_birthday_found(None, r);
                 }
-                report.local = match (birthday_found, &relay) {
+                let local_candidates = race.local_candidates();
+                report.local = match (race.birthday_found(), &io.relay) {
                     // QUIC came through our relay: the relayed candidate is our end, whatever the checks say.
                     (_, Some(r)) if r.is_routed(remote) => {
-                        r.relayed().map(|a| endpoint_of(a, &local_candidates))
+                        r.relayed().map(|a| endpoint_of(a, local_candidates))
                     }
-                    (Some((None, r)), _) if r == remote => Some(birthday_local(None, remote, &local_candidates)),
-                    _ => answerer_local(&ice.checks(), remote, &local_candidates),
+                    (Some((None, r)), _) if r == remote => Some(birthday_local(None, remote, local_candidates)),
+                    _ => answerer_local(&io.ice.checks(), remote, local_candidates),
                 };
                 break conn;
             },
             i = accept_some(role == Role::Answerer, side_endpoint.as_ref().unwrap_or(&endpoint)), if side_endpoint.is_some() => {
-                let conn = handshake(i, deadline).await?;
+                let conn = handshake(i, tokio_deadline).await?;
                 let remote = dual_stack::unmap(conn.remote_address());
-                report.remote = Some(endpoint_of(remote, &remote_candidates));
-                report.local = Some(birthday_local(birthday_found.and_then(|b| b.0), remote, &local_candidates));
+                report.remote = Some(endpoint_of(remote, race.remote_candidates()));
+                report.local = Some(birthday_local(race.birthday_found().and_then(|b| b.0), remote, race.local_candidates()));
                 break conn;
             },
-            _ = tokio::time::sleep_until(deadline) => return Err(no_path(&ice)),
+            _ = sleep_until_some(race.poll_timeout()) => race.handle_timeout(Instant::now()),
         }
     };
     drop(status);
     // A birthday attempt still running stops: the path is chosen.
-    drop(birthday_rx.take());
+    drop(io.birthday_rx.take());
     report.connect_ms = Some((joined.elapsed().as_secs_f64() * 1e6).round() / 1e3);
     let relayed = |e: &Option<Endpoint>| e.as_ref().is_some_and(|e| e.kind == CandidateType::Relay);
     report.path =
         Some(if relayed(&report.local) || relayed(&report.remote) { PathKind::Relay } else { PathKind::Direct });
-    report.checks = ice.checks();
-    mark_port_mapped(report, theirs.port_mapped, port_mapped, &ice);
+    report.checks = io.ice.checks();
+    mark_port_mapped(report, theirs.port_mapped, port_mapped, &io.ice);
     tracing::info!(remote = %dual_stack::unmap(conn.remote_address()), "QUIC connected");
 
     let pb = output::progress(opts, 0, "transfer");
@@ -504,177 +438,74 @@ pub async fn run(
         })
     };
     tokio::pin!(work);
-    // While the data moves, the path is watched and repaired (see `PathWatch`).
-    let mut watch = PathWatch {
-        quic_remote: dual_stack::unmap(conn.remote_address()),
-        path_remote: dual_stack::unmap(conn.remote_address()),
-        lost: false,
-        fresh_remotes: Vec::new(),
-        fallback_at: None,
-        awaiting_relayed: false,
-        our_mapped: local_candidates
-            .iter()
-            .find(|c| {
-                c.kind() == CandidateKind::ServerReflexive
-                    && c.addr().is_ipv6() == dual_stack::unmap(conn.remote_address()).is_ipv6()
-            })
-            .map(|c| c.addr()),
-        pending: None,
-        regather_at: None,
-    };
+    // While the data moves, the race watches the path and repairs it (see punch::race).
+    race.handle_connected(dual_stack::unmap(conn.remote_address()));
     let mut tick = tokio::time::interval(PATH_TICK);
     let moved = loop {
-        tokio::select! {
-            r = &mut work => break r?,
-            ev = ice.events.recv() => match ev {
-                Some(IceEvent::PathLost { remote, silent_for, .. }) if remote == watch.path_remote => {
-                    watch.lost = true;
-                    if relay.is_some() || remote_candidates.iter().any(is_relayed) {
-                        watch.fallback_at.get_or_insert(Instant::now() + RELAY_FALLBACK_AFTER);
-                    }
-                    tracing::warn!(
-                        "the path to {remote} has not answered consent checks for {:.1} s: asking for our mapping again",
-                        silent_for.as_secs_f64()
-                    );
-                    ice.regather(dual_stack::same_family(&stun_servers, watch.path_remote));
-                    watch.regather_at = Some(Instant::now() + REGATHER_EVERY);
-                }
-                // The old pair answers again, or the agent nominated a new one to the same peer (the pair
-                // from our new address): either way the re-punched path carries consent again.
-                Some(IceEvent::PathRegained { remote, .. } | IceEvent::Nominated { remote, .. })
-                    if remote == watch.path_remote =>
-                {
-                    tracing::info!("the path to {remote} answers again");
-                    watch.regather_at = None;
-                    watch.lost = false;
-                    watch.fallback_at = None;
-                    if let Some((from, to)) = watch.pending.take() {
-                        report.path_changes.push(PathChange { at_ms: ms_since(joined), from, to, why: PathChangeReason::MappingChanged });
-                    }
-                }
-                // The QUIC server's NAT forgot: it re-punched from a new address, which ICE checked and
-                // nominated while our path was lost. quinn's client would ignore the server there
-                // (only clients migrate): the mux redirects instead (see punch::mux).
-                Some(IceEvent::Nominated { remote, .. }) if role == Role::Offerer && watch.lost => {
-                    follow_peer(&mut watch, &mux, remote, report, &remote_candidates, joined);
-                }
-                Some(IceEvent::ConsentExpired { remote, silent_for, .. }) if remote == watch.path_remote => {
+        while let Some(action) = race.poll_action() {
+            io.carry_out(action, &mut race, report).await?;
+        }
+        while let Some(event) = race.poll_event() {
+            if let Err(f) = record(event, &race, report) {
+                if matches!(f, Failure::ConsentExpired { .. }) {
                     // RFC 7675 §5.1: no more data to a peer that withdrew consent.
                     conn.close(1u32.into(), b"consent expired");
-                    return Err(anyhow::anyhow!(
-                        "consent to send to {remote} expired: no answer to consent checks (RFC 7675) for {:.0} s \
-                         and no new path found; a NAT on the way probably forgot its mapping (retry, or use --turn)",
-                        silent_for.as_secs_f64()
-                    ));
                 }
-                Some(IceEvent::Reflexive { server, mapped }) if Some(mapped) != watch.our_mapped && !local_candidates.iter().any(|c| c.addr() == mapped) => {
-                    // Our NAT forgot us and gave a new address: offer it (a trickled candidate through the
-                    // room, which is still joined) so the peer checks toward it and opens its own NAT.
-                    tracing::warn!(%server, "our public address is now {mapped} (was {:?}): re-punching", watch.our_mapped);
-                    let base = SocketAddr::new(udp::local_ip_towards(server).unwrap_or(IpAddr::from([0, 0, 0, 0])), port);
-                    if let Ok(c) = Candidate::server_reflexive(mapped, base, "udp") {
-                        let line = c.to_sdp_string();
-                        report.candidates.push(line.clone());
-                        if signal_open {
-                            let trickle = ClientMessage::candidate(peer.clone(), IceCandidate::new(line, None, None));
-                            if let Err(e) = signal.send(&trickle).await {
-                                tracing::warn!("signal server: {e}");
-                            }
-                        }
-                        ice.add_local(c.clone());
-                        local_candidates.push(c);
-                    }
-                    watch.pending = Some((watch.our_mapped, mapped));
-                    watch.our_mapped = Some(mapped);
+                return Err(failed(f, &io));
+            }
+        }
+        tokio::select! {
+            r = &mut work => break r?,
+            ev = io.ice.events.recv() => {
+                let now = Instant::now();
+                match ev {
+                    Some(IceEvent::PathLost { remote, silent_for, .. }) => race.handle_path_lost(remote, silent_for, now),
+                    Some(IceEvent::PathRegained { remote, .. }) => race.handle_path_regained(remote, now),
+                    Some(IceEvent::Nominated { local, remote }) => race.handle_nominated(local, remote, now),
+                    Some(IceEvent::ConsentExpired { remote, silent_for, .. }) => race.handle_consent_expired(remote, silent_for),
+                    Some(IceEvent::Reflexive { server, mapped }) => race.handle_reflexive(server, mapped),
+                    Some(IceEvent::Disconnected) => {}
+                    None => std::future::pending::<()>().await,
                 }
-                Some(_) => {}
-                None => std::future::pending::<()>().await,
             },
             done = join_some(&mut map_task) => {
                 // A slow router's mapping, after connecting: offered for a later re-punch.
                 map_task = None;
                 if let Some((c, renewal)) = adopt_mapping(done, report, mappings, port) {
-                    if signal_open && let Err(e) = trickle_local(&mut signal, &peer, &c, report).await {
-                        tracing::warn!("signal server: {e}");
-                    }
-                    ice.add_local(c.clone());
                     _renewal = Some(renewal);
-                    local_candidates.push(c);
+                    race.handle_local_candidate(c, Origin::PortMapping);
                 }
             },
-            msg = signal.recv(), if signal_open => match msg {
-                Ok(ServerMessage::Candidate { from, candidate, .. }) if from == peer && !candidate.candidate.is_empty() => {
-                    match Candidate::from_sdp_string(&candidate.candidate) {
-                        Ok(c) => {
-                            tracing::info!("the peer offers a new candidate: {}", candidate.candidate);
-                            report.remote_candidates.push(candidate.candidate.clone());
-                            ice.add_remote(c.clone());
-                            // Our NAT must let the peer's new address in before its checks arrive.
-                            ice.open_toward(c.addr());
-                            watch.fresh_remotes.push(c.addr());
-                            remote_candidates.push(c);
-                        }
-                        Err(e) => tracing::warn!("ignoring the peer's candidate '{}': {e}", candidate.candidate),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!("signal server: {e}");
-                    signal_open = false;
-                }
-            },
+            msg = io.signal.recv(), if io.signal_open => io.handle_room(msg, &mut race, report),
             _ = tick.tick() => {
+                let now = Instant::now();
                 // quinn moved to a new, validated peer address (RFC 9000 §9): follow it.
-                let now_remote = dual_stack::unmap(conn.remote_address());
-                if now_remote != watch.quic_remote {
-                    tracing::warn!("the peer moved from {} to {now_remote}: QUIC migrated", watch.quic_remote);
-                    report.path_changes.push(PathChange { at_ms: ms_since(joined), from: Some(watch.quic_remote), to: now_remote, why: PathChangeReason::PeerMoved });
-                    report.remote = Some(endpoint_of(now_remote, &remote_candidates));
-                    watch.quic_remote = now_remote;
-                    watch.path_remote = now_remote;
-                }
-                if watch.lost && role == Role::Offerer {
-                    for a in &watch.fresh_remotes {
-                        ice.open_toward(*a);
-                    }
-                    // The agent may answer the peer's checks from its new address (and check back)
-                    // without nominating that pair: a check that worked there is proof enough.
-                    let checks = ice.checks();
-                    let proved = watch.fresh_remotes.iter().copied().find(|a| {
+                race.handle_quic_remote(dual_stack::unmap(conn.remote_address()), now);
+                let fresh = race.awaiting_validation().to_vec();
+                if !fresh.is_empty() {
+                    let checks = io.ice.checks();
+                    let proved = fresh.into_iter().find(|a| {
                         checks.iter().any(|c| c.remote == *a && c.outcome == CheckOutcome::Succeeded)
                     });
                     if let Some(remote) = proved {
-                        follow_peer(&mut watch, &mux, remote, report, &remote_candidates, joined);
+                        race.handle_path_validated(remote, now);
                     }
                 }
-                if watch.lost && watch.fallback_at.is_some_and(|t| Instant::now() >= t) {
-                    watch.fallback_at = None;
-                    relay_fallback(&mut watch, &mux, relay.as_ref(), &remote_candidates, report, joined);
+                if let Some(to) = io.mux.redirected_to() {
+                    race.handle_relayed_arrival(to, now);
                 }
-                if watch.awaiting_relayed && let Some(to) = mux.redirected_to() {
-                    watch.awaiting_relayed = false;
-                    tracing::warn!("the peer's QUIC now comes from {to} through our TURN relay");
-                    report.path_changes.push(PathChange { at_ms: ms_since(joined), from: Some(watch.path_remote), to, why: PathChangeReason::RelayFallback });
-                    report.path = Some(PathKind::Relay);
-                    watch.path_remote = to;
-                }
-                if watch.regather_at.is_some_and(|t| Instant::now() >= t) {
-                    ice.regather(dual_stack::same_family(&stun_servers, watch.path_remote));
-                    watch.regather_at = Some(Instant::now() + REGATHER_EVERY);
-                }
-            }
+            },
+            _ = sleep_until_some(race.poll_timeout()) => race.handle_timeout(Instant::now()),
         }
     };
     pb.finish_and_clear();
-    // The transfer finished over our new mapping before a consent check confirmed it (the peer's
-    // QUIC had followed us there): it carried traffic, so it is reported.
-    if let Some((from, to)) = watch.pending.take() {
-        report.path_changes.push(PathChange {
-            at_ms: ms_since(joined),
-            from,
-            to,
-            why: PathChangeReason::MappingChanged,
-        });
+    // The transfer may have finished over our new mapping before a consent check confirmed it
+    // (the peer's QUIC had followed us there): the race reports it all the same.
+    race.handle_transfer_done(Instant::now());
+    while let Some(event) = race.poll_event() {
+        if let Err(f) = record(event, &race, report) {
+            tracing::debug!(?f, "after the transfer");
+        }
     }
     if let Some(m) = moved {
         report.bytes = m.bytes;
@@ -692,12 +523,11 @@ pub async fn run(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
-    report.checks = ice.checks();
+    report.checks = io.ice.checks();
     // Again at the end: the answerer may have let QUIC in before its own check was answered; by now
     // consent checks on the path have been.
-    mark_port_mapped(report, theirs.port_mapped, port_mapped, &ice);
-    let _ = signal.send(&ClientMessage::Leave).await;
-    drop(peer);
+    mark_port_mapped(report, theirs.port_mapped, port_mapped, &io.ice);
+    let _ = io.signal.send(&ClientMessage::Leave).await;
     Ok(())
 }
 
@@ -785,79 +615,6 @@ fn adopt_mapping(
     Some((c, mappings.keep_renewed(lease)))
 }
 
-/// The QUIC server's NAT forgot and it re-punched from `remote`, which ICE has proved: quinn's
-/// client would ignore the server there (only clients migrate), so the mux redirects instead.
-fn follow_peer(
-    watch: &mut PathWatch,
-    mux: &MuxSocket,
-    remote: SocketAddr,
-    report: &mut PunchReport,
-    remote_candidates: &[Candidate],
-    joined: Instant,
-) {
-    tracing::warn!("the peer moved from {} to {remote}: QUIC follows it through the mux", watch.path_remote);
-    mux.redirect(watch.quic_remote, remote);
-    let change = PathChange {
-        at_ms: ms_since(joined),
-        from: Some(watch.path_remote),
-        to: remote,
-        why: PathChangeReason::PeerMoved,
-    };
-    report.path_changes.push(change);
-    report.remote = Some(endpoint_of(remote, remote_candidates));
-    watch.path_remote = remote;
-    watch.regather_at = None;
-    watch.lost = false;
-    watch.fresh_remotes.clear();
-}
-
-/// The path stayed lost through re-punching (e.g. our NAT now maps per destination and the
-/// peer's filters keep our new ports out): QUIC moves to the TURN relay, and quinn never sees it
-/// (the mux redirects). Which relay: a side whose NAT forgot us (it offered a new mapping) lost
-/// its own allocation with it (TURN binds an allocation to the client's 5-tuple, RFC 8656 §2.2),
-/// so it sends straight to the peer's relayed address; the peer, whose allocation still stands,
-/// permits our IP there and follows whoever sends QUIC through it.
-fn relay_fallback(
-    watch: &mut PathWatch,
-    mux: &MuxSocket,
-    relay: Option<&Arc<RelayLink>>,
-    remote_candidates: &[Candidate],
-    report: &mut PunchReport,
-    joined: Instant,
-) {
-    let theirs = remote_candidates.iter().find(|c| c.kind() == CandidateKind::Relayed).map(|c| c.addr());
-    match (watch.pending.is_some(), theirs, relay) {
-        (true, Some(to), _) => {
-            tracing::warn!("re-punching found no path: QUIC goes to the peer's relayed address {to}");
-            mux.redirect(watch.quic_remote, to);
-            let change = PathChange {
-                at_ms: ms_since(joined),
-                from: Some(watch.path_remote),
-                to,
-                why: PathChangeReason::RelayFallback,
-            };
-            report.path_changes.push(change);
-            report.remote = Some(endpoint_of(to, remote_candidates));
-            report.path = Some(PathKind::Relay);
-            watch.path_remote = to;
-            watch.lost = false;
-            watch.pending = None;
-        }
-        (false, _, Some(r)) => {
-            tracing::warn!(
-                relayed = ?r.relayed(),
-                "re-punching found no path: letting the peer in through our TURN relay"
-            );
-            // A Send indication to the peer's old address installs the permission for its IP
-            // (RFC 8656 §9: permissions ignore the port), which its new address shares.
-            r.send(watch.path_remote, &binding_request(new_transaction_id()));
-            mux.follow_relayed(watch.quic_remote);
-            watch.awaiting_relayed = true;
-        }
-        _ => tracing::warn!("re-punching found no path and no relay is left to fall back to"),
-    }
-}
-
 /// Marks the ends of the selected path that are a router's port mapping: theirs when it is the
 /// address the peer said is one; ours when the peer answered our checks seeing us there.
 fn mark_port_mapped(
@@ -873,19 +630,6 @@ fn mark_port_mapped(
     if let (Some(l), Some(ours)) = (report.local.as_mut(), ours) {
         l.port_mapped = l.address == ours || remote.and_then(|r| ice.seen_as(r)) == Some(ours);
     }
-}
-
-/// Offers one more of our candidates to the peer through the room (trickle).
-async fn trickle_local(
-    signal: &mut SignalClient,
-    peer: &PeerId,
-    c: &Candidate,
-    report: &mut PunchReport,
-) -> anyhow::Result<()> {
-    let line = c.to_sdp_string();
-    report.candidates.push(line.clone());
-    let trickle = ClientMessage::candidate(peer.clone(), IceCandidate::new(line, None, None));
-    signal.send(&trickle).await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
@@ -1003,4 +747,138 @@ fn no_path_error(checks: &[CheckRecord], theirs: &Description, timeout: Duration
         (_, false) => "; a firewall may drop UDP, or both NATs are symmetric: retry with --turn",
     };
     anyhow::anyhow!("no working path within {:.0} s: all {tried} candidate pairs failed{hint}", timeout.as_secs_f64())
+}
+
+/// The session's handles on the room, the ICE agent, the mux and the relay: what carries out the
+/// race's actions (see [`Race::poll_action`]).
+struct Io {
+    signal: SignalClient,
+    /// The room still answers (a path may come up, or hold, without it).
+    signal_open: bool,
+    peer: PeerId,
+    ice: ice_driver::IceHandle,
+    mux: Arc<MuxSocket>,
+    relay: Option<Arc<RelayLink>>,
+    socket: Arc<tokio::net::UdpSocket>,
+    port: u16,
+    stun_servers: Vec<SocketAddr>,
+    /// Either side has a relayed candidate (for the "no path" hint).
+    relay_available: bool,
+    birthday_creds: BirthdayCredentials,
+    /// What the mux sets aside for the birthday method, until it starts.
+    birthday_inbox: Option<tokio::sync::mpsc::UnboundedReceiver<StunDatagram>>,
+    /// The running birthday attempt's verdict.
+    birthday_rx: Option<tokio::sync::oneshot::Receiver<BirthdayResult>>,
+}
+
+impl Io {
+    async fn carry_out(&mut self, action: Action, race: &mut Race, report: &mut PunchReport) -> anyhow::Result<()> {
+        match action {
+            Action::AddLocal(c) => self.ice.add_local(c),
+            Action::AddRemote(c) => self.ice.add_remote(c),
+            Action::Trickle(c) => {
+                let line = c.to_sdp_string();
+                report.candidates.push(line.clone());
+                let trickle = ClientMessage::candidate(self.peer.clone(), IceCandidate::new(line, None, None));
+                if !race.is_connected() {
+                    // Before a path exists the room is the only way to the peer.
+                    self.signal.send(&trickle).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                } else if self.signal_open
+                    && let Err(e) = self.signal.send(&trickle).await
+                {
+                    tracing::warn!("signal server: {e}");
+                }
+            }
+            Action::StartBirthday(side) => {
+                let Some(inbox) = self.birthday_inbox.take() else { return Ok(()) };
+                let creds = self.birthday_creds.clone();
+                let core = Birthday::new(side.clone(), creds, Limits::default(), rand::random(), Instant::now());
+                self.birthday_rx = Some(birthday_driver::spawn(core, &side, self.socket.clone(), inbox).await?);
+                report.birthday = Some(BirthdayReport::started(&side));
+            }
+            Action::Regather { toward } => self.ice.regather(dual_stack::same_family(&self.stun_servers, toward)),
+            Action::NewMapping { server, mapped } => {
+                let base = SocketAddr::new(udp::local_ip_towards(server).unwrap_or(unspecified(server)), self.port);
+                match Candidate::server_reflexive(mapped, base, "udp") {
+                    Ok(c) => race.handle_local_candidate(c, Origin::Reflexive),
+                    Err(e) => tracing::warn!("our new mapping {mapped} makes no candidate: {e}"),
+                }
+            }
+            Action::OpenToward(to) => self.ice.open_toward(to),
+            Action::Redirect { from, to } => self.mux.redirect(from, to),
+            Action::LetInThroughRelay { permit, quic_remote } => match &self.relay {
+                Some(r) => {
+                    tracing::warn!(relayed = ?r.relayed(), "letting the peer in through our TURN relay");
+                    // A Send indication to the peer's old address installs the permission for its IP
+                    // (RFC 8656 §9: permissions ignore the port), which its new address shares.
+                    r.send(permit, &binding_request(new_transaction_id()));
+                    self.mux.follow_relayed(quic_remote);
+                }
+                None => tracing::warn!("no TURN relay of ours to let the peer in through"),
+            },
+        }
+        Ok(())
+    }
+
+    /// A message from the room: a candidate the peer trickled, or the peer leaving.
+    fn handle_room(&mut self, msg: Result<ServerMessage, ClientError>, race: &mut Race, report: &mut PunchReport) {
+        match msg {
+            Ok(ServerMessage::Candidate { from, candidate, .. })
+                if from == self.peer && !candidate.candidate.is_empty() =>
+            {
+                match Candidate::from_sdp_string(&candidate.candidate) {
+                    Ok(c) => {
+                        report.remote_candidates.push(candidate.candidate.clone());
+                        race.handle_remote_candidate(c);
+                    }
+                    Err(e) => tracing::warn!("ignoring the peer's candidate '{}': {e}", candidate.candidate),
+                }
+            }
+            Ok(ServerMessage::Exit { from, .. }) if from == self.peer => race.handle_peer_left(),
+            Ok(_) => {}
+            Err(e) => {
+                // The path may still come up, or hold, without the room.
+                tracing::warn!("signal server: {e}");
+                self.signal_open = false;
+            }
+        }
+    }
+}
+
+/// Puts what the race reports into `report`; a failure comes back as the error.
+fn record(event: Event, race: &Race, report: &mut PunchReport) -> Result<(), Failure> {
+    match event {
+        Event::PathChange(change) => report.path_changes.push(change),
+        Event::Remote(to) => report.remote = Some(endpoint_of(to, race.remote_candidates())),
+        Event::Relayed => report.path = Some(PathKind::Relay),
+        Event::Failed(f) => return Err(f),
+        // Only while connecting, where the session acts on them itself.
+        Event::Phase(_) | Event::Connect(_) => tracing::debug!(?event, "the race after connecting"),
+    }
+    Ok(())
+}
+
+/// What a person at a terminal sees while the race is in `phase`.
+fn phase_message(phase: &Phase) -> String {
+    match phase {
+        Phase::Checking { pairs } => format!("checking {pairs} candidate pairs with the peer"),
+        Phase::Birthday(_) => "no direct pair yet: the birthday method (many ports at once)".into(),
+        Phase::Relay => "checking through the TURN relay too".into(),
+    }
+}
+
+/// The error a failed race ends the session with.
+fn failure_error(failure: Failure, io: &Io, theirs: &Description, room: &RoomId, timeout: Duration) -> anyhow::Error {
+    match failure {
+        Failure::NoPath => no_path_error(&io.ice.checks(), theirs, timeout, io.relay_available),
+        Failure::PeerLeft => {
+            anyhow::anyhow!("peer {} left room {} before a path was found", io.peer.as_str(), room.as_str())
+        }
+        Failure::RelayFailed(why) => anyhow::anyhow!("{why} (and --relay-only allows nothing else)"),
+        Failure::ConsentExpired { remote, silent_for } => anyhow::anyhow!(
+            "consent to send to {remote} expired: no answer to consent checks (RFC 7675) for {:.0} s \
+             and no new path found; a NAT on the way probably forgot its mapping (retry, or use --turn)",
+            silent_for.as_secs_f64()
+        ),
+    }
 }
