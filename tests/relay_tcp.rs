@@ -21,8 +21,8 @@ use natkit::stun::message::{decode, encode, new_transaction_id};
 use natkit::turn::rfc6062;
 use natkit::turn::server::auth::IntegrityKind;
 use stun_rs::attributes::stun::{Nonce, Realm, UserName};
-use stun_rs::attributes::turn::{RequestedTrasport, XorPeerAddress};
-use stun_rs::methods::{ALLOCATE, CREATE_PERMMISSION};
+use stun_rs::attributes::turn::{Data, RequestedTrasport, XorPeerAddress};
+use stun_rs::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMMISSION, SEND};
 use stun_rs::{MessageClass, MessageMethod, StunAttribute, StunMessage, StunMessageBuilder, TransactionId};
 
 const USER: &[&str] = &["--user", "alice:wonderland", "--realm", "lab", "--ports", "46000-47999"];
@@ -408,4 +408,64 @@ fn turn_alloc_peer_transport_tcp_works_over_a_tls_control_connection() {
     assert_eq!(j["transport"], "tls", "{j:#}");
     assert_tcp_step_echoed(&j, "natkit relay over TLS");
     drop(relay);
+}
+
+/// ChannelBind and a Send indication on a TCP allocation, over its control
+/// connection, toward a UDP peer on loopback that holds a permission: the
+/// ChannelBind answer's code, and whether the peer got any datagram (Send,
+/// then ChannelData on the channel asked for).
+fn channel_bind_and_send_on_a_tcp_allocation(server: &str) -> (Option<u16>, String, usize) {
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = Ctl::connect(server);
+    c.allocate_tcp();
+    c.permit(peer_addr);
+    let channel: StunAttribute = stun_rs::attributes::turn::ChannelNumber::new(0x4000).into();
+    let (_, m) = c.ask(&request(
+        CHANNEL_BIND.as_u16(),
+        vec![channel, peer_attr(peer_addr)],
+        false,
+        None,
+        Some(&c.nonce.clone()),
+    ));
+    let send = StunMessageBuilder::new(SEND, MessageClass::Indication)
+        .with_transaction_id(TransactionId::from(new_transaction_id()))
+        .with_attribute(peer_attr(peer_addr))
+        .with_attribute(Data::new(b"over a TCP allocation".to_vec()))
+        .build();
+    c.s.write_all(&encode(&send)).unwrap();
+    // ChannelData over a stream is padded to 4 bytes (RFC 8656 §12.5).
+    c.s.write_all(&[0x40, 0x00, 0x00, 0x04, b'd', b'a', b't', b'a']).unwrap();
+    // What reached the peer: everything that arrives within 1 s (bounded; the
+    // same wait on both servers).
+    peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut got = 0;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        if peer.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    (code(&m), reason(&m), got)
+}
+
+#[test]
+fn channel_bind_and_send_on_a_tcp_allocation_are_refused_as_coturn_refuses_them() {
+    // coturn first: what a TCP allocation's ChannelBind gets there is the answer natkit must give.
+    let coturn = Coturn::start(CoturnConfig {
+        args: ["--user=alice:wonderland", "--realm=lab", "--lt-cred-mech", "--allow-loopback-peers"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let (coturn_code, coturn_reason, coturn_got) = channel_bind_and_send_on_a_tcp_allocation(&coturn.addr());
+    assert_eq!(coturn_code, Some(403), "coturn refuses ChannelBind on a TCP allocation ({coturn_reason})");
+    assert_eq!(coturn_got, 0, "coturn relays neither Send nor ChannelData of a TCP allocation");
+
+    let relay = RelayServer::start(&[USER, &["--allow-loopback-peers"]].concat());
+    let (code, why, got) = channel_bind_and_send_on_a_tcp_allocation(&relay.addr().to_string());
+    assert_eq!(code, coturn_code, "natkit answers ChannelBind on a TCP allocation as coturn does: {why}");
+    assert!(why.contains("TCP"), "the 403 says why: {why}");
+    assert_eq!(got, 0, "nothing of a TCP allocation's Send or ChannelData reaches the peer");
 }
