@@ -189,3 +189,53 @@ fn a_flood_of_unknown_usernames_costs_redis_a_bounded_number_of_lookups() {
     assert_eq!(text.expect("natkit_relay_userdb_lookups_total"), lookups, "every lookup counted:\n{text}");
     assert!(allocates(&relay, "alice", "wonderland"), "a real user from another address still gets in");
 }
+
+/// `redis-cli CLIENT PAUSE ms` on the test's own Redis: every client's
+/// commands wait that long (a slow user database, not a dead one).
+fn pause_redis(port: u16, ms: u64) {
+    let cli = tools::require("redis-cli", "redis-tools");
+    let out = Command::new(cli)
+        .args(["-p", &port.to_string(), "CLIENT", "PAUSE", &ms.to_string()])
+        .output()
+        .expect("redis-cli CLIENT PAUSE");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"), "CLIENT PAUSE: {out:?}");
+}
+
+#[test]
+fn a_flood_from_one_address_while_redis_is_slow_is_cut_per_address_and_a_user_elsewhere_still_gets_in() {
+    let redis = OutageRedis::start();
+    add_user(redis.port, "alice", "wonderland");
+    // Lookups may wait 3 s: Redis paused for 1.5 s is slow, not down.
+    let relay = userdb_relay(&format!("{}0", redis.url()), &["--userdb-timeout", "3000"]);
+    let server: SocketAddr = relay.addr();
+    let attacker = Client::bind("127.0.0.2", server);
+    let user = Client::bind("127.0.0.3", server);
+    let (attacker_nonce, user_nonce) = (attacker.nonce(), user.nonce());
+    pause_redis(redis.port, 1500);
+    // 200 Allocates with unknown usernames from one address, sent without waiting: each needs a
+    // lookup, none can finish while Redis is paused.
+    for i in 0..200 {
+        let req = turn_udp::request(
+            stun_rs::methods::ALLOCATE,
+            vec![turn_udp::udp()],
+            Some((&format!("ghost-{i}"), "guess", &attacker_nonce)),
+        );
+        attacker.sock.send_to(&req, server).expect("send");
+    }
+    // The real user, from another address, behind the same slow Redis: answered once it answers
+    // (8 tries 500 ms apart; retransmissions of one request park once).
+    let req = turn_udp::request(
+        stun_rs::methods::ALLOCATE,
+        vec![turn_udp::udp()],
+        Some(("alice", "wonderland", &user_nonce)),
+    );
+    let m = user.transact_tries(&req, 8).expect("an answer for the real user within 4 s");
+    assert_eq!(m.class(), MessageClass::SuccessResponse, "the real user gets in: {:?}", code(&m));
+    attacker.drain(Duration::from_millis(500));
+    let text = relay.metrics();
+    let per_ip = text.expect("natkit_relay_userdb_pending_dropped_per_ip_total");
+    // --userdb-max-pending-per-ip is 16: at most 16 of the 200 wait, the rest are dropped as the
+    // flood of one address (a few may have been let through once Redis answered again).
+    assert!(per_ip >= 150, "the flood from one address was cut by the per-address cap: {per_ip} dropped\n{text}");
+    assert!(text.expect("natkit_relay_userdb_pending_dropped_total") >= per_ip, "{text}");
+}
