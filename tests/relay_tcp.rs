@@ -431,7 +431,7 @@ fn channel_bind_and_send_on_a_tcp_allocation(server: &str) -> (Option<u16>, Stri
     let send = StunMessageBuilder::new(SEND, MessageClass::Indication)
         .with_transaction_id(TransactionId::from(new_transaction_id()))
         .with_attribute(peer_attr(peer_addr))
-        .with_attribute(Data::new(b"over a TCP allocation".to_vec()))
+        .with_attribute(Data::new(b"over a TCP allocation"))
         .build();
     c.s.write_all(&encode(&send)).unwrap();
     // ChannelData over a stream is padded to 4 bytes (RFC 8656 §12.5).
