@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::free_port;
 use common::relay::Relay;
+use common::relay_server::RelayServer;
 
 /// Waits until `addr` accepts TCP (bounded).
 fn wait_listening(addr: &str) {
@@ -98,8 +99,8 @@ fn crowd_of_idle_connections_does_not_stop_a_scrape(addr: &str, metric: &str) {
 
 #[test]
 fn relay_metrics_read_the_whole_head_close_idle_clients_and_cap_connections() {
-    let maddr = format!("127.0.0.1:{}", free_port());
-    let relay = Relay::start(&["--user", "a:b", "--metrics", &maddr, "--metrics-header-timeout", "1"]);
+    let relay = RelayServer::start(&["--user", "a:b", "--metrics-header-timeout", "1"]);
+    let maddr = relay.metrics_addr.clone();
     request_in_pieces_is_answered_whole(&maddr, "natkit_relay_allocations");
     idle_connection_is_closed_without_an_answer(&maddr);
     crowd_of_idle_connections_does_not_stop_a_scrape(&maddr, "natkit_relay_allocations");

@@ -6,9 +6,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::relay_server::RelayServer;
 use common::{free_port, tools};
 use natkit::stun::message::{decode, encode, new_transaction_id};
 use stun_rs::attributes::stun::{MessageIntegrity, Nonce, Realm, UserName};
@@ -18,123 +19,6 @@ use stun_rs::{
     Algorithm, AlgorithmId, HMACKey, MessageClass, MessageMethod, StunAttribute, StunMessage, StunMessageBuilder,
     TransactionId,
 };
-
-/// `natkit relay` started by a test, optionally under `prlimit`; SIGINT (stop
-/// at once, summary printed) on `stop`, SIGKILL on drop.
-struct Proc {
-    child: Option<Child>,
-    port: u16,
-    pid: u32,
-}
-
-impl Proc {
-    /// Starts `natkit relay --listen 127.0.0.1:PORT ARGS`; with `nofile`, under
-    /// `prlimit --nofile=N:N` so it cannot raise its descriptor limit.
-    fn start(nofile: Option<u64>, args: &[&str]) -> Proc {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut cmd = match nofile {
-            Some(n) => {
-                let mut c = Command::new(tools::require("prlimit", "util-linux"));
-                c.arg(format!("--nofile={n}:{n}")).arg(env!("CARGO_BIN_EXE_natkit"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_natkit")),
-        };
-        let child = cmd
-            .args(["relay", "--listen", &listen])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting natkit relay");
-        // prlimit execs the command: the pid is natkit's.
-        let pid = child.id();
-        let mut p = Proc { child: Some(child), port, pid };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return p;
-            }
-            if !p.alive() {
-                let out = p.stop_with(libc::SIGKILL);
-                panic!("natkit relay exited at start: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            std::thread::sleep(Duration::from_millis(30));
-        }
-        let out = p.stop_with(libc::SIGKILL);
-        panic!("natkit relay did not listen within 10 s: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
-        unsafe {
-            libc::kill(self.pid as libc::pid_t, sig);
-        }
-    }
-
-    /// User + system CPU time of the relay so far, in clock ticks (/proc/PID/stat fields 14 and 15).
-    fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).expect("reading /proc/PID/stat");
-        // The command name (field 2) is in parentheses and may hold spaces: count after the last ')'.
-        let rest = &stat[stat.rfind(')').expect("stat has (comm)") + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
-    }
-
-    /// Sends `sig`, waits (bounded) for the exit, returns all it printed.
-    fn stop_with(&mut self, sig: libc::c_int) -> Output {
-        let mut child = self.child.take().expect("relay already stopped");
-        self.signal(sig);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Ok(None) = child.try_wait() {
-            let _ = child.kill();
-        }
-        child.wait_with_output().expect("collecting relay output")
-    }
-
-    fn stop(&mut self) -> Output {
-        self.stop_with(libc::SIGINT)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The metrics page as text.
-fn metrics(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text
-}
-
-/// The value of one sample (`name{labels}` exactly as printed), 0 when absent.
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// `count` TCP connections from source IP `from`, each sending the first 6
 /// bytes of a STUN Binding request and then nothing.
@@ -218,8 +102,7 @@ const USER: &[&str] = &["--user", "alice:wonderland", "--realm", "lab"];
 #[test]
 fn a_flood_of_half_open_tcp_connections_under_1024_descriptors_leaves_udp_and_new_clients_served() {
     raise_own_limit();
-    let maddr = format!("127.0.0.1:{}", free_port());
-    let mut relay = Proc::start(Some(1024), &[USER, &["--metrics", &maddr]].concat());
+    let mut relay = RelayServer::start_limited(Some(1024), USER);
     let target = relay.addr();
 
     // 1,100 connections that each send 6 bytes of a STUN header and stop, from
@@ -256,10 +139,10 @@ fn a_flood_of_half_open_tcp_connections_under_1024_descriptors_leaves_udp_and_ne
     // A new TCP client is served.
     assert!(tcp_binding([127, 0, 0, 2], target), "a legitimate TCP client was not answered after the flood");
 
-    let m = metrics(&maddr);
-    let timed_out = sample(&m, "natkit_relay_connections_closed_total{reason=\"first_message_timeout\"}");
-    let per_ip = sample(&m, "natkit_relay_connections_refused_total{reason=\"per_ip\"}");
-    let total = sample(&m, "natkit_relay_connections_refused_total{reason=\"total\"}");
+    let m = relay.metrics();
+    let timed_out = m.value("natkit_relay_connections_closed_total{reason=\"first_message_timeout\"}");
+    let per_ip = m.value("natkit_relay_connections_refused_total{reason=\"per_ip\"}");
+    let total = m.value("natkit_relay_connections_refused_total{reason=\"total\"}");
     assert!(timed_out > 0 && per_ip > 0 && total > 0, "caps and timeout all counted:\n{m}");
     assert_eq!(timed_out + per_ip + total, 1_100, "every flood connection is counted once:\n{m}");
     assert!(relay.alive());
@@ -287,9 +170,8 @@ async fn idle_tls_connections_are_closed_after_the_handshake_and_after_their_las
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = common::coturn::self_signed_cert(dir.path());
     let tls_port = free_port();
-    let maddr = format!("127.0.0.1:{}", free_port());
     let tls = format!("127.0.0.1:{tls_port}");
-    let mut relay = Proc::start(
+    let mut relay = RelayServer::start_limited(
         None,
         &[
             "--tls-listen",
@@ -298,8 +180,6 @@ async fn idle_tls_connections_are_closed_after_the_handshake_and_after_their_las
             cert.to_str().unwrap(),
             "--key",
             key.to_str().unwrap(),
-            "--metrics",
-            &maddr,
             "--first-message-timeout",
             "2",
             "--idle-timeout",
@@ -325,11 +205,11 @@ async fn idle_tls_connections_are_closed_after_the_handshake_and_after_their_las
         tokio::task::spawn_blocking(move || closed_by_relay(&mut no_hello, Duration::from_secs(20))).await.unwrap(),
         "a TCP connection that never starts the TLS handshake was never closed"
     );
-    let m = metrics(&maddr);
-    assert_eq!(sample(&m, "natkit_relay_connections_closed_total{reason=\"first_message_timeout\"}"), 1, "{m}");
-    assert_eq!(sample(&m, "natkit_relay_connections_closed_total{reason=\"idle_timeout\"}"), 1, "{m}");
-    assert_eq!(sample(&m, "natkit_relay_connections_closed_total{reason=\"tls_handshake_timeout\"}"), 1, "{m}");
-    assert_eq!(sample(&m, "natkit_relay_connections{transport=\"tls\"}"), 0, "{m}");
+    let m = relay.metrics();
+    assert_eq!(m.value("natkit_relay_connections_closed_total{reason=\"first_message_timeout\"}"), 1, "{m}");
+    assert_eq!(m.value("natkit_relay_connections_closed_total{reason=\"idle_timeout\"}"), 1, "{m}");
+    assert_eq!(m.value("natkit_relay_connections_closed_total{reason=\"tls_handshake_timeout\"}"), 1, "{m}");
+    assert_eq!(m.value("natkit_relay_connections{transport=\"tls\"}"), 0, "{m}");
     assert!(relay.alive());
     relay.stop();
 }
@@ -437,43 +317,18 @@ impl Turn {
     }
 }
 
-/// Polls the metrics until `series` reads `value` (bounded); false if it never does.
-fn metric_becomes(maddr: &str, series: &str, value: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if sample(&metrics(maddr), series) == value {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-/// Waits (bounded) for the relay to exit by itself; its output, or None if it is still running.
-fn exits_by_itself(p: &mut Proc, within: Duration) -> Option<Output> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if !p.alive() {
-            return Some(p.child.take().expect("child").wait_with_output().expect("relay output"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
 #[test]
 fn sigterm_drains_live_allocations_keep_relaying_a_new_one_gets_508_and_the_relay_ends_with_them() {
-    let maddr = format!("127.0.0.1:{}", free_port());
-    let mut relay = Proc::start(None, &[USER, &["--metrics", &maddr, "--json", "--drain-timeout", "120"]].concat());
+    let mut relay = RelayServer::start(&[USER, &["--json", "--drain-timeout", "120"]].concat());
     let (a, b) = (Turn::new(relay.addr()), Turn::new(relay.addr()));
     let (ra, rb) = (a.allocate().expect("A allocates"), b.allocate().expect("B allocates"));
     a.permit(rb);
     b.permit(ra);
     assert!(a.relay_to(&b, rb, b"before the drain"));
-    assert_eq!(sample(&metrics(&maddr), "natkit_relay_draining"), 0);
+    assert_eq!(relay.metrics().value("natkit_relay_draining"), 0);
 
     relay.signal(libc::SIGTERM);
-    assert!(metric_becomes(&maddr, "natkit_relay_draining", 1), "the relay never said it drains");
+    assert!(relay.metric_becomes("natkit_relay_draining", 1), "the relay never said it drains");
     // New allocations are refused; the live ones relay both ways and refresh.
     let c = Turn::new(relay.addr());
     let refused = c.allocate().expect_err("no new allocation while draining");
@@ -481,15 +336,15 @@ fn sigterm_drains_live_allocations_keep_relaying_a_new_one_gets_508_and_the_rela
     assert!(a.relay_to(&b, rb, b"during the drain, A to B"));
     assert!(b.relay_to(&a, ra, b"during the drain, B to A"));
     assert_eq!(a.refresh(600).class(), MessageClass::SuccessResponse, "refresh during the drain");
-    let m = metrics(&maddr);
-    assert_eq!(sample(&m, "natkit_relay_allocations{transport=\"udp\"}"), 2, "{m}");
-    assert_eq!(sample(&m, "natkit_relay_error_responses_total{code=\"508\"}"), 1, "{m}");
+    let m = relay.metrics();
+    assert_eq!(m.value("natkit_relay_allocations{transport=\"udp\"}"), 2, "{m}");
+    assert_eq!(m.value("natkit_relay_error_responses_total{code=\"508\"}"), 1, "{m}");
     assert!(relay.alive(), "the relay waits for its allocations");
 
     // The last allocation ends: the relay stops by itself, with its summary.
     assert_eq!(a.refresh(0).class(), MessageClass::SuccessResponse);
     assert_eq!(b.refresh(0).class(), MessageClass::SuccessResponse);
-    let out = exits_by_itself(&mut relay, Duration::from_secs(10)).expect("the relay stops once drained");
+    let out = relay.exits_by_itself(Duration::from_secs(10)).expect("the relay stops once drained");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
     assert_eq!(v["allocations_created"], 2, "{v}");
@@ -498,20 +353,18 @@ fn sigterm_drains_live_allocations_keep_relaying_a_new_one_gets_508_and_the_rela
 
 #[test]
 fn while_draining_alternate_server_gets_a_300_and_a_second_signal_stops_at_once() {
-    let maddr = format!("127.0.0.1:{}", free_port());
-    let mut relay =
-        Proc::start(None, &[USER, &["--metrics", &maddr, "--alternate-server", "203.0.113.9:3478"]].concat());
+    let mut relay = RelayServer::start(&[USER, &["--alternate-server", "203.0.113.9:3478"]].concat());
     let a = Turn::new(relay.addr());
     a.allocate().expect("A allocates");
     relay.signal(libc::SIGTERM);
-    assert!(metric_becomes(&maddr, "natkit_relay_draining", 1), "the relay never said it drains");
+    assert!(relay.metric_becomes("natkit_relay_draining", 1), "the relay never said it drains");
     let m = Turn::new(relay.addr()).allocate().expect_err("no new allocation while draining");
     assert_eq!(error_code(&m), Some(300));
     let alt = m.attributes().iter().find_map(|a| a.as_alternate_server().ok()).map(|a| *a.socket_address());
     assert_eq!(alt, Some("203.0.113.9:3478".parse().unwrap()), "ALTERNATE-SERVER names the other relay");
     // The allocation would hold the drain for --drain-timeout (600 s): a second signal ends it now.
     relay.signal(libc::SIGTERM);
-    let out = exits_by_itself(&mut relay, Duration::from_secs(10)).expect("a second SIGTERM stops the relay");
+    let out = relay.exits_by_itself(Duration::from_secs(10)).expect("a second SIGTERM stops the relay");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -534,7 +387,7 @@ fn a_coturn_conf_without_user_quota_is_warned_about_and_user_quota_0_means_unlim
     let dir = tempfile::tempdir().unwrap();
     // coturn's meaning of a file without user-quota is "unlimited"; natkit keeps its
     // default of 100 but says so at start, with how to keep coturn's.
-    let mut relay = Proc::start(None, &["--config", &conf_file(&dir, "")]);
+    let mut relay = RelayServer::start(&["--config", &conf_file(&dir, "")]);
     let refused = allocate_from_many(relay.addr(), 101);
     assert_eq!(refused, vec![Some(486)], "the 101st allocation of one user is over natkit's default quota");
     let err = String::from_utf8_lossy(&relay.stop().stderr).to_string();
@@ -545,7 +398,7 @@ fn a_coturn_conf_without_user_quota_is_warned_about_and_user_quota_0_means_unlim
     }
     assert_eq!(err.lines().filter(|l| l.contains("user-quota")).count(), 1, "said once:\n{err}");
 
-    let mut relay = Proc::start(None, &["--config", &conf_file(&dir, "user-quota=0\n")]);
+    let mut relay = RelayServer::start(&["--config", &conf_file(&dir, "user-quota=0\n")]);
     assert_eq!(allocate_from_many(relay.addr(), 120), vec![], "user-quota=0 is unlimited, as in coturn");
     let err = String::from_utf8_lossy(&relay.stop().stderr).to_string();
     assert!(!err.contains("user-quota"), "nothing to say when the file sets it:\n{err}");

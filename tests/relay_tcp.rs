@@ -15,13 +15,14 @@ use std::time::{Duration, Instant};
 
 use common::coturn::{Coturn, CoturnConfig};
 use common::relay::Relay;
+use common::relay_server::RelayServer;
 use common::{free_port, tools};
 use natkit::stun::message::{decode, encode, new_transaction_id};
 use natkit::turn::rfc6062;
 use natkit::turn::server::auth::IntegrityKind;
 use stun_rs::attributes::stun::{Nonce, Realm, UserName};
-use stun_rs::attributes::turn::{RequestedTrasport, XorPeerAddress};
-use stun_rs::methods::{ALLOCATE, CREATE_PERMMISSION};
+use stun_rs::attributes::turn::{Data, RequestedTrasport, XorPeerAddress};
+use stun_rs::methods::{ALLOCATE, CHANNEL_BIND, CREATE_PERMMISSION, SEND};
 use stun_rs::{MessageClass, MessageMethod, StunAttribute, StunMessage, StunMessageBuilder, TransactionId};
 
 const USER: &[&str] = &["--user", "alice:wonderland", "--realm", "lab", "--ports", "46000-47999"];
@@ -50,51 +51,21 @@ fn uclient_tcp(port: u16, clients: u32, messages: u32) -> (u64, u64, u64, String
     (parse("tot_send_msgs="), parse("tot_recv_msgs="), parse("Total lost packets"), output)
 }
 
-fn metrics(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connecting to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text
-}
-
-fn sample(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits (bounded) until `series` on the metrics page reaches `at_least`; returns its last value.
-fn wait_metric(addr: &str, series: &str, at_least: u64, limit: Duration) -> u64 {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = sample(&metrics(addr), series);
-        if v >= at_least || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn uclient_tcp_relaying_through_natkit_relay_echoes_every_message() {
-    let mport = free_port();
-    let maddr = format!("127.0.0.1:{mport}");
-    let relay = Relay::start(&[USER, &["--allow-loopback-peers", "--metrics", &maddr]].concat());
+    let relay = RelayServer::start(&[USER, &["--allow-loopback-peers"]].concat());
     let (sent, received, lost, output) = uclient_tcp(relay.port, 2, 30);
     assert!(sent >= 2 * 30, "only {sent} messages sent\n{output}");
     assert_eq!(received, sent, "not every message came back\n{output}");
     assert_eq!(lost, 0, "{output}");
-    let m = metrics(&maddr);
+    let m = relay.metrics();
     // Each pair of allocations: one Connect, one inbound peer (the other allocation's relayed
     // address), both ends bound by a data connection.
-    let connects = sample(&m, "natkit_relay_tcp_peer_connections_total{outcome=\"connect\"}");
+    let connects = m.value("natkit_relay_tcp_peer_connections_total{outcome=\"connect\"}");
     assert!(connects >= 1, "{m}");
-    assert_eq!(sample(&m, "natkit_relay_tcp_peer_connections_total{outcome=\"inbound\"}"), connects, "{m}");
-    assert_eq!(sample(&m, "natkit_relay_tcp_peer_connections_total{outcome=\"bound\"}"), 2 * connects, "{m}");
-    let to_peer = sample(&m, "natkit_relay_tcp_bytes_relayed_total{direction=\"to_peer\"}");
+    assert_eq!(m.value("natkit_relay_tcp_peer_connections_total{outcome=\"inbound\"}"), connects, "{m}");
+    assert_eq!(m.value("natkit_relay_tcp_peer_connections_total{outcome=\"bound\"}"), 2 * connects, "{m}");
+    let to_peer = m.value("natkit_relay_tcp_bytes_relayed_total{direction=\"to_peer\"}");
     assert!(to_peer >= sent * 170, "bytes to peers counted: {to_peer} for {sent} messages of 170 bytes");
 }
 
@@ -271,12 +242,9 @@ fn connection_bind_with_an_unknown_id_is_400() {
 
 #[test]
 fn a_connection_that_is_never_bound_is_closed_at_the_timeout_and_counted() {
-    let mport = free_port();
-    let maddr = format!("127.0.0.1:{mport}");
-    let relay =
-        Relay::start(&[USER, &["--allow-loopback-peers", "--tcp-bind-timeout", "2", "--metrics", &maddr]].concat());
+    let relay = RelayServer::start(&[USER, &["--allow-loopback-peers", "--tcp-bind-timeout", "2"]].concat());
     let peer = EchoPeer::start();
-    let mut c = Ctl::connect(&relay.addr());
+    let mut c = Ctl::connect(&relay.addr().to_string());
     c.allocate_tcp();
     c.permit(peer.addr);
     let (raw, m) = c.connect_to(peer.addr);
@@ -288,14 +256,13 @@ fn a_connection_that_is_never_bound_is_closed_at_the_timeout_and_counted() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(peer.ended.load(std::sync::atomic::Ordering::SeqCst), 1, "the peer connection was closed");
-    let n = wait_metric(
-        &maddr,
+    let n = relay.wait_metric(
         "natkit_relay_tcp_peer_connections_total{outcome=\"bind_timeout\"}",
         1,
         Duration::from_secs(5),
     );
     assert_eq!(n, 1);
-    assert_eq!(sample(&metrics(&maddr), "natkit_relay_tcp_peer_connections"), 0);
+    assert_eq!(relay.metrics().value("natkit_relay_tcp_peer_connections"), 0);
 }
 
 #[test]
@@ -315,10 +282,8 @@ fn many_connects_from_one_allocation_hit_the_cap() {
 
 #[test]
 fn a_peer_without_a_permission_gets_nothing_and_the_client_hears_nothing() {
-    let mport = free_port();
-    let maddr = format!("127.0.0.1:{mport}");
-    let relay = Relay::start(&[USER, &["--allow-loopback-peers", "--metrics", &maddr]].concat());
-    let mut c = Ctl::connect(&relay.addr());
+    let relay = RelayServer::start(&[USER, &["--allow-loopback-peers"]].concat());
+    let mut c = Ctl::connect(&relay.addr().to_string());
     let relayed = c.allocate_tcp();
     let mut intruder = TcpStream::connect(relayed).expect("the relayed address listens");
     intruder.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -328,7 +293,7 @@ fn a_peer_without_a_permission_gets_nothing_and_the_client_hears_nothing() {
     assert_eq!(got, 0, "closed without a byte");
     c.s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     assert!(read_msg(&mut c.s).is_err(), "no ConnectionAttempt for a peer without a permission");
-    assert_eq!(sample(&metrics(&maddr), "natkit_relay_tcp_peer_connections_total{outcome=\"inbound_refused\"}"), 1);
+    assert_eq!(relay.metrics().value("natkit_relay_tcp_peer_connections_total{outcome=\"inbound_refused\"}"), 1);
     // With a permission the same peer is announced.
     c.permit(relayed);
     c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -443,4 +408,64 @@ fn turn_alloc_peer_transport_tcp_works_over_a_tls_control_connection() {
     assert_eq!(j["transport"], "tls", "{j:#}");
     assert_tcp_step_echoed(&j, "natkit relay over TLS");
     drop(relay);
+}
+
+/// ChannelBind and a Send indication on a TCP allocation, over its control
+/// connection, toward a UDP peer on loopback that holds a permission: the
+/// ChannelBind answer's code, and whether the peer got any datagram (Send,
+/// then ChannelData on the channel asked for).
+fn channel_bind_and_send_on_a_tcp_allocation(server: &str) -> (Option<u16>, String, usize) {
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    let mut c = Ctl::connect(server);
+    c.allocate_tcp();
+    c.permit(peer_addr);
+    let channel: StunAttribute = stun_rs::attributes::turn::ChannelNumber::new(0x4000).into();
+    let (_, m) = c.ask(&request(
+        CHANNEL_BIND.as_u16(),
+        vec![channel, peer_attr(peer_addr)],
+        false,
+        None,
+        Some(&c.nonce.clone()),
+    ));
+    let send = StunMessageBuilder::new(SEND, MessageClass::Indication)
+        .with_transaction_id(TransactionId::from(new_transaction_id()))
+        .with_attribute(peer_attr(peer_addr))
+        .with_attribute(Data::new(b"over a TCP allocation"))
+        .build();
+    c.s.write_all(&encode(&send)).unwrap();
+    // ChannelData over a stream is padded to 4 bytes (RFC 8656 §12.5).
+    c.s.write_all(&[0x40, 0x00, 0x00, 0x04, b'd', b'a', b't', b'a']).unwrap();
+    // What reached the peer: everything that arrives within 1 s (bounded; the
+    // same wait on both servers).
+    peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut got = 0;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        if peer.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    (code(&m), reason(&m), got)
+}
+
+#[test]
+fn channel_bind_and_send_on_a_tcp_allocation_are_refused_as_coturn_refuses_them() {
+    // coturn first: what a TCP allocation's ChannelBind gets there is the answer natkit must give.
+    let coturn = Coturn::start(CoturnConfig {
+        args: ["--user=alice:wonderland", "--realm=lab", "--lt-cred-mech", "--allow-loopback-peers"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let (coturn_code, coturn_reason, coturn_got) = channel_bind_and_send_on_a_tcp_allocation(&coturn.addr());
+    assert_eq!(coturn_code, Some(403), "coturn refuses ChannelBind on a TCP allocation ({coturn_reason})");
+    assert_eq!(coturn_got, 0, "coturn relays neither Send nor ChannelData of a TCP allocation");
+
+    let relay = RelayServer::start(&[USER, &["--allow-loopback-peers"]].concat());
+    let (code, why, got) = channel_bind_and_send_on_a_tcp_allocation(&relay.addr().to_string());
+    assert_eq!(code, coturn_code, "natkit answers ChannelBind on a TCP allocation as coturn does: {why}");
+    assert!(why.contains("TCP"), "the 403 says why: {why}");
+    assert_eq!(got, 0, "nothing of a TCP allocation's Send or ChannelData reaches the peer");
 }

@@ -6,8 +6,6 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::cli::NatTypeArgs;
 use crate::cli::local::parse_local;
 use crate::error::{Status, usage};
@@ -15,9 +13,8 @@ use crate::nat::behavior::{Config, Timing};
 use crate::nat::classify::NatType;
 use crate::nat::ipv6::{Ipv6Report, Skipped};
 use crate::nat::lifetime::LifetimeResult;
-use crate::nat::p2p::Verdicts;
-use crate::nat::report::NatTypeReport;
-use crate::nat::watch::{Change, Snapshot};
+use crate::nat::report::{NatTypeReport, WatchLine};
+use crate::nat::watch::Snapshot;
 use crate::net::nat_discovery::{FamilyRun, measure_lifetime, resolve_servers};
 use crate::net::server_spec::Family;
 use crate::net::udp;
@@ -81,38 +78,20 @@ async fn watch(args: &NatTypeArgs, every: f64, opts: &OutputOptions) -> anyhow::
         delete_leftovers(&leases).await;
         let Some(report) = outcome else { return Ok(Status::from_ok(true)) };
         // Bad input is found on the first run and ends it; a later failure is printed and retried.
-        let report = match report {
-            Ok(r) => r,
-            Err(e) if run == 1 => return Err(e),
-            Err(e) => {
-                tracing::warn!("run {run} failed: {e:#}; trying again in {every} s");
-                next += period;
-                tokio::select! {
-                    _ = tokio::time::sleep_until(next) => continue,
-                    _ = tokio::signal::ctrl_c() => return Ok(Status::from_ok(true)),
-                }
+        match report {
+            Ok(report) => {
+                let now = report.snapshot();
+                let changes = before.as_ref().map(|b| now.changes_since(b)).unwrap_or_default();
+                let elapsed_s = first_start.elapsed().as_secs_f64();
+                let line = WatchLine { run, elapsed_s, changes: &changes, report: &report, first: before.is_none() };
+                let mut out = std::io::stdout().lock();
+                line.write(&mut out, json)?;
+                out.flush()?;
+                before = Some(now);
             }
-        };
-        let now = report.snapshot();
-        let changes = before.as_ref().map(|b| now.changes_since(b)).unwrap_or_default();
-        let elapsed = first_start.elapsed().as_secs_f64();
-        let mut out = std::io::stdout().lock();
-        if json {
-            let line =
-                WatchLine { run, elapsed_s: (elapsed * 1000.0).round() / 1000.0, changes: &changes, report: &report };
-            serde_json::to_writer(&mut out, &line)?;
-            writeln!(out)?;
-        } else {
-            let what = match (&before, changes.is_empty()) {
-                (None, _) => now.summary(),
-                (Some(_), true) => "no change".to_string(),
-                (Some(_), false) => changes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("; "),
-            };
-            writeln!(out, "run {run} at +{elapsed:.1} s: {what}")?;
+            Err(e) if run == 1 => return Err(e),
+            Err(e) => tracing::warn!("run {run} failed: {e:#}; trying again in {every} s"),
         }
-        out.flush()?;
-        drop(out);
-        before = Some(now);
         next += period;
         // A run that took longer than the period starts the next one at once.
         tokio::select! {
@@ -124,16 +103,6 @@ async fn watch(args: &NatTypeArgs, every: f64, opts: &OutputOptions) -> anyhow::
         }
     }
     Ok(Status::from_ok(true))
-}
-
-/// One JSON Line of --every: the run number, seconds since the first began, what changed since
-/// the previous run (empty on the first) and the whole report.
-#[derive(Serialize)]
-struct WatchLine<'a> {
-    run: u64,
-    elapsed_s: f64,
-    changes: &'a [Change],
-    report: &'a NatTypeReport,
 }
 
 /// Deletes the mappings still registered (a probe cut short by Ctrl-C or an error), bounded by
@@ -273,24 +242,7 @@ pub async fn discover(args: &NatTypeArgs, opts: &OutputOptions, leases: &Leases)
     }
     let others = servers[1..].iter().map(|(_, a)| *a).collect();
     let mut report = NatTypeReport::from_findings(f, primary_input, primary, others, started.elapsed(), args.ports);
-    report.port_mapping = port_mapping;
-    report.ipv6 = ipv6;
-    report.judge_upstream(primary);
-    report.p2p = crate::nat::p2p::judge(Verdicts {
-        v4: report.nat_type,
-        port_mapped: report
-            .port_mapping
-            .as_ref()
-            .is_some_and(|pm| [&pm.upnp, &pm.nat_pmp, &pm.pcp].iter().any(|p| p.mapped.is_some())),
-        v6: report.ipv6.as_ref().filter(|v| v.answer).and_then(|v| v.nat_type),
-    });
-    if let Some(l) = lifetime {
-        report.lifetime_s = l.lifetime_s();
-        if let Some(n) = &l.note {
-            report.notes.push(format!("lifetime: {n}"));
-        }
-        report.lifetime = Some(l);
-    }
+    report.complete(primary, port_mapping, ipv6, lifetime);
     Ok(report)
 }
 

@@ -13,9 +13,9 @@ use crate::nat::behavior::{Exchange, ExchangeResult, Findings};
 use crate::nat::classify::{Filtering, Mapping, NatType};
 use crate::nat::ipv6::Ipv6Report;
 use crate::nat::lifetime::LifetimeResult;
-use crate::nat::p2p::P2p;
+use crate::nat::p2p::{P2p, Verdicts};
 use crate::nat::port_allocation::{PortPattern, PortSample, pattern};
-use crate::nat::watch::{Field, Snapshot};
+use crate::nat::watch::{Change, Field, Snapshot};
 use crate::output::{self, Render};
 use crate::portmap::{PortMappingReport, ProtocolReport};
 
@@ -148,6 +148,36 @@ impl NatTypeReport {
         report.notes.extend(u.notes);
     }
 
+    /// Folds in what ran beside the main discovery (port mapping, IPv6, the lifetime test), then
+    /// judges CGNAT / double NAT and peer-to-peer from the whole: `judge_upstream` reads the port
+    /// mapping, and the p2p verdicts read IPv6 and the port mapping, so the order is fixed here.
+    pub fn complete(
+        &mut self,
+        primary: SocketAddr,
+        port_mapping: Option<PortMappingReport>,
+        ipv6: Option<Ipv6Report>,
+        lifetime: Option<LifetimeResult>,
+    ) {
+        self.port_mapping = port_mapping;
+        self.ipv6 = ipv6;
+        self.judge_upstream(primary);
+        self.p2p = crate::nat::p2p::judge(Verdicts {
+            v4: self.nat_type,
+            port_mapped: self
+                .port_mapping
+                .as_ref()
+                .is_some_and(|pm| [&pm.upnp, &pm.nat_pmp, &pm.pcp].iter().any(|p| p.mapped.is_some())),
+            v6: self.ipv6.as_ref().filter(|v| v.answer).and_then(|v| v.nat_type),
+        });
+        if let Some(l) = lifetime {
+            self.lifetime_s = l.lifetime_s();
+            if let Some(n) = &l.note {
+                self.notes.push(format!("lifetime: {n}"));
+            }
+            self.lifetime = Some(l);
+        }
+    }
+
     /// The fields --every watches, as text.
     pub fn snapshot(&self) -> Snapshot {
         let r = self;
@@ -174,6 +204,37 @@ impl NatTypeReport {
             fields.push((Field::Difficulty, text(d)));
         }
         Snapshot { fields }
+    }
+}
+
+/// One line of `--every` on stdout: the run number, seconds since the first run began, what
+/// changed since the previous run (empty on the first) and the whole report. As JSON Lines these
+/// four fields are a public contract (README "Watching").
+#[derive(Serialize)]
+pub struct WatchLine<'a> {
+    pub run: u64,
+    pub elapsed_s: f64,
+    pub changes: &'a [Change],
+    pub report: &'a NatTypeReport,
+    /// The first run lists the watched fields instead of changes.
+    #[serde(skip)]
+    pub first: bool,
+}
+
+impl WatchLine<'_> {
+    /// JSON Lines with `json`, else `run N at +T s: …` (the watched fields first, then what changed).
+    pub fn write(&self, out: &mut dyn Write, json: bool) -> std::io::Result<()> {
+        if json {
+            let line = WatchLine { elapsed_s: (self.elapsed_s * 1000.0).round() / 1000.0, ..*self };
+            serde_json::to_writer(&mut *out, &line)?;
+            return writeln!(out);
+        }
+        let what = match (self.first, self.changes.is_empty()) {
+            (true, _) => self.report.snapshot().summary(),
+            (false, true) => "no change".to_string(),
+            (false, false) => self.changes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("; "),
+        };
+        writeln!(out, "run {} at +{:.1} s: {what}", self.run, self.elapsed_s)
     }
 }
 
@@ -321,5 +382,64 @@ impl Render for NatTypeReport {
             output::say(out, s)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::watch::Field;
+
+    fn report(public: &str) -> NatTypeReport {
+        let f = Findings {
+            nat_type: Some(NatType::FullCone),
+            mapping: None,
+            filtering: None,
+            hairpinning: None,
+            port_preservation: None,
+            port_samples: Vec::new(),
+            local: None,
+            public: Some(public.parse().unwrap()),
+            other_address: None,
+            rfc3489: false,
+            rtt: None,
+            notes: Vec::new(),
+            exchanges: Vec::new(),
+        };
+        let server: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+        NatTypeReport::from_findings(f, "lab".into(), server, Vec::new(), Duration::from_millis(5), 0)
+    }
+
+    fn line(l: &WatchLine<'_>, json: bool) -> String {
+        let mut out = Vec::new();
+        l.write(&mut out, json).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn watch_lines_list_the_fields_first_then_only_what_changed() {
+        let (a, b) = (report("198.51.100.7:4000"), report("198.51.100.9:4000"));
+        let first = WatchLine { run: 1, elapsed_s: 0.0, changes: &[], report: &a, first: true };
+        assert_eq!(line(&first, false), format!("run 1 at +0.0 s: {}\n", a.snapshot().summary()));
+        let same = WatchLine { run: 2, elapsed_s: 1.04, changes: &[], report: &a, first: false };
+        assert_eq!(line(&same, false), "run 2 at +1.0 s: no change\n");
+        let changes = b.snapshot().changes_since(&a.snapshot());
+        assert!(changes.iter().any(|c| c.field == Field::PublicIp), "{changes:?}");
+        let moved = WatchLine { run: 3, elapsed_s: 2.0, changes: &changes, report: &b, first: false };
+        assert!(line(&moved, false).contains("198.51.100.9"), "{}", line(&moved, false));
+    }
+
+    #[test]
+    fn a_json_watch_line_has_its_four_fields_and_rounds_elapsed_to_the_millisecond() {
+        let r = report("198.51.100.7:4000");
+        let l = WatchLine { run: 4, elapsed_s: 1.23456, changes: &[], report: &r, first: false };
+        let text = line(&l, true);
+        assert!(text.ends_with('\n') && text.lines().count() == 1, "{text:?}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["run"], 4);
+        assert_eq!(v["elapsed_s"], 1.235);
+        assert!(v["changes"].as_array().is_some_and(|c| c.is_empty()));
+        assert_eq!(v["report"]["public"], "198.51.100.7:4000");
+        assert!(v.get("first").is_none(), "first is not part of the contract");
     }
 }

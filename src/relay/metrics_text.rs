@@ -265,6 +265,13 @@ fn userdb(o: &mut String, u: &UserDbStats, pending: usize) {
         "Requests dropped while waiting for a lookup (too many waiting, in total or from one address, or too long).",
         &[("", u.pending_dropped)],
     );
+    metric(
+        o,
+        "userdb_pending_dropped_per_ip_total",
+        "counter",
+        "Of those, dropped because their source address had --userdb-max-pending-per-ip requests waiting already.",
+        &[("", u.pending_dropped_per_source)],
+    );
     metric(o, "userdb_pending", "gauge", "Requests waiting for a user database lookup now.", &[("", pending as u64)]);
 }
 

@@ -10,6 +10,7 @@ pub mod miniupnpd;
 pub mod promtool;
 pub mod redis;
 pub mod relay;
+pub mod relay_server;
 pub mod signal;
 pub mod tools;
 

@@ -29,6 +29,10 @@ pub(super) enum Authed {
     Reply(Option<usize>),
 }
 
+/// The 403 reason for ChannelBind on an RFC 6062 TCP allocation: what to use instead.
+const TCP_CHANNEL_REFUSED: &str =
+    "ChannelBind cannot be used on a TCP allocation (RFC 6062): use Connect and ConnectionBind";
+
 /// Why a peer in CreatePermission or ChannelBind was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PeerRefused {
@@ -400,6 +404,12 @@ impl Server {
             Err(r) => return r,
         };
         let signed = Some((&user, kind));
+        // RFC 6062: a TCP allocation carries data only on the data connections
+        // ConnectionBind makes; a channel on it would relay nothing. coturn
+        // answers 403 here (checked in tests/relay_tcp.rs), and so does natkit.
+        if self.tcp.is_tcp(relay) {
+            return self.error_with_reason(method, txid, ErrorCode::Forbidden, TCP_CHANNEL_REFUSED, signed, vec![]);
+        }
         let number = msg.attributes().iter().find_map(|a| a.as_channel_number().ok()).map(|c| c.number());
         let peer = msg.attributes().iter().find_map(|a| a.as_xor_peer_address().ok()).map(|p| *p.socket_address());
         let (Some(number), Some(peer)) = (number, peer) else {

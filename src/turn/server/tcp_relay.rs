@@ -608,6 +608,30 @@ mod tests {
     }
 
     #[test]
+    fn channel_bind_on_a_tcp_allocation_is_403_as_coturn_answers_and_binds_nothing() {
+        let mut h = h(4);
+        let c = tcp_client(1000);
+        h.allocate(c, rfc6062::PROTOCOL_TCP);
+        h.permit(c, PEER);
+        let ch: StunAttribute = stun_rs::attributes::turn::ChannelNumber::new(0x4000).into();
+        let p: StunAttribute = XorPeerAddress::from(PEER.parse::<SocketAddr>().unwrap()).into();
+        let nonce = h.nonce.clone();
+        let m = h.answer(
+            c,
+            &build(stun_rs::methods::CHANNEL_BIND.as_u16(), vec![ch.clone(), p.clone()], "alice", &nonce, None),
+        );
+        assert_eq!(code(&m), Some(403));
+        assert!(reason(&m).contains("Connect"), "the 403 says what to use instead: {}", reason(&m));
+        // The same request on a UDP allocation over TCP still binds.
+        let u = tcp_client(1001);
+        h.allocate(u, 17);
+        h.permit(u, PEER);
+        let nonce = h.nonce.clone();
+        let m = h.answer(u, &build(stun_rs::methods::CHANNEL_BIND.as_u16(), vec![ch, p], "alice", &nonce, None));
+        assert_eq!(m.class(), MessageClass::SuccessResponse, "{:?}", code(&m));
+    }
+
+    #[test]
     fn connect_needs_a_permission_and_passes_the_peer_policy() {
         let mut h = h(4);
         let c = tcp_client(1000);

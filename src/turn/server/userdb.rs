@@ -113,6 +113,10 @@ pub struct UserDbStats {
     pub unavailable_answers: u64,
     /// Requests dropped: the parking lot was full (in total or for the source), too big, or timed out.
     pub pending_dropped: u64,
+    /// Of those, dropped because their source address already had
+    /// `max_pending_per_source` requests waiting: one address's flood, cut
+    /// before it fills the parking lot that other addresses share.
+    pub pending_dropped_per_source: u64,
 }
 
 struct Parked {
@@ -195,11 +199,10 @@ impl UserDb {
     fn park(&mut self, lookup: Lookup, from: FiveTuple, packet: &[u8], now: Instant) -> bool {
         let ip = from.remote.ip();
         let source_n = self.per_source.get(&ip).copied().unwrap_or(0);
-        if packet.len() > MAX_PARKED_BYTES
-            || self.pending_count >= self.cfg.max_pending
-            || source_n >= self.cfg.max_pending_per_source
-        {
+        let source_full = source_n >= self.cfg.max_pending_per_source;
+        if packet.len() > MAX_PARKED_BYTES || self.pending_count >= self.cfg.max_pending || source_full {
             self.stats.pending_dropped += 1;
+            self.stats.pending_dropped_per_source += u64::from(source_full);
             return false;
         }
         let waiting = self.pending.entry(lookup.username.clone()).or_default();
@@ -465,6 +468,7 @@ mod tests {
         assert!(db.park(lookup("u4"), ft("198.51.100.3", 1), b"x", t0));
         assert!(!db.park(lookup("u5"), ft("198.51.100.4", 1), b"x", t0), "total bound");
         assert_eq!(db.stats.pending_dropped, 3);
+        assert_eq!(db.stats.pending_dropped_per_source, 1, "only the per-source refusal counts as one address's flood");
         assert_eq!(db.outbox.len(), 4, "a dropped request asks for nothing");
     }
 
