@@ -172,6 +172,7 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
             ("reason=\"no_allocation\"", s.dropped_no_allocation),
             ("reason=\"no_permission\"", s.dropped_no_permission),
             ("reason=\"no_channel\"", s.dropped_no_channel),
+            ("reason=\"tcp_allocation\"", s.dropped_tcp_allocation),
         ],
     );
     metric(

@@ -132,6 +132,12 @@ impl Server {
             self.stats.dropped_no_allocation += 1;
             return None;
         };
+        // A TCP allocation (RFC 6062) relays only over Connect/ConnectionBind data connections;
+        // an indication has nowhere to go (coturn drops it too), also not to another allocation.
+        if self.tcp.is_tcp(relay) {
+            self.stats.dropped_tcp_allocation += 1;
+            return None;
+        }
         let Some((peer, data)) = wire::send_indication(packet) else {
             self.stats.dropped_malformed += 1;
             return None;

@@ -46,6 +46,8 @@ pub struct Stats {
     pub dropped_no_allocation: u64,
     pub dropped_no_permission: u64,
     pub dropped_no_channel: u64,
+    /// Send indications on an RFC 6062 TCP allocation (it relays only over Connect/ConnectionBind).
+    pub dropped_tcp_allocation: u64,
     /// Indexed by [`Refusal::index`].
     pub refusals: [u64; Refusal::ALL.len()],
     /// Indexed by [`AuthFailure::index`].
@@ -70,5 +72,6 @@ impl Stats {
             + self.dropped_no_allocation
             + self.dropped_no_permission
             + self.dropped_no_channel
+            + self.dropped_tcp_allocation
     }
 }

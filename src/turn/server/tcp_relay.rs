@@ -632,6 +632,35 @@ mod tests {
     }
 
     #[test]
+    fn a_send_indication_on_a_tcp_allocation_is_dropped_and_counted_even_toward_another_allocation() {
+        let mut h = h(4);
+        let c = tcp_client(1000);
+        // The relayed addresses (see `Ports`): the TCP allocation's is 50001, the UDP one's 50002.
+        // Each client permits right after its Allocate: the nonce is per client.
+        h.allocate(c, rfc6062::PROTOCOL_TCP);
+        h.permit(c, "198.51.100.1:50002");
+        let u = tcp_client(1001);
+        h.allocate(u, 17);
+        h.permit(u, "198.51.100.1:50001");
+        let send = |peer: &str| {
+            crate::stun::message::encode(
+                &StunMessageBuilder::new(stun_rs::methods::SEND, MessageClass::Indication)
+                    .with_transaction_id(TransactionId::from(crate::stun::message::new_transaction_id()))
+                    .with_attribute(XorPeerAddress::from(peer.parse::<SocketAddr>().unwrap()))
+                    .with_attribute(stun_rs::attributes::turn::Data::new(b"hello".to_vec()))
+                    .build(),
+            )
+        };
+        let before = h.s.stats().dropped_total();
+        assert!(h.send(c, &send("198.51.100.1:50002")).is_none(), "nothing reaches the other allocation");
+        assert_eq!(h.s.stats().dropped_tcp_allocation, 1);
+        assert_eq!(h.s.stats().dropped_total(), before + 1);
+        // The UDP allocation's own Send to the TCP one's address is not this drop.
+        h.send(u, &send("198.51.100.1:50001"));
+        assert_eq!(h.s.stats().dropped_tcp_allocation, 1);
+    }
+
+    #[test]
     fn connect_needs_a_permission_and_passes_the_peer_policy() {
         let mut h = h(4);
         let c = tcp_client(1000);
