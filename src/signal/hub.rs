@@ -44,6 +44,8 @@ pub enum Backend {
 
 /// What a socket.io connection's writer task is handed.
 #[derive(Debug)]
+// Nearly every item is a message: boxing it would cost an allocation per delivery to spare the rare refusal.
+#[allow(clippy::large_enum_variant)]
 pub enum Outgoing {
     Message(ServerMessage),
     /// A refusal of something the client sent earlier, to count as a strike and answer.
@@ -51,6 +53,8 @@ pub enum Outgoing {
 }
 
 /// One message on its way to a connection: built here, or JSON text from another node.
+// Lives on the stack for one delivery; boxing the message would allocate for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Payload<'a> {
     Message(ServerMessage),
     Json(&'a str),

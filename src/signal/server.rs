@@ -474,6 +474,12 @@ async fn serve_ws(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, remote: Soc
     let dead_after = app.ping_interval * 2;
     let mut last_heard = Instant::now();
 
+    // One wait for deliveries that did not fit, kept across loop turns (and
+    // renewed only when it fires): a fresh one per turn would join and leave
+    // the Notify's waiter list, under its lock, for every frame read.
+    let wanted = out.wanted();
+    tokio::pin!(wanted);
+
     let why: &str = loop {
         tokio::select! {
             frame = socket.next() => {
@@ -504,7 +510,8 @@ async fn serve_ws(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, remote: Soc
                     break why;
                 }
             }
-            () = out.wanted() => {
+            () = &mut wanted => {
+                wanted.set(out.wanted());
                 // Deliveries the socket did not take at once (or the hub found this client not reading).
                 if drain(&out).await.is_err() {
                     break "not reading its messages";
