@@ -13,6 +13,12 @@
 //! A `/ws` connection's outbox is its socket (`ws_out`): a delivery is framed
 //! and written there by the delivering task, with no hop through the
 //! recipient's task. socket.io connections keep a channel to their writer task.
+//!
+//! A refusal can also come after the fact: a relay to a member on another
+//! node is handed to Redis without waiting (`redis::batch`), and if Redis
+//! finds no such member the refusal comes back later through
+//! [`Hub::refuse`], to the sender's connection, which counts it as a strike
+//! like any other refusal.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -25,7 +31,7 @@ use crate::signal::metrics::Metrics;
 use crate::signal::protocol::{ClientMessage, IceServer, MessageKind, PeerId, Refusal, RoomId, ServerMessage};
 use crate::signal::redis::Backplane;
 use crate::signal::rooms::{Delivery, LocalDelivery, Rooms};
-use crate::signal::ws_out::{Pushed, WsOut, text_frame};
+use crate::signal::ws_out::{JsonFrame, Pushed, WsOut, text_frame};
 
 /// Messages queued for one client before it counts as not reading.
 pub const OUTBOX_CAPACITY: usize = 512;
@@ -36,10 +42,65 @@ pub enum Backend {
     Redis(Arc<Backplane>),
 }
 
+/// What a socket.io connection's writer task is handed.
+#[derive(Debug)]
+// Nearly every item is a message: boxing it would cost an allocation per delivery to spare the rare refusal.
+#[allow(clippy::large_enum_variant)]
+pub enum Outgoing {
+    Message(ServerMessage),
+    /// A refusal of something the client sent earlier, to count as a strike and answer.
+    Refused(Refusal),
+}
+
+/// One message on its way to a connection: built here, or JSON text from another node.
+// Lives on the stack for one delivery; boxing the message would allocate for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Payload<'a> {
+    Message(ServerMessage),
+    Json(&'a str),
+}
+
+impl Payload<'_> {
+    /// The `/ws` text frame.
+    fn frame(&self) -> Frame {
+        match self {
+            Payload::Message(m) => match JsonFrame::new(m) {
+                Ok(f) => Frame::InPlace(f),
+                Err(_) => Frame::Copied(text_frame(m.to_json().as_bytes())),
+            },
+            Payload::Json(j) => Frame::Copied(text_frame(j.as_bytes())),
+        }
+    }
+
+    /// The message itself, for a socket.io connection (which writes events, not frames).
+    fn into_message(self) -> Option<ServerMessage> {
+        match self {
+            Payload::Message(m) => Some(m),
+            Payload::Json(j) => serde_json::from_str(j)
+                .map_err(|e| tracing::warn!("dropping a delivery from another node that is not a message: {e}"))
+                .ok(),
+        }
+    }
+}
+
+enum Frame {
+    InPlace(JsonFrame),
+    Copied(Vec<u8>),
+}
+
+impl Frame {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Frame::InPlace(f) => f.as_bytes(),
+            Frame::Copied(v) => v,
+        }
+    }
+}
+
 /// Where a connection's messages go.
 enum Outbox {
     /// To the connection's own task (socket.io).
-    Queue(mpsc::Sender<ServerMessage>),
+    Queue(mpsc::Sender<Outgoing>),
     /// Straight into its WebSocket (`/ws`).
     Direct(Arc<WsOut>),
 }
@@ -65,7 +126,7 @@ impl Hub {
     }
 
     /// Registers a connection; the receiver yields what it must send.
-    pub fn attach(&self, peer: &PeerId) -> mpsc::Receiver<ServerMessage> {
+    pub fn attach(&self, peer: &PeerId) -> mpsc::Receiver<Outgoing> {
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
         lock(&self.outboxes).insert(peer.clone(), Outbox::Queue(tx));
         rx
@@ -145,21 +206,33 @@ impl Hub {
     /// Queues one message for a local connection; a full outbox disconnects it.
     pub fn deliver(&self, d: Delivery) -> bool {
         let kind = d.msg.kind();
+        self.deliver_payload(&d.to.0, kind, Payload::Message(d.msg))
+    }
+
+    /// [`Hub::deliver`] of a message that is already JSON text (from another
+    /// node): a `/ws` client gets the text as it is, parsed and written
+    /// again by no one.
+    pub fn deliver_json(&self, to: &str, kind: MessageKind, json: &str) -> bool {
+        self.deliver_payload(to, kind, Payload::Json(json))
+    }
+
+    fn deliver_payload(&self, to: &str, kind: MessageKind, payload: Payload<'_>) -> bool {
         let direct = {
             let mut outboxes = lock(&self.outboxes);
-            match outboxes.get(&d.to) {
+            match outboxes.get(to) {
                 None => return false,
                 Some(Outbox::Direct(out)) => out.clone(),
                 Some(Outbox::Queue(tx)) => {
-                    return match tx.try_send(d.msg) {
+                    let Some(msg) = payload.into_message() else { return false };
+                    return match tx.try_send(Outgoing::Message(msg)) {
                         Ok(()) => {
                             self.metrics.sent(kind);
                             true
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             // Dropping the only sender ends the connection's writer, which closes it.
-                            self.slow(&d.to);
-                            outboxes.remove(&d.to);
+                            self.slow(to);
+                            outboxes.remove(to);
                             false
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -168,17 +241,17 @@ impl Hub {
             }
         };
         // Framed and written outside the lock: other deliveries go on meanwhile.
-        match direct.push(&text_frame(d.msg.to_json().as_bytes())) {
+        match direct.push(payload.frame().as_bytes()) {
             Pushed::Written | Pushed::Queued => {
                 self.metrics.sent(kind);
                 true
             }
             Pushed::Full => {
                 // The connection's task sees it closed and ends it.
-                self.slow(&d.to);
+                self.slow(to);
                 let mut outboxes = lock(&self.outboxes);
-                if matches!(outboxes.get(&d.to), Some(Outbox::Direct(o)) if Arc::ptr_eq(o, &direct)) {
-                    outboxes.remove(&d.to);
+                if matches!(outboxes.get(to), Some(Outbox::Direct(o)) if Arc::ptr_eq(o, &direct)) {
+                    outboxes.remove(to);
                 }
                 false
             }
@@ -186,7 +259,19 @@ impl Hub {
         }
     }
 
-    fn slow(&self, peer: &PeerId) {
+    /// Hands `peer`'s connection a refusal of something it sent earlier
+    /// (decided after the fact, see the module doc); false when it is gone.
+    pub fn refuse(&self, peer: &PeerId, r: Refusal) -> bool {
+        let direct = match lock(&self.outboxes).get(peer) {
+            None => return false,
+            Some(Outbox::Direct(out)) => out.clone(),
+            // A full outbox already means the connection is on its way out.
+            Some(Outbox::Queue(tx)) => return tx.try_send(Outgoing::Refused(r)).is_ok(),
+        };
+        direct.refuse(r)
+    }
+
+    fn slow(&self, peer: &str) {
         tracing::warn!(peer = %peer, "client is not reading its messages; disconnecting it");
         self.metrics.dropped_slow.fetch_add(1, Relaxed);
     }
@@ -199,5 +284,13 @@ impl Hub {
 impl LocalDelivery for Hub {
     fn deliver(&self, d: Delivery) -> bool {
         Hub::deliver(self, d)
+    }
+
+    fn refuse(&self, to: &PeerId, r: Refusal) -> bool {
+        Hub::refuse(self, to, r)
+    }
+
+    fn deliver_json(&self, to: &str, kind: MessageKind, json: &str) -> bool {
+        Hub::deliver_json(self, to, kind, json)
     }
 }

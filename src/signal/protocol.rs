@@ -59,6 +59,13 @@ impl fmt::Display for PeerId {
     }
 }
 
+/// Lets a map keyed by `PeerId` be searched with the `&str` of an id read from elsewhere (Redis).
+impl std::borrow::Borrow<str> for PeerId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<&str> for PeerId {
     fn from(s: &str) -> Self {
         PeerId(s.to_string())
@@ -349,6 +356,40 @@ impl MessageKind {
             MessageKind::Error => "error",
         }
     }
+
+    /// The kind named `name` (a `type` value), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            MessageKind::Join,
+            MessageKind::Offer,
+            MessageKind::Answer,
+            MessageKind::Candidate,
+            MessageKind::Leave,
+            MessageKind::Created,
+            MessageKind::Joined,
+            MessageKind::Exit,
+            MessageKind::Error,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
+
+    /// The `type` of a server message given as JSON text: read from the
+    /// front when it comes first (as natkit writes it), else by a scan that
+    /// builds nothing. `None` when it has none this protocol knows.
+    pub fn of_json(json: &str) -> Option<Self> {
+        if let Some(rest) = json.strip_prefix(r#"{"type":""#)
+            && let Some((name, _)) = rest.split_once('"')
+        {
+            return Self::from_name(name);
+        }
+        #[derive(Deserialize)]
+        struct Tag<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        serde_json::from_str::<Tag>(json).ok().and_then(|t| Self::from_name(&t.kind))
+    }
 }
 
 /// Why a message was refused: the `code` of an `error` message (stable; the
@@ -574,6 +615,17 @@ mod tests {
 
     fn to_value<T: Serialize>(v: &T) -> Value {
         serde_json::to_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_kind_of_a_server_message_is_read_from_its_json_in_any_key_order() {
+        let offer = ClientMessage::offer("b".into(), "v=0").relayed("a".into(), "r".into()).unwrap();
+        assert_eq!(MessageKind::of_json(&offer.to_json()), Some(MessageKind::Offer));
+        // Redis' cjson writes keys in any order.
+        assert_eq!(MessageKind::of_json(r#"{"room":"r","from":"a","type":"exit"}"#), Some(MessageKind::Exit));
+        assert_eq!(MessageKind::of_json(r#"{"type":"bogus"}"#), None);
+        assert_eq!(MessageKind::of_json(r#"{"room":"r"}"#), None);
+        assert_eq!(MessageKind::of_json("not json"), None);
     }
 
     #[test]

@@ -71,6 +71,12 @@ pub enum Effect {
 pub trait LocalDelivery: Send + Sync {
     /// Queues `d` for its connection; false when that connection is gone.
     fn deliver(&self, d: Delivery) -> bool;
+    /// [`LocalDelivery::deliver`] of a message that is already JSON text
+    /// (from another node), handed on without parsing it again.
+    fn deliver_json(&self, to: &str, kind: MessageKind, json: &str) -> bool;
+    /// Tells `to`'s connection that something it sent earlier was refused
+    /// (decided after the fact, e.g. by Redis); it counts as a strike there.
+    fn refuse(&self, to: &PeerId, r: Refusal) -> bool;
 }
 
 #[derive(Debug, Clone)]

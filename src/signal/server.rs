@@ -474,6 +474,12 @@ async fn serve_ws(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, remote: Soc
     let dead_after = app.ping_interval * 2;
     let mut last_heard = Instant::now();
 
+    // One wait for deliveries that did not fit, kept across loop turns (and
+    // renewed only when it fires): a fresh one per turn would join and leave
+    // the Notify's waiter list, under its lock, for every frame read.
+    let wanted = out.wanted();
+    tokio::pin!(wanted);
+
     let why: &str = loop {
         tokio::select! {
             frame = socket.next() => {
@@ -500,28 +506,27 @@ async fn serve_ws(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, remote: Soc
                     },
                     refused => refused,
                 };
-                let (r, close) = match verdict {
-                    Verdict::Accept(_) => continue,
-                    Verdict::Refuse(r) => (r, false),
-                    Verdict::RefuseAndClose(r) => (r, true),
-                };
-                metrics.error(r.code);
-                let sent = send(&mut socket, text(&r.to_message())).await;
-                if close {
-                    metrics.closed_for_abuse.fetch_add(1, Relaxed);
-                    tracing::warn!(%peer, %remote, "closing: too many refused messages ({})", r.message);
-                    let bye = CloseFrame { code: CloseCode::Policy, reason: "too many refused messages".into() };
-                    let _ = send(&mut socket, Message::Close(Some(bye))).await;
-                    break "too many refused messages";
-                }
-                if sent.is_err() {
-                    break "write failed";
+                if let Err(why) = answer(&mut socket, &metrics, &peer, remote, verdict).await {
+                    break why;
                 }
             }
-            () = out.wanted() => {
+            () = &mut wanted => {
+                wanted.set(out.wanted());
                 // Deliveries the socket did not take at once (or the hub found this client not reading).
                 if drain(&out).await.is_err() {
                     break "not reading its messages";
+                }
+                // Refusals decided after the fact (a cross-node relay Redis refused): strikes like any other.
+                let now = Instant::now();
+                let mut ended = None;
+                for r in out.take_refusals() {
+                    if let Err(why) = answer(&mut socket, &metrics, &peer, remote, gate.strike(r, now)).await {
+                        ended = Some(why);
+                        break;
+                    }
+                }
+                if let Some(why) = ended {
+                    break why;
                 }
             }
             _ = ping.tick() => {
@@ -539,6 +544,36 @@ async fn serve_ws(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, remote: Soc
     out.close();
     app.hub.disconnect(&peer).await;
     metrics.closed(Transport::WebSocket);
+}
+
+/// Answers a refused message with an `error` frame, and closes the
+/// connection (policy violation) once the gate counts too many refusals.
+/// `Err(why)` when the connection is to end.
+async fn answer<S>(
+    socket: &mut S,
+    metrics: &Metrics,
+    peer: &PeerId,
+    remote: SocketAddr,
+    verdict: Verdict,
+) -> Result<(), &'static str>
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let (r, close) = match verdict {
+        Verdict::Accept(_) => return Ok(()),
+        Verdict::Refuse(r) => (r, false),
+        Verdict::RefuseAndClose(r) => (r, true),
+    };
+    metrics.error(r.code);
+    let sent = send(socket, text(&r.to_message())).await;
+    if close {
+        metrics.closed_for_abuse.fetch_add(1, Relaxed);
+        tracing::warn!(%peer, %remote, "closing: too many refused messages ({})", r.message);
+        let bye = CloseFrame { code: CloseCode::Policy, reason: "too many refused messages".into() };
+        let _ = send(socket, Message::Close(Some(bye))).await;
+        return Err("too many refused messages");
+    }
+    sent.map_err(|()| "write failed")
 }
 
 /// Sends one frame; a client that does not take it within [`SEND_TIMEOUT`]

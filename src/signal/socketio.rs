@@ -23,6 +23,7 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
 
 use crate::signal::app::App;
+use crate::signal::hub::Outgoing;
 use crate::signal::limits::{Gate, Verdict};
 use crate::signal::metrics::Transport;
 use crate::signal::protocol::{
@@ -75,11 +76,21 @@ fn on_connect(app: Arc<App>, s: SocketRef) {
     });
     let mut outbox = app.hub.attach(&peer);
     let writer = s.clone();
+    let (app1, conn1) = (app.clone(), conn.clone());
     tokio::spawn(async move {
-        while let Some(msg) = outbox.recv().await {
-            let (event, data) = to_event(&msg);
-            if writer.emit(event, &data).is_err() {
-                break;
+        while let Some(out) = outbox.recv().await {
+            match out {
+                Outgoing::Message(msg) => {
+                    let (event, data) = to_event(&msg);
+                    if writer.emit(event, &data).is_err() {
+                        break;
+                    }
+                }
+                // Refused after the fact (a cross-node relay Redis refused): a strike like any other.
+                Outgoing::Refused(r) => {
+                    let verdict = lock(&conn1.gate).strike(r, Instant::now());
+                    answer(&app1, &writer, verdict);
+                }
             }
         }
         // The hub dropped the outbox: disconnected, or not reading.
@@ -114,6 +125,12 @@ async fn on_event(app: &App, conn: &Conn, s: &SocketRef, event: &str, data: Valu
         },
         Err(r) => lock(&conn.gate).strike(r, now),
     };
+    answer(app, s, verdict);
+}
+
+/// Answers a refused event with `signal_error`; disconnects once the gate
+/// counts too many refusals.
+fn answer(app: &App, s: &SocketRef, verdict: Verdict) {
     match verdict {
         Verdict::Accept(_) => {}
         Verdict::Refuse(r) => {

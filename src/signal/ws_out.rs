@@ -17,6 +17,11 @@
 //! The WebSocket layer (tungstenite, reading and answering control frames)
 //! writes through the same path ([`SharedWriter`]), so its pongs and close
 //! frames never interleave with a relayed frame.
+//!
+//! Refusals that are decided after the sender's frame was handled (a
+//! cross-node relay Redis found no target for, `signal::redis::batch`) wait
+//! here too ([`WsOut::refuse`]), for the owner to count as strikes and answer
+//! exactly as it answers the refusals it decides itself.
 
 use std::io;
 use std::pin::Pin;
@@ -25,6 +30,8 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
+
+use crate::signal::protocol::Refusal;
 
 type Sink = Pin<Box<dyn AsyncWrite + Send>>;
 
@@ -49,6 +56,8 @@ struct State {
     /// A TLS session may hold written bytes until flushed.
     needs_flush: bool,
     closed: bool,
+    /// Refusals decided after the fact, for the owner to count and answer.
+    late: Vec<Refusal>,
 }
 
 /// The shared write side; see the module doc.
@@ -82,6 +91,54 @@ pub fn text_frame(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The longest text frame header (RFC 6455 §5.2: 2 bytes, then a 64-bit length).
+const MAX_HEADER: usize = 10;
+
+/// A server-to-client text frame whose payload is serialised in place, with
+/// room for the header kept in front: no second buffer and no copy of the
+/// payload (as [`text_frame`] would make of a `String`).
+pub struct JsonFrame {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl JsonFrame {
+    /// `value` as JSON text in a frame; what serde_json cannot write (never,
+    /// for the protocol's messages: strings, numbers, maps with string keys) is `Err`.
+    pub fn new<T: serde::Serialize>(value: &T) -> serde_json::Result<Self> {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(&[0; MAX_HEADER]);
+        serde_json::to_writer(&mut buf, value)?;
+        let len = buf.len() - MAX_HEADER;
+        let mut header = [0u8; MAX_HEADER];
+        header[0] = 0x81;
+        let h = match len {
+            n if n < 126 => {
+                header[1] = n as u8;
+                2
+            }
+            n if n <= u16::MAX as usize => {
+                header[1] = 126;
+                header[2..4].copy_from_slice(&(n as u16).to_be_bytes());
+                4
+            }
+            n => {
+                header[1] = 127;
+                header[2..10].copy_from_slice(&(n as u64).to_be_bytes());
+                10
+            }
+        };
+        let start = MAX_HEADER - h;
+        buf[start..MAX_HEADER].copy_from_slice(&header[..h]);
+        Ok(JsonFrame { buf, start })
+    }
+
+    /// The whole frame, header and payload.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
 impl WsOut {
     /// `cap`: frames allowed to wait before the client counts as not reading.
     pub fn new(sink: impl AsyncWrite + Send + 'static, cap: usize) -> Arc<Self> {
@@ -92,6 +149,7 @@ impl WsOut {
                 pending_frames: 0,
                 needs_flush: false,
                 closed: false,
+                late: Vec::new(),
             }),
             wanted: Notify::new(),
             cap,
@@ -149,6 +207,25 @@ impl WsOut {
         drop(s);
         self.wanted.notify_one();
         if queued { Pushed::Queued } else { Pushed::Written }
+    }
+
+    /// Hands the owner a refusal of something its client sent earlier. False
+    /// when the connection is closed, or when `cap` refusals already wait (the
+    /// owner counts each as a strike, so it closes the connection long before).
+    pub fn refuse(&self, r: Refusal) -> bool {
+        let mut s = lock(&self.state);
+        if s.closed || s.late.len() >= self.cap {
+            return false;
+        }
+        s.late.push(r);
+        drop(s);
+        self.wanted.notify_one();
+        true
+    }
+
+    /// The refusals waiting for the owner (see [`WsOut::refuse`]).
+    pub fn take_refusals(&self) -> Vec<Refusal> {
+        std::mem::take(&mut lock(&self.state).late)
     }
 
     /// Completes when the owner has something to do (call [`WsOut::poll_drain`] then).
@@ -284,6 +361,15 @@ mod tests {
         for len in [0, 1, 125, 126, 127, 65535, 65536, 100_000] {
             let text = "x".repeat(len);
             assert_eq!(text_frame(text.as_bytes()), tungstenite_frame(&text), "length {len}");
+        }
+    }
+
+    #[test]
+    fn frames_serialised_in_place_are_what_text_frame_makes_of_the_same_json() {
+        for len in [0, 100, 125, 126, 65535, 65536, 100_000] {
+            let value = "x".repeat(len);
+            let json = serde_json::to_string(&value).unwrap();
+            assert_eq!(JsonFrame::new(&value).unwrap().as_bytes(), text_frame(json.as_bytes()), "length {len}");
         }
     }
 

@@ -6,15 +6,26 @@
 //! and one pub/sub message per node per batch instead of one per relay; with
 //! a single relay in flight it is the same single call as before.
 //!
-//! Order: one batch is in flight at a time, deliveries keep queue order
-//! within a node's array, and a connection waits for its relay's outcome
-//! before sending the next, so one sender's messages arrive in order.
+//! The sender does not wait for the outcome: its connection reads its next
+//! frame as soon as the relay is queued, so a cross-node message costs no
+//! Redis round trip on the sender's connection. A relay Redis refuses (the
+//! target is not in the room, its node is not listening, Redis failed) comes
+//! back to the sender later through [`LocalDelivery::refuse`], and counts as a
+//! strike there exactly as a refusal decided at once does.
+//!
+//! Order: one batch is in flight at a time and deliveries keep queue order
+//! within a node's array, so one sender's messages arrive in order. (Several
+//! batches in flight on the multiplexed connection would keep that order
+//! too, but not through a script reload after a Redis restart; and at the
+//! bench's load the writer is not the limit: it batches what gathers.)
 
 use std::sync::Weak;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::Backplane;
+use super::{Backplane, StoreError};
+use crate::signal::protocol::{ErrorCode, PeerId, Refusal, RoomId};
+use crate::signal::rooms::{LocalDelivery, Rooms};
 
 /// Relays sent in one script call at most.
 pub const MAX_BATCH: usize = 256;
@@ -34,11 +45,29 @@ pub enum Routed {
 
 /// One relay waiting for the writer.
 pub struct RouteRequest {
-    pub room_key: String,
-    pub to: String,
+    /// The sender (on this node): told if the relay is refused.
+    pub from: PeerId,
+    pub room: RoomId,
+    pub to: PeerId,
     /// The delivery envelope, JSON.
     pub payload: String,
-    pub reply: oneshot::Sender<Routed>,
+}
+
+impl RouteRequest {
+    /// The refusal the sender gets for `routed`, if any.
+    fn refusal(&self, routed: Routed, b: &Backplane) -> Option<Refusal> {
+        match routed {
+            Routed::Published(n) if n > 0 => None,
+            Routed::Published(_) => Some(Refusal::new(
+                ErrorCode::Internal,
+                format!("the node of \"{}\" is not listening on Redis right now (reconnecting?); try again", self.to),
+            )),
+            Routed::NotMember => Some(Rooms::not_in_room(&self.to, &self.room)),
+            Routed::Unreachable => {
+                Some(b.unreachable(&format!("a message to \"{}\" (not on this node)", self.to), StoreError::Down))
+            }
+        }
+    }
 }
 
 /// KEYS: none. ARGV: triples room key, target peer, payload. For each relay:
@@ -73,7 +102,12 @@ return out
 "#;
 
 /// The writer: runs until the backplane (and so every sender) is gone.
-pub async fn write_batches(me: Weak<Backplane>, mut queue: mpsc::Receiver<RouteRequest>) {
+/// Refusals go to the senders through `hub`.
+pub async fn write_batches<H: LocalDelivery + 'static>(
+    me: Weak<Backplane>,
+    mut queue: mpsc::Receiver<RouteRequest>,
+    hub: Weak<H>,
+) {
     let script = redis::Script::new(RELAY_BATCH);
     let mut batch: Vec<RouteRequest> = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -86,7 +120,7 @@ pub async fn write_batches(me: Weak<Backplane>, mut queue: mpsc::Receiver<RouteR
             Ok(mut con) => {
                 let mut inv = script.prepare_invoke();
                 for r in &batch {
-                    inv.arg(&r.room_key).arg(&r.to).arg(&r.payload);
+                    inv.arg(super::scripts::room_key(r.room.as_str())).arg(r.to.as_str()).arg(&r.payload);
                 }
                 match inv.invoke_async::<Vec<i64>>(&mut con).await {
                     Ok(v) if v.len() == batch.len() => Some(v),
@@ -101,15 +135,17 @@ pub async fn write_batches(me: Weak<Backplane>, mut queue: mpsc::Receiver<RouteR
                 }
             }
         };
-        drop(b);
+        let hub = hub.upgrade();
         for (i, r) in batch.drain(..).enumerate() {
             let routed = match results.as_ref().map(|v| v[i]) {
                 None => Routed::Unreachable,
                 Some(-1) => Routed::NotMember,
                 Some(n) => Routed::Published(n),
             };
-            // The sender may have gone (its connection closed): nothing to tell.
-            let _ = r.reply.send(routed);
+            if let (Some(refusal), Some(hub)) = (r.refusal(routed, &b), hub.as_ref()) {
+                // The sender may have gone (its connection closed): nothing to tell.
+                hub.refuse(&r.from, refusal);
+            }
         }
     }
 }

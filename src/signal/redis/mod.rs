@@ -32,21 +32,37 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 use crate::error::UsageError;
-use crate::signal::protocol::{ClientMessage, ErrorCode, IceServer, PeerId, Refusal, RoomId, ServerMessage};
+use crate::signal::protocol::{
+    ClientMessage, ErrorCode, IceServer, MessageKind, PeerId, Refusal, RoomId, ServerMessage,
+};
 use crate::signal::rooms::{Delivery, Effect, LocalDelivery, Member, Place, Rooms};
 
-use batch::{RouteRequest, Routed};
+use batch::RouteRequest;
 use link::{Backoff, Link, StoreError};
 use scripts::{NODESET, TOMBSTONE_SECS, alive_key, channel, members_key, room_key};
 
-/// One delivery on a node's channel.
+/// One delivery on a node's channel, as read: the message stays JSON text,
+/// which a `/ws` client gets as it is (checked to be JSON, never parsed into
+/// a message and written again).
 #[derive(Debug, Deserialize)]
-struct Envelope {
-    to: PeerId,
-    msg: ServerMessage,
+struct Envelope<'a> {
+    #[serde(borrow)]
+    to: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    msg: &'a serde_json::value::RawValue,
+}
+
+/// The deliveries in one message on a node's channel: one envelope, or an
+/// array of them (`batch`).
+fn envelopes(payload: &[u8]) -> serde_json::Result<Vec<Envelope<'_>>> {
+    if payload.first() == Some(&b'[') {
+        serde_json::from_slice(payload)
+    } else {
+        serde_json::from_slice(payload).map(|e| vec![e])
+    }
 }
 
 /// [`Envelope`] as written.
@@ -203,7 +219,7 @@ impl Backplane {
         let con = self.link.get().map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
         self.reassert(&con).await.map_err(|e| UsageError::new(format!("--redis {}: {e}", self.url)))?;
         if let Some(rx) = lock(&self.relay_rx).take() {
-            tokio::spawn(batch::write_batches(Arc::downgrade(self), rx));
+            tokio::spawn(batch::write_batches(Arc::downgrade(self), rx, hub.clone()));
         }
         tokio::spawn(supervise(Arc::downgrade(self), hub));
         Ok(())
@@ -228,17 +244,16 @@ impl Backplane {
             let mut stream = pubsub.into_on_message();
             while let Some(msg) = stream.next().await {
                 let Some(hub) = hub.upgrade() else { return };
-                let Ok(payload) = msg.get_payload::<String>() else { continue };
-                // One delivery, or a batch of them (`batch`): an array.
-                let parsed = if payload.starts_with('[') {
-                    serde_json::from_str::<Vec<Envelope>>(&payload)
-                } else {
-                    serde_json::from_str::<Envelope>(&payload).map(|e| vec![e])
-                };
-                match parsed {
+                match envelopes(msg.get_payload_bytes()) {
                     Ok(envs) => {
                         for env in envs {
-                            hub.deliver(Delivery { to: env.to, msg: env.msg });
+                            let json = env.msg.get();
+                            match MessageKind::of_json(json) {
+                                Some(kind) => {
+                                    hub.deliver_json(&env.to, kind, json);
+                                }
+                                None => tracing::warn!("dropping a delivery from redis with no known type"),
+                            }
                         }
                     }
                     Err(e) => tracing::warn!("dropping a malformed delivery from redis: {e}"),
@@ -375,7 +390,7 @@ impl Backplane {
                 let effect = lock(&self.core).relay(from, relay)?;
                 match effect {
                     Effect::Deliver(d) => Ok(vec![d]),
-                    Effect::Route { room, delivery } => self.route(&room, delivery).await.map(|()| vec![]),
+                    Effect::Route { room, delivery } => self.route(from, room, delivery).await.map(|()| vec![]),
                     other => {
                         tracing::error!("the room core answered a relay with {other:?}; dropped");
                         Ok(vec![])
@@ -439,29 +454,21 @@ impl Backplane {
     }
 
     /// Delivers to a member of `room` on another node, through its channel.
-    async fn route(&self, room: &RoomId, delivery: Delivery) -> Result<(), Refusal> {
-        let what = format!("a message to \"{}\" (not on this node)", delivery.to);
-        let payload = envelope(&delivery)?;
+    /// Queued for the batch writer without waiting for Redis: a refusal
+    /// (no such member, its node not listening, Redis failing) reaches `from`
+    /// later (`batch`). Refused at once only when Redis is known to be away.
+    async fn route(&self, from: &PeerId, room: RoomId, delivery: Delivery) -> Result<(), Refusal> {
         if !self.link.is_up() {
+            let what = format!("a message to \"{}\" (not on this node)", delivery.to);
             return Err(self.unreachable(&what, StoreError::Down));
         }
-        let (reply, outcome) = oneshot::channel();
-        let request = RouteRequest { room_key: room_key(room.as_str()), to: delivery.to.0.clone(), payload, reply };
-        if self.relay_queue.send(request).await.is_err() {
+        let payload = envelope(&delivery)?;
+        let request = RouteRequest { from: from.clone(), room, to: delivery.to, payload };
+        if let Err(e) = self.relay_queue.send(request).await {
+            let what = format!("a message to \"{}\" (not on this node)", e.0.to);
             return Err(self.unreachable(&what, StoreError::Down));
         }
-        match outcome.await {
-            Ok(Routed::Published(0)) => Err(Refusal::new(
-                ErrorCode::Internal,
-                format!(
-                    "the node of \"{}\" is not listening on Redis right now (reconnecting?); try again",
-                    delivery.to
-                ),
-            )),
-            Ok(Routed::Published(_)) => Ok(()),
-            Ok(Routed::NotMember) => Err(Rooms::not_in_room(&delivery.to, room)),
-            Ok(Routed::Unreachable) | Err(_) => Err(self.unreachable(&what, StoreError::Down)),
-        }
+        Ok(())
     }
 
     /// Takes a local peer out of its room: `exit` to the members on this
@@ -602,5 +609,26 @@ async fn supervise<H: LocalDelivery + 'static>(me: Weak<Backplane>, hub: Weak<H>
             _ = tokio::time::sleep(period) => {}
             _ = lost => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_from_redis_keep_the_message_text_as_written() {
+        let offer = ClientMessage::offer("b".into(), "v=0 \u{e9}\n").relayed("a".into(), "r".into()).unwrap();
+        let one = envelope(&Delivery { to: "b".into(), msg: offer.clone() }).unwrap();
+        let envs = envelopes(one.as_bytes()).unwrap();
+        assert_eq!(envs.len(), 1);
+        assert_eq!(envs[0].to, "b");
+        assert_eq!(envs[0].msg.get(), offer.to_json());
+        // A batch is a JSON array of the same envelopes (`batch::RELAY_BATCH`).
+        let batch = format!("[{one},{one}]");
+        let envs = envelopes(batch.as_bytes()).unwrap();
+        assert_eq!(envs.iter().map(|e| e.msg.get()).collect::<Vec<_>>(), vec![offer.to_json(); 2]);
+        assert!(envelopes(b"{\"to\":\"b\"}").is_err());
+        assert!(envelopes(b"[{\"to\":\"b\",\"msg\":{]").is_err());
     }
 }
