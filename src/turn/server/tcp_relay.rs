@@ -647,7 +647,7 @@ mod tests {
                 &StunMessageBuilder::new(stun_rs::methods::SEND, MessageClass::Indication)
                     .with_transaction_id(TransactionId::from(crate::stun::message::new_transaction_id()))
                     .with_attribute(XorPeerAddress::from(peer.parse::<SocketAddr>().unwrap()))
-                    .with_attribute(stun_rs::attributes::turn::Data::new(b"hello".to_vec()))
+                    .with_attribute(stun_rs::attributes::turn::Data::new(b"hello"))
                     .build(),
             )
         };
