@@ -7,18 +7,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use crate::net::conn_limit::ConnRefusal;
 use crate::signal::protocol::{ErrorCode, MessageKind};
 
-const KINDS: [MessageKind; 9] = [
-    MessageKind::Join,
-    MessageKind::Offer,
-    MessageKind::Answer,
-    MessageKind::Candidate,
-    MessageKind::Leave,
-    MessageKind::Created,
-    MessageKind::Joined,
-    MessageKind::Exit,
-    MessageKind::Error,
-];
-
 const CODES: [ErrorCode; 11] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
@@ -58,13 +46,13 @@ pub struct Metrics {
     /// STUN Binding requests answered on the UDP port (`signal::stun_udp`), and datagrams dropped there.
     pub stun_answered: AtomicU64,
     pub stun_dropped: AtomicU64,
-    received: [AtomicU64; KINDS.len()],
-    sent: [AtomicU64; KINDS.len()],
+    received: [AtomicU64; MessageKind::ALL.len()],
+    sent: [AtomicU64; MessageKind::ALL.len()],
     errors: [AtomicU64; CODES.len()],
 }
 
 fn kind_index(k: MessageKind) -> usize {
-    KINDS.iter().position(|x| *x == k).unwrap_or(0)
+    MessageKind::ALL.iter().position(|x| *x == k).unwrap_or(0)
 }
 
 fn transport_index(t: Transport) -> usize {
@@ -210,7 +198,7 @@ impl Metrics {
         ] {
             let _ = writeln!(s, "# HELP {name} {help}");
             let _ = writeln!(s, "# TYPE {name} counter");
-            for (k, v) in KINDS.iter().zip(arr.iter()) {
+            for (k, v) in MessageKind::ALL.iter().zip(arr.iter()) {
                 let _ = writeln!(s, "{name}{{type=\"{}\"}} {}", k.as_str(), v.load(Relaxed));
             }
         }

@@ -343,6 +343,19 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
+    /// Every kind, in the order metrics list them.
+    pub const ALL: [MessageKind; 9] = [
+        MessageKind::Join,
+        MessageKind::Offer,
+        MessageKind::Answer,
+        MessageKind::Candidate,
+        MessageKind::Leave,
+        MessageKind::Created,
+        MessageKind::Joined,
+        MessageKind::Exit,
+        MessageKind::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MessageKind::Join => "join",
@@ -359,19 +372,7 @@ impl MessageKind {
 
     /// The kind named `name` (a `type` value), if there is one.
     pub fn from_name(name: &str) -> Option<Self> {
-        [
-            MessageKind::Join,
-            MessageKind::Offer,
-            MessageKind::Answer,
-            MessageKind::Candidate,
-            MessageKind::Leave,
-            MessageKind::Created,
-            MessageKind::Joined,
-            MessageKind::Exit,
-            MessageKind::Error,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == name)
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
     /// The `type` of a server message given as JSON text: read from the

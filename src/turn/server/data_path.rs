@@ -14,8 +14,11 @@ use super::{FiveTuple, RelayId, Server, Target, Transmit, wire};
 use crate::turn::channel_data;
 
 impl Server {
-    /// The body of [`Server::handle_peer`].
-    pub(super) fn peer_datagram<'a>(
+    /// A datagram from a peer on relayed socket `relay`. It sits at
+    /// `buf[PEER_HEADROOM..PEER_HEADROOM + len]`, and `buf` has
+    /// [`crate::turn::channel_data::PEER_TAILROOM`] more bytes after it, so the ChannelData header
+    /// and padding are written in place.
+    pub fn handle_peer<'a>(
         &'a mut self,
         relay: RelayId,
         from: SocketAddr,

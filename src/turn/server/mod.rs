@@ -317,21 +317,6 @@ impl Server {
         }
     }
 
-    /// A datagram from a peer on relayed socket `relay`. It sits at
-    /// `buf[PEER_HEADROOM..PEER_HEADROOM + len]`, and `buf` has
-    /// [`crate::turn::channel_data::PEER_TAILROOM`] more bytes after it, so the ChannelData header
-    /// and padding are written in place.
-    pub fn handle_peer<'a>(
-        &'a mut self,
-        relay: RelayId,
-        from: SocketAddr,
-        buf: &'a mut [u8],
-        len: usize,
-        now: Instant,
-    ) -> Option<Transmit<'a>> {
-        self.peer_datagram(relay, from, buf, len, now)
-    }
-
     fn client_stun<'a>(&'a mut self, from: FiveTuple, packet: &'a [u8], now: Instant) -> Option<Transmit<'a>> {
         if fingerprint::check(packet) == FingerprintCheck::Invalid {
             // RFC 8489 §14.7: discarded, never answered.

@@ -29,6 +29,31 @@ pub(super) enum Authed {
     Reply(Option<usize>),
 }
 
+/// One decoded request and what every handler needs of it.
+#[derive(Clone, Copy)]
+pub(super) struct Incoming<'a> {
+    pub from: FiveTuple,
+    pub packet: &'a [u8],
+    pub msg: &'a StunMessage,
+    pub now: Instant,
+    pub method: u16,
+    pub txid: [u8; 12],
+}
+
+/// A request authenticated as the owner of the client's allocation (see [`Server::on_allocation`]).
+pub(super) struct OnAllocation {
+    pub relay: RelayId,
+    pub user: UserKey,
+    pub kind: IntegrityKind,
+}
+
+impl OnAllocation {
+    /// How answers to this request are signed.
+    pub fn signed(&self) -> Option<(&UserKey, IntegrityKind)> {
+        Some((&self.user, self.kind))
+    }
+}
+
 /// The 403 reason for ChannelBind on an RFC 6062 TCP allocation: what to use instead.
 const TCP_CHANNEL_REFUSED: &str =
     "ChannelBind cannot be used on a TCP allocation (RFC 6062): use Connect and ConnectionBind";
@@ -73,14 +98,15 @@ impl Server {
         };
         let fingerprint = msg.get::<Fingerprint>().is_some();
         self.reply_fingerprint = fingerprint;
+        let req = Incoming { from, packet, msg: &msg, now, method: msg.method().as_u16(), txid };
         match msg.method() {
             m if m == BINDING => self.binding(from, &msg),
-            m if m == ALLOCATE => self.allocate(from, packet, &msg, now),
-            m if m == REFRESH => self.refresh(from, packet, &msg, now),
-            m if m == CREATE_PERMMISSION => self.create_permission(from, packet, &msg, now),
-            m if m == CHANNEL_BIND => self.channel_bind(from, packet, &msg, now),
-            m if m.as_u16() == rfc6062::CONNECT => self.connect(from, packet, &msg, now),
-            m if m.as_u16() == rfc6062::CONNECTION_BIND => self.connection_bind(from, packet, &msg, now),
+            m if m == ALLOCATE => self.allocate(&req),
+            m if m == REFRESH => self.on_allocation(&req, Self::refresh),
+            m if m == CREATE_PERMMISSION => self.on_allocation(&req, Self::create_permission),
+            m if m == CHANNEL_BIND => self.on_allocation(&req, Self::channel_bind),
+            m if m.as_u16() == rfc6062::CONNECT => self.on_allocation(&req, Self::connect),
+            m if m.as_u16() == rfc6062::CONNECTION_BIND => self.connection_bind(&req),
             _ => self.error(method, txid, ErrorCode::BadRequest, None, vec![]),
         }
     }
@@ -171,38 +197,29 @@ impl Server {
         self.error(method, txid, code, None, attrs)
     }
 
-    /// Authenticates a request on an existing allocation: 437 without one, 441 for another user.
-    pub(super) fn authed_allocation(
+    /// Authenticates a request on an existing allocation, then hands it to `handle`: 437
+    /// without one, 441 for another user (RFC 8656 §6.2 for every request after Allocate).
+    fn on_allocation(
         &mut self,
-        from: FiveTuple,
-        packet: &[u8],
-        msg: &StunMessage,
-        now: Instant,
-    ) -> Result<(RelayId, UserKey, IntegrityKind), Option<usize>> {
-        let method = msg.method().as_u16();
-        let txid = *msg.transaction_id().as_bytes();
+        req: &Incoming,
+        handle: fn(&mut Self, &Incoming, OnAllocation) -> Option<usize>,
+    ) -> Option<usize> {
+        let Incoming { from, packet, msg, now, method, txid } = *req;
         let (user, kind) = match self.authenticate(from, packet, msg, now) {
             Authed::Ok(u, k) => (u, k),
-            Authed::Reply(r) => return Err(r),
+            Authed::Reply(r) => return r,
         };
         let Some(relay) = self.allocs.relay_of_client(&from) else {
-            return Err(self.error(method, txid, ErrorCode::AllocationMismatch, Some((&user, kind)), vec![]));
+            return self.error(method, txid, ErrorCode::AllocationMismatch, Some((&user, kind)), vec![]);
         };
         if self.allocs.get(relay).is_some_and(|a| a.user.username != user.username) {
-            return Err(self.error(method, txid, ErrorCode::WrongCredentials, Some((&user, kind)), vec![]));
+            return self.error(method, txid, ErrorCode::WrongCredentials, Some((&user, kind)), vec![]);
         }
-        Ok((relay, user, kind))
+        handle(self, req, OnAllocation { relay, user, kind })
     }
 
-    pub(super) fn allocate(
-        &mut self,
-        from: FiveTuple,
-        packet: &[u8],
-        msg: &StunMessage,
-        now: Instant,
-    ) -> Option<usize> {
-        let method = ALLOCATE.as_u16();
-        let txid = *msg.transaction_id().as_bytes();
+    fn allocate(&mut self, req: &Incoming) -> Option<usize> {
+        let Incoming { from, packet, msg, now, method, txid } = *req;
         let (user, kind) = match self.authenticate(from, packet, msg, now) {
             Authed::Ok(u, k) => (u, k),
             Authed::Reply(r) => return r,
@@ -308,12 +325,9 @@ impl Server {
         reply
     }
 
-    pub(super) fn refresh(&mut self, from: FiveTuple, packet: &[u8], msg: &StunMessage, now: Instant) -> Option<usize> {
-        let txid = *msg.transaction_id().as_bytes();
-        let (relay, user, kind) = match self.authed_allocation(from, packet, msg, now) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+    fn refresh(&mut self, req: &Incoming, on: OnAllocation) -> Option<usize> {
+        let Incoming { from, msg, now, txid, .. } = *req;
+        let relay = on.relay;
         let requested = msg.attributes().iter().find_map(|a| a.as_life_time().ok()).map(|l| l.as_u32());
         let lifetime = granted_lifetime(requested, self.cfg.max_lifetime);
         if lifetime.is_zero() {
@@ -326,7 +340,7 @@ impl Server {
             a.expires = now + lifetime;
         }
         self.stats.refreshes += 1;
-        self.success(REFRESH, txid, vec![LifeTime::new(lifetime.as_secs() as u32).into()], Some((&user, kind)))
+        self.success(REFRESH, txid, vec![LifeTime::new(lifetime.as_secs() as u32).into()], on.signed())
     }
 
     /// Checks family and policy for each peer; 443 or 403 on the first bad one.
@@ -355,20 +369,9 @@ impl Server {
         Ok(())
     }
 
-    pub(super) fn create_permission(
-        &mut self,
-        from: FiveTuple,
-        packet: &[u8],
-        msg: &StunMessage,
-        now: Instant,
-    ) -> Option<usize> {
-        let method = CREATE_PERMMISSION.as_u16();
-        let txid = *msg.transaction_id().as_bytes();
-        let (relay, user, kind) = match self.authed_allocation(from, packet, msg, now) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-        let signed = Some((&user, kind));
+    fn create_permission(&mut self, req: &Incoming, on: OnAllocation) -> Option<usize> {
+        let Incoming { from, msg, now, method, txid, .. } = *req;
+        let (relay, signed) = (on.relay, on.signed());
         let peers: Vec<SocketAddr> =
             msg.attributes().iter().filter_map(|a| a.as_xor_peer_address().ok()).map(|p| *p.socket_address()).collect();
         if peers.is_empty() {
@@ -390,20 +393,9 @@ impl Server {
         self.success(CREATE_PERMMISSION, txid, vec![], signed)
     }
 
-    pub(super) fn channel_bind(
-        &mut self,
-        from: FiveTuple,
-        packet: &[u8],
-        msg: &StunMessage,
-        now: Instant,
-    ) -> Option<usize> {
-        let method = CHANNEL_BIND.as_u16();
-        let txid = *msg.transaction_id().as_bytes();
-        let (relay, user, kind) = match self.authed_allocation(from, packet, msg, now) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-        let signed = Some((&user, kind));
+    fn channel_bind(&mut self, req: &Incoming, on: OnAllocation) -> Option<usize> {
+        let Incoming { from, msg, now, method, txid, .. } = *req;
+        let (relay, signed) = (on.relay, on.signed());
         // RFC 6062: a TCP allocation carries data only on the data connections
         // ConnectionBind makes; a channel on it would relay nothing. coturn
         // answers 403 here (checked in tests/relay_tcp.rs), and so does natkit.

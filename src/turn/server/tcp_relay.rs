@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use stun_rs::attributes::turn::XorPeerAddress;
-use stun_rs::{MessageClass, MessageMethod, StunMessage, StunMessageBuilder, TransactionId};
+use stun_rs::{MessageClass, MessageMethod, StunMessageBuilder, TransactionId};
 
 use super::auth::{IntegrityKind, UserKey};
 use super::nonce::NonceCheck;
-use super::requests::Authed;
+use super::requests::{Authed, Incoming, OnAllocation};
 use super::{ErrorCode, FiveTuple, RelayId, Server, Target, Transmit};
 use crate::net::transport::Transport;
 use crate::turn::rfc6062;
@@ -243,13 +243,9 @@ impl Server {
     }
 
     /// RFC 6062 §5.2: Connect on a TCP allocation.
-    pub(super) fn connect(&mut self, from: FiveTuple, packet: &[u8], msg: &StunMessage, now: Instant) -> Option<usize> {
-        let method = rfc6062::CONNECT;
-        let txid = *msg.transaction_id().as_bytes();
-        let (relay, user, kind) = match self.authed_allocation(from, packet, msg, now) {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
+    pub(super) fn connect(&mut self, req: &Incoming, on: OnAllocation) -> Option<usize> {
+        let Incoming { from, msg, now, method, txid, .. } = *req;
+        let OnAllocation { relay, user, kind } = on;
         let signed = Some((&user, kind));
         if !self.tcp.is_tcp(relay) {
             return self.error_with_reason(
@@ -377,15 +373,8 @@ impl Server {
     }
 
     /// RFC 6062 §5.4: ConnectionBind on a new connection from the client.
-    pub(super) fn connection_bind(
-        &mut self,
-        from: FiveTuple,
-        packet: &[u8],
-        msg: &StunMessage,
-        now: Instant,
-    ) -> Option<usize> {
-        let method = rfc6062::CONNECTION_BIND;
-        let txid = *msg.transaction_id().as_bytes();
+    pub(super) fn connection_bind(&mut self, req: &Incoming) -> Option<usize> {
+        let Incoming { from, packet, msg, now, method, txid } = *req;
         if from.transport == Transport::Udp || self.allocs.relay_of_client(&from).is_some() {
             let reason = "Bad Request: ConnectionBind goes on a new TCP connection without an allocation";
             return self.error_with_reason(method, txid, ErrorCode::BadRequest, reason, None, vec![]);
@@ -438,10 +427,10 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::UNIX_EPOCH;
 
-    use stun_rs::StunAttribute;
     use stun_rs::attributes::stun::{Nonce, Realm, UserName};
     use stun_rs::attributes::turn::RequestedTrasport;
     use stun_rs::methods::{ALLOCATE, CREATE_PERMMISSION};
+    use stun_rs::{StunAttribute, StunMessage};
 
     use super::*;
     use crate::stun::message::decode;
@@ -565,6 +554,16 @@ mod tests {
             let nonce = self.nonce.clone();
             self.send(from, &build(rfc6062::CONNECT, vec![p], "alice", &nonce, None))
                 .map(|(_, b)| decode(&b).expect("decodes"))
+        }
+
+        /// A TCP allocation on `c` with a permission for [`PEER`] and one Connect toward it, whose
+        /// peer connection the driver is now opening: its id.
+        fn connecting(&mut self, c: FiveTuple) -> ConnectionId {
+            self.allocate(c, rfc6062::PROTOCOL_TCP);
+            self.permit(c, PEER);
+            assert!(self.connect(c, PEER).is_none(), "no answer before the peer connection is up");
+            let [TcpEffect::Connect { id, .. }] = self.effects()[..] else { panic!("one Connect effect") };
+            id
         }
 
         /// ConnectionBind from `data` with a nonce of its own (401 first, as a careful client does).
@@ -711,10 +710,7 @@ mod tests {
     fn a_failed_connect_is_447() {
         let mut h = h(4);
         let c = tcp_client(1000);
-        h.allocate(c, rfc6062::PROTOCOL_TCP);
-        h.permit(c, PEER);
-        h.connect(c, PEER);
-        let [TcpEffect::Connect { id, .. }] = h.effects()[..] else { panic!() };
+        let id = h.connecting(c);
         let now = h.now;
         let bytes = h.s.tcp_connect_result(id, false, now).unwrap().payload.to_vec();
         assert_eq!(code(&decode(&bytes).unwrap()), Some(447));
@@ -726,10 +722,7 @@ mod tests {
     fn connection_bind_with_an_unknown_id_or_another_users_id_is_400() {
         let mut h = h(4);
         let c = tcp_client(1000);
-        h.allocate(c, rfc6062::PROTOCOL_TCP);
-        h.permit(c, PEER);
-        h.connect(c, PEER);
-        let [TcpEffect::Connect { id, .. }] = h.effects()[..] else { panic!() };
+        let id = h.connecting(c);
         let now = h.now;
         h.s.tcp_connect_result(id, true, now);
         let nonce = h.nonce.clone();
@@ -746,10 +739,7 @@ mod tests {
     fn an_unbound_connection_is_closed_at_the_bind_timeout_and_counted() {
         let mut h = h(4);
         let c = tcp_client(1000);
-        h.allocate(c, rfc6062::PROTOCOL_TCP);
-        h.permit(c, PEER);
-        h.connect(c, PEER);
-        let [TcpEffect::Connect { id, .. }] = h.effects()[..] else { panic!() };
+        let id = h.connecting(c);
         let now = h.now;
         h.s.tcp_connect_result(id, true, now);
         h.advance(Duration::from_secs(29));
@@ -806,10 +796,7 @@ mod tests {
         h.permit(u, PEER);
         assert_eq!(code(&h.connect(u, PEER).unwrap()), Some(400));
         let c = tcp_client(1000);
-        h.allocate(c, rfc6062::PROTOCOL_TCP);
-        h.permit(c, PEER);
-        h.connect(c, PEER);
-        let [TcpEffect::Connect { id, .. }] = h.effects()[..] else { panic!() };
+        let id = h.connecting(c);
         h.s.client_closed(c);
         h.advance(Duration::from_secs(2));
         assert_eq!(h.effects(), vec![TcpEffect::Close { id, why: CloseReason::AllocationEnded }]);
