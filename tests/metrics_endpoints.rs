@@ -117,19 +117,29 @@ impl Drop for Probe {
     }
 }
 
+impl Probe {
+    /// `turn-alloc --every 60` against `relay` with its metrics on a free port and `extra` flags;
+    /// returns once the metrics endpoint listens.
+    fn start(relay: &Relay, extra: &[&str]) -> (Probe, String) {
+        let maddr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_natkit"))
+            .args(["turn-alloc", &relay.addr(), "-u", "alice", "-p", "pw", "--realm", "lab", "--packets", "5"])
+            .args(["--every", "60", "--metrics", &maddr])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting turn-alloc --every");
+        let probe = Probe(child);
+        wait_listening(&maddr);
+        (probe, maddr)
+    }
+}
+
 #[test]
 fn probe_metrics_read_the_whole_head_close_idle_clients_and_cap_connections() {
     let relay = Relay::start(&["--realm", "lab", "--user", "alice:pw"]);
-    let maddr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_natkit"))
-        .args(["turn-alloc", &relay.addr(), "-u", "alice", "-p", "pw", "--realm", "lab", "--packets", "5"])
-        .args(["--every", "60", "--metrics", &maddr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting turn-alloc --every");
-    let _probe = Probe(child);
-    wait_listening(&maddr);
+    let (_probe, maddr) = Probe::start(&relay, &[]);
     request_in_pieces_is_answered_whole(&maddr, "probe_");
     // Another path is 404, as before.
     let mut s = TcpStream::connect(&maddr).unwrap();
@@ -145,17 +155,7 @@ fn probe_metrics_read_the_whole_head_close_idle_clients_and_cap_connections() {
 #[test]
 fn probe_metrics_limits_are_flags() {
     let relay = Relay::start(&["--realm", "lab", "--user", "alice:pw"]);
-    let maddr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_natkit"))
-        .args(["turn-alloc", &relay.addr(), "-u", "alice", "-p", "pw", "--realm", "lab", "--packets", "5"])
-        .args(["--every", "60", "--metrics", &maddr, "--metrics-max-connections", "8"])
-        .args(["--metrics-header-timeout", "30"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting turn-alloc --every");
-    let _probe = Probe(child);
-    wait_listening(&maddr);
+    let (_probe, maddr) = Probe::start(&relay, &["--metrics-max-connections", "8", "--metrics-header-timeout", "30"]);
     let first = TcpStream::connect(&maddr).unwrap();
     let mut second = TcpStream::connect(&maddr).unwrap();
     let _ = second.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");

@@ -98,7 +98,7 @@ impl Server {
         };
         let fingerprint = msg.get::<Fingerprint>().is_some();
         self.reply_fingerprint = fingerprint;
-        let req = Incoming { from, packet, msg: &msg, now, method: msg.method().as_u16(), txid };
+        let req = Incoming { from, packet, msg: &msg, now, method, txid };
         match msg.method() {
             m if m == BINDING => self.binding(from, &msg),
             m if m == ALLOCATE => self.allocate(&req),
