@@ -89,6 +89,65 @@ fn offer_answer_candidate_reach_the_target_with_from_and_room_and_other_fields_u
     });
 }
 
+/// Members hear of joiners in the order the server let them in, even when
+/// the joins arrive at once on different connections: the `joined` a member
+/// gets before X's are exactly the peers X was told of in `created`. (A CI run
+/// once saw `joined c` overtake `joined b`: each join's deliveries were written
+/// after the room lock was released, so two joins handled on two threads could
+/// cross on their way to the same member.)
+#[test]
+fn concurrent_joins_reach_every_member_in_the_order_they_were_let_in() {
+    const JOINERS: usize = 15;
+    let server = SignalServer::start(&["--max-room", "16"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        for round in 0..20 {
+            let room = format!("order-{round}");
+            let (mut first, m_first) = join(&server, &room).await;
+            // Connected first, joined all at once: the joins race inside the server.
+            let mut clients = Vec::new();
+            for _ in 0..JOINERS {
+                clients.push(SignalClient::connect(&server.ws_url(), &ClientOptions::default()).await.expect("connect"));
+            }
+            let joins = clients.into_iter().map(|c| {
+                let room = RoomId::from(room.as_str());
+                tokio::spawn(async move {
+                    let mut c = c;
+                    c.send(&ClientMessage::Join { room }).await.expect("send join");
+                    let created = recv(&mut c).await;
+                    (c, created)
+                })
+            });
+            let mut told: std::collections::HashMap<PeerId, Vec<PeerId>> = std::collections::HashMap::new();
+            let mut keep = Vec::new();
+            for j in futures::future::join_all(joins).await {
+                let (c, created) = j.expect("join task");
+                match created {
+                    ServerMessage::Created { id, peers, .. } => {
+                        told.insert(id, peers);
+                    }
+                    other => panic!("expected created, got {other:?}"),
+                }
+                keep.push(c);
+            }
+            let mut heard = vec![m_first.id.clone()];
+            for _ in 0..JOINERS {
+                match recv(&mut first).await {
+                    ServerMessage::Joined { id, .. } => {
+                        let peers = told.get(&id).unwrap_or_else(|| panic!("joined {id}: not one of the joiners"));
+                        assert_eq!(
+                            peers, &heard,
+                            "round {round}: {id} was told of {peers:?} in created, but the first member heard joins in the order {heard:?} before it"
+                        );
+                        heard.push(id);
+                    }
+                    other => panic!("expected joined, got {other:?}"),
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn rooms_are_isolated_and_a_target_outside_the_room_is_an_error() {
     let server = SignalServer::start(&[]);

@@ -142,18 +142,25 @@ impl Hub {
         self.metrics.received(msg.kind());
         match msg {
             ClientMessage::Leave => {
-                let Some((room, out)) = self.leave_room(from).await else {
+                let Some(room) = self.leave_room(from).await else {
                     return Err(Rooms::not_joined(MessageKind::Leave));
                 };
                 tracing::info!(peer = %from, %room, "left");
-                self.deliver_all(out);
             }
             msg => {
+                let membership = matches!(msg, ClientMessage::Join { .. });
                 let deliveries = match &self.backend {
                     Backend::Memory(rooms) => {
                         let mut rooms = lock(rooms);
                         let out = memory::handle(&mut rooms, from, msg, ice)?;
                         self.metrics.rooms.store(rooms.room_count() as i64, Relaxed);
+                        if membership {
+                            // Written before the next join or leave is decided, so every member hears of
+                            // them in the order they happened (a write never waits: see `deliver`).
+                            log_join(from, &out);
+                            self.deliver_all(out);
+                            return Ok(());
+                        }
                         out
                     }
                     Backend::Redis(b) => {
@@ -162,28 +169,30 @@ impl Hub {
                         out
                     }
                 };
-                if let Some(Delivery { msg: ServerMessage::Created { room, peers, .. }, .. }) = deliveries.first() {
-                    tracing::info!(peer = %from, %room, others = peers.len(), "joined");
-                }
+                log_join(from, &deliveries);
                 self.deliver_all(deliveries);
             }
         }
         Ok(())
     }
 
-    /// Takes `peer` out of its room; the `exit` deliveries for the others.
-    async fn leave_room(&self, peer: &PeerId) -> Option<(RoomId, Vec<Delivery>)> {
+    /// Takes `peer` out of its room and tells the others (`exit`); the room it left.
+    async fn leave_room(&self, peer: &PeerId) -> Option<RoomId> {
         match &self.backend {
             Backend::Memory(rooms) => {
                 let mut rooms = lock(rooms);
-                let left = memory::leave(&mut rooms, peer);
+                let (room, out) = memory::leave(&mut rooms, peer)?;
                 self.metrics.rooms.store(rooms.room_count() as i64, Relaxed);
-                left
+                // Under the lock, as a join's deliveries are: an `exit` never overtakes the `joined` before it.
+                self.deliver_all(out);
+                Some(room)
             }
             Backend::Redis(b) => {
                 let left = b.leave(peer).await;
                 self.metrics.rooms.store(b.local_room_count() as i64, Relaxed);
-                left
+                let (room, out) = left?;
+                self.deliver_all(out);
+                Some(room)
             }
         }
     }
@@ -191,9 +200,8 @@ impl Hub {
     /// A connection ended for any reason: leave its room, drop its outbox.
     pub async fn disconnect(&self, peer: &PeerId) {
         lock(&self.outboxes).remove(peer);
-        if let Some((room, out)) = self.leave_room(peer).await {
+        if let Some(room) = self.leave_room(peer).await {
             tracing::info!(peer = %peer, %room, "left (disconnected)");
-            self.deliver_all(out);
         }
     }
 
@@ -292,5 +300,12 @@ impl LocalDelivery for Hub {
 
     fn deliver_json(&self, to: &str, kind: MessageKind, json: &str) -> bool {
         Hub::deliver_json(self, to, kind, json)
+    }
+}
+
+/// Logs a join from its `created` (the first delivery of a join's result).
+fn log_join(from: &PeerId, deliveries: &[Delivery]) {
+    if let Some(Delivery { msg: ServerMessage::Created { room, peers, .. }, .. }) = deliveries.first() {
+        tracing::info!(peer = %from, %room, others = peers.len(), "joined");
     }
 }
