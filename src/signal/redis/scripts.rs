@@ -98,8 +98,11 @@ return existed
 /// off; the rest of their room on other nodes is told `exit`).
 /// KEYS: node members, alive, nodeset. ARGV: node, presence lifetime (ms),
 /// tombstone seconds, then pairs peer, room.
-/// Returns flat (member, departed peer, room) triples: departures other nodes
-/// wrote while this node was away, for this node to tell its members.
+/// Returns two flat lists: (member, departed peer, room) triples, departures
+/// other nodes wrote while this node was away, for this node to tell its
+/// members; and (room, peer, node) triples, every member now listed in this
+/// node's rooms, from which the node rebuilds its copies of them
+/// (`rooms::Rooms::seen_joined`).
 pub const REASSERT: &str = r#"
 local node = ARGV[1]
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
@@ -126,10 +129,12 @@ for i = 1, #listed, 2 do
   end
 end
 local told = {}
+local seen, rooms = {}, {}
 for i = 4, #ARGV, 2 do
   local peer, room = ARGV[i], ARGV[i+1]
   redis.call('HSET', KEYS[1], peer, room)
   redis.call('HSET', 'natkit:room:' .. room, peer, node)
+  if not seen[room] then seen[room] = true; table.insert(rooms, room) end
   local gone = redis.call('HGETALL', 'natkit:gone:' .. room)
   for j = 1, #gone, 2 do
     if gone[j+1] ~= node then
@@ -139,7 +144,16 @@ for i = 4, #ARGV, 2 do
     end
   end
 end
-return told
+local listed = {}
+for _, room in ipairs(rooms) do
+  local all = redis.call('HGETALL', 'natkit:room:' .. room)
+  for j = 1, #all, 2 do
+    table.insert(listed, room)
+    table.insert(listed, all[j])
+    table.insert(listed, all[j+1])
+  end
+end
+return {told, listed}
 "#;
 
 /// Removes every member of a node (its members leave their rooms, `exit` to
