@@ -160,7 +160,11 @@ impl Rooms {
     pub fn local_members(&self) -> Vec<(PeerId, RoomId)> {
         let mut rooms: Vec<(&RoomId, &Vec<PeerId>)> = self.rooms.iter().collect();
         rooms.sort_by(|a, b| a.0.cmp(b.0));
-        rooms.into_iter().flat_map(|(r, ps)| ps.iter().map(move |p| (p.clone(), r.clone()))).collect()
+        rooms
+            .into_iter()
+            .flat_map(|(r, ps)| ps.iter().map(move |p| (p.clone(), r.clone())))
+            .filter(|(p, _)| !self.joining.contains_key(p))
+            .collect()
     }
 
     /// Decides a `join` of `from` into `room`, whose members are `before`
@@ -274,17 +278,42 @@ impl Rooms {
     /// be late).
     pub fn accepts(&self, to: &str, room: &str) -> bool {
         self.local.get(to).is_some_and(|m| m.room.as_str() == room)
-            || self.joining.get(to).is_some_and(|r| r.as_str() == room)
     }
 
-    /// The backplane is about to write `peer`'s join of `room` to its store.
-    pub fn begin_join(&mut self, peer: &PeerId, room: &RoomId) {
+    /// The backplane is about to write `peer`'s join of `room` (decided on
+    /// the snapshot `before`) to its store: the join counts here from now on
+    /// (once written, others may be told `joined` and relay to the joiner,
+    /// and the joiner may hear `created` and relay before the backplane has
+    /// the store's answer), until [`Rooms::end_join`] keeps or undoes it.
+    /// Not re-asserted after an outage while pending.
+    pub fn begin_join(&mut self, peer: &PeerId, room: &RoomId, before: &[Member]) {
+        self.commit_join_after(peer, room, before);
         self.joining.insert(peer.clone(), room.clone());
     }
 
-    /// The join begun with [`Rooms::begin_join`] was committed or given up.
-    pub fn end_join(&mut self, peer: &PeerId) {
-        self.joining.remove(peer);
+    /// The store applied the join begun with [`Rooms::begin_join`] (`applied`),
+    /// or did not: then it is undone, with no `exit` (no one was told `joined`).
+    pub fn end_join(&mut self, peer: &PeerId, applied: bool) {
+        if self.joining.remove(peer).is_some() && !applied {
+            self.forget(peer);
+        }
+    }
+
+    /// Takes `peer` out of its room here: the room and the members left here.
+    /// The room's copy of other nodes' members goes with its last member here.
+    fn forget(&mut self, peer: &PeerId) -> Option<(RoomId, Vec<PeerId>)> {
+        let room = self.local.remove(peer)?.room;
+        let mut rest = vec![];
+        if let Some(members) = self.rooms.get_mut(&room) {
+            members.retain(|p| p != peer);
+            rest.clone_from(members);
+            if members.is_empty() {
+                self.rooms.remove(&room);
+                // No member here any more: no relays to route from this room.
+                self.remote.remove(&room);
+            }
+        }
+        Some((room, rest))
     }
 
     /// Decides a relay (`offer`, `answer`, `candidate`) from `from`.
@@ -325,18 +354,10 @@ impl Rooms {
     /// rest of that room here, and [`Effect::Remove`] for the backplane.
     /// `None` when it was in no room.
     pub fn leave(&mut self, peer: &PeerId) -> Option<(RoomId, Vec<Effect>)> {
-        let room = self.local.remove(peer)?.room;
+        let (room, members) = self.forget(peer)?;
         let exit = ServerMessage::Exit { from: peer.clone(), room: room.clone() };
-        let mut out = vec![];
-        if let Some(members) = self.rooms.get_mut(&room) {
-            members.retain(|p| p != peer);
-            out.extend(members.iter().map(|p| Effect::Deliver(Delivery { to: p.clone(), msg: exit.clone() })));
-            if members.is_empty() {
-                self.rooms.remove(&room);
-                // No member here any more: no relays to route from this room.
-                self.remote.remove(&room);
-            }
-        }
+        let mut out: Vec<Effect> =
+            members.into_iter().map(|p| Effect::Deliver(Delivery { to: p, msg: exit.clone() })).collect();
         out.push(Effect::Remove { room: room.clone(), peer: peer.clone(), notice: exit });
         Some((room, out))
     }
@@ -503,12 +524,18 @@ mod tests {
         assert!(!rooms.accepts("z", "r"), "not a member here");
         rooms.leave(&p("b"));
         assert!(!rooms.accepts("b", "r"), "left before the sender's node saw its exit");
-        // Written to the store, not committed here yet: others may already have been told `joined`.
-        rooms.begin_join(&p("j"), &"r".into());
+        // Being written to the store: others may already have been told `joined`.
+        rooms.begin_join(&p("j"), &"r".into(), &[there("x", "n2")]);
         assert!(rooms.accepts("j", "r"));
         assert!(!rooms.accepts("j", "s"));
-        rooms.end_join(&p("j"));
+        assert_eq!(rooms.local_members(), vec![], "a pending join is not re-asserted");
+        rooms.end_join(&p("j"), false);
         assert!(!rooms.accepts("j", "r"), "a join given up");
+        assert_eq!(rooms.room_count(), 0);
+        assert_eq!(rooms.route_of(&"r".into(), &p("x")), None);
+        rooms.begin_join(&p("k"), &"r".into(), &[]);
+        rooms.end_join(&p("k"), true);
+        assert_eq!(rooms.local_members(), vec![(p("k"), "r".into())]);
     }
 
     #[test]
