@@ -15,10 +15,10 @@
 //! recipient's task. socket.io connections keep a channel to their writer task.
 //!
 //! A refusal can also come after the fact: a relay to a member on another
-//! node is handed to Redis without waiting (`redis::batch`), and if Redis
-//! finds no such member the refusal comes back later through
-//! [`Hub::refuse`], to the sender's connection, which counts it as a strike
-//! like any other refusal.
+//! node is handed to Redis without waiting (`redis::batch`), and if that
+//! node has no such member (or cannot be reached) the refusal comes back
+//! later through [`Hub::refuse`], to the sender's connection, which counts it
+//! as a strike like any other refusal.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
