@@ -37,6 +37,9 @@ use crate::signal::ws_out::{JsonFrame, Pushed, WsOut, text_frame};
 pub const OUTBOX_CAPACITY: usize = 512;
 
 /// Where the rooms live.
+// One per server, inside the hub: boxing the one-node rooms would add a
+// pointer hop to every message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Memory(Mutex<Rooms>),
     Redis(Arc<Backplane>),
