@@ -376,3 +376,71 @@ fn redis_emptied_under_connected_nodes_gets_every_member_back() {
         );
     });
 }
+
+/// Members hear of joiners in the order Redis let them in, on the joiners'
+/// node and on the other one, even when the joins arrive at once on both
+/// nodes: the `joined` a member gets before X's are exactly the peers X was
+/// told of in `created` (the one-node test in tests/signal.rs, over Redis).
+/// Before, a same-node member was told by the joining task after the join's
+/// script returned, and other nodes' members over pub/sub, so two joins
+/// could cross on their way to the same member.
+#[test]
+fn concurrent_joins_on_two_nodes_reach_every_member_in_the_order_they_were_let_in() {
+    const JOINERS: usize = 14;
+    let redis = Redis::start();
+    let url = redis.url();
+    let n1 = SignalServer::start(&["--redis", &url, "--max-room", "16"]);
+    let n2 = SignalServer::start(&["--redis", &url, "--max-room", "16"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        for round in 0..15 {
+            let room = format!("order-{round}");
+            let (mut first, m_first) = join(&n1, &room).await;
+            let (mut second, m_second) = join(&n2, &room).await;
+            assert_eq!(recv(&mut first).await, ServerMessage::Joined { id: m_second.id.clone(), room: room.as_str().into() });
+            // Connected first, joined all at once, half on each node: the joins race.
+            let mut clients = Vec::new();
+            for i in 0..JOINERS {
+                let node = if i % 2 == 0 { &n1 } else { &n2 };
+                clients.push(SignalClient::connect(&node.ws_url(), &ClientOptions::default()).await.expect("connect"));
+            }
+            let joins = clients.into_iter().map(|c| {
+                let room = RoomId::from(room.as_str());
+                tokio::spawn(async move {
+                    let mut c = c;
+                    c.send(&ClientMessage::Join { room }).await.expect("send join");
+                    let created = tokio::time::timeout(WAIT, c.recv()).await.expect("created in time").expect("created");
+                    (c, created)
+                })
+            });
+            let mut told: std::collections::HashMap<PeerId, Vec<PeerId>> = std::collections::HashMap::new();
+            let mut keep = Vec::new();
+            for j in futures::future::join_all(joins).await {
+                let (c, created) = j.expect("join task");
+                match created {
+                    ServerMessage::Created { id, peers, .. } => {
+                        told.insert(id, peers);
+                    }
+                    other => panic!("round {round}: expected created, got {other:?}"),
+                }
+                keep.push(c);
+            }
+            for (who, member) in [("first (node 1)", &mut first), ("second (node 2)", &mut second)] {
+                let mut heard = vec![m_first.id.clone(), m_second.id.clone()];
+                for _ in 0..JOINERS {
+                    match recv(member).await {
+                        ServerMessage::Joined { id, .. } => {
+                            let peers = told.get(&id).unwrap_or_else(|| panic!("joined {id}: not one of the joiners"));
+                            assert_eq!(
+                                peers, &heard,
+                                "round {round}: {id} was told of {peers:?} in created, but the {who} member heard joins in the order {heard:?} before it"
+                            );
+                            heard.push(id);
+                        }
+                        other => panic!("round {round}: the {who} member expected joined, got {other:?}"),
+                    }
+                }
+            }
+        }
+    });
+}

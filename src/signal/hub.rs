@@ -15,10 +15,10 @@
 //! recipient's task. socket.io connections keep a channel to their writer task.
 //!
 //! A refusal can also come after the fact: a relay to a member on another
-//! node is handed to Redis without waiting (`redis::batch`), and if Redis
-//! finds no such member the refusal comes back later through
-//! [`Hub::refuse`], to the sender's connection, which counts it as a strike
-//! like any other refusal.
+//! node is handed to Redis without waiting (`redis::batch`), and if that
+//! node has no such member (or cannot be reached) the refusal comes back
+//! later through [`Hub::refuse`], to the sender's connection, which counts it
+//! as a strike like any other refusal.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,6 +37,9 @@ use crate::signal::ws_out::{JsonFrame, Pushed, WsOut, text_frame};
 pub const OUTBOX_CAPACITY: usize = 512;
 
 /// Where the rooms live.
+// One per server, inside the hub: boxing the one-node rooms would add a
+// pointer hop to every message for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Memory(Mutex<Rooms>),
     Redis(Arc<Backplane>),

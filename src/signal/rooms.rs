@@ -16,11 +16,17 @@
 //! - `leave` or a disconnect sends `exit` to the rest of that room only; an
 //!   empty room is removed.
 //!
-//! A room's members on other nodes are not known here: a join is decided on a
-//! [`Member`] snapshot the backplane read (and applies only if the room is
-//! still as read), and a relay to a peer that is not on this node becomes
-//! [`Effect::Route`], which the backplane delivers if, and only if, that peer
-//! is a member of the room (else [`Rooms::not_in_room`]).
+//! A join is decided on a [`Member`] snapshot the backplane read (and applies
+//! only if the room is still as read). With a backplane, the core also keeps a
+//! copy of the members on other nodes of each room that has a member here
+//! (from the join's snapshot, then every `joined`/`exit` the backplane sees,
+//! and what it reads back when re-asserting after an outage): a relay to one
+//! of them becomes [`Effect::Route`] to that member's node, and a relay to a
+//! peer the copy does not have is refused here ([`Rooms::not_in_room`]). The
+//! copy may be late (an `exit` not seen yet), never the last word: the node a
+//! relay is routed to delivers it only if the target is its member of that
+//! room ([`Rooms::accepts`]), because each node owns the truth for its own
+//! members. `signal::redis` says how each race is handled.
 
 use std::collections::HashMap;
 
@@ -58,8 +64,9 @@ pub enum Effect {
     Deliver(Delivery),
     /// Send to a member connected to another node.
     Forward { node: String, delivery: Delivery },
-    /// Send to `delivery.to` wherever it is connected, only if it is a member of `room`.
-    Route { room: RoomId, delivery: Delivery },
+    /// Send a relay to `delivery.to` on `node` (from this node's copy of the
+    /// room); that node delivers it only if `to` is its member of `room`.
+    Route { node: String, room: RoomId, delivery: Delivery },
     /// `peer` (of this node) is now a member of `room`, after the members in the snapshot.
     Add { room: RoomId, peer: PeerId },
     /// `peer` (of this node) left `room`: take it out and tell the members on
@@ -84,12 +91,25 @@ struct LocalMember {
     room: RoomId,
 }
 
+/// A member of a room on another node, as this node last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteMember {
+    peer: PeerId,
+    node: String,
+}
+
 /// This node's members and the room rules.
 #[derive(Debug, Default)]
 pub struct Rooms {
     local: HashMap<PeerId, LocalMember>,
     /// This node's members of each room, in joining order.
     rooms: HashMap<RoomId, Vec<PeerId>>,
+    /// The members on other nodes of each room in `rooms` (clustered only).
+    remote: HashMap<RoomId, Vec<RemoteMember>>,
+    /// Joins of this node's peers that the backplane is applying: between
+    /// the store's write and [`Rooms::commit_join`], others may already
+    /// have been told `joined` and relay to the joiner.
+    joining: HashMap<PeerId, RoomId>,
     max_room: usize,
     /// Whether rooms can have members on other nodes (with Redis): a peer
     /// not on this node may still be in the room, so relays to it are routed.
@@ -140,7 +160,11 @@ impl Rooms {
     pub fn local_members(&self) -> Vec<(PeerId, RoomId)> {
         let mut rooms: Vec<(&RoomId, &Vec<PeerId>)> = self.rooms.iter().collect();
         rooms.sort_by(|a, b| a.0.cmp(b.0));
-        rooms.into_iter().flat_map(|(r, ps)| ps.iter().map(move |p| (p.clone(), r.clone()))).collect()
+        rooms
+            .into_iter()
+            .flat_map(|(r, ps)| ps.iter().map(move |p| (p.clone(), r.clone())))
+            .filter(|(p, _)| !self.joining.contains_key(p))
+            .collect()
     }
 
     /// Decides a `join` of `from` into `room`, whose members are `before`
@@ -206,6 +230,92 @@ impl Rooms {
         }
     }
 
+    /// Records a join the backplane has applied on the snapshot `before`
+    /// (the members on other nodes go into the room's copy).
+    pub fn commit_join_after(&mut self, peer: &PeerId, room: &RoomId, before: &[Member]) {
+        self.commit_join(peer, room);
+        for m in before {
+            if let Place::Node(node) = &m.place {
+                self.seen_joined(room, &m.peer, node);
+            }
+        }
+    }
+
+    /// Another node's `peer` is in `room` (a `joined` from it, or what Redis
+    /// listed after an outage). Kept only while `room` has a member here: a
+    /// room no one here is in needs no routes.
+    pub fn seen_joined(&mut self, room: &RoomId, peer: &PeerId, node: &str) {
+        if !self.clustered || !self.rooms.contains_key(room) || self.local.contains_key(peer) {
+            return;
+        }
+        let others = self.remote.entry(room.clone()).or_default();
+        match others.iter_mut().find(|m| &m.peer == peer) {
+            // Ids are random per connection, so a peer is on one node; a
+            // re-assertion after an outage may still say it again.
+            Some(m) => node.clone_into(&mut m.node),
+            None => others.push(RemoteMember { peer: peer.clone(), node: node.to_string() }),
+        }
+    }
+
+    /// Another node's `peer` left `room` (an `exit` for a member here).
+    pub fn seen_exit(&mut self, room: &RoomId, peer: &PeerId) {
+        if let Some(others) = self.remote.get_mut(room) {
+            others.retain(|m| &m.peer != peer);
+            if others.is_empty() {
+                self.remote.remove(room);
+            }
+        }
+    }
+
+    /// The node this node would route a relay to `peer` in `room` to.
+    pub fn route_of(&self, room: &RoomId, peer: &PeerId) -> Option<&str> {
+        self.remote.get(room)?.iter().find(|m| &m.peer == peer).map(|m| m.node.as_str())
+    }
+
+    /// Whether a relay another node routed here for `to` in `room` may be
+    /// delivered: `to` is this node's member of that room, or joining it
+    /// (this node owns the truth for its own members; the sender's copy may
+    /// be late).
+    pub fn accepts(&self, to: &str, room: &str) -> bool {
+        self.local.get(to).is_some_and(|m| m.room.as_str() == room)
+    }
+
+    /// The backplane is about to write `peer`'s join of `room` (decided on
+    /// the snapshot `before`) to its store: the join counts here from now on
+    /// (once written, others may be told `joined` and relay to the joiner,
+    /// and the joiner may hear `created` and relay before the backplane has
+    /// the store's answer), until [`Rooms::end_join`] keeps or undoes it.
+    /// Not re-asserted after an outage while pending.
+    pub fn begin_join(&mut self, peer: &PeerId, room: &RoomId, before: &[Member]) {
+        self.commit_join_after(peer, room, before);
+        self.joining.insert(peer.clone(), room.clone());
+    }
+
+    /// The store applied the join begun with [`Rooms::begin_join`] (`applied`),
+    /// or did not: then it is undone, with no `exit` (no one was told `joined`).
+    pub fn end_join(&mut self, peer: &PeerId, applied: bool) {
+        if self.joining.remove(peer).is_some() && !applied {
+            self.forget(peer);
+        }
+    }
+
+    /// Takes `peer` out of its room here: the room and the members left here.
+    /// The room's copy of other nodes' members goes with its last member here.
+    fn forget(&mut self, peer: &PeerId) -> Option<(RoomId, Vec<PeerId>)> {
+        let room = self.local.remove(peer)?.room;
+        let mut rest = vec![];
+        if let Some(members) = self.rooms.get_mut(&room) {
+            members.retain(|p| p != peer);
+            rest.clone_from(members);
+            if members.is_empty() {
+                self.rooms.remove(&room);
+                // No member here any more: no relays to route from this room.
+                self.remote.remove(&room);
+            }
+        }
+        Some((room, rest))
+    }
+
     /// Decides a relay (`offer`, `answer`, `candidate`) from `from`.
     pub fn relay(&self, from: &PeerId, msg: ClientMessage) -> Result<Effect, Refusal> {
         let Some(room) = self.room_of(from) else {
@@ -217,18 +327,26 @@ impl Rooms {
         if &to == from {
             return Err(Self::not_in_room(&to, room));
         }
-        let here = self.room_of(&to);
-        if here.is_some_and(|r| r != room) || (here.is_none() && !self.clustered) {
-            return Err(Self::not_in_room(&to, room));
-        }
+        let node = match self.room_of(&to) {
+            Some(r) if r == room => None,
+            Some(_) => return Err(Self::not_in_room(&to, room)),
+            None => match self.route_of(room, &to) {
+                Some(node) => Some(node.to_string()),
+                // Not a member anywhere this node knows of. A client learns
+                // ids only from `created`/`joined`, which this node reads
+                // (and copies) before handing them on, so this is a member
+                // who left or an id that never was in the room.
+                None => return Err(Self::not_in_room(&to, room)),
+            },
+        };
         let room = room.clone();
         let msg = msg
             .relayed(from.clone(), room.clone())
             .ok_or_else(|| Refusal::new(ErrorCode::BadMessage, "not a message to relay"))?;
         let delivery = Delivery { to, msg };
-        Ok(match here {
-            Some(_) => Effect::Deliver(delivery),
-            None => Effect::Route { room, delivery },
+        Ok(match node {
+            None => Effect::Deliver(delivery),
+            Some(node) => Effect::Route { node, room, delivery },
         })
     }
 
@@ -236,16 +354,10 @@ impl Rooms {
     /// rest of that room here, and [`Effect::Remove`] for the backplane.
     /// `None` when it was in no room.
     pub fn leave(&mut self, peer: &PeerId) -> Option<(RoomId, Vec<Effect>)> {
-        let room = self.local.remove(peer)?.room;
+        let (room, members) = self.forget(peer)?;
         let exit = ServerMessage::Exit { from: peer.clone(), room: room.clone() };
-        let mut out = vec![];
-        if let Some(members) = self.rooms.get_mut(&room) {
-            members.retain(|p| p != peer);
-            out.extend(members.iter().map(|p| Effect::Deliver(Delivery { to: p.clone(), msg: exit.clone() })));
-            if members.is_empty() {
-                self.rooms.remove(&room);
-            }
-        }
+        let mut out: Vec<Effect> =
+            members.into_iter().map(|p| Effect::Deliver(Delivery { to: p, msg: exit.clone() })).collect();
         out.push(Effect::Remove { room: room.clone(), peer: peer.clone(), notice: exit });
         Some((room, out))
     }
@@ -340,9 +452,106 @@ mod tests {
 
         let mut clustered = Rooms::clustered(4);
         clustered.commit_join(&p("a"), &"r".into());
+        // Unknown to this node: refused here, no trip to another node.
+        assert_eq!(code(clustered.relay(&p("a"), ClientMessage::answer(p("z"), "v=0"))), ErrorCode::NotInRoom);
+        clustered.seen_joined(&"r".into(), &p("z"), "n2");
         let fx = clustered.relay(&p("a"), ClientMessage::answer(p("z"), "v=0")).unwrap();
         let answer = ClientMessage::answer(p("z"), "v=0").relayed(p("a"), "r".into()).unwrap();
-        assert_eq!(fx, Effect::Route { room: "r".into(), delivery: Delivery { to: p("z"), msg: answer } });
+        assert_eq!(
+            fx,
+            Effect::Route { node: "n2".into(), room: "r".into(), delivery: Delivery { to: p("z"), msg: answer } }
+        );
+    }
+
+    fn routed_to(rooms: &Rooms, from: &str, to: &str) -> Result<Option<String>, ErrorCode> {
+        match rooms.relay(&p(from), ClientMessage::offer(p(to), "v=0")) {
+            Ok(Effect::Route { node, .. }) => Ok(Some(node)),
+            Ok(Effect::Deliver(_)) => Ok(None),
+            Ok(other) => panic!("a relay became {other:?}"),
+            Err(r) => Err(r.code),
+        }
+    }
+
+    #[test]
+    fn the_join_snapshot_gives_routes_to_the_members_on_other_nodes() {
+        let mut rooms = Rooms::clustered(4);
+        let before = [there("x", "n2"), there("y", "n3")];
+        rooms.commit_join_after(&p("a"), &"r".into(), &before);
+        assert_eq!(routed_to(&rooms, "a", "x"), Ok(Some("n2".into())));
+        assert_eq!(routed_to(&rooms, "a", "y"), Ok(Some("n3".into())));
+        assert_eq!(routed_to(&rooms, "a", "z"), Err(ErrorCode::NotInRoom));
+    }
+
+    #[test]
+    fn joined_and_exit_seen_from_other_nodes_add_and_remove_routes() {
+        let mut rooms = Rooms::clustered(4);
+        rooms.commit_join(&p("a"), &"r".into());
+        rooms.seen_joined(&"r".into(), &p("x"), "n2");
+        assert_eq!(routed_to(&rooms, "a", "x"), Ok(Some("n2".into())));
+        // A member seen again (a re-assertion after an outage) is not doubled.
+        rooms.seen_joined(&"r".into(), &p("x"), "n2");
+        rooms.seen_exit(&"r".into(), &p("x"));
+        assert_eq!(routed_to(&rooms, "a", "x"), Err(ErrorCode::NotInRoom));
+        // News of a room with no member here is not kept (no one here can relay into it).
+        rooms.seen_joined(&"elsewhere".into(), &p("w"), "n2");
+        assert_eq!(rooms.route_of(&"elsewhere".into(), &p("w")), None);
+        // An exit of someone unknown changes nothing.
+        rooms.seen_exit(&"r".into(), &p("nobody"));
+        assert_eq!(rooms.members(&"r".into()), &[p("a")]);
+    }
+
+    #[test]
+    fn routes_are_per_room_and_go_with_the_last_local_member() {
+        let mut rooms = Rooms::clustered(4);
+        rooms.commit_join(&p("a"), &"r".into());
+        rooms.commit_join(&p("b"), &"s".into());
+        rooms.seen_joined(&"r".into(), &p("x"), "n2");
+        // b (room s) cannot reach x (room r) through r's copy.
+        assert_eq!(routed_to(&rooms, "b", "x"), Err(ErrorCode::NotInRoom));
+        rooms.leave(&p("a"));
+        assert_eq!(rooms.route_of(&"r".into(), &p("x")), None, "the copy goes with the room's last member here");
+        // Joining again starts from the new snapshot, not from stale news.
+        rooms.commit_join_after(&p("c"), &"r".into(), &[]);
+        assert_eq!(routed_to(&rooms, "c", "x"), Err(ErrorCode::NotInRoom));
+    }
+
+    #[test]
+    fn the_receiving_node_accepts_only_its_own_members_of_that_room() {
+        let mut rooms = Rooms::clustered(4);
+        rooms.commit_join(&p("b"), &"r".into());
+        assert!(rooms.accepts("b", "r"));
+        assert!(!rooms.accepts("b", "s"), "a member of another room");
+        assert!(!rooms.accepts("z", "r"), "not a member here");
+        rooms.leave(&p("b"));
+        assert!(!rooms.accepts("b", "r"), "left before the sender's node saw its exit");
+        // Being written to the store: others may already have been told `joined`.
+        rooms.begin_join(&p("j"), &"r".into(), &[there("x", "n2")]);
+        assert!(rooms.accepts("j", "r"));
+        assert!(!rooms.accepts("j", "s"));
+        assert_eq!(rooms.local_members(), vec![], "a pending join is not re-asserted");
+        rooms.end_join(&p("j"), false);
+        assert!(!rooms.accepts("j", "r"), "a join given up");
+        assert_eq!(rooms.room_count(), 0);
+        assert_eq!(rooms.route_of(&"r".into(), &p("x")), None);
+        rooms.begin_join(&p("k"), &"r".into(), &[]);
+        rooms.end_join(&p("k"), true);
+        assert_eq!(rooms.local_members(), vec![(p("k"), "r".into())]);
+    }
+
+    #[test]
+    fn a_re_assertion_after_an_outage_rebuilds_routes_without_doubling() {
+        // After Redis comes back (empty), the node re-asserts its members and
+        // reads back their rooms: what other nodes re-asserted is seen again.
+        let mut rooms = Rooms::clustered(4);
+        rooms.commit_join_after(&p("a"), &"r".into(), &[there("x", "n2")]);
+        for (room, peer, node) in [("r", "x", "n2"), ("r", "y", "n3"), ("r", "a", "n1"), ("q", "w", "n2")] {
+            rooms.seen_joined(&room.into(), &p(peer), node);
+        }
+        assert_eq!(routed_to(&rooms, "a", "x"), Ok(Some("n2".into())));
+        assert_eq!(routed_to(&rooms, "a", "y"), Ok(Some("n3".into())));
+        assert_eq!(routed_to(&rooms, "a", "a"), Err(ErrorCode::NotInRoom), "itself, listed as on a node");
+        assert_eq!(rooms.remote.get(&RoomId::from("r")).map(Vec::len), Some(2));
+        assert_eq!(rooms.route_of(&"q".into(), &p("w")), None);
     }
 
     #[test]

@@ -2,8 +2,60 @@
 //! share rooms, and two peers on two nodes talk as if on one.
 //!
 //! Room membership lives in Redis (`scripts` has the keys and the Lua
-//! scripts that apply the room rules atomically); deliveries to another
-//! node's members go over pub/sub on that node's channel.
+//! scripts that apply the room rules atomically: a join's room size limit
+//! and already-joined check stay there); deliveries to another node's
+//! members go over pub/sub on that node's channel.
+//!
+//! Relays are routed without asking Redis: each node keeps, in its room
+//! core (`rooms::Rooms`), a copy of the members on other nodes of every room
+//! that has a member here, and publishes an offer/answer/candidate straight
+//! to the target's node (`batch`: plain pipelined PUBLISHes, one per node
+//! per batch). The receiving node delivers it only to its own member of that
+//! room, and otherwise sends the refusal back on the sender node's channel,
+//! where it reaches the sender as a strike (`LocalDelivery::refuse`). How the
+//! copy stays right enough, race by race:
+//! - *a member joins on another node*: its `joined` reaches every node with
+//!   a member in the room (the join script publishes it in the same atomic
+//!   step as the write, naming the joiner's node), and the reader copies it
+//!   before it hands the `joined` on, so a member here can relay to the
+//!   joiner as soon as it hears of it; the joiner's node learns the others
+//!   from the room it read. A target the copy does not have is refused here
+//!   at once, without asking Redis: a client learns ids only from
+//!   `created`/`joined`, which this node copies before handing on, so such a
+//!   target left already or was never in the room (asking Redis would cost a
+//!   round trip per such relay, and a client sending to made-up ids would
+//!   make Redis pay for it);
+//! - *a joiner is written in Redis but its node has not had the script's
+//!   answer yet* (the joiner may already hear `created`, others `joined`,
+//!   and either relay): the node counts the join from just before the write
+//!   (`Rooms::begin_join`) and undoes it if the write was not applied;
+//! - *a member left but its `exit` is not seen here yet*: the relay is
+//!   routed to its old node, which refuses it (the member is not its member
+//!   of that room any more) and the sender hears `not_in_room` a moment
+//!   later, as from any late refusal;
+//! - *Redis restarts (or is emptied) or the subscription drops*: `joined`/
+//!   `exit` published meanwhile are lost, so the re-assertion after a
+//!   reconnect reads back every member Redis lists in this node's rooms
+//!   (what other nodes re-asserted) into the copies, and applies the
+//!   departures it is told about; entries it cannot know are stale (a member
+//!   who left while this node was cut off) cost at most a refusal from that
+//!   member's node, never a wrong delivery;
+//! - *a node dies*: relays to its members are published to a channel no one
+//!   listens on, and the sender is told so (`internal`, as before); once the
+//!   node is reaped its members' `exit`s take them out of the copies.
+//!
+//! Order of membership news: a join's `created` and every `joined` it causes,
+//! this node's members' included, are published by the join's script, and a
+//! leave's `exit`s by the leave's script; each node reads its channel in
+//! order, so every member hears of joins and leaves in the order Redis
+//! applied them, wherever the joiners are (before, this node's members were
+//! told by the joining task after the script returned, so two joins could
+//! cross on their way to a member, and a `joined` from another node could
+//! overtake the joiner's own `created`). Only while Redis (or this node's
+//! subscription) is away does a node tell its own members directly: leaves
+//! then, and a join that found its own channel unsubscribed. Joins of one
+//! room on one node take turns, so a join's optimistic write races only
+//! other nodes' joins.
 //!
 //! Redis can go away and come back (empty, after a restart) without costing
 //! a live member its room:
@@ -25,6 +77,7 @@ mod batch;
 mod link;
 mod scripts;
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -40,19 +93,37 @@ use crate::signal::protocol::{
 };
 use crate::signal::rooms::{Delivery, Effect, LocalDelivery, Member, Place, Rooms};
 
-use batch::RouteRequest;
+use batch::Publish;
 use link::{Backoff, Link, StoreError};
 use scripts::{NODESET, TOMBSTONE_SECS, alive_key, channel, members_key, room_key};
 
-/// One delivery on a node's channel, as read: the message stays JSON text,
-/// which a `/ws` client gets as it is (checked to be JSON, never parsed into
-/// a message and written again).
+/// One envelope on a node's channel, as read: a delivery (`msg`, kept as
+/// JSON text, which a `/ws` client gets as it is, never parsed into a
+/// message and written again), or a refusal sent back to a sender (`refused`).
+/// A relay also names its sender, room and the sender's node (for the
+/// membership check and a refusal); a `joined` names the joiner's node
+/// (for this node's copy of the room).
 #[derive(Debug, Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
-    to: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    msg: &'a serde_json::value::RawValue,
+    to: Cow<'a, str>,
+    #[serde(borrow, default)]
+    msg: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    node: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    from: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    refused: Option<WireRefusal>,
+}
+
+/// A refusal on its way back to the sender's node.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireRefusal {
+    code: ErrorCode,
+    message: String,
 }
 
 /// The deliveries in one message on a node's channel: one envelope, or an
@@ -69,18 +140,54 @@ fn envelopes(payload: &[u8]) -> serde_json::Result<Vec<Envelope<'_>>> {
 #[derive(Serialize)]
 struct EnvelopeRef<'a> {
     to: &'a PeerId,
-    msg: &'a ServerMessage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a PeerId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a RoomId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    msg: Option<&'a ServerMessage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a WireRefusal>,
 }
 
-fn envelope(d: &Delivery) -> Result<String, Refusal> {
-    serde_json::to_string(&EnvelopeRef { to: &d.to, msg: &d.msg })
-        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("encoding a delivery for Redis: {e}")))
+impl<'a> EnvelopeRef<'a> {
+    fn delivery(d: &'a Delivery) -> Self {
+        EnvelopeRef { to: &d.to, node: None, from: None, room: None, msg: Some(&d.msg), refused: None }
+    }
+
+    fn encode(&self) -> Result<String, Refusal> {
+        serde_json::to_string(self)
+            .map_err(|e| Refusal::new(ErrorCode::Internal, format!("encoding a delivery for Redis: {e}")))
+    }
+}
+
+/// A `joined` (or any delivery) from this node's `node`.
+fn envelope_from(d: &Delivery, node: &str) -> Result<String, Refusal> {
+    EnvelopeRef { node: Some(node), ..EnvelopeRef::delivery(d) }.encode()
+}
+
+/// What a `joined` or `exit` says (parsed only for this node's copy of the room).
+#[derive(Deserialize)]
+struct Membership<'a> {
+    #[serde(borrow, alias = "from")]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    room: Cow<'a, str>,
 }
 
 /// A join re-reads the room and decides again when the room changed between
 /// its read and its write (another join or leave at the same moment); after
-/// this many tries it gives up with `internal`.
-const JOIN_ATTEMPTS: usize = 8;
+/// this many tries it gives up with `internal`. Joins of one room on one node
+/// take turns ([`JOIN_STRIPES`]), so a join only races other nodes' (and
+/// leaves): with k nodes joining at once, each try is won by one of them.
+const JOIN_ATTEMPTS: usize = 32;
+
+/// Joins on this node whose rooms hash alike take turns: without it, many
+/// joins of one room at once on one node mostly fail each other's check
+/// and retry (14 at once ran out of 8 tries in a test).
+const JOIN_STRIPES: usize = 64;
 
 /// Presence timing.
 #[derive(Debug, Clone, Copy)]
@@ -137,11 +244,19 @@ pub struct Backplane {
     /// `exit`s for this node's members about departures it learnt while
     /// re-asserting; the supervisor hands them to the hub.
     late_exits: Mutex<Vec<Delivery>>,
-    /// Cross-node relays, sent in batches (`batch`).
-    relay_queue: mpsc::Sender<RouteRequest>,
+    /// Cross-node relays and refusals sent back, published in batches (`batch`).
+    relay_queue: mpsc::Sender<Publish>,
     /// The queue's other end, until `start` hands it to the writer.
-    relay_rx: Mutex<Option<mpsc::Receiver<RouteRequest>>>,
+    relay_rx: Mutex<Option<mpsc::Receiver<Publish>>>,
     scripts: Scripts,
+    /// Turns for joins on this node, per stripe of rooms (`JOIN_STRIPES`).
+    join_turns: Vec<tokio::sync::Mutex<()>>,
+}
+
+fn stripe(room: &RoomId) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(room);
+    (h % JOIN_STRIPES as u64) as usize
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,6 +296,7 @@ impl Backplane {
                 reassert: redis::Script::new(scripts::REASSERT),
                 reap: redis::Script::new(scripts::REAP),
             },
+            join_turns: (0..JOIN_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
     }
 
@@ -243,17 +359,11 @@ impl Backplane {
         tokio::spawn(async move {
             let mut stream = pubsub.into_on_message();
             while let Some(msg) = stream.next().await {
-                let Some(hub) = hub.upgrade() else { return };
+                let (Some(hub), Some(b)) = (hub.upgrade(), me.upgrade()) else { return };
                 match envelopes(msg.get_payload_bytes()) {
                     Ok(envs) => {
                         for env in envs {
-                            let json = env.msg.get();
-                            match MessageKind::of_json(json) {
-                                Some(kind) => {
-                                    hub.deliver_json(&env.to, kind, json);
-                                }
-                                None => tracing::warn!("dropping a delivery from redis with no known type"),
-                            }
+                            b.receive(&*hub, env);
                         }
                     }
                     Err(e) => tracing::warn!("dropping a malformed delivery from redis: {e}"),
@@ -265,6 +375,71 @@ impl Backplane {
                 b.sub_lost.notify_one();
             }
         });
+    }
+
+    /// One envelope from this node's channel: a refusal for a sender here,
+    /// or a delivery for a member here. A relay is delivered only if its
+    /// target is this node's member of the relay's room (else refused back
+    /// to the sender's node); a `joined` or `exit` updates this node's copy
+    /// of the room before the member hears of it, so a reply to it routes.
+    fn receive<H: LocalDelivery>(&self, hub: &H, env: Envelope<'_>) {
+        if let Some(r) = env.refused {
+            hub.refuse(&PeerId(env.to.into_owned()), Refusal::new(r.code, r.message));
+            return;
+        }
+        let Some(msg) = env.msg else {
+            tracing::warn!("dropping an envelope from redis with neither msg nor refused");
+            return;
+        };
+        let json = msg.get();
+        let Some(kind) = MessageKind::of_json(json) else {
+            tracing::warn!("dropping a delivery from redis with no known type");
+            return;
+        };
+        match kind {
+            MessageKind::Offer | MessageKind::Answer | MessageKind::Candidate => {
+                let Some(room) = env.room.as_deref() else {
+                    tracing::warn!("dropping a relay from redis that names no room");
+                    return;
+                };
+                if !lock(&self.core).accepts(&env.to, room) {
+                    self.refuse_back(&env, room);
+                    return;
+                }
+            }
+            MessageKind::Joined | MessageKind::Exit => match serde_json::from_str::<Membership>(json) {
+                Ok(m) => {
+                    let (room, peer) = (RoomId(m.room.into_owned()), PeerId(m.id.into_owned()));
+                    let mut core = lock(&self.core);
+                    match (kind, env.node.as_deref()) {
+                        (MessageKind::Joined, Some(node)) => core.seen_joined(&room, &peer, node),
+                        (MessageKind::Joined, None) => tracing::warn!("a joined from redis names no node"),
+                        _ => core.seen_exit(&room, &peer),
+                    }
+                }
+                Err(e) => tracing::warn!("a {} from redis without id and room: {e}", kind.as_str()),
+            },
+            _ => {}
+        }
+        hub.deliver_json(&env.to, kind, json);
+    }
+
+    /// A relay for someone who is not this node's member of `room` (left,
+    /// or never was): the refusal goes back to the sender's node, which
+    /// hands it to the sender as a strike (`batch`).
+    fn refuse_back(&self, env: &Envelope<'_>, room: &str) {
+        let (Some(from), Some(node)) = (env.from.as_deref(), env.node.as_deref()) else {
+            tracing::warn!("dropping a relay from redis for a non-member that names no sender");
+            return;
+        };
+        let r = Rooms::not_in_room(&PeerId(env.to.to_string()), &RoomId(room.to_string()));
+        let wire = WireRefusal { code: r.code, message: r.message };
+        let from = PeerId(from.to_string());
+        let envelope = EnvelopeRef { to: &from, node: None, from: None, room: None, msg: None, refused: Some(&wire) };
+        let Ok(payload) = envelope.encode() else { return };
+        if self.relay_queue.try_send(Publish { node: node.to_string(), payload, relay: None }).is_err() {
+            tracing::warn!("relay queue full: a refusal for {from} on node {node} was dropped");
+        }
     }
 
     /// Writes presence and every local member (in joining order) on `con`;
@@ -281,10 +456,21 @@ impl Backplane {
         for (peer, room) in &members {
             inv.arg(peer.as_str()).arg(room.as_str());
         }
-        let told: Vec<String> = inv.invoke_async(&mut con.clone()).await?;
+        let (told, listed): (Vec<String>, Vec<String>) = inv.invoke_async(&mut con.clone()).await?;
+        let mut core = lock(&self.core);
+        // What Redis now lists in this node's rooms: members other nodes
+        // re-asserted, or joined while this node's news of them was lost
+        // (Redis restarted, the subscription dropped). Added to the copies;
+        // a stale entry costs at most a refusal from that member's node.
+        for t in listed.chunks_exact(3) {
+            if t[2] != self.node {
+                core.seen_joined(&RoomId(t[0].clone()), &PeerId(t[1].clone()), &t[2]);
+            }
+        }
         for t in told.chunks_exact(3) {
             let (to, from, room) = (PeerId(t[0].clone()), PeerId(t[1].clone()), RoomId(t[2].clone()));
             tracing::info!(peer = %to, left = %from, %room, "telling a member who left while Redis was away");
+            core.seen_exit(&room, &from);
             lock(&self.late_exits).push(Delivery { to, msg: ServerMessage::Exit { from, room } });
         }
         Ok(members.len())
@@ -329,7 +515,7 @@ impl Backplane {
     async fn flush_pending_leaves(&self, con: &MultiplexedConnection) -> redis::RedisResult<()> {
         let pending = std::mem::take(&mut *lock(&self.pending_leaves));
         for (i, leave) in pending.iter().enumerate() {
-            let r = self.write_leave(con, leave, TOMBSTONE_SECS).await;
+            let r = self.write_leave(con, leave, TOMBSTONE_SECS, false).await;
             if let Err(e) = r {
                 lock(&self.pending_leaves).extend(pending[i..].iter().cloned());
                 return Err(e);
@@ -344,7 +530,8 @@ impl Backplane {
         con: &MultiplexedConnection,
         leave: &PendingLeave,
         tombstone_secs: u64,
-    ) -> redis::RedisResult<()> {
+        tell_own: bool,
+    ) -> redis::RedisResult<i64> {
         self.scripts
             .leave
             .key(room_key(leave.room.as_str()))
@@ -354,9 +541,9 @@ impl Backplane {
             .arg(&self.node)
             .arg(tombstone_secs)
             .arg(&leave.notice)
+            .arg(if tell_own { "all" } else { "others" })
             .invoke_async::<i64>(&mut con.clone())
             .await
-            .map(|_| ())
     }
 
     /// On shutdown: this node's members leave their rooms now rather than at expiry.
@@ -390,7 +577,9 @@ impl Backplane {
                 let effect = lock(&self.core).relay(from, relay)?;
                 match effect {
                     Effect::Deliver(d) => Ok(vec![d]),
-                    Effect::Route { room, delivery } => self.route(from, room, delivery).await.map(|()| vec![]),
+                    Effect::Route { node, room, delivery } => {
+                        self.route(from, node, room, delivery).await.map(|()| vec![])
+                    }
                     other => {
                         tracing::error!("the room core answered a relay with {other:?}; dropped");
                         Ok(vec![])
@@ -404,6 +593,7 @@ impl Backplane {
     /// still as read (else read again). The deliveries for this node.
     async fn join(&self, from: &PeerId, room: &RoomId, ice: &[IceServer]) -> Result<Vec<Delivery>, Refusal> {
         lock(&self.core).check_join(from, room)?;
+        let _turn = self.join_turns[stripe(room)].lock().await;
         let mut con = self.link.get().map_err(|e| self.unreachable("join", e))?;
         for _ in 0..JOIN_ATTEMPTS {
             let flat: Vec<String> = redis::cmd("HGETALL")
@@ -429,22 +619,40 @@ impl Backplane {
             for v in &flat {
                 inv.arg(v);
             }
+            // Every delivery goes through Redis, this node's too (`created`
+            // first): members hear of joins in the order Redis applied them,
+            // whichever node they and the joiners are on.
             let mut local = vec![];
             for e in effects {
                 match e {
                     Effect::Forward { node, delivery } => {
-                        inv.arg(node).arg(envelope(&delivery)?);
+                        inv.arg(node).arg(envelope_from(&delivery, &self.node)?);
                     }
-                    Effect::Deliver(d) => local.push(d),
+                    Effect::Deliver(d) => {
+                        inv.arg(&self.node).arg(envelope_from(&d, &self.node)?);
+                        local.push(d);
+                    }
                     Effect::Add { .. } => {}
                     other => tracing::error!("the room core answered a join with {other:?}; dropped"),
                 }
             }
-            let applied: i64 =
-                inv.invoke_async(&mut con).await.map_err(|e| self.unreachable("join", self.link.failed(e)))?;
-            if applied == 1 {
-                lock(&self.core).commit_join(from, room);
-                return Ok(local);
+            // Counted here before the write: once written, the joiner hears
+            // `created` and others `joined`, and either may relay at once.
+            lock(&self.core).begin_join(from, room, &before);
+            let applied = inv.invoke_async::<i64>(&mut con).await;
+            lock(&self.core).end_join(from, matches!(applied, Ok(n) if n != 0));
+            match applied.map_err(|e| self.unreachable("join", self.link.failed(e)))? {
+                0 => continue,
+                1 => {
+                    tracing::info!(peer = %from, %room, others = before.len(), "joined");
+                    return Ok(vec![]);
+                }
+                _ => {
+                    // Our subscription is being renewed: what Redis published
+                    // to this node is lost, so hand our members theirs here.
+                    tracing::warn!(peer = %from, %room, "joined while this node's channel was unsubscribed");
+                    return Ok(local);
+                }
             }
         }
         Err(Refusal::new(
@@ -453,19 +661,27 @@ impl Backplane {
         ))
     }
 
-    /// Delivers to a member of `room` on another node, through its channel.
-    /// Queued for the batch writer without waiting for Redis: a refusal
-    /// (no such member, its node not listening, Redis failing) reaches `from`
-    /// later (`batch`). Refused at once only when Redis is known to be away.
-    async fn route(&self, from: &PeerId, room: RoomId, delivery: Delivery) -> Result<(), Refusal> {
+    /// Delivers to a member of `room` on `node`, through its channel. Queued
+    /// for the batch writer without waiting for Redis: a refusal (the target
+    /// is not that node's member of the room, the node is not listening,
+    /// Redis failing) reaches `from` later (`batch`). Refused at once only
+    /// when Redis is known to be away.
+    async fn route(&self, from: &PeerId, node: String, room: RoomId, delivery: Delivery) -> Result<(), Refusal> {
         if !self.link.is_up() {
             let what = format!("a message to \"{}\" (not on this node)", delivery.to);
             return Err(self.unreachable(&what, StoreError::Down));
         }
-        let payload = envelope(&delivery)?;
-        let request = RouteRequest { from: from.clone(), room, to: delivery.to, payload };
+        let payload = EnvelopeRef {
+            node: Some(&self.node),
+            from: Some(from),
+            room: Some(&room),
+            ..EnvelopeRef::delivery(&delivery)
+        }
+        .encode()?;
+        let request = Publish { node, payload, relay: Some((from.clone(), delivery.to)) };
         if let Err(e) = self.relay_queue.send(request).await {
-            let what = format!("a message to \"{}\" (not on this node)", e.0.to);
+            let to = e.0.relay.map(|(_, to)| to.0).unwrap_or_default();
+            let what = format!("a message to \"{to}\" (not on this node)");
             return Err(self.unreachable(&what, StoreError::Down));
         }
         Ok(())
@@ -484,9 +700,15 @@ impl Backplane {
                 Effect::Remove { room, peer, notice } => {
                     let leave = PendingLeave { peer, room, notice: notice.to_json() };
                     let written = match self.link.get() {
-                        Ok(con) => self.write_leave(&con, &leave, 0).await.map_err(|e| self.link.failed(e)),
+                        Ok(con) => self.write_leave(&con, &leave, 0, true).await.map_err(|e| self.link.failed(e)),
                         Err(e) => Err(e),
                     };
+                    // Written: this node's members hear the `exit` through
+                    // Redis too, after any `joined` published before it.
+                    // (Not written: they are told here, at once.)
+                    if let Ok(1) = written {
+                        out.clear();
+                    }
                     if let Err(e) = written {
                         tracing::warn!(
                             "redis {}: leave of {} from {} not written yet ({e}); will be after reconnecting",
@@ -619,16 +841,48 @@ mod tests {
     #[test]
     fn deliveries_from_redis_keep_the_message_text_as_written() {
         let offer = ClientMessage::offer("b".into(), "v=0 \u{e9}\n").relayed("a".into(), "r".into()).unwrap();
-        let one = envelope(&Delivery { to: "b".into(), msg: offer.clone() }).unwrap();
+        let d = Delivery { to: "b".into(), msg: offer.clone() };
+        let one = EnvelopeRef::delivery(&d).encode().unwrap();
         let envs = envelopes(one.as_bytes()).unwrap();
         assert_eq!(envs.len(), 1);
         assert_eq!(envs[0].to, "b");
-        assert_eq!(envs[0].msg.get(), offer.to_json());
-        // A batch is a JSON array of the same envelopes (`batch::RELAY_BATCH`).
+        assert_eq!(envs[0].msg.map(|m| m.get()), Some(offer.to_json().as_str()));
+        // A batch is a JSON array of the same envelopes (`batch`).
         let batch = format!("[{one},{one}]");
         let envs = envelopes(batch.as_bytes()).unwrap();
-        assert_eq!(envs.iter().map(|e| e.msg.get()).collect::<Vec<_>>(), vec![offer.to_json(); 2]);
-        assert!(envelopes(b"{\"to\":\"b\"}").is_err());
+        assert_eq!(envs.iter().map(|e| e.msg.unwrap().get()).collect::<Vec<_>>(), vec![offer.to_json(); 2]);
+        assert!(envelopes(b"{\"msg\":{}}").is_err(), "no addressee");
         assert!(envelopes(b"[{\"to\":\"b\",\"msg\":{]").is_err());
+    }
+
+    #[test]
+    fn a_relay_names_its_sender_room_and_node_and_a_refusal_goes_back_to_the_sender() {
+        let offer = ClientMessage::offer("b".into(), "v=0").relayed("a".into(), "r".into()).unwrap();
+        let d = Delivery { to: "b".into(), msg: offer };
+        let (from, room) = (PeerId::from("a"), RoomId::from("r"));
+        let relay = EnvelopeRef { node: Some("n1"), from: Some(&from), room: Some(&room), ..EnvelopeRef::delivery(&d) }
+            .encode()
+            .unwrap();
+        let env = &envelopes(relay.as_bytes()).unwrap()[0];
+        assert_eq!(
+            (env.to.as_ref(), env.from.as_deref(), env.room.as_deref(), env.node.as_deref()),
+            ("b", Some("a"), Some("r"), Some("n1"))
+        );
+        let wire = WireRefusal { code: ErrorCode::NotInRoom, message: "no member".into() };
+        let back = EnvelopeRef { to: &from, node: None, from: None, room: None, msg: None, refused: Some(&wire) }
+            .encode()
+            .unwrap();
+        let env = &envelopes(back.as_bytes()).unwrap()[0];
+        assert!(env.msg.is_none());
+        assert_eq!(env.refused.as_ref().map(|r| r.code), Some(ErrorCode::NotInRoom));
+        // A `joined` says which node the joiner is on; an `exit` from a script names none.
+        let joined = Delivery { to: "b".into(), msg: ServerMessage::Joined { id: "c".into(), room: "r".into() } };
+        let env_text = envelope_from(&joined, "n3").unwrap();
+        let env = &envelopes(env_text.as_bytes()).unwrap()[0];
+        let m: Membership = serde_json::from_str(env.msg.unwrap().get()).unwrap();
+        assert_eq!((m.id.as_ref(), m.room.as_ref(), env.node.as_deref()), ("c", "r", Some("n3")));
+        let exit = ServerMessage::Exit { from: "c".into(), room: "r".into() }.to_json();
+        let m: Membership = serde_json::from_str(&exit).unwrap();
+        assert_eq!((m.id.as_ref(), m.room.as_ref()), ("c", "r"));
     }
 }

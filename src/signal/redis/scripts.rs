@@ -41,9 +41,13 @@ pub fn channel(node: &str) -> String {
 /// Applies a join the room core decided on a snapshot of the room, if the
 /// room is still as read (else 0, and the node reads and decides again).
 /// KEYS: room, node members. ARGV: peer, node, room name, 2n, the snapshot
-/// (n pairs peer, node), then pairs node, delivery: the `joined` for members
-/// on other nodes, published in the same step as the join so that no member
-/// can miss it. Returns 1 when applied.
+/// (n pairs peer, node), then pairs node, delivery: the `created` for the
+/// joiner and the `joined` for every other member, this node's included,
+/// published in the same step as the join so that every member hears of
+/// joins in the order Redis applied them, on any node, and none can miss
+/// one. Returns 1 when applied, 2 when applied but this node's own channel
+/// had no subscriber (its subscription is being renewed: the node then
+/// hands its members their deliveries itself).
 pub const JOIN: &str = r#"
 local n = tonumber(ARGV[4])
 if redis.call('HLEN', KEYS[1]) * 2 ~= n then return 0 end
@@ -52,17 +56,23 @@ for i = 5, 4 + n, 2 do
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local heard = 1
 for i = 5 + n, #ARGV, 2 do
-  redis.call('PUBLISH', 'natkit:to:' .. ARGV[i], ARGV[i+1])
+  local got = redis.call('PUBLISH', 'natkit:to:' .. ARGV[i], ARGV[i+1])
+  if got == 0 and ARGV[i] == ARGV[2] then heard = 2 end
 end
-return 1
+return heard
 "#;
 
-/// Removes one member and tells the rest on other nodes the core's notice
-/// (this node told its own). KEYS: room, node members. ARGV: peer, room name,
-/// node, tombstone seconds (0: none; a departure written late, after an
-/// outage, leaves one for nodes that have not re-asserted their members
-/// yet), the notice (`exit` JSON).
+/// Removes one member and tells the rest the core's notice. KEYS: room,
+/// node members. ARGV: peer, room name, node, tombstone seconds (0: none; a
+/// departure written late, after an outage, leaves one for nodes that have
+/// not re-asserted their members yet), the notice (`exit` JSON), and `all`
+/// (this node's members too, over its own channel, so that an `exit` keeps
+/// its place after the `joined`s Redis published before it) or `others`
+/// (this node told its own already: a leave written after an outage).
+/// Returns 1, or 0 when this node's own channel had no subscriber (the node
+/// then tells its members itself).
 pub const LEAVE: &str = r#"
 redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[2], ARGV[1]) end
@@ -73,12 +83,14 @@ if tonumber(ARGV[4]) > 0 then
 end
 local rest = redis.call('HGETALL', KEYS[1])
 local exit = ARGV[5]
+local heard = 1
 for i = 1, #rest, 2 do
-  if rest[i+1] ~= ARGV[3] then
-    redis.call('PUBLISH', 'natkit:to:' .. rest[i+1], '{"to":' .. cjson.encode(rest[i]) .. ',"msg":' .. exit .. '}')
+  if rest[i+1] ~= ARGV[3] or ARGV[6] == 'all' then
+    local got = redis.call('PUBLISH', 'natkit:to:' .. rest[i+1], '{"to":' .. cjson.encode(rest[i]) .. ',"msg":' .. exit .. '}')
+    if got == 0 and rest[i+1] == ARGV[3] then heard = 0 end
   end
 end
-return #rest / 2
+return heard
 "#;
 
 /// A node's heartbeat: renews its presence key. KEYS: alive, nodeset.
@@ -98,8 +110,11 @@ return existed
 /// off; the rest of their room on other nodes is told `exit`).
 /// KEYS: node members, alive, nodeset. ARGV: node, presence lifetime (ms),
 /// tombstone seconds, then pairs peer, room.
-/// Returns flat (member, departed peer, room) triples: departures other nodes
-/// wrote while this node was away, for this node to tell its members.
+/// Returns two flat lists: (member, departed peer, room) triples, departures
+/// other nodes wrote while this node was away, for this node to tell its
+/// members; and (room, peer, node) triples, every member now listed in this
+/// node's rooms, from which the node rebuilds its copies of them
+/// (`rooms::Rooms::seen_joined`).
 pub const REASSERT: &str = r#"
 local node = ARGV[1]
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
@@ -126,10 +141,12 @@ for i = 1, #listed, 2 do
   end
 end
 local told = {}
+local seen, rooms = {}, {}
 for i = 4, #ARGV, 2 do
   local peer, room = ARGV[i], ARGV[i+1]
   redis.call('HSET', KEYS[1], peer, room)
   redis.call('HSET', 'natkit:room:' .. room, peer, node)
+  if not seen[room] then seen[room] = true; table.insert(rooms, room) end
   local gone = redis.call('HGETALL', 'natkit:gone:' .. room)
   for j = 1, #gone, 2 do
     if gone[j+1] ~= node then
@@ -139,7 +156,16 @@ for i = 4, #ARGV, 2 do
     end
   end
 end
-return told
+local listed = {}
+for _, room in ipairs(rooms) do
+  local all = redis.call('HGETALL', 'natkit:room:' .. room)
+  for j = 1, #all, 2 do
+    table.insert(listed, room)
+    table.insert(listed, all[j])
+    table.insert(listed, all[j+1])
+  end
+end
+return {told, listed}
 "#;
 
 /// Removes every member of a node (its members leave their rooms, `exit` to
