@@ -73,8 +73,8 @@ fn relay() -> RelayServer {
     RelayServer::start(&["--user", "alice:wonderland", "--realm", "lab", "--allow-loopback-peers"])
 }
 
-const GRO_READS: &str = "natkit_relay_udp_coalesced_total{direction=\"in\"}";
-const GSO_SENDS: &str = "natkit_relay_udp_coalesced_total{direction=\"out\"}";
+const GRO_READS: &str = "natkit_relay_udp_offload_total{op=\"gro_read\"}";
+const GSO_SENDS: &str = "natkit_relay_udp_offload_total{op=\"gso_send\"}";
 
 #[test]
 fn a_gso_burst_from_a_client_reaches_the_peer_datagram_by_datagram_each_one_checked() {

@@ -319,10 +319,10 @@ fn render_udp_io(o: &mut String, u: &UdpIoSnapshot) {
     );
     metric(
         o,
-        "udp_coalesced_total",
+        "udp_offload_total",
         "counter",
-        "UDP messages that carried several datagrams, by direction (in: reads split after UDP GRO, out: UDP GSO sends).",
-        &[("direction=\"in\"", u.gro_reads), ("direction=\"out\"", u.gso_sends)],
+        "UDP messages that carried several datagrams, by operation (gro_read: a read split after UDP GRO, gso_send: a UDP GSO send).",
+        &[("op=\"gro_read\"", u.gro_reads), ("op=\"gso_send\"", u.gso_sends)],
     );
     metric(
         o,
