@@ -6,6 +6,8 @@
 //! loopback; counts and bytes are asserted, never times.
 
 mod common;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/turn_udp.rs"]
 mod turn_udp;
 
@@ -13,8 +15,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use common::relay_server::RelayServer;
-use turn_udp::{Allocated, channel_data};
+use common::relay_server::{RelayServer, scrape};
+use netns::Netns;
+use turn_udp::{Allocated, Client, channel_data};
 
 /// Datagrams per burst: 20 full ones and a shorter last one.
 const FULL: usize = 20;
@@ -143,4 +146,52 @@ fn a_gso_burst_between_two_allocations_of_the_relay_arrives_whole_and_in_order()
     assert!(m.value(GRO_READS) >= 1, "{m}");
     assert!(m.value(GSO_SENDS) >= 1, "{m}");
     assert_eq!(m.value("natkit_relay_packets_relayed_total{direction=\"internal\"}"), (FULL + 1) as u64, "{m}");
+}
+
+#[test]
+fn a_gso_send_the_kernel_refuses_goes_out_again_datagram_by_datagram() {
+    // Loopback with an MTU of 1,280 in a namespace: the peer's 1,240-byte datagrams
+    // fit, but their Data indications (1,276 bytes) do not, and the kernel refuses a
+    // GSO send whose segments exceed the MTU. The relay must send them one by one
+    // (the kernel fragments each) and count the refusal.
+    let ns = Netns::new(&["203.0.113.1/24", "203.0.113.5/32"]);
+    let out = std::process::Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "mtu", "1280"]).output();
+    assert!(out.is_ok_and(|o| o.status.success()), "ip link set lo mtu 1280 in {}", ns.name);
+    let mut relay = ns.spawn_relay(&[
+        "--listen",
+        "203.0.113.1:3478",
+        "--user",
+        "alice:wonderland",
+        "--realm",
+        "lab",
+        "--allow-relay-host-peers",
+        "--metrics",
+        "203.0.113.1:9641",
+    ]);
+    let (got, want, metrics) = ns.run(|| {
+        let server: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+        // Bounded wait until the relay answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Client::bind("203.0.113.5", server)
+            .transact_tries(&turn_udp::request(stun_rs::methods::BINDING, vec![], None), 1)
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "the relay in the namespace never answered");
+        }
+        let a = Allocated::new("203.0.113.5", server, "alice", "wonderland", false);
+        let peer = UdpSocket::bind("203.0.113.5:0").unwrap();
+        // A permission and no channel: the answers are Data indications.
+        assert_eq!(a.permit(peer.local_addr().unwrap()), None);
+        let sent: Vec<Vec<u8>> = (0..21).map(|i| (0..1240).map(|k| (i * 13 + k) as u8).collect()).collect();
+        send_gso(&peer, a.relayed, 1240, &sent.concat());
+        let got = receive(&a.client.sock, sent.len());
+        (got, sent, scrape("203.0.113.1:9641"))
+    });
+    let _ = relay.stop();
+    assert_eq!(got.len(), want.len(), "Data indications at the client");
+    for (i, (d, p)) in got.iter().zip(&want).enumerate() {
+        assert!(d.len() > p.len() && d.ends_with(p), "Data indication {i} does not carry datagram {i}");
+    }
+    assert!(metrics.value("natkit_relay_udp_gso_refused_total") >= 1, "no refused GSO send counted:\n{metrics}");
+    assert_eq!(metrics.value("natkit_relay_send_errors_total"), 0, "{metrics}");
 }
