@@ -10,6 +10,10 @@
 //! runs the core on each batch under one short lock, and at the end of the
 //! round sends everything the round produced with one sendmmsg per socket:
 //! the answers to many relayed sockets' peers leave the listener together.
+//! Every UDP socket has UDP GRO on: a read holding a sender's run of
+//! equal-size datagrams is split before the core sees it, and each run of
+//! equal-size answers to one destination leaves as one UDP GSO message of that
+//! sendmmsg ([`crate::net::mmsg`]).
 //! The core is never held across a system call that can wait.
 //!
 //! One exception, on purpose: an Allocate opens its relayed socket
