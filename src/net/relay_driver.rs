@@ -10,6 +10,10 @@
 //! runs the core on each batch under one short lock, and at the end of the
 //! round sends everything the round produced with one sendmmsg per socket:
 //! the answers to many relayed sockets' peers leave the listener together.
+//! Every UDP socket has UDP GRO on: a read holding a sender's run of
+//! equal-size datagrams is split before the core sees it, and each run of
+//! equal-size answers to one destination leaves as one UDP GSO message of that
+//! sendmmsg ([`crate::net::mmsg`]).
 //! The core is never held across a system call that can wait.
 //!
 //! One exception, on purpose: an Allocate opens its relayed socket
@@ -50,7 +54,7 @@ use tokio::task::JoinSet;
 
 use crate::net::conn_limit::{ConnLimiter, ConnPermit, ConnRefusal, accept_with_backoff};
 use crate::net::metrics_http::{self, MetricsLimits, Paths};
-use crate::net::mmsg::{BATCH, RecvBatch, Sent, send_many};
+use crate::net::mmsg::{BATCH, GSO_MAX_SEGMENTS, RecvBatch, SentSegmented, enable_gro, segments, send_segmented};
 use crate::net::relay_tcp::{self, CoreAccess, Inbound, TcpCounters, TcpDriver};
 use crate::net::stream::take_frame;
 use crate::net::transport::Transport;
@@ -266,6 +270,9 @@ pub struct UdpIoCounters {
     datagrams_out: AtomicU64,
     recvmmsg_calls: AtomicU64,
     sendmmsg_calls: AtomicU64,
+    gro_reads: AtomicU64,
+    gso_sends: AtomicU64,
+    gso_refused: AtomicU64,
 }
 
 impl UdpIoCounters {
@@ -278,6 +285,9 @@ impl UdpIoCounters {
         self.datagrams_out.fetch_add(r.datagrams_out, Ordering::Relaxed);
         self.recvmmsg_calls.fetch_add(r.recvmmsg_calls, Ordering::Relaxed);
         self.sendmmsg_calls.fetch_add(r.sendmmsg_calls, Ordering::Relaxed);
+        self.gro_reads.fetch_add(r.gro_reads, Ordering::Relaxed);
+        self.gso_sends.fetch_add(r.gso_sends, Ordering::Relaxed);
+        self.gso_refused.fetch_add(r.gso_refused, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> UdpIoSnapshot {
@@ -288,6 +298,9 @@ impl UdpIoCounters {
             datagrams_out: load(&self.datagrams_out),
             recvmmsg_calls: load(&self.recvmmsg_calls),
             sendmmsg_calls: load(&self.sendmmsg_calls),
+            gro_reads: load(&self.gro_reads),
+            gso_sends: load(&self.gso_sends),
+            gso_refused: load(&self.gso_refused),
         }
     }
 }
@@ -299,6 +312,12 @@ struct RoundCount {
     datagrams_out: u64,
     recvmmsg_calls: u64,
     sendmmsg_calls: u64,
+    /// Reads that held more than one datagram (UDP GRO).
+    gro_reads: u64,
+    /// Sends that carried more than one datagram (UDP GSO).
+    gso_sends: u64,
+    /// GSO sends the kernel refused, sent again one datagram at a time.
+    gso_refused: u64,
 }
 
 /// A map on the UDP path, hashed with foldhash: the keys are this relay's
@@ -376,6 +395,8 @@ impl Ports {
             match s.bind(&addr.into()) {
                 Ok(()) => {
                     s.set_nonblocking(true).map_err(|e| RelayOpenError::Io(e.to_string()))?;
+                    // A peer's runs of equal datagrams come in one read; best effort (kernel 5.0+).
+                    let _ = enable_gro(s.as_raw_fd());
                     return Ok((s.into(), addr));
                 }
                 // Held by another process; a failed bind leaves the socket unbound, reusable.
@@ -491,6 +512,9 @@ struct Shared {
     userdb: Option<mpsc::UnboundedSender<Lookup>>,
     /// TCP allocations' peer connections (RFC 6062).
     tcp: TcpDriver,
+    /// Datagrams per UDP GSO send: [`GSO_MAX_SEGMENTS`], or 1 once the kernel
+    /// said EIO (a device without checksum offload: GSO will never work there).
+    gso_segments: AtomicUsize,
 }
 
 impl CoreAccess for Shared {
@@ -590,6 +614,7 @@ pub async fn run(
         refusal_logged: Default::default(),
         userdb: userdb.is_some().then_some(userdb_tx),
         tcp: TcpDriver::new(cfg.limits.max_connections, cfg.limits.max_per_ip),
+        gso_segments: AtomicUsize::new(GSO_MAX_SEGMENTS),
     });
     let (inbound_tx, inbound_rx) = mpsc::channel::<Inbound>(1024);
     let _ = registry.tcp_inbound.set(inbound_tx);
@@ -670,6 +695,8 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
+    // Clients that send with GSO (quinn does) arrive as one read per run: best effort (kernel 5.0+).
+    let _ = enable_gro(s.as_raw_fd());
     Ok(s.into())
 }
 
@@ -702,15 +729,40 @@ struct UdpWorker {
     listeners: Vec<(SocketAddr, Arc<UdpSocket>)>,
     client_in: RecvBatch,
     peer_in: RecvBatch,
-    /// Answers copied out of the core this round: (target, range in `out`).
+    /// One datagram of a peer's coalesced (GRO) read, copied out with the
+    /// headroom and tailroom [`Server::handle_peer`] frames it in.
+    peer_segment: Vec<u8>,
+    /// The sockets that were ready this round (kept to reuse its memory).
+    ready: Vec<(Source, Arc<UdpSocket>)>,
+    outbox: Outbox,
+    round: RoundCount,
+}
+
+/// A round's answers, copied out of the core, waiting for the flush.
+struct Outbox {
+    /// (target, range in `out`), in the order the core made them.
     pending: Vec<(Target, usize, usize)>,
     /// `pending`'s runs by socket at a flush (kept to reuse its memory).
     runs: Vec<std::ops::Range<usize>>,
-    /// The sockets that were ready this round (kept to reuse its memory).
-    ready: Vec<(Source, Arc<UdpSocket>)>,
     out: Vec<u8>,
     used: usize,
-    round: RoundCount,
+}
+
+impl Outbox {
+    /// Whether `answers` answers of the largest size still fit.
+    fn has_room(&self, answers: usize) -> bool {
+        self.used + MAX_OUT * answers <= self.out.len()
+    }
+
+    /// Copies an answer of the core out (the core's buffers are reused by its next call).
+    fn push(&mut self, t: Transmit<'_>) {
+        let end = self.used + t.payload.len();
+        if let Some(dst) = self.out.get_mut(self.used..end) {
+            dst.copy_from_slice(t.payload);
+            self.pending.push((t.target, self.used, t.payload.len()));
+            self.used = end;
+        }
+    }
 }
 
 /// Largest answer the core makes: a Data indication around a full datagram.
@@ -777,18 +829,20 @@ impl UdpWorker {
                 self.drain(sock.as_raw_fd(), source, now);
             }
             self.ready = ready;
-            self.flush();
+            flush(&mut self.outbox, &self.shared, &mut self.round);
             self.shared.counters.udp.add_round(&std::mem::take(&mut self.round));
         }
     }
 
     /// Reads `fd` until it is drained (edge-triggered readiness), running
-    /// the core on each batch.
+    /// the core on each batch. A read that holds several datagrams (UDP
+    /// GRO) is split first: the core sees each datagram the sender sent,
+    /// with the same checks and counters as if they had come one by one.
     fn drain(&mut self, fd: RawFd, source: Source, now: Instant) {
         let mut errors = 0;
         loop {
-            if self.used + MAX_OUT * BATCH > self.out.len() {
-                self.flush();
+            if !self.outbox.has_room(BATCH) {
+                flush(&mut self.outbox, &self.shared, &mut self.round);
             }
             let batch = match source {
                 Source::Listener(_) => &mut self.client_in,
@@ -809,23 +863,39 @@ impl UdpWorker {
                     continue;
                 }
             };
-            self.round.datagrams_in += n as u64;
+            let headroom = batch.headroom();
             let mut core = self.shared.lock();
             for i in 0..n {
+                let segment = batch.segment_size(i);
                 let Some((from, slot, len)) = batch.slot_mut(i) else { continue };
-                let t = match source {
-                    Source::Listener(local) => {
-                        let ft = FiveTuple { transport: Transport::Udp, local, remote: from };
-                        core.handle_client(ft, &slot[..len], now)
+                if segment.is_some() {
+                    self.round.gro_reads += 1;
+                }
+                for r in segments(len, segment) {
+                    self.round.datagrams_in += 1;
+                    if !self.outbox.has_room(1) {
+                        // A coalesced batch can make more answers than a plain one:
+                        // send what is there (without the core held) and go on.
+                        drop(core);
+                        flush(&mut self.outbox, &self.shared, &mut self.round);
+                        core = self.shared.lock();
                     }
-                    Source::Relay(relay) => core.handle_peer(relay, from, slot, len, now),
-                };
-                if let Some(t) = t {
-                    let end = self.used + t.payload.len();
-                    if let Some(dst) = self.out.get_mut(self.used..end) {
-                        dst.copy_from_slice(t.payload);
-                        self.pending.push((t.target, self.used, t.payload.len()));
-                        self.used = end;
+                    let t = match source {
+                        Source::Listener(local) => {
+                            let ft = FiveTuple { transport: Transport::Udp, local, remote: from };
+                            core.handle_client(ft, &slot[headroom + r.start..headroom + r.end], now)
+                        }
+                        Source::Relay(relay) if segment.is_none() => core.handle_peer(relay, from, slot, len, now),
+                        Source::Relay(relay) => {
+                            // Framing in place would overwrite the next datagram of the read: copy this one out.
+                            let seg = &mut self.peer_segment[..PEER_HEADROOM + r.len() + PEER_TAILROOM];
+                            seg[PEER_HEADROOM..PEER_HEADROOM + r.len()]
+                                .copy_from_slice(&slot[headroom + r.start..headroom + r.end]);
+                            core.handle_peer(relay, from, seg, r.len(), now)
+                        }
+                    };
+                    if let Some(t) = t {
+                        self.outbox.push(t);
                     }
                 }
             }
@@ -837,45 +907,55 @@ impl UdpWorker {
             }
         }
     }
+}
 
-    /// Sends what the round produced: answers grouped by the socket they
-    /// leave from (order kept within a socket), one sendmmsg per socket. The
-    /// relayed sockets are looked up under one read of the registry for the
-    /// whole flush; nothing here takes the core or the registry's write side.
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        runs_by_socket(&mut self.pending, &mut self.runs);
-        let out = &self.out;
-        let sockets = self.shared.registry.sockets.read().unwrap_or_else(|p| p.into_inner());
-        for run in self.runs.drain(..) {
-            let run = &self.pending[run];
-            let target = run[0].0;
-            let sock = match target {
-                Target::Client(ft) if ft.transport != Transport::Udp => {
-                    for (t, st, l) in run {
-                        self.shared.deliver(*t, &out[*st..*st + *l]);
-                    }
-                    continue;
+/// Sends what the round produced: answers grouped by the socket they leave
+/// from (order kept within a socket), one sendmmsg per socket, in which each
+/// run of equal-size datagrams to one destination is one GSO message. The
+/// relayed sockets are looked up under one read of the registry for the
+/// whole flush; nothing here takes the core or the registry's write side.
+fn flush(outbox: &mut Outbox, shared: &Shared, round: &mut RoundCount) {
+    if outbox.pending.is_empty() {
+        return;
+    }
+    runs_by_socket(&mut outbox.pending, &mut outbox.runs);
+    let out = &outbox.out;
+    let sockets = shared.registry.sockets.read().unwrap_or_else(|p| p.into_inner());
+    for run in outbox.runs.drain(..) {
+        let run = &outbox.pending[run];
+        let target = run[0].0;
+        let sock = match target {
+            Target::Client(ft) if ft.transport != Transport::Udp => {
+                for (t, st, l) in run {
+                    shared.deliver(*t, &out[*st..*st + *l]);
                 }
-                Target::Client(ft) => self.shared.udp.get(&ft.local),
-                Target::Peer { relay, .. } => sockets.get(&relay),
-            };
-            if let Some(s) = sock {
-                let msgs = run.iter().map(|(t, st, l)| (dest_of(t), &out[*st..*st + *l]));
-                let Sent { failed, calls } = send_many(s.as_raw_fd(), msgs);
-                self.round.sendmmsg_calls += calls as u64;
-                self.round.datagrams_out += (run.len() - failed) as u64;
-                if failed > 0 {
-                    self.shared.counters.send_errors.fetch_add(failed as u64, Ordering::Relaxed);
-                }
+                continue;
+            }
+            Target::Client(ft) => shared.udp.get(&ft.local),
+            Target::Peer { relay, .. } => sockets.get(&relay),
+        };
+        if let Some(s) = sock {
+            let max_segments = shared.gso_segments.load(Ordering::Relaxed);
+            let sent: SentSegmented =
+                send_segmented(s.as_raw_fd(), run, |(t, st, l)| (dest_of(t), &out[*st..*st + *l]), max_segments);
+            round.sendmmsg_calls += sent.calls as u64;
+            round.datagrams_out += (run.len() - sent.failed) as u64;
+            round.gso_sends += sent.gso_messages as u64;
+            round.gso_refused += sent.gso_refused as u64;
+            if sent.failed > 0 {
+                shared.counters.send_errors.fetch_add(sent.failed as u64, Ordering::Relaxed);
+            }
+            if sent.gso_unsupported && shared.gso_segments.swap(1, Ordering::Relaxed) > 1 {
+                tracing::warn!(
+                    "UDP GSO refused by the kernel (EIO: a network device without checksum offload); sending one \
+                     datagram per message from now on; refusals are counted in natkit_relay_udp_gso_refused_total"
+                );
             }
         }
-        drop(sockets);
-        self.pending.clear();
-        self.used = 0;
     }
+    drop(sockets);
+    outbox.pending.clear();
+    outbox.used = 0;
 }
 
 /// Orders a round's answers by the socket they leave from and puts the
@@ -951,11 +1031,14 @@ fn start_workers(
             listeners,
             client_in: RecvBatch::new(MAX_DATAGRAM, 0, 0),
             peer_in: RecvBatch::new(MAX_DATAGRAM, PEER_HEADROOM, PEER_TAILROOM),
-            pending: Vec::with_capacity(4 * BATCH),
-            runs: Vec::with_capacity(4 * BATCH),
+            peer_segment: vec![0u8; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
             ready: Vec::with_capacity(256),
-            out: vec![0u8; OUT_BYTES],
-            used: 0,
+            outbox: Outbox {
+                pending: Vec::with_capacity(4 * BATCH),
+                runs: Vec::with_capacity(4 * BATCH),
+                out: vec![0u8; OUT_BYTES],
+                used: 0,
+            },
             round: RoundCount::default(),
         };
         let stop = stop.clone();
@@ -1282,7 +1365,13 @@ mod tests {
     fn rounds_land_in_the_bucket_of_their_datagram_count_and_empty_rounds_only_add_calls() {
         let c = UdpIoCounters::default();
         for n in [1, 2, 3, 32, 33, 500, 0] {
-            c.add_round(&RoundCount { datagrams_in: n, datagrams_out: n, recvmmsg_calls: 1, sendmmsg_calls: 1 });
+            c.add_round(&RoundCount {
+                datagrams_in: n,
+                datagrams_out: n,
+                recvmmsg_calls: 1,
+                sendmmsg_calls: 1,
+                ..Default::default()
+            });
         }
         let s = c.snapshot();
         // Buckets 1, 2, 4, 8, 16, 32, 64, 128, more: 3 goes to 4, 33 to 64, 500 past 128.

@@ -47,6 +47,12 @@ pub struct UdpIoSnapshot {
     pub datagrams_out: u64,
     pub recvmmsg_calls: u64,
     pub sendmmsg_calls: u64,
+    /// Reads that held several datagrams of one sender (UDP GRO).
+    pub gro_reads: u64,
+    /// Sends that carried several datagrams to one destination (UDP GSO).
+    pub gso_sends: u64,
+    /// GSO sends the kernel refused; their datagrams went out one by one.
+    pub gso_refused: u64,
 }
 
 pub(crate) fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
@@ -310,5 +316,19 @@ fn render_udp_io(o: &mut String, u: &UdpIoSnapshot) {
         "counter",
         "recvmmsg and sendmmsg calls of the UDP workers.",
         &[("call=\"recvmmsg\"", u.recvmmsg_calls), ("call=\"sendmmsg\"", u.sendmmsg_calls)],
+    );
+    metric(
+        o,
+        "udp_offload_total",
+        "counter",
+        "UDP messages that carried several datagrams, by operation (gro_read: a read split after UDP GRO, gso_send: a UDP GSO send).",
+        &[("op=\"gro_read\"", u.gro_reads), ("op=\"gso_send\"", u.gso_sends)],
+    );
+    metric(
+        o,
+        "udp_gso_refused_total",
+        "counter",
+        "UDP GSO sends the kernel refused (EIO: no checksum offload; EINVAL/EMSGSIZE: a segment over the path MTU), sent again one datagram at a time.",
+        &[("", u.gso_refused)],
     );
 }
