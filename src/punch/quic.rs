@@ -208,6 +208,10 @@ pub const RELAYED_MAX_UDP_PAYLOAD: u16 = 1404;
 /// Receive window per stream (the file's one stream); the connection gets twice that.
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 
+/// The largest send buffer (unacknowledged plus queued); a file transfer sizes it down to the
+/// path (`transfer::SendWindow`).
+pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // NAT bindings for UDP often last only 30 s: keep them open while idle.
@@ -220,7 +224,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // trip gained 10–25 % from it too (bench-punch A/B, docs/BENCHMARKS.md).
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(quinn::VarInt::from_u32(2 * STREAM_WINDOW));
-    t.send_window(2 * u64::from(STREAM_WINDOW));
+    t.send_window(SEND_WINDOW);
     // Start at QUIC's guaranteed 1200 bytes and let path MTU discovery (RFC 8899; on now that the
     // mux sets Don't Fragment through quinn-udp) climb to what a 1500-byte link carries, as the
     // direct path is. When the path moves onto a TURN relay mid-transfer (which quinn does not
