@@ -47,6 +47,7 @@ use tokio::sync::mpsc;
 use crate::punch::batch::{self, Kind, Packer};
 use crate::punch::birthday::is_birthday;
 use crate::punch::dual_stack::unmap;
+use crate::punch::quic;
 use crate::punch::relay_link::RelayLink;
 use crate::turn::channel_data;
 
@@ -95,6 +96,8 @@ pub struct MuxSocket {
     framed: std::sync::Mutex<Vec<u8>>,
     /// A send error other than a full buffer was logged (once: UDP errors are not fatal).
     send_error_logged: AtomicBool,
+    /// QUIC datagrams for the relay that were larger than it carries ([`relay_carries`]), dropped.
+    pub too_big_for_relay: AtomicU64,
 }
 
 /// The peer's address as QUIC knows it, and where the peer is now.
@@ -143,6 +146,7 @@ impl MuxSocket {
             state,
             framed: std::sync::Mutex::new(Vec::new()),
             send_error_logged: AtomicBool::new(false),
+            too_big_for_relay: AtomicU64::new(0),
             socket,
             stun,
             birthday,
@@ -231,8 +235,24 @@ impl MuxSocket {
     /// QUIC for a peer behind our TURN relay: over its channel, the whole batch framed as
     /// ChannelData and sent to the server with GSO; before the channel is bound, one Send
     /// indication per datagram (the first few packets only).
+    ///
+    /// Datagrams larger than the relay carries (a path that moved onto the relay with quinn's MTU
+    /// still at the direct path's) are dropped here, as a network with a smaller MTU would: quinn's
+    /// black-hole detection then falls back to 1200 bytes (`quic::transport`). Sent, they would
+    /// not fit a 1500-byte frame once wrapped; and a GSO send with segments above the route's MTU
+    /// fails with EINVAL, on which quinn-udp turns GSO off for the socket for good.
     fn send_relayed(&self, relay: &RelayLink, to: SocketAddr, t: &Transmit) -> io::Result<()> {
         let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
+        if !relay_carries(seg) {
+            if self.too_big_for_relay.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::info!(
+                    "QUIC datagrams of {seg} bytes for {to} do not fit through the relay (at most {}): \
+                     dropped until QUIC's black-hole detection lowers its MTU (logged once)",
+                    quic::RELAYED_MAX_UDP_PAYLOAD
+                );
+            }
+            return Ok(());
+        }
         let Some(channel) = relay.bound_channel(to) else {
             for chunk in t.contents.chunks(seg) {
                 relay.send(to, chunk);
@@ -474,6 +494,11 @@ impl AsyncUdpSocket for MuxSocket {
     }
 }
 
+/// Whether a QUIC datagram of `len` bytes still fits a 1500-byte frame once wrapped for the relay.
+pub fn relay_carries(len: usize) -> bool {
+    len <= usize::from(quic::RELAYED_MAX_UDP_PAYLOAD)
+}
+
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -487,7 +512,6 @@ fn is_transient(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::punch::quic;
 
     async fn endpoint(
         server: Option<quinn::ServerConfig>,
@@ -585,5 +609,125 @@ mod tests {
         assert_eq!(got.len(), expect.len());
         assert!(got == expect);
         assert_eq!(server_stun.recv().await.map(|d| d.bytes), Some(probe));
+    }
+}
+
+#[cfg(test)]
+mod mtu_tests {
+    //! The direct path's MTU (up to 1452) and a path that moves onto the relay mid-transfer.
+
+    use super::*;
+    use std::time::Duration;
+
+    /// quinn's own socket, dropping what the relay would not carry (`relay_carries`, as
+    /// `MuxSocket::send_relayed` does) once `clamped` is set: a path that moved onto the relay.
+    #[derive(Debug)]
+    struct Clamp {
+        inner: Arc<dyn AsyncUdpSocket>,
+        clamped: AtomicBool,
+        dropped: AtomicU64,
+    }
+
+    impl AsyncUdpSocket for Clamp {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+            self.inner.clone().create_io_poller()
+        }
+
+        fn try_send(&self, t: &Transmit) -> io::Result<()> {
+            let seg = t.segment_size.unwrap_or(t.contents.len());
+            if self.clamped.load(Ordering::Relaxed) && !relay_carries(seg) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            self.inner.try_send(t)
+        }
+
+        fn poll_recv(
+            &self,
+            cx: &mut Context,
+            bufs: &mut [IoSliceMut<'_>],
+            meta: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            self.inner.poll_recv(cx, bufs, meta)
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            self.inner.local_addr()
+        }
+
+        fn max_transmit_segments(&self) -> usize {
+            self.inner.max_transmit_segments()
+        }
+
+        fn max_receive_segments(&self) -> usize {
+            self.inner.max_receive_segments()
+        }
+
+        fn may_fragment(&self) -> bool {
+            self.inner.may_fragment()
+        }
+    }
+
+    fn socket() -> Arc<dyn AsyncUdpSocket> {
+        let std = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std).expect("wrap")
+    }
+
+    /// quinn climbs above the relay's 1404 bytes on a direct path; when the path then stops
+    /// carrying such packets (it moved onto the relay), its black-hole detection falls back and
+    /// the file still arrives whole, with nothing larger than 1404 sent after the fallback.
+    #[tokio::test]
+    async fn a_path_that_moves_onto_the_relay_mid_transfer_falls_back_below_the_relay_mtu() {
+        let a = quic::Identity::generate().expect("a");
+        let b = quic::Identity::generate().expect("b");
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let server_cfg = quic::server_config(&b, &a.fingerprint).expect("cfg");
+        let server =
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config(), Some(server_cfg), socket(), runtime.clone())
+                .expect("server");
+        let to = server.local_addr().expect("addr");
+        let clamp = Arc::new(Clamp { inner: socket(), clamped: AtomicBool::new(false), dropped: AtomicU64::new(0) });
+        let client =
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config(), None, clamp.clone(), runtime).expect("client");
+        let srv = tokio::spawn(async move {
+            let conn = server.accept().await.expect("incoming").await.expect("handshake");
+            let mut r = conn.accept_uni().await.expect("stream");
+            let got = r.read_to_end(1 << 30).await.expect("read");
+            conn.close(0u32.into(), b"");
+            got
+        });
+        let run = async {
+            let conn = client
+                .connect_with(quic::client_config(&a, &b.fingerprint).expect("cfg"), to, quic::SERVER_NAME)
+                .expect("connect")
+                .await
+                .expect("handshake");
+            let mut s = conn.open_uni().await.expect("open");
+            let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+            let mut sent = 0usize;
+            // Direct: 1 MiB at a time until path MTU discovery has climbed above the relay's limit.
+            while conn.stats().path.current_mtu <= quic::RELAYED_MAX_UDP_PAYLOAD {
+                assert!(sent < 256 << 20, "MTU discovery never went above 1404: {:?}", conn.stats().path);
+                s.write_all(&chunk).await.expect("write");
+                sent += chunk.len();
+            }
+            assert_eq!(conn.stats().path.current_mtu, quic::DIRECT_MAX_UDP_PAYLOAD);
+            // The path moves onto the relay: nothing above 1404 gets through any more.
+            clamp.clamped.store(true, Ordering::Relaxed);
+            for _ in 0..16 {
+                s.write_all(&chunk).await.expect("write after the move");
+                sent += chunk.len();
+            }
+            s.finish().expect("finish");
+            s.stopped().await.expect("stopped");
+            (conn.stats().path, sent)
+        };
+        let (path, sent) = tokio::time::timeout(Duration::from_secs(60), run).await.expect("transfer within 60 s");
+        let got = tokio::time::timeout(Duration::from_secs(10), srv).await.expect("server within 10 s").expect("task");
+        assert_eq!(got.len(), sent);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == ((i % (1 << 20)) as u32 % 251) as u8), "data changed");
+        assert!(clamp.dropped.load(Ordering::Relaxed) > 0, "nothing was too big after the move: {path:?}");
+        assert_eq!(path.black_holes_detected, 1, "{path:?}");
+        assert!(relay_carries(usize::from(path.current_mtu)), "{path:?}");
     }
 }

@@ -195,11 +195,22 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The largest QUIC datagram (see `transport`).
-const MAX_UDP_PAYLOAD: u16 = 1404;
+/// The largest QUIC datagram on a direct path (see `transport`): what a 1500-byte link carries
+/// over IPv6 (1500 - 40 - 8); over IPv4 it could be 1472, but one transport config serves both
+/// families and the last 20 bytes are worth 1.4 %.
+pub const DIRECT_MAX_UDP_PAYLOAD: u16 = 1452;
+
+/// The largest QUIC datagram the mux lets through a TURN relay: 1404 + a Send or Data indication
+/// (48 bytes with an IPv6 peer) + IPv6 + UDP (48) = 1500. Larger ones are dropped there
+/// (`MuxSocket`), which quinn's black-hole detection sees as the loss of big packets.
+pub const RELAYED_MAX_UDP_PAYLOAD: u16 = 1404;
 
 /// Receive window per stream (the file's one stream); the connection gets twice that.
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// The largest send buffer (unacknowledged plus queued); a file transfer sizes it down to the
+/// path (`transfer::SendWindow`).
+pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
 
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
@@ -213,14 +224,17 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // trip gained 10–25 % from it too (bench-punch A/B, docs/BENCHMARKS.md).
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
     t.receive_window(quinn::VarInt::from_u32(2 * STREAM_WINDOW));
-    t.send_window(2 * u64::from(STREAM_WINDOW));
+    t.send_window(SEND_WINDOW);
     // Start at QUIC's guaranteed 1200 bytes and let path MTU discovery (RFC 8899; on now that the
-    // mux sets Don't Fragment through quinn-udp) climb, but only to what still fits a 1500-byte
-    // frame once the path falls back to the relay mid-transfer, which quinn does not see (the mux
-    // hides it): 1404 + a Send indication or Data indication (48 bytes with an IPv6 peer) + IPv6 +
-    // UDP (48) = 1500. Above that, the fallback's packets would not leave the socket.
+    // mux sets Don't Fragment through quinn-udp) climb to what a 1500-byte link carries, as the
+    // direct path is. When the path moves onto a TURN relay mid-transfer (which quinn does not
+    // see: the mux hides it), the wrapping (up to 48 bytes) no longer fits above 1404: the mux
+    // drops such packets (`RELAYED_MAX_UDP_PAYLOAD`) and quinn-proto's black-hole detection
+    // (RFC 8899 §4.3: four bursts of lost packets all larger than the smallest MTU, with loss
+    // probes clamped to 1200 so that the bursts are declared) falls back to 1200, then searches
+    // again after `black_hole_cooldown` and settles at or below 1404.
     let mut mtud = quinn::MtuDiscoveryConfig::default();
-    mtud.upper_bound(MAX_UDP_PAYLOAD);
+    mtud.upper_bound(DIRECT_MAX_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtud));
     // Congestion control stays Cubic (quinn's default): its BBR, tried in bench-punch, moved half
     // to a third as much at twice the CPU per byte (docs/BENCHMARKS.md).

@@ -78,7 +78,9 @@ pub async fn send_file(
     progress.set_length(size);
     let (mut chunks, reader) = spawn_reader(file);
     let mut sent = 0u64;
+    let mut window = SendWindow::default();
     while let Some(chunk) = chunks.recv().await {
+        window.fit(conn);
         let n = chunk.len() as u64;
         // Handed to quinn as it is (no copy into its send buffer).
         send.write_chunk(chunk.into()).await?;
@@ -99,6 +101,31 @@ pub async fn send_file(
         bail!("the receiver got {} bytes with SHA-256 {}, we sent {size} with {ours}", receipt.bytes, receipt.sha256);
     }
     Ok(Moved { bytes: size, sha256: Some(ours), elapsed })
+}
+
+/// quinn's send buffer (unacknowledged plus queued stream data) sized to the path: twice the
+/// congestion window (what may be in flight, and as much again queued so the window never waits
+/// on the file), at least [`MIN_SEND_WINDOW`], at most the configured one (`quic::transport`, for
+/// a long fat path). A fixed 16 MiB holds the file's chunks for tens of milliseconds on a fast
+/// short path, long enough to leave the cache between the hash and AES-GCM: with 2 MiB the
+/// sender's CPU per byte fell 4–12 % in bench-punch A/B (docs/BENCHMARKS.md).
+#[derive(Default)]
+struct SendWindow(u64);
+
+const MIN_SEND_WINDOW: u64 = 2 * 1024 * 1024;
+
+impl SendWindow {
+    fn for_cwnd(cwnd: u64) -> u64 {
+        cwnd.saturating_mul(2).clamp(MIN_SEND_WINDOW, crate::punch::quic::SEND_WINDOW)
+    }
+
+    fn fit(&mut self, conn: &quinn::Connection) {
+        let want = Self::for_cwnd(conn.stats().path.cwnd);
+        if want != self.0 {
+            self.0 = want;
+            conn.set_send_window(want);
+        }
+    }
 }
 
 /// Chunks in flight between the file thread and the QUIC task: enough that neither waits on
@@ -259,4 +286,20 @@ pub async fn stdio(conn: &quinn::Connection, opener: bool) -> anyhow::Result<Mov
 
 fn hex(d: &[u8]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_window_is_twice_the_congestion_window_between_2_and_16_mib() {
+        const MIB: u64 = 1024 * 1024;
+        // A new connection's window (about 14 KB), a fast short path, a long fat one, beyond.
+        assert_eq!(SendWindow::for_cwnd(14_720), 2 * MIB);
+        assert_eq!(SendWindow::for_cwnd(3 * MIB / 2), 3 * MIB);
+        assert_eq!(SendWindow::for_cwnd(6 * MIB), 12 * MIB);
+        assert_eq!(SendWindow::for_cwnd(u64::MAX), crate::punch::quic::SEND_WINDOW);
+        assert_eq!(crate::punch::quic::SEND_WINDOW, 16 * MIB);
+    }
 }
