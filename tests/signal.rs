@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::signal::{SignalServer, WAIT, http_get, join, recv, rt};
+use common::signal::{SignalServer, WAIT, assert_joins_heard_in_order, http_get, join, join_all_at_once, recv, rt};
 use natkit::net::tls::TlsOptions;
 use natkit::signal::client::{ClientError, ClientOptions, SignalClient};
 use natkit::signal::protocol::{ClientMessage, ErrorCode, IceCandidate, PeerId, RoomId, ServerMessage};
@@ -104,46 +104,9 @@ fn concurrent_joins_reach_every_member_in_the_order_they_were_let_in() {
         for round in 0..20 {
             let room = format!("order-{round}");
             let (mut first, m_first) = join(&server, &room).await;
-            // Connected first, joined all at once: the joins race inside the server.
-            let mut clients = Vec::new();
-            for _ in 0..JOINERS {
-                clients.push(SignalClient::connect(&server.ws_url(), &ClientOptions::default()).await.expect("connect"));
-            }
-            let joins = clients.into_iter().map(|c| {
-                let room = RoomId::from(room.as_str());
-                tokio::spawn(async move {
-                    let mut c = c;
-                    c.send(&ClientMessage::Join { room }).await.expect("send join");
-                    let created = recv(&mut c).await;
-                    (c, created)
-                })
-            });
-            let mut told: std::collections::HashMap<PeerId, Vec<PeerId>> = std::collections::HashMap::new();
-            let mut keep = Vec::new();
-            for j in futures::future::join_all(joins).await {
-                let (c, created) = j.expect("join task");
-                match created {
-                    ServerMessage::Created { id, peers, .. } => {
-                        told.insert(id, peers);
-                    }
-                    other => panic!("expected created, got {other:?}"),
-                }
-                keep.push(c);
-            }
-            let mut heard = vec![m_first.id.clone()];
-            for _ in 0..JOINERS {
-                match recv(&mut first).await {
-                    ServerMessage::Joined { id, .. } => {
-                        let peers = told.get(&id).unwrap_or_else(|| panic!("joined {id}: not one of the joiners"));
-                        assert_eq!(
-                            peers, &heard,
-                            "round {round}: {id} was told of {peers:?} in created, but the first member heard joins in the order {heard:?} before it"
-                        );
-                        heard.push(id);
-                    }
-                    other => panic!("expected joined, got {other:?}"),
-                }
-            }
+            let urls = vec![server.ws_url(); JOINERS];
+            let (told, _joiners) = join_all_at_once(&urls, &room).await;
+            assert_joins_heard_in_order(&mut first, &told, vec![m_first.id.clone()], &format!("round {round}")).await;
         }
     });
 }

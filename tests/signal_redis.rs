@@ -10,7 +10,7 @@ mod redis_outage;
 use std::time::Duration;
 
 use common::redis::Redis;
-use common::signal::{SignalServer, WAIT, join, recv, rt};
+use common::signal::{SignalServer, WAIT, assert_joins_heard_in_order, join, join_all_at_once, recv, rt};
 use natkit::signal::client::{ClientError, ClientOptions, SignalClient};
 use natkit::signal::protocol::{ClientMessage, ErrorCode, IceCandidate, PeerId, RoomId, ServerMessage};
 use redis_outage::OutageRedis;
@@ -397,49 +397,16 @@ fn concurrent_joins_on_two_nodes_reach_every_member_in_the_order_they_were_let_i
             let room = format!("order-{round}");
             let (mut first, m_first) = join(&n1, &room).await;
             let (mut second, m_second) = join(&n2, &room).await;
-            assert_eq!(recv(&mut first).await, ServerMessage::Joined { id: m_second.id.clone(), room: room.as_str().into() });
-            // Connected first, joined all at once, half on each node: the joins race.
-            let mut clients = Vec::new();
-            for i in 0..JOINERS {
-                let node = if i % 2 == 0 { &n1 } else { &n2 };
-                clients.push(SignalClient::connect(&node.ws_url(), &ClientOptions::default()).await.expect("connect"));
-            }
-            let joins = clients.into_iter().map(|c| {
-                let room = RoomId::from(room.as_str());
-                tokio::spawn(async move {
-                    let mut c = c;
-                    c.send(&ClientMessage::Join { room }).await.expect("send join");
-                    let created = tokio::time::timeout(WAIT, c.recv()).await.expect("created in time").expect("created");
-                    (c, created)
-                })
-            });
-            let mut told: std::collections::HashMap<PeerId, Vec<PeerId>> = std::collections::HashMap::new();
-            let mut keep = Vec::new();
-            for j in futures::future::join_all(joins).await {
-                let (c, created) = j.expect("join task");
-                match created {
-                    ServerMessage::Created { id, peers, .. } => {
-                        told.insert(id, peers);
-                    }
-                    other => panic!("round {round}: expected created, got {other:?}"),
-                }
-                keep.push(c);
-            }
+            assert_eq!(
+                recv(&mut first).await,
+                ServerMessage::Joined { id: m_second.id.clone(), room: room.as_str().into() }
+            );
+            // Half on each node: the joins race across both.
+            let urls: Vec<String> = (0..JOINERS).map(|i| if i % 2 == 0 { n1.ws_url() } else { n2.ws_url() }).collect();
+            let (told, _joiners) = join_all_at_once(&urls, &room).await;
             for (who, member) in [("first (node 1)", &mut first), ("second (node 2)", &mut second)] {
-                let mut heard = vec![m_first.id.clone(), m_second.id.clone()];
-                for _ in 0..JOINERS {
-                    match recv(member).await {
-                        ServerMessage::Joined { id, .. } => {
-                            let peers = told.get(&id).unwrap_or_else(|| panic!("joined {id}: not one of the joiners"));
-                            assert_eq!(
-                                peers, &heard,
-                                "round {round}: {id} was told of {peers:?} in created, but the {who} member heard joins in the order {heard:?} before it"
-                            );
-                            heard.push(id);
-                        }
-                        other => panic!("round {round}: the {who} member expected joined, got {other:?}"),
-                    }
-                }
+                let heard = vec![m_first.id.clone(), m_second.id.clone()];
+                assert_joins_heard_in_order(member, &told, heard, &format!("round {round}, the {who} member")).await;
             }
         }
     });

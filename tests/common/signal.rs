@@ -142,3 +142,65 @@ pub async fn join(
 pub async fn recv(c: &mut natkit::signal::client::SignalClient) -> natkit::signal::protocol::ServerMessage {
     tokio::time::timeout(WAIT, c.recv()).await.expect("a message in time").expect("a message")
 }
+
+/// What a burst of joiners was told: each joiner's id and the peers its `created` named.
+pub type Told = std::collections::HashMap<natkit::signal::protocol::PeerId, Vec<natkit::signal::protocol::PeerId>>;
+
+/// One new client per URL in `urls` joins `room`, all at once: every client
+/// connects first, then the joins go out together, so they race inside the
+/// server(s). What each was told, and the clients (keep them: dropping one leaves).
+pub async fn join_all_at_once(urls: &[String], room: &str) -> (Told, Vec<natkit::signal::client::SignalClient>) {
+    use natkit::signal::client::{ClientOptions, SignalClient};
+    use natkit::signal::protocol::{ClientMessage, RoomId, ServerMessage};
+    let mut clients = Vec::new();
+    for url in urls {
+        clients.push(SignalClient::connect(url, &ClientOptions::default()).await.expect("connect"));
+    }
+    let joins = clients.into_iter().map(|mut c| {
+        let room = RoomId::from(room);
+        tokio::spawn(async move {
+            c.send(&ClientMessage::Join { room }).await.expect("send join");
+            let created = recv(&mut c).await;
+            (c, created)
+        })
+    });
+    let mut told = Told::new();
+    let mut kept = Vec::new();
+    for j in futures::future::join_all(joins).await {
+        let (c, created) = j.expect("join task");
+        match created {
+            ServerMessage::Created { id, peers, .. } => {
+                told.insert(id, peers);
+            }
+            other => panic!("{room}: expected created, got {other:?}"),
+        }
+        kept.push(c);
+    }
+    (told, kept)
+}
+
+/// Reads one `joined` per joiner in `told` from `member` and checks that each
+/// joiner's `created` named exactly the members heard of before it (`heard`
+/// holds those already in the room): joins reach `member` in the order the
+/// server(s) let them in.
+pub async fn assert_joins_heard_in_order(
+    member: &mut natkit::signal::client::SignalClient,
+    told: &Told,
+    mut heard: Vec<natkit::signal::protocol::PeerId>,
+    context: &str,
+) {
+    use natkit::signal::protocol::ServerMessage;
+    for _ in 0..told.len() {
+        match recv(member).await {
+            ServerMessage::Joined { id, .. } => {
+                let peers = told.get(&id).unwrap_or_else(|| panic!("{context}: joined {id}: not one of the joiners"));
+                assert_eq!(
+                    peers, &heard,
+                    "{context}: {id} was told of {peers:?} in created, but the member heard joins in the order {heard:?} before it"
+                );
+                heard.push(id);
+            }
+            other => panic!("{context}: expected joined, got {other:?}"),
+        }
+    }
+}
