@@ -466,7 +466,7 @@ mod tests {
         let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let gro = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         enable_gro(gro.as_raw_fd()).unwrap();
-        // To each receiver: 10 x 1,000 bytes and a shorter 11th, then 3 x 500 to the other one, in one call.
+        // To each receiver in turn, in one call: 10 x 1,000 bytes and a shorter 11th (300 bytes).
         let mut items: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         for (to, sizes) in [(plain.local_addr().unwrap(), [1000; 10]), (gro.local_addr().unwrap(), [1000; 10])] {
             for (i, len) in sizes.into_iter().chain([300]).enumerate() {
