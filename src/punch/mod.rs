@@ -7,6 +7,7 @@ pub mod birthday_driver;
 pub mod consent;
 pub mod dual_stack;
 pub mod ice_driver;
+pub mod leased_file;
 pub mod mux;
 pub mod observation;
 pub mod plan;

@@ -10,10 +10,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::punch::leased_file::{self, LeaseBreaks, LeasedFile, Mapping, NoLease};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{self, IoSlice, Read, Write};
 
+use bytes::Bytes;
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -62,45 +66,98 @@ async fn read_line(recv: &mut quinn::RecvStream) -> anyhow::Result<String> {
 }
 
 /// Sends `path`; returns once the receiver confirmed the same SHA-256.
+///
+/// The file is mapped under a read lease when it can be (`leased_file`: no copy of its bytes
+/// on the way to quinn), else read in chunks. Either way a file that changes while it is sent
+/// ends the transfer with an error that says so.
 pub async fn send_file(
     conn: &quinn::Connection,
     path: &Path,
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Moved> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let size = file.metadata().with_context(|| format!("reading the size of {}", path.display()))?.len();
+    let (mut breaks, source) = match LeaseBreaks::new() {
+        Ok(breaks) => match LeasedFile::new(file, &breaks) {
+            Ok(leased) => {
+                tracing::debug!("{}: mapped under a read lease", path.display());
+                (Some(breaks), Source::Leased(leased))
+            }
+            Err((file, why)) => {
+                tracing::debug!("{}: read with copies, no read lease: {why}", path.display());
+                (None, Source::Read(file))
+            }
+        },
+        Err(e) => {
+            tracing::debug!("{}: read with copies, {}", path.display(), NoLease::Signal(e));
+            (None, Source::Read(file))
+        }
+    };
+    let size = match &source {
+        Source::Leased(l) => l.len(),
+        Source::Read(f) => f.metadata().with_context(|| format!("reading the size of {}", path.display()))?.len(),
+    };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (mut send, mut recv) = conn.open_bi().await.context("opening a QUIC stream")?;
     let started = Instant::now();
-    let mut header = serde_json::to_vec(&Header { name, size })?;
-    header.push(b'\n');
-    send.write_all(&header).await?;
-    progress.set_length(size);
-    let (mut chunks, reader) = spawn_reader(file);
-    let mut sent = 0u64;
-    let mut window = SendWindow::default();
-    while let Some(chunk) = chunks.recv().await {
-        window.fit(conn);
-        let n = chunk.len() as u64;
-        // Handed to quinn as it is (no copy into its send buffer).
-        send.write_chunk(chunk.into()).await?;
-        sent += n;
-        progress.set_position(sent);
-    }
-    let ours =
-        reader.await.context("the file reader stopped")?.with_context(|| format!("reading {}", path.display()))?;
-    if sent != size {
-        bail!("{} changed size while sending ({size} → {sent} bytes)", path.display());
-    }
-    send.finish()?;
-    let receipt: Receipt =
-        serde_json::from_str(&read_line(&mut recv).await.context("waiting for the receiver's receipt")?)
-            .context("the receiver's receipt is not JSON")?;
+    let sending = async {
+        let mut header = serde_json::to_vec(&Header { name, size })?;
+        header.push(b'\n');
+        send.write_all(&header).await?;
+        progress.set_length(size);
+        let (mut chunks, reader) = match &source {
+            Source::Leased(l) => spawn_hasher(l.mapping()),
+            Source::Read(f) => spawn_reader(f.try_clone().with_context(|| format!("reading {}", path.display()))?),
+        };
+        let mut sent = 0u64;
+        let mut window = SendWindow::default();
+        while let Some(chunk) = chunks.recv().await {
+            window.fit(conn);
+            let n = chunk.len() as u64;
+            // Handed to quinn as it is (no copy into its send buffer).
+            send.write_chunk(chunk).await?;
+            sent += n;
+            progress.set_position(sent);
+        }
+        let ours =
+            reader.await.context("the file reader stopped")?.with_context(|| format!("reading {}", path.display()))?;
+        if sent != size {
+            bail!("{} changed size while sending ({size} → {sent} bytes)", path.display());
+        }
+        send.finish()?;
+        // The lease stays until the receipt: quinn may resend any part of the file until then.
+        let receipt: Receipt =
+            serde_json::from_str(&read_line(&mut recv).await.context("waiting for the receiver's receipt")?)
+                .context("the receiver's receipt is not JSON")?;
+        anyhow::Ok((ours, receipt))
+    };
+    let (ours, receipt) = match (&source, breaks.as_mut()) {
+        (Source::Leased(leased), Some(breaks)) => {
+            tokio::select! {
+                r = sending => r?,
+                () = leased.broken(breaks) => {
+                    // Zero pages in place of the file before the other process may shrink it.
+                    leased.let_go().with_context(|| format!("letting go of {}", path.display()))?;
+                    let _ = send.reset(0u32.into());
+                    bail!(
+                        "{} changed while sending: another process opened it for writing or truncated it",
+                        path.display()
+                    );
+                }
+            }
+        }
+        _ => sending.await?,
+    };
     let elapsed = started.elapsed();
     if receipt.bytes != size || receipt.sha256 != ours {
         bail!("the receiver got {} bytes with SHA-256 {}, we sent {size} with {ours}", receipt.bytes, receipt.sha256);
     }
     Ok(Moved { bytes: size, sha256: Some(ours), elapsed })
+}
+
+/// Where the sent bytes come from.
+enum Source {
+    Leased(LeasedFile),
+    Read(std::fs::File),
 }
 
 /// quinn's send buffer (unacknowledged plus queued stream data) sized to the path: twice the
@@ -135,7 +192,7 @@ const QUEUED_CHUNKS: usize = 4;
 /// Reads `file` on a blocking thread in [`CHUNK`]-sized owned buffers (each read straight into the
 /// buffer that quinn then sends: no copy through tokio's file buffer) and hashes them there, off
 /// the task that feeds quinn. The handle gives the SHA-256 once the file is read.
-fn spawn_reader(mut file: std::fs::File) -> (mpsc::Receiver<Vec<u8>>, JoinHandle<io::Result<String>>) {
+fn spawn_reader(mut file: std::fs::File) -> (mpsc::Receiver<Bytes>, JoinHandle<io::Result<String>>) {
     let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
     let reader = tokio::task::spawn_blocking(move || {
         let mut hash = Sha256::new();
@@ -148,13 +205,34 @@ fn spawn_reader(mut file: std::fs::File) -> (mpsc::Receiver<Vec<u8>>, JoinHandle
             }
             hash.update(&buf);
             // The QUIC side stopped (its error is the one reported).
-            if tx.blocking_send(buf).is_err() {
+            if tx.blocking_send(buf.into()).is_err() {
                 break;
             }
         }
         Ok(hex(&hash.finalize()))
     });
     (rx, reader)
+}
+
+/// The mapped file's [`CHUNK`]s, each hashed on a blocking thread (which also takes the page
+/// faults) just before it goes to quinn as a slice of the mapping, still in cache for AES-GCM.
+fn spawn_hasher(map: Arc<Mapping>) -> (mpsc::Receiver<Bytes>, JoinHandle<io::Result<String>>) {
+    let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut hash = Sha256::new();
+        let len = map.as_slice().len();
+        let mut at = 0;
+        while at < len {
+            let end = (at + CHUNK).min(len);
+            hash.update(&map.as_slice()[at..end]);
+            if tx.blocking_send(leased_file::slice(&map, at..end)).is_err() {
+                break;
+            }
+            at = end;
+        }
+        Ok(hex(&hash.finalize()))
+    });
+    (rx, hasher)
 }
 
 /// Bytes written to the file and their SHA-256.
@@ -291,6 +369,102 @@ fn hex(d: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::punch::quic;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A QUIC connection over loopback, both ends in this process: (sender's, receiver's).
+    async fn pair() -> (quinn::Connection, quinn::Connection, quinn::Endpoint, quinn::Endpoint) {
+        let (a, b) = (quic::Identity::generate().expect("a"), quic::Identity::generate().expect("b"));
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let server = quinn::Endpoint::server(quic::server_config(&b, &a.fingerprint).expect("server config"), any)
+            .expect("server");
+        let mut client = quinn::Endpoint::client(any).expect("client");
+        client.set_default_client_config(quic::client_config(&a, &b.fingerprint).expect("client config"));
+        let at = server.local_addr().expect("server addr");
+        let (sender, receiver) = tokio::join!(
+            async { client.connect(at, quic::SERVER_NAME).expect("connect").await.expect("handshake") },
+            async { server.accept().await.expect("incoming").await.expect("accept") },
+        );
+        (sender, receiver, client, server)
+    }
+
+    fn random_file(path: &Path, len: usize) {
+        let mut bytes = vec![0u8; len];
+        rand::Rng::fill(&mut rand::rng(), &mut bytes[..]);
+        std::fs::write(path, bytes).expect("write");
+    }
+
+    async fn send_and_receive(from: &Path, to: &Path) -> (anyhow::Result<Moved>, anyhow::Result<Moved>) {
+        let (s, r, _ce, _se) = pair().await;
+        let hidden = indicatif::ProgressBar::hidden();
+        tokio::join!(
+            async {
+                let sent = send_file(&s, from, &hidden).await;
+                s.close(0u32.into(), b"done");
+                sent
+            },
+            recv_file(&r, to, &hidden)
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_mapped_file_arrives_whole_with_its_sha256() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        random_file(&from, 3 * CHUNK + 12_345);
+        let (sent, got) = send_and_receive(&from, &to).await;
+        let (sent, got) = (sent.expect("sent"), got.expect("received"));
+        assert_eq!(sent.sha256, got.sha256);
+        assert_eq!(std::fs::read(&from).expect("from"), std::fs::read(&to).expect("to"));
+        // The lease is gone: the file can be written again at once.
+        std::fs::OpenOptions::new().write(true).open(&from).expect("writable after the transfer");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_open_for_writing_elsewhere_is_read_instead_and_arrives_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (from, to) = (dir.path().join("from"), dir.path().join("to"));
+        random_file(&from, 2 * CHUNK + 7);
+        let _writer = std::fs::OpenOptions::new().append(true).open(&from).expect("writer");
+        let (sent, got) = send_and_receive(&from, &to).await;
+        assert_eq!(sent.expect("sent").sha256, got.expect("received").sha256);
+        assert_eq!(std::fs::read(&from).expect("from"), std::fs::read(&to).expect("to"));
+    }
+
+    /// The receiver stops reading after 1 MiB, so the sender is mid-file (quinn holding slices of
+    /// the mapping) when another process truncates it: the truncate waits for the lease, the
+    /// sender stops with a clear error, and nothing touches a page past the new end (SIGBUS).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncating_the_file_mid_send_is_a_clear_error_and_no_crash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let from = dir.path().join("from");
+        random_file(&from, 32 << 20);
+        let (s, r, _ce, _se) = pair().await;
+        let hidden = indicatif::ProgressBar::hidden();
+        let truncated = Arc::new(AtomicBool::new(false));
+        let receiver = async {
+            let (_send, mut recv) = r.accept_bi().await.expect("stream");
+            read_line(&mut recv).await.expect("header");
+            let mut first = vec![0u8; 1 << 20];
+            recv.read_exact(&mut first).await.expect("first MiB");
+            let truncator = std::thread::spawn({
+                let (from, truncated) = (from.clone(), truncated.clone());
+                move || {
+                    let f = std::fs::OpenOptions::new().write(true).open(&from).expect("open for writing");
+                    truncated.store(true, Ordering::SeqCst);
+                    f.set_len(0).expect("truncate");
+                }
+            });
+            // Hold the stream without reading until the sender gave up.
+            (truncator, _send, recv)
+        };
+        let (sent, (truncator, _send, _recv)) = tokio::join!(send_file(&s, &from, &hidden), receiver);
+        let err = format!("{:#}", sent.expect_err("the sender must stop"));
+        assert!(err.contains("changed while sending"), "{err}");
+        truncator.join().expect("the truncate went through once the lease was let go");
+        assert!(truncated.load(Ordering::SeqCst));
+        assert_eq!(std::fs::metadata(&from).expect("size").len(), 0);
+    }
 
     #[test]
     fn the_send_window_is_twice_the_congestion_window_between_2_and_16_mib() {
