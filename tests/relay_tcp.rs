@@ -158,13 +158,18 @@ impl Ctl {
 
     /// A TCP allocation (401 first); returns the relayed address.
     fn allocate_tcp(&mut self) -> SocketAddr {
+        let ok = self.ask_allocate_tcp();
+        assert_eq!(ok.class(), MessageClass::SuccessResponse, "TCP Allocate refused: {:?} {}", code(&ok), reason(&ok));
+        *ok.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()).unwrap().socket_address()
+    }
+
+    /// A TCP Allocate (after the 401 challenge) and whatever it is answered.
+    fn ask_allocate_tcp(&mut self) -> StunMessage {
         let t: StunAttribute = RequestedTrasport::new(stun_rs::protocols::UDP).into();
         let (_, challenge) = self.ask(&request(ALLOCATE.as_u16(), vec![t.clone()], true, None, None));
         assert_eq!(code(&challenge), Some(401));
         self.nonce = challenge.attributes().iter().find_map(|a| a.as_nonce().ok()).unwrap().as_str().to_string();
-        let (_, ok) = self.ask(&request(ALLOCATE.as_u16(), vec![t], true, None, Some(&self.nonce.clone())));
-        assert_eq!(ok.class(), MessageClass::SuccessResponse, "TCP Allocate refused: {:?} {}", code(&ok), reason(&ok));
-        *ok.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()).unwrap().socket_address()
+        self.ask(&request(ALLOCATE.as_u16(), vec![t], true, None, Some(&self.nonce.clone()))).1
     }
 
     fn permit(&mut self, peer: SocketAddr) {
@@ -263,6 +268,36 @@ fn a_connection_that_is_never_bound_is_closed_at_the_timeout_and_counted() {
     );
     assert_eq!(n, 1);
     assert_eq!(relay.metrics().value("natkit_relay_tcp_peer_connections"), 0);
+}
+
+/// The attack: another process of the same user (a second relay on the host, one starting while this
+/// one drains, or anything else) listens with SO_REUSEPORT on the one port the relay may use. Were the
+/// relay to bind its relayed listener there too, the kernel would split the peers' connections between
+/// the two processes: a peer meant for this allocation could be announced to another relay's client,
+/// and this allocation's client would miss it. The port is busy, so the relay has no port to give.
+#[test]
+fn a_relayed_tcp_port_another_process_listens_on_is_never_shared() {
+    let squatter = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    squatter.set_reuse_address(true).expect("SO_REUSEADDR");
+    squatter.set_reuse_port(true).expect("SO_REUSEPORT");
+    squatter.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    squatter.listen(8).expect("listen");
+    let port = squatter.local_addr().expect("addr").as_socket().expect("inet").port();
+    let range = format!("{port}-{port}");
+    let relay = RelayServer::start(&["--user", "alice:wonderland", "--realm", "lab", "--ports", &range]);
+    let mut c = Ctl::connect(&relay.addr().to_string());
+    let m = c.ask_allocate_tcp();
+    assert_eq!(
+        code(&m),
+        Some(508),
+        "the relay took a port another process listens on: {:?} {}",
+        m.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()).map(|a| *a.socket_address()),
+        reason(&m)
+    );
+    drop(squatter);
+    // Once the port is free the same request is served on it.
+    let mut c = Ctl::connect(&relay.addr().to_string());
+    assert_eq!(c.allocate_tcp().port(), port);
 }
 
 #[test]

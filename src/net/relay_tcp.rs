@@ -201,13 +201,30 @@ async fn open_from(local: SocketAddr, peer: SocketAddr) -> io::Result<TcpStream>
 }
 
 /// Binds a relayed TCP listener on `addr` (SO_REUSEPORT so that outbound
-/// connections to peers can leave from the same address, RFC 6062 §5.2).
+/// connections to peers can leave from the same address, RFC 6062 §5.2),
+/// only on a port no other socket holds (`AddrInUse` otherwise).
+///
+/// Why the check: SO_REUSEPORT lets any socket of the same user join a port
+/// whose holder also set it, so without it this listener could join another
+/// process's listener (a second relay on the host, e.g. one starting while
+/// this one drains, with an overlapping `--ports`), and the kernel would split
+/// inbound peers between the two processes: a peer meant for this allocation
+/// announced to another relay's client. A probe without SO_REUSEADDR and
+/// SO_REUSEPORT binds only to a port nobody holds; it is closed at once, so
+/// two relays could still meet on one port only if both probed it in the same
+/// few system calls. (Another process of the same user can always do worse
+/// than this, e.g. ptrace: that is not a boundary a socket option can hold.)
 pub fn bind_relayed_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if addr.is_ipv6() {
-        s.set_only_v6(true)?;
-    }
+    let socket = || -> io::Result<socket2::Socket> {
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        Ok(s)
+    };
+    socket()?.bind(&addr.into())?;
+    let s = socket()?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
