@@ -6,21 +6,20 @@
 //! answers with `{"bytes":N,"sha256":"…"}` and the sender compares it with
 //! its own digest.
 
+use std::io::{self, IoSlice, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-
-use crate::punch::leased_file::{self, LeaseBreaks, LeasedFile, Mapping, NoLease};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{self, IoSlice, Read, Write};
-
-use bytes::Bytes;
-use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::punch::leased_file::{self, LeaseBreaks, LeasedFile, Mapping, NoLease};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -76,38 +75,31 @@ pub async fn send_file(
     progress: &indicatif::ProgressBar,
 ) -> anyhow::Result<Moved> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let (mut breaks, source) = match LeaseBreaks::new() {
-        Ok(breaks) => match LeasedFile::new(file, &breaks) {
-            Ok(leased) => {
-                tracing::debug!("{}: mapped under a read lease", path.display());
-                (Some(breaks), Source::Leased(leased))
-            }
-            Err((file, why)) => {
-                tracing::debug!("{}: read with copies, no read lease: {why}", path.display());
-                (None, Source::Read(file))
-            }
-        },
-        Err(e) => {
-            tracing::debug!("{}: read with copies, {}", path.display(), NoLease::Signal(e));
-            (None, Source::Read(file))
-        }
-    };
+    let source = Source::of(file, path);
     let size = match &source {
-        Source::Leased(l) => l.len(),
+        Source::Leased(l, _) => l.len(),
         Source::Read(f) => f.metadata().with_context(|| format!("reading the size of {}", path.display()))?.len(),
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (mut send, mut recv) = conn.open_bi().await.context("opening a QUIC stream")?;
     let started = Instant::now();
+    // The lease (with its break notifications) stays until the receipt: quinn may resend any
+    // part of the file until then.
+    let (mut chunks, reader, mut lease) = match source {
+        Source::Leased(leased, breaks) => {
+            let (chunks, hasher) = spawn_hasher(leased.mapping());
+            (chunks, hasher, Some((leased, breaks)))
+        }
+        Source::Read(file) => {
+            let (chunks, reader) = spawn_reader(file);
+            (chunks, reader, None)
+        }
+    };
     let sending = async {
         let mut header = serde_json::to_vec(&Header { name, size })?;
         header.push(b'\n');
         send.write_all(&header).await?;
         progress.set_length(size);
-        let (mut chunks, reader) = match &source {
-            Source::Leased(l) => spawn_hasher(l.mapping()),
-            Source::Read(f) => spawn_reader(f.try_clone().with_context(|| format!("reading {}", path.display()))?),
-        };
         let mut sent = 0u64;
         let mut window = SendWindow::default();
         while let Some(chunk) = chunks.recv().await {
@@ -124,14 +116,13 @@ pub async fn send_file(
             bail!("{} changed size while sending ({size} → {sent} bytes)", path.display());
         }
         send.finish()?;
-        // The lease stays until the receipt: quinn may resend any part of the file until then.
         let receipt: Receipt =
             serde_json::from_str(&read_line(&mut recv).await.context("waiting for the receiver's receipt")?)
                 .context("the receiver's receipt is not JSON")?;
         anyhow::Ok((ours, receipt))
     };
-    let (ours, receipt) = match (&source, breaks.as_mut()) {
-        (Source::Leased(leased), Some(breaks)) => {
+    let (ours, receipt) = match lease.as_mut() {
+        Some((leased, breaks)) => {
             tokio::select! {
                 r = sending => r?,
                 () = leased.broken(breaks) => {
@@ -145,7 +136,7 @@ pub async fn send_file(
                 }
             }
         }
-        _ => sending.await?,
+        None => sending.await?,
     };
     let elapsed = started.elapsed();
     if receipt.bytes != size || receipt.sha256 != ours {
@@ -156,8 +147,33 @@ pub async fn send_file(
 
 /// Where the sent bytes come from.
 enum Source {
-    Leased(LeasedFile),
+    /// Mapped under a read lease; the notifications say when another process wants the file.
+    Leased(LeasedFile, LeaseBreaks),
     Read(std::fs::File),
+}
+
+impl Source {
+    /// The lease and the mapping when they can be had, else the file to read with copies
+    /// (`-vv` says why).
+    fn of(file: std::fs::File, path: &Path) -> Source {
+        let breaks = match LeaseBreaks::new() {
+            Ok(breaks) => breaks,
+            Err(e) => {
+                tracing::debug!("{}: read with copies, {}", path.display(), NoLease::Signal(e));
+                return Source::Read(file);
+            }
+        };
+        match LeasedFile::new(file, &breaks) {
+            Ok(leased) => {
+                tracing::debug!("{}: mapped under a read lease", path.display());
+                Source::Leased(leased, breaks)
+            }
+            Err((file, why)) => {
+                tracing::debug!("{}: read with copies, no read lease: {why}", path.display());
+                Source::Read(file)
+            }
+        }
+    }
 }
 
 /// quinn's send buffer (unacknowledged plus queued stream data) sized to the path: twice the
