@@ -28,6 +28,17 @@
 //! relay), the mux sends what quinn addresses to the old one there, and shows what comes from there
 //! as from the old one. quinn sees no change; ICE's authenticated checks (RFC 8445 §7.2.5) did the
 //! path validation QUIC would have done.
+//!
+//! A path that comes back ([`MuxSocket::resend_last`]): while a path is dead, quinn's sender
+//! backs off its probe timeout (RFC 9002 §6.2.1: doubled after every unanswered probe, so 3.8 s
+//! apart after 5 s of silence), and its congestion window is full of packets nobody acknowledges,
+//! so nothing else leaves either. When ICE repairs the path (or the relay takes over), quinn would
+//! stay silent until that timer fires. The mux keeps a copy of the last datagram quinn sent on its
+//! own (probes are sent one per transmit; bulk data leaves in GSO batches, which are not copied)
+//! and sends it again on the repaired path at once: the peer acknowledges it (a duplicate packet
+//! is discarded by QUIC, RFC 9000 §12.3, so nothing can go wrong if it did arrive), and that
+//! acknowledgement resets quinn's backoff and declares the packets lost in the gap lost, so their
+//! data is retransmitted now.
 
 use std::fmt;
 use std::future::Future;
@@ -98,6 +109,16 @@ pub struct MuxSocket {
     send_error_logged: AtomicBool,
     /// QUIC datagrams for the relay that were larger than it carries ([`relay_carries`]), dropped.
     pub too_big_for_relay: AtomicU64,
+    /// The last datagram quinn sent on its own ([`MuxSocket::resend_last`]).
+    last_single: std::sync::Mutex<LastDatagram>,
+}
+
+/// A copy of one QUIC datagram as quinn handed it over (its destination before any redirect).
+#[derive(Debug, Default)]
+struct LastDatagram {
+    destination: Option<SocketAddr>,
+    ecn: Option<quinn::udp::EcnCodepoint>,
+    bytes: Vec<u8>,
 }
 
 /// The peer's address as QUIC knows it, and where the peer is now.
@@ -154,6 +175,7 @@ impl MuxSocket {
             dropped: AtomicU64::new(0),
             redirect: std::sync::Mutex::new(Redirect::default()),
             follow_relayed: std::sync::Mutex::new(None),
+            last_single: std::sync::Mutex::new(LastDatagram::default()),
         };
         (Arc::new(mux), Diverted { stun: stun_rx, birthday: birthday_rx })
     }
@@ -175,6 +197,39 @@ impl MuxSocket {
         if let Ok(mut f) = self.follow_relayed.lock() {
             *f = Some(known);
         }
+    }
+
+    /// Sends the last datagram quinn sent on its own once more, to wherever its destination
+    /// leads now (a redirect, the relay): the nudge that ends quinn's silence after a repaired
+    /// path (see the module doc). Returns whether there was one.
+    pub fn resend_last(&self) -> bool {
+        let (destination, ecn, bytes) = {
+            let last = self.last_single.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(destination) = last.destination else { return false };
+            (destination, last.ecn, last.bytes.clone())
+        };
+        let transmit = Transmit { destination, ecn, contents: &bytes, segment_size: None, src_ip: None };
+        match self.try_send(&transmit) {
+            Ok(()) => true,
+            // A full socket buffer: quinn's own packets are leaving, which is what the nudge is for.
+            Err(e) => {
+                tracing::debug!("resending the last QUIC datagram to {destination}: {e}");
+                false
+            }
+        }
+    }
+
+    /// Keeps a copy of a transmit of one datagram (see [`MuxSocket::resend_last`]). A GSO batch is
+    /// bulk data flowing, never the probe a stalled sender is waiting on, and is not copied.
+    fn keep_if_single(&self, t: &Transmit) {
+        if t.segment_size.is_some_and(|seg| t.contents.len() > seg) {
+            return;
+        }
+        let mut last = self.last_single.lock().unwrap_or_else(|e| e.into_inner());
+        last.destination = Some(t.destination);
+        last.ecn = t.ecn;
+        last.bytes.clear();
+        last.bytes.extend_from_slice(t.contents);
     }
 
     /// Where the peer QUIC knows is now sent to (None: nowhere else).
@@ -435,6 +490,7 @@ impl AsyncUdpSocket for MuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.keep_if_single(transmit);
         // quinn on a dual-stack socket names IPv4 peers as ::ffff:a.b.c.d; the mux, ICE and TURN
         // speak plain IPv4 (see punch::dual_stack).
         let to = self.redirection().outgoing(unmap(transmit.destination));
@@ -537,6 +593,44 @@ mod tests {
         assert_eq!(r.outgoing(old), new);
         assert_eq!(r.incoming(new), old);
         assert_eq!((r.outgoing(other), r.incoming(other), r.incoming(old)), (other, other, old));
+    }
+
+    /// The nudge after a repaired path: the last datagram quinn sent on its own (a probe) goes out
+    /// again, to where the peer is now; a GSO batch sent after it (bulk data) is not what is kept.
+    #[tokio::test]
+    async fn the_last_single_datagram_goes_out_again_to_where_the_peer_is_now() {
+        async fn recv(s: &UdpSocket) -> Vec<u8> {
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.recv(&mut buf))
+                .await
+                .expect("a datagram within 5 s")
+                .expect("recv");
+            buf.truncate(n);
+            buf
+        }
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let (mux, _d) = MuxSocket::new(sock, None);
+        let old = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let new = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let (old_addr, new_addr) = (old.local_addr().expect("addr"), new.local_addr().expect("addr"));
+        assert!(!mux.resend_last(), "nothing was sent yet");
+        let probe: Vec<u8> = (0..1200u32).map(|i| 0x40 | (i % 64) as u8).collect();
+        let single = Transmit { destination: old_addr, ecn: None, contents: &probe, segment_size: None, src_ip: None };
+        mux.socket().writable().await.expect("writable");
+        mux.try_send(&single).expect("send");
+        assert_eq!(recv(&old).await, probe);
+        let bulk = vec![0xC1u8; 2400];
+        let batch =
+            Transmit { destination: old_addr, ecn: None, contents: &bulk, segment_size: Some(1200), src_ip: None };
+        mux.socket().writable().await.expect("writable");
+        mux.try_send(&batch).expect("send");
+        assert_eq!(recv(&old).await, bulk[..1200]);
+        assert_eq!(recv(&old).await, bulk[1200..]);
+        // The peer re-punched from a new address and ICE proved it: the probe follows it there.
+        mux.redirect(old_addr, new_addr);
+        mux.socket().writable().await.expect("writable");
+        assert!(mux.resend_last());
+        assert_eq!(recv(&new).await, probe);
     }
 
     /// quinn names an IPv4 peer ::ffff:a.b.c.d on a dual-stack socket; the mux must show it what

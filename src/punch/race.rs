@@ -68,6 +68,9 @@ pub enum Action {
     /// Let the peer in through our TURN relay: a Send indication toward `permit` installs the
     /// permission for its IP, and the mux follows whoever sends QUIC for `quic_remote` through it.
     LetInThroughRelay { permit: SocketAddr, quic_remote: SocketAddr },
+    /// The path works again after it was lost: send QUIC's last datagram once more, so the
+    /// peer's acknowledgement ends quinn's backed-off wait now (`mux::MuxSocket::resend_last`).
+    ResendLastQuic,
 }
 
 /// What is being tried now (for the person at the terminal).
@@ -498,6 +501,7 @@ impl Race {
         let Some(w) = self.watch.as_mut().filter(|w| w.awaiting_relayed) else { return };
         w.awaiting_relayed = false;
         tracing::warn!("the peer's QUIC now comes from {to} through our TURN relay");
+        self.actions.push_back(Action::ResendLastQuic);
         let change = PathChange { at_ms, from: Some(w.path_remote), to, why: PathChangeReason::RelayFallback };
         w.path_remote = to;
         self.events.push_back(Event::PathChange(change));
@@ -557,6 +561,7 @@ impl Race {
         w.reopen_at = None;
         w.lost = false;
         w.fallback_at = None;
+        self.actions.push_back(Action::ResendLastQuic);
         if let Some((from, to)) = w.pending.take() {
             let change = PathChange { at_ms, from, to, why: PathChangeReason::MappingChanged };
             self.events.push_back(Event::PathChange(change));
@@ -570,6 +575,7 @@ impl Race {
         let Some(w) = self.watch.as_mut() else { return };
         tracing::warn!("the peer moved from {} to {remote}: QUIC follows it through the mux", w.path_remote);
         self.actions.push_back(Action::Redirect { from: w.quic_remote, to: remote });
+        self.actions.push_back(Action::ResendLastQuic);
         let change = PathChange { at_ms, from: Some(w.path_remote), to: remote, why: PathChangeReason::PeerMoved };
         w.path_remote = remote;
         w.regather_at = None;
@@ -595,6 +601,7 @@ impl Race {
             (true, Some(to), _) => {
                 tracing::warn!("re-punching found no path: QUIC goes to the peer's relayed address {to}");
                 self.actions.push_back(Action::Redirect { from: w.quic_remote, to });
+                self.actions.push_back(Action::ResendLastQuic);
                 let change = PathChange { at_ms, from: Some(w.path_remote), to, why: PathChangeReason::RelayFallback };
                 w.path_remote = to;
                 w.lost = false;
@@ -853,6 +860,8 @@ mod tests {
         let evs = events(&mut r);
         assert_eq!(changes(&evs), vec![(Some(a(OUR_SRFLX)), new, PathChangeReason::MappingChanged)]);
         assert_eq!(r.poll_timeout(), None);
+        // QUIC is nudged on the path that came back instead of waiting out its backoff.
+        assert_eq!(actions(&mut r), vec![Action::ResendLastQuic]);
         // QUIC migrating on its own is reported as the peer moving.
         r.handle_quic_remote(a("203.0.113.20:41005"), t1 + Duration::from_secs(4));
         let evs = events(&mut r);
@@ -877,7 +886,7 @@ mod tests {
         r.handle_path_validated(a("203.0.113.20:49999"), t1 + REOPEN_EVERY);
         assert!(actions(&mut r).is_empty());
         r.handle_path_validated(moved, t1 + REOPEN_EVERY);
-        assert_eq!(actions(&mut r), vec![Action::Redirect { from: a(THEIR_SRFLX), to: moved }]);
+        assert_eq!(actions(&mut r), vec![Action::Redirect { from: a(THEIR_SRFLX), to: moved }, Action::ResendLastQuic]);
         let evs = events(&mut r);
         assert_eq!(changes(&evs), vec![(Some(a(THEIR_SRFLX)), moved, PathChangeReason::PeerMoved)]);
         assert!(evs.iter().any(|e| matches!(e, Event::Remote(to) if *to == moved)));
@@ -909,6 +918,7 @@ mod tests {
         }
         let acts = actions(&mut forgot);
         assert!(acts.contains(&Action::Redirect { from: a(THEIR_SRFLX), to: a(THEIR_RELAYED) }), "{acts:?}");
+        assert!(acts.contains(&Action::ResendLastQuic), "{acts:?}");
         let evs = events(&mut forgot);
         assert_eq!(changes(&evs), vec![(Some(a(THEIR_SRFLX)), a(THEIR_RELAYED), PathChangeReason::RelayFallback)]);
         assert!(evs.iter().any(|e| matches!(e, Event::Relayed)));
@@ -920,7 +930,9 @@ mod tests {
         let acts = actions(&mut stayed);
         let let_in = Action::LetInThroughRelay { permit: a(THEIR_SRFLX), quic_remote: a(THEIR_SRFLX) };
         assert!(acts.contains(&let_in), "{acts:?}");
+        assert!(!acts.contains(&Action::ResendLastQuic), "nothing came back yet: {acts:?}");
         stayed.handle_relayed_arrival(a("198.51.100.50:50009"), t1 + Duration::from_secs(7));
+        assert_eq!(actions(&mut stayed), vec![Action::ResendLastQuic]);
         let evs = events(&mut stayed);
         assert_eq!(
             changes(&evs),

@@ -806,6 +806,10 @@ impl Io {
             }
             Action::OpenToward(to) => self.ice.open_toward(to),
             Action::Redirect { from, to } => self.mux.redirect(from, to),
+            Action::ResendLastQuic => {
+                let resent = self.mux.resend_last();
+                tracing::debug!(resent, "nudged QUIC on the path that came back");
+            }
             Action::LetInThroughRelay { permit, quic_remote } => match &self.relay {
                 Some(r) => {
                     tracing::warn!(relayed = ?r.relayed(), "letting the peer in through our TURN relay");
