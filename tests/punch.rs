@@ -725,22 +725,42 @@ fn a_transfer_survives_the_quic_servers_router_forgetting_its_mappings() {
 /// redirect): same SHA-256, exit 0, both report `relay-fallback`.
 #[test]
 fn a_transfer_falls_back_to_the_relay_when_re_punching_cannot_work() {
-    const LEN: usize = 64 * 1024 * 1024;
     let w = world(NatKind::PortRestrictedCone, NatKind::PortRestrictedCone);
+    let (sr, _) = transfer_through_a_router_that_forgets_and_turns_symmetric(&w, "fallback");
+    assert_eq!(sr["birthday"]["outcome"], Value::Null, "an ICE path: {sr:#}");
+}
+
+/// The same on a path the birthday method found (a symmetric, so a's winning socket out of 256
+/// carries QUIC): no ICE pair was nominated there, so no consent checks watch it; QUIC's own
+/// datagrams (keep-alives at least every 2 s) do. Before they did, the path died with the router
+/// and the transfer ended at QUIC's idle timeout (`connection lost: timed out`, found by
+/// bench-punch repeating the "turns symmetric" row on a router already symmetric).
+#[test]
+fn a_birthday_path_falls_back_to_the_relay_when_the_router_forgets() {
+    let w = world(NatKind::Symmetric, NatKind::PortRestrictedCone);
+    let (sr, _) = transfer_through_a_router_that_forgets_and_turns_symmetric(&w, "bdayfallback");
+    assert_eq!(sr["birthday"]["outcome"], "found", "the path was not the birthday method's: {sr:#}");
+}
+
+/// b receives, a sends 64 MiB; a's router reboots 9 MiB in and comes back symmetric. Asserts the
+/// transfer completes through the relay fallback (both sides report it, a sends to b's relayed
+/// candidate) and returns both reports (sender, receiver).
+fn transfer_through_a_router_that_forgets_and_turns_symmetric(w: &World, room: &str) -> (Value, Value) {
+    const LEN: usize = 64 * 1024 * 1024;
     w.lab.shape_uplink("a", "100mbit");
     let dir = tempfile::tempdir().expect("tempdir");
     let (src, dst) = (dir.path().join("src.bin"), dir.path().join("dst.bin"));
     random_file(&src, LEN);
     let url = w.signal.ws_url();
     let common =
-        [&["punch", "--signal", url.as_str(), "--room", "fallback", "--timeout", "30", "--json"], STUN_ARGS, TURN_ARGS]
+        [&["punch", "--signal", url.as_str(), "--room", room, "--timeout", "30", "--json"], STUN_ARGS, TURN_ARGS]
             .concat();
     let (src_s, dst_s) = (src.to_str().expect("utf-8"), dst.to_str().expect("utf-8"));
     let recv_args = [common.as_slice(), &["--recv", dst_s]].concat();
     let send_args = [common.as_slice(), &["--send", src_s]].concat();
     let receiver = spawn(w.lab.command_in(&w.lab.client_ns("b"), NATKIT, &recv_args));
     let until = Instant::now() + Duration::from_secs(15);
-    while !w.signal.log_text().lines().any(|l| l.contains("joined") && l.contains("fallback")) {
+    while !w.signal.log_text().lines().any(|l| l.contains("joined") && l.contains(room)) {
         assert!(Instant::now() < until, "b never joined: {}", w.signal.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -783,6 +803,7 @@ fn a_transfer_falls_back_to_the_relay_when_re_punching_cannot_work() {
             .any(|c| c.as_str().is_some_and(|c| c.contains(&format!(" {ip} {port} typ relay")))),
         "a's fallback target {to} is not b's relayed candidate: {rr:#}"
     );
+    (sr, rr)
 }
 
 // ---- IPv6 beside IPv4 (issue #16): a dual-stack pair whose v4 NATs are both symmetric ----

@@ -212,10 +212,15 @@ const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 /// path (`transfer::SendWindow`).
 pub const SEND_WINDOW: u64 = 2 * STREAM_WINDOW as u64;
 
+/// How often an idle QUIC connection sends a PING.
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    // NAT bindings for UDP often last only 30 s: keep them open while idle.
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(5)));
+    // NAT bindings for UDP often last only 30 s: keep them open while idle. Every 2 s, so that a
+    // path no ICE pair watches (the birthday method's) hears from the peer well within
+    // `--path-lost-after` while idle: QUIC's own datagrams are its liveness (`punch::session`).
+    t.keep_alive_interval(Some(KEEP_ALIVE));
     // Consent freshness (RFC 7675, 30 s), not QUIC's idle timer, decides when a silent path
     // is given up, so the error says why; the idle timer stays as a backstop.
     t.max_idle_timeout(Some(quinn::VarInt::from_u32(40_000).into()));

@@ -421,6 +421,11 @@ impl Race {
         });
     }
 
+    /// Where the peer is on the path being watched (after any redirect), once connected.
+    pub fn watched_path(&self) -> Option<SocketAddr> {
+        self.watch.as_ref().map(|w| w.path_remote)
+    }
+
     /// Consent checks on the path to `remote` went unanswered for `silent_for`.
     pub fn handle_path_lost(&mut self, remote: SocketAddr, silent_for: Duration, now: Instant) {
         let relay_known = self.knowledge.relay_ours || self.remote.iter().any(is_relayed);

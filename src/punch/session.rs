@@ -25,7 +25,7 @@ use crate::net::udp;
 use crate::output::{self, OutputOptions};
 use crate::punch::birthday::{Birthday, Credentials as BirthdayCredentials, Limits};
 use crate::punch::birthday_driver::{self, BirthdayResult};
-use crate::punch::consent::ConsentConfig;
+use crate::punch::consent::{Consent, ConsentConfig, ConsentEvent};
 use crate::punch::dual_stack;
 use crate::punch::ice_driver::{self, IceEvent};
 use crate::punch::mux::{Diverted, MuxSocket, StunDatagram};
@@ -307,6 +307,7 @@ pub async fn run(
     };
     // The opener's winning birthday socket gets an endpoint of its own.
     let mut side_endpoint: Option<quinn::Endpoint> = None;
+    let mut side_mux: Option<Arc<MuxSocket>> = None;
     let failed = |f: Failure, io: &Io| failure_error(f, io, &theirs, room, timeout);
 
     let tokio_deadline = tokio::time::Instant::from_std(deadline);
@@ -322,11 +323,19 @@ pub async fn run(
                         Chosen::Ice { local, remote } => {
                             (&endpoint, endpoint_of(local, race.local_candidates()), remote)
                         }
-                        Chosen::Birthday { socket, remote } => (
-                            side_endpoint.as_ref().filter(|_| socket.is_some()).unwrap_or(&endpoint),
-                            birthday_local(socket, remote, race.local_candidates()),
-                            remote,
-                        ),
+                        Chosen::Birthday { socket, remote } => {
+                            if socket.is_some()
+                                && let Some(mux) = side_mux.take()
+                            {
+                                // Redirects and nudges go to the socket that carries QUIC.
+                                io.mux = mux;
+                            }
+                            (
+                                side_endpoint.as_ref().filter(|_| socket.is_some()).unwrap_or(&endpoint),
+                                birthday_local(socket, remote, race.local_candidates()),
+                                remote,
+                            )
+                        }
                     };
                     report.local = Some(local);
                     report.remote = Some(endpoint_of(remote, race.remote_candidates()));
@@ -350,8 +359,9 @@ pub async fn run(
                             b.found(probes);
                         }
                         if let Some(sock) = won {
-                            let (ep, _, _) = quic_endpoint(sock, None, server_cfg()?)?;
+                            let (ep, _, mux) = quic_endpoint(sock, None, server_cfg()?)?;
                             side_endpoint = Some(ep);
+                            side_mux = Some(mux);
                         }
                         race.handle_birthday_found(local, remote);
                     }
@@ -409,6 +419,9 @@ pub async fn run(
             },
             i = accept_some(role == Role::Answerer, side_endpoint.as_ref().unwrap_or(&endpoint)), if side_endpoint.is_some() => {
                 let conn = handshake(i, tokio_deadline).await?;
+                if let Some(mux) = side_mux.take() {
+                    io.mux = mux;
+                }
                 let remote = dual_stack::unmap(conn.remote_address());
                 report.remote = Some(endpoint_of(remote, race.remote_candidates()));
                 report.local = Some(birthday_local(race.birthday_found().and_then(|b| b.0), remote, race.local_candidates()));
@@ -439,7 +452,16 @@ pub async fn run(
     };
     tokio::pin!(work);
     // While the data moves, the race watches the path and repairs it (see punch::race).
-    race.handle_connected(dual_stack::unmap(conn.remote_address()));
+    let quic_remote = dual_stack::unmap(conn.remote_address());
+    race.handle_connected(quic_remote);
+    // Consent checks run on the pair ICE nominated. A path it did not (the birthday method's) is
+    // watched by the datagrams QUIC receives on it instead: the same verdicts after the same
+    // silence, fed with quinn's count (keep-alives arrive at least every `quic::KEEP_ALIVE`).
+    let ice_watches = io.ice.checks().iter().any(|c| c.nominated && c.remote == quic_remote);
+    let mut quic_liveness = (!ice_watches).then(|| {
+        tracing::info!("no ICE pair under this path: QUIC's own datagrams tell whether it is alive");
+        Consent::new(consent, Instant::now())
+    });
     let mut tick = tokio::time::interval(PATH_TICK);
     let moved = loop {
         while let Some(action) = race.poll_action() {
@@ -479,6 +501,15 @@ pub async fn run(
             msg = io.signal.recv(), if io.signal_open => io.handle_room(msg, &mut race, report),
             _ = tick.tick() => {
                 let now = Instant::now();
+                if let (Some(l), Some(path)) = (quic_liveness.as_mut(), race.watched_path()) {
+                    let heard = l.handle_responses(now, conn.stats().udp_rx.datagrams).or_else(|| l.handle_timeout(now));
+                    match heard {
+                        Some(ConsentEvent::Lost { silent_for }) => race.handle_path_lost(path, silent_for, now),
+                        Some(ConsentEvent::Regained) => race.handle_path_regained(path, now),
+                        Some(ConsentEvent::Expired { silent_for }) => race.handle_consent_expired(path, silent_for),
+                        None => {}
+                    }
+                }
                 // quinn moved to a new, validated peer address (RFC 9000 §9): follow it.
                 race.handle_quic_remote(dual_stack::unmap(conn.remote_address()), now);
                 let fresh = race.awaiting_validation().to_vec();

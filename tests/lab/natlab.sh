@@ -22,6 +22,9 @@
 #                                                 like forget, and the router comes back as a symmetric NAT
 #                                                 (fully-random masquerade): re-punching toward a port-restricted
 #                                                 peer cannot work after it
+#   natlab.sh unforget PREFIX NAME KIND           undoes forget/forget-symmetric: router PREFIX-r-NAME masquerades
+#                                                 again as `nat` made it for KIND (port-restricted-cone or
+#                                                 symmetric) and conntrack is flushed (a bench repeating a row)
 #   natlab.sh cut PREFIX NAME                     router PREFIX-r-NAME stops forwarding anything (a dead uplink)
 #   natlab.sh shape PREFIX NAME RATE              tbf on router PREFIX-r-NAME's WAN egress (e.g. 40mbit): makes
 #                                                 an upload from its client last long enough to break it midway
@@ -250,6 +253,19 @@ forget-symmetric)
   ip netns exec "$r" nft add rule ip lab post oifname "wan" meta l4proto udp masquerade to :"$low-$high" fully-random
   ip netns exec "$r" nft add rule ip lab post oifname "wan" masquerade fully-random
   ip netns exec "$r" conntrack -F >/dev/null 2>&1 || die "forget-symmetric: conntrack -F failed in $r"
+  ;;
+
+unforget)
+  p=${1:?prefix}; name=${2:?name}; kind=${3:?kind}; r="$p-r-$name"
+  command -v conntrack >/dev/null || die "unforget: conntrack is missing (apt-get install conntrack)"
+  case "$kind" in
+  port-restricted-cone) rule="masquerade" ;;
+  symmetric) rule="masquerade fully-random" ;;
+  *) die "unforget: $kind is not a masquerading kind" ;;
+  esac
+  ip netns exec "$r" nft flush chain ip lab post
+  ip netns exec "$r" nft add rule ip lab post oifname "wan" $rule
+  ip netns exec "$r" conntrack -F >/dev/null 2>&1 || die "unforget: conntrack -F failed in $r"
   ;;
 
 cut)
