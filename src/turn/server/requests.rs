@@ -83,6 +83,21 @@ impl PeerRefused {
     }
 }
 
+/// How the relay reaches the peer a request names; it decides which relayed
+/// addresses of this relay count as "inside the relay" (policy step 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerPath {
+    /// Datagrams (CreatePermission, ChannelBind, Send): to any live
+    /// allocation's relayed address they are delivered inside the process.
+    Datagrams,
+    /// A TCP connection from the relayed address (RFC 6062 Connect): it goes
+    /// through the kernel to that IP and port, where only a TCP allocation's
+    /// relayed address is a listener of this relay. A UDP allocation's
+    /// address is, over TCP, whatever the host runs on that port, so it is
+    /// judged as the host address it is (loopback, the relay host, ...).
+    TcpConnect,
+}
+
 impl Server {
     /// Answers a request into scratch; returns the length, or None to stay silent.
     pub(super) fn request(&mut self, from: FiveTuple, packet: &[u8], method: u16, now: Instant) -> Option<usize> {
@@ -350,14 +365,16 @@ impl Server {
         relay: RelayId,
         peers: &[SocketAddr],
         what: &str,
+        path: PeerPath,
     ) -> Result<(), PeerRefused> {
         let relayed = self.allocs.get(relay).map(|a| a.relayed);
         for &peer in peers {
             if relayed.is_some_and(|r| r.is_ipv4() != peer.is_ipv4()) {
                 return Err(PeerRefused::FamilyMismatch);
             }
-            let allocs = &self.allocs;
-            let verdict = match self.policy.check(peer, |a| allocs.relay_at(a).is_some()) {
+            let (allocs, tcp) = (&self.allocs, &self.tcp);
+            let inside = |a| allocs.relay_at(a).is_some_and(|r| path == PeerPath::Datagrams || tcp.is_tcp(r));
+            let verdict = match self.policy.check(peer, inside) {
                 Verdict::Allow if allocs.recently_freed(peer) => Verdict::Refuse(Refusal::OwnAddress),
                 v => v,
             };
@@ -377,7 +394,7 @@ impl Server {
         if peers.is_empty() {
             return self.error(method, txid, ErrorCode::BadRequest, signed, vec![]);
         }
-        if let Err(refused) = self.check_peers(from, relay, &peers, "CreatePermission") {
+        if let Err(refused) = self.check_peers(from, relay, &peers, "CreatePermission", PeerPath::Datagrams) {
             return self.error_with_reason(method, txid, refused.code(), refused.reason(), signed, vec![]);
         }
         let max = self.cfg.max_permissions;
@@ -407,7 +424,7 @@ impl Server {
         let (Some(number), Some(peer)) = (number, peer) else {
             return self.error(method, txid, ErrorCode::BadRequest, signed, vec![]);
         };
-        if let Err(refused) = self.check_peers(from, relay, &[peer], "ChannelBind") {
+        if let Err(refused) = self.check_peers(from, relay, &[peer], "ChannelBind", PeerPath::Datagrams) {
             return self.error_with_reason(method, txid, refused.code(), refused.reason(), signed, vec![]);
         }
         let (max_p, max_c) = (self.cfg.max_permissions, self.cfg.max_channels);

@@ -33,7 +33,7 @@ use stun_rs::{MessageClass, MessageMethod, StunMessageBuilder, TransactionId};
 
 use super::auth::{IntegrityKind, UserKey};
 use super::nonce::NonceCheck;
-use super::requests::{Authed, Incoming, OnAllocation};
+use super::requests::{Authed, Incoming, OnAllocation, PeerPath};
 use super::{ErrorCode, FiveTuple, RelayId, Server, Target, Transmit};
 use crate::net::transport::Transport;
 use crate::turn::rfc6062;
@@ -262,7 +262,7 @@ impl Server {
         else {
             return self.error(method, txid, ErrorCode::BadRequest, signed, vec![]);
         };
-        if let Err(refused) = self.check_peers(from, relay, &[peer], "Connect") {
+        if let Err(refused) = self.check_peers(from, relay, &[peer], "Connect", PeerPath::TcpConnect) {
             return self.error_with_reason(method, txid, refused.code(), refused.reason(), signed, vec![]);
         }
         let a = self.allocs.get(relay)?;
