@@ -4,7 +4,10 @@
 //! - §5.1 an Allocate with REQUESTED-TRANSPORT=TCP over a TCP or TLS control
 //!   connection gets a relayed TCP address (the driver listens there);
 //! - §5.2 Connect: the peer goes through the same policy as CreatePermission
-//!   (403 with the same reasons) and needs a permission; the core names the
+//!   (403 with the same reasons), except that only a TCP allocation's relayed
+//!   address counts as inside the relay (a Connect is a real TCP connection:
+//!   to a UDP allocation's address it would reach the host's own TCP port),
+//!   and needs a permission; the core names the
 //!   new connection with a CONNECTION-ID and asks the driver to connect
 //!   ([`TcpEffect::Connect`]); the answer (success with CONNECTION-ID, or 447)
 //!   goes out when the driver reports back ([`Server::tcp_connect_result`]);
