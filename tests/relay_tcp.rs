@@ -172,6 +172,17 @@ impl Ctl {
         self.ask(&request(ALLOCATE.as_u16(), vec![t], true, None, Some(&self.nonce.clone()))).1
     }
 
+    /// A UDP allocation over this TCP control connection, None if refused or closed.
+    fn try_allocate_udp(&mut self) -> Option<SocketAddr> {
+        let t: StunAttribute = RequestedTrasport::new(stun_rs::protocols::UDP).into();
+        self.s.write_all(&request(ALLOCATE.as_u16(), vec![t.clone()], false, None, None)).ok()?;
+        let challenge = decode(&read_msg(&mut self.s).ok()?).ok()?;
+        self.nonce = challenge.attributes().iter().find_map(|a| a.as_nonce().ok())?.as_str().to_string();
+        self.s.write_all(&request(ALLOCATE.as_u16(), vec![t], false, None, Some(&self.nonce.clone()))).ok()?;
+        let ok = decode(&read_msg(&mut self.s).ok()?).ok()?;
+        ok.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()).map(|a| *a.socket_address())
+    }
+
     /// A UDP allocation over this TCP control connection (401 first); returns the relayed address.
     fn allocate_udp(&mut self) -> SocketAddr {
         let t: StunAttribute = RequestedTrasport::new(stun_rs::protocols::UDP).into();
@@ -631,4 +642,90 @@ fn a_tcp_client_that_never_reads_holds_at_most_its_queue_bound_of_relayed_data()
     let dropped = relay.metrics().value("natkit_relay_stream_queue_dropped_total");
     assert!(dropped > 0, "what did not fit was dropped and counted: {dropped}");
     assert!(relay.metrics().get("natkit_relay_stream_queue_dropped_bytes_total").is_some_and(|b| b > 0));
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from((from, 0)).into()).expect("bind a loopback source");
+    s.connect(&to.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+/// A UDP Allocate from a fresh socket on `from` (after its 401): the error code, None on success.
+fn udp_allocate_from(from: [u8; 4], relay: SocketAddr) -> Option<u16> {
+    let sock = std::net::UdpSocket::bind(SocketAddr::from((from, 0))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t: StunAttribute = RequestedTrasport::new(stun_rs::protocols::UDP).into();
+    let ask = |bytes: &[u8]| {
+        sock.send_to(bytes, relay).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer over UDP");
+        decode(&buf[..n]).expect("the answer decodes")
+    };
+    let challenge = ask(&request(ALLOCATE.as_u16(), vec![t.clone()], false, None, None));
+    let nonce = challenge.attributes().iter().find_map(|a| a.as_nonce().ok()).unwrap().as_str().to_string();
+    code(&ask(&request(ALLOCATE.as_u16(), vec![t], false, None, Some(&nonce))))
+}
+
+/// The attack: under a descriptor limit (512 here, by prlimit) the relay splits its descriptors
+/// between connections and allocations, but the peer connections of TCP allocations (RFC 6062) had a
+/// cap of their own as large as the connections' and no share of the budget. One user with 8 TCP
+/// allocations, a few hundred inbound peer connections and 140 more control connections holding a
+/// UDP allocation each (all within every cap) took the process's last descriptor: before the fix, a
+/// UDP client then got 508 ("cannot open a relayed socket: Too many open files") with the
+/// allocation cap far from reached. Now connections, peer connections and allocations each have a
+/// share of the budget (what does not fit is refused by its cap), and the UDP client is served.
+#[test]
+fn peer_connections_of_tcp_allocations_cannot_take_the_descriptors_udp_allocations_need() {
+    assert!(natkit::net::conn_limit::raise_nofile_limit() >= 2_000, "the test needs `ulimit -Hn` of 2000 or more");
+    let relay = RelayServer::start_limited(
+        Some(512),
+        &[USER, &["--allow-loopback-peers", "--user-quota", "0", "--tcp-bind-timeout", "300"]].concat(),
+    );
+    let server = relay.addr();
+    // Whatever the caps let the attacker have: a connection or allocation refused is skipped.
+    let ctl_from = |ip: [u8; 4]| Ctl { s: tcp_from(ip, server), nonce: String::new() };
+    let mut held = Vec::new();
+    let mut peers = Vec::new();
+    // 8 TCP allocations, each open to peers on 127.0.5.1-3, and 32 peers knocking on each.
+    for _ in 0..8 {
+        let mut c = ctl_from([127, 0, 7, 1]);
+        let relayed = c.allocate_tcp();
+        for p in 1..=3 {
+            c.permit(SocketAddr::from(([127, 0, 5, p], 9)));
+        }
+        for k in 0..32u8 {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+            s.bind(&SocketAddr::from(([127, 0, 5, 1 + k % 3], 0)).into()).expect("bind");
+            let _ = s.set_nonblocking(true);
+            let _ = s.connect(&relayed.into());
+            peers.push(s);
+        }
+        held.push(c);
+    }
+    // 140 control connections with a UDP allocation each (two descriptors each), from three addresses.
+    for i in 0..140u8 {
+        let mut c = ctl_from([127, 0, 6, 1 + i % 3]);
+        if c.try_allocate_udp().is_none() {
+            break;
+        }
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let m = relay.metrics();
+    let allocations: u64 =
+        ["udp", "tcp", "tls"].iter().map(|t| m.value(&format!("natkit_relay_allocations{{transport=\"{t}\"}}"))).sum();
+    // A UDP client elsewhere, with the allocation cap not reached: it must be served.
+    let refused = udp_allocate_from([127, 0, 8, 1], server);
+    assert_eq!(
+        refused,
+        None,
+        "a UDP Allocate refused with {allocations} allocations, {} peer connections and {} connections open",
+        m.value("natkit_relay_tcp_peer_connections"),
+        m.value("natkit_relay_connections{transport=\"tcp\"}")
+    );
+    drop(peers);
 }
