@@ -294,7 +294,13 @@ impl Server {
             return self.error(method, txid, ErrorCode::AllocationQuotaReached, signed, vec![]);
         }
         if self.allocs.len() >= self.cfg.max_allocations {
-            tracing::warn!(max = self.cfg.max_allocations, "relay full: --max-allocations reached (508)");
+            if let Some(n) = self.full_warning.due(now) {
+                tracing::warn!(
+                    max = self.cfg.max_allocations,
+                    refused = n,
+                    "relay full: --max-allocations reached (508; one line a minute at most, refused = Allocates since the last)"
+                );
+            }
             return self.error(method, txid, ErrorCode::InsufficientCapacity, signed, vec![]);
         }
         let requested = msg.attributes().iter().find_map(|a| a.as_life_time().ok()).map(|l| l.as_u32());
@@ -306,7 +312,12 @@ impl Server {
                 return self.error(method, txid, ErrorCode::AddressFamilyNotSupported, signed, vec![]);
             }
             Err(e) => {
-                tracing::warn!("cannot open a relayed socket: {e} (508)");
+                if let Some(n) = self.no_socket_warning.due(now) {
+                    tracing::warn!(
+                        refused = n,
+                        "cannot open a relayed socket: {e} (508; one line a minute at most, refused = Allocates since the last)"
+                    );
+                }
                 return self.error(method, txid, ErrorCode::InsufficientCapacity, signed, vec![]);
             }
         };
