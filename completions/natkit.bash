@@ -236,7 +236,7 @@ _natkit() {
             return 0
             ;;
         natkit__subcmd__relay)
-            opts="-v -q -h -V --listen --tls-listen --cert --key --alt-ip --alt-port --realm --user --secret --relay-ip --external-ip --ports --allow-loopback-peers --allow-private-peers --allow-relay-host-peers --allow-peer --deny-peer --max-allocations --max-connections --max-connections-per-ip --first-message-timeout --tls-handshake-timeout --idle-timeout --user-quota --source-quota --max-permissions --max-tcp-connections --tcp-bind-timeout --max-lifetime --nonce-lifetime --drain-timeout --alternate-server --auth-burst --auth-source-rate --auth-user-rate --auth-max-backoff --unauth-burst --unauth-rate --userdb --userdb-cache --userdb-cache-size --userdb-timeout --userdb-max-pending --userdb-max-pending-per-ip --metrics --metrics-max-connections --metrics-header-timeout --config --workers --json --verbose --quiet --wide --help --version"
+            opts="-v -q -h -V --listen --tls-listen --cert --key --alt-ip --alt-port --realm --user --secret --relay-ip --external-ip --ports --allow-loopback-peers --allow-private-peers --allow-relay-host-peers --allow-peer --deny-peer --max-allocations --max-connections --max-connections-per-ip --first-message-timeout --tls-handshake-timeout --idle-timeout --stream-queue-bytes --user-quota --source-quota --max-permissions --max-tcp-connections --tcp-bind-timeout --max-lifetime --nonce-lifetime --drain-timeout --alternate-server --auth-burst --auth-source-rate --auth-user-rate --auth-max-backoff --unauth-burst --unauth-rate --userdb --userdb-cache --userdb-cache-size --userdb-timeout --userdb-max-pending --userdb-max-pending-per-ip --metrics --metrics-max-connections --metrics-header-timeout --config --workers --json --verbose --quiet --wide --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -319,6 +319,10 @@ _natkit() {
                     return 0
                     ;;
                 --idle-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stream-queue-bytes)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -88,6 +88,7 @@ complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-connections-
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l first-message-timeout -d 'Seconds a TCP or TLS connection has to deliver its first complete STUN message (after the TLS handshake)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l tls-handshake-timeout -d 'Seconds a TLS client has to finish its handshake' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l idle-timeout -d 'Seconds a TCP or TLS connection that holds no allocation may stay silent before it is closed' -r
+complete -c natkit -n "__fish_natkit_using_subcommand relay" -l stream-queue-bytes -d 'Bytes queued toward one TCP or TLS client before relayed data to it is dropped (and counted): a client that does not read cannot make the relay hold more' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l user-quota -d 'Allocations per username (486 beyond), 0 for unlimited [default: 100, or the config file\'s user-quota]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l source-quota -d 'Allocations per client IP address, whatever the username (486 beyond; 0: no limit)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand relay" -l max-permissions -d 'Permissions per allocation (508 beyond)' -r

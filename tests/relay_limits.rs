@@ -463,3 +463,28 @@ fn a_reuseport_udp_socket_of_another_process_is_not_shared_and_a_busy_metrics_po
     assert!(err.contains(&maddr), "{err}");
     assert!(!err.contains("listening on"), "nothing is announced before every bind succeeded:\n{err}");
 }
+
+/// The attack: one user's allocations fill a small `--ports` range (coturn configurations often
+/// give a hundred ports or so); then every Allocate of anyone else is a 508, and each one logged a
+/// warning ("cannot open a relayed socket: no free port"): a second identity (any TURN REST name)
+/// wrote one log line per request, at whatever rate it sends. Before the fix: 200 Allocates, 200
+/// warnings. Now the warning is written once a minute at most, with the count it stands for; the
+/// 508s are still counted in natkit_relay_error_responses_total{code="508"}.
+#[test]
+fn allocates_refused_for_lack_of_ports_do_not_write_a_warning_each() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let range = format!("{port}-{port}");
+    let mut relay = RelayServer::start(&[USER, &["--ports", &range]].concat());
+    let first = Turn::from_ip(relay.addr(), [127, 0, 4, 1]);
+    assert_eq!(first.allocate().expect("the one port").port(), port);
+    let other = Turn::from_ip(relay.addr(), [127, 0, 4, 2]);
+    for _ in 0..200 {
+        let refused = other.allocate().expect_err("no port left");
+        assert_eq!(error_code(&refused), Some(508));
+    }
+    assert_eq!(relay.metrics().value("natkit_relay_error_responses_total{code=\"508\"}"), 200);
+    let out = relay.stop();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings = err.lines().filter(|l| l.contains("cannot open a relayed socket")).count();
+    assert!(warnings <= 2, "{warnings} warnings for 200 refused Allocates:\n{}", &err[..err.len().min(2000)]);
+}

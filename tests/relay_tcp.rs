@@ -172,6 +172,28 @@ impl Ctl {
         self.ask(&request(ALLOCATE.as_u16(), vec![t], true, None, Some(&self.nonce.clone()))).1
     }
 
+    /// A UDP allocation over this TCP control connection, None if refused or closed.
+    fn try_allocate_udp(&mut self) -> Option<SocketAddr> {
+        let t: StunAttribute = RequestedTrasport::new(stun_rs::protocols::UDP).into();
+        self.s.write_all(&request(ALLOCATE.as_u16(), vec![t.clone()], false, None, None)).ok()?;
+        let challenge = decode(&read_msg(&mut self.s).ok()?).ok()?;
+        self.nonce = challenge.attributes().iter().find_map(|a| a.as_nonce().ok())?.as_str().to_string();
+        self.s.write_all(&request(ALLOCATE.as_u16(), vec![t], false, None, Some(&self.nonce.clone()))).ok()?;
+        let ok = decode(&read_msg(&mut self.s).ok()?).ok()?;
+        ok.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()).map(|a| *a.socket_address())
+    }
+
+    /// A UDP allocation over this TCP control connection (401 first); returns the relayed address.
+    fn allocate_udp(&mut self) -> SocketAddr {
+        let t: StunAttribute = RequestedTrasport::new(stun_rs::protocols::UDP).into();
+        let (_, challenge) = self.ask(&request(ALLOCATE.as_u16(), vec![t.clone()], false, None, None));
+        assert_eq!(code(&challenge), Some(401));
+        self.nonce = challenge.attributes().iter().find_map(|a| a.as_nonce().ok()).unwrap().as_str().to_string();
+        let (_, ok) = self.ask(&request(ALLOCATE.as_u16(), vec![t], false, None, Some(&self.nonce.clone())));
+        assert_eq!(ok.class(), MessageClass::SuccessResponse, "UDP Allocate refused: {:?} {}", code(&ok), reason(&ok));
+        *ok.attributes().iter().find_map(|a| a.as_xor_relayed_address().ok()).unwrap().socket_address()
+    }
+
     fn permit(&mut self, peer: SocketAddr) {
         let (_, m) = self.ask(&request(
             CREATE_PERMMISSION.as_u16(),
@@ -503,4 +525,207 @@ fn channel_bind_and_send_on_a_tcp_allocation_are_refused_as_coturn_refuses_them(
     assert_eq!(code, coturn_code, "natkit answers ChannelBind on a TCP allocation as coturn does: {why}");
     assert!(why.contains("TCP"), "the 403 says why: {why}");
     assert_eq!(got, 0, "nothing of a TCP allocation's Send or ChannelData reaches the peer");
+}
+
+/// A loopback port `p` where a TCP service listens (UDP free) with `p + 1` free for both
+/// UDP and TCP: the relay's two-port range of the next test.
+fn tcp_service_below_a_free_port() -> (TcpListener, u16) {
+    for _ in 0..50 {
+        let service = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = service.local_addr().unwrap().port();
+        let free = p < 65_535
+            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p + 1)).is_ok();
+        if free {
+            return (service, p);
+        }
+    }
+    panic!("no loopback port with a free neighbour");
+}
+
+/// The attack: a TCP service of the relay host (here on loopback, which no flag opens) listens on a
+/// port of the relayed range. The attacker takes a UDP allocation until its relayed address is that
+/// port (random ports: two tries on average here, a few thousand Allocates on a full range), then
+/// Connects a TCP allocation to it. The policy took "another live allocation's relayed address" as
+/// traffic delivered inside the relay, but a Connect is a real TCP connection from the relay host to
+/// that IP and port, and a UDP allocation does not listen on TCP: it reached the host's service,
+/// past the loopback (and relay-host) refusal. Before the fix: Connect answered with a CONNECTION-ID
+/// and the service accepted a connection from the relay. Now 403 for the loopback reason, and
+/// nothing reaches the service; a TCP allocation's relayed address still can be connected to.
+#[test]
+fn connect_to_a_udp_allocations_relayed_address_does_not_reach_the_hosts_tcp_port_behind_it() {
+    let (service, p) = tcp_service_below_a_free_port();
+    service.set_nonblocking(true).unwrap();
+    let range = format!("{p}-{}", p + 1);
+    let relay = RelayServer::start(&["--user", "alice:wonderland", "--realm", "lab", "--ports", &range]);
+    // A UDP allocation on port p (the relay picks at random between p and p + 1).
+    let mut udp = None;
+    for _ in 0..20 {
+        let mut c = Ctl::connect(&relay.addr().to_string());
+        if c.allocate_udp().port() == p {
+            udp = Some(c);
+            break;
+        }
+        drop(c);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _udp = udp.expect("a UDP allocation on the service's port");
+    let target = SocketAddr::from(([127, 0, 0, 1], p));
+    // A TCP allocation (on p + 1: the relay skips the service's TCP port), permitted toward the target.
+    let mut c = Ctl::connect(&relay.addr().to_string());
+    assert_eq!(c.allocate_tcp().port(), p + 1);
+    c.permit(target);
+    let (_, m) = c.connect_to(target);
+    std::thread::sleep(Duration::from_millis(300));
+    let reached = service.accept().map(|(_, from)| from.to_string());
+    assert!(reached.is_err(), "the relay connected to the host's TCP service: {reached:?}");
+    assert_eq!(code(&m), Some(403), "Connect to a UDP allocation's address over TCP: {}", reason(&m));
+    assert!(reason(&m).contains("loopback"), "judged as the host address it is: {}", reason(&m));
+    // Another TCP allocation's relayed address (the relay's own listener) is still a peer: once the
+    // service and the UDP allocation are gone, it takes port p.
+    drop(service);
+    drop(_udp);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = Ctl::connect(&relay.addr().to_string());
+    let other_relayed = other.allocate_tcp();
+    assert_eq!(other_relayed, target);
+    other.permit(SocketAddr::from(([127, 0, 0, 1], p + 1)));
+    c.permit(other_relayed);
+    let (_, m) = c.connect_to(other_relayed);
+    assert_eq!(m.class(), MessageClass::SuccessResponse, "{:?} {}", code(&m), reason(&m));
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// The attack: a client with a UDP allocation over a TCP control connection lets its peer (its own
+/// host, or another allocation of the same relay) send large datagrams and never reads. The relay
+/// queued every Data indication for the connection, up to 1,024 of them whatever their size: about
+/// 64 MB of memory per connection from a 60 KB datagram each, and a source address may hold a
+/// hundred such connections. Before the fix the relay's resident memory grew by ~60 MB here (2,000
+/// datagrams of 60,000 bytes). Now the queue is bounded in bytes (`--stream-queue-bytes`, 256 KiB):
+/// what does not fit is dropped and counted, and the memory stays put.
+#[test]
+fn a_tcp_client_that_never_reads_holds_at_most_its_queue_bound_of_relayed_data() {
+    let relay = RelayServer::start(&[USER, &["--allow-loopback-peers"]].concat());
+    let mut c = Ctl::connect(&relay.addr().to_string());
+    let relayed = c.allocate_udp();
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.permit(peer.local_addr().unwrap());
+    let before = rss_kib(relay.pid);
+    let datagram = vec![0x5a_u8; 60_000];
+    for i in 0..2_000 {
+        let _ = peer.send_to(&datagram, relayed);
+        if i % 4 == 3 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let received = relay.wait_metric(
+        "natkit_relay_packets_relayed_total{direction=\"from_peer\"}",
+        1_000,
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss_kib(relay.pid).saturating_sub(before);
+    assert!(
+        grown < 24 * 1024,
+        "the relay's memory grew by {grown} KiB for a client that never reads ({received} datagrams from the peer)"
+    );
+    let dropped = relay.metrics().value("natkit_relay_stream_queue_dropped_total");
+    assert!(dropped > 0, "what did not fit was dropped and counted: {dropped}");
+    assert!(relay.metrics().get("natkit_relay_stream_queue_dropped_bytes_total").is_some_and(|b| b > 0));
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn tcp_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from((from, 0)).into()).expect("bind a loopback source");
+    s.connect(&to.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+/// A UDP Allocate from a fresh socket on `from` (after its 401): the error code, None on success.
+fn udp_allocate_from(from: [u8; 4], relay: SocketAddr) -> Option<u16> {
+    let sock = std::net::UdpSocket::bind(SocketAddr::from((from, 0))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t: StunAttribute = RequestedTrasport::new(stun_rs::protocols::UDP).into();
+    let ask = |bytes: &[u8]| {
+        sock.send_to(bytes, relay).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, _) = sock.recv_from(&mut buf).expect("an answer over UDP");
+        decode(&buf[..n]).expect("the answer decodes")
+    };
+    let challenge = ask(&request(ALLOCATE.as_u16(), vec![t.clone()], false, None, None));
+    let nonce = challenge.attributes().iter().find_map(|a| a.as_nonce().ok()).unwrap().as_str().to_string();
+    code(&ask(&request(ALLOCATE.as_u16(), vec![t], false, None, Some(&nonce))))
+}
+
+/// The attack: under a descriptor limit (512 here, by prlimit) the relay splits its descriptors
+/// between connections and allocations, but the peer connections of TCP allocations (RFC 6062) had a
+/// cap of their own as large as the connections' and no share of the budget. One user with 8 TCP
+/// allocations, a few hundred inbound peer connections and 140 more control connections holding a
+/// UDP allocation each (all within every cap) took the process's last descriptor: before the fix, a
+/// UDP client then got 508 ("cannot open a relayed socket: Too many open files") with the
+/// allocation cap far from reached. Now connections, peer connections and allocations each have a
+/// share of the budget (what does not fit is refused by its cap), and the UDP client is served.
+#[test]
+fn peer_connections_of_tcp_allocations_cannot_take_the_descriptors_udp_allocations_need() {
+    assert!(natkit::net::conn_limit::raise_nofile_limit() >= 2_000, "the test needs `ulimit -Hn` of 2000 or more");
+    let relay = RelayServer::start_limited(
+        Some(512),
+        &[USER, &["--allow-loopback-peers", "--user-quota", "0", "--tcp-bind-timeout", "300"]].concat(),
+    );
+    let server = relay.addr();
+    // Whatever the caps let the attacker have: a connection or allocation refused is skipped.
+    let ctl_from = |ip: [u8; 4]| Ctl { s: tcp_from(ip, server), nonce: String::new() };
+    let mut held = Vec::new();
+    let mut peers = Vec::new();
+    // 8 TCP allocations, each open to peers on 127.0.5.1-3, and 32 peers knocking on each.
+    for _ in 0..8 {
+        let mut c = ctl_from([127, 0, 7, 1]);
+        let relayed = c.allocate_tcp();
+        for p in 1..=3 {
+            c.permit(SocketAddr::from(([127, 0, 5, p], 9)));
+        }
+        for k in 0..32u8 {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+            s.bind(&SocketAddr::from(([127, 0, 5, 1 + k % 3], 0)).into()).expect("bind");
+            let _ = s.set_nonblocking(true);
+            let _ = s.connect(&relayed.into());
+            peers.push(s);
+        }
+        held.push(c);
+    }
+    // 140 control connections with a UDP allocation each (two descriptors each), from three addresses.
+    for i in 0..140u8 {
+        let mut c = ctl_from([127, 0, 6, 1 + i % 3]);
+        if c.try_allocate_udp().is_none() {
+            break;
+        }
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let m = relay.metrics();
+    let allocations: u64 =
+        ["udp", "tcp", "tls"].iter().map(|t| m.value(&format!("natkit_relay_allocations{{transport=\"{t}\"}}"))).sum();
+    // A UDP client elsewhere, with the allocation cap not reached: it must be served.
+    let refused = udp_allocate_from([127, 0, 8, 1], server);
+    assert_eq!(
+        refused,
+        None,
+        "a UDP Allocate refused with {allocations} allocations, {} peer connections and {} connections open",
+        m.value("natkit_relay_tcp_peer_connections"),
+        m.value("natkit_relay_connections{transport=\"tcp\"}")
+    );
+    drop(peers);
 }

@@ -115,6 +115,11 @@ pub struct RelayArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub idle_timeout: u64,
 
+    /// Bytes queued toward one TCP or TLS client before relayed data to it is dropped (and counted): a
+    /// client that does not read cannot make the relay hold more
+    #[arg(long, value_name = "BYTES", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(65_536..=1_073_741_824))]
+    pub stream_queue_bytes: u32,
+
     /// Allocations per username (486 beyond), 0 for unlimited [default: 100, or the config file's user-quota]
     #[arg(long, value_name = "N")]
     pub user_quota: Option<u32>,

@@ -12,6 +12,7 @@ pub mod relay_driver;
 pub mod relay_tcp;
 pub mod server_spec;
 pub mod stream;
+pub mod stream_queue;
 pub mod tls;
 pub mod transport;
 pub mod turn_session;

@@ -57,6 +57,7 @@ use crate::net::metrics_http::{self, MetricsLimits, Paths};
 use crate::net::mmsg::{BATCH, GSO_MAX_SEGMENTS, RecvBatch, SentSegmented, enable_gro, segments, send_segmented};
 use crate::net::relay_tcp::{self, CoreAccess, Inbound, TcpCounters, TcpDriver};
 use crate::net::stream::take_frame;
+use crate::net::stream_queue::{self, QueueTx};
 use crate::net::transport::Transport;
 use crate::relay::metrics_text::{DriverSnapshot, ROUND_BUCKETS, UdpIoSnapshot};
 use crate::relay::userdb_redis::{self, RedisUserDb, RedisUserDbConfig};
@@ -112,6 +113,9 @@ pub struct ConnLimits {
     pub first_message: Duration,
     /// Silence allowed between messages while the connection holds no allocation.
     pub idle: Duration,
+    /// Bytes queued toward one connection before relayed data to it is dropped
+    /// ([`crate::net::stream_queue`]).
+    pub stream_queue_bytes: usize,
 }
 
 impl Default for ConnLimits {
@@ -122,6 +126,7 @@ impl Default for ConnLimits {
             tls_handshake: Duration::from_secs(10),
             first_message: Duration::from_secs(10),
             idle: Duration::from_secs(30),
+            stream_queue_bytes: stream_queue::DEFAULT_QUEUE_BYTES,
         }
     }
 }
@@ -255,6 +260,9 @@ pub struct DriverCounters {
     pub closed: [AtomicU64; 3],
     /// Pauses of accept on running out of descriptors (EMFILE/ENFILE).
     pub accept_paused: AtomicU64,
+    /// Relayed messages (and their bytes) dropped because a TCP/TLS client's queue was full.
+    pub stream_queue_dropped: AtomicU64,
+    pub stream_queue_dropped_bytes: AtomicU64,
     /// Connections open now, TCP and TLS.
     pub open_tcp: AtomicU64,
     pub open_tls: AtomicU64,
@@ -502,12 +510,14 @@ struct Shared {
     /// Listener sockets for sending, by their bound address.
     udp: FastMap<SocketAddr, Arc<UdpSocket>>,
     registry: Arc<Registry>,
-    conns: Mutex<HashMap<ConnKey, mpsc::Sender<Vec<u8>>>>,
+    conns: Mutex<HashMap<ConnKey, QueueTx>>,
     counters: DriverCounters,
     limiter: ConnLimiter,
     limits: ConnLimits,
     /// Set once a refusal of each kind ([`ConnRefusal`]) has been logged: one line per kind, then counts.
     refusal_logged: [AtomicBool; 2],
+    /// Set once a full client queue has been logged: one line, then counts.
+    queue_full_logged: AtomicBool,
     /// Where the core's user database lookups go (`--userdb`).
     userdb: Option<mpsc::UnboundedSender<Lookup>>,
     /// TCP allocations' peer connections (RFC 6062).
@@ -548,9 +558,11 @@ impl Shared {
         match target {
             Target::Client(ft) if ft.transport != Transport::Udp => {
                 let tx = self.conns.lock().ok().and_then(|m| m.get(&(ft.local, ft.remote)).cloned());
-                if let Some(tx) = tx {
-                    // A full queue means a client that does not read: drop rather than stall the relay.
-                    let _ = tx.try_send(payload.to_vec());
+                // A full queue means a client that does not read: drop rather than stall the relay.
+                if let Some(tx) = tx
+                    && !tx.try_push(payload)
+                {
+                    self.queue_full(ft, payload.len());
                 }
             }
             _ => {
@@ -612,6 +624,7 @@ pub async fn run(
         limiter: ConnLimiter::new(cfg.limits.max_connections, cfg.limits.max_per_ip),
         limits: cfg.limits,
         refusal_logged: Default::default(),
+        queue_full_logged: AtomicBool::new(false),
         userdb: userdb.is_some().then_some(userdb_tx),
         tcp: TcpDriver::new(cfg.limits.max_connections, cfg.limits.max_per_ip),
         gso_segments: AtomicUsize::new(GSO_MAX_SEGMENTS),
@@ -1127,7 +1140,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Send + Unpin + 'static>(
 ) {
     use tokio::io::AsyncReadExt;
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let (tx, mut rx) = stream_queue::queue(shared.limits.stream_queue_bytes);
     if let Ok(mut m) = shared.conns.lock() {
         m.insert((ft.local, ft.remote), tx.clone());
     }
@@ -1295,6 +1308,8 @@ impl Shared {
             refused_per_ip: load(&c.refused_per_ip),
             closed: ConnClose::ALL.map(|r| (r.label(), load(&c.closed[r as usize]))),
             accept_paused: load(&c.accept_paused),
+            stream_queue_dropped: load(&c.stream_queue_dropped),
+            stream_queue_dropped_bytes: load(&c.stream_queue_dropped_bytes),
             udp: c.udp.snapshot(),
             tcp: self.tcp.snapshot(),
         }
@@ -1313,6 +1328,20 @@ impl Shared {
                 ConnRefusal::PerIp => (self.limits.max_per_ip, "--max-connections-per-ip"),
             };
             tracing::warn!(%remote, "TCP/TLS connection refused: {cap} connections ({flag}) reached; further refusals are counted in natkit_relay_connections_refused_total{{reason=\"{}\"}}", why.as_str());
+        }
+    }
+
+    /// Relayed data dropped for a client that does not read: counted, logged once.
+    fn queue_full(&self, ft: FiveTuple, bytes: usize) {
+        self.counters.stream_queue_dropped.fetch_add(1, Ordering::Relaxed);
+        self.counters.stream_queue_dropped_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if !self.queue_full_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                client = %ft.remote,
+                "relayed data dropped: a {} client's queue holds {} bytes (--stream-queue-bytes) and it does not read; further drops are counted in natkit_relay_stream_queue_dropped_total",
+                ft.transport,
+                self.limits.stream_queue_bytes
+            );
         }
     }
 

@@ -20,16 +20,20 @@ pub struct Descriptors {
 /// Lowers the connection and allocation caps to what `nofile` descriptors can
 /// hold, so running out of descriptors is a refused connection or a 508,
 /// never a stuck accept loop or a UDP client refused because of a TCP flood.
-/// Every connection and every relayed socket takes one descriptor; beyond the
-/// listeners' share, half the rest may go to connections and the other half
-/// (at least) to allocations.
+/// Every connection, every peer connection of a TCP allocation (RFC 6062)
+/// and every relayed socket takes one descriptor; beyond the listeners'
+/// share, a third of the rest at most goes to connections, as much to peer
+/// connections (their cap is `--max-connections` too) and the remaining third
+/// (at least) to allocations. Before peer connections had a share, one user's
+/// TCP allocations could hold so many that a UDP Allocate found no descriptor
+/// for its relayed socket (508) below the allocation cap.
 pub fn fit_descriptors(plan: &mut RelayOptions, nofile: u64) -> Descriptors {
     let listeners = (plan.driver.listen.len() + plan.driver.listen_udp_only.len()) * plan.driver.workers
         + plan.driver.listen.len()
         + plan.driver.tls_listen.len();
     let budget = nofile.saturating_sub(RESERVED_FDS + listeners as u64).max(2);
-    let conns = (plan.driver.limits.max_connections as u64).min(budget / 2).max(1);
-    let allocs = (plan.core.max_allocations as u64).min(budget - conns).max(1);
+    let conns = (plan.driver.limits.max_connections as u64).min(budget / 3).max(1);
+    let allocs = (plan.core.max_allocations as u64).min(budget.saturating_sub(2 * conns)).max(1);
     let (was_allocs, was_conns) = (plan.core.max_allocations as u64, plan.driver.limits.max_connections as u64);
     // A cap trimmed by a few descriptors (the defaults under a 20,000 limit) is not worth a
     // warning; one cut to less than nine tenths of what was configured is.

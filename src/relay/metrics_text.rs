@@ -25,6 +25,9 @@ pub struct DriverSnapshot {
     pub closed: [(&'static str, u64); 3],
     /// Pauses of accept on running out of file descriptors.
     pub accept_paused: u64,
+    /// Relayed messages, and their bytes, dropped for a TCP/TLS client whose queue was full.
+    pub stream_queue_dropped: u64,
+    pub stream_queue_dropped_bytes: u64,
     /// TCP relaying (RFC 6062).
     pub tcp: crate::net::relay_tcp::TcpSnapshot,
     /// What the UDP workers' system calls carried.
@@ -225,6 +228,20 @@ pub fn render(core: &Server, driver: &DriverSnapshot) -> String {
         "counter",
         "Pauses of accept because the process ran out of file descriptors (EMFILE/ENFILE).",
         &[("", driver.accept_paused)],
+    );
+    metric(
+        &mut o,
+        "stream_queue_dropped_total",
+        "counter",
+        "Relayed messages dropped because a TCP or TLS client's queue was full (it does not read; --stream-queue-bytes).",
+        &[("", driver.stream_queue_dropped)],
+    );
+    metric(
+        &mut o,
+        "stream_queue_dropped_bytes_total",
+        "counter",
+        "Bytes of the relayed messages dropped for a full TCP or TLS client queue.",
+        &[("", driver.stream_queue_dropped_bytes)],
     );
     if let Some(u) = core.userdb_stats() {
         userdb(&mut o, u, core.userdb_pending());

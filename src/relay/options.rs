@@ -97,6 +97,7 @@ impl RelayOptions {
                 tls_handshake: Duration::from_secs(args.tls_handshake_timeout),
                 first_message: Duration::from_secs(args.first_message_timeout),
                 idle: Duration::from_secs(args.idle_timeout),
+                stream_queue_bytes: args.stream_queue_bytes as usize,
             },
             drain_timeout: Duration::from_secs(args.drain_timeout),
             userdb,

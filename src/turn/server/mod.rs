@@ -42,6 +42,7 @@ pub mod tcp_relay;
 pub mod throttle;
 pub mod unauth_limit;
 pub mod userdb;
+pub mod warn_limit;
 pub mod wire;
 
 use std::fmt;
@@ -169,6 +170,9 @@ pub struct Server {
     userdb: Option<UserDb>,
     /// TCP allocations and their peer connections (RFC 6062).
     tcp: tcp_relay::TcpRelay,
+    /// Allocates refused for a full relay, and for no relayed socket: warned about once a minute.
+    full_warning: warn_limit::WarnLimit,
+    no_socket_warning: warn_limit::WarnLimit,
 }
 
 impl Server {
@@ -204,6 +208,8 @@ impl Server {
             stats: Stats::default(),
             userdb,
             tcp,
+            full_warning: Default::default(),
+            no_socket_warning: Default::default(),
         }
     }
 

@@ -83,6 +83,21 @@ impl PeerRefused {
     }
 }
 
+/// How the relay reaches the peer a request names; it decides which relayed
+/// addresses of this relay count as "inside the relay" (policy step 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerPath {
+    /// Datagrams (CreatePermission, ChannelBind, Send): to any live
+    /// allocation's relayed address they are delivered inside the process.
+    Datagrams,
+    /// A TCP connection from the relayed address (RFC 6062 Connect): it goes
+    /// through the kernel to that IP and port, where only a TCP allocation's
+    /// relayed address is a listener of this relay. A UDP allocation's
+    /// address is, over TCP, whatever the host runs on that port, so it is
+    /// judged as the host address it is (loopback, the relay host, ...).
+    TcpConnect,
+}
+
 impl Server {
     /// Answers a request into scratch; returns the length, or None to stay silent.
     pub(super) fn request(&mut self, from: FiveTuple, packet: &[u8], method: u16, now: Instant) -> Option<usize> {
@@ -279,7 +294,13 @@ impl Server {
             return self.error(method, txid, ErrorCode::AllocationQuotaReached, signed, vec![]);
         }
         if self.allocs.len() >= self.cfg.max_allocations {
-            tracing::warn!(max = self.cfg.max_allocations, "relay full: --max-allocations reached (508)");
+            if let Some(n) = self.full_warning.due(now) {
+                tracing::warn!(
+                    max = self.cfg.max_allocations,
+                    refused = n,
+                    "relay full: --max-allocations reached (508; one line a minute at most, refused = Allocates since the last)"
+                );
+            }
             return self.error(method, txid, ErrorCode::InsufficientCapacity, signed, vec![]);
         }
         let requested = msg.attributes().iter().find_map(|a| a.as_life_time().ok()).map(|l| l.as_u32());
@@ -291,7 +312,12 @@ impl Server {
                 return self.error(method, txid, ErrorCode::AddressFamilyNotSupported, signed, vec![]);
             }
             Err(e) => {
-                tracing::warn!("cannot open a relayed socket: {e} (508)");
+                if let Some(n) = self.no_socket_warning.due(now) {
+                    tracing::warn!(
+                        refused = n,
+                        "cannot open a relayed socket: {e} (508; one line a minute at most, refused = Allocates since the last)"
+                    );
+                }
                 return self.error(method, txid, ErrorCode::InsufficientCapacity, signed, vec![]);
             }
         };
@@ -350,14 +376,16 @@ impl Server {
         relay: RelayId,
         peers: &[SocketAddr],
         what: &str,
+        path: PeerPath,
     ) -> Result<(), PeerRefused> {
         let relayed = self.allocs.get(relay).map(|a| a.relayed);
         for &peer in peers {
             if relayed.is_some_and(|r| r.is_ipv4() != peer.is_ipv4()) {
                 return Err(PeerRefused::FamilyMismatch);
             }
-            let allocs = &self.allocs;
-            let verdict = match self.policy.check(peer, |a| allocs.relay_at(a).is_some()) {
+            let (allocs, tcp) = (&self.allocs, &self.tcp);
+            let inside = |a| allocs.relay_at(a).is_some_and(|r| path == PeerPath::Datagrams || tcp.is_tcp(r));
+            let verdict = match self.policy.check(peer, inside) {
                 Verdict::Allow if allocs.recently_freed(peer) => Verdict::Refuse(Refusal::OwnAddress),
                 v => v,
             };
@@ -377,7 +405,7 @@ impl Server {
         if peers.is_empty() {
             return self.error(method, txid, ErrorCode::BadRequest, signed, vec![]);
         }
-        if let Err(refused) = self.check_peers(from, relay, &peers, "CreatePermission") {
+        if let Err(refused) = self.check_peers(from, relay, &peers, "CreatePermission", PeerPath::Datagrams) {
             return self.error_with_reason(method, txid, refused.code(), refused.reason(), signed, vec![]);
         }
         let max = self.cfg.max_permissions;
@@ -407,7 +435,7 @@ impl Server {
         let (Some(number), Some(peer)) = (number, peer) else {
             return self.error(method, txid, ErrorCode::BadRequest, signed, vec![]);
         };
-        if let Err(refused) = self.check_peers(from, relay, &[peer], "ChannelBind") {
+        if let Err(refused) = self.check_peers(from, relay, &[peer], "ChannelBind", PeerPath::Datagrams) {
             return self.error_with_reason(method, txid, refused.code(), refused.reason(), signed, vec![]);
         }
         let (max_p, max_c) = (self.cfg.max_permissions, self.cfg.max_channels);

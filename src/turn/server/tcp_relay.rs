@@ -4,7 +4,10 @@
 //! - §5.1 an Allocate with REQUESTED-TRANSPORT=TCP over a TCP or TLS control
 //!   connection gets a relayed TCP address (the driver listens there);
 //! - §5.2 Connect: the peer goes through the same policy as CreatePermission
-//!   (403 with the same reasons) and needs a permission; the core names the
+//!   (403 with the same reasons), except that only a TCP allocation's relayed
+//!   address counts as inside the relay (a Connect is a real TCP connection:
+//!   to a UDP allocation's address it would reach the host's own TCP port),
+//!   and needs a permission; the core names the
 //!   new connection with a CONNECTION-ID and asks the driver to connect
 //!   ([`TcpEffect::Connect`]); the answer (success with CONNECTION-ID, or 447)
 //!   goes out when the driver reports back ([`Server::tcp_connect_result`]);
@@ -33,7 +36,7 @@ use stun_rs::{MessageClass, MessageMethod, StunMessageBuilder, TransactionId};
 
 use super::auth::{IntegrityKind, UserKey};
 use super::nonce::NonceCheck;
-use super::requests::{Authed, Incoming, OnAllocation};
+use super::requests::{Authed, Incoming, OnAllocation, PeerPath};
 use super::{ErrorCode, FiveTuple, RelayId, Server, Target, Transmit};
 use crate::net::transport::Transport;
 use crate::turn::rfc6062;
@@ -262,7 +265,7 @@ impl Server {
         else {
             return self.error(method, txid, ErrorCode::BadRequest, signed, vec![]);
         };
-        if let Err(refused) = self.check_peers(from, relay, &[peer], "Connect") {
+        if let Err(refused) = self.check_peers(from, relay, &[peer], "Connect", PeerPath::TcpConnect) {
             return self.error_with_reason(method, txid, refused.code(), refused.reason(), signed, vec![]);
         }
         let a = self.allocs.get(relay)?;
