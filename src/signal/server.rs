@@ -210,7 +210,7 @@ impl Server {
                 _ = &mut shutdown => break,
             };
             // Counted before any byte is read: a slow or idle client holds a slot from here on.
-            let permit = match conns.try_acquire(remote.ip()) {
+            let permit = match conns.try_acquire(crate::signal::limits::client_of(remote.ip())) {
                 Ok(p) => p,
                 Err(why) => {
                     metrics.refused_at_accept(why);

@@ -132,7 +132,7 @@ pub async fn session_slot(
     let Some(remote) = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0) else {
         return next.run(req).await;
     };
-    match app.sessions.try_acquire(remote.ip()) {
+    match app.sessions.try_acquire(crate::signal::limits::client_of(remote.ip())) {
         Ok(permit) => {
             req.extensions_mut().insert(SessionSlot { _permit: Arc::new(permit) });
             next.run(req).await
