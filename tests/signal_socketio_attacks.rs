@@ -311,6 +311,9 @@ fn polling_sessions_count_toward_the_per_address_cap_after_their_tcp_connection_
         let (status, sid, body) = http.open_session().await;
         assert!(sid.is_none() && status.contains("503"), "session {} of {CAP}: {status} {body}", CAP + 1);
         assert!(body.contains("too_many_connections"), "{body}");
+        // Engine.IO also answers at the path without its trailing slash: the same session, the same cap.
+        let (status, _) = http.request("GET", "/socket.io?EIO=4&transport=polling", b"").await;
+        assert!(status.contains("503"), "a handshake at /socket.io (no slash) past the cap: {status}");
         // The TCP connection is not what holds them.
         drop(http);
         let mut again = Http::connect(addr).await;

@@ -75,6 +75,10 @@ struct SessionSlot {
     _permit: Arc<ConnPermit>,
 }
 
+/// Where socket.io is served (socketioxide's default `req_path`, which
+/// Engine.IO matches with or without a trailing slash).
+const SOCKETIO_PATH: &str = "/socket.io";
+
 /// The connection's socket, handed from the connect handler to the writer task.
 type Handover = Arc<Mutex<Option<tokio::sync::oneshot::Sender<SocketRef>>>>;
 
@@ -82,6 +86,7 @@ type Handover = Arc<Mutex<Option<tokio::sync::oneshot::Sender<SocketRef>>>>;
 pub fn layer(app: Arc<App>) -> (SocketIoLayer, SocketIo) {
     let cap = app.limits.hard_frame_cap();
     let (layer, io) = SocketIo::builder()
+        .req_path(SOCKETIO_PATH)
         .ping_interval(app.ping_interval)
         .ping_timeout(app.ping_interval)
         .max_payload(cap as u64)
@@ -124,7 +129,9 @@ pub async fn session_slot(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let handshake = req.uri().path().starts_with("/socket.io/")
+    // Engine.IO's own reading: its path (`/socket.io` itself or below it) and no `sid=` in the query.
+    let path = req.uri().path().strip_prefix(SOCKETIO_PATH);
+    let handshake = path.is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         && !req.uri().query().unwrap_or("").split('&').any(|kv| kv.starts_with("sid="));
     if !handshake {
         return next.run(req).await;
