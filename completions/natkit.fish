@@ -166,9 +166,9 @@ complete -c natkit -n "__fish_natkit_using_subcommand signal" -l turn-ttl -d 'Li
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-room -d 'Most members in one room' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-frame -d 'Largest message in bytes; bigger ones get an error' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-rate -d 'Messages per second one connection may send (bursts of four times this are allowed)' -r
-complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-conns-per-ip -d 'Open connections per client IP address' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-conns-per-ip -d 'Open connections per client IP address (an IPv6 /64 counts as one address); socket.io sessions are counted apart against the same cap' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l allow-origin -d 'A web page origin allowed to use the server besides its own page (repeatable), e.g. https://app.example.org; * allows every site. Clients that send no Origin are always allowed' -r
-complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-conns -d 'Open TCP connections in total, counted at accept [default: the file-descriptor limit minus 64, at most 10000]' -r
+complete -c natkit -n "__fish_natkit_using_subcommand signal" -l max-conns -d 'Open TCP connections in total, counted at accept; socket.io sessions are counted apart against the same cap [default: the file-descriptor limit minus 64, at most 10000]' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l header-timeout -d 'Seconds a connection has to send its HTTP request head (TLS handshake included), after accept and after each response on a kept-alive connection' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l idle-timeout -d 'Seconds without receiving anything after which a connection is closed (longer than --ping-interval)' -r
 complete -c natkit -n "__fish_natkit_using_subcommand signal" -l ping-interval -d 'Seconds between keepalive pings; a client silent for two intervals is dropped and its room told' -r

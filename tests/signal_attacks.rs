@@ -3,6 +3,8 @@
 //! slowloris before the upgrade, foreign origins, TURN credentials on demand.
 
 mod common;
+#[path = "common/netns.rs"]
+mod netns;
 #[path = "common/raw_clients.rs"]
 mod raw_clients;
 
@@ -660,4 +662,64 @@ fn the_stun_port_drops_and_counts_a_flood_of_garbage_and_still_answers_bindings(
         assert!((GARBAGE * 9 / 10..=GARBAGE).contains(&dropped), "{dropped} of {GARBAGE} counted: {m}");
         assert_eq!(metric(&m, "natkit_signal_stun_answered_total"), 1, "{m}");
     });
+}
+
+/// The first line of the server's answer to `GET /` on a connection from `source`, the connection kept.
+async fn page_status_from(source: std::net::IpAddr, server: std::net::SocketAddr) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s =
+        raw_clients::connect_from(source, server).await.unwrap_or_else(|e| panic!("connect from {source}: {e}"));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: natkit\r\n\r\n").await.expect("GET /");
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("reading the answer");
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    (text.lines().next().unwrap_or("").to_string(), s)
+}
+
+/// Before the fix `--max-conns-per-ip` counted every IPv6 address on its own,
+/// and an IPv6 customer is routed a /64 (2^64 addresses, often a /56): one
+/// host took any number of connections, up to `--max-conns` for everyone,
+/// by binding a fresh source address for each (here 9 of 9 from one /64 got
+/// the page with a cap of 8). Now an IPv6 client is counted per /64, as its
+/// TURN credentials are; IPv4 per address as before.
+#[test]
+fn ipv6_clients_are_counted_per_64_not_per_address() {
+    common::tools::require("ip", "iproute2");
+    const CAP: usize = 8;
+    // The server's address, the client's CAP + 1 addresses in one /64, and one in another /64.
+    let mut addrs: Vec<String> = vec!["2001:db8:5::1/128".into(), "2001:db8:6::1/128".into()];
+    addrs.extend((1..=CAP + 1).map(|i| format!("2001:db8:5::1:{i:x}/128")));
+    let ns = netns::Netns::new(&addrs.iter().map(String::as_str).collect::<Vec<_>>());
+    let cap = CAP.to_string();
+    let server =
+        SignalServer::start_in(&["ip", "netns", "exec", &ns.name], "[2001:db8:5::1]", &["--max-conns-per-ip", &cap]);
+    let _log = LogOnPanic(&server);
+    let addr: std::net::SocketAddr = format!("[2001:db8:5::1]:{}", server.port).parse().expect("addr");
+    let (ours, theirs) = ns.run(move || {
+        rt().block_on(async move {
+            let mut kept = Vec::new();
+            let mut ours = Vec::new();
+            for i in 1..=CAP + 1 {
+                let source: std::net::IpAddr = format!("2001:db8:5::1:{i:x}").parse().expect("ip");
+                let (status, s) = page_status_from(source, addr).await;
+                ours.push(status);
+                kept.push(s);
+            }
+            let (theirs, _s) = page_status_from("2001:db8:6::1".parse().expect("ip"), addr).await;
+            (ours, theirs)
+        })
+    });
+    for (i, status) in ours.iter().enumerate().take(CAP) {
+        assert!(status.contains("200"), "connection {} of {CAP} from one /64: {status}", i + 1);
+    }
+    assert!(
+        ours[CAP].contains("503"),
+        "connection {} from one /64 (a new address of it) with a cap of {CAP}: {}",
+        CAP + 1,
+        ours[CAP]
+    );
+    assert!(theirs.contains("200"), "another /64: {theirs}");
 }

@@ -75,7 +75,8 @@ pub struct SignalArgs {
     #[arg(long, default_value_t = 50, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_rate: u64,
 
-    /// Open connections per client IP address
+    /// Open connections per client IP address (an IPv6 /64 counts as one address); socket.io sessions
+    /// are counted apart against the same cap
     #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_conns_per_ip: u64,
 
@@ -84,7 +85,8 @@ pub struct SignalArgs {
     #[arg(long = "allow-origin", value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
 
-    /// Open TCP connections in total, counted at accept [default: the file-descriptor limit minus 64, at most 10000]
+    /// Open TCP connections in total, counted at accept; socket.io sessions are counted apart against the same
+    /// cap [default: the file-descriptor limit minus 64, at most 10000]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_conns: Option<u64>,
 

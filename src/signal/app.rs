@@ -1,12 +1,13 @@
 //! What every connection of the signaling server shares, whichever front
 //! door it came through (`/ws` in `server`, socket.io in `socketio`): the hub
 //! with its rooms, the limits, the ICE servers to hand out and the Origin
-//! policy. Its own module so that both front doors depend on it and not on
-//! each other.
+//! policy, and the socket.io session caps. Its own module so that both front
+//! doors depend on it and not on each other.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::conn_limit::ConnLimiter;
 use crate::signal::hub::Hub;
 use crate::signal::ice::IceConfig;
 use crate::signal::limits::Limits;
@@ -21,4 +22,8 @@ pub struct App {
     pub origins: OriginPolicy,
     /// Served over TLS: the page's own origin is https.
     pub tls: bool,
+    /// socket.io sessions open, per address and in total (`--max-conns-per-ip`,
+    /// `--max-conns`): a polling session outlives its TCP connections, so the
+    /// caps taken at accept do not hold it (`socketio::session_slot`).
+    pub sessions: ConnLimiter,
 }

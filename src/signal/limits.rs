@@ -5,6 +5,7 @@
 //! timeouts in [`Limits`] are applied at accept by the server's driver
 //! (`net::conn_limit`, `signal::conn_io`).
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use crate::signal::protocol::{ClientMessage, ErrorCode, Refusal, parse_client};
@@ -57,6 +58,21 @@ impl Limits {
     /// carries on; bigger ones are hostile and cost a close.
     pub fn hard_frame_cap(&self) -> usize {
         self.max_frame.saturating_mul(4).max(1 << 20)
+    }
+}
+
+/// The client a per-address cap counts a connection against: an IPv4
+/// address, or the /64 of an IPv6 one (what an ISP routes to one customer:
+/// counting each of its 2^64 addresses would let one host take any number of
+/// slots; the TURN credentials are per /64 for the same reason). IPv4 in IPv6
+/// forms (mapped, 6to4, NAT64, ...) counts as its IPv4 address.
+pub fn client_of(ip: IpAddr) -> IpAddr {
+    match crate::net::address_class::canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -144,6 +160,16 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_their_64_and_ipv4_in_any_form_its_address() {
+        let c = |s: &str| client_of(s.parse().unwrap()).to_string();
+        assert_eq!(c("2001:db8:5:6:1:2:3:4"), "2001:db8:5:6::");
+        assert_eq!(c("2001:db8:5:6::ffff"), "2001:db8:5:6::");
+        assert_eq!(c("203.0.113.7"), "203.0.113.7");
+        assert_eq!(c("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(c("::1"), "::");
+    }
 
     #[test]
     fn the_servers_own_failures_cost_no_strike() {

@@ -41,6 +41,9 @@ pub struct Metrics {
     /// Connections refused at accept: over `--max-conns`, over `--max-conns-per-ip`.
     refused_total: AtomicU64,
     refused_per_ip: AtomicU64,
+    /// socket.io sessions refused at their handshake: over `--max-conns`, over `--max-conns-per-ip`.
+    sessions_refused_total: AtomicU64,
+    sessions_refused_per_ip: AtomicU64,
     /// Requests refused with 403 for their `Origin`.
     pub origin_refused: AtomicU64,
     /// STUN Binding requests answered on the UDP port (`signal::stun_udp`), and datagrams dropped there.
@@ -94,6 +97,31 @@ impl Metrics {
         match why {
             ConnRefusal::Total => self.refused_total.load(Relaxed),
             ConnRefusal::PerIp => self.refused_per_ip.load(Relaxed),
+        }
+    }
+
+    /// Counts a socket.io session refused at its handshake; the first one is logged.
+    pub fn session_refused(&self, why: ConnRefusal) {
+        let counter = match why {
+            ConnRefusal::Total => &self.sessions_refused_total,
+            ConnRefusal::PerIp => &self.sessions_refused_per_ip,
+        };
+        if counter.fetch_add(1, Relaxed) == 0 {
+            let flag = match why {
+                ConnRefusal::Total => "--max-conns",
+                ConnRefusal::PerIp => "--max-conns-per-ip",
+            };
+            tracing::warn!(
+                "refusing socket.io sessions over {flag} (first one now; all are counted in natkit_signal_socketio_sessions_refused_total{{reason=\"{}\"}})",
+                why.as_str()
+            );
+        }
+    }
+
+    pub fn sessions_refused_total(&self, why: ConnRefusal) -> u64 {
+        match why {
+            ConnRefusal::Total => self.sessions_refused_total.load(Relaxed),
+            ConnRefusal::PerIp => self.sessions_refused_per_ip.load(Relaxed),
         }
     }
 
@@ -152,6 +180,19 @@ impl Metrics {
                 "natkit_signal_connections_refused_total{{reason=\"{}\"}} {}",
                 why.as_str(),
                 self.refused_at_accept_total(why)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP natkit_signal_socketio_sessions_refused_total socket.io sessions refused at their handshake, by cap."
+        );
+        let _ = writeln!(s, "# TYPE natkit_signal_socketio_sessions_refused_total counter");
+        for why in [ConnRefusal::Total, ConnRefusal::PerIp] {
+            let _ = writeln!(
+                s,
+                "natkit_signal_socketio_sessions_refused_total{{reason=\"{}\"}} {}",
+                why.as_str(),
+                self.sessions_refused_total(why)
             );
         }
         let _ =

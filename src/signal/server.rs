@@ -141,6 +141,7 @@ impl Server {
             ping_interval: config.ping_interval,
             origins: config.origins.clone(),
             tls: config.tls.is_some(),
+            sessions: ConnLimiter::new(config.limits.max_conns, config.limits.conns_per_ip),
         });
         let acceptor = match &config.tls {
             None => None,
@@ -209,7 +210,7 @@ impl Server {
                 _ = &mut shutdown => break,
             };
             // Counted before any byte is read: a slow or idle client holds a slot from here on.
-            let permit = match conns.try_acquire(remote.ip()) {
+            let permit = match conns.try_acquire(crate::signal::limits::client_of(remote.ip())) {
                 Ok(p) => p,
                 Err(why) => {
                     metrics.refused_at_accept(why);
@@ -285,6 +286,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/ws", get(ws_upgrade))
         .with_state(app.clone())
         .layer(sio_layer)
+        // A socket.io handshake takes a session slot (the session outlives its TCP connections).
+        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::signal::socketio::session_slot))
         // Outermost: covers /ws and every socket.io request (polling and WebSocket).
         .layer(axum::middleware::from_fn_with_state(app, check_origin))
 }

@@ -10,18 +10,34 @@
 //! tutorials' server, a disconnect sends `exit` to that room only, with the
 //! room filled in. Refusals arrive as `signal_error` {code, message}
 //! (`error` is reserved by socket.io clients).
+//!
+//! Bounds a hostile client meets here as on `/ws`:
+//! - a session is counted per address and in total ([`session_slot`]): a
+//!   polling session lives on between its HTTP requests, so the caps taken at
+//!   accept (per TCP connection) would not hold it; one that does not CONNECT
+//!   to the namespace within the header timeout is closed;
+//! - a WebSocket message over the hard frame cap ends the connection before it
+//!   is buffered (Engine.IO's own `max_payload` covers only polling bodies);
+//! - a connection is registered with the hub in the connect middleware (its
+//!   event handlers must exist before CONNECT is sent) but handed to its writer
+//!   only once socketioxide has connected it; a connect that fails after the
+//!   middleware (the client closed the session meanwhile, which it can time:
+//!   `40` and an event in one payload) is unregistered by that writer task.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
 
+use crate::net::conn_limit::{ConnPermit, ConnRefusal};
 use crate::signal::app::App;
 use crate::signal::hub::Outgoing;
 use crate::signal::limits::{Gate, Verdict};
@@ -35,15 +51,53 @@ struct Conn {
     peer: PeerId,
     gate: Mutex<Gate>,
     ice: Vec<IceServer>,
+    /// Unregistered from the hub: by the disconnect handler, or by the writer
+    /// task when the socket it was to get was dropped unconnected. Once.
+    gone: std::sync::atomic::AtomicBool,
 }
+
+impl Conn {
+    /// Leaves the room, drops the outbox and closes the gauge, the first time only.
+    async fn unregister(&self, app: &App) {
+        if self.gone.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        app.hub.disconnect(&self.peer).await;
+        app.hub.metrics.closed(Transport::SocketIo);
+    }
+}
+
+/// A socket.io session's slot (see [`session_slot`]): it rides in the
+/// handshake request's extensions, which Engine.IO keeps with the session, so
+/// it is freed when the session is dropped.
+#[derive(Clone)]
+struct SessionSlot {
+    _permit: Arc<ConnPermit>,
+}
+
+/// Where socket.io is served (socketioxide's default `req_path`, which
+/// Engine.IO matches with or without a trailing slash).
+const SOCKETIO_PATH: &str = "/socket.io";
+
+/// The connection's socket, handed from the connect handler to the writer task.
+type Handover = Arc<Mutex<Option<tokio::sync::oneshot::Sender<SocketRef>>>>;
 
 /// The tower layer to put on the router, and the io handle.
 pub fn layer(app: Arc<App>) -> (SocketIoLayer, SocketIo) {
-    let cap = app.limits.hard_frame_cap() as u64;
+    let cap = app.limits.hard_frame_cap();
     let (layer, io) = SocketIo::builder()
+        .req_path(SOCKETIO_PATH)
         .ping_interval(app.ping_interval)
         .ping_timeout(app.ping_interval)
-        .max_payload(cap)
+        .max_payload(cap as u64)
+        // Without these the WebSocket transport reads messages up to 64 MiB whatever
+        // max_payload says (it bounds polling bodies only).
+        .ws_max_message_size(cap)
+        .ws_max_frame_size(cap)
+        // A session that has not joined the namespace is closed this soon (default 45 s), and
+        // with it the session slot its handshake took: saying what it wants is what the
+        // header timeout bounds on every connection.
+        .connect_timeout(app.limits.header_timeout)
         .transports([TransportType::Polling, TransportType::Websocket])
         .build_layer();
     // The event handlers are registered in a connect *middleware*: socketioxide
@@ -55,8 +109,61 @@ pub fn layer(app: Arc<App>) -> (SocketIoLayer, SocketIo) {
         on_connect(app.clone(), s);
         async { Ok::<(), std::convert::Infallible>(()) }
     };
-    io.ns("/", (|| async {}).with(setup));
+    // Runs once socketioxide has connected the socket (never when the connect fails): hands it to the writer.
+    let connected = |s: SocketRef| async move {
+        if let Some(tx) = s.extensions.get::<Handover>().and_then(|h| lock(&h).take()) {
+            let _ = tx.send(s);
+        }
+    };
+    io.ns("/", connected.with(setup));
     (layer, io)
+}
+
+/// Takes a session slot for each socket.io handshake (a request to
+/// `/socket.io/` without a session id): per address (`--max-conns-per-ip`)
+/// and in total (`--max-conns`), as connections are counted at accept. One
+/// over gets 503 with the `too_many_connections` error object, counted in
+/// `natkit_signal_socketio_sessions_refused_total`.
+pub async fn session_slot(
+    State(app): State<Arc<App>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Engine.IO's own reading: its path (`/socket.io` itself or below it) and no `sid=` in the query.
+    let path = req.uri().path().strip_prefix(SOCKETIO_PATH);
+    let handshake = path.is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        && !req.uri().query().unwrap_or("").split('&').any(|kv| kv.starts_with("sid="));
+    if !handshake {
+        return next.run(req).await;
+    }
+    let Some(remote) = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0) else {
+        return next.run(req).await;
+    };
+    match app.sessions.try_acquire(crate::signal::limits::client_of(remote.ip())) {
+        Ok(permit) => {
+            req.extensions_mut().insert(SessionSlot { _permit: Arc::new(permit) });
+            next.run(req).await
+        }
+        Err(why) => {
+            app.hub.metrics.session_refused(why);
+            let limit = match why {
+                ConnRefusal::Total => format!("--max-conns {}", app.limits.max_conns),
+                ConnRefusal::PerIp => format!("--max-conns-per-ip {}", app.limits.conns_per_ip),
+            };
+            tracing::debug!(%remote, "socket.io session refused: {limit} reached");
+            let body = ServerMessage::error(
+                ErrorCode::TooManyConnections,
+                format!("{limit} socket.io sessions reached for this server; try again later"),
+            )
+            .to_json();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONTENT_TYPE, "application/json"), (header::RETRY_AFTER, "5")],
+                body,
+            )
+                .into_response()
+        }
+    }
 }
 
 fn on_connect(app: Arc<App>, s: SocketRef) {
@@ -73,11 +180,22 @@ fn on_connect(app: Arc<App>, s: SocketRef) {
         ),
         gate: Mutex::new(Gate::new(app.limits, Instant::now())),
         peer: peer.clone(),
+        gone: std::sync::atomic::AtomicBool::new(false),
     });
     let mut outbox = app.hub.attach(&peer);
-    let writer = s.clone();
+    // The socket itself only once connected (see the module doc): holding it here would keep
+    // a socket whose connect failed alive, and this connection registered, forever.
+    let (handover, connected) = tokio::sync::oneshot::channel();
+    s.extensions.insert::<Handover>(Arc::new(Mutex::new(Some(handover))));
     let (app1, conn1) = (app.clone(), conn.clone());
     tokio::spawn(async move {
+        let Ok(writer) = connected.await else {
+            // socketioxide dropped the socket before the connect handler handed it over: its connect
+            // failed (then its disconnect handler never runs), or it closed first (then it ran).
+            tracing::debug!(peer = %conn1.peer, "socket.io socket dropped before it was connected");
+            conn1.unregister(&app1).await;
+            return;
+        };
         while let Some(out) = outbox.recv().await {
             match out {
                 Outgoing::Message(msg) => {
@@ -108,8 +226,7 @@ fn on_connect(app: Arc<App>, s: SocketRef) {
     s.on_disconnect(move |_s: SocketRef| {
         let (app, conn) = (app2.clone(), conn2.clone());
         async move {
-            app.hub.disconnect(&conn.peer).await;
-            app.hub.metrics.closed(Transport::SocketIo);
+            conn.unregister(&app).await;
         }
     });
 }
