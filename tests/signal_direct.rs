@@ -64,6 +64,45 @@ fn a_member_that_never_reads_is_cut_off_and_its_peer_is_still_served() {
     });
 }
 
+/// Attack: two members of one room, one sending the largest messages the server allows
+/// (`--max-frame 262144`), the other never reading. Counted in frames alone, the server kept 512
+/// of them waiting for the reader (128 MiB on one connection, for the whole 10 s send timeout,
+/// on every pair an address may hold): the reader was cut off only after 600 and more offers.
+/// Now what waits is bounded in bytes too (64 of the largest messages): the reader is cut off
+/// once the kernel's buffers and 16 MiB are full, long before 512 frames.
+#[test]
+fn a_member_that_never_reads_holds_a_bounded_number_of_bytes_not_512_large_frames() {
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let server = SignalServer::start(&["--metrics", &metrics_addr, "--max-rate", "1000000", "--max-frame", "262144"]);
+    rt().block_on(async {
+        let mut a = RawWs::connect(&server.ws_url(), None).await.expect("a connects");
+        let mut b = RawWs::connect(&server.ws_url(), None).await.expect("b connects");
+        let _ = a.join("bytes").await;
+        let b_id = b.join("bytes").await;
+        let _ = a.recv_type("joined").await;
+        let sdp = "w".repeat(250_000);
+        let mut sent = 0;
+        while sent < 1_000 && metric(&metrics_addr, SLOW) == 0 {
+            for _ in 0..10 {
+                a.send(json!({"type":"offer","to":b_id,"sdp":sdp}).to_string()).await;
+            }
+            sent += 10;
+        }
+        let mut cut = metric(&metrics_addr, SLOW);
+        for _ in 0..50 {
+            if cut == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            cut = metric(&metrics_addr, SLOW);
+        }
+        assert_eq!(cut, 1, "b was not cut off after {sent} offers of 250 kB; log:\n{}", server.log_text());
+        // Loopback's buffers at both ends hold some 10-40 of these; 512 waiting frames were 512 more.
+        assert!(sent < 300, "b was cut off only after {sent} offers of 250 kB: more than 512 frames waited");
+        println!("b (never reading) cut off after {sent} offers of 250 kB");
+    });
+}
+
 #[test]
 fn a_burst_of_relayed_frames_arrives_whole_and_in_order() {
     let server = SignalServer::start(&["--max-rate", "1000000", "--max-frame", "262144"]);

@@ -59,6 +59,17 @@ impl Limits {
     pub fn hard_frame_cap(&self) -> usize {
         self.max_frame.saturating_mul(4).max(1 << 20)
     }
+
+    /// Bytes that may wait for a `/ws` client beyond what its socket took
+    /// (`ws_out`): 64 of the largest messages (4 MiB at the default
+    /// `--max-frame`), an eighth of what 512 waiting frames could hold.
+    /// Signaling bursts are a few SDPs and candidates; a reader that takes a
+    /// burst of thousands of large messages at full speed stays under it
+    /// (`tests/signal_direct.rs`); more than this waiting means the client is
+    /// not reading.
+    pub fn outbox_bytes(&self) -> usize {
+        self.max_frame.saturating_mul(64)
+    }
 }
 
 /// The client a per-address cap counts a connection against: an IPv4

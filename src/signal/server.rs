@@ -463,7 +463,7 @@ async fn serve_ws(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, remote: Soc
         .max_frame_size(Some(cap));
     let (read, write) = tokio::io::split(TokioIo::new(upgraded));
     // The write side is shared: deliveries to this peer are written by the delivering task.
-    let out = WsOut::new(write, OUTBOX_CAPACITY);
+    let out = WsOut::new(write, OUTBOX_CAPACITY, app.limits.outbox_bytes());
     let io = Duplex { read, write: SharedWriter(out.clone()) };
     let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let metrics = app.hub.metrics.clone();

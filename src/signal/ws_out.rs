@@ -11,8 +11,11 @@
 //!
 //! Order is kept: a frame is written only when nothing is pending, so frames
 //! reach the client in the order they were pushed, each one whole.
-//! The bound is the old outbox's: more than `cap` frames waiting means the
-//! client is not reading, and the connection is closed.
+//! The bound is the old outbox's, `cap` frames, and a bound in bytes: more
+//! waiting than either means the client is not reading, and the connection is
+//! closed. Frames alone let a member that stops reading hold 512 of the
+//! largest messages (32 MiB at the default `--max-frame`, 128 MiB at 256 KiB)
+//! for the whole send timeout, on every connection an attacker holds.
 //!
 //! The WebSocket layer (tungstenite, reading and answering control frames)
 //! writes through the same path ([`SharedWriter`]), so its pongs and close
@@ -66,6 +69,8 @@ pub struct WsOut {
     /// Wakes the owner's task: something is pending, or the connection was closed.
     wanted: Notify,
     cap: usize,
+    /// Bytes allowed to wait (beyond what the socket took).
+    byte_cap: usize,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -140,8 +145,9 @@ impl JsonFrame {
 }
 
 impl WsOut {
-    /// `cap`: frames allowed to wait before the client counts as not reading.
-    pub fn new(sink: impl AsyncWrite + Send + 'static, cap: usize) -> Arc<Self> {
+    /// `cap` frames or `byte_cap` bytes may wait before the client counts as
+    /// not reading (a frame always may when nothing waits).
+    pub fn new(sink: impl AsyncWrite + Send + 'static, cap: usize, byte_cap: usize) -> Arc<Self> {
         Arc::new(WsOut {
             state: Mutex::new(State {
                 sink: Box::pin(sink),
@@ -153,6 +159,7 @@ impl WsOut {
             }),
             wanted: Notify::new(),
             cap,
+            byte_cap,
         })
     }
 
@@ -163,7 +170,7 @@ impl WsOut {
             return Pushed::Closed;
         }
         if !s.pending.is_empty() {
-            if s.pending_frames >= self.cap {
+            if s.pending_frames >= self.cap || s.pending.len() + frame.len() > self.byte_cap {
                 s.closed = true;
                 drop(s);
                 self.wanted.notify_one();
@@ -377,7 +384,7 @@ mod tests {
     async fn frames_that_do_not_fit_wait_in_order_and_a_reader_that_stops_is_cut_off() {
         // A pipe of 64 bytes: the first frame fits, the next ones wait.
         let (a, mut b) = tokio::io::duplex(64);
-        let out = WsOut::new(a, 3);
+        let out = WsOut::new(a, 3, usize::MAX);
         let frames: Vec<Vec<u8>> = (0..4).map(|i| text_frame(format!("{i}{}", "y".repeat(40)).as_bytes())).collect();
         assert_eq!(out.push(&frames[0]), Pushed::Written);
         assert_eq!(out.push(&frames[1]), Pushed::Queued);
@@ -404,10 +411,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reader_that_stops_is_cut_off_at_the_byte_bound_before_the_frame_bound() {
+        let (a, _b) = tokio::io::duplex(64);
+        // 100 frames may wait, but only 300 bytes: the fourth 100-byte frame behind the first is refused.
+        let out = WsOut::new(a, 100, 300);
+        let frame = text_frame(&[b'z'; 98]);
+        assert_eq!(frame.len(), 100);
+        assert_eq!(out.push(&frame), Pushed::Queued, "36 bytes wait behind the 64 the pipe took");
+        assert_eq!(out.push(&frame), Pushed::Queued);
+        assert_eq!(out.push(&frame), Pushed::Queued);
+        assert_eq!(out.push(&frame), Pushed::Full, "236 + 100 bytes is past the bound");
+        assert_eq!(out.push(&frame), Pushed::Closed);
+    }
+
+    #[tokio::test]
     async fn a_closed_peer_is_reported_closed() {
         let (a, b) = tokio::io::duplex(64);
         drop(b);
-        let out = WsOut::new(a, 8);
+        let out = WsOut::new(a, 8, usize::MAX);
         assert_eq!(out.push(&text_frame(b"hello")), Pushed::Closed);
         assert_eq!(out.push(&text_frame(b"again")), Pushed::Closed);
     }
