@@ -530,8 +530,10 @@ pub async fn run(
         }
     };
     pb.finish_and_clear();
-    // The transfer may have finished over our new mapping before a consent check confirmed it
-    // (the peer's QUIC had followed us there): the race reports it all the same.
+    // QUIC may have migrated since the last tick (the transfer ended soon after the peer moved),
+    // and the transfer may have finished over our new mapping before a consent check confirmed it
+    // (the peer's QUIC had followed us there): the race reports both all the same.
+    race.handle_quic_remote(dual_stack::unmap(conn.remote_address()), Instant::now());
     race.handle_transfer_done(Instant::now());
     while let Some(event) = race.poll_event() {
         if let Err(f) = record(event, &race, report) {
