@@ -8,20 +8,9 @@ mod netns;
 #[path = "common/raw_clients.rs"]
 mod raw_clients;
 
-use common::signal::{SignalServer, rt};
+use common::signal::{LogOnPanic, SignalServer, rt};
 use raw_clients::{Eio, Pairs, RawSio, RawWs};
 use serde_json::{Value, json};
-
-/// Prints the server's log when the test fails (the raw clients' panics do not know it).
-struct LogOnPanic<'a>(&'a SignalServer);
-
-impl Drop for LogOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("server log:\n{}", self.0.log_text());
-        }
-    }
-}
 
 /// One member of the room, on one of the three transports.
 enum Member {

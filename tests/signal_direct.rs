@@ -23,6 +23,36 @@ fn metric(addr: &str, sample: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
 }
 
+/// Sends offers of `sdp` to `to` in rounds of `round` until the server has cut one slow consumer
+/// off (at most `max`, then up to 5 s more for the cut); returns how many were sent.
+async fn offer_until_cut_off(
+    a: &mut RawWs,
+    to: &str,
+    sdp: &str,
+    round: usize,
+    max: usize,
+    metrics_addr: &str,
+    server: &SignalServer,
+) -> usize {
+    let mut sent = 0;
+    while sent < max && metric(metrics_addr, SLOW) == 0 {
+        for _ in 0..round {
+            a.send(json!({"type":"offer","to":to,"sdp":sdp}).to_string()).await;
+        }
+        sent += round;
+    }
+    let mut cut = metric(metrics_addr, SLOW);
+    for _ in 0..50 {
+        if cut == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        cut = metric(metrics_addr, SLOW);
+    }
+    assert_eq!(cut, 1, "b was not cut off after {sent} offers of {} B; log:\n{}", sdp.len(), server.log_text());
+    sent
+}
+
 #[test]
 fn a_member_that_never_reads_is_cut_off_and_its_peer_is_still_served() {
     let metrics_addr = format!("127.0.0.1:{}", common::free_port());
@@ -34,24 +64,10 @@ fn a_member_that_never_reads_is_cut_off_and_its_peer_is_still_served() {
         let b_id = b.join("slow").await;
         let _ = a.recv_type("joined").await;
         // b never reads again. 60 kB offers fill the kernel's buffers (a few MB on
-        // loopback), then the 512 frames the server keeps for a client; the next is refused.
+        // loopback), then what the server keeps for a client; the next is refused.
         let sdp = "v".repeat(60_000);
-        let mut sent = 0;
-        while sent < 2_000 && metric(&metrics_addr, SLOW) == 0 {
-            for _ in 0..100 {
-                a.send(json!({"type":"offer","to":b_id,"sdp":sdp}).to_string()).await;
-            }
-            sent += 100;
-        }
-        let mut cut = metric(&metrics_addr, SLOW);
-        for _ in 0..50 {
-            if cut == 1 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            cut = metric(&metrics_addr, SLOW);
-        }
-        assert_eq!(cut, 1, "b was not cut off after {sent} offers of 60 kB; log:\n{}", server.log_text());
+        let sent = offer_until_cut_off(&mut a, &b_id, &sdp, 100, 2_000, &metrics_addr, &server).await;
+        println!("b (never reading) cut off after {sent} offers of 60 kB");
         // a hears that b left, and a new member reaches a.
         let (exit, text) = a.recv_type("exit").await;
         assert_eq!(exit.once("from", &text), &Value::from(b_id.clone()));
@@ -81,22 +97,7 @@ fn a_member_that_never_reads_holds_a_bounded_number_of_bytes_not_512_large_frame
         let b_id = b.join("bytes").await;
         let _ = a.recv_type("joined").await;
         let sdp = "w".repeat(250_000);
-        let mut sent = 0;
-        while sent < 1_000 && metric(&metrics_addr, SLOW) == 0 {
-            for _ in 0..10 {
-                a.send(json!({"type":"offer","to":b_id,"sdp":sdp}).to_string()).await;
-            }
-            sent += 10;
-        }
-        let mut cut = metric(&metrics_addr, SLOW);
-        for _ in 0..50 {
-            if cut == 1 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            cut = metric(&metrics_addr, SLOW);
-        }
-        assert_eq!(cut, 1, "b was not cut off after {sent} offers of 250 kB; log:\n{}", server.log_text());
+        let sent = offer_until_cut_off(&mut a, &b_id, &sdp, 10, 1_000, &metrics_addr, &server).await;
         // Loopback's buffers at both ends hold some 10-40 of these; 512 waiting frames were 512 more.
         assert!(sent < 300, "b was cut off only after {sent} offers of 250 kB: more than 512 frames waited");
         println!("b (never reading) cut off after {sent} offers of 250 kB");

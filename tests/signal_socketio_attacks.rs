@@ -11,20 +11,9 @@ mod raw_clients;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::signal::{SignalServer, rt};
+use common::signal::{LogOnPanic, SignalServer, rt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Prints the server's log when the test fails.
-struct LogOnPanic<'a>(&'a SignalServer);
-
-impl Drop for LogOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("server log:\n{}", self.0.log_text());
-        }
-    }
-}
 
 /// One line of /proc/PID/status, in KiB (`VmRSS`, `VmHWM`).
 fn status_kib(pid: u32, key: &str) -> u64 {

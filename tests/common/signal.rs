@@ -8,6 +8,17 @@ use std::time::Duration;
 
 use super::free_port;
 
+/// Prints the server's log when the test fails (the raw clients' panics do not know it).
+pub struct LogOnPanic<'a>(pub &'a SignalServer);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("server log:\n{}", self.0.log_text());
+        }
+    }
+}
+
 pub struct SignalServer {
     child: Child,
     pub port: u16,
