@@ -8,7 +8,7 @@ mod netns;
 #[path = "common/raw_clients.rs"]
 mod raw_clients;
 
-use common::signal::{LogOnPanic, SignalServer, rt};
+use common::signal::{LogOnPanic, SignalServer, metric, metrics_of, rt};
 use raw_clients::{Eio, Pairs, RawSio, RawWs};
 use serde_json::{Value, json};
 
@@ -143,20 +143,6 @@ fn raise_own_nofile(want: u64) {
         "this test needs {want} file descriptors but the hard limit is {}; raise it (ulimit -Hn, LimitNOFILE=)",
         lim.rlim_max
     );
-}
-
-/// The value of one sample line of Prometheus text.
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
-}
-
-fn metrics_of(addr: &str) -> String {
-    let (status, body) = common::signal::http_get(addr, "/metrics");
-    assert!(status.contains("200"), "GET /metrics: {status}");
-    body
 }
 
 /// Polls the metrics (at most 5 s) until `sample` reads `want`; returns the last text.

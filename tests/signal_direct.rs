@@ -8,20 +8,11 @@ mod common;
 #[path = "common/raw_clients.rs"]
 mod raw_clients;
 
-use common::signal::{SignalServer, rt};
+use common::signal::{SignalServer, metric, metric_settles, metrics_of, rt};
 use raw_clients::RawWs;
 use serde_json::{Value, json};
 
 const SLOW: &str = r#"natkit_signal_connections_dropped_total{reason="slow_consumer"}"#;
-
-fn metric(addr: &str, sample: &str) -> u64 {
-    let (status, text) = common::signal::http_get(addr, "/metrics");
-    assert!(status.contains("200"), "GET /metrics: {status}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
-}
 
 /// Sends offers of `sdp` to `to` in rounds of `round` until the server has cut one slow consumer
 /// off (at most `max`, then up to 5 s more for the cut); returns how many were sent.
@@ -35,20 +26,13 @@ async fn offer_until_cut_off(
     server: &SignalServer,
 ) -> usize {
     let mut sent = 0;
-    while sent < max && metric(metrics_addr, SLOW) == 0 {
+    while sent < max && metric(&metrics_of(metrics_addr), SLOW) == 0 {
         for _ in 0..round {
             a.send(json!({"type":"offer","to":to,"sdp":sdp}).to_string()).await;
         }
         sent += round;
     }
-    let mut cut = metric(metrics_addr, SLOW);
-    for _ in 0..50 {
-        if cut == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        cut = metric(metrics_addr, SLOW);
-    }
+    let cut = metric_settles(metrics_addr, SLOW, 1, std::time::Duration::from_secs(5)).await;
     assert_eq!(cut, 1, "b was not cut off after {sent} offers of {} B; log:\n{}", sdp.len(), server.log_text());
     sent
 }

@@ -6,31 +6,11 @@
 mod common;
 
 use common::redis::Redis;
-use common::signal::{SignalServer, WAIT, join, recv, rt};
+use common::signal::{SignalServer, WAIT, join, metric_settles, recv, rt};
 use natkit::signal::protocol::{ClientMessage, ErrorCode, ServerMessage};
 
-/// The value of one sample line of Prometheus text.
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
-}
-
-/// Polls the metrics (at most 5 s) until `sample` reads `want`; returns the last value.
-async fn metric_reaches(addr: &str, sample: &str, want: u64) -> u64 {
-    let mut got = 0;
-    for _ in 0..50 {
-        let (status, body) = common::signal::http_get(addr, "/metrics");
-        assert!(status.contains("200"), "GET /metrics: {status}");
-        got = metric(&body, sample);
-        if got == want {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    got
-}
+/// How long a counter may take to reach what a test expects.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[test]
 fn relays_to_a_member_who_left_another_node_are_refused_later_and_close_the_sender_as_strikes() {
@@ -54,7 +34,7 @@ fn relays_to_a_member_who_left_another_node_are_refused_later_and_close_the_send
             }
             other => panic!("expected not_in_room for a member who left, got {other:?}"),
         }
-        assert_eq!(metric_reaches(&m1, "natkit_signal_errors_total{code=\"not_in_room\"}", 1).await, 1);
+        assert_eq!(metric_settles(&m1, "natkit_signal_errors_total{code=\"not_in_room\"}", 1, SETTLE).await, 1);
 
         // 19 more, sent back to back: the 20th refusal within 10 s closes the connection.
         let (mut tx, mut rx) = a.split();
@@ -77,8 +57,11 @@ fn relays_to_a_member_who_left_another_node_are_refused_later_and_close_the_send
         }
         assert!(closed, "20 refusals within 10 s must close the connection (got {refused})");
         assert_eq!(refused, 20, "every late refusal is answered, the last one before the close");
-        assert_eq!(metric_reaches(&m1, "natkit_signal_errors_total{code=\"not_in_room\"}", 20).await, 20);
-        assert_eq!(metric_reaches(&m1, "natkit_signal_connections_dropped_total{reason=\"abuse\"}", 1).await, 1);
+        assert_eq!(metric_settles(&m1, "natkit_signal_errors_total{code=\"not_in_room\"}", 20, SETTLE).await, 20);
+        assert_eq!(
+            metric_settles(&m1, "natkit_signal_connections_dropped_total{reason=\"abuse\"}", 1, SETTLE).await,
+            1
+        );
 
         // Others are unaffected: a new pair across the nodes still talks.
         let (mut c, mc) = join(&n1, "fresh").await;

@@ -11,7 +11,7 @@ mod raw_clients;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::signal::{LogOnPanic, SignalServer, rt};
+use common::signal::{LogOnPanic, SignalServer, metric, metric_settles, metrics_of, rt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,32 +23,6 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
-}
-
-/// The value of one sample line of Prometheus text.
-fn metric(text: &str, sample: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
-}
-
-fn metrics_of(addr: &str) -> String {
-    let (status, body) = common::signal::http_get(addr, "/metrics");
-    assert!(status.contains("200"), "GET /metrics: {status}");
-    body
-}
-
-/// Polls the metrics (at most `wait`) until `sample` reads `want`; returns the last value.
-async fn metric_settles(addr: &str, sample: &str, want: u64, wait: Duration) -> u64 {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let v = metric(&metrics_of(addr), sample);
-        if v == want || tokio::time::Instant::now() >= deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A kept-alive HTTP/1.1 connection, requests written and answers read raw.

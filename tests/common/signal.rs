@@ -8,6 +8,33 @@ use std::time::Duration;
 
 use super::free_port;
 
+/// The value of one sample line of Prometheus text.
+pub fn metric(text: &str, sample: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in the metrics:\n{text}"))
+}
+
+/// The Prometheus text a server's `--metrics` endpoint at `addr` serves.
+pub fn metrics_of(addr: &str) -> String {
+    let (status, body) = http_get(addr, "/metrics");
+    assert!(status.contains("200"), "GET /metrics: {status}");
+    body
+}
+
+/// Polls the metrics (at most `wait`) until `sample` reads `want`; returns the last value.
+pub async fn metric_settles(addr: &str, sample: &str, want: u64, wait: std::time::Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let v = metric(&metrics_of(addr), sample);
+        if v == want || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Prints the server's log when the test fails (the raw clients' panics do not know it).
 pub struct LogOnPanic<'a>(pub &'a SignalServer);
 
