@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
+use crate::net::conn_limit::ConnRefusal;
 use crate::signal::protocol::{ClientMessage, ErrorCode, Refusal, parse_client};
 
 /// Limits with their defaults (flags of `natkit signal`).
@@ -69,6 +70,15 @@ impl Limits {
     /// not reading.
     pub fn outbox_bytes(&self) -> usize {
         self.max_frame.saturating_mul(64)
+    }
+
+    /// The cap that refused a connection or session, as its flag and value
+    /// (`--max-conns-per-ip 64`), for the refusal's message and the log.
+    pub fn cap_named(&self, why: ConnRefusal) -> String {
+        match why {
+            ConnRefusal::Total => format!("--max-conns {}", self.max_conns),
+            ConnRefusal::PerIp => format!("--max-conns-per-ip {}", self.conns_per_ip),
+        }
     }
 }
 

@@ -38,12 +38,10 @@ pub struct Metrics {
     pub dropped_slow: AtomicU64,
     /// Times accepting paused because file descriptors ran out (EMFILE/ENFILE).
     pub accept_paused: AtomicU64,
-    /// Connections refused at accept: over `--max-conns`, over `--max-conns-per-ip`.
-    refused_total: AtomicU64,
-    refused_per_ip: AtomicU64,
-    /// socket.io sessions refused at their handshake: over `--max-conns`, over `--max-conns-per-ip`.
-    sessions_refused_total: AtomicU64,
-    sessions_refused_per_ip: AtomicU64,
+    /// Connections refused at accept.
+    refused_at_accept: CapRefusals,
+    /// socket.io sessions refused at their handshake.
+    sessions_refused: CapRefusals,
     /// Requests refused with 403 for their `Origin`.
     pub origin_refused: AtomicU64,
     /// STUN Binding requests answered on the UDP port (`signal::stun_udp`), and datagrams dropped there.
@@ -53,6 +51,49 @@ pub struct Metrics {
     sent: [AtomicU64; MessageKind::ALL.len()],
     errors: [AtomicU64; CODES.len()],
 }
+
+/// Refusals by the cap that refused them (`--max-conns`, `--max-conns-per-ip`): one
+/// Prometheus counter family with a `reason` label.
+#[derive(Debug, Default)]
+struct CapRefusals {
+    total: AtomicU64,
+    per_ip: AtomicU64,
+}
+
+impl CapRefusals {
+    fn counter(&self, why: ConnRefusal) -> &AtomicU64 {
+        match why {
+            ConnRefusal::Total => &self.total,
+            ConnRefusal::PerIp => &self.per_ip,
+        }
+    }
+
+    /// Counts one refusal of `what` (connections, socket.io sessions); the first per cap is
+    /// logged, naming the `family` that counts the rest.
+    fn count(&self, why: ConnRefusal, what: &str, family: &str) {
+        if self.counter(why).fetch_add(1, Relaxed) == 0 {
+            let flag = match why {
+                ConnRefusal::Total => "--max-conns",
+                ConnRefusal::PerIp => "--max-conns-per-ip",
+            };
+            tracing::warn!(
+                "refusing {what} over {flag} (first one now; all are counted in {family}{{reason=\"{}\"}})",
+                why.as_str()
+            );
+        }
+    }
+
+    fn render(&self, s: &mut String, family: &str, help: &str) {
+        let _ = writeln!(s, "# HELP {family} {help}");
+        let _ = writeln!(s, "# TYPE {family} counter");
+        for why in [ConnRefusal::Total, ConnRefusal::PerIp] {
+            let _ = writeln!(s, "{family}{{reason=\"{}\"}} {}", why.as_str(), self.counter(why).load(Relaxed));
+        }
+    }
+}
+
+const REFUSED_AT_ACCEPT: &str = "natkit_signal_connections_refused_total";
+const SESSIONS_REFUSED: &str = "natkit_signal_socketio_sessions_refused_total";
 
 fn kind_index(k: MessageKind) -> usize {
     MessageKind::ALL.iter().position(|x| *x == k).unwrap_or(0)
@@ -77,52 +118,12 @@ impl Metrics {
 
     /// Counts a connection refused at accept; the first one is logged (the metric counts the rest).
     pub fn refused_at_accept(&self, why: ConnRefusal) {
-        let counter = match why {
-            ConnRefusal::Total => &self.refused_total,
-            ConnRefusal::PerIp => &self.refused_per_ip,
-        };
-        if counter.fetch_add(1, Relaxed) == 0 {
-            let flag = match why {
-                ConnRefusal::Total => "--max-conns",
-                ConnRefusal::PerIp => "--max-conns-per-ip",
-            };
-            tracing::warn!(
-                "refusing connections over {flag} (first one now; all are counted in natkit_signal_connections_refused_total{{reason=\"{}\"}})",
-                why.as_str()
-            );
-        }
-    }
-
-    pub fn refused_at_accept_total(&self, why: ConnRefusal) -> u64 {
-        match why {
-            ConnRefusal::Total => self.refused_total.load(Relaxed),
-            ConnRefusal::PerIp => self.refused_per_ip.load(Relaxed),
-        }
+        self.refused_at_accept.count(why, "connections", REFUSED_AT_ACCEPT);
     }
 
     /// Counts a socket.io session refused at its handshake; the first one is logged.
     pub fn session_refused(&self, why: ConnRefusal) {
-        let counter = match why {
-            ConnRefusal::Total => &self.sessions_refused_total,
-            ConnRefusal::PerIp => &self.sessions_refused_per_ip,
-        };
-        if counter.fetch_add(1, Relaxed) == 0 {
-            let flag = match why {
-                ConnRefusal::Total => "--max-conns",
-                ConnRefusal::PerIp => "--max-conns-per-ip",
-            };
-            tracing::warn!(
-                "refusing socket.io sessions over {flag} (first one now; all are counted in natkit_signal_socketio_sessions_refused_total{{reason=\"{}\"}})",
-                why.as_str()
-            );
-        }
-    }
-
-    pub fn sessions_refused_total(&self, why: ConnRefusal) -> u64 {
-        match why {
-            ConnRefusal::Total => self.sessions_refused_total.load(Relaxed),
-            ConnRefusal::PerIp => self.sessions_refused_per_ip.load(Relaxed),
-        }
+        self.sessions_refused.count(why, "socket.io sessions", SESSIONS_REFUSED);
     }
 
     pub fn received(&self, k: MessageKind) {
@@ -172,29 +173,12 @@ impl Metrics {
             let _ = writeln!(s, "# TYPE natkit_signal_tcp_connections gauge");
             let _ = writeln!(s, "natkit_signal_tcp_connections {open}");
         }
-        let _ = writeln!(s, "# HELP natkit_signal_connections_refused_total Connections refused at accept, by cap.");
-        let _ = writeln!(s, "# TYPE natkit_signal_connections_refused_total counter");
-        for why in [ConnRefusal::Total, ConnRefusal::PerIp] {
-            let _ = writeln!(
-                s,
-                "natkit_signal_connections_refused_total{{reason=\"{}\"}} {}",
-                why.as_str(),
-                self.refused_at_accept_total(why)
-            );
-        }
-        let _ = writeln!(
-            s,
-            "# HELP natkit_signal_socketio_sessions_refused_total socket.io sessions refused at their handshake, by cap."
+        self.refused_at_accept.render(&mut s, REFUSED_AT_ACCEPT, "Connections refused at accept, by cap.");
+        self.sessions_refused.render(
+            &mut s,
+            SESSIONS_REFUSED,
+            "socket.io sessions refused at their handshake, by cap.",
         );
-        let _ = writeln!(s, "# TYPE natkit_signal_socketio_sessions_refused_total counter");
-        for why in [ConnRefusal::Total, ConnRefusal::PerIp] {
-            let _ = writeln!(
-                s,
-                "natkit_signal_socketio_sessions_refused_total{{reason=\"{}\"}} {}",
-                why.as_str(),
-                self.sessions_refused_total(why)
-            );
-        }
         let _ =
             writeln!(s, "# HELP natkit_signal_accept_paused_total Pauses of accept because file descriptors ran out.");
         let _ = writeln!(s, "# TYPE natkit_signal_accept_paused_total counter");

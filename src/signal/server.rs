@@ -44,7 +44,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use crate::error::UsageError;
-use crate::net::conn_limit::{ConnLimiter, ConnRefusal, accept_with_backoff};
+use crate::net::conn_limit::{ConnLimiter, accept_with_backoff};
 use crate::signal::app::App;
 use crate::signal::conn_io::ConnIo;
 use crate::signal::hub::{Backend, Hub, OUTBOX_CAPACITY};
@@ -214,10 +214,7 @@ impl Server {
                 Ok(p) => p,
                 Err(why) => {
                     metrics.refused_at_accept(why);
-                    let limit = match why {
-                        ConnRefusal::Total => format!("--max-conns {}", limits.max_conns),
-                        ConnRefusal::PerIp => format!("--max-conns-per-ip {}", limits.conns_per_ip),
-                    };
+                    let limit = limits.cap_named(why);
                     tracing::debug!(%remote, "refused at accept: {limit} reached");
                     refuse(tcp, remote, &limit, &lingering);
                     continue;

@@ -37,7 +37,7 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
 
-use crate::net::conn_limit::{ConnPermit, ConnRefusal};
+use crate::net::conn_limit::ConnPermit;
 use crate::signal::app::App;
 use crate::signal::hub::Outgoing;
 use crate::signal::limits::{Gate, Verdict};
@@ -146,10 +146,7 @@ pub async fn session_slot(
         }
         Err(why) => {
             app.hub.metrics.session_refused(why);
-            let limit = match why {
-                ConnRefusal::Total => format!("--max-conns {}", app.limits.max_conns),
-                ConnRefusal::PerIp => format!("--max-conns-per-ip {}", app.limits.conns_per_ip),
-            };
+            let limit = app.limits.cap_named(why);
             tracing::debug!(%remote, "socket.io session refused: {limit} reached");
             let body = ServerMessage::error(
                 ErrorCode::TooManyConnections,
